@@ -1,0 +1,93 @@
+"""Defaults as named constants, and the one place that reads the environment.
+
+Precedence everywhere is: explicit argument, then environment variable, then default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import AuthenticationError
+
+VERSION = "0.1.0"
+
+DEFAULT_BASE_URL = "https://api.jina.ai"
+EMBEDDINGS_PATH = "/v1/embeddings"
+DEFAULT_MODEL = "jina-embeddings-v3"
+DEFAULT_TASK = "retrieval.passage"
+
+#: Estimated tokens per upstream request. Jina documents no per-request total, so this
+#: keeps requests small enough to commit often and to stay far under per-minute limits.
+DEFAULT_MAX_BATCH_TOKENS = 64_000
+DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+#: Attempts per batch, the first one included.
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BACKOFF_BASE_SECONDS = 0.5
+DEFAULT_BACKOFF_CAP_SECONDS = 30.0
+#: Upper bound on how long one honoured ``Retry-After`` may make us wait.
+MAX_RETRY_AFTER_SECONDS = 120.0
+
+#: Bumped whenever the way request fields or texts map to cache keys changes.
+KEY_VERSION = 1
+
+API_KEY_ENV_VARS = ("JINAAI_API_KEY", "JINA_API_KEY")
+CACHE_DIR_ENV = "EMBEDCACHE_DIR"
+BASE_URL_ENV = "EMBEDCACHE_BASE_URL"
+OFFLINE_ENV = "EMBEDCACHE_OFFLINE"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def resolve_api_key(explicit: str | None) -> str:
+    """Return the API key: the argument, else ``JINAAI_API_KEY``, else ``JINA_API_KEY``.
+
+    :raises AuthenticationError: when none of them is set.
+    """
+    if explicit:
+        return explicit
+    for name in API_KEY_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    raise AuthenticationError(
+        "no Jina API key: pass api_key= or set " + " or ".join(API_KEY_ENV_VARS)
+    )
+
+
+def resolve_base_url(explicit: str | None) -> str:
+    """Return the API base URL (argument, ``EMBEDCACHE_BASE_URL``, default), without a
+    trailing slash."""
+    url = explicit or os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
+    return url.rstrip("/")
+
+
+def resolve_offline(explicit: bool | None) -> bool:
+    """Return whether misses must raise instead of reaching the network."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
+
+
+def default_cache_dir() -> Path:
+    """The platform's per-user cache directory for embedcache."""
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        return base / "embedcache" / "Cache"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "embedcache"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else home / ".cache") / "embedcache"
+
+
+def resolve_cache_dir(explicit: str | os.PathLike[str] | None) -> Path:
+    """Return the cache directory: argument, else ``EMBEDCACHE_DIR``, else the platform
+    default."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get(CACHE_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else default_cache_dir()

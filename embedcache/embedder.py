@@ -1,0 +1,310 @@
+"""The caching core: look up every text, send only the misses, commit each batch on arrival.
+
+It knows nothing of HTTP or bytes on disk: it is given a :class:`~embedcache.store.Store`
+and an :class:`~embedcache.upstream.Upstream`, so the library, the CLI and the proxy share
+it, and tests drive it with faulty upstreams.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
+from .errors import CacheMissError, InvalidInputError, ResponseFormatError
+from .keys import Fingerprint, fingerprint, group_keys, text_keys
+from .models import RequestOptions
+from .store import Record, Store
+from .tokens import estimate_tokens
+from .upstream import Upstream, UpstreamResult
+
+__all__ = ["CachedEmbedder", "Stats", "check_texts"]
+
+log = logging.getLogger("embedcache")
+
+
+@dataclass
+class Stats:
+    """Counters since the embedder was created. Hits and misses count distinct entries.
+
+    :ivar tokens_saved: tokens recorded for the hit entries when they were fetched; an
+        estimate, since a batch's usage is apportioned to its texts by length.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    requests: int = 0
+    tokens_spent: int = 0
+    tokens_saved: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Miss:
+    key: bytes
+    text: str
+    index: int  # first position in the caller's list, for error messages
+
+
+def check_texts(texts: object) -> Sequence[str]:
+    """Return ``texts`` if it is a list or tuple of ``str``.
+
+    :raises InvalidInputError: naming the first offending item and its type.
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+        raise InvalidInputError(f"texts must be a list of str, got {type(texts).__name__}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(
+                f"texts[{index}] must be a str, got {type(text).__name__}: {text!r:.60}"
+            )
+    return texts
+
+
+class CachedEmbedder:
+    """Serve embeddings from ``store``, fetching misses from ``upstream``.
+
+    :param store: where vectors are cached.
+    :param upstream: embeds one batch per call; only misses reach it.
+    :param offline: raise :class:`CacheMissError` instead of fetching.
+    :param batch_size: most texts per request (capped by the model's limit).
+    :param max_batch_tokens: most estimated tokens per request.
+    :param max_concurrency: most requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        *,
+        offline: bool = False,
+        batch_size: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        if max_concurrency < 1:
+            raise InvalidInputError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.store = store
+        self.upstream = upstream
+        self.offline = offline
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_concurrency = max_concurrency
+        self._stats = Stats()
+        self._lock = threading.Lock()
+        self._fingerprints: dict[RequestOptions, Fingerprint] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return Stats(**asdict(self._stats))
+
+    def close(self) -> None:
+        """Stop the worker threads (the store and upstream belong to the caller)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+        """Return a ``(len(texts), d)`` float32 array, row ``i`` for ``texts[i]``.
+
+        Distinct texts are looked up once; misses are sent in batches (a late-chunking list
+        as one request), and each batch is committed as soon as it arrives, so an
+        interrupted call keeps everything fetched so far.
+
+        :raises InvalidInputError: before any request, for bad texts or limits.
+        :raises CacheMissError: in offline mode, when anything is missing.
+        """
+        check_texts(texts)
+        fp = self._fingerprint(options)
+        if options.late_chunking:
+            if len(texts) > options.max_items:
+                raise InvalidInputError(
+                    f"a late-chunking group is sent as one request, and {options.model} takes "
+                    f"at most {options.max_items} inputs; got {len(texts)}"
+                )
+            keys = group_keys(fp, texts)
+        else:
+            keys = text_keys(fp, texts)
+        if not keys:
+            return np.empty((0, options.expected_dim or 0), dtype=np.float32)
+
+        first_index: dict[bytes, int] = {}
+        for index, key in enumerate(keys):
+            first_index.setdefault(key, index)
+        unique = list(first_index)
+        found: dict[bytes, NDArray[np.float32]] = {}
+        saved = 0.0
+        for key, record in zip(unique, self.store.get_many(unique), strict=True):
+            if record is not None and self._fits(record, options):
+                found[key] = record.vector
+                saved += record.tokens
+        misses = [_Miss(k, texts[first_index[k]], first_index[k]) for k in unique if k not in found]
+        if misses and options.late_chunking and len(found):
+            # A group is all or nothing: its vectors only make sense together.
+            misses = [_Miss(k, texts[i], i) for k, i in first_index.items()]
+            found.clear()
+            saved = 0.0
+        with self._lock:
+            self._stats.hits += len(found)
+            self._stats.tokens_saved += saved
+        if misses:
+            if self.offline:
+                raise CacheMissError(
+                    f"offline: {len(misses)} of {len(unique)} distinct texts are not cached",
+                    misses=len(misses),
+                )
+            self._check_lengths(misses, options)
+            with self._lock:
+                self._stats.misses += len(misses)
+            self._fetch(misses, options, fp, found)
+        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+
+    def _fingerprint(self, options: RequestOptions) -> Fingerprint:
+        fp = self._fingerprints.get(options)
+        if fp is None:
+            fp = self._fingerprints[options] = fingerprint(options)
+        return fp
+
+    @staticmethod
+    def _fits(record: Record, options: RequestOptions) -> bool:
+        expected = options.expected_dim
+        if expected is None or len(record.vector) == expected:
+            return True
+        log.warning("ignoring cached vector of %d dims, expected %d", len(record.vector), expected)
+        return False
+
+    @staticmethod
+    def _check_lengths(misses: list[_Miss], options: RequestOptions) -> None:
+        spec = options.spec
+        limit = spec.max_input_tokens if spec else None
+        if limit is None or options.truncate:
+            return
+        for miss in misses:
+            # Every estimated token spans at least one character: skip the estimate when
+            # the text cannot exceed the limit.
+            if len(miss.text) > limit and (tokens := estimate_tokens(miss.text)) > limit:
+                raise InvalidInputError(
+                    f"texts[{miss.index}] is about {tokens} tokens, over the {limit}-token "
+                    f"limit of {options.model}; shorten it or pass truncate=True"
+                )
+
+    def _batches(self, misses: list[_Miss], options: RequestOptions) -> Iterator[list[_Miss]]:
+        if options.late_chunking:
+            yield misses
+            return
+        size = min(self.batch_size or options.max_items, options.max_items)
+        batch: list[_Miss] = []
+        tokens = 0
+        for miss in misses:
+            cost = estimate_tokens(miss.text)
+            if batch and (len(batch) == size or tokens + cost > self.max_batch_tokens):
+                yield batch
+                batch, tokens = [], 0
+            batch.append(miss)
+            tokens += cost
+        if batch:
+            yield batch
+
+    def _fetch(
+        self,
+        misses: list[_Miss],
+        options: RequestOptions,
+        fp: Fingerprint,
+        found: dict[bytes, NDArray[np.float32]],
+    ) -> None:
+        batches = self._batches(misses, options)
+        if self.max_concurrency == 1:
+            for batch in batches:
+                self._commit(batch, self._send(batch, options), options, fp, found)
+            return
+        pool = self._pool or ThreadPoolExecutor(self.max_concurrency, "embedcache")
+        self._pool = pool
+        pending: dict[Future[UpstreamResult], list[_Miss]] = {}
+        error: BaseException | None = None
+        try:
+            while True:
+                while error is None and len(pending) < self.max_concurrency:
+                    queued = next(batches, None)
+                    if queued is None:
+                        break
+                    pending[pool.submit(self._send, queued, options)] = queued
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    sent = pending.pop(future)
+                    try:
+                        self._commit(sent, future.result(), options, fp, found)
+                    except Exception as exc:
+                        # Keep committing what is already paid for; raise the first failure.
+                        error = error or exc
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        if error is not None:
+            raise error
+
+    def _send(self, batch: list[_Miss], options: RequestOptions) -> UpstreamResult:
+        result = self.upstream.embed([miss.text for miss in batch], options)
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.tokens_spent += result.total_tokens
+        return result
+
+    def _commit(
+        self,
+        batch: list[_Miss],
+        result: UpstreamResult,
+        options: RequestOptions,
+        fp: Fingerprint,
+        found: dict[bytes, NDArray[np.float32]],
+    ) -> None:
+        vectors = self._validated(result, len(batch), options, found)
+        lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
+        share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
+        tokens = share * result.total_tokens
+        self.store.put_many(
+            fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
+        )
+        for i, miss in enumerate(batch):
+            found[miss.key] = vectors[i]
+
+    @staticmethod
+    def _validated(
+        result: UpstreamResult,
+        count: int,
+        options: RequestOptions,
+        found: dict[bytes, NDArray[np.float32]],
+    ) -> NDArray[np.float32]:
+        vectors = result.vectors
+        where = f" (request id {result.request_id})" if result.request_id else ""
+        if vectors.ndim != 2 or vectors.shape[0] != count:
+            raise ResponseFormatError(
+                f"sent {count} texts but received {vectors.shape[0]} embeddings{where}"
+            )
+        expected = options.expected_dim
+        if expected is None and found:
+            expected = len(next(iter(found.values())))
+        if expected is not None and vectors.shape[1] != expected:
+            raise ResponseFormatError(
+                f"received {vectors.shape[1]}-dimensional embeddings, expected {expected}{where}"
+            )
+        if vectors.shape[1] == 0:
+            raise ResponseFormatError(f"received empty embeddings{where}")
+        if not np.isfinite(vectors).all():
+            raise ResponseFormatError(f"received NaN or infinite values{where}")
+        return vectors.astype(np.float32, copy=False)

@@ -1,0 +1,101 @@
+"""Every error embedcache raises, under one root.
+
+::
+
+    EmbedcacheError
+     ├── InvalidInputError     bad texts or options, raised before any request (also a ValueError)
+     ├── APIError              the API answered with an error (status, code, detail, request_id)
+     │    ├── AuthenticationError   no key, or the API refused it (401/403)
+     │    └── RateLimitError        429 still returned after the last retry
+     ├── TransportError        no usable HTTP answer after the last retry (timeouts, resets)
+     ├── ResponseFormatError   a 2xx answer that cannot be trusted; nothing of it is cached
+     ├── CacheMissError        misses in offline mode (carries the count)
+     └── CacheError            the cache directory cannot be used
+          └── CacheFormatError      written by an incompatible format or key version
+
+Messages are single lines and never contain the API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "CacheError",
+    "CacheFormatError",
+    "CacheMissError",
+    "EmbedcacheError",
+    "InvalidInputError",
+    "RateLimitError",
+    "ResponseFormatError",
+    "TransportError",
+]
+
+
+class EmbedcacheError(Exception):
+    """Root of every error raised by embedcache."""
+
+
+class InvalidInputError(EmbedcacheError, ValueError):
+    """Texts or options that cannot be sent; raised before any request."""
+
+
+class APIError(EmbedcacheError):
+    """The Jina API answered with an error status.
+
+    :ivar status: HTTP status, or ``None`` when no request was made.
+    :ivar code: Jina's machine-readable ``code`` field, when present.
+    :ivar detail: Jina's human-readable ``detail``, when present.
+    :ivar request_id: Jina's ``request_id``, when present.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.request_id = request_id
+
+
+class AuthenticationError(APIError):
+    """No API key was available, or the API refused the one given."""
+
+
+class RateLimitError(APIError):
+    """The API kept answering 429 until the retry budget ran out."""
+
+
+class TransportError(EmbedcacheError):
+    """No usable HTTP response after the last retry (timeouts, refused or reset connections)."""
+
+
+class ResponseFormatError(EmbedcacheError):
+    """A successful-looking response that cannot be trusted (bad JSON, wrong count or
+    dimension, non-finite values). Nothing from it is cached."""
+
+
+class CacheMissError(EmbedcacheError):
+    """Offline mode met texts that are not cached.
+
+    :ivar misses: how many distinct entries were missing.
+    """
+
+    def __init__(self, message: str, *, misses: int) -> None:
+        super().__init__(message)
+        self.misses = misses
+
+
+class CacheError(EmbedcacheError):
+    """The cache directory cannot be opened or used."""
+
+
+class CacheFormatError(CacheError):
+    """The cache directory was written with an incompatible format or key version."""

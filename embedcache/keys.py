@@ -1,0 +1,102 @@
+"""Cache keys: a canonical fingerprint of the request fields, then one 16-byte key per vector.
+
+The fingerprint is derived from :meth:`RequestOptions.body_fields`, the very dict that is
+sent upstream, so a field that reaches the API cannot be missing from the key. Absent fields
+are absent from the fingerprint, which keeps "not sent" apart from any explicit value.
+
+* Ordinary request: ``key = xxh3_128(fingerprint || utf-8 text)``. The fingerprint is JSON
+  ending in a NUL byte, which neither JSON nor the separator can contain elsewhere, so the
+  boundary between fingerprint and text is unambiguous.
+* Late chunking: every vector depends on the whole ordered input list, so
+  ``key = xxh3_128(fingerprint || group hash || position)``, where the group hash covers the
+  length-prefixed UTF-8 bytes of every text in order.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+from .config import KEY_VERSION
+from .errors import InvalidInputError
+from .models import RequestOptions
+
+__all__ = ["Fingerprint", "encode_text", "fingerprint", "group_keys", "text_keys"]
+
+_LENGTH = struct.Struct("<Q")
+_POSITION = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The canonical encoding of everything but the input that shapes a vector.
+
+    :ivar canonical: compact, key-sorted JSON of the key version and request fields.
+    :ivar prefix: ``canonical`` as UTF-8 plus a NUL separator; hashed in front of every text.
+    :ivar id: 64-bit hash of ``canonical``; stored with each entry so entries can be grouped
+        by request settings without the text.
+    """
+
+    canonical: str
+    prefix: bytes
+    id: int
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """The request fields this fingerprint covers."""
+        fields: dict[str, object] = json.loads(self.canonical)["request"]
+        return fields
+
+
+def fingerprint(options: RequestOptions) -> Fingerprint:
+    """Fingerprint the request fields of ``options`` under the current key version."""
+    canonical = json.dumps(
+        {"key_version": KEY_VERSION, "request": options.body_fields()},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    raw = canonical.encode("ascii")
+    return Fingerprint(canonical, raw + b"\x00", xxhash.xxh3_64_intdigest(raw))
+
+
+def encode_text(text: str, index: int) -> bytes:
+    """UTF-8 bytes of ``text``.
+
+    :raises InvalidInputError: for strings that are not valid Unicode (lone surrogates).
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"texts[{index}] is not valid Unicode ({exc.reason} at character {exc.start})"
+        ) from None
+
+
+def text_keys(fp: Fingerprint, texts: Sequence[str]) -> list[bytes]:
+    """One key per text for a request without late chunking."""
+    prefix = fp.prefix
+    digest = xxhash.xxh3_128_digest
+    try:
+        return [digest(prefix + text.encode("utf-8")) for text in texts]
+    except UnicodeEncodeError:
+        # Slow path only to name the offending text.
+        for index, text in enumerate(texts):
+            encode_text(text, index)
+        raise
+
+
+def group_keys(fp: Fingerprint, texts: Sequence[str]) -> list[bytes]:
+    """One key per position of a late-chunking group: the same text at another position,
+    or in another group, gets another key."""
+    group = xxhash.xxh3_128()
+    for index, text in enumerate(texts):
+        data = encode_text(text, index)
+        group.update(_LENGTH.pack(len(data)))
+        group.update(data)
+    base = fp.prefix + group.digest()
+    return [xxhash.xxh3_128_digest(base + _POSITION.pack(i)) for i in range(len(texts))]

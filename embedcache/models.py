@@ -1,0 +1,223 @@
+"""What each Jina embedding model accepts, and the validated options of one request.
+
+The table follows the API reference (shared/docs/jina-api.md §2.2, §4). Where the reference
+marks a limit UNCONFIRMED we neither reject nor promise: the field is ``None`` and the API
+decides. Unknown model names pass through without task or dimension validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InvalidInputError
+
+__all__ = ["MODELS", "ModelSpec", "RequestOptions", "resolve_options", "spec_for"]
+
+#: The only wire encoding embedcache asks the API for: raw float32, exact and 4x smaller
+#: than JSON floats.
+UPSTREAM_EMBEDDING_TYPE = "base64"
+DEFAULT_MAX_ITEMS = 2048
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Request limits and parameters of one model."""
+
+    name: str
+    native_dim: int
+    #: Inclusive ``dimensions`` range, or ``None`` when the model has no such field.
+    dimensions: tuple[int, int] | None
+    #: Valid ``task`` values, or ``None`` when the model has no such field.
+    tasks: tuple[str, ...] | None
+    normalized: bool
+    late_chunking: bool
+    max_items: int = DEFAULT_MAX_ITEMS
+    #: Per-input token limit, or ``None`` where the reference does not confirm one.
+    max_input_tokens: int | None = 8192
+    #: Tasks used by ``encode_documents`` / ``encode_queries``.
+    passage_task: str | None = "retrieval.passage"
+    query_task: str | None = "retrieval.query"
+    #: Spellings accepted for a task, mapped to the name sent upstream.
+    task_aliases: dict[str, str] = field(default_factory=dict)
+
+
+def _v2(name: str) -> ModelSpec:
+    return ModelSpec(
+        name, 768, None, None, normalized=True, late_chunking=False, passage_task=None,
+        query_task=None,
+    )  # fmt: skip
+
+
+_V5_TASKS = (
+    "retrieval.query", "retrieval.passage", "text-matching", "clustering", "classification",
+)  # fmt: skip
+_CODE_TASKS = tuple(
+    f"{kind}.{side}"
+    for kind in ("nl2code", "qa", "code2code", "code2nl", "code2completion")
+    for side in ("query", "passage")
+)
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        *(_v2(f"jina-embeddings-v2-base-{lang}") for lang in ("en", "zh", "de", "es", "code")),
+        ModelSpec(
+            "jina-embeddings-v3", 1024, (1, 1024),
+            ("retrieval.query", "retrieval.passage", "text-matching", "classification",
+             "separation"),
+            normalized=True, late_chunking=True,
+            # The Milvus docs name v3's clustering adapter "clustering"; the API calls it
+            # "separation" (reference §11). Both spellings share cache entries.
+            task_aliases={"clustering": "separation"},
+        ),
+        ModelSpec(
+            "jina-embeddings-v4", 2048, (1, 2048),
+            ("text-matching", "retrieval.query", "retrieval.passage", "code.query",
+             "code.passage"),
+            normalized=False, late_chunking=True, max_items=512, max_input_tokens=32768,
+        ),
+        ModelSpec(
+            "jina-embeddings-v5-text-small", 1024, (1, 1024), _V5_TASKS,
+            normalized=True, late_chunking=False, max_input_tokens=32768,
+        ),
+        # Context 8K vs 32K and a dimensions cap of 768 vs 1024 conflict in the sources:
+        # take the permissive side and let the API decide.
+        ModelSpec(
+            "jina-embeddings-v5-text-nano", 768, (1, 1024), _V5_TASKS,
+            normalized=True, late_chunking=False, max_input_tokens=32768,
+        ),
+        ModelSpec(
+            "jina-clip-v1", 768, None, None, normalized=True, late_chunking=False,
+            passage_task=None, query_task=None,
+        ),
+        ModelSpec(
+            "jina-clip-v2", 1024, (1, 1024), ("retrieval.query",), normalized=True,
+            late_chunking=False, passage_task=None,
+        ),
+        ModelSpec(
+            "jina-code-embeddings-0.5b", 896, (1, 896), _CODE_TASKS, normalized=False,
+            late_chunking=False, max_input_tokens=None, passage_task="nl2code.passage",
+            query_task="nl2code.query",
+        ),
+        ModelSpec(
+            "jina-code-embeddings-1.5b", 1536, (1, 1536), _CODE_TASKS, normalized=False,
+            late_chunking=False, max_input_tokens=None, passage_task="nl2code.passage",
+            query_task="nl2code.query",
+        ),
+    )
+}  # fmt: skip
+
+
+def spec_for(model: str) -> ModelSpec | None:
+    """The spec of a known model, or ``None`` for a model embedcache does not know."""
+    return MODELS.get(model)
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Every request field except ``input``, exactly as it will be sent.
+
+    ``None`` means the field is left out of the request, which the cache key keeps apart
+    from any explicit value. Build it with :func:`resolve_options`.
+    """
+
+    model: str
+    task: str | None = None
+    dimensions: int | None = None
+    normalized: bool | None = None
+    truncate: bool | None = None
+    late_chunking: bool = False
+    embedding_type: str = UPSTREAM_EMBEDDING_TYPE
+
+    def body_fields(self) -> dict[str, object]:
+        """The request body without ``input``: the single source of what the key covers."""
+        body: dict[str, object] = {"model": self.model, "embedding_type": self.embedding_type}
+        if self.task is not None:
+            body["task"] = self.task
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        if self.normalized is not None:
+            body["normalized"] = self.normalized
+        if self.truncate is not None:
+            body["truncate"] = self.truncate
+        if self.late_chunking:
+            body["late_chunking"] = True
+        return body
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        return spec_for(self.model)
+
+    @property
+    def expected_dim(self) -> int | None:
+        """The vector length the API must return, when it is known before asking."""
+        if self.dimensions is not None:
+            return self.dimensions
+        spec = self.spec
+        return spec.native_dim if spec else None
+
+    @property
+    def max_items(self) -> int:
+        spec = self.spec
+        return spec.max_items if spec else DEFAULT_MAX_ITEMS
+
+
+def resolve_options(
+    model: str,
+    task: str | None = None,
+    dimensions: int | None = None,
+    *,
+    late_chunking: bool = False,
+    normalized: bool | None = None,
+    truncate: bool | None = None,
+) -> RequestOptions:
+    """Validate user-facing options and return what will be sent.
+
+    For known models: task aliases are mapped (``clustering`` → ``separation`` on v3); a task
+    or ``dimensions`` equal to the native size is dropped for models without that field;
+    anything else the model does not take raises.
+
+    :raises InvalidInputError: naming the option and the accepted values.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInputError(f"model must be a non-empty string, got {model!r}")
+    if task is not None and not isinstance(task, str):
+        raise InvalidInputError(f"task must be a string or None, got {type(task).__name__}")
+    if dimensions is not None and (
+        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+    ):
+        raise InvalidInputError(f"dimensions must be a positive integer, got {dimensions!r}")
+    for name, flag in (("normalized", normalized), ("truncate", truncate)):
+        if flag is not None and not isinstance(flag, bool):
+            raise InvalidInputError(f"{name} must be True, False or None, got {flag!r}")
+
+    spec = spec_for(model)
+    if spec is None:
+        return RequestOptions(model, task, dimensions, normalized, truncate, bool(late_chunking))
+
+    if spec.tasks is None:
+        task = None  # the model has no task field; sending one is at best ignored
+    elif task is not None:
+        task = spec.task_aliases.get(task, task)
+        if task not in spec.tasks:
+            valid = ", ".join(spec.tasks + tuple(spec.task_aliases))
+            raise InvalidInputError(f"unknown task {task!r} for {model}; valid tasks: {valid}")
+
+    if dimensions is not None:
+        if spec.dimensions is None:
+            if dimensions != spec.native_dim:
+                raise InvalidInputError(
+                    f"{model} has a fixed size of {spec.native_dim} dimensions, "
+                    f"got dimensions={dimensions}"
+                )
+            dimensions = None
+        elif not spec.dimensions[0] <= dimensions <= spec.dimensions[1]:
+            low, high = spec.dimensions
+            raise InvalidInputError(
+                f"dimensions={dimensions} is out of range for {model} ({low} to {high})"
+            )
+    if late_chunking and not spec.late_chunking:
+        raise InvalidInputError(f"{model} does not support late_chunking")
+    if normalized is not None and not spec.normalized:
+        raise InvalidInputError(f"{model} does not take the normalized option")
+    return RequestOptions(model, task, dimensions, normalized, truncate, bool(late_chunking))

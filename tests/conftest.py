@@ -1,0 +1,68 @@
+"""Shared fixtures: a clean environment, a real emulator on loopback, a real cache dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from embedcache import JinaClient, JinaEmbeddingFunction
+from embedcache.testing import JinaEmulator
+
+# A sentinel shaped like a real key (65 chars, "jina_" prefix) so leaks are easy to grep for.
+API_KEY = "jina_" + "SENTINELkey0123456789" * 2 + "abcdefghijklmnopqr"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's keys, cache or endpoint, and none writes to $HOME."""
+    for name in (
+        "JINAAI_API_KEY",
+        "JINA_API_KEY",
+        "EMBEDCACHE_DIR",
+        "EMBEDCACHE_BASE_URL",
+        "EMBEDCACHE_OFFLINE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture
+def emulator() -> Iterator[JinaEmulator]:
+    with JinaEmulator(api_key=API_KEY) as emu:
+        yield emu
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def client(emulator: JinaEmulator) -> Iterator[JinaClient]:
+    """A client with near-zero backoff so retry tests stay fast."""
+    jina = JinaClient(API_KEY, base_url=emulator.url, backoff_base=0.001, max_attempts=4)
+    yield jina
+    jina.close()
+
+
+@pytest.fixture
+def make_ef(
+    emulator: JinaEmulator, cache_dir: Path
+) -> Iterator[Callable[..., JinaEmbeddingFunction]]:
+    """Build JinaEmbeddingFunctions on the emulator and the test's cache dir; all are closed."""
+    made: list[JinaEmbeddingFunction] = []
+
+    def make(*args: Any, **kwargs: Any) -> JinaEmbeddingFunction:
+        kwargs.setdefault("api_key", API_KEY)
+        kwargs.setdefault("base_url", emulator.url)
+        kwargs.setdefault("cache_dir", cache_dir)
+        ef = JinaEmbeddingFunction(*args, **kwargs)
+        made.append(ef)
+        return ef
+
+    yield make
+    for ef in made:
+        ef.close()
