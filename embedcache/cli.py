@@ -32,6 +32,10 @@ DEMO_DOCUMENTS = [
 DEMO_API_KEY = "jina_demo_key_for_the_bundled_emulator_only"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,9 +69,10 @@ def demo(cache_dir: Path | None) -> None:
     from .function import JinaEmbeddingFunction
     from .testing import JinaEmulator
 
-    with tempfile.TemporaryDirectory(prefix="embedcache-demo-") as tmp, JinaEmulator(
-        api_key=DEMO_API_KEY
-    ) as emulator:
+    with (
+        tempfile.TemporaryDirectory(prefix="embedcache-demo-") as tmp,
+        JinaEmulator(api_key=DEMO_API_KEY) as emulator,
+    ):
         directory = cache_dir or Path(tmp) / "cache"
         click.echo(f"Jina API emulator at {emulator.url}; cache at {directory}")
         click.echo(f"{len(DEMO_DOCUMENTS)} documents, {len(set(DEMO_DOCUMENTS))} distinct\n")
@@ -90,8 +95,9 @@ def demo(cache_dir: Path | None) -> None:
                     f"({fields}) -> HTTP {request.status}, {request.tokens} tokens"
                 )
             click.echo(
-                f"  {len(sent)} requests, {tokens} tokens upstream; "
-                f"{stats.hits} hits and {stats.misses} misses (distinct texts)"
+                f"  {_count(len(sent), 'request')}, {_count(tokens, 'token')} upstream; "
+                f"{_count(stats.hits, 'hit')} and {_count(stats.misses, 'miss')} "
+                "(distinct texts)"
             )
             click.echo(f"  vectors: {vectors.shape[0]} x {vectors.shape[1]} float32\n")
             return vectors, len(sent), tokens

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -148,7 +147,9 @@ def test_key_is_read_from_either_env_var(
         monkeypatch.delenv(name)
 
 
-def test_html_error_page_is_reported_as_non_json(client: JinaClient, emulator: JinaEmulator) -> None:
+def test_html_error_page_is_reported_as_non_json(
+    client: JinaClient, emulator: JinaEmulator
+) -> None:
     emulator.inject(Fault(status=403, body=b"<html>Forbidden</html>", content_type="text/html"))
     with pytest.raises(APIError, match=r"HTTP 403 with a non-JSON body \(text/html\)"):
         client.embed(["x"], V3)

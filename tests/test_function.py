@@ -58,7 +58,9 @@ def test_milvus_clustering_task_is_sent_as_separation_and_shares_entries(
     assert len(emulator.requests) == 1
 
 
-def test_returns_list_of_1d_float32_arrays_in_order(make_ef: MakeEF, emulator: JinaEmulator) -> None:
+def test_returns_list_of_1d_float32_arrays_in_order(
+    make_ef: MakeEF, emulator: JinaEmulator
+) -> None:
     out = make_ef().encode_documents(["b", "a"])
     assert isinstance(out, list)
     assert [v.shape for v in out] == [(1024,), (1024,)]

@@ -16,7 +16,7 @@ def test_v5_keeps_clustering() -> None:
 
 
 def test_unknown_task_for_known_model_names_the_valid_ones() -> None:
-    with pytest.raises(InvalidInputError, match="unknown task 'summarise'.*retrieval.query"):
+    with pytest.raises(InvalidInputError, match=r"unknown task 'summarise'.*retrieval\.query"):
         resolve_options("jina-embeddings-v3", "summarise")
 
 

@@ -1,0 +1,167 @@
+"""The public face of the emulator: lifecycle, request log, fault queue, expected vectors."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .faults import Fault, FaultQueue, RecordedRequest
+from .protocol import ApiError
+from .response import request_vectors
+from .server import EmulatorServer
+from .validation import parse_request
+
+__all__ = ["JinaEmulator"]
+
+_JOIN_SECONDS = 5.0  # bound on waiting for threads in stop(); they normally end at once
+
+
+class JinaEmulator:
+    """A local stand-in for ``POST https://api.jina.ai/v1/embeddings``, over real HTTP.
+
+    Vectors are deterministic (the same request gives the same float32 values in every
+    process), requests are validated per model as the API documents, and tests can queue
+    :class:`Fault` objects to make the next requests fail in chosen ways.
+
+    >>> with JinaEmulator(api_key="jina_test") as emu:  # doctest: +SKIP
+    ...     url = emu.url + "/v1/embeddings"
+
+    :param api_key: the only bearer token accepted; with ``None`` any non-empty one is.
+    :param host: interface to bind.
+    :param port: port to bind; 0 picks a free one.
+    :param latency: seconds added to every request (benchmarks); settable later.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+    ) -> None:
+        self._api_key = api_key
+        self._host = host
+        self._port = port
+        #: Seconds added to every request; may be changed while running.
+        self.latency = latency
+        self._faults = FaultQueue()
+        self._log: list[RecordedRequest] = []
+        self._log_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self._server: EmulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key is not None else "None"
+        return f"JinaEmulator(url={self._url!r}, api_key={key})"
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:43121``; POST to ``url + "/v1/embeddings"``.
+
+        Still answers after :meth:`stop` (the address is then closed), which lets tests
+        point a client at a port that refuses connections.
+
+        :raises RuntimeError: before the first :meth:`start`.
+        """
+        if self._url is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._url
+
+    def start(self) -> JinaEmulator:
+        """Bind and serve in a daemon thread; returns ``self``.
+
+        :raises RuntimeError: if it is already running.
+        """
+        with self._lifecycle_lock:
+            if self._server is not None:
+                raise RuntimeError("the emulator is already running")
+            server = EmulatorServer((self._host, self._port), self)
+            thread = threading.Thread(target=server.serve, name="jina-emulator", daemon=True)
+            thread.start()
+            host, port = server.socket.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self._url = f"http://{shown}:{port}"
+            self._server, self._thread = server, thread
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end open connections and close the socket. Safe to call twice."""
+        with self._lifecycle_lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None or thread is None:
+            return
+        server.stop_serving()
+        thread.join(_JOIN_SECONDS)
+        server.close_connections(_JOIN_SECONDS)
+        server.server_close()
+
+    def __enter__(self) -> JinaEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of the request log, oldest first (dropped connections included)."""
+        with self._log_lock:
+            return list(self._log)
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults: each arriving request (any path) takes the next one, FIFO; a
+        fault with ``times=n`` applies to ``n`` consecutive requests."""
+        self._faults.push(*faults)
+
+    def reset(self) -> None:
+        """Clear the request log and every queued fault."""
+        self._faults.clear()
+        with self._log_lock:
+            self._log.clear()
+
+    def expected_embedding(
+        self,
+        text: str,
+        *,
+        model: str = "jina-embeddings-v3",
+        task: str | None = None,
+        dimensions: int | None = None,
+        normalized: bool = True,
+    ) -> NDArray[np.float32]:
+        """The float32 vector a non-late-chunking request returns for ``text``.
+
+        It goes through the same validation and vector code as a request, so ``task``,
+        ``dimensions`` and ``normalized`` are ignored for models without those fields, just
+        as the server ignores them. A text over the model's token limit gives the vector a
+        ``truncate: true`` request returns (without it the request fails).
+
+        :raises ValueError: for an unknown model, task or out-of-range ``dimensions``.
+        """
+        body = {
+            "model": model,
+            "input": [text],
+            "task": task,
+            "dimensions": dimensions,
+            "normalized": normalized,
+            "truncate": True,
+        }
+        try:
+            request = parse_request(body)
+        except ApiError as error:
+            raise ValueError(error.detail) from None
+        return request_vectors(request)[0]
+
+    def _record(self, entry: RecordedRequest) -> None:
+        with self._log_lock:
+            self._log.append(entry)

@@ -1,0 +1,137 @@
+"""What a test can make the emulator do wrong, and what the emulator remembers of each request.
+
+Both types are frozen dataclasses so tests can compare and parametrize over them. Neither
+ever holds a header: the request log cannot leak an API key because it never sees one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Fault", "FaultQueue", "RecordedRequest"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaviour for the next request(s); every field is optional and they combine.
+
+    Transport-level faults (``delay``, ``drop``, ``cut_body``), a replacement answer
+    (``status`` and/or ``body``) and data-level faults on a successful embeddings response
+    (the rest) can be mixed in one ``Fault``. Data-level faults do nothing to error answers.
+
+    :param status: answer this status with a Jina-shaped error body instead of serving the
+        request (no auth check, no validation).
+    :param retry_after: ``Retry-After`` header value sent with whatever the answer is.
+    :param delay: seconds to sleep before answering (on top of the emulator's ``latency``).
+    :param drop: read the request, then close the connection without answering.
+    :param cut_body: send status and headers with the full ``Content-Length``, then half
+        the body, then close.
+    :param body: raw bytes to send instead of the real body, with status 200 or ``status``.
+    :param content_type: ``Content-Type`` of ``body``.
+    :param count_delta: drop (negative) or append (positive, copies of the last item with the
+        next indexes) that many items of ``data``.
+    :param dim_delta: make every vector that many components longer (padded with 0.01) or
+        shorter.
+    :param bad_value: write this value (e.g. ``nan``, ``inf``) into the first vector.
+    :param duplicate_index: give ``data[1]`` the index of ``data[0]``.
+    :param missing_index: set the last item's index to ``len(data)``.
+    :param bad_base64: encode base64 payloads two bytes short.
+    :param times: how many consecutive requests this fault applies to.
+    """
+
+    status: int | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+    drop: bool = False
+    cut_body: bool = False
+    body: bytes | None = None
+    content_type: str = "application/json"
+    count_delta: int = 0
+    dim_delta: int = 0
+    bad_value: float | None = None
+    duplicate_index: bool = False
+    missing_index: bool = False
+    bad_base64: bool = False
+    times: int = 1
+
+    def __post_init__(self) -> None:
+        if self.times < 1:
+            raise ValueError(f"Fault.times must be at least 1, got {self.times}")
+        if self.delay < 0:
+            raise ValueError(f"Fault.delay must not be negative, got {self.delay}")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"Fault.status must be an HTTP status, got {self.status}")
+
+    @property
+    def replaces_answer(self) -> bool:
+        """Whether the real request is not served at all (an injected status or raw body)."""
+        return self.status is not None or self.body is not None
+
+    @property
+    def alters_data(self) -> bool:
+        """Whether a successful embeddings response is mangled before it is encoded."""
+        return bool(
+            self.count_delta
+            or self.dim_delta
+            or self.bad_value is not None
+            or self.duplicate_index
+            or self.missing_index
+            or self.bad_base64
+        )
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the emulator saw and answered it.
+
+    :ivar method: HTTP method.
+    :ivar path: request path, query string included.
+    :ivar body: the parsed JSON object, or ``None`` when absent, unparseable or not an object.
+    :ivar status: the status sent, or ``None`` when the connection was dropped unanswered.
+    :ivar inputs: number of items in ``input`` (0 when unknown).
+    :ivar tokens: usage tokens charged: the response's ``usage.total_tokens`` for a 2xx
+        answer built from the real response, else 0 (failed requests are not charged).
+    :ivar authorized: whether the bearer token would pass the emulator's auth check.
+    :ivar fault: the fault applied to this request, if any.
+    """
+
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    status: int | None
+    inputs: int
+    tokens: int
+    authorized: bool
+    fault: Fault | None
+
+
+class FaultQueue:
+    """A thread-safe FIFO of faults; each request takes the head, ``times`` counts down."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[Fault, int]] = deque()  # (fault, remaining uses)
+
+    def push(self, *faults: Fault) -> None:
+        with self._lock:
+            self._queue.extend((fault, fault.times) for fault in faults)
+
+    def take(self) -> Fault | None:
+        with self._lock:
+            if not self._queue:
+                return None
+            fault, remaining = self._queue.popleft()
+            if remaining > 1:
+                self._queue.appendleft((fault, remaining - 1))
+            return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(remaining for _, remaining in self._queue)

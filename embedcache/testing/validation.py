@@ -1,0 +1,310 @@
+"""Validation of a ``POST /v1/embeddings`` body against the per-model table.
+
+Statuses follow the reference: schema violations are 422, an unknown model, too many items
+and over-long texts are 400. Where the reference is UNCONFIRMED, the choice is named in a
+comment next to the check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import MODELS, ModelSpec, spec_for
+from ..tokens import estimate_tokens
+from .protocol import (
+    INPUT_ITEM_LIMIT_EXCEEDED,
+    INPUT_MODEL_NOT_FOUND,
+    INPUT_TOKEN_LIMIT_EXCEEDED,
+    ApiError,
+    validation_error,
+)
+from .vectors import EMBEDDING_TYPES
+
+__all__ = [
+    "IMAGE_MODELS",
+    "IMAGE_TOKENS",
+    "EmbeddingRequest",
+    "InputItem",
+    "count_inputs",
+    "parse_request",
+    "truncate_to_tokens",
+]
+
+#: Models that take image items (reference §2.2). ``ModelSpec`` has no modality field.
+IMAGE_MODELS = frozenset({"jina-clip-v1", "jina-clip-v2", "jina-embeddings-v4"})
+#: Usage charged per image: one 224x224 tile of clip-v1 (reference §3.1); the emulator does
+#: not decode images, so every image counts as one tile (a choice).
+IMAGE_TOKENS = 1000
+# Both spellings of the image field: ``image`` (2026 spec) and ``url``/``bytes`` (2025
+# schema, still sent by LangChain and LlamaIndex). Accepting the old ones is a choice.
+_IMAGE_KEYS = ("image", "url", "bytes")
+_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "embedding_type",
+        "encoding_type",
+        "task",
+        "dimensions",
+        "normalized",
+        "late_chunking",
+        "truncate",
+    }
+)
+_V4 = "jina-embeddings-v4"
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: ``kind`` is ``"text"`` or ``"image"``; ``content`` the text (already cut
+    to the model's limit under ``truncate``) or the image URL/base64 string."""
+
+    kind: str
+    content: str
+
+    @property
+    def tokens(self) -> int:
+        return estimate_tokens(self.content) if self.kind == "text" else IMAGE_TOKENS
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """A validated request: everything needed to build the answer.
+
+    ``task`` is ``None`` for models without a task field (a task sent to them is ignored);
+    ``dimensions`` likewise. ``normalize`` already folds in that models without a
+    ``normalized`` field always normalise.
+    """
+
+    spec: ModelSpec
+    items: tuple[InputItem, ...]
+    task: str | None
+    dimensions: int | None
+    normalize: bool
+    late_chunking: bool
+    embedding_types: tuple[str, ...]
+    #: True when ``embedding_type`` was a list: ``embedding`` is then a dict keyed by type.
+    types_as_dict: bool
+
+    @property
+    def tokens(self) -> int:
+        return sum(item.tokens for item in self.items)
+
+
+def count_inputs(body: object) -> int:
+    """Number of input items in a (possibly invalid) body, 0 when it cannot be told."""
+    if not isinstance(body, dict):
+        return 0
+    value = body.get("input")
+    if isinstance(value, list):
+        return len(value)
+    return 1 if isinstance(value, (str, dict)) else 0
+
+
+def truncate_to_tokens(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose estimated token count is within ``limit``.
+
+    The estimate of a prefix never exceeds that of a longer prefix, so a binary search
+    over the cut position finds it.
+    """
+    if estimate_tokens(text) <= limit:
+        return text
+    low, high = 0, len(text)  # estimate(text[:low]) <= limit < estimate(text[:high])
+    while high - low > 1:
+        middle = (low + high) // 2
+        if estimate_tokens(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle
+    return text[:low]
+
+
+def parse_request(body: object) -> EmbeddingRequest:
+    """Validate a parsed JSON body.
+
+    :raises ApiError: 422 for schema violations, 400 for an unknown model, too many items or
+        an over-long text, with Jina's wording where the reference quotes it.
+    """
+    if not isinstance(body, dict):
+        raise validation_error("body", "Input should be a valid dictionary", "dict_type")
+    spec = _model(body)
+    extra = sorted(key for key in body if key not in _FIELDS)
+    if extra:
+        # Choice: the 2025 schemas forbade extra fields; the 2026 spec says nothing.
+        raise validation_error(
+            ", ".join(extra), "Extra inputs are not permitted", "extra_forbidden"
+        )
+    types, as_dict = _embedding_types(body)
+    task = _task(spec, body.get("task"))
+    dimensions = _dimensions(spec, body.get("dimensions"))
+    normalized = _flag(body, "normalized", default=True)
+    late_chunking = _flag(body, "late_chunking", default=False)
+    truncate = _flag(body, "truncate", default=False)
+    if late_chunking and not spec.late_chunking:
+        raise validation_error(
+            "late_chunking", f"late_chunking is not supported by {spec.name}", "unsupported"
+        )
+    items = _items(spec, body)
+    if late_chunking and any(item.kind != "text" for item in items):
+        raise validation_error("late_chunking", "late_chunking only works with text inputs")
+    if len(items) > spec.max_items:
+        raise _too_many_items(spec, len(items))
+    items = _enforce_token_limit(spec, items, truncate=truncate)
+    return EmbeddingRequest(
+        spec=spec,
+        items=items,
+        task=task,
+        dimensions=dimensions,
+        normalize=normalized or not spec.normalized,
+        late_chunking=late_chunking,
+        embedding_types=types,
+        types_as_dict=as_dict,
+    )
+
+
+def _model(body: dict[str, Any]) -> ModelSpec:
+    if "model" not in body:
+        raise validation_error("model", "Field required", "missing")
+    model = body["model"]
+    if not isinstance(model, str):
+        raise validation_error("model", "Input should be a valid string", "string_type")
+    spec = spec_for(model)
+    if spec is None:
+        available = ", ".join(MODELS)
+        raise ApiError(
+            400, INPUT_MODEL_NOT_FOUND, f"Model '{model}' not found. Available models: {available}"
+        )
+    return spec
+
+
+def _embedding_types(body: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
+    # ``encoding_type`` is the pydantic field name and ``embedding_type`` its alias (S3);
+    # both spellings in one body must agree (a choice).
+    names = [name for name in ("embedding_type", "encoding_type") if body.get(name) is not None]
+    if len(names) == 2 and body[names[0]] != body[names[1]]:
+        raise validation_error("embedding_type", "embedding_type and encoding_type disagree")
+    if not names:
+        return ("float",), False
+    field = names[0]
+    value = body[field]
+    allowed = "Input should be " + ", ".join(f"'{t}'" for t in EMBEDDING_TYPES)
+    if isinstance(value, str):
+        if value not in EMBEDDING_TYPES:
+            raise validation_error(field, allowed, "enum")
+        return (value,), False
+    if isinstance(value, list) and value:
+        if not all(isinstance(v, str) and v in EMBEDDING_TYPES for v in value):
+            raise validation_error(field, allowed, "enum")
+        return tuple(dict.fromkeys(value)), True
+    raise validation_error(field, allowed, "enum")
+
+
+def _task(spec: ModelSpec, task: object) -> str | None:
+    if task is not None and not isinstance(task, str):
+        raise validation_error("task", "Input should be a valid string", "string_type")
+    if spec.tasks is None:
+        # The 2025 schema took ``task`` for every text model and pymilvus always sends it;
+        # ignoring it on models without the field is a choice (reference §2.2: UNCONFIRMED).
+        return None
+    if task is not None and task not in spec.tasks:
+        valid = ", ".join(f"'{t}'" for t in spec.tasks)
+        raise validation_error("task", f"Input should be {valid}", "enum")
+    return task
+
+
+def _dimensions(spec: ModelSpec, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise validation_error("dimensions", "Input should be a valid integer", "int_type")
+    if spec.dimensions is None:
+        return None  # pymilvus sends the native size to every model: ignored, as for task
+    low, high = spec.dimensions
+    if value < low:
+        raise validation_error(
+            "dimensions", f"Input should be greater than or equal to {low}", "greater_than_equal"
+        )
+    if value > high:
+        raise validation_error(
+            "dimensions", f"Input should be less than or equal to {high}", "less_than_equal"
+        )
+    return value
+
+
+def _flag(body: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    # Strict booleans (a choice): pydantic's lax mode would also take 0/1 and "true".
+    if not isinstance(value, bool):
+        raise validation_error(name, "Input should be a valid boolean", "bool_type")
+    return value
+
+
+def _items(spec: ModelSpec, body: dict[str, Any]) -> tuple[InputItem, ...]:
+    if "input" not in body:
+        raise validation_error("input", "Field required", "missing")
+    value = body["input"]
+    if isinstance(value, list):
+        if not value:
+            # Choice: the reference does not say what an empty list gets.
+            raise validation_error("input", "List should have at least 1 item", "too_short")
+        return tuple(_item(spec, entry, f"input.{i}") for i, entry in enumerate(value))
+    return (_item(spec, value, "input"),)
+
+
+def _item(spec: ModelSpec, value: object, where: str) -> InputItem:
+    if isinstance(value, str):
+        return InputItem("text", value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, content),) = value.items()
+        if not isinstance(content, str):
+            raise validation_error(
+                f"{where}.{key}", "Input should be a valid string", "string_type"
+            )
+        if key == "text":
+            return InputItem("text", content)
+        if key in _IMAGE_KEYS:
+            if spec.name not in IMAGE_MODELS:
+                raise validation_error(where, f"{spec.name} accepts text inputs only", "model_type")
+            return InputItem("image", content)
+    raise validation_error(
+        where, "Input should be a string or an object with one of 'text', 'image'", "union_type"
+    )
+
+
+def _too_many_items(spec: ModelSpec, count: int) -> ApiError:
+    if spec.name == _V4:
+        detail = (
+            f"Validation error: 'body -> {_V4}' Each input list can contain at most "
+            f"{spec.max_items} items."
+        )
+    else:
+        detail = f'"input" length {count} is larger than the largest allowed size {spec.max_items}'
+    return ApiError(400, INPUT_ITEM_LIMIT_EXCEEDED, detail)
+
+
+def _enforce_token_limit(
+    spec: ModelSpec, items: tuple[InputItem, ...], *, truncate: bool
+) -> tuple[InputItem, ...]:
+    limit = spec.max_input_tokens
+    if limit is None:
+        return items
+    out = []
+    for i, item in enumerate(items):
+        if item.kind == "text" and item.tokens > limit:
+            if not truncate:
+                # Code and wording from the 2026 error table; the status there is 400, and
+                # the index and count are additions (reference §10: UNCONFIRMED).
+                raise ApiError(
+                    400,
+                    INPUT_TOKEN_LIMIT_EXCEEDED,
+                    f"Input text exceeds the model's maximum of {limit} tokens "
+                    f"(input {i} has {item.tokens} tokens); set truncate to true to cut it",
+                )
+            item = InputItem("text", truncate_to_tokens(item.content, limit))
+        out.append(item)
+    # Choice: a late-chunking request is checked item by item, not as one concatenation
+    # (what the API does with an over-long concatenation is UNCONFIRMED, reference §4).
+    return tuple(out)
