@@ -230,8 +230,10 @@ class CachedEmbedder:
             for batch in batches:
                 self._commit(batch, self._send(batch, options), options, fp, found)
             return
-        pool = self._pool or ThreadPoolExecutor(self.max_concurrency, "embedcache")
-        self._pool = pool
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
+            pool = self._pool
         pending: dict[Future[UpstreamResult], list[_Miss]] = {}
         error: BaseException | None = None
         try:

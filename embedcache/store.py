@@ -207,8 +207,10 @@ class Store:
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheError(f"cannot {action} cache at {self.directory}: {exc}") from exc
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            # diskcache.Timeout: another process held the database lock for too long.
+            reason = str(exc) or type(exc).__name__
+            raise CacheError(f"cannot {action} cache at {self.directory}: {reason}") from exc
 
     def _check_or_create_marker(self) -> None:
         marker = self.directory / MARKER_NAME
