@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
-from .errors import CacheMissError, InvalidInputError, ResponseFormatError
+from .errors import CacheError, CacheMissError, InvalidInputError, ResponseFormatError
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
 from .store import Record, Store
 from .tokens import estimate_tokens
 from .upstream import Upstream, UpstreamResult
 
-__all__ = ["CachedEmbedder", "Stats", "check_texts"]
+__all__ = ["CachedEmbedder", "Stats", "WarmReport", "check_texts"]
 
 log = logging.getLogger("embedcache")
 
@@ -45,6 +45,19 @@ class Stats:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What :meth:`CachedEmbedder.warm` found and did. Counts are of distinct entries except
+    ``texts``; ``estimated_tokens`` uses the same estimate as batching."""
+
+    texts: int
+    unique: int
+    cached: int
+    to_fetch: int
+    estimated_tokens: int
+    tokens_spent: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,7 @@ class CachedEmbedder:
         self._lock = threading.Lock()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._flushed = asdict(self._stats)
 
     @property
     def stats(self) -> Stats:
@@ -112,7 +126,9 @@ class CachedEmbedder:
             return Stats(**asdict(self._stats))
 
     def close(self) -> None:
-        """Stop the worker threads (the store and upstream belong to the caller)."""
+        """Record this session's counters in the cache's lifetime totals and stop the worker
+        threads (the store and upstream belong to the caller)."""
+        self._flush_counters()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -127,6 +143,62 @@ class CachedEmbedder:
         :raises InvalidInputError: before any request, for bad texts or limits.
         :raises CacheMissError: in offline mode, when anything is missing.
         """
+        fp, keys, first_index = self._index(texts, options)
+        if not keys:
+            return np.empty((0, options.expected_dim or 0), dtype=np.float32)
+        unique = list(first_index)
+        found: dict[bytes, NDArray[np.float32]] = {}
+        tokens: dict[bytes, float] = {}
+        for key, record in zip(unique, self.store.get_many(unique), strict=True):
+            if record is not None and self._fits(record, options):
+                found[key] = record.vector
+                tokens[key] = record.tokens
+        misses = self._misses(texts, first_index, found, options)
+        missing = {miss.key for miss in misses}
+        with self._lock:
+            self._stats.hits += len(found.keys() - missing)
+            self._stats.tokens_saved += sum(t for k, t in tokens.items() if k not in missing)
+        if misses:
+            self._fill(misses, len(unique), options, fp, found)
+        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+
+    def warm(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        *,
+        dry_run: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> WarmReport:
+        """Make sure every text is cached, without reading or returning vectors.
+
+        :param dry_run: only hash and check presence; send nothing.
+        :param on_batch: called with ``(texts, tokens)`` after each batch is committed.
+        :returns: counts known before fetching (``tokens_spent`` is filled in after).
+        :raises InvalidInputError: before any request, for bad texts or limits.
+        :raises CacheMissError: in offline mode, when anything is missing.
+        """
+        fp, _, first_index = self._index(texts, options)
+        unique = list(first_index)
+        present = {k for k, ok in zip(unique, self.store.contains_many(unique), strict=True) if ok}
+        misses = self._misses(texts, first_index, present, options)
+        report = WarmReport(
+            texts=len(texts),
+            unique=len(unique),
+            cached=len(unique) - len(misses),
+            to_fetch=len(misses),
+            estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
+        )
+        if dry_run or not misses:
+            return report
+        before = self.stats.tokens_spent
+        self._fill(misses, len(unique), options, fp, None, on_batch)
+        return replace(report, tokens_spent=self.stats.tokens_spent - before)
+
+    def _index(
+        self, texts: Sequence[str], options: RequestOptions
+    ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
+        """Validate, key every text, and map each distinct key to its first position."""
         check_texts(texts)
         fp = self._fingerprint(options)
         if options.late_chunking:
@@ -138,39 +210,56 @@ class CachedEmbedder:
             keys = group_keys(fp, texts)
         else:
             keys = text_keys(fp, texts)
-        if not keys:
-            return np.empty((0, options.expected_dim or 0), dtype=np.float32)
-
         first_index: dict[bytes, int] = {}
         for index, key in enumerate(keys):
             first_index.setdefault(key, index)
-        unique = list(first_index)
-        found: dict[bytes, NDArray[np.float32]] = {}
-        saved = 0.0
-        for key, record in zip(unique, self.store.get_many(unique), strict=True):
-            if record is not None and self._fits(record, options):
-                found[key] = record.vector
-                saved += record.tokens
-        misses = [_Miss(k, texts[first_index[k]], first_index[k]) for k in unique if k not in found]
-        if misses and options.late_chunking and len(found):
+        return fp, keys, first_index
+
+    @staticmethod
+    def _misses(
+        texts: Sequence[str],
+        first_index: dict[bytes, int],
+        have: Container[bytes],
+        options: RequestOptions,
+    ) -> list[_Miss]:
+        misses = [_Miss(k, texts[i], i) for k, i in first_index.items() if k not in have]
+        if misses and options.late_chunking:
             # A group is all or nothing: its vectors only make sense together.
-            misses = [_Miss(k, texts[i], i) for k, i in first_index.items()]
-            found.clear()
-            saved = 0.0
+            return [_Miss(k, texts[i], i) for k, i in first_index.items()]
+        return misses
+
+    def _fill(
+        self,
+        misses: list[_Miss],
+        distinct: int,
+        options: RequestOptions,
+        fp: Fingerprint,
+        found: dict[bytes, NDArray[np.float32]] | None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if self.offline:
+            raise CacheMissError(
+                f"offline: {len(misses)} of {distinct} distinct texts are not cached",
+                misses=len(misses),
+            )
+        self._check_lengths(misses, options)
         with self._lock:
-            self._stats.hits += len(found)
-            self._stats.tokens_saved += saved
-        if misses:
-            if self.offline:
-                raise CacheMissError(
-                    f"offline: {len(misses)} of {len(unique)} distinct texts are not cached",
-                    misses=len(misses),
-                )
-            self._check_lengths(misses, options)
-            with self._lock:
-                self._stats.misses += len(misses)
-            self._fetch(misses, options, fp, found)
-        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+            self._stats.misses += len(misses)
+        try:
+            self._fetch(misses, options, fp, found, on_batch)
+        finally:
+            self._flush_counters()
+
+    def _flush_counters(self) -> None:
+        with self._lock:
+            now = asdict(self._stats)
+            deltas = {name: round(now[name]) - round(self._flushed[name]) for name in now}
+            self._flushed = now
+        try:
+            self.store.add_counters(deltas)
+        except CacheError as exc:
+            # Counters are bookkeeping: a read-only cache must still serve its hits.
+            log.warning("could not record lifetime counters: %s", exc)
 
     def _fingerprint(self, options: RequestOptions) -> Fingerprint:
         fp = self._fingerprints.get(options)
@@ -223,12 +312,19 @@ class CachedEmbedder:
         misses: list[_Miss],
         options: RequestOptions,
         fp: Fingerprint,
-        found: dict[bytes, NDArray[np.float32]],
+        found: dict[bytes, NDArray[np.float32]] | None,
+        on_batch: Callable[[int, int], None] | None,
     ) -> None:
         batches = self._batches(misses, options)
+
+        def commit(batch: list[_Miss], result: UpstreamResult) -> None:
+            self._commit(batch, result, options, fp, found)
+            if on_batch is not None:
+                on_batch(len(batch), result.total_tokens)
+
         if self.max_concurrency == 1:
             for batch in batches:
-                self._commit(batch, self._send(batch, options), options, fp, found)
+                commit(batch, self._send(batch, options))
             return
         with self._lock:
             if self._pool is None:
@@ -249,7 +345,7 @@ class CachedEmbedder:
                 for future in done:
                     sent = pending.pop(future)
                     try:
-                        self._commit(sent, future.result(), options, fp, found)
+                        commit(sent, future.result())
                     except Exception as exc:
                         # Keep committing what is already paid for; raise the first failure.
                         error = error or exc
@@ -273,17 +369,18 @@ class CachedEmbedder:
         result: UpstreamResult,
         options: RequestOptions,
         fp: Fingerprint,
-        found: dict[bytes, NDArray[np.float32]],
+        found: dict[bytes, NDArray[np.float32]] | None,
     ) -> None:
-        vectors = self._validated(result, len(batch), options, found)
+        vectors = self._validated(result, len(batch), options, found or {})
         lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
         self.store.put_many(
             fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )
-        for i, miss in enumerate(batch):
-            found[miss.key] = vectors[i]
+        if found is not None:
+            for i, miss in enumerate(batch):
+                found[miss.key] = vectors[i]
 
     @staticmethod
     def _validated(

@@ -16,7 +16,9 @@ as one BLOB (diskcache keeps ``bytes`` keys and values raw: no pickle)::
     36      4*d   the vector
 
 Reads never write (no access-time updates, no statistics), and nothing is evicted unless a
-``size_limit`` is given, in which case the least recently *stored* entries go first.
+size limit is set, in which case the least recently *stored* entries go first. The limit is
+kept in the database, so it holds for every later user of the directory until changed.
+Lifetime counters (hits, misses, …) are kept as integers under reserved text keys.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .config import KEY_VERSION, resolve_cache_dir
 from .errors import CacheError, CacheFormatError
 from .keys import Fingerprint
 
-__all__ = ["FORMAT_VERSION", "MARKER_NAME", "Record", "Store"]
+__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Record", "Store"]
 
 FORMAT_VERSION = 1
 MARKER_NAME = "embedcache.json"
@@ -49,6 +51,9 @@ _MAGIC = b"EC"
 _FLOAT32_LE = 1
 _HEADER = struct.Struct("<2sBBIfdQQ")
 _FINGERPRINT_PREFIX = "fingerprint:"
+_COUNTER_PREFIX = "counter:"
+#: Lifetime counters kept by :meth:`Store.add_counters`.
+COUNTERS = ("hits", "misses", "requests", "tokens_spent", "tokens_saved")
 # Vectors are a few KiB; keeping every one inside SQLite avoids one file per entry.
 _INLINE_LIMIT = 1 << 24
 _NO_LIMIT = 1 << 62
@@ -114,7 +119,8 @@ class Store:
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
         user cache directory. Created with mode 0700 when missing.
     :param size_limit: bytes on disk above which the oldest stored entries are evicted.
-        ``None`` (the default) never evicts.
+        ``None`` keeps the directory's current setting (a new cache has no limit); ``0``
+        removes the limit.
     :raises CacheFormatError: the directory was written by an incompatible version.
     :raises CacheError: the directory cannot be created or opened.
     """
@@ -122,25 +128,36 @@ class Store:
     def __init__(
         self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
     ) -> None:
+        if size_limit is not None and size_limit < 0:
+            raise CacheError(f"size_limit must be 0 (none) or a positive byte count: {size_limit}")
         self.directory = resolve_cache_dir(directory)
-        self.size_limit = size_limit
         self._known_fingerprints: set[int] = set()
-        self._check_or_create_marker()
+        created = self._check_or_create_marker()
+        settings: dict[str, object] = {
+            "statistics": False,
+            "tag_index": False,
+            "disk_min_file_size": _INLINE_LIMIT,
+        }
+        if created or size_limit == 0:
+            # diskcache's own default is a 1 GiB limit: never let that apply silently.
+            settings.update(eviction_policy="none", size_limit=_NO_LIMIT)
+        elif size_limit is not None:
+            settings.update(eviction_policy="least-recently-stored", size_limit=size_limit)
         try:
-            self._cache: Any = diskcache.Cache(
-                str(self.directory),
-                eviction_policy="none" if size_limit is None else "least-recently-stored",
-                size_limit=_NO_LIMIT if size_limit is None else size_limit,
-                statistics=False,
-                tag_index=False,
-                disk_min_file_size=_INLINE_LIMIT,
-            )
-        except (OSError, sqlite3.Error) as exc:
+            self._cache: Any = diskcache.Cache(str(self.directory), **settings)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
         self._restrict_permissions()
 
     def __repr__(self) -> str:
         return f"Store({str(self.directory)!r}, size_limit={self.size_limit!r})"
+
+    @property
+    def size_limit(self) -> int | None:
+        """Bytes above which entries are evicted, or ``None`` when nothing is ever evicted."""
+        if self._cache.eviction_policy == "none":
+            return None
+        return int(self._cache.size_limit)
 
     def __enter__(self) -> Store:
         return self
@@ -181,6 +198,54 @@ class Store:
                 self._cache.set(key, pack(vector, tokens, fp.id))
         self._known_fingerprints.add(fp.id)
 
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key has an entry (without reading or checking it)."""
+        with self._errors("read"):
+            return [key in self._cache for key in keys]
+
+    def scan(self) -> Iterator[tuple[bytes, Record | str]]:
+        """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
+        for key in self._iter_keys():
+            if not isinstance(key, bytes):
+                continue
+            with self._errors("read"):
+                raw = self._cache.get(key)
+            if raw is None:
+                continue  # deleted or evicted while scanning
+            try:
+                yield key, unpack(raw)
+            except ValueError as exc:
+                yield key, str(exc)
+            except TypeError:
+                yield key, f"value of type {type(raw).__name__}, not bytes"
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        """Delete entries in one transaction; returns how many existed."""
+        with self._errors("write"), self._cache.transact():
+            return sum(1 for key in keys if self._cache.delete(key))
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many were removed. Lifetime counters stay."""
+        removed = len(self)
+        counters = self.counters()
+        with self._errors("write"):
+            self._cache.clear()
+        self._known_fingerprints.clear()
+        self.add_counters(counters)
+        return removed
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        """Add to the lifetime counters in one transaction."""
+        with self._errors("write"), self._cache.transact():
+            for name, delta in deltas.items():
+                if delta:
+                    self._cache.incr(f"{_COUNTER_PREFIX}{name}", delta)
+
+    def counters(self) -> dict[str, int]:
+        """The lifetime counters, every one of :data:`COUNTERS` present."""
+        with self._errors("read"):
+            return {name: int(self._cache.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
+
     def fingerprints(self) -> dict[int, dict[str, object]]:
         """The request settings of every fingerprint that has entries, by id."""
         out: dict[int, dict[str, object]] = {}
@@ -212,7 +277,8 @@ class Store:
             reason = str(exc) or type(exc).__name__
             raise CacheError(f"cannot {action} cache at {self.directory}: {reason}") from exc
 
-    def _check_or_create_marker(self) -> None:
+    def _check_or_create_marker(self) -> bool:
+        """Check the directory's versions; create it and its marker when new (returns True)."""
         marker = self.directory / MARKER_NAME
         expected = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
         try:
@@ -225,7 +291,7 @@ class Store:
                         f"embedcache uses {expected}: choose another cache directory or "
                         "delete this one"
                     )
-                return
+                return False
             if (self.directory / "cache.db").exists():
                 raise CacheFormatError(
                     f"{self.directory} holds a database without {MARKER_NAME}: not an "
@@ -239,6 +305,7 @@ class Store:
             tmp.write_text(json.dumps(expected) + "\n", encoding="utf-8")
             os.chmod(tmp, 0o600)
             os.replace(tmp, marker)
+            return True
         except json.JSONDecodeError as exc:
             raise CacheFormatError(f"{marker} is not valid JSON: {exc}") from exc
         except OSError as exc:
