@@ -31,6 +31,12 @@ DEFAULT_BACKOFF_CAP_SECONDS = 30.0
 #: Upper bound on how long one honoured ``Retry-After`` may make us wait.
 MAX_RETRY_AFTER_SECONDS = 120.0
 
+#: Dollars per million tokens for cost estimates. Jina publishes no price list in our
+#: reference; $0.05/1M is the one figure in its API spec (an example for v3), so every
+#: figure derived from it is labelled an estimate.
+DEFAULT_PRICE_PER_MILLION_TOKENS = 0.05
+PRICE_ENV = "EMBEDCACHE_PRICE_PER_MILLION_TOKENS"
+
 #: Bumped whenever the way request fields or texts map to cache keys changes.
 KEY_VERSION = 1
 

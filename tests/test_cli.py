@@ -4,7 +4,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from embedcache.cli import DEMO_API_KEY, main
+from embedcache.cli import main
+from embedcache.cli_demo import DEMO_API_KEY
 
 
 def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
