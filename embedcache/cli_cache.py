@@ -54,7 +54,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                     for (m, t, d), (n, tok) in sorted(summary.groups.items(), key=str)
                 ],
                 "lifetime": counters,
-                "estimated_usd_saved": round(saved_usd, 6),
+                "estimated_usd_saved": saved_usd,
                 "price_per_million_tokens": price_per_million,
             }
         )

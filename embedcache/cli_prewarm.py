@@ -157,7 +157,7 @@ def prewarm(
     plans = [embedder.warm(group, options, dry_run=True) for group in groups]
     plan: dict[str, Any] = _total(plans)
     del plan["tokens_spent"]  # filled in by fetching, below
-    plan["estimated_cost_usd"] = round(dollars(plan["estimated_tokens"], price_per_million), 6)
+    plan["estimated_cost_usd"] = dollars(plan["estimated_tokens"], price_per_million)
     if dry_run:
         _report({**plan, "dry_run": True}, price_per_million, as_json)
         return
@@ -183,7 +183,7 @@ def prewarm(
         "fetched": progress.fetched,
         "requests": stats.requests,
         "tokens_spent": stats.tokens_spent,
-        "cost_usd": round(dollars(stats.tokens_spent, price_per_million), 6),
+        "cost_usd": dollars(stats.tokens_spent, price_per_million),
         "seconds": round(time.monotonic() - start, 3),
     }
     _report(result, price_per_million, as_json)
