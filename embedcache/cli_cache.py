@@ -4,6 +4,7 @@ clear, verify."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def inspect(
         click.echo("cached   no")
         return
     click.echo("cached   yes")
-    click.echo(f"request  {settings}")
+    click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
     click.echo(f"vector   {len(record.vector)} float32, {record.tokens:.1f} tokens attributed")
     click.echo(f"created  {format_time(record.created)}")
 

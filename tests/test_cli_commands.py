@@ -418,3 +418,17 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, name
         assert "Usage:" in result.output
+
+
+def test_progress_prints_plain_lines_when_not_on_a_terminal(
+    run: Any, emulator: JinaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedcache import cli_prewarm
+
+    monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"t{i}" for i in range(6)), encoding="utf-8")
+    result = ok(run("prewarm", str(corpus), "--batch-size", "2", "--max-concurrency", "1"))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("prewarm:")]
+    assert len(lines) == 3
+    assert lines[-1].startswith("prewarm: 6/6 texts (100%), 0 hits, 6 fetched")
