@@ -236,6 +236,8 @@ class Store:
 
     def add_counters(self, deltas: dict[str, int]) -> None:
         """Add to the lifetime counters in one transaction."""
+        if not any(deltas.values()):
+            return  # not even the write lock: a read-only cache stays usable
         with self._errors("write"), self._cache.transact():
             for name, delta in deltas.items():
                 if delta:
