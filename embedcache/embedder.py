@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 
@@ -20,7 +20,7 @@ from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
 from .errors import CacheError, CacheMissError, InvalidInputError, ResponseFormatError
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
-from .store import Record, Store
+from .store import Store
 from .tokens import estimate_tokens
 from .upstream import Upstream, UpstreamResult
 
@@ -65,6 +65,24 @@ class _Miss:
     key: bytes
     text: str
     index: int  # first position in the caller's list, for error messages
+    slot: int  # row in the matrix of distinct texts
+
+
+class _Rows:
+    """The vectors of a call's distinct texts; sized on the first batch when the model's
+    dimension is not known beforehand."""
+
+    def __init__(self, matrix: NDArray[np.float32]) -> None:
+        self.matrix = matrix
+
+    @property
+    def dim(self) -> int | None:
+        return self.matrix.shape[1] or None
+
+    def put(self, slots: list[int], vectors: NDArray[np.float32]) -> None:
+        if not self.matrix.shape[1]:
+            self.matrix = np.zeros((len(self.matrix), vectors.shape[1]), dtype=np.float32)
+        self.matrix[slots] = vectors
 
 
 def check_texts(texts: object) -> Sequence[str]:
@@ -147,20 +165,20 @@ class CachedEmbedder:
         if not keys:
             return np.empty((0, options.expected_dim or 0), dtype=np.float32)
         unique = list(first_index)
-        found: dict[bytes, NDArray[np.float32]] = {}
-        tokens: dict[bytes, float] = {}
-        for key, record in zip(unique, self.store.get_many(unique), strict=True):
-            if record is not None and self._fits(record, options):
-                found[key] = record.vector
-                tokens[key] = record.tokens
-        misses = self._misses(texts, first_index, found, options)
-        missing = {miss.key for miss in misses}
+        found = self.store.read_many(unique, options.expected_dim)
+        misses = self._misses(texts, unique, first_index, ~found.present, options)
+        hits = found.present.copy()
+        hits[[miss.slot for miss in misses]] = False
         with self._lock:
-            self._stats.hits += len(found.keys() - missing)
-            self._stats.tokens_saved += sum(t for k, t in tokens.items() if k not in missing)
+            self._stats.hits += int(hits.sum())
+            self._stats.tokens_saved += float(found.tokens[hits].sum())
+        rows = _Rows(found.vectors)
         if misses:
-            self._fill(misses, len(unique), options, fp, found)
-        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+            self._fill(misses, len(unique), options, fp, rows)
+        if len(unique) == len(keys):
+            return rows.matrix
+        slot = {key: i for i, key in enumerate(unique)}
+        return rows.matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
 
     def warm(
         self,
@@ -180,8 +198,8 @@ class CachedEmbedder:
         """
         fp, _, first_index = self._index(texts, options)
         unique = list(first_index)
-        present = {k for k, ok in zip(unique, self.store.contains_many(unique), strict=True) if ok}
-        misses = self._misses(texts, first_index, present, options)
+        absent = ~np.array(self.store.contains_many(unique), dtype=bool)
+        misses = self._misses(texts, unique, first_index, absent, options)
         report = WarmReport(
             texts=len(texts),
             unique=len(unique),
@@ -218,15 +236,19 @@ class CachedEmbedder:
     @staticmethod
     def _misses(
         texts: Sequence[str],
+        unique: list[bytes],
         first_index: dict[bytes, int],
-        have: Container[bytes],
+        absent: NDArray[np.bool_],
         options: RequestOptions,
     ) -> list[_Miss]:
-        misses = [_Miss(k, texts[i], i) for k, i in first_index.items() if k not in have]
-        if misses and options.late_chunking:
+        slots = np.flatnonzero(absent)
+        if len(slots) and options.late_chunking:
             # A group is all or nothing: its vectors only make sense together.
-            return [_Miss(k, texts[i], i) for k, i in first_index.items()]
-        return misses
+            slots = np.arange(len(unique))
+        return [
+            _Miss(unique[j], texts[first_index[unique[j]]], first_index[unique[j]], j)
+            for j in slots.tolist()
+        ]
 
     def _fill(
         self,
@@ -234,7 +256,7 @@ class CachedEmbedder:
         distinct: int,
         options: RequestOptions,
         fp: Fingerprint,
-        found: dict[bytes, NDArray[np.float32]] | None,
+        rows: _Rows | None,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         if self.offline:
@@ -246,7 +268,7 @@ class CachedEmbedder:
         with self._lock:
             self._stats.misses += len(misses)
         try:
-            self._fetch(misses, options, fp, found, on_batch)
+            self._fetch(misses, options, fp, rows, on_batch)
         finally:
             self._flush_counters()
 
@@ -266,14 +288,6 @@ class CachedEmbedder:
         if fp is None:
             fp = self._fingerprints[options] = fingerprint(options)
         return fp
-
-    @staticmethod
-    def _fits(record: Record, options: RequestOptions) -> bool:
-        expected = options.expected_dim
-        if expected is None or len(record.vector) == expected:
-            return True
-        log.warning("ignoring cached vector of %d dims, expected %d", len(record.vector), expected)
-        return False
 
     @staticmethod
     def _check_lengths(misses: list[_Miss], options: RequestOptions) -> None:
@@ -312,13 +326,13 @@ class CachedEmbedder:
         misses: list[_Miss],
         options: RequestOptions,
         fp: Fingerprint,
-        found: dict[bytes, NDArray[np.float32]] | None,
+        rows: _Rows | None,
         on_batch: Callable[[int, int], None] | None,
     ) -> None:
         batches = self._batches(misses, options)
 
         def commit(batch: list[_Miss], result: UpstreamResult) -> None:
-            self._commit(batch, result, options, fp, found)
+            self._commit(batch, result, options, fp, rows)
             if on_batch is not None:
                 on_batch(len(batch), result.total_tokens)
 
@@ -369,25 +383,24 @@ class CachedEmbedder:
         result: UpstreamResult,
         options: RequestOptions,
         fp: Fingerprint,
-        found: dict[bytes, NDArray[np.float32]] | None,
+        rows: _Rows | None,
     ) -> None:
-        vectors = self._validated(result, len(batch), options, found or {})
+        vectors = self._validated(result, len(batch), options, rows.dim if rows else None)
         lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
         self.store.put_many(
             fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )
-        if found is not None:
-            for i, miss in enumerate(batch):
-                found[miss.key] = vectors[i]
+        if rows is not None:
+            rows.put([miss.slot for miss in batch], vectors)
 
     @staticmethod
     def _validated(
         result: UpstreamResult,
         count: int,
         options: RequestOptions,
-        found: dict[bytes, NDArray[np.float32]],
+        known_dim: int | None,
     ) -> NDArray[np.float32]:
         vectors = result.vectors
         where = f" (request id {result.request_id})" if result.request_id else ""
@@ -395,9 +408,7 @@ class CachedEmbedder:
             raise ResponseFormatError(
                 f"sent {count} texts but received {vectors.shape[0]} embeddings{where}"
             )
-        expected = options.expected_dim
-        if expected is None and found:
-            expected = len(next(iter(found.values())))
+        expected = options.expected_dim or known_dim
         if expected is not None and vectors.shape[1] != expected:
             raise ResponseFormatError(
                 f"received {vectors.shape[1]}-dimensional embeddings, expected {expected}{where}"

@@ -66,3 +66,32 @@ def make_ef(
     yield make
     for ef in made:
         ef.close()
+
+
+def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
+    """Flip one bit of a stored vector on disk, as disk corruption would; returns its key.
+
+    Knows the store's layout (index.db rows point into segments/<id>.f32) on purpose: it
+    stands in for the disk, below the store.
+    """
+    import sqlite3
+
+    import numpy as np
+
+    with sqlite3.connect(cache_dir / "index.db") as db:
+        if key is None:
+            hi, lo, seg, row, dim = db.execute(
+                "SELECT k, lo, seg, row, dim FROM entries ORDER BY k LIMIT 1"
+            ).fetchone()
+        else:
+            hi, lo = np.frombuffer(key, dtype="<i8").tolist()
+            seg, row, dim = db.execute(
+                "SELECT seg, row, dim FROM entries WHERE k = ? AND lo = ?", (hi, lo)
+            ).fetchone()
+    db.close()
+    with open(cache_dir / "segments" / f"{seg}.f32", "r+b") as handle:
+        handle.seek(row * dim * 4 + 5)
+        byte = handle.read(1)
+        handle.seek(row * dim * 4 + 5)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    return np.array([hi, lo], dtype="<i8").tobytes()

@@ -20,6 +20,8 @@ from embedcache import (
 from embedcache.errors import APIError, AuthenticationError, InvalidInputError
 from embedcache.testing import Fault, JinaEmulator
 
+from .conftest import damage_entry
+
 MakeEF = Callable[..., JinaEmbeddingFunction]
 TEXTS = ["first text", "second text", "third text"]
 
@@ -284,14 +286,8 @@ def test_stats_count_tokens_spent_and_saved(make_ef: MakeEF, emulator: JinaEmula
 def test_damaged_entry_is_refetched(
     make_ef: MakeEF, emulator: JinaEmulator, cache_dir: Path
 ) -> None:
-    import diskcache
-
     make_ef().embed(["a"])
-    with diskcache.Cache(str(cache_dir)) as raw:
-        key = next(k for k in raw.iterkeys() if isinstance(k, bytes))
-        blob = bytearray(raw[key])
-        blob[-2] ^= 0x55
-        raw[key] = bytes(blob)
+    damage_entry(cache_dir)
     out = make_ef().embed(["a"])
     assert len(emulator.requests) == 2
     assert out[0].tobytes() == emulator.expected_embedding("a", task="retrieval.passage").tobytes()

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import diskcache
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -21,7 +20,7 @@ from embedcache.cli import main
 from embedcache.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY
+from .conftest import API_KEY, damage_entry
 
 
 @pytest.fixture
@@ -333,11 +332,7 @@ def test_verify_finds_and_repairs_damaged_entries(
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     assert as_json(run("verify", "--json"))["bad"] == []
-    with diskcache.Cache(str(cache_dir)) as raw:
-        key = next(k for k in raw.iterkeys() if isinstance(k, bytes))
-        blob = bytearray(raw[key])
-        blob[40] ^= 0x01
-        raw[key] = bytes(blob)
+    key = damage_entry(cache_dir)
     found = run("verify", "--json")
     assert found.exit_code == 1
     report = json.loads(found.stdout)

@@ -4,7 +4,6 @@ import json
 import stat
 from pathlib import Path
 
-import diskcache
 import numpy as np
 import pytest
 
@@ -13,11 +12,19 @@ from embedcache.keys import fingerprint, text_keys
 from embedcache.models import RequestOptions
 from embedcache.store import MARKER_NAME, Store
 
+from .conftest import damage_entry
+
 FP = fingerprint(RequestOptions("jina-embeddings-v3", task="retrieval.passage"))
 
 
 def vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def fill(store: Store, n: int, d: int = 8, seed: int = 0) -> list[bytes]:
+    keys = text_keys(FP, [f"{seed}-{i}" for i in range(n)])
+    store.put_many(FP, list(zip(keys, vectors(n, d, seed), [1.5] * n, strict=True)))
+    return keys
 
 
 def test_round_trip_is_bit_identical(cache_dir: Path) -> None:
@@ -26,6 +33,7 @@ def test_round_trip_is_bit_identical(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         store.put_many(FP, [(k, v, 1.5) for k, v in zip(keys, vecs, strict=True)])
         records = store.get_many([keys[2], b"\0" * 16, keys[0]])
+        found = store.read_many([keys[1], b"\1" * 16, keys[2]], dim=8)
     assert records[1] is None
     assert records[0] is not None
     assert records[2] is not None
@@ -33,32 +41,42 @@ def test_round_trip_is_bit_identical(cache_dir: Path) -> None:
     assert records[2].vector.tobytes() == vecs[0].tobytes()
     assert records[0].tokens == 1.5
     assert records[0].fingerprint_id == FP.id
+    assert found.present.tolist() == [True, False, True]
+    assert found.vectors[0].tobytes() == vecs[1].tobytes()
+    assert found.vectors[2].tobytes() == vecs[2].tobytes()
+    assert found.tokens.tolist() == [1.5, 0.0, 1.5]
 
 
-def test_entries_are_raw_float32_not_pickle(cache_dir: Path) -> None:
-    key = text_keys(FP, ["a"])[0]
+def test_vectors_are_raw_little_endian_float32_on_disk(cache_dir: Path) -> None:
     vec = vectors(1)[0]
     with Store(cache_dir) as store:
-        store.put_many(FP, [(key, vec, 1.0)])
-    with diskcache.Cache(str(cache_dir)) as raw:
-        blob = raw.get(key)
-    assert isinstance(blob, bytes)
-    assert blob.startswith(b"EC")
-    assert blob.endswith(vec.astype("<f4").tobytes())
+        store.put_many(FP, [(text_keys(FP, ["a"])[0], vec, 1.0)])
+    (segment,) = (cache_dir / "segments").iterdir()
+    assert segment.read_bytes() == vec.astype("<f4").tobytes()
+
+
+def test_read_many_skips_entries_of_another_dimension(cache_dir: Path) -> None:
+    with Store(cache_dir) as store:
+        small = fill(store, 2, d=4, seed=1)
+        large = fill(store, 2, d=8, seed=2)
+        found = store.read_many([small[0], large[0]], dim=8)
+        assert found.present.tolist() == [False, True]
+        assert store.read_many([small[0], large[0]]).present.tolist() == [True, False]
 
 
 def test_new_cache_dir_is_private(tmp_path: Path) -> None:
     directory = tmp_path / "nested" / "cache"
     with Store(directory) as store:
-        store.put_many(FP, [(text_keys(FP, ["a"])[0], vectors(1)[0], 1.0)])
+        fill(store, 1)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert stat.S_IMODE((directory / "cache.db").stat().st_mode) == 0o600
+    for path in directory.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
 
 
 def test_marker_records_format_and_key_version(cache_dir: Path) -> None:
     Store(cache_dir).close()
     marker = json.loads((cache_dir / MARKER_NAME).read_text())
-    assert marker == {"format_version": 1, "key_version": 1}
+    assert marker == {"format_version": 2, "key_version": 1}
 
 
 def test_format_version_mismatch_is_a_clear_error(cache_dir: Path) -> None:
@@ -68,50 +86,95 @@ def test_format_version_mismatch_is_a_clear_error(cache_dir: Path) -> None:
         Store(cache_dir)
 
 
-def test_foreign_diskcache_dir_is_refused(cache_dir: Path) -> None:
-    diskcache.Cache(str(cache_dir)).close()
+def test_non_empty_foreign_dir_is_refused(cache_dir: Path) -> None:
+    cache_dir.mkdir()
+    (cache_dir / "notes.txt").write_text("mine")
     with pytest.raises(CacheFormatError, match="not an embedcache directory"):
         Store(cache_dir)
 
 
 def test_damaged_entry_reads_as_missing(cache_dir: Path) -> None:
-    key = text_keys(FP, ["a"])[0]
     with Store(cache_dir) as store:
-        store.put_many(FP, [(key, vectors(1)[0], 1.0)])
-    with diskcache.Cache(str(cache_dir)) as raw:
-        blob = bytearray(raw.get(key))
-        blob[-1] ^= 0xFF
-        raw.set(key, bytes(blob))
+        keys = fill(store, 3)
+    damaged = damage_entry(cache_dir, keys[1])
     with Store(cache_dir) as store:
-        assert store.get_many([key]) == [None]
+        assert store.get_many([damaged]) == [None]
+        assert store.read_many(keys, dim=8).present.tolist() == [True, False, True]
+        assert dict(store.scan())[damaged] == "entry checksum mismatch"
 
 
-def test_no_eviction_by_default_and_limit_is_reported(cache_dir: Path) -> None:
+def test_no_eviction_by_default(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         assert store.size_limit is None
-        keys = text_keys(FP, [str(i) for i in range(50)])
-        store.put_many(FP, list(zip(keys, vectors(50, d=1024), [1.0] * 50, strict=True)))
+        fill(store, 50, d=1024)
         assert len(store) == 50
-    with Store(cache_dir, size_limit=10_000_000) as store:
-        assert store.size_limit == 10_000_000
+
+
+def test_size_limit_persists_and_evicts_oldest_stored(cache_dir: Path) -> None:
+    with Store(cache_dir, size_limit=3 * 4096) as store:
+        first = fill(store, 2, d=1024, seed=1)
+        second = fill(store, 2, d=1024, seed=2)
+        # One of the oldest batch goes (ties within a batch are broken by key).
+        assert sum(store.contains_many(first)) == 1
+        assert all(store.contains_many(second))
+    with Store(cache_dir) as store:
+        assert store.size_limit == 3 * 4096
+    with Store(cache_dir, size_limit=0) as store:
+        assert store.size_limit is None
 
 
 def test_reads_never_write(cache_dir: Path) -> None:
-    key = text_keys(FP, ["a"])[0]
     with Store(cache_dir) as store:
-        store.put_many(FP, [(key, vectors(1)[0], 1.0)])
+        keys = fill(store, 3)
 
     def files() -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(cache_dir.iterdir())}
+        return {str(p): p.read_bytes() for p in sorted(cache_dir.rglob("*")) if p.is_file()}
 
     with Store(cache_dir) as store:
         before = files()
         for _ in range(3):
-            assert store.get_many([key, b"x" * 16])[0] is not None
+            assert store.read_many([*keys, b"x" * 16]).present.sum() == 3
+            store.get_many(keys)
+            list(store.scan())
         assert files() == before
+
+
+def test_overwrite_and_delete_then_compact_keeps_live_vectors(cache_dir: Path) -> None:
+    with Store(cache_dir) as store:
+        keys = fill(store, 10, seed=1)
+        replacement = vectors(1, seed=9)[0]
+        store.put_many(FP, [(keys[0], replacement, 2.0)])
+        assert store.delete_many([*keys[5:], b"z" * 16]) == 5
+        assert len(store) == 5
+        assert store.compact() > 0
+        found = store.read_many(keys, dim=8)
+        assert found.present.tolist() == [True] * 5 + [False] * 5
+        assert found.vectors[0].tobytes() == replacement.tobytes()
+        assert found.vectors[1].tobytes() == vectors(10, seed=1)[1].tobytes()
+        assert len(list((cache_dir / "segments").iterdir())) == 1
+
+
+def test_clear_removes_entries_and_files_but_keeps_counters(cache_dir: Path) -> None:
+    with Store(cache_dir) as store:
+        fill(store, 4)
+        store.add_counters({"hits": 3})
+        assert store.clear() == 4
+        assert len(store) == 0
+        assert list((cache_dir / "segments").iterdir()) == []
+        assert store.counters()["hits"] == 3
+        fill(store, 2)
+        assert len(store) == 2
 
 
 def test_fingerprints_list_the_settings_of_stored_entries(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
-        store.put_many(FP, [(text_keys(FP, ["a"])[0], vectors(1)[0], 1.0)])
+        fill(store, 1)
         assert store.fingerprints() == {FP.id: FP.fields}
+
+
+def test_two_stores_on_one_directory_see_each_others_writes(cache_dir: Path) -> None:
+    with Store(cache_dir) as one, Store(cache_dir) as two:
+        keys = fill(one, 3)
+        assert two.read_many(keys).present.all()
+        more = fill(two, 3, seed=5)
+        assert one.read_many(keys + more).present.all()
