@@ -92,6 +92,8 @@ def check_texts(texts: object) -> Sequence[str]:
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
         raise InvalidInputError(f"texts must be a list of str, got {type(texts).__name__}")
+    if set(map(type, texts)) <= {str}:
+        return texts  # the common case, checked at C speed
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise InvalidInputError(
@@ -228,9 +230,8 @@ class CachedEmbedder:
             keys = group_keys(fp, texts)
         else:
             keys = text_keys(fp, texts)
-        first_index: dict[bytes, int] = {}
-        for index, key in enumerate(keys):
-            first_index.setdefault(key, index)
+        # For repeated texts this keeps the last position: the same text either way.
+        first_index = dict(zip(keys, range(len(keys))))
         return fp, keys, first_index
 
     @staticmethod

@@ -26,14 +26,17 @@ evicted unless a size limit is set; then the least recently *stored* entries go 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import diskcache
@@ -54,6 +57,9 @@ COUNTERS = ("hits", "misses", "requests", "tokens_spent", "tokens_saved")
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 _SEGMENT_BYTES = 1 << 30
+# Up to this many rows, read them one by one; beyond, map the segment with its page
+# tables populated at once: faulting in a 400 MB map page by page costs ~10x the copy.
+_PREAD_MAX_ROWS = 256
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
 _SIZE_LIMIT = "size_limit"
@@ -66,11 +72,19 @@ CREATE TABLE IF NOT EXISTS entries (
     fp INTEGER NOT NULL, checksum INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_created ON entries(created_us);
 CREATE INDEX IF NOT EXISTS entries_seg ON entries(seg);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 """
+# The snapshot: every index row's read columns, sorted by key, one contiguous int64 array
+# per column, so a warm read finds all its keys with one np.searchsorted instead of SQL.
+_SNAPSHOT_MIN_ROWS = 4096
+_SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
 # Every column is an integer, so fetched rows become one int64 array in a single call.
-# Queries interpolate only this constant and "?" placeholders (hence the S608 waivers).
-_COLUMNS = "k, lo, seg, row, dim, millitokens, created_us, fp, checksum"
-_K, _LO, _SEG, _ROW, _DIM, _MILLITOKENS, _CREATED_US, _FP, _CHECKSUM = range(9)
+# Queries interpolate only these constants and "?" placeholders (hence the S608 waivers).
+_COLUMNS = "k, lo, seg, row, dim, millitokens, checksum, created_us, fp"
+_K, _LO, _SEG, _ROW, _DIM, _MILLITOKENS, _CHECKSUM, _CREATED_US, _FP = range(9)
+# A warm read needs neither when nor under which settings an entry was stored: fewer
+# columns make fewer Python objects per row.
+_READ_COLUMNS = "k, lo, seg, row, dim, millitokens, checksum"
 
 log = logging.getLogger("embedcache")
 
@@ -148,6 +162,8 @@ class Store:
         self._lock = threading.RLock()
         self._maps: dict[int, NDArray[np.float32]] = {}
         self._known_fingerprints: set[int] = set()
+        self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
+        self._stale_snapshots: list[int] = []
         self._check_or_create_marker()
         self._segments = self.directory / "segments"
         try:
@@ -201,23 +217,26 @@ class Store:
         :param dim: the dimension expected; entries of another size read as absent. ``None``
             takes the size of the first entry found.
         """
-        count = len(keys)
-        split = _split(keys) if count else np.empty((0, 2), dtype=np.int64)
-        rows = self._lookup(split[:, 0])
-        present = np.zeros(count, dtype=bool)
-        matched = np.zeros((count, 9), dtype=np.int64)
-        if len(rows):
-            # Join the index rows back to the keys asked for, in numpy rather than a dict.
-            rows = rows[np.argsort(rows[:, _K], kind="stable")]
-            at = np.minimum(np.searchsorted(rows[:, _K], split[:, 0]), len(rows) - 1)
-            matched = rows[at]
-            present = (matched[:, _K] == split[:, 0]) & (matched[:, _LO] == split[:, 1])
-            if dim is None and present.any():
-                dim = int(matched[present][0, _DIM])
-            present &= matched[:, _DIM] == (dim or 0)
-        tokens = np.where(present, matched[:, _MILLITOKENS] / 1000.0, 0.0)
+        split = _split(keys) if keys else np.empty((0, 2), dtype=np.int64)
+        matched, present, from_snapshot = self._find(split)
+        if dim is None and present.any():
+            dim = int(matched[present][0, _DIM])
+        present &= matched[:, _DIM] == (dim or 0)
         vectors = self._gather(matched, present, dim or 0)
-        self._verify(matched, vectors, present)
+        damaged = self._verify(matched, vectors, present)
+        if damaged and from_snapshot:
+            # The snapshot may predate a refetch of these entries: ask the index itself.
+            again, found, _ = self._find(split[damaged], use_snapshot=False)
+            found &= again[:, _DIM] == (dim or 0)
+            fixed = np.asarray(damaged)[found]
+            if len(fixed):
+                matched[fixed] = again[found]
+                vectors[fixed] = self._gather(again[found], np.ones(len(fixed), bool), dim or 0)
+                recheck = np.zeros(len(matched), dtype=bool)
+                recheck[fixed] = True
+                present |= recheck
+                present[self._verify(matched, vectors, recheck)] = False
+        tokens = np.where(present, matched[:, _MILLITOKENS] / 1000.0, 0.0)
         return Found(present, vectors, tokens)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Record | None]:
@@ -237,10 +256,7 @@ class Store:
         """Whether each key has an entry (without reading or checking its vector)."""
         if not keys:
             return []
-        split = _split(keys)
-        rows = self._lookup(split[:, 0])
-        known = {(int(r[0]), int(r[1])) for r in rows}
-        return [(int(hi), int(lo)) in known for hi, lo in split]
+        return [bool(found) for found in self._find(_split(keys))[1]]
 
     def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
         """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
@@ -264,8 +280,8 @@ class Store:
         """The entry an index row describes, or why it cannot be read."""
         seg, number, dim = int(row[_SEG]), int(row[_ROW]), int(row[_DIM])
         try:
-            vector = np.array(self._segment(seg, dim, number)[number], dtype=np.float32)
-        except (OSError, IndexError, ValueError) as exc:
+            vector = self._read_rows(seg, dim, np.array([number]))[0]
+        except (OSError, ValueError) as exc:
             return f"vector unreadable ({type(exc).__name__}: {exc})"
         if _checksum(vector) != row[_CHECKSUM]:
             return "entry checksum mismatch"
@@ -307,11 +323,14 @@ class Store:
                     f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
                     [
                         (int(split[i, 0]), int(split[i, 1]), seg, start + i, dim,
-                         round(tokens * 1000), now_us, fp_id, _checksum(matrix[i]))
+                         round(tokens * 1000), _checksum(matrix[i]), now_us, fp_id)
                         for i, (_, _, tokens) in enumerate(group)
                     ],
                 )  # fmt: skip
-            self._evict()
+            if self._evict():
+                self._rebuild_snapshot()
+            else:
+                self._maybe_snapshot(len(entries))
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries in one transaction; returns how many existed. Their space is
@@ -325,7 +344,10 @@ class Store:
                 "DELETE FROM entries WHERE k = ? AND lo = ?",
                 [(int(hi), int(lo)) for hi, lo in split],
             )
-            return int(self._db.total_changes - before)
+            removed = int(self._db.total_changes - before)
+            if removed:
+                self._rebuild_snapshot()
+            return removed
 
     def clear(self) -> int:
         """Delete every entry and segment file; returns how many entries were removed.
@@ -335,6 +357,7 @@ class Store:
             self._db.execute("DELETE FROM entries")
             segments = [row[0] for row in self._db.execute("SELECT id FROM segments")]
             self._db.execute("DELETE FROM segments")
+            self._rebuild_snapshot()
         self._unlink_segments(segments)
         return removed
 
@@ -363,6 +386,8 @@ class Store:
                     self._db.execute("DELETE FROM segments WHERE id = ?", (seg,))
                     doomed.append(seg)
                     freed += (rows - live) * dim * 4
+            if doomed:
+                self._rebuild_snapshot()
         self._unlink_segments(doomed)
         return freed
 
@@ -394,7 +419,88 @@ class Store:
 
     # Internals
 
-    def _lookup(self, high: NDArray[np.int64]) -> NDArray[np.int64]:
+    def _find(
+        self, split: NDArray[np.int64], use_snapshot: bool = True
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
+        """Read columns of the index row of each key, whether it has one, and whether the
+        snapshot answered any of them."""
+        matched = np.zeros((len(split), _READ_COLUMNS.count(",") + 1), dtype=np.int64)
+        present = np.zeros(len(split), dtype=bool)
+        snapshot = self._snapshot() if use_snapshot else None
+        if snapshot is not None and snapshot.shape[1]:
+            at = np.minimum(np.searchsorted(snapshot[_K], split[:, 0]), snapshot.shape[1] - 1)
+            present = (snapshot[_K][at] == split[:, 0]) & (snapshot[_LO][at] == split[:, 1])
+            matched = np.ascontiguousarray(snapshot[:, at].T)
+        todo = np.flatnonzero(~present)
+        if len(todo):
+            rows = self._lookup(split[todo, 0], _READ_COLUMNS)
+            if len(rows):
+                rows = rows[np.argsort(rows[:, _K], kind="stable")]
+                at = np.minimum(np.searchsorted(rows[:, _K], split[todo, 0]), len(rows) - 1)
+                hit = (rows[at, _K] == split[todo, 0]) & (rows[at, _LO] == split[todo, 1])
+                matched[todo[hit]] = rows[at[hit]]
+                present[todo[hit]] = True
+        return matched, present, snapshot is not None
+
+    def _snapshot(self) -> NDArray[np.int64] | None:
+        """The current snapshot (memory-mapped), or ``None`` when there is none."""
+        with self._lock, self._errors("read"):
+            row = self._db.execute("SELECT value FROM state WHERE name = 'snapshot'").fetchone()
+        if row is None or row[0] is None:
+            return None
+        generation = int(row[0])
+        if self._snapshot_cache is not None and self._snapshot_cache[0] == generation:
+            return self._snapshot_cache[1]
+        try:
+            snapshot: NDArray[np.int64] = np.load(self._snapshot_path(generation), mmap_mode="r")
+        except (OSError, ValueError):
+            return None  # replaced by a writer since we read its generation: use SQL
+        self._snapshot_cache = (generation, snapshot)
+        return snapshot
+
+    def _snapshot_path(self, generation: int) -> Path:
+        return self.directory / f"snapshot-{generation}.npy"
+
+    def _state(self, name: str) -> int | None:
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _set_state(self, **values: int | None) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", list(values.items())
+        )
+
+    def _maybe_snapshot(self, added: int) -> None:
+        """After inserting (in a write transaction): rebuild the snapshot when it lags."""
+        since = (self._state("since_snapshot") or 0) + added
+        held = self._state("snapshot_rows") or 0
+        if since >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH):
+            self._rebuild_snapshot()
+        else:
+            self._set_state(since_snapshot=since)
+
+    def _rebuild_snapshot(self) -> None:
+        """Write a snapshot of the index as it is in this write transaction."""
+        old = self._state("snapshot")
+        generation = (self._state("generation") or 0) + 1
+        cursor = self._db.execute(f"SELECT {_READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
+        width = _READ_COLUMNS.count(",") + 1
+        flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64)
+        columns = np.ascontiguousarray(flat.reshape(-1, width).T)
+        path = self._snapshot_path(generation)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, columns)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        self._set_state(
+            generation=generation, snapshot=generation, snapshot_rows=columns.shape[1],
+            since_snapshot=0,
+        )  # fmt: skip
+        if old is not None:
+            self._stale_snapshots.append(old)
+
+    def _lookup(self, high: NDArray[np.int64], columns: str = _COLUMNS) -> NDArray[np.int64]:
         """Index rows whose primary key is among ``high``, one int64 row each."""
         found: list[tuple[int, ...]] = []
         values = high.tolist()
@@ -403,10 +509,10 @@ class Store:
                 part = values[start : start + _CHUNK]
                 marks = ",".join("?" * len(part))
                 found += self._db.execute(
-                    f"SELECT {_COLUMNS} FROM entries WHERE k IN ({marks})",  # noqa: S608
+                    f"SELECT {columns} FROM entries WHERE k IN ({marks})",  # noqa: S608
                     part,
                 ).fetchall()
-        return np.array(found, dtype=np.int64).reshape(-1, 9)
+        return np.array(found, dtype=np.int64).reshape(-1, columns.count(",") + 1)
 
     def _gather(
         self, matched: NDArray[np.int64], present: NDArray[np.bool_], dim: int
@@ -423,6 +529,8 @@ class Store:
 
     def _rows(self, seg: int, dim: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         try:
+            if len(rows) <= _PREAD_MAX_ROWS:
+                return self._read_rows(seg, dim, rows)
             return np.asarray(self._segment(seg, dim, int(rows.max()))[rows], dtype=np.float32)
         except (OSError, IndexError, ValueError) as exc:
             # Unreadable rows come back as zeros, which fail their checksum: they refetch.
@@ -432,24 +540,48 @@ class Store:
     @staticmethod
     def _verify(
         matched: NDArray[np.int64], out: NDArray[np.float32], present: NDArray[np.bool_]
-    ) -> None:
-        digest = xxhash.xxh3_64_intdigest
-        where = np.flatnonzero(present).tolist()
-        expected = matched[present, _CHECKSUM].view(np.uint64).tolist()
-        for i, checksum in zip(where, expected, strict=True):
-            if digest(out[i].data) != checksum:
-                log.warning("ignoring damaged cache entry (checksum mismatch)")
-                present[i] = False
-                out[i] = 0
+    ) -> list[int]:
+        """Mark entries whose bytes fail their checksum as absent; returns their positions."""
+        digest: Any = xxhash.xxh3_64_intdigest  # takes any buffer; typeshed says bytes-like
+        where = np.flatnonzero(present)
+        expected = matched[where, _CHECKSUM].view(np.uint64).tolist()
+        rows = out if len(where) == len(out) else out[where]
+        damaged = [
+            i
+            for i, row, checksum in zip(where.tolist(), rows, expected, strict=True)
+            if digest(row) != checksum
+        ]
+        if damaged:
+            log.warning("ignoring %d damaged cache entries (checksum mismatch)", len(damaged))
+            present[damaged] = False
+            out[damaged] = 0
+        return damaged
+
+    def _read_rows(self, seg: int, dim: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        """Read a few rows with positioned reads: no mapping to set up."""
+        out = np.empty((len(rows), dim), dtype="<f4")
+        with open(self._segments / f"{seg}.f32", "rb", buffering=0) as handle:
+            for i, row in enumerate(rows.tolist()):
+                handle.seek(row * dim * 4)
+                if handle.readinto(out[i]) != dim * 4:
+                    raise ValueError(f"row {row} of segment {seg} is past its end")
+        return out.astype(np.float32, copy=False)
 
     def _segment(self, seg: int, dim: int, need_row: int = -1) -> NDArray[np.float32]:
         """A read-only map of a segment file, remapped when it has grown past ``need_row``."""
         with self._lock:
             mapped = self._maps.get(seg)
             if mapped is None or need_row >= len(mapped):
-                path = self._segments / f"{seg}.f32"
-                rows = path.stat().st_size // (4 * dim)
-                mapped = np.memmap(path, dtype="<f4", mode="r", shape=(rows, dim))
+                with open(self._segments / f"{seg}.f32", "rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size // (4 * dim) * (4 * dim)
+                    if hasattr(mmap, "MAP_POPULATE"):
+                        view = mmap.mmap(
+                            handle.fileno(), size, prot=mmap.PROT_READ,
+                            flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                        )  # fmt: skip
+                    else:
+                        view = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)
+                mapped = np.frombuffer(view, dtype="<f4").reshape(-1, dim)
                 self._maps[seg] = mapped
             return mapped
 
@@ -475,13 +607,14 @@ class Store:
         self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (start + len(matrix), seg))
         return int(seg), int(start)
 
-    def _evict(self) -> None:
+    def _evict(self) -> bool:
+        """Delete the oldest entries above the size limit; returns whether any went."""
         limit = self.size_limit
         if limit is None:
-            return
+            return False
         used = self._db.execute("SELECT COALESCE(SUM(dim), 0) * 4 FROM entries").fetchone()[0]
         if used <= limit:
-            return
+            return False
         doomed = []
         for k, dim in self._db.execute("SELECT k, dim FROM entries ORDER BY created_us, k"):
             if used <= limit:
@@ -489,6 +622,7 @@ class Store:
             doomed.append((k,))
             used -= dim * 4
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
+        return True
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -498,8 +632,14 @@ class Store:
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._stale_snapshots.clear()
                 raise
             self._db.execute("COMMIT")
+            # Readers that mapped an old snapshot keep their map; new readers see the new one.
+            for generation in self._stale_snapshots:
+                with contextlib.suppress(OSError):
+                    self._snapshot_path(generation).unlink()
+            self._stale_snapshots.clear()
 
     def _unlink_segments(self, segments: list[int]) -> None:
         with self._lock:

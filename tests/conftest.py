@@ -95,3 +95,13 @@ def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
         handle.seek(row * dim * 4 + 5)
         handle.write(bytes([byte[0] ^ 0x10]))
     return np.array([hi, lo], dtype="<i8").tobytes()
+
+
+@pytest.fixture(params=["snapshot", "sql"])
+def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the index snapshot built from the first write, and with SQL alone."""
+    from embedcache import store
+
+    rows = 1 if request.param == "snapshot" else 1 << 40
+    monkeypatch.setattr(store, "_SNAPSHOT_MIN_ROWS", rows)
+    return str(request.param)

@@ -26,6 +26,11 @@ MakeEF = Callable[..., JinaEmbeddingFunction]
 TEXTS = ["first text", "second text", "third text"]
 
 
+@pytest.fixture(autouse=True)
+def _both_index_modes(index_mode: str) -> None:
+    """Every test here runs against the snapshot and against SQL alone."""
+
+
 def sent_inputs(emulator: JinaEmulator) -> list[list[str]]:
     return [list(r.body["input"]) for r in emulator.requests if r.body]
 

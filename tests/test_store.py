@@ -17,6 +17,11 @@ from .conftest import damage_entry
 FP = fingerprint(RequestOptions("jina-embeddings-v3", task="retrieval.passage"))
 
 
+@pytest.fixture(autouse=True)
+def _both_index_modes(index_mode: str) -> None:
+    """Every test here runs against the snapshot and against SQL alone."""
+
+
 def vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
