@@ -64,7 +64,7 @@ class WarmReport:
 class _Miss:
     key: bytes
     text: str
-    index: int  # first position in the caller's list, for error messages
+    index: int  # a position of this text in the caller's list, for error messages
     slot: int  # row in the matrix of distinct texts
 
 
@@ -163,12 +163,12 @@ class CachedEmbedder:
         :raises InvalidInputError: before any request, for bad texts or limits.
         :raises CacheMissError: in offline mode, when anything is missing.
         """
-        fp, keys, first_index = self._index(texts, options)
+        fp, keys, position = self._index(texts, options)
         if not keys:
             return np.empty((0, options.expected_dim or 0), dtype=np.float32)
-        unique = list(first_index)
+        unique = list(position)
         found = self.store.read_many(unique, options.expected_dim)
-        misses = self._misses(texts, unique, first_index, ~found.present, options)
+        misses = self._misses(texts, unique, position, ~found.present, options)
         hits = found.present.copy()
         hits[[miss.slot for miss in misses]] = False
         with self._lock:
@@ -198,10 +198,10 @@ class CachedEmbedder:
         :raises InvalidInputError: before any request, for bad texts or limits.
         :raises CacheMissError: in offline mode, when anything is missing.
         """
-        fp, _, first_index = self._index(texts, options)
-        unique = list(first_index)
+        fp, _, position = self._index(texts, options)
+        unique = list(position)
         absent = ~np.array(self.store.contains_many(unique), dtype=bool)
-        misses = self._misses(texts, unique, first_index, absent, options)
+        misses = self._misses(texts, unique, position, absent, options)
         report = WarmReport(
             texts=len(texts),
             unique=len(unique),
@@ -218,7 +218,7 @@ class CachedEmbedder:
     def _index(
         self, texts: Sequence[str], options: RequestOptions
     ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
-        """Validate, key every text, and map each distinct key to its first position."""
+        """Validate, key every text, and map each distinct key to a position of its text."""
         check_texts(texts)
         fp = self._fingerprint(options)
         if options.late_chunking:
@@ -231,14 +231,14 @@ class CachedEmbedder:
         else:
             keys = text_keys(fp, texts)
         # For repeated texts this keeps the last position: the same text either way.
-        first_index = dict(zip(keys, range(len(keys))))
-        return fp, keys, first_index
+        position = dict(zip(keys, range(len(keys)), strict=True))
+        return fp, keys, position
 
     @staticmethod
     def _misses(
         texts: Sequence[str],
         unique: list[bytes],
-        first_index: dict[bytes, int],
+        position: dict[bytes, int],
         absent: NDArray[np.bool_],
         options: RequestOptions,
     ) -> list[_Miss]:
@@ -247,7 +247,7 @@ class CachedEmbedder:
             # A group is all or nothing: its vectors only make sense together.
             slots = np.arange(len(unique))
         return [
-            _Miss(unique[j], texts[first_index[unique[j]]], first_index[unique[j]], j)
+            _Miss(unique[j], texts[position[unique[j]]], position[unique[j]], j)
             for j in slots.tolist()
         ]
 
