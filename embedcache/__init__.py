@@ -9,8 +9,10 @@ Repeated texts come from disk; only misses reach the API, deduplicated and batch
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import VERSION as __version__
-from .embedder import CachedEmbedder, Stats
 from .errors import (
     APIError,
     AuthenticationError,
@@ -23,11 +25,38 @@ from .errors import (
     ResponseFormatError,
     TransportError,
 )
-from .function import JinaEmbeddingFunction
-from .jina import JinaClient
-from .models import RequestOptions, resolve_options
-from .store import Store
-from .upstream import Upstream, UpstreamResult
+
+# numpy, httpx and diskcache take ~100 ms to import: load the classes that need them on
+# first use, so `import embedcache` and the CLI's --help stay quick.
+_LAZY = {
+    "CachedEmbedder": "embedder",
+    "Stats": "embedder",
+    "JinaEmbeddingFunction": "function",
+    "JinaClient": "jina",
+    "RequestOptions": "models",
+    "resolve_options": "models",
+    "Store": "store",
+    "Upstream": "upstream",
+    "UpstreamResult": "upstream",
+}
+
+if TYPE_CHECKING:
+    from .embedder import CachedEmbedder, Stats
+    from .function import JinaEmbeddingFunction
+    from .jina import JinaClient
+    from .models import RequestOptions, resolve_options
+    from .store import Store
+    from .upstream import Upstream, UpstreamResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "APIError",

@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
-from . import inventory
 from .cli_options import (
     CliContext,
     build_filters,
@@ -39,6 +37,8 @@ __all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"
 @pass_cli
 def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     """Entries, size, breakdown by model/task/dimensions, and lifetime savings."""
+    from . import inventory
+
     summary = inventory.summarize(cli.store())
     counters = summary.counters
     saved_usd = dollars(counters["tokens_saved"], price_per_million)
@@ -97,6 +97,8 @@ def ls(
     as_json: bool,
 ) -> None:
     """List cached entries, LIMIT at a time from OFFSET, in key order."""
+    from . import inventory
+
     filters = build_filters(model, task, dimensions, since)
     page = list(itertools.islice(inventory.entries(cli.store(), filters), offset, offset + limit))
     if as_json:
@@ -196,6 +198,8 @@ def get(
 ) -> None:
     """Print the vectors of TEXTS, one JSON object per line, fetching misses (unless
     --offline)."""
+    import numpy as np
+
     options = build_options(model, task, dimensions, late_chunking, truncate)
     vectors = cli.embedder(cli.store(), offline=offline).embed(list(texts), options)
     if npy is not None:
@@ -229,6 +233,8 @@ def export(
     as_json: bool,
 ) -> None:
     """Write selected vectors to OUT.npy with their keys and metadata in OUT.jsonl."""
+    from . import inventory
+
     filters = build_filters(model, task, dimensions, since)
     written = inventory.export(cli.store(), filters, out, parquet=parquet)
     if as_json:
@@ -256,6 +262,8 @@ def prune(
     as_json: bool,
 ) -> None:
     """Remove entries by model/task/dimensions/age, or down to a size."""
+    from . import inventory
+
     if not any((model, task, dimensions, since, older_than, max_size)):
         raise click.UsageError("say what to prune (filters, --older-than or --max-size)")
     age = parse_duration(older_than)
@@ -296,6 +304,8 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
 
     Exits 1 when bad entries remain.
     """
+    from . import inventory
+
     store = cli.store()
     report = inventory.verify(store)
     removed = store.delete_many([bytes.fromhex(k) for k, _ in report.bad]) if repair else 0

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from .cli_options import CliContext
 from .config import DEFAULT_MODEL
@@ -46,6 +45,8 @@ def demo(cli: CliContext, cache_dir: Path | None) -> None:
     Embeds a few documents twice: the first pass goes to the emulator, the second is
     served from disk with no request and no tokens.
     """
+    import numpy as np
+
     from .function import JinaEmbeddingFunction
     from .testing import JinaEmulator
 

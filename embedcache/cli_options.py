@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,11 +21,12 @@ from .config import (
     DEFAULT_TASK,
     PRICE_ENV,
 )
-from .embedder import CachedEmbedder
-from .inventory import Filters
-from .jina import JinaClient
 from .models import RequestOptions, resolve_options
-from .store import Store
+
+if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
+    from .embedder import CachedEmbedder
+    from .inventory import Filters
+    from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +44,8 @@ class CliContext:
 
     def store(self) -> Store:
         """Open the cache; closed when the command ends."""
+        from .store import Store
+
         store = Store(self.cache_dir)
         click.get_current_context().call_on_close(store.close)
         return store
@@ -56,6 +59,9 @@ class CliContext:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> CachedEmbedder:
         """The caching core on ``store`` with the Jina client; closed when the command ends."""
+        from .embedder import CachedEmbedder
+        from .jina import JinaClient
+
         ctx = click.get_current_context()
         client = JinaClient(base_url=self.base_url)
         ctx.call_on_close(client.close)
@@ -179,6 +185,8 @@ def build_filters(
     since: str | None,
     before: float | None = None,
 ) -> Filters:
+    from .inventory import Filters
+
     return Filters(model, task, dimensions, parse_time(since), before)
 
 

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,8 +21,10 @@ from .cli_options import (
     request_options,
 )
 from .config import DEFAULT_MAX_CONCURRENCY
-from .embedder import WarmReport
 from .sources import FORMATS, read_items
+
+if TYPE_CHECKING:
+    from .embedder import WarmReport
 
 __all__ = ["prewarm"]
 
@@ -89,6 +91,8 @@ def _groups(items: Sequence[tuple[str, str | None]], late_chunking: bool) -> lis
 
 
 def _total(reports: Sequence[WarmReport]) -> dict[str, int]:
+    from .embedder import WarmReport
+
     keys = asdict(reports[0]) if reports else asdict(WarmReport(0, 0, 0, 0, 0))
     return {name: sum(getattr(r, name) for r in reports) for name in keys}
 
