@@ -100,8 +100,8 @@ def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
 @pytest.fixture(params=["snapshot", "sql"])
 def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the index snapshot built from the first write, and with SQL alone."""
-    from embedcache import store
+    from embedcache import index
 
     rows = 1 if request.param == "snapshot" else 1 << 40
-    monkeypatch.setattr(store, "_SNAPSHOT_MIN_ROWS", rows)
+    monkeypatch.setattr(index, "_SNAPSHOT_MIN_ROWS", rows)
     return str(request.param)
