@@ -347,18 +347,24 @@ class CachedEmbedder:
             pool = self._pool
         pending: dict[Future[UpstreamResult], list[_Miss]] = {}
         error: BaseException | None = None
+
+        def top_up() -> None:
+            while len(pending) < self.max_concurrency:
+                queued = next(batches, None)
+                if queued is None:
+                    return
+                pending[pool.submit(self._send, queued, options)] = queued
+
         try:
-            while True:
-                while error is None and len(pending) < self.max_concurrency:
-                    queued = next(batches, None)
-                    if queued is None:
-                        break
-                    pending[pool.submit(self._send, queued, options)] = queued
-                if not pending:
-                    break
+            top_up()
+            while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    sent = pending.pop(future)
+                finished = [(pending.pop(future), future) for future in done]
+                if error is None and all(f.exception() is None for _, f in finished):
+                    # Refill the freed slots before writing to disk, so the next requests
+                    # are already in flight while this batch is committed.
+                    top_up()
+                for sent, future in finished:
                     try:
                         commit(sent, future.result())
                     except Exception as exc:

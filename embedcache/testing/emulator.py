@@ -32,7 +32,8 @@ class JinaEmulator:
     :param api_key: the only bearer token accepted; with ``None`` any non-empty one is.
     :param host: interface to bind.
     :param port: port to bind; 0 picks a free one.
-    :param latency: seconds added to every request (benchmarks); settable later.
+    :param latency: the least time every request takes, computing the answer included
+        (benchmarks); settable later.
     """
 
     def __init__(

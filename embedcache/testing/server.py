@@ -14,6 +14,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -196,11 +197,15 @@ class _Handler(BaseHTTPRequestHandler):
             answer = self._error(error, request_id)
         else:
             fault = emulator._faults.take()
-            wait = emulator.latency + (fault.delay if fault is not None else 0.0)
-            if wait > 0:
-                self.server.stopping.wait(wait)
+            started = time.monotonic()
             parsed = _parse_json(raw)
             answer = self._answer(parsed, fault, request_id)
+            # `latency` is the whole time a request takes, as a client sees a real server's:
+            # computing the answer counts toward it. A fault's delay comes on top.
+            wait = emulator.latency - (time.monotonic() - started)
+            wait = max(wait, 0.0) + (fault.delay if fault is not None else 0.0)
+            if wait > 0:
+                self.server.stopping.wait(wait)
         # Logged before sending: a client that has its answer must find the request logged.
         emulator._record(
             RecordedRequest(
