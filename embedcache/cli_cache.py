@@ -273,13 +273,23 @@ def prune(
     store = cli.store()
     chosen = inventory.select_for_prune(store, filters, parse_size(max_size))
     size = sum(entry.size for entry in chosen)
-    removed = 0 if dry_run else store.delete_many([entry.key for entry in chosen])
+    removed = freed = 0
+    if not dry_run:
+        removed = store.delete_many([entry.key for entry in chosen])
+        # Deleting leaves dead rows in the segment files; give mostly-dead files back.
+        freed = store.compact()
     if as_json:
-        echo_json({"dry_run": dry_run, "selected": len(chosen), "removed": removed, "bytes": size})
+        echo_json(
+            {"dry_run": dry_run, "selected": len(chosen), "removed": removed, "bytes": size,
+             "bytes_freed": freed}
+        )  # fmt: skip
     elif dry_run:
         click.echo(f"would remove {len(chosen):,} entries (~{format_bytes(size)}); nothing removed")
     else:
-        click.echo(f"removed {removed:,} entries (~{format_bytes(size)})")
+        click.echo(
+            f"removed {removed:,} entries (~{format_bytes(size)}); "
+            f"{format_bytes(freed)} of disk freed"
+        )
 
 
 @click.command()
@@ -308,7 +318,10 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
 
     store = cli.store()
     report = inventory.verify(store)
-    removed = store.delete_many([bytes.fromhex(k) for k, _ in report.bad]) if repair else 0
+    removed = 0
+    if repair:
+        removed = store.delete_many([bytes.fromhex(k) for k, _ in report.bad])
+        store.compact()
     if as_json:
         echo_json(
             {

@@ -306,7 +306,12 @@ def test_prune_dry_run_then_by_filter_age_and_size(
     dry = as_json(run("prune", "--dimensions", "16", "--dry-run", "--json"))
     assert (dry["selected"], dry["removed"]) == (3, 0)
     assert as_json(run("prune", "--older-than", "1d", "--json"))["selected"] == 0
-    assert as_json(run("prune", "--dimensions", "16", "--json"))["removed"] == 3
+    segments = cache_dir / "segments"
+    before = sum(p.stat().st_size for p in segments.iterdir())
+    pruned = as_json(run("prune", "--dimensions", "16", "--json"))
+    assert pruned["removed"] == 3
+    assert pruned["bytes_freed"] == 3 * 16 * 4  # the 16-d segment was all dead: deleted
+    assert sum(p.stat().st_size for p in segments.iterdir()) == before - 3 * 16 * 4
     shrink = as_json(run("prune", "--max-size", "5KB", "--json"))
     assert shrink["removed"] == 2  # three 4 KiB vectors: keep one
     with Store(cache_dir) as store:
