@@ -1,0 +1,181 @@
+"""Nothing is lost, nothing wrong is kept: real processes, real files, the emulator.
+
+The default run kills a few prewarms; ``tox -e stress`` runs many more (marker ``stress``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embedcache.keys import fingerprint, text_keys
+from embedcache.models import resolve_options
+from embedcache.store import Store
+from embedcache.testing import JinaEmulator
+
+from .conftest import API_KEY
+
+OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
+
+
+def prewarm_command(cache_dir: Path, url: str, corpus: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir), "--base-url", url,
+        "prewarm", str(corpus), "--json", *extra,
+    ]  # fmt: skip
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "JINA_API_KEY": API_KEY}
+
+
+def committed(cache_dir: Path, texts: list[str]) -> set[str]:
+    with Store(cache_dir) as store:
+        present = store.contains_many(text_keys(fingerprint(OPTIONS), texts))
+    return {text for text, ok in zip(texts, present, strict=True) if ok}
+
+
+def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 10.0) -> None:
+    """Let requests of a killed client that the emulator is still answering get logged."""
+    deadline = time.monotonic() + limit
+    seen, since = len(emulator.requests), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.02)
+        if len(emulator.requests) != seen:
+            seen, since = len(emulator.requests), time.monotonic()
+
+
+def assert_cache_is_exact(cache_dir: Path, emulator: JinaEmulator, texts: list[str]) -> None:
+    """verify finds nothing bad, and every stored vector is the emulator's answer, bit for bit."""
+    with Store(cache_dir) as store:
+        bad = [reason for _, reason in store.scan() if isinstance(reason, str)]
+        keys = text_keys(fingerprint(OPTIONS), texts)
+        found = store.read_many(keys, 1024)
+    assert bad == []
+    for text, present, vector in zip(texts, found.present, found.vectors, strict=True):
+        if present:
+            expected = emulator.expected_embedding(text, task="retrieval.passage")
+            assert vector.tobytes() == expected.tobytes(), text
+
+
+def kill_and_resume(
+    emulator: JinaEmulator, cache_dir: Path, corpus: Path, texts: list[str], after: int
+) -> None:
+    emulator.reset()
+    emulator.latency = 0.03
+    process = subprocess.Popen(
+        prewarm_command(cache_dir, emulator.url, corpus, "--batch-size", "7",
+                        "--max-concurrency", "3"),
+        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(emulator.requests) < after and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    wait_until_quiet(emulator)
+    assert_cache_is_exact(cache_dir, emulator, texts)
+    kept = committed(cache_dir, texts)
+
+    emulator.reset()
+    emulator.latency = 0.0
+    resumed = subprocess.run(
+        prewarm_command(cache_dir, emulator.url, corpus), env=environment(),
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    sent = [text for r in emulator.requests if r.body for text in r.body["input"]]
+    assert sorted(sent) == sorted(set(texts) - kept)
+    assert json.loads(resumed.stdout)["fetched"] == len(texts) - len(kept)
+    assert committed(cache_dir, texts) == set(texts)
+    assert_cache_is_exact(cache_dir, emulator, texts)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, list[str]]:
+    texts = [f"reliability text {i} " + "word " * (i % 17) for i in range(150)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return path, [t.rstrip("\n") for t in texts]
+
+
+@pytest.mark.parametrize("after", [1, 4, 12])
+def test_sigkill_during_prewarm_loses_only_in_flight_batches(
+    emulator: JinaEmulator, cache_dir: Path, corpus: tuple[Path, list[str]], after: int
+) -> None:
+    kill_and_resume(emulator, cache_dir, corpus[0], corpus[1], after)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("trial", range(24))
+def test_sigkill_at_random_points(
+    emulator: JinaEmulator, cache_dir: Path, corpus: tuple[Path, list[str]], trial: int
+) -> None:
+    kill_and_resume(emulator, cache_dir, corpus[0], corpus[1], random.Random(trial).randint(1, 20))
+
+
+READER = """
+import sys, time
+from embedcache import Store
+from embedcache.keys import fingerprint, text_keys
+from embedcache.models import resolve_options
+keys = text_keys(fingerprint(resolve_options("jina-embeddings-v3", "retrieval.passage")),
+                 open(sys.argv[2], encoding="utf-8").read().split("\\n"))
+reads = 0
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    with Store(sys.argv[1]) as store:
+        found = store.read_many(keys, 1024)
+        # A vector that is present must be whole: the checksum was verified on read.
+        assert found.present.sum() == 0 or found.vectors[found.present].any(axis=1).all()
+    reads += 1
+print(reads)
+"""
+
+
+def test_concurrent_writers_and_readers_share_one_cache(
+    emulator: JinaEmulator, cache_dir: Path, tmp_path: Path
+) -> None:
+    texts = [f"shared text {i}" for i in range(400)]
+    corpora = []
+    for worker in range(4):  # overlapping quarters: each text is wanted by two writers
+        mine = texts[worker * 100 : worker * 100 + 200] + texts[: 100 * ((worker + 2) // 4)]
+        path = tmp_path / f"corpus-{worker}.txt"
+        path.write_text("\n".join(mine), encoding="utf-8")
+        corpora.append(path)
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n".join(texts), encoding="utf-8")
+    Store(cache_dir).close()
+    emulator.latency = 0.01
+    readers = [
+        subprocess.Popen([sys.executable, "-c", READER, str(cache_dir), str(everything), "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    writers = [
+        subprocess.Popen(prewarm_command(cache_dir, emulator.url, path, "--batch-size", "10"),
+                         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for path in corpora
+    ]  # fmt: skip
+    for process in writers:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    for process in readers:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert int(out) > 0  # it read while the writers wrote
+    assert committed(cache_dir, texts) == set(texts)
+    assert_cache_is_exact(cache_dir, emulator, texts)
+    sent = [text for r in emulator.requests if r.body for text in r.body["input"]]
+    assert set(sent) == set(texts)
+    # Writers racing for the same text may each fetch it; the report goes to reliability.md.
+    duplicated = len(sent) - len(set(sent))
+    print(f"upstream texts sent: {len(sent)} for {len(texts)} distinct ({duplicated} duplicated)")
