@@ -154,6 +154,11 @@ class Store:
             self._meta: Any = diskcache.Cache(
                 str(self.directory / "meta"), eviction_policy="none", statistics=False
             )
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(
+                f"cannot open cache at {self.directory}: {exc}; its index is damaged: delete "
+                "the directory or use another (everything in it can be fetched again)"
+            ) from exc
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
         if size_limit is not None:

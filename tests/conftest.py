@@ -105,3 +105,17 @@ def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     rows = 1 if request.param == "snapshot" else 1 << 40
     monkeypatch.setattr(index, "_SNAPSHOT_MIN_ROWS", rows)
     return str(request.param)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_left_on_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session: no file any test wrote holds the sentinel key."""
+    yield
+    needle = API_KEY.encode()
+    root = tmp_path_factory.getbasetemp()
+    leaks = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and needle in p.read_bytes()
+    ]
+    assert leaks == [], f"the API key reached disk: {leaks}"

@@ -179,3 +179,59 @@ def test_concurrent_writers_and_readers_share_one_cache(
     # Writers racing for the same text may each fetch it; the report goes to reliability.md.
     duplicated = len(sent) - len(set(sent))
     print(f"upstream texts sent: {len(sent)} for {len(texts)} distinct ({duplicated} duplicated)")
+
+
+def test_damaged_index_database_is_a_clear_one_line_error(
+    emulator: JinaEmulator, cache_dir: Path, corpus: tuple[Path, list[str]]
+) -> None:
+    subprocess.run(prewarm_command(cache_dir, emulator.url, corpus[0]), env=environment(),
+                   capture_output=True, check=True)  # fmt: skip
+    with open(cache_dir / "index.db", "r+b") as handle:
+        handle.write(b"\x00not sqlite\x00" * 400)
+    result = subprocess.run(
+        [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir), "stats"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CacheError" in result.stderr
+    assert "index is damaged: delete the directory" in result.stderr
+
+
+def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
+    emulator: JinaEmulator, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from embedcache import CachedEmbedder, JinaClient
+    from embedcache.errors import CacheError
+    from embedcache.segments import Segments
+
+    texts = [f"disk text {i}" for i in range(20)]
+    real_write = Segments.write
+    calls = {"n": 0}
+
+    def write(self: Segments, *args: object, **kwargs: object) -> None:
+        # A mock only where the emulator cannot help: the disk filling up on the 3rd batch.
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Segments, "write", write)
+    client = JinaClient(API_KEY, base_url=emulator.url)
+    with Store(cache_dir) as store:
+        embedder = CachedEmbedder(store, client, batch_size=5, max_concurrency=1)
+        with pytest.raises(CacheError, match="No space left on device"):
+            embedder.embed(texts, OPTIONS)
+        embedder.close()
+    monkeypatch.setattr(Segments, "write", real_write)
+    assert committed(cache_dir, texts) == set(texts[:10])
+    assert_cache_is_exact(cache_dir, emulator, texts)
+    emulator.reset()
+    with Store(cache_dir) as store:
+        CachedEmbedder(store, client, batch_size=5).embed(texts, OPTIONS)
+    client.close()
+    assert sorted(t for r in emulator.requests if r.body for t in r.body["input"]) == sorted(
+        texts[10:]
+    )
