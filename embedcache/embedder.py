@@ -330,7 +330,7 @@ class CachedEmbedder:
         rows: _Rows | None,
         on_batch: Callable[[int, int], None] | None,
     ) -> None:
-        batches = self._batches(misses, options)
+        batches = self._still_missing(self._batches(misses, options), options, rows, on_batch)
 
         def commit(batch: list[_Miss], result: UpstreamResult) -> None:
             self._commit(batch, result, options, fp, rows)
@@ -376,6 +376,41 @@ class CachedEmbedder:
             raise
         if error is not None:
             raise error
+
+    def _still_missing(
+        self,
+        batches: Iterator[list[_Miss]],
+        options: RequestOptions,
+        rows: _Rows | None,
+        on_batch: Callable[[int, int], None] | None,
+    ) -> Iterator[list[_Miss]]:
+        """Just before each batch is sent, drop what another process has committed since
+        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
+        for batch in batches:
+            present = np.array(self.store.contains_many([m.key for m in batch]), dtype=bool)
+            if options.late_chunking and not present.all():
+                present[:] = False  # a group is all or nothing
+            if present.any():
+                cached = [miss for miss, hit in zip(batch, present, strict=True) if hit]
+                usable = np.ones(len(cached), dtype=bool)
+                if rows is not None:
+                    found = self.store.read_many(
+                        [miss.key for miss in cached], rows.dim or options.expected_dim
+                    )
+                    usable = found.present
+                    rows.put([m.slot for m, ok in zip(cached, usable, strict=True) if ok],
+                             found.vectors[usable])  # fmt: skip
+                done = int(usable.sum())
+                batch = [m for m, hit in zip(batch, present, strict=True) if not hit] + [
+                    m for m, ok in zip(cached, usable, strict=True) if not ok
+                ]
+                with self._lock:
+                    self._stats.misses -= done
+                    self._stats.hits += done
+                if on_batch is not None and done:
+                    on_batch(done, 0)
+            if batch:
+                yield batch
 
     def _send(self, batch: list[_Miss], options: RequestOptions) -> UpstreamResult:
         result = self.upstream.embed([miss.text for miss in batch], options)

@@ -349,3 +349,34 @@ def test_unknown_model_passes_through_to_the_api(make_ef: MakeEF, emulator: Jina
     with pytest.raises(APIError, match="INPUT_MODEL_NOT_FOUND") as info:
         make_ef("jina-embeddings-v9").embed(["a"])
     assert info.value.status == 400
+
+
+def test_a_batch_another_writer_committed_meanwhile_is_not_fetched_again(
+    client: JinaClient, emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    texts = [f"t{i}" for i in range(15)]
+    options = RequestOptions("jina-embeddings-v3")
+
+    class Racing:
+        """Upstream whose first call lets another process's writer commit texts 5-9."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def embed(self, batch: Sequence[str], opts: RequestOptions) -> UpstreamResult:
+            self.calls += 1
+            if self.calls == 1:
+                with Store(cache_dir) as other:
+                    CachedEmbedder(other, client).embed(texts[5:10], opts)
+            return client.embed(batch, opts)
+
+    with Store(cache_dir) as store:
+        embedder = CachedEmbedder(store, Racing(), batch_size=5, max_concurrency=1)
+        out = embedder.embed(texts, options)
+        assert embedder.stats.hits == 5
+        assert embedder.stats.misses == 10
+    sent = sorted(t for r in emulator.requests if r.body for t in r.body["input"])
+    assert sent == sorted(texts)  # each text fetched once, the other writer's five included
+    for i in (0, 7, 14):
+        expected = emulator.expected_embedding(texts[i], task=None)
+        assert out[i].tobytes() == expected.tobytes()
