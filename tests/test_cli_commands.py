@@ -432,3 +432,39 @@ def test_progress_prints_plain_lines_when_not_on_a_terminal(
     lines = [line for line in result.stderr.splitlines() if line.startswith("prewarm:")]
     assert len(lines) == 3
     assert lines[-1].startswith("prewarm: 6/6 texts (100%), 0 hits, 6 fetched")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["get", "x", "--task", "summarise"], 1, "InvalidInputError: unknown task 'summarise'"),
+        (["get", "x", "--dimensions", "4096"], 1, "dimensions=4096 is out of range"),
+        (["get", "x", "--dimensions", "0"], 2, "0 is not in the range x>=1"),
+        (["get", "x", "--dimensions", "-3"], 2, "-3 is not in the range x>=1"),
+        (["get", "x", "--model", ""], 1, "model must be a non-empty string"),
+        (["get", "x " * 9000], 1, "over the 8192-token limit"),
+        (["get", "x", "--model", "jina-embeddings-v5-text-small", "--late-chunking"], 1,
+         "does not support late_chunking"),
+        (["prewarm", "-", "--format", "jsonl"], 1, "<stdin>:1: not valid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_input_through_the_cli_fails_in_one_line_before_any_request(
+    run: Any, emulator: JinaEmulator, args: list[str], code: int, message: str
+) -> None:
+    result = run(*args, stdin="not json\n")
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [(None, "no Jina API key"), ("jina_" + "W" * 60, "HTTP 401 AUTH_INVALID_API_KEY")],
+)
+def test_missing_or_invalid_key_through_the_cli(
+    run: Any, emulator: JinaEmulator, key: str | None, message: str
+) -> None:
+    error = one_line_error(run("get", "x", key=key))
+    assert message in error
+    assert len(emulator.requests) == (0 if key is None else 1)
