@@ -434,6 +434,15 @@ def main() -> None:
         "",
         "## Targets",
         "",
+        *(
+            [
+                "**Quick mode: the sizes are too small for the targets, which are set at 100,000 "
+                "texts; this run only checks that the script works.**",
+                "",
+            ]
+            if args.quick
+            else []
+        ),
         "| target | goal | measured | |",
         "|---|---|---|---|",
         *(f"| {t} | {g} | {m} | {v} |" for t, g, m, v in targets),
