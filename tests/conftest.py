@@ -68,6 +68,19 @@ def make_ef(
         ef.close()
 
 
+def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 10.0) -> None:
+    """Wait until the emulator has logged nothing new for ``quiet`` seconds: a killed
+    client's last requests are still being answered, and logged, after it dies."""
+    import time
+
+    deadline = time.monotonic() + limit
+    seen, since = len(emulator.requests), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.02)
+        if len(emulator.requests) != seen:
+            seen, since = len(emulator.requests), time.monotonic()
+
+
 def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
     """Flip one bit of a stored vector on disk, as disk corruption would; returns its key.
 

@@ -20,7 +20,7 @@ from embedcache.cli import main
 from embedcache.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY, damage_entry
+from .conftest import API_KEY, damage_entry, wait_until_quiet
 
 
 @pytest.fixture
@@ -384,15 +384,6 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
     report = json.loads(ok(result).stdout)
     assert report["fetched"] == len(texts) - len(committed)
     assert sorted(sent(emulator)) == sorted(set(texts) - committed)
-
-
-def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    seen, since = len(emulator.requests), time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.02)
-        if len(emulator.requests) != seen:
-            seen, since = len(emulator.requests), time.monotonic()
 
 
 def store_contains(store: Store, texts: list[str]) -> list[bool]:

@@ -21,7 +21,7 @@ from embedcache.models import resolve_options
 from embedcache.store import Store
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY
+from .conftest import API_KEY, wait_until_quiet
 
 OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
 
@@ -41,16 +41,6 @@ def committed(cache_dir: Path, texts: list[str]) -> set[str]:
     with Store(cache_dir) as store:
         present = store.contains_many(text_keys(fingerprint(OPTIONS), texts))
     return {text for text, ok in zip(texts, present, strict=True) if ok}
-
-
-def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 10.0) -> None:
-    """Let requests of a killed client that the emulator is still answering get logged."""
-    deadline = time.monotonic() + limit
-    seen, since = len(emulator.requests), time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.02)
-        if len(emulator.requests) != seen:
-            seen, since = len(emulator.requests), time.monotonic()
 
 
 def assert_cache_is_exact(cache_dir: Path, emulator: JinaEmulator, texts: list[str]) -> None:
