@@ -387,23 +387,20 @@ class CachedEmbedder:
         """Just before each batch is sent, drop what another process has committed since
         this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
         for batch in batches:
-            present = np.array(self.store.contains_many([m.key for m in batch]), dtype=bool)
-            if options.late_chunking and not present.all():
-                present[:] = False  # a group is all or nothing
-            if present.any():
-                cached = [miss for miss, hit in zip(batch, present, strict=True) if hit]
-                usable = np.ones(len(cached), dtype=bool)
+            keys = [miss.key for miss in batch]
+            if rows is None:
+                usable = np.array(self.store.contains_many(keys), dtype=bool)
+            else:
+                found = self.store.read_many(keys, rows.dim or options.expected_dim)
+                usable = found.present
+            if options.late_chunking and not usable.all():
+                usable[:] = False  # a group is all or nothing: never send part of one
+            if usable.any():
                 if rows is not None:
-                    found = self.store.read_many(
-                        [miss.key for miss in cached], rows.dim or options.expected_dim
-                    )
-                    usable = found.present
-                    rows.put([m.slot for m, ok in zip(cached, usable, strict=True) if ok],
+                    rows.put([m.slot for m, ok in zip(batch, usable, strict=True) if ok],
                              found.vectors[usable])  # fmt: skip
                 done = int(usable.sum())
-                batch = [m for m, hit in zip(batch, present, strict=True) if not hit] + [
-                    m for m, ok in zip(cached, usable, strict=True) if not ok
-                ]
+                batch = [m for m, ok in zip(batch, usable, strict=True) if not ok]
                 with self._lock:
                     self._stats.misses -= done
                     self._stats.hits += done

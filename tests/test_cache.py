@@ -380,3 +380,14 @@ def test_a_batch_another_writer_committed_meanwhile_is_not_fetched_again(
     for i in (0, 7, 14):
         expected = emulator.expected_embedding(texts[i], task=None)
         assert out[i].tobytes() == expected.tobytes()
+
+
+def test_late_chunking_group_with_a_damaged_vector_is_refetched_whole(
+    make_ef: MakeEF, emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    group = ["first part", "second part", "third part"]
+    first = make_ef(late_chunking=True).embed(group)
+    damage_entry(cache_dir)
+    again = make_ef(late_chunking=True).embed(group)
+    assert sent_inputs(emulator) == [group, group]
+    assert again.tobytes() == first.tobytes()
