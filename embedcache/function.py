@@ -55,7 +55,9 @@ class JinaEmbeddingFunction:
         ``EMBEDCACHE_OFFLINE``.
     :param normalized: send ``normalized`` (``None``: leave it to the API, which normalises).
     :param truncate: send ``truncate`` (``None``: leave it out; too-long texts are errors).
-    :param size_limit: evict oldest-stored entries above this many bytes; ``None`` never evicts.
+    :param size_limit: evict oldest-stored entries above this many bytes of vectors, from now
+        on for every user of the directory; ``0`` removes the limit; ``None`` (the default)
+        keeps the directory's setting (a new cache has none).
     :param timeout: seconds to wait for each response.
     :param max_attempts: attempts per request for retryable failures.
     :param upstream: embed misses with this instead of the Jina API (tests, proxies).
