@@ -265,6 +265,12 @@ class CachedEmbedder:
                 f"offline: {len(misses)} of {distinct} distinct texts are not cached",
                 misses=len(misses),
             )
+        if self.store.read_only:
+            # Fetching would spend tokens on vectors that could not be kept.
+            raise CacheError(
+                f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
+                f"{self.store.directory} is read-only"
+            )
         self._check_lengths(misses, options)
         with self._lock:
             self._stats.misses += len(misses)

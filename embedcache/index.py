@@ -13,6 +13,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -59,19 +60,27 @@ class Index:
         directory: Path,
         lock: threading.RLock,
         errors: Callable[[str], AbstractContextManager[None]],
+        read_only: bool = False,
     ) -> None:
         self.directory = directory
         self._lock = lock
         self._errors = errors
         self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
         self._stale_snapshots: list[int] = []
-        self._db = sqlite3.connect(
-            directory / "index.db", timeout=60, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        path = directory / "index.db"
+        if read_only:
+            # On a read-only directory SQLite cannot create the WAL's shared-memory file;
+            # "immutable" reads the database as it stands, without locks.
+            uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self._db = sqlite3.connect(
+                path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA cache_size=-65536")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         """Close the connection (call with the store's lock held)."""

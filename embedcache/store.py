@@ -148,20 +148,28 @@ class Store:
         self._known_fingerprints: set[int] = set()
         versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
         check_or_create_marker(self.directory, MARKER_NAME, versions)
+        #: A directory we cannot write to (a read-only mount, a shared team cache) still
+        #: serves its hits; storing, deleting and counting are refused or skipped.
+        self.read_only = not os.access(self.directory, os.W_OK)
         try:
             self._segments = Segments(self.directory / "segments", self._lock)
-            self._index = Index(self.directory, self._lock, self._errors)
-            self._meta: Any = diskcache.Cache(
-                str(self.directory / "meta"), eviction_policy="none", statistics=False
-            )
-        except sqlite3.DatabaseError as exc:
+            self._index = Index(self.directory, self._lock, self._errors, self.read_only)
+            # diskcache writes when it opens, so a read-only cache goes without its metadata.
+            self._meta: Any = None
+            if not self.read_only:
+                self._meta = diskcache.Cache(
+                    str(self.directory / "meta"), eviction_policy="none", statistics=False
+                )
+        except sqlite3.OperationalError as exc:
+            raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # corruption, as opposed to access trouble
             raise CacheError(
                 f"cannot open cache at {self.directory}: {exc}; its index is damaged: delete "
                 "the directory or use another (everything in it can be fetched again)"
             ) from exc
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
-        if size_limit is not None:
+        if size_limit is not None and self._meta is not None:
             self._meta.set(_SIZE_LIMIT, size_limit or None)
         restrict_permissions(self.directory)
 
@@ -179,12 +187,13 @@ class Store:
         with self._lock:
             self._segments.close()
             self._index.close()
-            self._meta.close()
+            if self._meta is not None:
+                self._meta.close()
 
     @property
     def size_limit(self) -> int | None:
         """Bytes of vectors above which entries are evicted; ``None``: never evicted."""
-        limit = self._meta.get(_SIZE_LIMIT)
+        limit = self._meta.get(_SIZE_LIMIT) if self._meta is not None else None
         return int(limit) if limit else None
 
     # Reading
@@ -273,6 +282,8 @@ class Store:
         self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
     ) -> None:
         """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
+        if self.read_only:
+            raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
         if fp.id not in self._known_fingerprints:
             with self._errors("write"):
                 self._meta.set(f"{_FINGERPRINT_PREFIX}{fp.id:016x}", fp.canonical)
@@ -358,6 +369,8 @@ class Store:
         """Add to the lifetime counters in one transaction."""
         if not any(deltas.values()):
             return  # not even the write lock: a read-only cache stays usable
+        if self._meta is None:
+            return  # read-only: lifetime counters are bookkeeping, not worth failing a read
         with self._errors("write"), self._meta.transact():
             for name, delta in deltas.items():
                 if delta:
@@ -365,11 +378,15 @@ class Store:
 
     def counters(self) -> dict[str, int]:
         """The lifetime counters, every one of :data:`COUNTERS` present."""
+        if self._meta is None:
+            return dict.fromkeys(COUNTERS, 0)
         with self._errors("read"):
             return {name: int(self._meta.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
 
     def fingerprints(self) -> dict[int, dict[str, object]]:
         """The request settings of every fingerprint that has been stored, by id."""
+        if self._meta is None:
+            return {}  # not readable without diskcache writing: entries show model "?"
         out: dict[int, dict[str, object]] = {}
         with self._errors("read"):
             for key in self._meta.iterkeys():

@@ -120,9 +120,21 @@ def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return str(request.param)
 
 
+_KEY_SEEN_IN: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Every test's captured stdout, stderr and log records, and any failure text, are
+    checked for the sentinel key; the session fails at the end if one held it."""
+    texts = (report.capstdout, report.capstderr, report.caplog, report.longreprtext)
+    if any(API_KEY in text for text in texts):
+        _KEY_SEEN_IN.append(f"{report.nodeid} ({report.when})")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_key_left_on_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """After the whole session: no file any test wrote holds the sentinel key."""
+def no_key_left_anywhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session: no file any test wrote, and no captured output, log record
+    or failure text, holds the sentinel key."""
     yield
     needle = API_KEY.encode()
     root = tmp_path_factory.getbasetemp()
@@ -132,3 +144,4 @@ def no_key_left_on_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         if p.is_file() and not p.is_symlink() and needle in p.read_bytes()
     ]
     assert leaks == [], f"the API key reached disk: {leaks}"
+    assert _KEY_SEEN_IN == [], f"the API key reached output or logs: {_KEY_SEEN_IN}"

@@ -225,3 +225,45 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
     assert sorted(t for r in emulator.requests if r.body for t in r.body["input"]) == sorted(
         texts[10:]
     )
+
+
+def test_read_only_cache_serves_hits_and_refuses_misses_before_sending(
+    emulator: JinaEmulator, cache_dir: Path, corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    import shlex
+    import shutil
+
+    subprocess.run(prewarm_command(cache_dir, emulator.url, corpus[0]), env=environment(),
+                   capture_output=True, check=True)  # fmt: skip
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    setup = (
+        f"mount --bind {shlex.quote(str(cache_dir))} {shlex.quote(str(mount))} && "
+        f"mount -o remount,bind,ro {shlex.quote(str(mount))}"
+    )
+    probe = None
+    if shutil.which("unshare"):
+        check = f"{setup} && ! touch {shlex.quote(str(mount))}/x"
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", check], capture_output=True)
+    if probe is None or probe.returncode != 0:
+        pytest.skip("a read-only bind mount needs root and unshare (util-linux)")
+
+    def on_read_only_mount(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "embedcache", "--cache-dir", str(mount),
+                   "--base-url", emulator.url, *args]  # fmt: skip
+        script = f"{setup} && exec {shlex.join(command)}"
+        return subprocess.run(["unshare", "-m", "sh", "-c", script], env=environment(),
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    emulator.reset()
+    hit = on_read_only_mount("get", corpus[1][3], "--offline")
+    assert hit.returncode == 0, hit.stderr
+    expected = emulator.expected_embedding(corpus[1][3], task="retrieval.passage")
+    assert json.loads(hit.stdout)["embedding"] == expected.tolist()
+    miss = on_read_only_mount("get", "never cached")
+    assert miss.returncode == 1
+    assert "not cached, and the cache at" in miss.stderr
+    assert "is read-only" in miss.stderr
+    assert miss.stderr.count("\n") == 1
+    assert on_read_only_mount("stats").returncode == 0
+    assert emulator.requests == []
