@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from .batches import Miss, check_lengths, plan_batches, validated
 from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
-from .errors import CacheError, CacheMissError, InvalidInputError, ResponseFormatError
+from .errors import CacheError, CacheMissError, InvalidInputError
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
 from .store import Store
@@ -58,14 +59,6 @@ class WarmReport:
     to_fetch: int
     estimated_tokens: int
     tokens_spent: int = 0
-
-
-@dataclass(frozen=True)
-class _Miss:
-    key: bytes
-    text: str
-    index: int  # a position of this text in the caller's list, for error messages
-    slot: int  # row in the matrix of distinct texts
 
 
 class _Rows:
@@ -241,19 +234,19 @@ class CachedEmbedder:
         position: dict[bytes, int],
         absent: NDArray[np.bool_],
         options: RequestOptions,
-    ) -> list[_Miss]:
+    ) -> list[Miss]:
         slots = np.flatnonzero(absent)
         if len(slots) and options.late_chunking:
             # A group is all or nothing: its vectors only make sense together.
             slots = np.arange(len(unique))
         return [
-            _Miss(unique[j], texts[position[unique[j]]], position[unique[j]], j)
+            Miss(unique[j], texts[position[unique[j]]], position[unique[j]], j)
             for j in slots.tolist()
         ]
 
     def _fill(
         self,
-        misses: list[_Miss],
+        misses: list[Miss],
         distinct: int,
         options: RequestOptions,
         fp: Fingerprint,
@@ -271,7 +264,7 @@ class CachedEmbedder:
                 f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
                 f"{self.store.directory} is read-only"
             )
-        self._check_lengths(misses, options)
+        check_lengths(misses, options)
         with self._lock:
             self._stats.misses += len(misses)
         try:
@@ -296,49 +289,22 @@ class CachedEmbedder:
             fp = self._fingerprints[options] = fingerprint(options)
         return fp
 
-    @staticmethod
-    def _check_lengths(misses: list[_Miss], options: RequestOptions) -> None:
-        spec = options.spec
-        limit = spec.max_input_tokens if spec else None
-        if limit is None or options.truncate:
-            return
-        for miss in misses:
-            # Every estimated token spans at least one character: skip the estimate when
-            # the text cannot exceed the limit.
-            if len(miss.text) > limit and (tokens := estimate_tokens(miss.text)) > limit:
-                raise InvalidInputError(
-                    f"texts[{miss.index}] is about {tokens} tokens, over the {limit}-token "
-                    f"limit of {options.model}; shorten it or pass truncate=True"
-                )
-
-    def _batches(self, misses: list[_Miss], options: RequestOptions) -> Iterator[list[_Miss]]:
-        if options.late_chunking:
-            yield misses
-            return
-        size = min(self.batch_size or options.max_items, options.max_items)
-        batch: list[_Miss] = []
-        tokens = 0
-        for miss in misses:
-            cost = estimate_tokens(miss.text)
-            if batch and (len(batch) == size or tokens + cost > self.max_batch_tokens):
-                yield batch
-                batch, tokens = [], 0
-            batch.append(miss)
-            tokens += cost
-        if batch:
-            yield batch
-
     def _fetch(
         self,
-        misses: list[_Miss],
+        misses: list[Miss],
         options: RequestOptions,
         fp: Fingerprint,
         rows: _Rows | None,
         on_batch: Callable[[int, int], None] | None,
     ) -> None:
-        batches = self._still_missing(self._batches(misses, options), options, rows, on_batch)
+        batches = self._still_missing(
+            plan_batches(misses, options, self.batch_size, self.max_batch_tokens),
+            options,
+            rows,
+            on_batch,
+        )
 
-        def commit(batch: list[_Miss], result: UpstreamResult) -> None:
+        def commit(batch: list[Miss], result: UpstreamResult) -> None:
             self._commit(batch, result, options, fp, rows)
             if on_batch is not None:
                 on_batch(len(batch), result.total_tokens)
@@ -351,7 +317,7 @@ class CachedEmbedder:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
             pool = self._pool
-        pending: dict[Future[UpstreamResult], list[_Miss]] = {}
+        pending: dict[Future[UpstreamResult], list[Miss]] = {}
         error: BaseException | None = None
 
         def top_up() -> None:
@@ -385,11 +351,11 @@ class CachedEmbedder:
 
     def _still_missing(
         self,
-        batches: Iterator[list[_Miss]],
+        batches: Iterator[list[Miss]],
         options: RequestOptions,
         rows: _Rows | None,
         on_batch: Callable[[int, int], None] | None,
-    ) -> Iterator[list[_Miss]]:
+    ) -> Iterator[list[Miss]]:
         """Just before each batch is sent, drop what another process has committed since
         this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
         for batch in batches:
@@ -415,7 +381,7 @@ class CachedEmbedder:
             if batch:
                 yield batch
 
-    def _send(self, batch: list[_Miss], options: RequestOptions) -> UpstreamResult:
+    def _send(self, batch: list[Miss], options: RequestOptions) -> UpstreamResult:
         result = self.upstream.embed([miss.text for miss in batch], options)
         with self._lock:
             self._stats.requests += 1
@@ -424,13 +390,13 @@ class CachedEmbedder:
 
     def _commit(
         self,
-        batch: list[_Miss],
+        batch: list[Miss],
         result: UpstreamResult,
         options: RequestOptions,
         fp: Fingerprint,
         rows: _Rows | None,
     ) -> None:
-        vectors = self._validated(result, len(batch), options, rows.dim if rows else None)
+        vectors = validated(result, len(batch), options, rows.dim if rows else None)
         lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
@@ -439,27 +405,3 @@ class CachedEmbedder:
         )
         if rows is not None:
             rows.put([miss.slot for miss in batch], vectors)
-
-    @staticmethod
-    def _validated(
-        result: UpstreamResult,
-        count: int,
-        options: RequestOptions,
-        known_dim: int | None,
-    ) -> NDArray[np.float32]:
-        vectors = result.vectors
-        where = f" (request id {result.request_id})" if result.request_id else ""
-        if vectors.ndim != 2 or vectors.shape[0] != count:
-            raise ResponseFormatError(
-                f"sent {count} texts but received {vectors.shape[0]} embeddings{where}"
-            )
-        expected = options.expected_dim or known_dim
-        if expected is not None and vectors.shape[1] != expected:
-            raise ResponseFormatError(
-                f"received {vectors.shape[1]}-dimensional embeddings, expected {expected}{where}"
-            )
-        if vectors.shape[1] == 0:
-            raise ResponseFormatError(f"received empty embeddings{where}")
-        if not np.isfinite(vectors).all():
-            raise ResponseFormatError(f"received NaN or infinite values{where}")
-        return vectors.astype(np.float32, copy=False)
