@@ -251,8 +251,22 @@ class Store:
     def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
         """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
         for rows in self._index.pages(batch):
-            for row in rows:
-                yield join_key(int(row[K]), int(row[LO])), self._record(row)
+            records: list[Record | str] = [""] * len(rows)
+            # One pass over each segment's rows of the page, not one file open per entry.
+            for seg in np.unique(rows[:, SEG]):
+                mine = np.flatnonzero(rows[:, SEG] == seg)
+                try:
+                    vectors = self._segments.read_rows(
+                        int(seg), int(rows[mine[0], DIM]), rows[mine, ROW]
+                    )
+                except (OSError, ValueError):
+                    for i in mine.tolist():  # row by row, to say which rows cannot be read
+                        records[i] = self._record(rows[i])
+                    continue
+                for i, vector in zip(mine.tolist(), vectors, strict=True):
+                    records[i] = self._checked(rows[i], vector)
+            for row, record in zip(rows, records, strict=True):
+                yield join_key(int(row[K]), int(row[LO])), record
 
     def _record(self, row: NDArray[np.int64]) -> Record | str:
         """The entry an index row describes, or why it cannot be read."""
@@ -261,6 +275,11 @@ class Store:
             vector = self._segments.read_rows(seg, dim, np.array([number]))[0]
         except (OSError, ValueError) as exc:
             return f"vector unreadable ({type(exc).__name__}: {exc})"
+        return self._checked(row, vector)
+
+    @staticmethod
+    def _checked(row: NDArray[np.int64], vector: NDArray[np.float32]) -> Record | str:
+        """The record of an index row and the vector read for it, if its checksum holds."""
         if vector_checksum(vector) != row[CHECKSUM]:
             return "entry checksum mismatch"
         vector.flags.writeable = False
