@@ -43,6 +43,15 @@ _SNAPSHOT_MIN_ROWS = 4096
 _SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
 
 
+def _join(
+    high: NDArray[np.int64], low: NDArray[np.int64], split: NDArray[np.int64]
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """For each key of ``split``, its position among keys sorted by ``high`` (with their
+    ``low`` halves), and whether it is really there: one vectorized search, not a dict."""
+    at = np.minimum(np.searchsorted(high, split[:, 0]), len(high) - 1)
+    return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
+
+
 class Index:
     """The SQLite connection of a cache directory, and its snapshot.
 
@@ -119,16 +128,14 @@ class Index:
         present = np.zeros(len(split), dtype=bool)
         snapshot = self.snapshot() if use_snapshot else None
         if snapshot is not None and snapshot.shape[1]:
-            at = np.minimum(np.searchsorted(snapshot[K], split[:, 0]), snapshot.shape[1] - 1)
-            present = (snapshot[K][at] == split[:, 0]) & (snapshot[LO][at] == split[:, 1])
+            at, present = _join(snapshot[K], snapshot[LO], split)
             matched = np.ascontiguousarray(snapshot[:, at].T)
         todo = np.flatnonzero(~present)
         if len(todo):
             rows = self.lookup(split[todo, 0], READ_COLUMNS)
             if len(rows):
                 rows = rows[np.argsort(rows[:, K], kind="stable")]
-                at = np.minimum(np.searchsorted(rows[:, K], split[todo, 0]), len(rows) - 1)
-                hit = (rows[at, K] == split[todo, 0]) & (rows[at, LO] == split[todo, 1])
+                at, hit = _join(rows[:, K], rows[:, LO], split[todo])
                 matched[todo[hit]] = rows[at[hit]]
                 present[todo[hit]] = True
         return matched, present, snapshot is not None
