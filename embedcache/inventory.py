@@ -146,10 +146,11 @@ def summarize(store: Store) -> Summary:
 def select_for_prune(store: Store, filters: Filters, max_size: int | None = None) -> list[Entry]:
     """Entries to remove: those matching ``filters`` when no ``max_size`` is given; else the
     oldest matching ones until what remains fits in ``max_size`` bytes."""
-    matched = list(entries(store, filters))
     if max_size is None:
-        return matched
-    total = sum(entry.size for entry in entries(store))
+        return list(entries(store, filters))
+    everything = list(entries(store))  # one pass: the total and the matches from it
+    total = sum(entry.size for entry in everything)
+    matched = [entry for entry in everything if filters.match(entry)]
     chosen: list[Entry] = []
     for entry in sorted(matched, key=lambda e: e.created):
         if total <= max_size:
