@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,21 +19,26 @@ from numpy.typing import NDArray
 from .batches import Miss, check_lengths, plan_batches, validated
 from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
 from .errors import CacheError, CacheMissError, InvalidInputError
+from .inflight import Claim, Inflight
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
 from .store import Store
 from .tokens import estimate_tokens
 from .upstream import Upstream, UpstreamResult
 
-__all__ = ["CachedEmbedder", "Stats", "WarmReport", "check_texts"]
+__all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
 
 log = logging.getLogger("embedcache")
 
 
 @dataclass
 class Stats:
-    """Counters since the embedder was created. Hits and misses count distinct entries.
+    """Counters since the embedder was created (or of one call). Hits, misses and coalesced
+    count distinct entries.
 
+    :ivar hits: entries found in the cache.
+    :ivar misses: entries this embedder fetched (or tried to) from the upstream.
+    :ivar coalesced: entries that another call was already fetching, taken from its result.
     :ivar tokens_saved: tokens recorded for the hit entries when they were fetched; an
         estimate, since a batch's usage is apportioned to its texts by length.
     """
@@ -43,6 +48,7 @@ class Stats:
     requests: int = 0
     tokens_spent: int = 0
     tokens_saved: float = 0.0
+    coalesced: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -61,6 +67,15 @@ class WarmReport:
     tokens_spent: int = 0
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """What :meth:`CachedEmbedder.embed_detailed` returns: the vectors, and the call's own
+    counters (``tokens_spent`` is exactly what its requests were charged)."""
+
+    vectors: NDArray[np.float32]
+    stats: Stats
+
+
 class _Rows:
     """The vectors of a call's distinct texts; sized on the first batch when the model's
     dimension is not known beforehand."""
@@ -76,6 +91,22 @@ class _Rows:
         if not self.matrix.shape[1]:
             self.matrix = np.zeros((len(self.matrix), vectors.shape[1]), dtype=np.float32)
         self.matrix[slots] = vectors
+
+
+#: Misses left to other calls' fetches, with the events that end those fetches.
+_Waiting = tuple[list[threading.Event], list[Miss]]
+
+
+@dataclass
+class _Call:
+    """The state of one embed or warm call, handed down its fetch loop."""
+
+    options: RequestOptions
+    fp: Fingerprint
+    upstream: Upstream
+    rows: _Rows | None
+    on_batch: Callable[[int, int], None] | None = None
+    stats: Stats = field(default_factory=Stats)
 
 
 def check_texts(texts: object) -> Sequence[str]:
@@ -98,12 +129,17 @@ def check_texts(texts: object) -> Sequence[str]:
 class CachedEmbedder:
     """Serve embeddings from ``store``, fetching misses from ``upstream``.
 
+    Safe to share between threads: concurrent calls that miss the same entries send one
+    request for them (see :mod:`embedcache.inflight`) unless ``coalesce`` is off.
+
     :param store: where vectors are cached.
-    :param upstream: embeds one batch per call; only misses reach it.
+    :param upstream: embeds one batch per call; only misses reach it. A call may pass its
+        own (the proxy forwards each client's credentials).
     :param offline: raise :class:`CacheMissError` instead of fetching.
     :param batch_size: most texts per request (capped by the model's limit).
     :param max_batch_tokens: most estimated tokens per request.
-    :param max_concurrency: most requests in flight at once.
+    :param max_concurrency: most requests in flight at once, per call.
+    :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
     """
 
     def __init__(
@@ -115,6 +151,7 @@ class CachedEmbedder:
         batch_size: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        coalesce: bool = True,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -126,11 +163,17 @@ class CachedEmbedder:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_concurrency = max_concurrency
+        self._inflight = Inflight() if coalesce else None
         self._stats = Stats()
         self._lock = threading.Lock()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._flushed = asdict(self._stats)
+
+    @property
+    def waiting(self) -> int:
+        """Calls blocked right now on another call's fetch of the same entries."""
+        return self._inflight.waiting if self._inflight is not None else 0
 
     @property
     def stats(self) -> Stats:
@@ -156,24 +199,44 @@ class CachedEmbedder:
         :raises InvalidInputError: before any request, for bad texts or limits.
         :raises CacheMissError: in offline mode, when anything is missing.
         """
+        result = self.embed_detailed(texts, options)
+        assert result is not None  # only cached_only calls come back empty-handed
+        return result.vectors
+
+    def embed_detailed(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        *,
+        upstream: Upstream | None = None,
+        cached_only: bool = False,
+    ) -> Embedded | None:
+        """:meth:`embed`, also returning what this call found and spent.
+
+        :param upstream: send this call's misses here instead of to the embedder's upstream.
+        :param cached_only: return ``None``, without counting or fetching anything, unless
+            every text is cached (a cheap first try for callers that must not block).
+        """
         fp, keys, position = self._index(texts, options)
         if not keys:
-            return np.empty((0, options.expected_dim or 0), dtype=np.float32)
+            return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
         unique = list(position)
         found = self.store.read_many(unique, options.expected_dim)
+        if cached_only and not found.present.all():
+            return None
         misses = self._misses(texts, unique, position, ~found.present, options)
         hits = found.present.copy()
         hits[[miss.slot for miss in misses]] = False
-        with self._lock:
-            self._stats.hits += int(hits.sum())
-            self._stats.tokens_saved += float(found.tokens[hits].sum())
-        rows = _Rows(found.vectors)
+        call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
+        self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
         if misses:
-            self._fill(misses, len(unique), options, fp, rows)
-        if len(unique) == len(keys):
-            return rows.matrix
-        slot = {key: i for i, key in enumerate(unique)}
-        return rows.matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
+            self._fill(misses, len(unique), call)
+        assert call.rows is not None
+        matrix = call.rows.matrix
+        if len(unique) != len(keys):
+            slot = {key: i for i, key in enumerate(unique)}
+            matrix = matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
+        return Embedded(matrix, call.stats)
 
     def warm(
         self,
@@ -204,9 +267,9 @@ class CachedEmbedder:
         )
         if dry_run or not misses:
             return report
-        before = self.stats.tokens_spent
-        self._fill(misses, len(unique), options, fp, None, on_batch)
-        return replace(report, tokens_spent=self.stats.tokens_spent - before)
+        call = _Call(options, fp, self.upstream, None, on_batch)
+        self._fill(misses, len(unique), call)
+        return replace(report, tokens_spent=call.stats.tokens_spent)
 
     def _index(
         self, texts: Sequence[str], options: RequestOptions
@@ -244,15 +307,7 @@ class CachedEmbedder:
             for j in slots.tolist()
         ]
 
-    def _fill(
-        self,
-        misses: list[Miss],
-        distinct: int,
-        options: RequestOptions,
-        fp: Fingerprint,
-        rows: _Rows | None,
-        on_batch: Callable[[int, int], None] | None = None,
-    ) -> None:
+    def _fill(self, misses: list[Miss], distinct: int, call: _Call) -> None:
         if self.offline:
             raise CacheMissError(
                 f"offline: {len(misses)} of {distinct} distinct texts are not cached",
@@ -264,13 +319,20 @@ class CachedEmbedder:
                 f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
                 f"{self.store.directory} is read-only"
             )
-        check_lengths(misses, options)
-        with self._lock:
-            self._stats.misses += len(misses)
+        check_lengths(misses, call.options)
+        self._count(call, misses=len(misses))
         try:
-            self._fetch(misses, options, fp, rows, on_batch)
+            while misses:
+                waiting = self._fetch(misses, call)
+                misses = self._after_others(waiting, call)
         finally:
             self._flush_counters()
+
+    def _count(self, call: _Call, **deltas: float) -> None:
+        with self._lock:
+            for counters in (self._stats, call.stats):
+                for name, delta in deltas.items():
+                    setattr(counters, name, getattr(counters, name) + delta)
 
     def _flush_counters(self) -> None:
         with self._lock:
@@ -289,83 +351,132 @@ class CachedEmbedder:
             fp = self._fingerprints[options] = fingerprint(options)
         return fp
 
-    def _fetch(
-        self,
-        misses: list[Miss],
-        options: RequestOptions,
-        fp: Fingerprint,
-        rows: _Rows | None,
-        on_batch: Callable[[int, int], None] | None,
-    ) -> None:
-        batches = self._still_missing(
-            plan_batches(misses, options, self.batch_size, self.max_batch_tokens),
-            options,
-            rows,
-            on_batch,
+    def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
+        """Send ``misses`` in batches, committing each as it arrives.
+
+        :returns: the misses left to others' in-flight fetches, with their claims' events.
+        """
+        waiting: list[_Waiting] = []
+        claims: list[Claim] = []
+        plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
+        batches = self._claimed(
+            self._still_missing(plan, call), claims, waiting, call.options.late_chunking
         )
 
-        def commit(batch: list[Miss], result: UpstreamResult) -> None:
-            self._commit(batch, result, options, fp, rows)
-            if on_batch is not None:
-                on_batch(len(batch), result.total_tokens)
-
-        if self.max_concurrency == 1:
-            for batch in batches:
-                commit(batch, self._send(batch, options))
-            return
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
-            pool = self._pool
-        pending: dict[Future[UpstreamResult], list[Miss]] = {}
-        error: BaseException | None = None
-
-        def top_up() -> None:
-            while len(pending) < self.max_concurrency:
-                queued = next(batches, None)
-                if queued is None:
-                    return
-                pending[pool.submit(self._send, queued, options)] = queued
+        def commit(batch: list[Miss], claim: Claim | None, result: UpstreamResult) -> None:
+            try:
+                self._commit(batch, result, call)
+            finally:
+                if claim is not None:
+                    claim.release()
+            if call.on_batch is not None:
+                call.on_batch(len(batch), result.total_tokens)
 
         try:
-            top_up()
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                finished = [(pending.pop(future), future) for future in done]
-                if error is None and all(f.exception() is None for _, f in finished):
-                    # Refill the freed slots before writing to disk, so the next requests
-                    # are already in flight while this batch is committed.
-                    top_up()
-                for sent, future in finished:
-                    try:
-                        commit(sent, future.result())
-                    except Exception as exc:
-                        # Keep committing what is already paid for; raise the first failure.
-                        error = error or exc
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-        if error is not None:
-            raise error
+            if self.max_concurrency == 1:
+                for batch, claim in batches:
+                    commit(batch, claim, self._send(batch, call))
+                return waiting
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
+                pool = self._pool
+            pending: dict[Future[UpstreamResult], tuple[list[Miss], Claim | None]] = {}
+            error: BaseException | None = None
 
-    def _still_missing(
+            def top_up() -> None:
+                while len(pending) < self.max_concurrency:
+                    queued = next(batches, None)
+                    if queued is None:
+                        return
+                    pending[pool.submit(self._send, queued[0], call)] = queued
+
+            try:
+                top_up()
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    finished = [(pending.pop(future), future) for future in done]
+                    if error is None and all(f.exception() is None for _, f in finished):
+                        # Refill the freed slots before writing to disk, so the next requests
+                        # are already in flight while this batch is committed.
+                        top_up()
+                    for (sent, claim), future in finished:
+                        try:
+                            commit(sent, claim, future.result())
+                        except Exception as exc:
+                            # Keep committing what is already paid for; raise the first failure.
+                            error = error or exc
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+            if error is not None:
+                raise error
+            return waiting
+        finally:
+            for claim in claims:
+                claim.release()  # a failed or abandoned batch must not hold up waiters
+
+    def _claimed(
         self,
         batches: Iterator[list[Miss]],
-        options: RequestOptions,
-        rows: _Rows | None,
-        on_batch: Callable[[int, int], None] | None,
-    ) -> Iterator[list[Miss]]:
+        claims: list[Claim],
+        waiting: list[_Waiting],
+        whole: bool,
+    ) -> Iterator[tuple[list[Miss], Claim | None]]:
+        """Claim each batch's entries just before it is sent; set aside those another call
+        is already fetching."""
+        for batch in batches:
+            if self._inflight is None:
+                yield batch, None
+                continue
+            claim, owned, events = self._inflight.claim([miss.key for miss in batch])
+            claims.append(claim)
+            if len(owned) < len(batch) and whole:
+                # Never send part of a late-chunking group; wait for whoever holds the rest.
+                claim.release()
+                owned = []
+            if len(owned) < len(batch):
+                mine = set(owned)
+                waiting.append((events, [m for i, m in enumerate(batch) if i not in mine]))
+                batch = [batch[i] for i in owned]
+            if batch:
+                yield batch, claim
+
+    def _after_others(self, waiting: list[_Waiting], call: _Call) -> list[Miss]:
+        """Wait for the fetches this call left to others, take what they committed, and
+        return what is still missing (their fetch failed: this call tries with its own)."""
+        misses = [miss for _, group in waiting for miss in group]
+        if not misses:
+            return []
+        assert self._inflight is not None  # only a coalescing embedder leaves misses to others
+        self._inflight.wait([event for events, _ in waiting for event in events])
+        keys = [miss.key for miss in misses]
+        if call.rows is None:
+            present = np.array(self.store.contains_many(keys), dtype=bool)
+        else:
+            found = self.store.read_many(keys, call.rows.dim or call.options.expected_dim)
+            present = found.present
+            call.rows.put([m.slot for m, ok in zip(misses, present, strict=True) if ok],
+                          found.vectors[present])  # fmt: skip
+        done = int(present.sum())
+        self._count(call, misses=-done, coalesced=done)
+        if call.on_batch is not None and done:
+            call.on_batch(done, 0)
+        return [miss for miss, ok in zip(misses, present, strict=True) if not ok]
+
+    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
         """Just before each batch is sent, drop what another process has committed since
         this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
         for batch in batches:
             keys = [miss.key for miss in batch]
+            rows = call.rows
             if rows is None:
                 usable = np.array(self.store.contains_many(keys), dtype=bool)
             else:
-                found = self.store.read_many(keys, rows.dim or options.expected_dim)
+                found = self.store.read_many(keys, rows.dim or call.options.expected_dim)
                 usable = found.present
-            if options.late_chunking and not usable.all():
+            if call.options.late_chunking and not usable.all():
                 usable[:] = False  # a group is all or nothing: never send part of one
             if usable.any():
                 if rows is not None:
@@ -373,35 +484,25 @@ class CachedEmbedder:
                              found.vectors[usable])  # fmt: skip
                 done = int(usable.sum())
                 batch = [m for m, ok in zip(batch, usable, strict=True) if not ok]
-                with self._lock:
-                    self._stats.misses -= done
-                    self._stats.hits += done
-                if on_batch is not None and done:
-                    on_batch(done, 0)
+                self._count(call, misses=-done, hits=done)
+                if call.on_batch is not None and done:
+                    call.on_batch(done, 0)
             if batch:
                 yield batch
 
-    def _send(self, batch: list[Miss], options: RequestOptions) -> UpstreamResult:
-        result = self.upstream.embed([miss.text for miss in batch], options)
-        with self._lock:
-            self._stats.requests += 1
-            self._stats.tokens_spent += result.total_tokens
+    def _send(self, batch: list[Miss], call: _Call) -> UpstreamResult:
+        result = call.upstream.embed([miss.text for miss in batch], call.options)
+        self._count(call, requests=1, tokens_spent=result.total_tokens)
         return result
 
-    def _commit(
-        self,
-        batch: list[Miss],
-        result: UpstreamResult,
-        options: RequestOptions,
-        fp: Fingerprint,
-        rows: _Rows | None,
-    ) -> None:
-        vectors = validated(result, len(batch), options, rows.dim if rows else None)
+    def _commit(self, batch: list[Miss], result: UpstreamResult, call: _Call) -> None:
+        rows = call.rows
+        vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
         lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
         self.store.put_many(
-            fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
+            call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )
         if rows is not None:
             rows.put([miss.slot for miss in batch], vectors)

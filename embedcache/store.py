@@ -77,7 +77,7 @@ __all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "Record", "Stor
 FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
 #: Lifetime counters kept by :meth:`Store.add_counters`.
-COUNTERS = ("hits", "misses", "requests", "tokens_spent", "tokens_saved")
+COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
 
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"

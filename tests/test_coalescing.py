@@ -1,0 +1,172 @@
+"""Concurrent calls that miss the same entries send one upstream request for them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store, UpstreamResult
+from embedcache.embedder import Embedded
+from embedcache.errors import AuthenticationError
+from embedcache.inflight import Inflight
+from embedcache.testing import JinaEmulator
+
+OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
+TEXTS = ["alpha", "beta", "gamma"]
+
+
+class Gated:
+    """An upstream that holds each request until the test lets it go."""
+
+    def __init__(self, inner: JinaClient | None, error: Exception | None = None) -> None:
+        self.inner = inner
+        self.error = error
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+        self.calls.append(list(texts))
+        self.entered.set()
+        assert self.go.wait(10)
+        if self.error is not None:
+            raise self.error
+        assert self.inner is not None
+        return self.inner.embed(texts, options)
+
+
+@pytest.fixture
+def store(cache_dir: Path) -> Iterator[Store]:
+    with Store(cache_dir) as opened:
+        yield opened
+
+
+def wait_for(condition: object, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def embed_in_thread(
+    pool: ThreadPoolExecutor, embedder: CachedEmbedder, texts: list[str], upstream: object
+) -> Future[Embedded | None]:
+    return pool.submit(embedder.embed_detailed, texts, OPTIONS, upstream=upstream)  # type: ignore[arg-type]
+
+
+def test_concurrent_identical_calls_send_one_request(
+    store: Store, client: JinaClient, emulator: JinaEmulator
+) -> None:
+    leader, follower = Gated(client), Gated(client)
+    embedder = CachedEmbedder(store, client)
+    with ThreadPoolExecutor(2) as pool:
+        first = embed_in_thread(pool, embedder, TEXTS, leader)
+        assert leader.entered.wait(10)
+        second = embed_in_thread(pool, embedder, TEXTS[::-1], follower)
+        wait_for(lambda: embedder.waiting == 1)
+        leader.go.set()
+        a, b = first.result(10), second.result(10)
+    assert a is not None
+    assert b is not None
+    assert follower.calls == []
+    assert len(emulator.requests) == 1
+    assert a.vectors.tobytes() == b.vectors[::-1].tobytes()
+    assert (a.stats.misses, a.stats.coalesced, a.stats.requests) == (3, 0, 1)
+    assert (b.stats.misses, b.stats.coalesced, b.stats.requests) == (0, 3, 0)
+    assert b.stats.tokens_spent == 0
+    assert embedder.stats.coalesced == 3
+
+
+def test_overlapping_calls_fetch_only_what_nobody_else_is_fetching(
+    store: Store, client: JinaClient, emulator: JinaEmulator
+) -> None:
+    leader, follower = Gated(client), Gated(client)
+    follower.go.set()
+    embedder = CachedEmbedder(store, client)
+    with ThreadPoolExecutor(2) as pool:
+        first = embed_in_thread(pool, embedder, ["alpha", "beta"], leader)
+        assert leader.entered.wait(10)
+        second = embed_in_thread(pool, embedder, ["beta", "delta"], follower)
+        wait_for(lambda: embedder.waiting == 1)
+        leader.go.set()
+        b = second.result(10)
+        first.result(10)
+    assert follower.calls == [["delta"]]
+    assert b is not None
+    assert (b.stats.misses, b.stats.coalesced) == (1, 1)
+    assert sorted(len(r.body["input"]) for r in emulator.requests if r.body) == [1, 2]
+
+
+def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(
+    store: Store, client: JinaClient, emulator: JinaEmulator
+) -> None:
+    refused = AuthenticationError("HTTP 401: invalid key", status=401)
+    leader, follower = Gated(None, error=refused), Gated(client)
+    follower.go.set()
+    embedder = CachedEmbedder(store, client)
+    with ThreadPoolExecutor(2) as pool:
+        first = embed_in_thread(pool, embedder, TEXTS, leader)
+        assert leader.entered.wait(10)
+        second = embed_in_thread(pool, embedder, TEXTS, follower)
+        wait_for(lambda: embedder.waiting == 1)
+        leader.go.set()
+        with pytest.raises(AuthenticationError):
+            first.result(10)
+        b = second.result(10)
+    assert b is not None
+    assert b.stats.requests == 1
+    assert b.stats.coalesced == 0
+    assert follower.calls == [TEXTS]
+    assert embedder.waiting == 0
+
+
+def test_coalescing_can_be_turned_off(store: Store, client: JinaClient) -> None:
+    leader, follower = Gated(client), Gated(client)
+    follower.go.set()
+    embedder = CachedEmbedder(store, client, coalesce=False)
+    with ThreadPoolExecutor(2) as pool:
+        first = embed_in_thread(pool, embedder, TEXTS, leader)
+        assert leader.entered.wait(10)
+        second = embed_in_thread(pool, embedder, TEXTS, follower)
+        assert second.result(10) is not None
+        leader.go.set()
+        first.result(10)
+    assert follower.calls == [TEXTS]
+
+
+def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
+    inflight = Inflight()
+    claim, owned, held = inflight.claim([b"a", b"b"])
+    assert (owned, held, len(inflight)) == ([0, 1], [], 2)
+    other, owned2, held2 = inflight.claim([b"b", b"c"])
+    assert owned2 == [1]
+    assert len(held2) == 1
+    assert not held2[0].is_set()
+    claim.release()
+    claim.release()  # idempotent
+    assert held2[0].is_set()
+    assert len(inflight) == 1  # only "c", still held by the second claim
+    other.release()
+    assert len(inflight) == 0
+
+
+def test_cached_only_returns_none_without_counting_when_anything_is_missing(
+    store: Store, client: JinaClient, emulator: JinaEmulator
+) -> None:
+    embedder = CachedEmbedder(store, client)
+    embedder.embed(TEXTS[:2], OPTIONS)
+    assert embedder.embed_detailed(TEXTS, OPTIONS, cached_only=True) is None
+    hit = embedder.embed_detailed(TEXTS[:2], OPTIONS, cached_only=True)
+    assert hit is not None
+    assert hit.stats.hits == 2
+    assert embedder.stats.hits == 2
+    assert len(emulator.requests) == 1
+    vectors: NDArray[np.float32] = hit.vectors
+    assert vectors.shape == (2, 1024)
