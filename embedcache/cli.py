@@ -2,7 +2,7 @@
 
 Library errors become one-line messages and exit code 1 in exactly one place
 (:class:`_Group`); click's own usage errors exit with 2. The commands live in
-``cli_prewarm``, ``cli_cache`` and ``cli_demo``.
+``cli_prewarm``, ``cli_serve``, ``cli_cache`` and ``cli_demo``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .cli_cache import clear, export, get, inspect, ls, prune, stats, verify
 from .cli_demo import demo
 from .cli_options import CliContext
 from .cli_prewarm import prewarm
+from .cli_serve import serve
 from .config import VERSION
 from .errors import EmbedcacheError
 
@@ -50,5 +51,5 @@ def main(ctx: click.Context, cache_dir: Path | None, base_url: str | None) -> No
     ctx.obj = CliContext(cache_dir, base_url)
 
 
-for _command in (prewarm, stats, ls, inspect, get, export, prune, clear, verify, demo):
+for _command in (prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, demo):
     main.add_command(_command)

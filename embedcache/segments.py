@@ -44,11 +44,16 @@ class Segments:
         self.directory = directory
         self._lock = lock
         self._maps: dict[int, NDArray[np.float32]] = {}
+        # Read-only descriptors kept open: opening a file costs more than reading a row.
+        self._fds: dict[int, int] = {}
         directory.mkdir(mode=0o700, exist_ok=True)
 
     def close(self) -> None:
-        """Drop the file maps (call with the store's lock held)."""
+        """Drop the file maps and descriptors (call with the store's lock held)."""
         self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def path(self, seg: int) -> Path:
         return self.directory / f"{seg}.f32"
@@ -81,12 +86,19 @@ class Segments:
     def read_rows(self, seg: int, dim: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         """Read a few rows with positioned reads: no mapping to set up."""
         out = np.empty((len(rows), dim), dtype="<f4")
-        with open(self.path(seg), "rb", buffering=0) as handle:
-            for i, row in enumerate(rows.tolist()):
-                handle.seek(row * dim * 4)
-                if handle.readinto(out[i]) != dim * 4:
-                    raise ValueError(f"row {row} of segment {seg} is past its end")
+        fd = self._descriptor(seg)
+        size = dim * 4
+        for i, row in enumerate(rows.tolist()):
+            if os.preadv(fd, [out[i]], row * size) != size:
+                raise ValueError(f"row {row} of segment {seg} is past its end")
         return out.astype(np.float32, copy=False)
+
+    def _descriptor(self, seg: int) -> int:
+        with self._lock:
+            fd = self._fds.get(seg)
+            if fd is None:
+                fd = self._fds[seg] = os.open(self.path(seg), os.O_RDONLY | os.O_CLOEXEC)
+            return fd
 
     def mapped(self, seg: int, dim: int, need_row: int = -1) -> NDArray[np.float32]:
         """A read-only map of a segment file, remapped when it has grown past ``need_row``."""
@@ -121,5 +133,8 @@ class Segments:
         with self._lock:
             for seg in segments:
                 self._maps.pop(seg, None)
+                fd = self._fds.pop(seg, None)
+                if fd is not None:
+                    os.close(fd)
                 with contextlib.suppress(OSError):
                     self.path(seg).unlink()

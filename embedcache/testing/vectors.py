@@ -96,7 +96,9 @@ def encode(vector: NDArray[np.float32], embedding_type: str, *, short_base64: bo
     order and threshold are emulator choices (reference §3.2: UNCONFIRMED).
     """
     if embedding_type == "float":
-        return vector.tolist()
+        # The shortest decimal that reads back as the same float32, as the API's captured
+        # responses (~8 significant digits) are written; not float64's 17 digits.
+        return [float(str(value)) for value in vector]
     if embedding_type == "base64":
         raw = vector.astype("<f4").tobytes()
         if short_base64:

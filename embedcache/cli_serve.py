@@ -1,0 +1,119 @@
+"""``embedcache serve``: run the caching proxy under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import click
+
+from .cli_options import CliContext, pass_cli
+from .config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
+
+__all__ = ["serve"]
+
+DEFAULT_PORT = 8787
+TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="API root for misses (default: --base-url, $EMBEDCACHE_BASE_URL or api.jina.ai).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    help=f"Require clients to send 'Authorization: Bearer TOKEN'; misses are then paid with "
+    f"the server's key. Prefer ${TOKEN_ENV}: arguments show in `ps`.",
+)
+@click.option("--offline", is_flag=True, default=None, help="Serve hits only; a miss is a 503.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Most texts per upstream request.")
+@click.option(
+    "--max-concurrency",
+    default=DEFAULT_MAX_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most upstream requests in flight per client request.",
+)
+@click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@pass_cli
+def serve(
+    cli: CliContext,
+    host: str,
+    port: int,
+    upstream: str | None,
+    token: str | None,
+    offline: bool | None,
+    batch_size: int | None,
+    max_concurrency: int,
+    no_coalesce: bool,
+    log_level: str,
+) -> None:
+    """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
+
+    Point any Jina client at http://HOST:PORT/v1/embeddings. Text requests are answered
+    from the cache, misses fetched with the client's own key (its Authorization header) or
+    the server's JINAAI_API_KEY / JINA_API_KEY. Images, PDFs and options the cache does not
+    cover are forwarded uncached. Ctrl-C or SIGTERM finishes in-flight fetches first.
+
+    Needs the server extra: pip install 'embedcache[serve]'.
+    """
+    try:
+        import uvicorn
+
+        from .proxy import Proxy, ProxySettings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"embedcache serve needs the server extra ({exc.name} is missing): "
+            "pip install 'embedcache[serve]'"
+        ) from None
+    if not _is_loopback(host) and not token:
+        click.echo(
+            f"warning: serving on {host} without --token: anyone who can reach this port can "
+            "read the cache and spend the server's API key",
+            err=True,
+        )
+    settings = ProxySettings(
+        cache_dir=cli.cache_dir,
+        upstream_url=upstream or cli.base_url,
+        token=token or None,
+        offline=resolve_offline(offline),
+        batch_size=batch_size,
+        max_concurrency=max_concurrency,
+        coalesce=not no_coalesce,
+    )
+    proxy = Proxy(settings)
+    config = uvicorn.Config(
+        proxy.app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
+        f"(cache {proxy.store.directory}{', offline' if settings.offline else ''})",
+        err=True,
+    )
+    logging.getLogger("embedcache").setLevel(log_level.upper())
+    try:
+        server.run()
+    finally:
+        proxy.close()  # also when uvicorn never started the app (port taken, say)

@@ -1,0 +1,261 @@
+"""``embedcache serve``: a Jina-compatible caching proxy, as a Starlette application.
+
+Every client (pymilvus, LangChain, LlamaIndex, curl, other languages) shares one cache by
+pointing its URL here. Text requests go through the same :class:`CachedEmbedder` as the
+library: hits are answered on the event loop without a thread hop; misses are filled in a
+worker thread (batched, retried, committed per batch, coalesced with other clients' fetches
+of the same inputs). Anything the cache cannot answer exactly is forwarded as it is.
+
+Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
+or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
+must present the token and the server's key pays. Keys live only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .config import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_TIMEOUT_SECONDS,
+    EMBEDDINGS_PATH,
+    VERSION,
+    resolve_api_key,
+    resolve_base_url,
+)
+from .embedder import CachedEmbedder
+from .errors import EmbedcacheError, TransportError
+from .jina import JinaClient
+from .metrics import ProxyMetrics
+from .store import Store
+from .wire import error_status, parse_request, render_embeddings, render_error
+
+__all__ = ["CACHED_HEADER", "Proxy", "ProxySettings"]
+
+#: Response header: how many of the request's distinct inputs came from the cache
+#: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
+CACHED_HEADER = "X-Embedcache-Cached"
+_JSON = "application/json"
+_MAX_CLIENTS = 1024
+_T = TypeVar("_T")
+
+log = logging.getLogger("embedcache")
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How ``embedcache serve`` runs.
+
+    :param cache_dir: cache directory (default: ``EMBEDCACHE_DIR`` or the user cache dir).
+    :param upstream_url: API root misses go to (default: ``EMBEDCACHE_BASE_URL`` or Jina).
+    :param token: when set, clients must send ``Authorization: Bearer <token>``, and misses
+        are paid with the server's key.
+    :param offline: answer from the cache only; a miss is a 503.
+    :param batch_size: most texts per upstream request.
+    :param max_concurrency: most upstream requests in flight per client request.
+    :param coalesce: let concurrent requests share one fetch of the same inputs.
+    :param timeout: seconds to wait for the upstream.
+    :param fill_threads: most client requests filling misses at once.
+    """
+
+    cache_dir: Path | None = None
+    upstream_url: str | None = None
+    token: str | None = None
+    offline: bool = False
+    batch_size: int | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    coalesce: bool = True
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    fill_threads: int = 64
+
+    def __repr__(self) -> str:
+        token = "'***'" if self.token else "None"
+        return f"ProxySettings(cache_dir={self.cache_dir!r}, token={token}, ...)"
+
+
+class _Upstreams:
+    """One :class:`JinaClient` per client key, sharing a connection pool; found by the key's
+    hash so the map holds no key in the clear beyond the clients themselves."""
+
+    def __init__(self, base_url: str, http: httpx.Client) -> None:
+        self._base_url = base_url
+        self._http = http
+        self.server = JinaClient(None, base_url=base_url, http_client=http)
+        self._by_key: OrderedDict[bytes, JinaClient] = OrderedDict()
+
+    def get(self, key: str | None) -> JinaClient:
+        if key is None:
+            return self.server
+        digest = hashlib.sha256(key.encode()).digest()
+        client = self._by_key.get(digest)
+        if client is None:
+            client = JinaClient(key, base_url=self._base_url, http_client=self._http)
+            self._by_key[digest] = client
+            if len(self._by_key) > _MAX_CLIENTS:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(digest)
+        return client
+
+
+class Proxy:
+    """The proxy's state (store, embedder, upstream clients, metrics) and its ASGI app.
+
+    The store is opened here, so a bad cache directory fails before the server starts; the
+    app's shutdown finishes in-flight fills (each batch committed) and closes everything.
+    """
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.upstream_url = resolve_base_url(settings.upstream_url)
+        self.store = Store(settings.cache_dir)
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(settings.timeout, connect=DEFAULT_CONNECT_TIMEOUT_SECONDS),
+            headers={"User-Agent": f"embedcache/{VERSION}"},
+        )
+        self._upstreams = _Upstreams(self.upstream_url, self._http)
+        self.embedder = CachedEmbedder(
+            self.store,
+            self._upstreams.server,
+            offline=settings.offline,
+            batch_size=settings.batch_size,
+            max_concurrency=settings.max_concurrency,
+            coalesce=settings.coalesce,
+        )
+        self.metrics = ProxyMetrics()
+        self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
+        self._closed = False
+        self.app = Starlette(
+            routes=[
+                Route(EMBEDDINGS_PATH, self._embeddings, methods=["POST"]),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: _http_error},
+            lifespan=self._lifespan,
+        )
+
+    def close(self) -> None:
+        """Finish in-flight fills, record counters, and release every resource (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fills.shutdown(wait=True)
+        self.embedder.close()
+        self._http.close()
+        self.store.close()
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            self.close()
+
+    async def _embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response, outcome = await self._answer(request)
+        except Exception:
+            log.exception("embedcache proxy: unexpected error")
+            response = _json(500, render_error("internal error in the embedcache proxy"))
+        self.metrics.observe(outcome, time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request) -> tuple[Response, str]:
+        denied, key = self._credential(request)
+        if denied is not None:
+            return denied, "error"
+        raw = await request.body()
+        try:
+            parsed = parse_request(orjson.loads(raw))
+            if parsed is None:
+                status, content, media = await self._in_thread(partial(self._forward, raw, key))
+                return Response(content, status, {CACHED_HEADER: "0"}, media), "passthrough"
+            upstream = self._upstreams.get(key)
+            result = self.embedder.embed_detailed(
+                parsed.texts, parsed.options, upstream=upstream, cached_only=True
+            )
+            outcome = "cached"
+            if result is None:
+                fill = partial(
+                    self.embedder.embed_detailed, parsed.texts, parsed.options, upstream=upstream
+                )
+                result = await self._in_thread(fill)
+                outcome = "fetched"
+        except orjson.JSONDecodeError:
+            return _json(422, render_error("the request body is not valid JSON")), "error"
+        except EmbedcacheError as exc:
+            status = error_status(exc)
+            if status >= 500:
+                log.warning("embedcache proxy: %s: %s", type(exc).__name__, exc)
+            return _json(status, render_error(exc)), "error"
+        assert result is not None  # a fill either returns vectors or raises
+        body = render_embeddings(parsed, result.vectors, result.stats.tokens_spent)
+        cached = result.stats.hits + result.stats.coalesced
+        return _json(200, body, {CACHED_HEADER: str(cached)}), outcome
+
+    def _credential(self, request: Request) -> tuple[Response | None, str | None]:
+        """The key to pay for this request's misses (``None``: the server's), or a 401."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        bearer = value.strip() if scheme.lower() == "bearer" else ""
+        token = self.settings.token
+        if token is None:
+            return None, bearer or None
+        if hmac.compare_digest(bearer.encode(), token.encode()):
+            return None, None
+        detail = "this proxy needs its token: send Authorization: Bearer <token>"
+        return _json(401, render_error(detail)), None
+
+    def _forward(self, raw: bytes, key: str | None) -> tuple[int, bytes, str]:
+        """Send a request the cache cannot answer to the upstream as it is."""
+        secret = resolve_api_key(key)
+        url = self.upstream_url + EMBEDDINGS_PATH
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": _JSON}
+        try:
+            response = self._http.post(url, content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"no response from {url} ({type(exc).__name__})") from None
+        return response.status_code, response.content, response.headers.get("content-type", _JSON)
+
+    async def _in_thread(self, work: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._fills, work)
+
+    async def _health(self, request: Request) -> Response:
+        return _json(200, orjson.dumps({"status": "ok", "version": VERSION}))
+
+    async def _metrics(self, request: Request) -> Response:
+        text = self.metrics.render(self.embedder.stats, self.embedder.waiting)
+        return Response(text, 200, media_type="text/plain; version=0.0.4")
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, headers, _JSON)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too."""
+    assert isinstance(exc, HTTPException)
+    return _json(exc.status_code, render_error(exc.detail), dict(exc.headers or {}))
