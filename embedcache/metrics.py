@@ -31,10 +31,17 @@ class ProxyMetrics:
         self._outcomes: Counter[str] = Counter()
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
+        self._in_flight = 0
+
+    def begin(self) -> None:
+        """Count a request that has arrived and is not answered yet."""
+        with self._lock:
+            self._in_flight += 1
 
     def observe(self, outcome: str, seconds: float) -> None:
         """Count one finished request: ``cached``, ``fetched``, ``passthrough`` or ``error``."""
         with self._lock:
+            self._in_flight -= 1
             self._outcomes[outcome] += 1
             self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._latency_sum += seconds
@@ -45,6 +52,7 @@ class ProxyMetrics:
             outcomes = dict(self._outcomes)
             buckets = list(self._buckets)
             total_seconds = self._latency_sum
+            in_flight = self._in_flight
         out: list[str] = []
         _family(out, "requests_total", "counter", "Embedding requests answered, by outcome.",
                 [(f'outcome="{name}"', outcomes.get(name, 0)) for name in OUTCOMES])  # fmt: skip
@@ -59,6 +67,8 @@ class ProxyMetrics:
                 [("", stats.tokens_spent)])  # fmt: skip
         _family(out, "tokens_saved_total", "counter", "Tokens the hits cost when fetched (est.).",
                 [("", round(stats.tokens_saved))])  # fmt: skip
+        _family(out, "requests_in_flight", "gauge", "Requests being answered right now.",
+                [("", in_flight)])  # fmt: skip
         _family(out, "waiting_calls", "gauge", "Requests waiting for another's fetch.",
                 [("", waiting)])  # fmt: skip
         cumulative = 0

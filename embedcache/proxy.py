@@ -175,6 +175,7 @@ class Proxy:
 
     async def _embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
+        self.metrics.begin()
         outcome = "error"
         try:
             response, outcome = await self._answer(request)

@@ -107,13 +107,13 @@ def _texts(value: object) -> list[str] | None:
 def _embedding_type(body: Mapping[str, Any]) -> str | None:
     """The requested encoding (``embedding_type``, or its alias ``encoding_type``), or
     ``None`` when it is not one the cache can produce."""
-    given = {body.get("embedding_type"), body.get("encoding_type")} - {None}
+    given = [body[name] for name in ("embedding_type", "encoding_type") if body.get(name)]
     if not given:
         return "float"
-    if len(given) > 1:
-        return None
-    (value,) = given
-    return value if isinstance(value, str) and value in CACHEABLE_EMBEDDING_TYPES else None
+    value = given[0]
+    if not isinstance(value, str) or any(other != value for other in given):
+        return None  # a list of several types, or two fields that disagree
+    return value if value in CACHEABLE_EMBEDDING_TYPES else None
 
 
 def render_embeddings(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from embedcache import JinaEmbeddingFunction
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY
+from .conftest import API_KEY, client_module
 
 pytestmark = pytest.mark.compat
 
@@ -22,10 +20,7 @@ def test_drop_in_returns_what_pymilvus_returns(
     make_ef: Callable[..., JinaEmbeddingFunction],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    name = "pymilvus.model.dense.jinaai"
-    # In the compat env a missing pymilvus is a failure, elsewhere a skip.
-    required = os.environ.get("EMBEDCACHE_REQUIRE_COMPAT") == "1"
-    jinaai = importlib.import_module(name) if required else pytest.importorskip(name)
+    jinaai = client_module("pymilvus.model.dense.jinaai")
     monkeypatch.setattr(jinaai, "API_URL", emulator.url + "/v1/embeddings")
     theirs = jinaai.JinaEmbeddingFunction(api_key=API_KEY)
     ours = make_ef()

@@ -1,0 +1,92 @@
+"""Run ``embedcache serve`` as a real subprocess on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+_STARTUP_SECONDS = 60.0
+_STOP_SECONDS = 30.0
+# Variables a developer's shell may hold that would change what the server does.
+_SCRUBBED = ("JINAAI_API_KEY", "JINA_API_KEY", "EMBEDCACHE_DIR", "EMBEDCACHE_BASE_URL")
+_SCRUBBED += ("EMBEDCACHE_OFFLINE", "EMBEDCACHE_PROXY_TOKEN")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProxyProcess:
+    """One ``embedcache serve`` process; its stderr goes to a file so it never blocks.
+
+    :param env: extra environment (a server key, a token), on top of a scrubbed copy.
+    """
+
+    def __init__(
+        self, upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = cache_dir.parent / f"serve-{self.port}.log"
+        environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        environ.update(env or {})
+        command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir)]
+        command += ["serve", "--port", str(self.port), "--upstream", upstream, *args]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environ
+            )
+        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + _STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"embedcache serve exited early:\n{self.output()}")
+            try:
+                if self.http.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedcache serve did not come up:\n{self.output()}")
+
+    def embed(self, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+        """POST ``body`` to /v1/embeddings, with ``key`` as the bearer token if given."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return self.http.post("/v1/embeddings", json=body, headers=headers)
+
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.http.close()  # after the exit: a request in flight during shutdown gets its answer
+        return self.process.returncode
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,67 @@
+"""Real third-party clients pointed at ``embedcache serve`` (tox -e compat).
+
+Each client's module-level URL is pointed at the proxy, exactly as a user would; the
+vectors must be the ones the same client gets from the emulator directly, and a second run
+must be served without any upstream request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedcache.testing import JinaEmulator
+
+from .conftest import API_KEY, client_module
+from .serving import ProxyProcess
+
+pytestmark = pytest.mark.compat
+
+
+@pytest.fixture
+def proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[ProxyProcess]:
+    with ProxyProcess(emulator.url, cache_dir) as served:
+        yield served
+
+
+def test_pymilvus_through_the_proxy_gets_the_emulators_vectors_then_hits(
+    emulator: JinaEmulator, proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jinaai = client_module("pymilvus.model.dense.jinaai")
+    docs, queries = ["first document", "second document"], ["a query"]
+
+    def run(url: str) -> list[np.ndarray]:
+        monkeypatch.setattr(jinaai, "API_URL", url + "/v1/embeddings")
+        ef = jinaai.JinaEmbeddingFunction(api_key=API_KEY, dimensions=256)
+        return [*ef.encode_documents(docs), *ef.encode_queries(queries)]
+
+    expected = run(emulator.url)
+    before = len(emulator.requests)
+    first = run(proxy.url)
+    assert len(emulator.requests) == before + 2  # documents, then queries: both misses
+    second = run(proxy.url)
+    assert len(emulator.requests) == before + 2
+    for got in (first, second):
+        assert [vector.tobytes() for vector in got] == [vector.tobytes() for vector in expected]
+
+
+def test_langchain_through_the_proxy_gets_the_emulators_vectors_then_hits(
+    emulator: JinaEmulator, proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jina = client_module("langchain_community.embeddings.jina")
+    texts = ["LangChain sends the default v2 model", "and no task"]
+
+    def run(url: str) -> tuple[list[list[float]], list[float]]:
+        monkeypatch.setattr(jina, "JINA_API_URL", url + "/v1/embeddings")
+        embeddings = jina.JinaEmbeddings(jina_api_key=API_KEY)
+        return embeddings.embed_documents(texts), embeddings.embed_query("a query")
+
+    expected = run(emulator.url)
+    before = len(emulator.requests)
+    assert run(proxy.url) == expected
+    assert len(emulator.requests) == before + 2
+    assert run(proxy.url) == expected
+    assert len(emulator.requests) == before + 2

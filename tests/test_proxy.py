@@ -1,0 +1,361 @@
+"""``embedcache serve`` as a subprocess on loopback, the emulator upstream, driven by httpx."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from embedcache.store import Store
+from embedcache.testing import Fault, JinaEmulator
+
+from .conftest import API_KEY
+from .serving import ProxyProcess
+
+V3 = "jina-embeddings-v3"
+MakeProxy = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
+    """Start ``embedcache serve`` processes on the emulator and the test's cache dir."""
+    started: list[ProxyProcess] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
+        proxy = ProxyProcess(emulator.url, cache_dir, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+    for proxy in started:
+        assert API_KEY not in proxy.output()
+
+
+@pytest.fixture
+def proxy(make_proxy: MakeProxy) -> ProxyProcess:
+    return make_proxy()
+
+
+def direct(emulator: JinaEmulator, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
+    """The emulator's own answer to ``body``."""
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(emulator.url + "/v1/embeddings", json=body, headers=headers, timeout=30)
+
+
+def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in body.items() if name != "request_id"}
+
+
+def upstream_count(emulator: JinaEmulator) -> int:
+    return len(emulator.requests)
+
+
+def test_float_response_is_the_emulators_and_the_repeat_is_served_from_the_cache(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    body = {"model": V3, "task": "retrieval.query", "input": ["alpha", "beta", "alpha"]}
+    expected = direct(emulator, body).json()
+    before = upstream_count(emulator)
+
+    first = proxy.embed(body, API_KEY)
+    assert first.status_code == 200, first.text
+    assert first.json()["data"] == expected["data"]  # same floats, as parsed by any client
+    assert first.json()["usage"]["total_tokens"] > 0
+    assert first.headers["X-Embedcache-Cached"] == "0"
+    assert upstream_count(emulator) == before + 1
+
+    second = proxy.embed(body, API_KEY)
+    assert second.json()["data"] == expected["data"]
+    assert second.json()["usage"] == {"total_tokens": 0, "prompt_tokens": 0}
+    assert second.json()["model"] == V3
+    assert second.json()["object"] == "list"
+    assert second.headers["X-Embedcache-Cached"] == "2"  # distinct inputs
+    assert upstream_count(emulator) == before + 1
+
+
+@pytest.mark.parametrize("field", ["embedding_type", "encoding_type"])
+def test_base64_answers_carry_the_emulators_bytes(
+    emulator: JinaEmulator, proxy: ProxyProcess, field: str
+) -> None:
+    texts = ["one", "two"]
+    proxy.embed({"model": V3, "input": texts}, API_KEY)  # cached from a float request
+    answer = proxy.embed({"model": V3, "input": texts, field: "base64"}, API_KEY)
+    assert answer.status_code == 200
+    assert answer.headers["X-Embedcache-Cached"] == "2"
+    for item, text in zip(answer.json()["data"], texts, strict=True):
+        got = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+        assert got.tobytes() == emulator.expected_embedding(text).tobytes()
+
+
+def test_string_input_and_text_objects_share_entries_with_plain_strings(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    proxy.embed({"model": V3, "input": ["hello", "world"]}, API_KEY)
+    before = upstream_count(emulator)
+    single = proxy.embed({"model": V3, "input": "hello"}, API_KEY).json()
+    objects = proxy.embed({"model": V3, "input": [{"text": "world"}, "hello"]}, API_KEY).json()
+    assert upstream_count(emulator) == before
+    assert [item["index"] for item in objects["data"]] == [0, 1]
+    hello = emulator.expected_embedding("hello")
+    assert np.asarray(single["data"][0]["embedding"], dtype=np.float32).tobytes() == hello.tobytes()
+    assert (
+        np.asarray(objects["data"][1]["embedding"], dtype=np.float32).tobytes() == hello.tobytes()
+    )
+
+
+def test_mixed_hits_and_misses_come_back_in_index_order_and_usage_counts_only_misses(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    proxy.embed({"model": V3, "input": ["b", "d"]}, API_KEY)
+    before = len(emulator.requests)
+    texts = ["a", "b", "c", "d", "a"]
+    answer = proxy.embed({"model": V3, "input": texts}, API_KEY)
+    spent = sum(request.tokens for request in emulator.requests[before:])
+    assert answer.json()["usage"]["total_tokens"] == spent > 0
+    assert [request.inputs for request in emulator.requests[before:]] == [2]  # a, c
+    assert answer.headers["X-Embedcache-Cached"] == "2"
+    data = answer.json()["data"]
+    assert [item["index"] for item in data] == list(range(len(texts)))
+    for item, text in zip(data, texts, strict=True):
+        vector = np.asarray(item["embedding"], dtype=np.float32)
+        assert vector.tobytes() == emulator.expected_embedding(text).tobytes()
+
+
+def test_every_output_changing_field_keys_the_cache(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    base = {"model": V3, "input": ["same text"]}
+    variants = [
+        {},
+        {"task": "retrieval.passage"},
+        {"dimensions": 256},
+        {"normalized": False},
+        {"truncate": True},
+    ]
+    for variant in variants:
+        before = upstream_count(emulator)
+        answer = proxy.embed(base | variant, API_KEY)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"] == direct(emulator, base | variant).json()["data"]
+        assert upstream_count(emulator) == before + 2  # the proxy's miss, then our check
+
+
+def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: ProxyProcess) -> None:
+    body = {"model": V3, "input": ["part one", "part two"], "late_chunking": True}
+    expected = direct(emulator, body).json()["data"]
+    assert proxy.embed(body, API_KEY).json()["data"] == expected
+    before = upstream_count(emulator)
+    assert proxy.embed(body, API_KEY).json()["data"] == expected
+    reordered = proxy.embed(body | {"input": ["part two", "part one"]}, API_KEY)
+    assert reordered.json()["data"] != list(reversed(expected))  # a different group
+    assert upstream_count(emulator) == before + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "jina-clip-v2", "input": [{"image": "https://example.com/cat.png"}]},
+        {"model": "jina-clip-v2", "input": ["a cat", {"image": "aGVsbG8="}]},
+        {"model": V3, "input": ["text"], "embedding_type": "binary"},
+        {"model": V3, "input": ["text"], "embedding_type": ["float", "base64"]},
+        {"model": V3, "input": ["text"], "return_multivector": True},
+    ],
+    ids=["image", "text-and-image", "binary", "several-types", "unknown-field"],
+)
+def test_requests_the_cache_cannot_key_are_forwarded_and_never_stored(
+    emulator: JinaEmulator, proxy: ProxyProcess, body: dict[str, Any]
+) -> None:
+    expected = direct(emulator, body)
+    for _ in range(2):
+        before = upstream_count(emulator)
+        answer = proxy.embed(body, API_KEY)
+        assert answer.status_code == expected.status_code
+        assert without_request_id(answer.json()) == without_request_id(expected.json())
+        assert answer.headers["X-Embedcache-Cached"] == "0"
+        assert upstream_count(emulator) == before + 1
+    proxy.stop()
+    with Store(proxy.cache_dir) as store:
+        assert len(store) == 0
+
+
+def test_upstream_errors_keep_the_status_detail_code_and_request_id(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    body = {"model": V3, "input": ["needs a key"]}
+    expected = direct(emulator, body, key="jina_wrong").json()
+    answer = proxy.embed(body, "jina_wrong")
+    assert answer.status_code == 401
+    got = answer.json()
+    assert got["detail"] == expected["detail"]
+    assert got["request_id"]
+    assert got["request_id"] != expected["request_id"]
+
+    emulator.inject(Fault(status=402))
+    answer = proxy.embed(body, API_KEY)
+    assert answer.status_code == 402
+    assert "detail" in answer.json()
+
+
+def test_a_request_without_any_key_is_a_401_before_any_upstream_call(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    answer = proxy.embed({"model": V3, "input": ["no key anywhere"]})
+    assert answer.status_code == 401
+    assert "JINAAI_API_KEY" in answer.json()["detail"]
+    assert upstream_count(emulator) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'{"model": "jina-embeddings-v3", "input": ["x"], "task": "nope"}', "nope"),
+        (b'{"model": "jina-embeddings-v3", "input": ["x"], "dimensions": 4096}', "dimensions"),
+        (b'{"model": "jina-embeddings-v3", "input": ["x"], "normalized": "yes"}', "normalized"),
+        (b"not json", "JSON"),
+        (b'["x"]', "object"),
+    ],
+    ids=["task", "dimensions", "flag", "not-json", "not-object"],
+)
+def test_bad_requests_are_refused_locally_with_422(
+    emulator: JinaEmulator, proxy: ProxyProcess, content: bytes, fragment: str
+) -> None:
+    answer = proxy.http.post("/v1/embeddings", content=content)
+    assert answer.status_code == 422
+    assert fragment in answer.json()["detail"]
+    assert upstream_count(emulator) == 0
+
+
+def test_the_server_key_pays_when_the_client_sends_none(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    proxy = make_proxy(env={"JINAAI_API_KEY": API_KEY})
+    answer = proxy.embed({"model": V3, "input": ["paid by the server"]})
+    assert answer.status_code == 200, answer.text
+    assert emulator.requests[-1].authorized
+
+
+def test_with_a_token_clients_must_present_it_and_the_server_key_pays(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    token = "local-proxy-token"
+    proxy = make_proxy(env={"JINAAI_API_KEY": API_KEY, "EMBEDCACHE_PROXY_TOKEN": token})
+    body = {"model": V3, "input": ["guarded"]}
+    for key in (None, "wrong-token", API_KEY):
+        answer = proxy.embed(body, key)
+        assert answer.status_code == 401
+        assert "token" in answer.json()["detail"]
+    assert proxy.http.get("/health").status_code == 200  # probes need no token
+    assert upstream_count(emulator) == 0
+    answer = proxy.embed(body, token)
+    assert answer.status_code == 200, answer.text
+    assert emulator.requests[-1].authorized  # the server's key, not the token
+
+
+def test_health_and_prometheus_metrics(emulator: JinaEmulator, proxy: ProxyProcess) -> None:
+    health = proxy.http.get("/health")
+    assert health.json()["status"] == "ok"
+    proxy.embed({"model": V3, "input": ["m1", "m2"]}, API_KEY)
+    proxy.embed({"model": V3, "input": ["m1"]}, API_KEY)
+    proxy.embed({"model": V3, "input": ["x"], "task": "bad"}, API_KEY)
+    metrics = proxy.http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    lines = set(metrics.text.splitlines())
+    for line in (
+        'embedcache_requests_total{outcome="fetched"} 1',
+        'embedcache_requests_total{outcome="cached"} 1',
+        'embedcache_requests_total{outcome="error"} 1',
+        'embedcache_entries_total{result="hit"} 1',
+        'embedcache_entries_total{result="miss"} 2',
+        "embedcache_upstream_requests_total 1",
+        f"embedcache_tokens_spent_total {emulator.requests[-1].tokens}",
+        'embedcache_request_duration_seconds_bucket{le="+Inf"} 3',
+        "embedcache_request_duration_seconds_count 3",
+    ):
+        assert line in lines, metrics.text
+
+
+def test_unknown_routes_and_methods_answer_in_jinas_error_shape(proxy: ProxyProcess) -> None:
+    missing = proxy.http.post("/v2/embeddings", json={})
+    assert missing.status_code == 404
+    assert "detail" in missing.json()
+    wrong = proxy.http.get("/v1/embeddings")
+    assert wrong.status_code == 405
+    assert "detail" in wrong.json()
+
+
+def test_an_offline_proxy_serves_hits_and_answers_misses_with_503(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    online = make_proxy()
+    online.embed({"model": V3, "input": ["kept"]}, API_KEY)
+    online.stop()
+    before = upstream_count(emulator)
+    offline = make_proxy("--offline")
+    assert offline.embed({"model": V3, "input": ["kept"]}).status_code == 200
+    missing = offline.embed({"model": V3, "input": ["kept", "new"]}, API_KEY)
+    assert missing.status_code == 503
+    assert "offline" in missing.json()["detail"]
+    assert upstream_count(emulator) == before
+
+
+def test_concurrent_identical_requests_share_one_upstream_call(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    emulator.latency = 0.5  # long enough for every client to arrive during the first fetch
+    body = {"model": V3, "input": ["shared", "by", "everyone"]}
+    clients = 8
+    barrier = threading.Barrier(clients)
+    answers: list[httpx.Response] = []
+
+    def call() -> None:
+        with httpx.Client(base_url=proxy.url, timeout=30) as http:
+            barrier.wait()
+            answers.append(
+                http.post(
+                    "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+                )
+            )
+
+    threads = [threading.Thread(target=call) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert upstream_count(emulator) == 1
+    assert all(answer.status_code == 200 for answer in answers)
+    assert (
+        len({answer.content for answer in answers if answer.json()["usage"]["total_tokens"] == 0})
+        == 1
+    )
+    cached = sorted(int(answer.headers["X-Embedcache-Cached"]) for answer in answers)
+    assert cached == [0] + [3] * (clients - 1)
+
+
+def test_sigterm_finishes_the_in_flight_fetch_and_commits_it(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    proxy = make_proxy()
+    emulator.latency = 1.5
+    body = {"model": V3, "input": ["in flight at shutdown"]}
+    answers: list[httpx.Response] = []
+    caller = threading.Thread(target=lambda: answers.append(proxy.embed(body, API_KEY)))
+    caller.start()
+    in_flight = "embedcache_requests_in_flight 1"
+    while in_flight not in proxy.http.get("/metrics").text.splitlines():
+        time.sleep(0.01)
+    # uvicorn re-raises the signal once shut down, so the exit status says "terminated".
+    assert proxy.stop() == -signal.SIGTERM
+    caller.join()
+    assert answers[0].status_code == 200
+    with Store(proxy.cache_dir) as store:
+        assert len(store) == 1
