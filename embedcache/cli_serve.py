@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from .cli_options import CliContext, pass_cli
+from .cli_options import CliContext, parse_size, pass_cli
 from .config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
 
 __all__ = ["serve"]
@@ -50,6 +50,12 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
 @click.option(
+    "--memory",
+    default="64MiB",
+    show_default=True,
+    help="Memory for recently served vectors, so repeated requests skip the disk (0: none).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -66,6 +72,7 @@ def serve(
     batch_size: int | None,
     max_concurrency: int,
     no_coalesce: bool,
+    memory: str,
     log_level: str,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
@@ -100,6 +107,7 @@ def serve(
         batch_size=batch_size,
         max_concurrency=max_concurrency,
         coalesce=not no_coalesce,
+        hot_bytes=parse_size(memory) or 0,
     )
     proxy = Proxy(settings)
     config = uvicorn.Config(

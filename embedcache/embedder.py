@@ -19,10 +19,11 @@ from numpy.typing import NDArray
 from .batches import Miss, check_lengths, plan_batches, validated
 from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
 from .errors import CacheError, CacheMissError, InvalidInputError
+from .hot import HotVectors
 from .inflight import Claim, Inflight
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
-from .store import Store
+from .store import Found, Store
 from .tokens import estimate_tokens
 from .upstream import Upstream, UpstreamResult
 
@@ -140,6 +141,8 @@ class CachedEmbedder:
     :param max_batch_tokens: most estimated tokens per request.
     :param max_concurrency: most requests in flight at once, per call.
     :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
+    :param hot_bytes: keep up to this many bytes of recently read vectors in memory, so
+        repeated small requests skip the store (see :mod:`embedcache.hot`); 0: none.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class CachedEmbedder:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         coalesce: bool = True,
+        hot_bytes: int = 0,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -164,6 +168,7 @@ class CachedEmbedder:
         self.max_batch_tokens = max_batch_tokens
         self.max_concurrency = max_concurrency
         self._inflight = Inflight() if coalesce else None
+        self._hot = HotVectors(hot_bytes) if hot_bytes > 0 else None
         self._stats = Stats()
         self._lock = threading.Lock()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
@@ -221,7 +226,7 @@ class CachedEmbedder:
         if not keys:
             return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
         unique = list(position)
-        found = self.store.read_many(unique, options.expected_dim)
+        found = self._read(unique, options.expected_dim)
         if cached_only and not found.present.all():
             return None
         misses = self._misses(texts, unique, position, ~found.present, options)
@@ -237,6 +242,15 @@ class CachedEmbedder:
             slot = {key: i for i, key in enumerate(unique)}
             matrix = matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
         return Embedded(matrix, call.stats)
+
+    def _read(self, keys: list[bytes], dim: int | None) -> Found:
+        if self._hot is None:
+            return self.store.read_many(keys, dim)
+        found = self._hot.get_all(keys, dim)
+        if found is None:
+            found = self.store.read_many(keys, dim)
+            self._hot.put(keys, found)
+        return found
 
     def warm(
         self,

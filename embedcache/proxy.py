@@ -51,11 +51,13 @@ from .metrics import ProxyMetrics
 from .store import Store
 from .wire import error_status, parse_request, render_embeddings, render_error
 
-__all__ = ["CACHED_HEADER", "Proxy", "ProxySettings"]
+__all__ = ["CACHED_HEADER", "DEFAULT_HOT_BYTES", "Proxy", "ProxySettings"]
 
 #: Response header: how many of the request's distinct inputs came from the cache
 #: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
 CACHED_HEADER = "X-Embedcache-Cached"
+#: Default memory for recently served vectors: about 16,000 of 1024 dimensions.
+DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 _JSON = "application/json"
 _MAX_CLIENTS = 1024
 _T = TypeVar("_T")
@@ -77,6 +79,8 @@ class ProxySettings:
     :param coalesce: let concurrent requests share one fetch of the same inputs.
     :param timeout: seconds to wait for the upstream.
     :param fill_threads: most client requests filling misses at once.
+    :param hot_bytes: memory for recently served vectors, so repeated requests skip the
+        store (0: none).
     """
 
     cache_dir: Path | None = None
@@ -88,6 +92,7 @@ class ProxySettings:
     coalesce: bool = True
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     fill_threads: int = 64
+    hot_bytes: int = DEFAULT_HOT_BYTES
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -142,6 +147,7 @@ class Proxy:
             batch_size=settings.batch_size,
             max_concurrency=settings.max_concurrency,
             coalesce=settings.coalesce,
+            hot_bytes=settings.hot_bytes,
         )
         self.metrics = ProxyMetrics()
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
