@@ -189,7 +189,7 @@ class CachedEmbedder:
     def close(self) -> None:
         """Record this session's counters in the cache's lifetime totals and stop the worker
         threads (the store and upstream belong to the caller)."""
-        self._flush_counters()
+        self.flush_counters()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -340,7 +340,7 @@ class CachedEmbedder:
                 waiting = self._fetch(misses, call)
                 misses = self._after_others(waiting, call)
         finally:
-            self._flush_counters()
+            self.flush_counters()
 
     def _count(self, call: _Call, **deltas: float) -> None:
         with self._lock:
@@ -348,7 +348,10 @@ class CachedEmbedder:
                 for name, delta in deltas.items():
                     setattr(counters, name, getattr(counters, name) + delta)
 
-    def _flush_counters(self) -> None:
+    def flush_counters(self) -> None:
+        """Add what was counted since the last flush to the cache's lifetime counters
+        (done after every fill and on close; a long-running server also calls it now and
+        then, so a killed process loses little)."""
         with self._lock:
             now = asdict(self._stats)
             deltas = {name: round(now[name]) - round(self._flushed[name]) for name in now}

@@ -49,7 +49,7 @@ from .errors import EmbedcacheError, TransportError
 from .jina import JinaClient
 from .metrics import ProxyMetrics
 from .store import Store
-from .wire import error_status, parse_request, render_embeddings, render_error
+from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
 
 __all__ = ["CACHED_HEADER", "DEFAULT_HOT_BYTES", "Proxy", "ProxySettings"]
 
@@ -60,6 +60,11 @@ CACHED_HEADER = "X-Embedcache-Cached"
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 _JSON = "application/json"
 _MAX_CLIENTS = 1024
+_COUNTER_FLUSH_SECONDS = 30.0
+# Small all-hit requests are answered on the event loop (a thread hop would cost more than
+# the work); larger ones are read and written in a worker, so one big answer never stalls
+# the other clients.
+_INLINE_TEXTS = 32
 _T = TypeVar("_T")
 
 log = logging.getLogger("embedcache")
@@ -174,10 +179,19 @@ class Proxy:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(self._flush_counters())
         try:
             yield
         finally:
+            flusher.cancel()
             self.close()
+
+    async def _flush_counters(self) -> None:
+        """Record hits in the cache's lifetime counters now and then (fills record their
+        own), so ``embedcache stats`` sees a long-running proxy's work."""
+        while True:
+            await asyncio.sleep(_COUNTER_FLUSH_SECONDS)
+            await self._in_thread(self.embedder.flush_counters)
 
     async def _embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -202,16 +216,11 @@ class Proxy:
                 status, content, media = await self._in_thread(partial(self._forward, raw, key))
                 return Response(content, status, {CACHED_HEADER: "0"}, media), "passthrough"
             upstream = self._upstreams.get(key)
-            result = self.embedder.embed_detailed(
-                parsed.texts, parsed.options, upstream=upstream, cached_only=True
-            )
-            outcome = "cached"
-            if result is None:
-                fill = partial(
-                    self.embedder.embed_detailed, parsed.texts, parsed.options, upstream=upstream
-                )
-                result = await self._in_thread(fill)
-                outcome = "fetched"
+            answer = None
+            if len(parsed.texts) <= _INLINE_TEXTS:
+                answer = self._embed(parsed, upstream, cached_only=True)
+            if answer is None:
+                answer = await self._in_thread(partial(self._embed, parsed, upstream))
         except orjson.JSONDecodeError:
             return _json(422, render_error("the request body is not valid JSON")), "error"
         except EmbedcacheError as exc:
@@ -219,10 +228,23 @@ class Proxy:
             if status >= 500:
                 log.warning("embedcache proxy: %s: %s", type(exc).__name__, exc)
             return _json(status, render_error(exc)), "error"
-        assert result is not None  # a fill either returns vectors or raises
-        body = render_embeddings(parsed, result.vectors, result.stats.tokens_spent)
-        cached = result.stats.hits + result.stats.coalesced
+        assert answer is not None  # a fill either returns vectors or raises
+        body, cached, outcome = answer
         return _json(200, body, {CACHED_HEADER: str(cached)}), outcome
+
+    def _embed(
+        self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False
+    ) -> tuple[bytes, int, str] | None:
+        """The response body, how many distinct inputs were not fetched for this request,
+        and the outcome; ``None`` when ``cached_only`` and something is missing."""
+        result = self.embedder.embed_detailed(
+            parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
+        )
+        if result is None:
+            return None
+        stats = result.stats
+        body = render_embeddings(parsed, result.vectors, stats.tokens_spent)
+        return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
 
     def _credential(self, request: Request) -> tuple[Response | None, str | None]:
         """The key to pay for this request's misses (``None``: the server's), or a 401."""

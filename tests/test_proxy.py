@@ -131,6 +131,20 @@ def test_mixed_hits_and_misses_come_back_in_index_order_and_usage_counts_only_mi
         assert vector.tobytes() == emulator.expected_embedding(text).tobytes()
 
 
+def test_a_large_all_hit_request_is_answered_from_the_cache_too(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    body = {"model": V3, "input": [f"text number {i}" for i in range(300)]}
+    first = proxy.embed(body, API_KEY)
+    before = upstream_count(emulator)
+    second = proxy.embed(body, API_KEY)
+    assert upstream_count(emulator) == before
+    assert second.json()["data"] == first.json()["data"]
+    assert second.headers["X-Embedcache-Cached"] == "300"
+    lines = proxy.http.get("/metrics").text.splitlines()
+    assert 'embedcache_requests_total{outcome="cached"} 1' in lines
+
+
 def test_every_output_changing_field_keys_the_cache(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:
