@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from results import write_report
 from workload import make_texts, vector_of
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 KEY = "jina_bench_key_for_the_bundled_emulator_only"
 MODEL, TASK = "jina-embeddings-v3", "retrieval.passage"
 
@@ -451,7 +451,7 @@ def main() -> None:
     report = "\n".join(header + lines) + "\n"
     print(report)
     if not args.quick:
-        RESULTS.write_text(report, encoding="utf-8")
+        write_report(report)  # keeps the sections other scripts own (proxy_load.py)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ def _is_loopback(host: str) -> bool:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to bind; 0 picks a free one (the banner shows which).",
+)
 @click.option(
     "--upstream",
     metavar="URL",
@@ -46,7 +52,7 @@ def _is_loopback(host: str) -> bool:
     default=DEFAULT_MAX_CONCURRENCY,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Most upstream requests in flight per client request.",
+    help="Most upstream requests in flight at once, shared by all clients.",
 )
 @click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
 @click.option(
@@ -114,14 +120,17 @@ def serve(
         proxy.app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(
-        f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
-        f"(cache {proxy.store.directory}{', offline' if settings.offline else ''})",
-        err=True,
-    )
     logging.getLogger("embedcache").setLevel(log_level.upper())
     try:
-        server.run()
+        # Bound here rather than by uvicorn so the banner shows the real port (--port 0).
+        sock = config.bind_socket()
+        shown = f"[{host}]" if ":" in host else host
+        bound = sock.getsockname()[1]
+        click.echo(
+            f"embedcache proxy: http://{shown}:{bound}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
+            f"(cache {proxy.store.directory}{', offline' if settings.offline else ''})",
+            err=True,
+        )
+        server.run(sockets=[sock])
     finally:
         proxy.close()  # also when uvicorn never started the app (port taken, say)

@@ -139,7 +139,8 @@ class CachedEmbedder:
     :param offline: raise :class:`CacheMissError` instead of fetching.
     :param batch_size: most texts per request (capped by the model's limit).
     :param max_batch_tokens: most estimated tokens per request.
-    :param max_concurrency: most requests in flight at once, per call.
+    :param max_concurrency: most upstream requests in flight at once, shared by all calls
+        (concurrent calls queue for the same worker threads).
     :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
     :param hot_bytes: keep up to this many bytes of recently read vectors in memory, so
         repeated small requests skip the store (see :mod:`embedcache.hot`); 0: none.
@@ -227,14 +228,16 @@ class CachedEmbedder:
             return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
         unique = list(position)
         found = self._read(unique, options.expected_dim)
-        if cached_only and not found.present.all():
-            return None
-        misses = self._misses(texts, unique, position, ~found.present, options)
-        hits = found.present.copy()
-        hits[[miss.slot for miss in misses]] = False
         call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
-        self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
-        if misses:
+        if found.present.all():  # the common case, kept short: nothing to fetch
+            self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
+        elif cached_only:
+            return None
+        else:
+            misses = self._misses(texts, unique, position, ~found.present, options)
+            hits = found.present.copy()
+            hits[[miss.slot for miss in misses]] = False
+            self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
             self._fill(misses, len(unique), call)
         assert call.rows is not None
         matrix = call.rows.matrix

@@ -52,6 +52,18 @@ def _join(
     return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
 
 
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        # On a read-only directory SQLite cannot create the WAL's shared-memory file;
+        # "immutable" reads the database as it stands, without locks.
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA cache_size=-65536")
+    return db
+
+
 class Index:
     """The SQLite connection of a cache directory, and its snapshot.
 
@@ -59,7 +71,7 @@ class Index:
     change the index must run inside :meth:`write`.
 
     :param directory: the cache directory (``index.db`` and the snapshots live there).
-    :param lock: the store's lock; it guards the connection.
+    :param lock: the store's lock; it guards the write connection.
     :param errors: ``errors(action)`` wraps database failures in :class:`CacheError`.
     :raises OSError, sqlite3.Error: the database cannot be opened.
     """
@@ -77,30 +89,28 @@ class Index:
         self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
         self._stale_snapshots: list[int] = []
         path = directory / "index.db"
-        if read_only:
-            # On a read-only directory SQLite cannot create the WAL's shared-memory file;
-            # "immutable" reads the database as it stands, without locks.
-            uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        else:
-            self._db = sqlite3.connect(
-                path, timeout=60, isolation_level=None, check_same_thread=False
-            )
+        self._db = _connect(path, read_only)
+        if not read_only:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA cache_size=-65536")
+        # Reads get their own connection and lock: under WAL they run alongside a write
+        # transaction, so a server answering hits never waits for another thread's fill.
+        self._reader = _connect(path, read_only)
+        self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the connection (call with the store's lock held)."""
+        """Close the connections (call with the store's lock held)."""
+        with self._read_lock:
+            self._reader.close()
         self._db.close()
 
     # Reading
 
     def count(self) -> int:
         """Number of entries."""
-        with self._lock, self._errors("read"):
-            return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        with self._read_lock, self._errors("read"):
+            return int(self._reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
     def pages(self, batch: int) -> Iterator[NDArray[np.int64]]:
         """Every index row in key order, ``batch`` rows at a time (all columns)."""
@@ -108,8 +118,8 @@ class Index:
         # keys after the last seen (>).
         last, compare = -(1 << 63), ">="
         while True:
-            with self._lock, self._errors("read"):
-                rows = self._db.execute(
+            with self._read_lock, self._errors("read"):
+                rows = self._reader.execute(
                     f"SELECT {COLUMNS} FROM entries WHERE k {compare} ? ORDER BY k LIMIT ?",  # noqa: S608
                     (last, batch),
                 ).fetchall()
@@ -144,11 +154,11 @@ class Index:
         """Index rows whose primary key is among ``high``, one int64 row each."""
         found: list[tuple[int, ...]] = []
         values = high.tolist()
-        with self._lock, self._errors("read"):
+        with self._read_lock, self._errors("read"):
             for start in range(0, len(values), _CHUNK):
                 part = values[start : start + _CHUNK]
                 marks = ",".join("?" * len(part))
-                found += self._db.execute(
+                found += self._reader.execute(
                     f"SELECT {columns} FROM entries WHERE k IN ({marks})",  # noqa: S608
                     part,
                 ).fetchall()
@@ -158,8 +168,8 @@ class Index:
 
     def snapshot(self) -> NDArray[np.int64] | None:
         """The current snapshot (memory-mapped), or ``None`` when there is none."""
-        with self._lock, self._errors("read"):
-            row = self._db.execute("SELECT value FROM state WHERE name = 'snapshot'").fetchone()
+        with self._read_lock, self._errors("read"):
+            row = self._reader.execute("SELECT value FROM state WHERE name = 'snapshot'").fetchone()
         if row is None or row[0] is None:
             return None
         generation = int(row[0])

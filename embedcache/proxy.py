@@ -80,7 +80,7 @@ class ProxySettings:
         are paid with the server's key.
     :param offline: answer from the cache only; a miss is a 503.
     :param batch_size: most texts per upstream request.
-    :param max_concurrency: most upstream requests in flight per client request.
+    :param max_concurrency: most upstream requests in flight at once, for all clients.
     :param coalesce: let concurrent requests share one fetch of the same inputs.
     :param timeout: seconds to wait for the upstream.
     :param fill_threads: most client requests filling misses at once.

@@ -37,23 +37,25 @@ class Segments:
     """The ``segments/`` directory, and read-only maps of its files.
 
     :param directory: the ``segments`` directory; created with mode 0700 when missing.
-    :param lock: the store's lock; it guards the map cache.
     """
 
-    def __init__(self, directory: Path, lock: threading.RLock) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._lock = lock
+        # Guards the caches of maps and descriptors only, not the store: a reader must
+        # not wait for another thread's write transaction.
+        self._lock = threading.Lock()
         self._maps: dict[int, NDArray[np.float32]] = {}
         # Read-only descriptors kept open: opening a file costs more than reading a row.
         self._fds: dict[int, int] = {}
         directory.mkdir(mode=0o700, exist_ok=True)
 
     def close(self) -> None:
-        """Drop the file maps and descriptors (call with the store's lock held)."""
-        self._maps.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Drop the file maps and descriptors."""
+        with self._lock:
+            self._maps.clear()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def path(self, seg: int) -> Path:
         return self.directory / f"{seg}.f32"

@@ -152,7 +152,7 @@ class Store:
         #: serves its hits; storing, deleting and counting are refused or skipped.
         self.read_only = not os.access(self.directory, os.W_OK)
         try:
-            self._segments = Segments(self.directory / "segments", self._lock)
+            self._segments = Segments(self.directory / "segments")
             self._index = Index(self.directory, self._lock, self._errors, self.read_only)
             # diskcache writes when it opens, so a read-only cache goes without its metadata.
             self._meta: Any = None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +19,10 @@ _STOP_SECONDS = 30.0
 # Variables a developer's shell may hold that would change what the server does.
 _SCRUBBED = ("JINAAI_API_KEY", "JINA_API_KEY", "EMBEDCACHE_DIR", "EMBEDCACHE_BASE_URL")
 _SCRUBBED += ("EMBEDCACHE_OFFLINE", "EMBEDCACHE_PROXY_TOKEN")
+_numbers = itertools.count()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_BANNER = re.compile(r"embedcache proxy: http://127\.0\.0\.1:(\d+)/v1/embeddings")
 
 
 class ProxyProcess:
@@ -37,19 +35,32 @@ class ProxyProcess:
         self, upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None
     ) -> None:
         self.cache_dir = cache_dir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = cache_dir.parent / f"serve-{self.port}.log"
+        self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
         environ.update(env or {})
         command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir)]
-        command += ["serve", "--port", str(self.port), "--upstream", upstream, *args]
+        command += ["serve", "--port", "0", "--upstream", upstream, *args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=environ
             )
+        self.url = f"http://127.0.0.1:{self._wait_for_port()}"
         self.http = httpx.Client(base_url=self.url, timeout=30.0)
         self._wait_until_up()
+
+    def _wait_for_port(self) -> int:
+        """The port the server bound (``--port 0``), from its banner."""
+        deadline = time.monotonic() + _STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            found = _BANNER.search(self.output())
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.process.kill()
+        self.process.wait()
+        raise RuntimeError(f"embedcache serve did not start:\n{self.output()}")
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + _STARTUP_SECONDS
@@ -60,7 +71,7 @@ class ProxyProcess:
                 if self.http.get("/health").status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.05)
+                time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"embedcache serve did not come up:\n{self.output()}")
 

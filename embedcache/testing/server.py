@@ -71,6 +71,9 @@ class EmulatorServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 makes dozens of clients connecting at once (a
+    # proxy's fill threads, a load test) wait out SYN retries of a second or more.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], emulator: JinaEmulator) -> None:
         self.emulator = emulator
