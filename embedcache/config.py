@@ -40,6 +40,11 @@ PRICE_ENV = "EMBEDCACHE_PRICE_PER_MILLION_TOKENS"
 #: Bumped whenever the way request fields or texts map to cache keys changes.
 KEY_VERSION = 1
 
+#: The shared Redis tier: its URL's environment variable, key namespace and per-call timeout.
+REDIS_URL_ENV = "EMBEDCACHE_REDIS_URL"
+DEFAULT_REDIS_PREFIX = "embedcache"
+DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
+
 API_KEY_ENV_VARS = ("JINAAI_API_KEY", "JINA_API_KEY")
 CACHE_DIR_ENV = "EMBEDCACHE_DIR"
 BASE_URL_ENV = "EMBEDCACHE_BASE_URL"
@@ -97,3 +102,8 @@ def resolve_cache_dir(explicit: str | os.PathLike[str] | None) -> Path:
         return Path(explicit).expanduser()
     env = os.environ.get(CACHE_DIR_ENV, "").strip()
     return Path(env).expanduser() if env else default_cache_dir()
+
+
+def resolve_redis_url(explicit: str | None) -> str | None:
+    """The shared tier's URL: the argument, else ``EMBEDCACHE_REDIS_URL``, else none."""
+    return explicit or os.environ.get(REDIS_URL_ENV) or None

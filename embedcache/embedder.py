@@ -19,11 +19,12 @@ from numpy.typing import NDArray
 from .batches import Miss, check_lengths, plan_batches, validated
 from .config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
 from .errors import CacheError, CacheMissError, InvalidInputError
-from .hot import HotVectors
 from .inflight import Claim, Inflight
 from .keys import Fingerprint, fingerprint, group_keys, text_keys
 from .models import RequestOptions
-from .store import Found, Store
+from .redis_store import RedisStore
+from .store import Store
+from .tiers import Tiers
 from .tokens import estimate_tokens
 from .upstream import Upstream, UpstreamResult
 
@@ -144,6 +145,8 @@ class CachedEmbedder:
     :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
     :param hot_bytes: keep up to this many bytes of recently read vectors in memory, so
         repeated small requests skip the store (see :mod:`embedcache.hot`); 0: none.
+    :param shared: a Redis tier shared with other machines, read after the local store and
+        written with it (see :mod:`embedcache.tiers`).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class CachedEmbedder:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         coalesce: bool = True,
         hot_bytes: int = 0,
+        shared: RedisStore | None = None,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -169,7 +173,7 @@ class CachedEmbedder:
         self.max_batch_tokens = max_batch_tokens
         self.max_concurrency = max_concurrency
         self._inflight = Inflight() if coalesce else None
-        self._hot = HotVectors(hot_bytes) if hot_bytes > 0 else None
+        self._tiers = Tiers(store, shared, hot_bytes)
         self._stats = Stats()
         self._lock = threading.Lock()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
@@ -227,7 +231,7 @@ class CachedEmbedder:
         if not keys:
             return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
         unique = list(position)
-        found = self._read(unique, options.expected_dim)
+        found = self._tiers.read(fp, unique, options.expected_dim)
         call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
@@ -245,15 +249,6 @@ class CachedEmbedder:
             slot = {key: i for i, key in enumerate(unique)}
             matrix = matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
         return Embedded(matrix, call.stats)
-
-    def _read(self, keys: list[bytes], dim: int | None) -> Found:
-        if self._hot is None:
-            return self.store.read_many(keys, dim)
-        found = self._hot.get_all(keys, dim)
-        if found is None:
-            found = self.store.read_many(keys, dim)
-            self._hot.put(keys, found)
-        return found
 
     def warm(
         self,
@@ -273,7 +268,7 @@ class CachedEmbedder:
         """
         fp, _, position = self._index(texts, options)
         unique = list(position)
-        absent = ~np.array(self.store.contains_many(unique), dtype=bool)
+        absent = ~self._tiers.contains(fp, unique, options.expected_dim)
         misses = self._misses(texts, unique, position, absent, options)
         report = WarmReport(
             texts=len(texts),
@@ -492,9 +487,9 @@ class CachedEmbedder:
             keys = [miss.key for miss in batch]
             rows = call.rows
             if rows is None:
-                usable = np.array(self.store.contains_many(keys), dtype=bool)
+                usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
             else:
-                found = self.store.read_many(keys, rows.dim or call.options.expected_dim)
+                found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
                 usable = found.present
             if call.options.late_chunking and not usable.all():
                 usable[:] = False  # a group is all or nothing: never send part of one
@@ -521,7 +516,7 @@ class CachedEmbedder:
         lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
-        self.store.put_many(
+        self._tiers.put(
             call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )
         if rows is not None:

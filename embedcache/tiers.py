@@ -1,0 +1,99 @@
+"""Where the embedder looks for a vector, nearest first: memory, local disk, shared Redis.
+
+A vector found in Redis is written back to local disk, so the next read is local; a vector
+fetched from the API goes to both. Each tier is optional except the disk store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import CacheError
+from .hot import HotVectors
+from .keys import Fingerprint
+from .redis_store import RedisStore
+from .store import Found, Store
+
+__all__ = ["Entries", "Tiers"]
+
+#: ``(key, vector, tokens)`` as the stores take them.
+Entries = Sequence[tuple[bytes, NDArray[np.float32], float]]
+
+log = logging.getLogger("embedcache")
+
+
+class Tiers:
+    """The cache's tiers, read nearest first and written together.
+
+    :param store: the local disk cache.
+    :param shared: a Redis tier shared with other machines, if any.
+    :param hot_bytes: memory for recently read vectors (0: none); see :mod:`embedcache.hot`.
+    """
+
+    def __init__(self, store: Store, shared: RedisStore | None = None, hot_bytes: int = 0):
+        self.store = store
+        self.shared = shared
+        self._hot = HotVectors(hot_bytes) if hot_bytes > 0 else None
+
+    def read(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
+        """Every key's vector from the nearest tier that has it."""
+        if self._hot is not None:
+            found = self._hot.get_all(keys, dim)
+            if found is not None:
+                return found
+        found = self.store.read_many(keys, dim)
+        if self.shared is not None and not found.present.all():
+            found = self._pull(fp, keys, found, dim)
+        if self._hot is not None:
+            self._hot.put(keys, found)
+        return found
+
+    def contains(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> NDArray[np.bool_]:
+        """Whether each key is cached locally or in the shared tier (whose entries are
+        copied down, so a prewarm on a new machine costs no tokens for them)."""
+        present = np.array(self.store.contains_many(keys), dtype=bool)
+        if self.shared is not None and not present.all():
+            absent = np.flatnonzero(~present)
+            pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim)
+            present[absent[pulled.present]] = True
+        return present
+
+    def put(self, fp: Fingerprint, entries: Entries) -> None:
+        """Store fetched vectors locally (errors propagate), then in the shared tier."""
+        self.store.put_many(fp, entries)
+        if self.shared is not None:
+            self.shared.put_many(fp, entries)
+
+    def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
+        """``found`` completed with what the shared tier has for its absent keys."""
+        absent = np.flatnonzero(~found.present)
+        dim = dim or (found.vectors.shape[1] or None)
+        pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim)
+        if not pulled.present.any():
+            return found
+        vectors = found.vectors
+        if vectors.shape[1] != pulled.vectors.shape[1]:  # nothing was found locally
+            vectors = np.zeros((len(keys), pulled.vectors.shape[1]), dtype=np.float32)
+        got = absent[pulled.present]
+        vectors[got] = pulled.vectors[pulled.present]
+        present, tokens = found.present.copy(), found.tokens.copy()
+        present[got] = True
+        tokens[got] = pulled.tokens[pulled.present]
+        return Found(present, vectors, tokens)
+
+    def _pull_absent(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
+        """The shared tier's vectors for ``keys``, written back to local disk."""
+        assert self.shared is not None
+        pulled = self.shared.read_many(keys, dim)
+        rows = np.flatnonzero(pulled.present).tolist()
+        if rows and not self.store.read_only:
+            entries = [(keys[i], pulled.vectors[i], float(pulled.tokens[i])) for i in rows]
+            try:
+                self.store.put_many(fp, entries)
+            except CacheError as exc:  # a hit is still a hit without its local copy
+                log.warning("could not copy shared entries to local disk: %s", exc)
+        return pulled
