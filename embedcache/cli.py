@@ -41,14 +41,22 @@ class _Group(click.Group):
     help="Cache directory (default: $EMBEDCACHE_DIR or the user cache directory).",
 )
 @click.option("--base-url", help="Jina API root (default: $EMBEDCACHE_BASE_URL or api.jina.ai).")
+@click.option(
+    "--redis-url",
+    metavar="URL",
+    help="A Redis/Valkey cache shared with other machines, read after the local one "
+    "(default: $EMBEDCACHE_REDIS_URL; needs the redis extra).",
+)
 @click.pass_context
-def main(ctx: click.Context, cache_dir: Path | None, base_url: str | None) -> None:
+def main(
+    ctx: click.Context, cache_dir: Path | None, base_url: str | None, redis_url: str | None
+) -> None:
     """A disk cache in front of the Jina AI embeddings API.
 
     Set JINAAI_API_KEY or JINA_API_KEY for misses; a fully cached run needs no key.
     Try `embedcache demo` for an offline tour.
     """
-    ctx.obj = CliContext(cache_dir, base_url)
+    ctx.obj = CliContext(cache_dir, base_url, redis_url)
 
 
 for _command in (prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, demo):

@@ -41,6 +41,7 @@ class CliContext:
 
     cache_dir: Path | None
     base_url: str | None
+    redis_url: str | None = None
 
     def store(self) -> Store:
         """Open the cache; closed when the command ends."""
@@ -61,16 +62,21 @@ class CliContext:
         """The caching core on ``store`` with the Jina client; closed when the command ends."""
         from .embedder import CachedEmbedder
         from .jina import JinaClient
+        from .redis_store import open_shared
 
         ctx = click.get_current_context()
         client = JinaClient(base_url=self.base_url)
         ctx.call_on_close(client.close)
+        shared = open_shared(self.redis_url)
+        if shared is not None:
+            ctx.call_on_close(shared.close)
         embedder = CachedEmbedder(
             store,
             client,
             offline=offline,
             batch_size=batch_size,
             max_concurrency=max_concurrency,
+            shared=shared,
         )
         ctx.call_on_close(embedder.close)
         return embedder

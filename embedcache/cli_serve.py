@@ -114,6 +114,7 @@ def serve(
         max_concurrency=max_concurrency,
         coalesce=not no_coalesce,
         hot_bytes=parse_size(memory) or 0,
+        redis_url=cli.redis_url,
     )
     proxy = Proxy(settings)
     config = uvicorn.Config(
@@ -128,7 +129,9 @@ def serve(
         bound = sock.getsockname()[1]
         click.echo(
             f"embedcache proxy: http://{shown}:{bound}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
-            f"(cache {proxy.store.directory}{', offline' if settings.offline else ''})",
+            f"(cache {proxy.store.directory}"
+            f"{f', shared {proxy.shared.location}' if proxy.shared else ''}"
+            f"{', offline' if settings.offline else ''})",
             err=True,
         )
         server.run(sockets=[sock])

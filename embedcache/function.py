@@ -14,6 +14,7 @@ from .config import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
+    DEFAULT_REDIS_PREFIX,
     DEFAULT_TASK,
     DEFAULT_TIMEOUT_SECONDS,
     resolve_offline,
@@ -21,6 +22,7 @@ from .config import (
 from .embedder import CachedEmbedder, Stats
 from .jina import JinaClient
 from .models import RequestOptions, resolve_options
+from .redis_store import open_shared
 from .store import Store
 from .upstream import Upstream
 
@@ -61,6 +63,11 @@ class JinaEmbeddingFunction:
     :param timeout: seconds to wait for each response.
     :param max_attempts: attempts per request for retryable failures.
     :param upstream: embed misses with this instead of the Jina API (tests, proxies).
+    :param redis_url: a Redis (or Valkey) cache shared with other machines, read after the
+        local cache and written with it; else ``EMBEDCACHE_REDIS_URL``, else none. Needs the
+        ``redis`` extra.
+    :param redis_prefix: key namespace in that Redis, so several teams can share one.
+    :param redis_ttl: seconds each shared entry lives; ``None``: until Redis evicts it.
     :raises InvalidInputError: for options the model does not take, before any request.
     """
 
@@ -84,6 +91,9 @@ class JinaEmbeddingFunction:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         upstream: Upstream | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = DEFAULT_REDIS_PREFIX,
+        redis_ttl: int | None = None,
         **kwargs: object,
     ) -> None:
         if kwargs:
@@ -105,6 +115,7 @@ class JinaEmbeddingFunction:
         )
         self._owns_client = upstream is None
         self._store = Store(cache_dir, size_limit=size_limit)
+        self._shared = open_shared(redis_url, prefix=redis_prefix, ttl=redis_ttl)
         self._embedder = CachedEmbedder(
             self._store,
             self._client,
@@ -112,6 +123,7 @@ class JinaEmbeddingFunction:
             batch_size=batch_size,
             max_batch_tokens=max_batch_tokens,
             max_concurrency=max_concurrency,
+            shared=self._shared,
         )
 
     def __repr__(self) -> str:
@@ -133,6 +145,8 @@ class JinaEmbeddingFunction:
         self._embedder.close()
         if self._owns_client and isinstance(self._client, JinaClient):
             self._client.close()
+        if self._shared is not None:
+            self._shared.close()
         self._store.close()
 
     @property

@@ -48,6 +48,7 @@ from .embedder import CachedEmbedder
 from .errors import EmbedcacheError, TransportError
 from .jina import JinaClient
 from .metrics import ProxyMetrics
+from .redis_store import open_shared
 from .store import Store
 from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
 
@@ -86,6 +87,8 @@ class ProxySettings:
     :param fill_threads: most client requests filling misses at once.
     :param hot_bytes: memory for recently served vectors, so repeated requests skip the
         store (0: none).
+    :param redis_url: a Redis cache shared with other proxies (default:
+        ``EMBEDCACHE_REDIS_URL``; none when unset).
     """
 
     cache_dir: Path | None = None
@@ -98,6 +101,7 @@ class ProxySettings:
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     fill_threads: int = 64
     hot_bytes: int = DEFAULT_HOT_BYTES
+    redis_url: str | None = None
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -145,6 +149,7 @@ class Proxy:
             headers={"User-Agent": f"embedcache/{VERSION}"},
         )
         self._upstreams = _Upstreams(self.upstream_url, self._http)
+        self.shared = open_shared(settings.redis_url)
         self.embedder = CachedEmbedder(
             self.store,
             self._upstreams.server,
@@ -153,6 +158,7 @@ class Proxy:
             max_concurrency=settings.max_concurrency,
             coalesce=settings.coalesce,
             hot_bytes=settings.hot_bytes,
+            shared=self.shared,
         )
         self.metrics = ProxyMetrics()
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
@@ -175,6 +181,8 @@ class Proxy:
         self._fills.shutdown(wait=True)
         self.embedder.close()
         self._http.close()
+        if self.shared is not None:
+            self.shared.close()
         self.store.close()
 
     @asynccontextmanager

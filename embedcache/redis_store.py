@@ -26,13 +26,18 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT_SECONDS, KEY_VERSION
+from .config import (
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    KEY_VERSION,
+    resolve_redis_url,
+)
 from .entries import unsigned, vector_checksum
 from .errors import InvalidInputError
 from .keys import Fingerprint
 from .store import FORMAT_VERSION, Found
 
-__all__ = ["RedisStore", "decode_entry", "encode_entry"]
+__all__ = ["RedisStore", "decode_entry", "encode_entry", "open_shared"]
 
 _HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
 _MAGIC = b"ECv1"
@@ -84,6 +89,7 @@ class RedisStore:
     :param prefix: namespace, so one Redis can hold several teams' caches.
     :param ttl: seconds each entry lives after it is written; ``None``: until Redis evicts it.
     :param timeout: seconds to wait for Redis on every call (connect and reply).
+    :param retry_after: after a failure, seconds during which calls skip Redis.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class RedisStore:
         prefix: str = DEFAULT_REDIS_PREFIX,
         ttl: int | None = None,
         timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+        retry_after: float = _RETRY_SECONDS,
     ) -> None:
         try:
             import redis
@@ -105,6 +112,7 @@ class RedisStore:
         self.location = _display(url)
         self.prefix = prefix
         self.ttl = ttl
+        self.retry_after = retry_after
         try:
             self._client = redis.Redis.from_url(
                 url,
@@ -147,12 +155,12 @@ class RedisStore:
             with self._lock:
                 first = not self._outage
                 self._outage = True
-                self._down_until = time.monotonic() + _RETRY_SECONDS
+                self._down_until = time.monotonic() + self.retry_after
             if first:
                 log.warning(
                     "shared cache %s unavailable (%s while trying to %s): serving from local "
                     "disk and the API, retrying every %.0f s",
-                    self.location, type(exc).__name__, action, _RETRY_SECONDS,
+                    self.location, type(exc).__name__, action, self.retry_after,
                 )  # fmt: skip
             return fallback
         if self._outage:
@@ -204,3 +212,12 @@ class RedisStore:
             self._known_fingerprints.add(fp.id)
 
         self._call("write", write, None)
+
+
+def open_shared(
+    url: str | None, *, prefix: str = DEFAULT_REDIS_PREFIX, ttl: int | None = None
+) -> RedisStore | None:
+    """The shared tier at ``url`` (else ``EMBEDCACHE_REDIS_URL``), or ``None`` when neither
+    is set. Nothing is sent until the first read or write."""
+    resolved = resolve_redis_url(url)
+    return RedisStore(resolved, prefix=prefix, ttl=ttl) if resolved else None

@@ -18,7 +18,7 @@ _STARTUP_SECONDS = 60.0
 _STOP_SECONDS = 30.0
 # Variables a developer's shell may hold that would change what the server does.
 _SCRUBBED = ("JINAAI_API_KEY", "JINA_API_KEY", "EMBEDCACHE_DIR", "EMBEDCACHE_BASE_URL")
-_SCRUBBED += ("EMBEDCACHE_OFFLINE", "EMBEDCACHE_PROXY_TOKEN")
+_SCRUBBED += ("EMBEDCACHE_OFFLINE", "EMBEDCACHE_PROXY_TOKEN", "EMBEDCACHE_REDIS_URL")
 _numbers = itertools.count()
 
 
@@ -36,6 +36,7 @@ class ProxyProcess:
     ) -> None:
         self.cache_dir = cache_dir
         self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
         environ.update(env or {})
         command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir)]

