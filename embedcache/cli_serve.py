@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 
 import click
 
@@ -14,6 +15,16 @@ __all__ = ["serve"]
 
 DEFAULT_PORT = 8787
 TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
+
+
+def _read_keys(path: Path) -> tuple[str, ...]:
+    """Keys from a file, one per line; blank lines and ``#`` comments are skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not keys:
+        raise click.BadParameter(f"{path} holds no keys", param_hint="--allow-keys")
+    return keys
 
 
 def _is_loopback(host: str) -> bool:
@@ -45,6 +56,31 @@ def _is_loopback(host: str) -> bool:
     help=f"Require clients to send 'Authorization: Bearer TOKEN'; misses are then paid with "
     f"the server's key. Prefer ${TOKEN_ENV}: arguments show in `ps`.",
 )
+@click.option(
+    "--allow-keys",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File of client API keys (one per line) to serve; other keys are refused unless "
+    "--verify-keys accepts them.",
+)
+@click.option(
+    "--verify-keys",
+    is_flag=True,
+    help="Check each new client key with the upstream once (a one-token request) before "
+    "serving it, even from the cache; refuse when the upstream cannot say.",
+)
+@click.option(
+    "--verdict-ttl",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a --verify-keys verdict is remembered.",
+)
+@click.option(
+    "--admin-token",
+    envvar=ADMIN_TOKEN_ENV,
+    help=f"Guard /metrics with this bearer token and enable /admin/stats and /admin/flush "
+    f"(or ${ADMIN_TOKEN_ENV}).",
+)
 @click.option("--offline", is_flag=True, default=None, help="Serve hits only; a miss is a 503.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Most texts per upstream request.")
 @click.option(
@@ -74,6 +110,10 @@ def serve(
     port: int,
     upstream: str | None,
     token: str | None,
+    allow_keys: Path | None,
+    verify_keys: bool,
+    verdict_ttl: float,
+    admin_token: str | None,
     offline: bool | None,
     batch_size: int | None,
     max_concurrency: int,
@@ -99,10 +139,11 @@ def serve(
             f"embedcache serve needs the server extra ({exc.name} is missing): "
             "pip install 'embedcache[serve]'"
         ) from None
-    if not _is_loopback(host) and not token:
+    allowed = _read_keys(allow_keys) if allow_keys else ()
+    if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
-            f"warning: serving on {host} without --token: anyone who can reach this port can "
-            "read the cache and spend the server's API key",
+            f"warning: serving on {host} without --token, --allow-keys or --verify-keys: "
+            "anyone who can reach this port can read the cache and spend the server's API key",
             err=True,
         )
     settings = ProxySettings(
@@ -115,6 +156,10 @@ def serve(
         coalesce=not no_coalesce,
         hot_bytes=parse_size(memory) or 0,
         redis_url=cli.redis_url,
+        allowed_keys=allowed,
+        verify_keys=verify_keys,
+        verdict_ttl=verdict_ttl,
+        admin_token=admin_token or None,
     )
     proxy = Proxy(settings)
     config = uvicorn.Config(

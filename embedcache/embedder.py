@@ -346,6 +346,10 @@ class CachedEmbedder:
                 for name, delta in deltas.items():
                     setattr(counters, name, getattr(counters, name) + delta)
 
+    def forget_memory(self) -> None:
+        """Drop the recently read vectors held in memory (``hot_bytes``)."""
+        self._tiers.forget_memory()
+
     def flush_counters(self) -> None:
         """Add what was counted since the last flush to the cache's lifetime counters
         (done after every fill and on close; a long-running server also calls it now and

@@ -72,3 +72,9 @@ class HotVectors:
             while self._bytes > self.max_bytes and self._entries:
                 _, (vector, _) = self._entries.popitem(last=False)
                 self._bytes -= vector.nbytes + _ENTRY_OVERHEAD
+
+    def clear(self) -> None:
+        """Forget every vector held."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

@@ -14,7 +14,6 @@ must present the token and the server's key pays. Keys live only in memory.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -22,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -35,9 +34,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .access import Access, KeyRefused, KeyUnverifiable, digest
 from .config import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MODEL,
     DEFAULT_TIMEOUT_SECONDS,
     EMBEDDINGS_PATH,
     VERSION,
@@ -45,9 +46,10 @@ from .config import (
     resolve_base_url,
 )
 from .embedder import CachedEmbedder
-from .errors import EmbedcacheError, TransportError
+from .errors import APIError, EmbedcacheError, TransportError
 from .jina import JinaClient
 from .metrics import ProxyMetrics
+from .models import resolve_options
 from .redis_store import open_shared
 from .store import Store
 from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
@@ -66,6 +68,10 @@ _COUNTER_FLUSH_SECONDS = 30.0
 # the work); larger ones are read and written in a worker, so one big answer never stalls
 # the other clients.
 _INLINE_TEXTS = 32
+# Verifying a client key: the cheapest request the API answers, and the statuses that mean
+# "this key is refused" (missing/invalid key, no balance) rather than "ask again later".
+_PROBE = resolve_options(DEFAULT_MODEL, None, None)
+_REFUSING = frozenset({401, 402, 403})
 _T = TypeVar("_T")
 
 log = logging.getLogger("embedcache")
@@ -89,6 +95,11 @@ class ProxySettings:
         store (0: none).
     :param redis_url: a Redis cache shared with other proxies (default:
         ``EMBEDCACHE_REDIS_URL``; none when unset).
+    :param allowed_keys: client API keys served without asking the upstream; with a list
+        (or ``verify_keys``), other keys are refused.
+    :param verify_keys: check an unlisted client key against the upstream once (one tiny
+        embedding request) and remember the verdict for ``verdict_ttl`` seconds.
+    :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
     """
 
     cache_dir: Path | None = None
@@ -102,6 +113,10 @@ class ProxySettings:
     fill_threads: int = 64
     hot_bytes: int = DEFAULT_HOT_BYTES
     redis_url: str | None = None
+    allowed_keys: tuple[str, ...] = ()
+    verify_keys: bool = False
+    verdict_ttl: float = 300.0
+    admin_token: str | None = None
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -121,15 +136,15 @@ class _Upstreams:
     def get(self, key: str | None) -> JinaClient:
         if key is None:
             return self.server
-        digest = hashlib.sha256(key.encode()).digest()
-        client = self._by_key.get(digest)
+        hashed = digest(key)
+        client = self._by_key.get(hashed)
         if client is None:
             client = JinaClient(key, base_url=self._base_url, http_client=self._http)
-            self._by_key[digest] = client
+            self._by_key[hashed] = client
             if len(self._by_key) > _MAX_CLIENTS:
                 self._by_key.popitem(last=False)
         else:
-            self._by_key.move_to_end(digest)
+            self._by_key.move_to_end(hashed)
         return client
 
 
@@ -160,6 +175,13 @@ class Proxy:
             hot_bytes=settings.hot_bytes,
             shared=self.shared,
         )
+        self.access = Access(
+            token=settings.token,
+            allowed_keys=settings.allowed_keys,
+            verify=self._verify_key if settings.verify_keys else None,
+            verdict_ttl=settings.verdict_ttl,
+        )
+        self._admin = digest(settings.admin_token) if settings.admin_token else None
         self.metrics = ProxyMetrics()
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
         self._closed = False
@@ -168,6 +190,8 @@ class Proxy:
                 Route(EMBEDDINGS_PATH, self._embeddings, methods=["POST"]),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/admin/stats", self._admin_stats, methods=["GET"]),
+                Route("/admin/flush", self._admin_flush, methods=["POST"]),
             ],
             exception_handlers={HTTPException: _http_error},
             lifespan=self._lifespan,
@@ -214,9 +238,14 @@ class Proxy:
         return response
 
     async def _answer(self, request: Request) -> tuple[Response, str]:
-        denied, key = self._credential(request)
-        if denied is not None:
-            return denied, "error"
+        bearer = _bearer(request)
+        decision = self.access.decide(bearer, verify=False)
+        if decision is None:  # an unknown key: ask the upstream, off the event loop
+            decision = await self._in_thread(partial(self.access.decide, bearer))
+        assert decision is not None
+        if decision.status:
+            return _json(decision.status, render_error(decision.detail)), "error"
+        key = decision.key
         raw = await request.body()
         try:
             parsed = parse_request(orjson.loads(raw))
@@ -254,17 +283,18 @@ class Proxy:
         body = render_embeddings(parsed, result.vectors, stats.tokens_spent)
         return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
 
-    def _credential(self, request: Request) -> tuple[Response | None, str | None]:
-        """The key to pay for this request's misses (``None``: the server's), or a 401."""
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        bearer = value.strip() if scheme.lower() == "bearer" else ""
-        token = self.settings.token
-        if token is None:
-            return None, bearer or None
-        if hmac.compare_digest(bearer.encode(), token.encode()):
-            return None, None
-        detail = "this proxy needs its token: send Authorization: Bearer <token>"
-        return _json(401, render_error(detail)), None
+    def _verify_key(self, key: str) -> None:
+        """Ask the upstream whether it takes ``key``: one embedding of a one-letter text
+        (about one token), so a key is never trusted on the proxy's word alone."""
+        probe = JinaClient(key, base_url=self.upstream_url, http_client=self._http, max_attempts=2)
+        try:
+            probe.embed(["a"], _PROBE)
+        except APIError as exc:
+            if exc.status in _REFUSING:
+                raise KeyRefused(exc.detail or str(exc)) from None
+            raise KeyUnverifiable(f"status {exc.status}") from None
+        except EmbedcacheError as exc:
+            raise KeyUnverifiable(type(exc).__name__) from None
 
     def _forward(self, raw: bytes, key: str | None) -> tuple[int, bytes, str]:
         """Send a request the cache cannot answer to the upstream as it is."""
@@ -284,8 +314,54 @@ class Proxy:
         return _json(200, orjson.dumps({"status": "ok", "version": VERSION}))
 
     async def _metrics(self, request: Request) -> Response:
+        if self._admin is not None and not self._is_admin(request):
+            return _json(401, render_error("/metrics needs the admin token"))
         text = self.metrics.render(self.embedder.stats, self.embedder.waiting)
         return Response(text, 200, media_type="text/plain; version=0.0.4")
+
+    def _is_admin(self, request: Request) -> bool:
+        bearer = _bearer(request)
+        return (
+            bool(bearer)
+            and self._admin is not None
+            and hmac.compare_digest(digest(bearer), self._admin)
+        )
+
+    async def _admin_stats(self, request: Request) -> Response:
+        """The cache's size and counters, as JSON (admin token only)."""
+        if not self._is_admin(request):
+            return _admin_refused(self._admin is not None)
+
+        def gather() -> dict[str, object]:
+            return {
+                "entries": len(self.store),
+                "since_start": asdict(self.embedder.stats),
+                "lifetime": self.store.counters(),
+                "shared": self.shared.location if self.shared else None,
+                "requests_waiting": self.embedder.waiting,
+            }
+
+        return _json(200, orjson.dumps(await self._in_thread(gather)))
+
+    async def _admin_flush(self, request: Request) -> Response:
+        """Drop the memory tier and remembered key verdicts, and record the counters."""
+        if not self._is_admin(request):
+            return _admin_refused(self._admin is not None)
+        self.embedder.forget_memory()
+        self.access.forget()
+        await self._in_thread(self.embedder.flush_counters)
+        return _json(200, orjson.dumps({"flushed": True}))
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _admin_refused(enabled: bool) -> Response:
+    if enabled:
+        return _json(401, render_error("this endpoint needs the admin token"))
+    return _json(404, render_error("admin endpoints are off: start the proxy with --admin-token"))
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:

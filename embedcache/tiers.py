@@ -68,6 +68,11 @@ class Tiers:
         if self.shared is not None:
             self.shared.put_many(fp, entries)
 
+    def forget_memory(self) -> None:
+        """Drop the vectors held in memory (the disk and shared tiers are untouched)."""
+        if self._hot is not None:
+            self._hot.clear()
+
     def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
         """``found`` completed with what the shared tier has for its absent keys."""
         absent = np.flatnonzero(~found.present)

@@ -1,0 +1,145 @@
+"""Who may read from a proxy's cache, and whose key pays for its misses.
+
+A cached vector must not be served to a client whose key the upstream would refuse: on a
+shared proxy a hit would otherwise be free embeddings for anyone who can reach the port.
+The policies, from :class:`Access`'s settings:
+
+- **token**: clients present the proxy's own token; the server's key pays for every miss.
+- **allowlist**: only listed client keys are served; each pays for its own misses.
+- **verify**: a client key not listed is checked against the upstream once (one tiny
+  embedding request), and the verdict is remembered for ``verdict_ttl`` seconds. If the
+  upstream cannot say (down, rate-limited), the request is refused: fail closed.
+- **open** (none of the above): any client is served; its key, else the server's, pays.
+
+Keys are compared and remembered by their SHA-256 only, never kept in the clear here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+__all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest"]
+
+_MAX_VERDICTS = 10_000
+
+
+class KeyRefused(Exception):
+    """The upstream refused a client key (401/402/403) while verifying it."""
+
+
+class KeyUnverifiable(Exception):
+    """The upstream could not be asked about a key (unreachable, rate-limited, 5xx)."""
+
+
+def digest(secret: str) -> bytes:
+    """The SHA-256 a key is remembered by."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one request.
+
+    :ivar status: 0 to serve it, else the HTTP status to refuse it with.
+    :ivar detail: the refusal's message (never containing the key).
+    :ivar key: the key that pays for misses; ``None``: the server's.
+    """
+
+    status: int
+    detail: str = ""
+    key: str | None = None
+
+
+class Access:
+    """A proxy's access policy (see the module docstring).
+
+    :param token: the proxy's client token (the *token* policy).
+    :param allowed_keys: client keys served without asking the upstream.
+    :param verify: ``verify(key)`` asks the upstream about a key, returning normally when it
+        accepts it and raising :class:`KeyRefused` or :class:`KeyUnverifiable` otherwise;
+        ``None`` refuses every key not listed (when a list is given).
+    :param verdict_ttl: seconds a verification's verdict is remembered.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        allowed_keys: Iterable[str] = (),
+        verify: Callable[[str], None] | None = None,
+        verdict_ttl: float = 300.0,
+    ) -> None:
+        self._token = digest(token) if token else None
+        self._allowed = frozenset(digest(key) for key in allowed_keys)
+        self._verify = verify
+        self.verdict_ttl = verdict_ttl
+        self._verdicts: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def checks_keys(self) -> bool:
+        """Whether client keys are checked (allowlist or verify), not merely forwarded."""
+        return bool(self._allowed) or self._verify is not None
+
+    def decide(self, bearer: str, *, verify: bool = True) -> Decision | None:
+        """The decision for a request whose ``Authorization: Bearer`` value is ``bearer``
+        (empty when absent). With ``verify`` it may call the upstream (run it off the event
+        loop); without, it returns ``None`` when it would have to."""
+        if self._token is not None:
+            if bearer and hmac.compare_digest(digest(bearer), self._token):
+                return Decision(0)
+            return Decision(401, "this proxy needs its token: send Authorization: Bearer <token>")
+        if not self.checks_keys:
+            return Decision(0, key=bearer or None)
+        if not bearer:
+            return Decision(401, "this proxy serves only known API keys: send yours as a bearer")
+        key_digest = digest(bearer)
+        if key_digest in self._allowed:
+            return Decision(0, key=bearer)
+        if self._verify is None:
+            return Decision(401, "this API key is not on the proxy's list")
+        verdict = self._remembered(key_digest)
+        if verdict is None:
+            return self._verified(bearer, key_digest) if verify else None
+        return Decision(0, key=bearer) if verdict else _REFUSED
+
+    def forget(self) -> None:
+        """Drop every remembered verdict (keys are verified again on next use)."""
+        with self._lock:
+            self._verdicts.clear()
+
+    def _remembered(self, key_digest: bytes) -> bool | None:
+        """The upstream's verdict on a key, while remembered."""
+        with self._lock:
+            verdict = self._verdicts.get(key_digest)
+        if verdict is None or verdict[1] < time.monotonic():
+            return None
+        return verdict[0]
+
+    def _verified(self, bearer: str, key_digest: bytes) -> Decision:
+        assert self._verify is not None
+        try:
+            self._verify(bearer)
+        except KeyRefused:
+            self._remember(key_digest, False)
+            return _REFUSED
+        except KeyUnverifiable as exc:
+            return Decision(503, f"cannot verify this API key with the upstream now ({exc})")
+        self._remember(key_digest, True)
+        return Decision(0, key=bearer)
+
+    def _remember(self, key_digest: bytes, allowed: bool) -> None:
+        with self._lock:
+            self._verdicts[key_digest] = (allowed, time.monotonic() + self.verdict_ttl)
+            self._verdicts.move_to_end(key_digest)
+            while len(self._verdicts) > _MAX_VERDICTS:
+                self._verdicts.popitem(last=False)
+
+
+_REFUSED = Decision(401, "the upstream refuses this API key")

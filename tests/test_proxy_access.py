@@ -1,0 +1,166 @@
+"""A proxy safe to share: who is served, even from the cache, and who may administer it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from embedcache.access import Access, KeyRefused, KeyUnverifiable
+from embedcache.testing import JinaEmulator
+
+from .conftest import API_KEY
+from .serving import ProxyProcess
+
+BODY = {"model": "jina-embeddings-v3", "input": ["a shared document"]}
+OTHER_KEY = "jina_" + "x" * 60
+MakeProxy = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
+    started: list[ProxyProcess] = []
+
+    def make(*args: str, upstream: str | None = None, **env: str) -> ProxyProcess:
+        proxy = ProxyProcess(upstream or emulator.url, cache_dir, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+        assert API_KEY not in proxy.output()
+
+
+# The policy itself
+
+
+def test_an_open_policy_forwards_whatever_key_the_client_sends() -> None:
+    access = Access()
+    assert access.decide("client-key") == access.decide("client-key")
+    decision = access.decide("client-key")
+    assert decision is not None
+    assert (decision.status, decision.key) == (0, "client-key")
+
+
+def test_listed_keys_pass_and_others_are_refused_without_asking_anyone() -> None:
+    access = Access(allowed_keys=["good"])
+    assert access.decide("good") is not None
+    refused = access.decide("bad")
+    assert refused is not None
+    assert refused.status == 401
+    assert "bad" not in refused.detail
+
+
+def test_a_verdict_is_asked_once_and_remembered_for_its_ttl() -> None:
+    asked: list[str] = []
+
+    def verify(key: str) -> None:
+        asked.append(key)
+        if key == "bad":
+            raise KeyRefused("no")
+
+    access = Access(verify=verify, verdict_ttl=60)
+    assert access.decide("good", verify=False) is None  # would have to ask
+    for _ in range(3):
+        assert access.decide("good") == access.decide("good")
+        bad = access.decide("bad")
+        assert bad is not None
+        assert bad.status == 401
+    assert asked == ["good", "bad"]
+    access.forget()
+    access.decide("good")
+    assert asked == ["good", "bad", "good"]
+
+
+def test_an_unverifiable_key_is_refused_and_asked_about_again_next_time() -> None:
+    calls = 0
+
+    def verify(key: str) -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyUnverifiable("upstream down")
+
+    access = Access(verify=verify)
+    for _ in range(2):
+        decision = access.decide("key")
+        assert decision is not None
+        assert decision.status == 503
+    assert calls == 2
+
+
+# Through a running proxy
+
+
+def test_with_an_allowlist_a_cached_vector_is_not_served_to_an_unlisted_key(
+    emulator: JinaEmulator, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"# team keys\n{API_KEY}\n", encoding="utf-8")
+    proxy = make_proxy("--allow-keys", str(keys))
+    keys.unlink()  # read at start-up; the suite's leak check scans the disk for the key
+    assert proxy.embed(BODY, API_KEY).status_code == 200
+    for key in (OTHER_KEY, None):
+        refused = proxy.embed(BODY, key)
+        assert refused.status_code == 401
+        assert "detail" in refused.json()
+    assert proxy.embed(BODY, API_KEY).headers["X-Embedcache-Cached"] == "1"
+
+
+def test_verified_keys_are_asked_about_once_and_refused_keys_stay_refused(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    proxy = make_proxy("--verify-keys")
+    first = proxy.embed(BODY, API_KEY)
+    assert first.status_code == 200
+    probes = len(emulator.requests) - 1  # the fill of BODY is the other request
+    assert probes == 1
+    before = len(emulator.requests)
+    assert proxy.embed(BODY, API_KEY).status_code == 200  # a hit, and no new probe
+    assert len(emulator.requests) == before
+
+    for _ in range(2):
+        refused = proxy.embed(BODY, OTHER_KEY)  # BODY is cached: still refused
+        assert refused.status_code == 401
+        assert "refuses" in refused.json()["detail"]
+    assert len(emulator.requests) == before + 1  # one probe for the bad key, remembered
+
+
+def test_verification_fails_closed_when_the_upstream_cannot_be_reached(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    proxy = make_proxy("--verify-keys", upstream="http://127.0.0.1:1")
+    refused = proxy.embed(BODY, API_KEY)
+    assert refused.status_code == 503
+    assert "verify" in refused.json()["detail"]
+
+
+def test_the_admin_token_guards_metrics_and_enables_stats_and_flush(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    admin = {"Authorization": "Bearer admin-secret"}
+    proxy = make_proxy(EMBEDCACHE_ADMIN_TOKEN="admin-secret")
+    proxy.embed(BODY, API_KEY)
+    assert proxy.http.get("/metrics").status_code == 401
+    assert (
+        proxy.http.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code
+        == 401
+    )
+    assert proxy.http.get("/metrics", headers=admin).status_code == 200
+    stats = proxy.http.get("/admin/stats", headers=admin).json()
+    assert stats["entries"] == 1
+    assert stats["since_start"]["misses"] == 1
+    assert proxy.http.post("/admin/flush").status_code == 401
+    assert proxy.http.post("/admin/flush", headers=admin).json() == {"flushed": True}
+    before = len(emulator.requests)
+    assert proxy.embed(BODY, API_KEY).headers["X-Embedcache-Cached"] == "1"  # from disk now
+    assert len(emulator.requests) == before
+
+
+def test_without_an_admin_token_admin_endpoints_are_off(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    off = proxy.http.get("/admin/stats")
+    assert off.status_code == 404
+    assert "--admin-token" in off.json()["detail"]
+    assert proxy.http.get("/metrics").status_code == 200
