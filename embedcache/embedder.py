@@ -225,13 +225,14 @@ class CachedEmbedder:
 
         :param upstream: send this call's misses here instead of to the embedder's upstream.
         :param cached_only: return ``None``, without counting or fetching anything, unless
-            every text is cached (a cheap first try for callers that must not block).
+            every text is in memory or on local disk (a cheap first try for callers that
+            must not block: the shared tier is not asked).
         """
         fp, keys, position = self._index(texts, options)
         if not keys:
             return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
         unique = list(position)
-        found = self._tiers.read(fp, unique, options.expected_dim)
+        found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
         call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))

@@ -39,14 +39,19 @@ class Tiers:
         self.shared = shared
         self._hot = HotVectors(hot_bytes) if hot_bytes > 0 else None
 
-    def read(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
-        """Every key's vector from the nearest tier that has it."""
+    def read(
+        self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, shared: bool = True
+    ) -> Found:
+        """Every key's vector from the nearest tier that has it.
+
+        :param shared: also ask the shared tier (a network round trip) for what is not local.
+        """
         if self._hot is not None:
             found = self._hot.get_all(keys, dim)
             if found is not None:
                 return found
         found = self.store.read_many(keys, dim)
-        if self.shared is not None and not found.present.all():
+        if shared and self.shared is not None and not found.present.all():
             found = self._pull(fp, keys, found, dim)
         if self._hot is not None:
             self._hot.put(keys, found)
