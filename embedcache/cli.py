@@ -2,7 +2,11 @@
 
 Library errors become one-line messages and exit code 1 in exactly one place
 (:class:`_Group`); click's own usage errors exit with 2. The commands live in
-``cli_prewarm``, ``cli_serve``, ``cli_cache`` and ``cli_demo``.
+``cli_prewarm``, ``cli_serve``, ``cli_cache``, ``cli_sync`` and ``cli_demo``.
+
+The shared Redis tier is configured once, on the group (``--redis-url``, ``--redis-prefix``),
+for every command: embedding commands read and fill it, falling back to local disk when it is
+down; ``sync``, ``stats`` and ``verify`` work on it and fail with a one-line error instead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from .cli_demo import demo
 from .cli_options import CliContext
 from .cli_prewarm import prewarm
 from .cli_serve import serve
-from .config import VERSION
+from .cli_sync import sync
+from .config import DEFAULT_REDIS_PREFIX, VERSION
 from .errors import EmbedcacheError
 
 __all__ = ["main"]
@@ -47,17 +52,32 @@ class _Group(click.Group):
     help="A Redis/Valkey cache shared with other machines, read after the local one "
     "(default: $EMBEDCACHE_REDIS_URL; needs the redis extra).",
 )
+@click.option(
+    "--redis-prefix",
+    metavar="PREFIX",
+    default=DEFAULT_REDIS_PREFIX,
+    show_default=True,
+    help="Key namespace in that Redis, so several teams can share one.",
+)
 @click.pass_context
 def main(
-    ctx: click.Context, cache_dir: Path | None, base_url: str | None, redis_url: str | None
+    ctx: click.Context,
+    cache_dir: Path | None,
+    base_url: str | None,
+    redis_url: str | None,
+    redis_prefix: str,
 ) -> None:
     """A disk cache in front of the Jina AI embeddings API.
 
     Set JINAAI_API_KEY or JINA_API_KEY for misses; a fully cached run needs no key.
     Try `embedcache demo` for an offline tour.
     """
-    ctx.obj = CliContext(cache_dir, base_url, redis_url)
+    if not redis_prefix:
+        raise click.BadParameter("must not be empty", param_hint="--redis-prefix")
+    ctx.obj = CliContext(cache_dir, base_url, redis_url, redis_prefix)
 
 
-for _command in (prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, demo):
+for _command in (
+    prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, sync, demo
+):  # fmt: skip
     main.add_command(_command)

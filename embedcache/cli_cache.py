@@ -1,5 +1,6 @@
 """Commands that look into and look after a cache: stats, ls, inspect, get, export, prune,
-clear, verify."""
+clear, verify. With a Redis URL, ``stats`` and ``verify`` cover the shared tier too (and fail
+with a one-line error when it cannot be reached); the others are about local disk only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,10 +38,17 @@ __all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"
 @json_option
 @pass_cli
 def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
-    """Entries, size, breakdown by model/task/dimensions, and lifetime savings."""
+    """Entries, size, breakdown by model/task/dimensions, and lifetime savings; with a Redis
+    URL, also the shared tier's entries and size."""
     from . import inventory
 
     summary = inventory.summarize(cli.store())
+    shared = cli.shared(strict=True)
+    tier: dict[str, Any] | None = None
+    if shared is not None:
+        usage = shared.usage()
+        tier = {"location": shared.location, "prefix": shared.prefix,
+                "entries": usage.entries, "bytes": usage.bytes}  # fmt: skip
     counters = summary.counters
     saved_usd = dollars(counters["tokens_saved"], price_per_million)
     if as_json:
@@ -57,6 +66,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "lifetime": counters,
                 "estimated_usd_saved": saved_usd,
                 "price_per_million_tokens": price_per_million,
+                "shared": tier,
             }
         )
         return
@@ -66,6 +76,9 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         summary.damaged)))  # fmt: skip
     click.echo(f"on disk      {format_bytes(summary.bytes_on_disk)}")
     click.echo(f"size limit   {limit}")
+    if tier is not None:
+        click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
+        click.echo(f"shared size  {tier['entries']:,} entries, {format_bytes(tier['bytes'])}")
     if summary.groups:
         click.echo("\n  entries  model / task / dimensions")
         for (model, task, dims), (count, _) in sorted(summary.groups.items(), key=str):
@@ -310,24 +323,40 @@ def clear(cli: CliContext, yes: bool) -> None:
 @pass_cli
 @click.pass_context
 def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> None:
-    """Check every entry decodes, matches its checksum, format and recorded settings.
+    """Check every entry decodes, matches its checksum, format and recorded settings; with a
+    Redis URL, also every entry of the shared tier (header, length, checksum, dimensions).
 
     Exits 1 when bad entries remain.
     """
     from . import inventory
+    from .sharing import verify_shared
 
     store = cli.store()
+    shared = cli.shared(strict=True)
     report = inventory.verify(store)
-    removed = 0
+    remote = verify_shared(shared) if shared is not None else None
+    removed = removed_shared = 0
     if repair:
         removed = store.delete_many([bytes.fromhex(k) for k, _ in report.bad])
         store.compact()
+        if shared is not None and remote is not None:
+            removed_shared = shared.delete_many([bytes.fromhex(k) for k, _ in remote.bad])
     if as_json:
         echo_json(
             {
                 "checked": report.checked,
                 "bad": [{"key": k, "reason": r} for k, r in report.bad],
                 "removed": removed,
+                "shared": None
+                if remote is None
+                else {
+                    "location": remote.location,
+                    "prefix": remote.prefix,
+                    "checked": remote.checked,
+                    "bad": [{"key": k, "reason": r} for k, r in remote.bad],
+                    "removed": removed_shared,
+                    "unrecorded_settings": remote.unrecorded,
+                },
             }
         )
     else:
@@ -337,5 +366,15 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
             f"checked {report.checked:,} entries: {len(report.bad):,} bad"
             + (f", {removed:,} removed" if repair else "")
         )
-    if report.bad and not repair:
+        if remote is not None:
+            for key, reason in remote.bad:
+                click.echo(f"bad shared {key}: {reason}")
+            click.echo(
+                f"checked {remote.checked:,} shared entries at {remote.location} (prefix "
+                f"{remote.prefix}): {len(remote.bad):,} bad"
+                + (f", {removed_shared:,} removed" if repair else "")
+                + (f"; {remote.unrecorded:,} with unrecorded request settings (kept)"
+                   if remote.unrecorded else "")
+            )  # fmt: skip
+    if (report.bad or (remote is not None and remote.bad)) and not repair:
         ctx.exit(1)

@@ -18,14 +18,17 @@ from .config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_MILLION_TOKENS,
+    DEFAULT_REDIS_PREFIX,
     DEFAULT_TASK,
     PRICE_ENV,
+    REDIS_MAINTENANCE_TIMEOUT_SECONDS,
 )
 from .models import RequestOptions, resolve_options
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
     from .embedder import CachedEmbedder
     from .inventory import Filters
+    from .redis_store import RedisStore
     from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +45,7 @@ class CliContext:
     cache_dir: Path | None
     base_url: str | None
     redis_url: str | None = None
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
 
     def store(self) -> Store:
         """Open the cache; closed when the command ends."""
@@ -50,6 +54,28 @@ class CliContext:
         store = Store(self.cache_dir)
         click.get_current_context().call_on_close(store.close)
         return store
+
+    def shared(self, *, strict: bool = False) -> RedisStore | None:
+        """The shared Redis tier, or ``None`` without a URL; closed when the command ends.
+
+        :param strict: for maintenance (sync, stats, verify): a failing Redis raises
+            :class:`~embedcache.errors.SharedCacheError` (a one-line error, exit 1) after a
+            longer timeout, instead of the embedding path's fallback to local disk.
+        """
+        from .redis_store import open_shared
+
+        if strict:
+            shared = open_shared(
+                self.redis_url,
+                prefix=self.redis_prefix,
+                timeout=REDIS_MAINTENANCE_TIMEOUT_SECONDS,
+                strict=True,
+            )
+        else:
+            shared = open_shared(self.redis_url, prefix=self.redis_prefix)
+        if shared is not None:
+            click.get_current_context().call_on_close(shared.close)
+        return shared
 
     def embedder(
         self,
@@ -62,14 +88,11 @@ class CliContext:
         """The caching core on ``store`` with the Jina client; closed when the command ends."""
         from .embedder import CachedEmbedder
         from .jina import JinaClient
-        from .redis_store import open_shared
 
         ctx = click.get_current_context()
         client = JinaClient(base_url=self.base_url)
         ctx.call_on_close(client.close)
-        shared = open_shared(self.redis_url)
-        if shared is not None:
-            ctx.call_on_close(shared.close)
+        shared = self.shared()
         embedder = CachedEmbedder(
             store,
             client,

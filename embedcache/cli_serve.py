@@ -156,6 +156,7 @@ def serve(
         coalesce=not no_coalesce,
         hot_bytes=parse_size(memory) or 0,
         redis_url=cli.redis_url,
+        redis_prefix=cli.redis_prefix,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,

@@ -44,6 +44,9 @@ KEY_VERSION = 1
 REDIS_URL_ENV = "EMBEDCACHE_REDIS_URL"
 DEFAULT_REDIS_PREFIX = "embedcache"
 DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
+#: Per-call timeout of the maintenance commands (sync, stats, verify), which move whole
+#: pages of entries per call and wait for Redis rather than fall back.
+REDIS_MAINTENANCE_TIMEOUT_SECONDS = 30.0
 
 API_KEY_ENV_VARS = ("JINAAI_API_KEY", "JINA_API_KEY")
 CACHE_DIR_ENV = "EMBEDCACHE_DIR"

@@ -11,7 +11,8 @@
      ├── ResponseFormatError   a 2xx answer that cannot be trusted; nothing of it is cached
      ├── CacheMissError        misses in offline mode (carries the count)
      └── CacheError            the cache directory cannot be used
-          └── CacheFormatError      written by an incompatible format or key version
+          ├── CacheFormatError      written by an incompatible format or key version
+          └── SharedCacheError      the shared Redis tier cannot be reached (maintenance only)
 
 Messages are single lines and never contain the API key.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidInputError",
     "RateLimitError",
     "ResponseFormatError",
+    "SharedCacheError",
     "TransportError",
 ]
 
@@ -99,3 +101,11 @@ class CacheError(EmbedcacheError):
 
 class CacheFormatError(CacheError):
     """The cache directory was written with an incompatible format or key version."""
+
+
+class SharedCacheError(CacheError):
+    """The shared Redis tier cannot be reached or refused a command.
+
+    Raised only where Redis is the point of the call (``embedcache sync``, and ``stats`` and
+    ``verify`` with a Redis URL); embedding calls fall back to local disk and the API instead.
+    """

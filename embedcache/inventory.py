@@ -22,6 +22,7 @@ __all__ = [
     "Filters",
     "Summary",
     "VerifyReport",
+    "dimension_problem",
     "entries",
     "export",
     "select_for_prune",
@@ -182,13 +183,21 @@ def verify(store: Store) -> VerifyReport:
         if fields is None:
             report.bad.append((key.hex(), "its request settings are not recorded"))
             continue
-        expected = fields.get("dimensions")
-        spec = spec_for(str(fields.get("model")))
-        if expected is None and spec is not None:
-            expected = spec.native_dim
-        if expected is not None and expected != len(found.vector):
-            report.bad.append((key.hex(), f"{len(found.vector)} dims, settings say {expected}"))
+        problem = dimension_problem(fields, len(found.vector))
+        if problem is not None:
+            report.bad.append((key.hex(), problem))
     return report
+
+
+def dimension_problem(fields: dict[str, object], dimensions: int) -> str | None:
+    """Why a vector of ``dimensions`` cannot come from request settings ``fields``, if so."""
+    expected = fields.get("dimensions")
+    spec = spec_for(str(fields.get("model")))
+    if expected is None and spec is not None:
+        expected = spec.native_dim
+    if expected is not None and expected != dimensions:
+        return f"{dimensions} dims, settings say {expected}"
+    return None
 
 
 def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = False) -> list[Path]:

@@ -45,6 +45,19 @@ class Fingerprint:
     prefix: bytes
     id: int
 
+    @classmethod
+    def from_canonical(cls, canonical: str) -> Fingerprint:
+        """The fingerprint whose canonical JSON is ``canonical`` (as stored next to entries,
+        so entries copied between caches keep their settings).
+
+        :raises InvalidInputError: ``canonical`` is not ASCII.
+        """
+        try:
+            raw = canonical.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidInputError("a canonical fingerprint is ASCII JSON") from None
+        return cls(canonical, raw + b"\x00", xxhash.xxh3_64_intdigest(raw))
+
     @property
     def fields(self) -> dict[str, object]:
         """The request fields this fingerprint covers."""
@@ -60,8 +73,7 @@ def fingerprint(options: RequestOptions) -> Fingerprint:
         separators=(",", ":"),
         ensure_ascii=True,
     )
-    raw = canonical.encode("ascii")
-    return Fingerprint(canonical, raw + b"\x00", xxhash.xxh3_64_intdigest(raw))
+    return Fingerprint.from_canonical(canonical)
 
 
 def encode_text(text: str, index: int) -> bytes:

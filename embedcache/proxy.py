@@ -39,6 +39,7 @@ from .config import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
+    DEFAULT_REDIS_PREFIX,
     DEFAULT_TIMEOUT_SECONDS,
     EMBEDDINGS_PATH,
     VERSION,
@@ -95,6 +96,7 @@ class ProxySettings:
         store (0: none).
     :param redis_url: a Redis cache shared with other proxies (default:
         ``EMBEDCACHE_REDIS_URL``; none when unset).
+    :param redis_prefix: key namespace in that Redis.
     :param allowed_keys: client API keys served without asking the upstream; with a list
         (or ``verify_keys``), other keys are refused.
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
@@ -113,6 +115,7 @@ class ProxySettings:
     fill_threads: int = 64
     hot_bytes: int = DEFAULT_HOT_BYTES
     redis_url: str | None = None
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     allowed_keys: tuple[str, ...] = ()
     verify_keys: bool = False
     verdict_ttl: float = 300.0
@@ -164,7 +167,7 @@ class Proxy:
             headers={"User-Agent": f"embedcache/{VERSION}"},
         )
         self._upstreams = _Upstreams(self.upstream_url, self._http)
-        self.shared = open_shared(settings.redis_url)
+        self.shared = open_shared(settings.redis_url, prefix=settings.redis_prefix)
         self.embedder = CachedEmbedder(
             self.store,
             self._upstreams.server,

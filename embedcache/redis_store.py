@@ -11,17 +11,24 @@ Redis is an optimisation, never a dependency of correctness: when it is down or 
 call returns "nothing found" or skips the write after a bounded timeout, one warning is
 logged per outage, and calls try again after a pause. Vectors fetched meanwhile are on local
 disk, and ``embedcache sync`` can copy them up later.
+
+Maintenance (``embedcache sync``, ``stats``, ``verify``) opens the store with ``strict=True``
+instead: there Redis is the point of the call, so a failure raises
+:class:`~embedcache.errors.SharedCacheError`. Its calls walk the namespace with ``SCAN`` and
+handle each page of names in one pipelined round trip (``MGET``, ``EXISTS``, ``STRLEN``,
+``DEL``), never one round trip per key.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,16 +40,18 @@ from .config import (
     resolve_redis_url,
 )
 from .entries import unsigned, vector_checksum
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SharedCacheError
 from .keys import Fingerprint
 from .store import FORMAT_VERSION, Found
 
-__all__ = ["RedisStore", "decode_entry", "encode_entry", "open_shared"]
+__all__ = ["RedisStore", "Usage", "check_entry", "decode_entry", "encode_entry", "open_shared"]
 
 _HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
 _MAGIC = b"ECv1"
 _MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies, one round trip
 _RETRY_SECONDS = 5.0  # after a failure, calls skip Redis this long before trying again
+_SCAN_BATCH = 1000  # names per SCAN page in maintenance calls
+_GLOB_SPECIAL = frozenset(b"*?[]\\")
 _T = TypeVar("_T")
 
 log = logging.getLogger("embedcache")
@@ -74,11 +83,42 @@ def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float
     return vector.astype(np.float32, copy=False), millitokens / 1000.0
 
 
+def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
+    """The vector, tokens and fingerprint id of a stored value, or why it is damaged."""
+    if len(value) < _HEADER.size:
+        return f"{len(value)} bytes, shorter than the {_HEADER.size}-byte header"
+    magic, size, millitokens, fp_id, checksum = _HEADER.unpack_from(value)
+    if magic != _MAGIC:
+        return "not an embedcache entry (bad magic)"
+    if len(value) != _HEADER.size + 4 * size:
+        return f"{len(value) - _HEADER.size} bytes of vector, header says {size} dims"
+    vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size)
+    if unsigned(vector_checksum(vector)) != checksum:
+        return "entry checksum mismatch"
+    return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
+
+
+class Usage(NamedTuple):
+    """What a namespace holds: entries, and bytes of their values (keys and Redis's own
+    overhead not included)."""
+
+    entries: int
+    bytes: int
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally by a ``SCAN ... MATCH`` pattern."""
+    return b"".join(b"\\" + bytes([c]) if c in _GLOB_SPECIAL else bytes([c]) for c in text)
+
+
 def _display(url: str) -> str:
     """``url`` without its password, for messages."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: the client rejects the URL, with this location shown
+        port = ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
@@ -90,6 +130,8 @@ class RedisStore:
     :param ttl: seconds each entry lives after it is written; ``None``: until Redis evicts it.
     :param timeout: seconds to wait for Redis on every call (connect and reply).
     :param retry_after: after a failure, seconds during which calls skip Redis.
+    :param strict: raise :class:`~embedcache.errors.SharedCacheError` when Redis fails,
+        instead of the fallback (for maintenance commands, where Redis is the point).
     """
 
     def __init__(
@@ -100,6 +142,7 @@ class RedisStore:
         ttl: int | None = None,
         timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
         retry_after: float = _RETRY_SECONDS,
+        strict: bool = False,
     ) -> None:
         try:
             import redis
@@ -113,6 +156,9 @@ class RedisStore:
         self.prefix = prefix
         self.ttl = ttl
         self.retry_after = retry_after
+        self.strict = strict
+        password = urllib.parse.urlsplit(url).password or ""
+        self._secrets = {password, urllib.parse.unquote(password)} - {""}
         try:
             self._client = redis.Redis.from_url(
                 url,
@@ -152,6 +198,11 @@ class RedisStore:
         try:
             result = work()
         except self._failures as exc:
+            if self.strict:
+                raise SharedCacheError(
+                    f"shared cache {self.location} failed while trying to {action}: "
+                    f"{type(exc).__name__}: {self._redact(str(exc))}"
+                ) from None
             with self._lock:
                 first = not self._outage
                 self._outage = True
@@ -168,6 +219,13 @@ class RedisStore:
                 self._outage = False
             log.warning("shared cache %s is back", self.location)
         return result
+
+    def _redact(self, message: str) -> str:
+        """The first line of an error ``message``, without the URL's password."""
+        line = message.splitlines()[0] if message else ""
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
 
     def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
         """Look up every key in one round trip; like :meth:`Store.read_many`."""
@@ -213,11 +271,127 @@ class RedisStore:
 
         self._call("write", write, None)
 
+    # Maintenance: meant for strict stores (a lenient one sees an unreachable Redis as empty).
+
+    def ping(self) -> bool:
+        """Whether Redis answers (a strict store raises instead of returning ``False``)."""
+        return self._call("ping", lambda: bool(self._client.ping()), False)
+
+    def _pages(self, batch: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The namespace as pages of ``(Redis names, keys)``, one ``SCAN`` round trip each.
+
+        ``SCAN`` sees every entry present for the whole walk at least once; one written or
+        deleted meanwhile may or may not show, and one may show twice if Redis resizes its
+        table during the walk.
+        """
+        pattern = _glob_escape(self._namespace) + b"*"
+        skip = len(self._namespace)
+
+        def scan_from(cursor: int) -> tuple[int, list[bytes]]:
+            after, names = self._client.scan(cursor, match=pattern, count=batch)
+            return int(after), cast("list[bytes]", names)  # bytes: no decode_responses
+
+        cursor = 0
+        while True:
+            nothing: tuple[int, list[bytes]] = (0, [])
+            cursor, names = self._call("scan", functools.partial(scan_from, cursor), nothing)
+            mine: tuple[list[bytes], list[bytes]] = ([], [])
+            for name in names:
+                try:
+                    key = bytes.fromhex(name[skip:].decode("ascii"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # not a name this store writes: left alone
+                if len(key) == 16:
+                    mine[0].append(name)
+                    mine[1].append(key)
+            if mine[0]:
+                yield mine
+            if cursor == 0:
+                return
+
+    def _pipelined(self, action: str, names: Sequence[bytes], command: str) -> list[Any]:
+        """``command`` on every name in one pipeline: one round trip."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                getattr(pipe, command)(name)
+            return list(pipe.execute())
+
+        return self._call(action, run, [None] * len(names)) if names else []
+
+    def scan(self, batch: int = _SCAN_BATCH) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry under the namespace as ``(key, stored value)``, undecoded (see
+        :func:`check_entry`): one ``SCAN`` and one ``MGET`` round trip per page of
+        ``batch`` names."""
+
+        def fetch(names: list[bytes]) -> list[bytes | None]:
+            return cast("list[bytes | None]", self._client.mget(names))
+
+        for names, keys in self._pages(batch):
+            nothing: list[bytes | None] = [None] * len(names)
+            values = self._call("read", functools.partial(fetch, names), nothing)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:  # gone since the SCAN (deleted, expired)
+                    yield key, value
+
+    def count(self, batch: int = _SCAN_BATCH) -> int:
+        """Entries under the namespace (one ``SCAN`` round trip per page of names)."""
+        return sum(len(keys) for _, keys in self._pages(batch))
+
+    def usage(self, batch: int = _SCAN_BATCH) -> Usage:
+        """Entries under the namespace and bytes of their values, one ``SCAN`` and one
+        pipelined ``STRLEN`` round trip per page: the values themselves are not sent."""
+        entries = size = 0
+        for names, _ in self._pages(batch):
+            lengths = self._pipelined("measure", names, "strlen")
+            entries += sum(1 for n in lengths if n)
+            size += sum(int(n or 0) for n in lengths)
+        return Usage(entries, size)
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key has an entry (not read or checked): one pipelined ``EXISTS``
+        round trip."""
+        return [bool(n) for n in self._pipelined("check", [self._name(k) for k in keys], "exists")]
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        """Delete entries in one pipelined round trip; returns how many existed."""
+        names = [self._name(key) for key in keys]
+        return sum(int(n or 0) for n in self._pipelined("delete", names, "delete"))
+
+    def fingerprints(self) -> dict[int, Fingerprint]:
+        """The request settings recorded with the entries, by fingerprint id (one
+        ``HGETALL``); a record whose JSON does not hash to its id is left out."""
+        hash_name = f"{self.prefix}:fingerprints"
+
+        def fetch() -> dict[bytes, bytes]:
+            return cast("dict[bytes, bytes]", self._client.hgetall(hash_name))
+
+        nothing: dict[bytes, bytes] = {}
+        raw = self._call("read", fetch, nothing)
+        out: dict[int, Fingerprint] = {}
+        for field, canonical in raw.items():
+            try:
+                fp = Fingerprint.from_canonical(canonical.decode("ascii"))
+                fp_id = int(field, 16)
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if fp.id == fp_id:
+                out[fp_id] = fp
+        return out
+
 
 def open_shared(
-    url: str | None, *, prefix: str = DEFAULT_REDIS_PREFIX, ttl: int | None = None
+    url: str | None,
+    *,
+    prefix: str = DEFAULT_REDIS_PREFIX,
+    ttl: int | None = None,
+    timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+    strict: bool = False,
 ) -> RedisStore | None:
     """The shared tier at ``url`` (else ``EMBEDCACHE_REDIS_URL``), or ``None`` when neither
-    is set. Nothing is sent until the first read or write."""
+    is set. Nothing is sent until the first call. See :class:`RedisStore` for the rest."""
     resolved = resolve_redis_url(url)
-    return RedisStore(resolved, prefix=prefix, ttl=ttl) if resolved else None
+    if not resolved:
+        return None
+    return RedisStore(resolved, prefix=prefix, ttl=ttl, timeout=timeout, strict=strict)

