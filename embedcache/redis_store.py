@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
+import xxhash
 from numpy.typing import NDArray
 
 from .config import (
@@ -48,7 +49,9 @@ __all__ = ["RedisStore", "Usage", "check_entry", "decode_entry", "encode_entry",
 
 _HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
 _MAGIC = b"ECv1"
-_MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies, one round trip
+_MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
+# Keys per round trip: ~40 MB of 1024-d replies held at once, decoded before the next.
+_ROUND_TRIP_KEYS = 10_000
 _RETRY_SECONDS = 5.0  # after a failure, calls skip Redis this long before trying again
 _SCAN_BATCH = 1000  # names per SCAN page in maintenance calls
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
@@ -96,6 +99,54 @@ def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
     if unsigned(vector_checksum(vector)) != checksum:
         return "entry checksum mismatch"
     return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
+
+
+def _first_dim(values: Sequence[bytes | None]) -> int | None:
+    """The dimension of the first well-formed value, for reads that did not say."""
+    for value in values:
+        entry = decode_entry(value, None)
+        if entry is not None:
+            return len(entry[0])
+    return None
+
+
+def _records(dim: int) -> np.dtype[Any]:
+    """The layout of a stored value of dimension ``dim``, as one numpy record."""
+    return np.dtype(
+        [("magic", "S4"), ("dim", "<u4"), ("millitokens", "<i8"), ("fp", "<u8"),
+         ("checksum", "<u8"), ("vector", "<f4", (dim,))]
+    )  # fmt: skip
+
+
+def _decode_into(
+    values: Sequence[bytes | None],
+    dim: int,
+    start: int,
+    vectors: NDArray[np.float32],
+    present: NDArray[np.bool_],
+    tokens: NDArray[np.float64],
+) -> None:
+    """Check and copy ``values`` (rows ``start...``) into the outputs, all at once: one
+    join, one record view, one checksum per value; damaged ones stay absent."""
+    size = _HEADER.size + 4 * dim
+    rows = [i for i, value in enumerate(values) if value is not None and len(value) == size]
+    if not rows:
+        return
+    joined = b"".join(cast(bytes, values[i]) for i in rows)
+    records = np.frombuffer(joined, dtype=_records(dim))
+    view = memoryview(joined)
+    digest = xxhash.xxh3_64_intdigest
+    sums = np.fromiter(
+        (digest(view[j * size + _HEADER.size : (j + 1) * size]) for j in range(len(rows))),
+        dtype=np.uint64, count=len(rows),
+    )  # fmt: skip
+    ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
+    if not ok.all():
+        log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
+    at = start + np.asarray(rows, dtype=np.intp)[ok]
+    vectors[at] = records["vector"][ok]
+    tokens[at] = records["millitokens"][ok] / 1000.0
+    present[at] = True
 
 
 class Usage(NamedTuple):
@@ -228,30 +279,34 @@ class RedisStore:
         return line
 
     def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
-        """Look up every key in one round trip; like :meth:`Store.read_many`."""
+        """Look up every key; like :meth:`Store.read_many`. Each round trip carries
+        :data:`_ROUND_TRIP_KEYS` keys (pipelined ``MGET``s), decoded as it arrives, so
+        memory stays bounded and an outage mid-read keeps what already came."""
         names = [self._name(key) for key in keys]
-
-        def fetch() -> list[bytes | None]:
-            pipe = self._client.pipeline(transaction=False)
-            for start in range(0, len(names), _MGET_CHUNK):
-                pipe.mget(names[start : start + _MGET_CHUNK])
-            return [value for chunk in pipe.execute() for value in chunk]
-
-        nothing: list[bytes | None] = [None] * len(names)
-        values = self._call("read", fetch, nothing) if names else nothing
-        decoded = []
-        for value in values:
-            entry = decode_entry(value, dim)
-            if entry is not None and dim is None:
-                dim = len(entry[0])
-            decoded.append(entry)
-        vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
         present = np.zeros(len(keys), dtype=bool)
         tokens = np.zeros(len(keys), dtype=np.float64)
-        for i, entry in enumerate(decoded):
-            if entry is not None and len(entry[0]) == dim:
-                vectors[i], tokens[i], present[i] = entry[0], entry[1], True
+        vectors: NDArray[np.float32] | None = None
+        for start in range(0, len(names), _ROUND_TRIP_KEYS):
+            values = self._call(
+                "read", functools.partial(self._mget, names[start : start + _ROUND_TRIP_KEYS]), None
+            )
+            if values is None:
+                break  # Redis went away: misses from here on
+            dim = dim or _first_dim(values)
+            if dim is None:
+                continue
+            if vectors is None:
+                vectors = np.zeros((len(keys), dim), dtype=np.float32)
+            _decode_into(values, dim, start, vectors, present, tokens)
+        if vectors is None:
+            vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
         return Found(present, vectors, tokens)
+
+    def _mget(self, names: list[bytes]) -> list[bytes | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(names), _MGET_CHUNK):
+            pipe.mget(names[start : start + _MGET_CHUNK])
+        return [value for chunk in pipe.execute() for value in chunk]
 
     def put_many(
         self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]

@@ -301,31 +301,57 @@ class Store:
         self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
     ) -> None:
         """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
+        by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
+        for entry in entries:
+            by_dim.setdefault(len(entry[1]), []).append(entry)
+        groups = [
+            ([key for key, _, _ in group], np.stack([v for _, v, _ in group]),
+             [tokens for _, _, tokens in group])
+            for group in by_dim.values()
+        ]  # fmt: skip
+        self._put(fp, groups)
+
+    def put_matrix(
+        self,
+        fp: Fingerprint,
+        keys: Sequence[bytes],
+        matrix: NDArray[np.float32],
+        tokens: Sequence[float],
+    ) -> None:
+        """Like :meth:`put_many` for vectors already in one ``(len(keys), d)`` array
+        (copying a shared tier down): no per-row stacking."""
+        if len(keys):
+            self._put(fp, [(list(keys), matrix, list(tokens))])
+
+    def _put(
+        self,
+        fp: Fingerprint,
+        groups: list[tuple[list[bytes], NDArray[np.float32], list[float]]],
+    ) -> None:
+        """Write groups of same-dimension vectors in one transaction."""
         if self.read_only:
             raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
         if fp.id not in self._known_fingerprints:
             with self._errors("write"):
                 self._meta.set(f"{_FINGERPRINT_PREFIX}{fp.id:016x}", fp.canonical)
             self._known_fingerprints.add(fp.id)
-        by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
-        for entry in entries:
-            by_dim.setdefault(len(entry[1]), []).append(entry)
         now_us = int(time.time() * 1e6)
         fp_id = signed(fp.id)
         with self._index.write():
-            for dim, group in by_dim.items():
-                matrix = np.ascontiguousarray(np.stack([v for _, v, _ in group]), dtype="<f4")
+            for keys, vectors, tokens in groups:
+                matrix = np.ascontiguousarray(vectors, dtype="<f4")
+                dim = matrix.shape[1]
                 seg, start = self._append(dim, matrix)
                 self._index.insert(
-                    split_keys([key for key, _, _ in group]), seg, start, dim,
-                    [round(tokens * 1000) for _, _, tokens in group],
+                    split_keys(keys), seg, start, dim,
+                    [round(t * 1000) for t in tokens],
                     [vector_checksum(row) for row in matrix],
                     now_us, fp_id,
                 )  # fmt: skip
             if self._index.evict(self.size_limit):
                 self._index.rebuild_snapshot()
             else:
-                self._index.maybe_snapshot(len(entries))
+                self._index.maybe_snapshot(sum(len(keys) for keys, _, _ in groups))
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries in one transaction; returns how many existed. Their space is

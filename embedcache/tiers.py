@@ -80,30 +80,31 @@ class Tiers:
 
     def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
         """``found`` completed with what the shared tier has for its absent keys."""
+        if not found.present.any():  # nothing local (a new machine): no merging to do
+            return self._pull_absent(fp, keys, dim)
         absent = np.flatnonzero(~found.present)
-        dim = dim or (found.vectors.shape[1] or None)
-        pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim)
-        if not pulled.present.any():
-            return found
-        vectors = found.vectors
-        if vectors.shape[1] != pulled.vectors.shape[1]:  # nothing was found locally
-            vectors = np.zeros((len(keys), pulled.vectors.shape[1]), dtype=np.float32)
+        pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], found.vectors.shape[1])
         got = absent[pulled.present]
-        vectors[got] = pulled.vectors[pulled.present]
-        present, tokens = found.present.copy(), found.tokens.copy()
-        present[got] = True
-        tokens[got] = pulled.tokens[pulled.present]
-        return Found(present, vectors, tokens)
+        if not len(got):
+            return found
+        found.vectors[got] = pulled.vectors[pulled.present]
+        found.present[got] = True
+        found.tokens[got] = pulled.tokens[pulled.present]
+        return found
 
     def _pull_absent(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
         """The shared tier's vectors for ``keys``, written back to local disk."""
         assert self.shared is not None
         pulled = self.shared.read_many(keys, dim)
-        rows = np.flatnonzero(pulled.present).tolist()
-        if rows and not self.store.read_only:
-            entries = [(keys[i], pulled.vectors[i], float(pulled.tokens[i])) for i in rows]
+        rows = np.flatnonzero(pulled.present)
+        if len(rows) and not self.store.read_only:
             try:
-                self.store.put_many(fp, entries)
+                self.store.put_matrix(
+                    fp,
+                    [keys[i] for i in rows.tolist()],
+                    pulled.vectors[rows],
+                    pulled.tokens[rows].tolist(),
+                )
             except CacheError as exc:  # a hit is still a hit without its local copy
                 log.warning("could not copy shared entries to local disk: %s", exc)
         return pulled

@@ -210,3 +210,24 @@ def test_two_proxies_on_separate_disks_share_one_redis(
         assert second.json()["data"] == first.json()["data"]
         assert second.headers["X-Embedcache-Cached"] == str(len(TEXTS))
         assert second.json()["usage"]["total_tokens"] == 0
+
+
+def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_redis(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from embedcache import redis_store
+
+    monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
+    ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    name = b"embedcache:1.2:" + text_keys(fingerprint(OPTIONS), [TEXTS[1]])[0].hex().encode()
+    value = bytearray(raw.get(name) or b"")
+    value[-1] ^= 0xFF
+    raw.set(name, bytes(value))
+    before = len(emulator.requests)
+    got = ef_on("bob", redis_url=redis_server.url).embed(TEXTS)
+    assert got.tobytes() == expected(emulator, TEXTS).tobytes()
+    assert [request.inputs for request in emulator.requests[before:]] == [1]
