@@ -81,7 +81,7 @@ def instrument(totals: dict[str, float]) -> None:
     for label, cls, name in [("local_lookup", Store, "read_many"),
                              ("redis_read", RedisStore, "read_many"),  # MGET, decode, checksum
                              ("mget", redis.client.Pipeline, "execute"),  # the round trip
-                             ("write_back", Store, "put_many")]:  # fmt: skip
+                             ("write_back", Store, "put_matrix")]:  # fmt: skip
         setattr(cls, name, timed(getattr(cls, name), label))
 
 
@@ -237,8 +237,8 @@ PARTS = {
     "local_lookup": "local lookup (`Store.read_many`, all absent)",
     "mget": "MGET round trip (`Pipeline.execute` in `RedisStore.read_many`)",
     "decode": "decode and checksum (the rest of `RedisStore.read_many`)",
-    "write_back": "write-back to local disk (`Store.put_many`, one call)",
-    "rest": "the rest (hashing texts; copies in `Tiers._pull`; the output)",
+    "write_back": "write-back to local disk (`Store.put_matrix`, one call per round trip)",
+    "rest": "the rest (hashing texts, the local snapshot, gathering the output)",
 }
 
 

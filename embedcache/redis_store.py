@@ -143,9 +143,14 @@ def _decode_into(
     ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
     if not ok.all():
         log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
-    at = start + np.asarray(rows, dtype=np.intp)[ok]
-    vectors[at] = records["vector"][ok]
-    tokens[at] = records["millitokens"][ok] / 1000.0
+    if ok.all() and len(rows) == len(values):  # the usual case: one contiguous copy
+        at: slice | NDArray[np.intp] = slice(start, start + len(rows))
+        vectors[at] = records["vector"]
+        tokens[at] = records["millitokens"] / 1000.0
+    else:
+        at = start + np.asarray(rows, dtype=np.intp)[ok]
+        vectors[at] = records["vector"][ok]
+        tokens[at] = records["millitokens"][ok] / 1000.0
     present[at] = True
 
 

@@ -98,12 +98,13 @@ class Tiers:
         pulled = self.shared.read_many(keys, dim)
         rows = np.flatnonzero(pulled.present)
         if len(rows) and not self.store.read_only:
+            whole = len(rows) == len(keys)  # all found: write the array as it is, no gather
             try:
                 self.store.put_matrix(
                     fp,
-                    [keys[i] for i in rows.tolist()],
-                    pulled.vectors[rows],
-                    pulled.tokens[rows].tolist(),
+                    keys if whole else [keys[i] for i in rows.tolist()],
+                    pulled.vectors if whole else pulled.vectors[rows],
+                    (pulled.tokens if whole else pulled.tokens[rows]).tolist(),
                 )
             except CacheError as exc:  # a hit is still a hit without its local copy
                 log.warning("could not copy shared entries to local disk: %s", exc)
