@@ -59,6 +59,12 @@ class _Group(click.Group):
     show_default=True,
     help="Key namespace in that Redis, so several teams can share one.",
 )
+@click.option(
+    "--redis-ttl",
+    metavar="SECONDS",
+    type=click.IntRange(min=1),
+    help="Seconds each entry written to that Redis lives (default: until Redis evicts it).",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -66,6 +72,7 @@ def main(
     base_url: str | None,
     redis_url: str | None,
     redis_prefix: str,
+    redis_ttl: int | None,
 ) -> None:
     """A disk cache in front of the Jina AI embeddings API.
 
@@ -74,7 +81,7 @@ def main(
     """
     if not redis_prefix:
         raise click.BadParameter("must not be empty", param_hint="--redis-prefix")
-    ctx.obj = CliContext(cache_dir, base_url, redis_url, redis_prefix)
+    ctx.obj = CliContext(cache_dir, base_url, redis_url, redis_prefix, redis_ttl)
 
 
 for _command in (

@@ -46,6 +46,7 @@ class CliContext:
     base_url: str | None
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_ttl: int | None = None
 
     def store(self) -> Store:
         """Open the cache; closed when the command ends."""
@@ -68,11 +69,12 @@ class CliContext:
             shared = open_shared(
                 self.redis_url,
                 prefix=self.redis_prefix,
+                ttl=self.redis_ttl,
                 timeout=REDIS_MAINTENANCE_TIMEOUT_SECONDS,
                 strict=True,
             )
         else:
-            shared = open_shared(self.redis_url, prefix=self.redis_prefix)
+            shared = open_shared(self.redis_url, prefix=self.redis_prefix, ttl=self.redis_ttl)
         if shared is not None:
             click.get_current_context().call_on_close(shared.close)
         return shared

@@ -157,6 +157,7 @@ def serve(
         hot_bytes=parse_size(memory) or 0,
         redis_url=cli.redis_url,
         redis_prefix=cli.redis_prefix,
+        redis_ttl=cli.redis_ttl,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,

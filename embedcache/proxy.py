@@ -97,6 +97,7 @@ class ProxySettings:
     :param redis_url: a Redis cache shared with other proxies (default:
         ``EMBEDCACHE_REDIS_URL``; none when unset).
     :param redis_prefix: key namespace in that Redis.
+    :param redis_ttl: seconds each entry written there lives; ``None``: no expiry.
     :param allowed_keys: client API keys served without asking the upstream; with a list
         (or ``verify_keys``), other keys are refused.
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
@@ -116,6 +117,7 @@ class ProxySettings:
     hot_bytes: int = DEFAULT_HOT_BYTES
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_ttl: int | None = None
     allowed_keys: tuple[str, ...] = ()
     verify_keys: bool = False
     verdict_ttl: float = 300.0
@@ -167,7 +169,9 @@ class Proxy:
             headers={"User-Agent": f"embedcache/{VERSION}"},
         )
         self._upstreams = _Upstreams(self.upstream_url, self._http)
-        self.shared = open_shared(settings.redis_url, prefix=settings.redis_prefix)
+        self.shared = open_shared(
+            settings.redis_url, prefix=settings.redis_prefix, ttl=settings.redis_ttl
+        )
         self.embedder = CachedEmbedder(
             self.store,
             self._upstreams.server,

@@ -304,3 +304,12 @@ def test_a_malformed_redis_url_is_a_one_line_error_without_the_password(
     result = cli("alice", "stats", url="redis://:hunter2secret@127.0.0.1:notaport/0")
     assert "InvalidInputError: bad Redis URL" in one_line_error(result)
     assert "hunter2secret" not in result.output
+
+
+def test_redis_ttl_applies_to_what_the_cli_writes(
+    redis_server: RedisServer, raw: redis.Redis, cli: Callable[..., Result]
+) -> None:
+    ok(cli("alice", "--redis-ttl", "600", "get", *TEXTS, url=redis_server.url))
+    names = entry_names(raw)
+    assert len(names) == len(TEXTS)
+    assert all(0 < raw.ttl(name) <= 600 for name in names)
