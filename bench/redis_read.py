@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import worker
 from results import write_section
 from workload import make_texts, vector_of
 
@@ -135,13 +136,7 @@ WORKERS = {"embed": work_embed, "floor": work_floor}
 
 
 def run_worker(kind: str, *args: Any) -> dict[str, float]:
-    """Run a worker in a fresh process; its JSON line."""
-    command = [sys.executable, __file__, "worker", kind, json.dumps(args)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"worker {kind} failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return worker.run_worker(__file__, kind, *args)
 
 
 @contextlib.contextmanager

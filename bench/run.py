@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import worker
 from results import write_report
 from workload import make_texts, vector_of
 
@@ -163,12 +164,7 @@ WORKERS = {
 
 
 def run_worker(kind: str, *args: Any) -> dict[str, float]:
-    command = [sys.executable, __file__, "worker", kind, json.dumps(args)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"worker {kind} failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return worker.run_worker(__file__, kind, *args)
 
 
 # Setup in the parent.
