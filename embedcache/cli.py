@@ -24,6 +24,7 @@ from .cli_serve import serve
 from .cli_sync import sync
 from .config import DEFAULT_REDIS_PREFIX, VERSION
 from .errors import EmbedcacheError
+from .limiter import TIERS, resolve_limits
 
 __all__ = ["main"]
 
@@ -65,6 +66,17 @@ class _Group(click.Group):
     type=click.IntRange(min=1),
     help="Seconds each entry written to that Redis lives (default: until Redis evicts it).",
 )
+@click.option(
+    "--tier",
+    type=click.Choice(sorted(TIERS)),
+    help="Pace requests to this Jina account tier's limits (default: $EMBEDCACHE_TIER; none).",
+)
+@click.option(
+    "--rpm", type=click.IntRange(min=1), help="Requests per minute to stay under ($EMBEDCACHE_RPM)."
+)
+@click.option(
+    "--tpm", type=click.IntRange(min=1), help="Tokens per minute to stay under ($EMBEDCACHE_TPM)."
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -73,6 +85,9 @@ def main(
     redis_url: str | None,
     redis_prefix: str,
     redis_ttl: int | None,
+    tier: str | None,
+    rpm: int | None,
+    tpm: int | None,
 ) -> None:
     """A disk cache in front of the Jina AI embeddings API.
 
@@ -81,7 +96,11 @@ def main(
     """
     if not redis_prefix:
         raise click.BadParameter("must not be empty", param_hint="--redis-prefix")
-    ctx.obj = CliContext(cache_dir, base_url, redis_url, redis_prefix, redis_ttl)
+    try:
+        limits = resolve_limits(tier=tier, rpm=rpm, tpm=tpm)
+    except EmbedcacheError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.obj = CliContext(cache_dir, base_url, redis_url, redis_prefix, redis_ttl, limits)
 
 
 for _command in (

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +23,7 @@ from .config import (
     PRICE_ENV,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
 )
+from .limiter import Limits
 from .models import RequestOptions, resolve_options
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
@@ -47,6 +48,7 @@ class CliContext:
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_ttl: int | None = None
+    limits: Limits = field(default_factory=Limits)
 
     def store(self) -> Store:
         """Open the cache; closed when the command ends."""
@@ -90,9 +92,10 @@ class CliContext:
         """The caching core on ``store`` with the Jina client; closed when the command ends."""
         from .embedder import CachedEmbedder
         from .jina import JinaClient
+        from .limiter import shared_limiter
 
         ctx = click.get_current_context()
-        client = JinaClient(base_url=self.base_url)
+        client = JinaClient(base_url=self.base_url, limiter=shared_limiter(self.limits))
         ctx.call_on_close(client.close)
         shared = self.shared()
         embedder = CachedEmbedder(
@@ -195,6 +198,16 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"
+
+
+def format_duration(seconds: float) -> str:
+    """``12 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def format_time(timestamp: float) -> str:

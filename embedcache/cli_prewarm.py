@@ -15,6 +15,7 @@ from .cli_options import (
     build_options,
     dollars,
     echo_json,
+    format_duration,
     json_option,
     pass_cli,
     price_option,
@@ -162,6 +163,11 @@ def prewarm(
     plan: dict[str, Any] = _total(plans)
     del plan["tokens_spent"]  # filled in by fetching, below
     plan["estimated_cost_usd"] = dollars(plan["estimated_tokens"], price_per_million)
+    plan["estimated_seconds"] = (
+        None
+        if cli.limits.unlimited
+        else round(cli.limits.seconds_for(plan["estimated_requests"], plan["estimated_tokens"]), 1)
+    )
     if dry_run:
         _report({**plan, "dry_run": True}, price_per_million, as_json)
         return
@@ -193,6 +199,16 @@ def prewarm(
     _report(result, price_per_million, as_json)
 
 
+def _pace(result: dict[str, Any]) -> str:
+    seconds = result["estimated_seconds"]
+    if seconds is None:
+        return "no rate limits set (--tier, --rpm, --tpm)"
+    return (
+        f"at least {format_duration(seconds)} at the configured limits "
+        f"({result['estimated_requests']:,} requests; plus the API's own latency)"
+    )
+
+
 def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
     if as_json:
         echo_json({**result, "price_per_million_tokens": price})
@@ -205,6 +221,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
         ("to fetch", f"{result['to_fetch']:,}"),
         ("estimated tokens", f"{result['estimated_tokens']:,}"),
         ("estimated cost", f"${result['estimated_cost_usd']:.4f} (estimate at ${price}/1M tokens)"),
+        ("estimated time", _pace(result)),
     ]
     if not result["dry_run"]:
         rows += [

@@ -158,6 +158,7 @@ def serve(
         redis_url=cli.redis_url,
         redis_prefix=cli.redis_prefix,
         redis_ttl=cli.redis_ttl,
+        limits=cli.limits,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,

@@ -67,6 +67,8 @@ class WarmReport:
     to_fetch: int
     estimated_tokens: int
     tokens_spent: int = 0
+    #: Requests the misses would be sent in (batching by count and estimated tokens).
+    estimated_requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,9 @@ class CachedEmbedder:
             cached=len(unique) - len(misses),
             to_fetch=len(misses),
             estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
+            estimated_requests=sum(
+                1 for _ in plan_batches(misses, options, self.batch_size, self.max_batch_tokens)
+            ),
         )
         if dry_run or not misses:
             return report

@@ -21,6 +21,7 @@ from .config import (
 )
 from .embedder import CachedEmbedder, Stats
 from .jina import JinaClient
+from .limiter import resolve_limits, shared_limiter
 from .models import RequestOptions, resolve_options
 from .redis_store import open_shared
 from .store import Store
@@ -68,6 +69,11 @@ class JinaEmbeddingFunction:
         ``redis`` extra.
     :param redis_prefix: key namespace in that Redis, so several teams can share one.
     :param redis_ttl: seconds each shared entry lives; ``None``: until Redis evicts it.
+    :param tier: pace requests to a Jina account tier's limits (``"free"``, ``"1"``,
+        ``"2"``); else ``EMBEDCACHE_TIER``, else no pacing. Every client of the process
+        configured alike shares one limiter.
+    :param rpm: requests per minute to stay under (overrides the tier; ``EMBEDCACHE_RPM``).
+    :param tpm: tokens per minute to stay under (overrides the tier; ``EMBEDCACHE_TPM``).
     :raises InvalidInputError: for options the model does not take, before any request.
     """
 
@@ -94,6 +100,9 @@ class JinaEmbeddingFunction:
         redis_url: str | None = None,
         redis_prefix: str = DEFAULT_REDIS_PREFIX,
         redis_ttl: int | None = None,
+        tier: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
         **kwargs: object,
     ) -> None:
         if kwargs:
@@ -111,7 +120,11 @@ class JinaEmbeddingFunction:
         self._options: dict[str | None, RequestOptions] = {}
         self._call_options = self._options_for(task)
         self._client = upstream or JinaClient(
-            api_key, base_url=base_url, timeout=timeout, max_attempts=max_attempts
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            limiter=shared_limiter(resolve_limits(tier=tier, rpm=rpm, tpm=tpm)),
         )
         self._owns_client = upstream is None
         self._store = Store(cache_dir, size_limit=size_limit)

@@ -39,7 +39,9 @@ from .errors import (
     ResponseFormatError,
     TransportError,
 )
+from .limiter import RateLimiter
 from .models import RequestOptions
+from .tokens import estimate_tokens
 from .upstream import UpstreamResult
 
 __all__ = ["RETRYABLE_STATUSES", "JinaClient"]
@@ -67,6 +69,8 @@ class JinaClient:
     :param http_client: an ``httpx.Client`` to use (not closed by :meth:`close`).
     :param transport: an httpx transport for the client built here (tests).
     :param sleep: how to wait between attempts (tests).
+    :param limiter: paces every attempt to the account's rate limits; share one per
+        process (see :func:`~embedcache.limiter.shared_limiter`). ``None``: no pacing.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class JinaClient:
         http_client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -95,6 +100,7 @@ class JinaClient:
         self._owns_http = http_client is None
         self._http = http_client
         self._http_lock = threading.Lock()
+        self.limiter = limiter
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -132,24 +138,36 @@ class JinaClient:
         headers = {"Authorization": f"Bearer {key}"}
         url = self.base_url + EMBEDDINGS_PATH
         http = self._client()
+        estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
         for attempt in range(1, self.max_attempts + 1):
             last = attempt == self.max_attempts
+            permit = self.limiter.acquire(estimate) if self.limiter is not None else None
+            charged: int | None = 0  # a failed attempt costs nothing
             try:
-                response = http.post(url, json=body, headers=headers)
-            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                raise TransportError(self._scrub(f"cannot send to {url}: {exc}", key)) from None
-            except httpx.TransportError as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if last:
-                    raise TransportError(
-                        self._scrub(
-                            f"no response from {url} after {attempt} attempts ({reason})", key
-                        )
-                    ) from None
-                self._wait(attempt, None, reason)
-                continue
-            if response.is_success:
-                return _parse(response, len(texts))
+                try:
+                    response = http.post(url, json=body, headers=headers)
+                except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+                    message = self._scrub(f"cannot send to {url}: {exc}", key)
+                    raise TransportError(message) from None
+                except httpx.TransportError as exc:
+                    charged = None  # it may have reached the API: keep the estimate
+                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    if last:
+                        raise TransportError(
+                            self._scrub(
+                                f"no response from {url} after {attempt} attempts ({reason})", key
+                            )
+                        ) from None
+                    self._wait(attempt, None, reason)
+                    continue
+                self._observe(response)
+                if response.is_success:
+                    result = _parse(response, len(texts))
+                    charged = result.total_tokens
+                    return result
+            finally:
+                if permit is not None:
+                    permit.done(charged)
             error = _api_error(response, key)
             if response.status_code not in RETRYABLE_STATUSES:
                 raise error
@@ -163,8 +181,21 @@ class JinaClient:
                         request_id=error.request_id,
                     )
                 raise error
-            self._wait(attempt, response.headers.get("Retry-After"), f"HTTP {error.status}")
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code == 429 and self.limiter is not None:
+                # Everyone waits, not just this batch: the limiter's next acquire does.
+                self.limiter.rate_limited_by_server(_parse_retry_after(retry_after))
+                continue
+            self._wait(attempt, retry_after, f"HTTP {error.status}")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, response: httpx.Response) -> None:
+        """Pass the API's remaining-budget headers to the limiter."""
+        if self.limiter is not None:
+            self.limiter.server_remaining(
+                _header_int(response, "X-RateLimit-Remaining-Requests"),
+                _header_int(response, "X-RateLimit-Remaining-Tokens"),
+            )
 
     def _wait(self, attempt: int, retry_after: str | None, reason: str) -> None:
         delay = _parse_retry_after(retry_after)
@@ -181,6 +212,14 @@ class JinaClient:
     @staticmethod
     def _scrub(text: str, key: str) -> str:
         return text.replace(key, "***") if key else text
+
+
+def _header_int(response: httpx.Response, name: str) -> int | None:
+    raw = response.headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +37,7 @@ from starlette.routing import Route
 from .access import Access, KeyRefused, KeyUnverifiable, digest
 from .config import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
     DEFAULT_REDIS_PREFIX,
@@ -49,6 +50,7 @@ from .config import (
 from .embedder import CachedEmbedder
 from .errors import APIError, EmbedcacheError, TransportError
 from .jina import JinaClient
+from .limiter import Limits, RateLimiter, shared_limiter
 from .metrics import ProxyMetrics
 from .models import resolve_options
 from .redis_store import open_shared
@@ -98,6 +100,7 @@ class ProxySettings:
         ``EMBEDCACHE_REDIS_URL``; none when unset).
     :param redis_prefix: key namespace in that Redis.
     :param redis_ttl: seconds each entry written there lives; ``None``: no expiry.
+    :param limits: the account's rate limits, which every upstream request is paced to.
     :param allowed_keys: client API keys served without asking the upstream; with a list
         (or ``verify_keys``), other keys are refused.
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
@@ -118,6 +121,7 @@ class ProxySettings:
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_ttl: int | None = None
+    limits: Limits = field(default_factory=Limits)
     allowed_keys: tuple[str, ...] = ()
     verify_keys: bool = False
     verdict_ttl: float = 300.0
@@ -132,10 +136,11 @@ class _Upstreams:
     """One :class:`JinaClient` per client key, sharing a connection pool; found by the key's
     hash so the map holds no key in the clear beyond the clients themselves."""
 
-    def __init__(self, base_url: str, http: httpx.Client) -> None:
+    def __init__(self, base_url: str, http: httpx.Client, limiter: RateLimiter | None) -> None:
         self._base_url = base_url
         self._http = http
-        self.server = JinaClient(None, base_url=base_url, http_client=http)
+        self._limiter = limiter
+        self.server = self._new(None)
         self._by_key: OrderedDict[bytes, JinaClient] = OrderedDict()
 
     def get(self, key: str | None) -> JinaClient:
@@ -144,13 +149,25 @@ class _Upstreams:
         hashed = digest(key)
         client = self._by_key.get(hashed)
         if client is None:
-            client = JinaClient(key, base_url=self._base_url, http_client=self._http)
-            self._by_key[hashed] = client
+            client = self._by_key[hashed] = self._new(key)
             if len(self._by_key) > _MAX_CLIENTS:
                 self._by_key.popitem(last=False)
         else:
             self._by_key.move_to_end(hashed)
         return client
+
+    def _new(self, key: str | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> JinaClient:
+        return JinaClient(
+            key,
+            base_url=self._base_url,
+            http_client=self._http,
+            limiter=self._limiter,
+            max_attempts=max_attempts,
+        )
+
+    def probe(self, key: str) -> JinaClient:
+        """A client for checking ``key`` once: two attempts, not the fill's six."""
+        return self._new(key, max_attempts=2)
 
 
 class Proxy:
@@ -168,7 +185,7 @@ class Proxy:
             timeout=httpx.Timeout(settings.timeout, connect=DEFAULT_CONNECT_TIMEOUT_SECONDS),
             headers={"User-Agent": f"embedcache/{VERSION}"},
         )
-        self._upstreams = _Upstreams(self.upstream_url, self._http)
+        self._upstreams = _Upstreams(self.upstream_url, self._http, shared_limiter(settings.limits))
         self.shared = open_shared(
             settings.redis_url, prefix=settings.redis_prefix, ttl=settings.redis_ttl
         )
@@ -293,9 +310,8 @@ class Proxy:
     def _verify_key(self, key: str) -> None:
         """Ask the upstream whether it takes ``key``: one embedding of a one-letter text
         (about one token), so a key is never trusted on the proxy's word alone."""
-        probe = JinaClient(key, base_url=self.upstream_url, http_client=self._http, max_attempts=2)
         try:
-            probe.embed(["a"], _PROBE)
+            self._upstreams.probe(key).embed(["a"], _PROBE)
         except APIError as exc:
             if exc.status in _REFUSING:
                 raise KeyRefused(exc.detail or str(exc)) from None

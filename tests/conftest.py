@@ -34,6 +34,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "EMBEDCACHE_DIR",
         "EMBEDCACHE_BASE_URL",
         "EMBEDCACHE_OFFLINE",
+        "EMBEDCACHE_TIER",
+        "EMBEDCACHE_RPM",
+        "EMBEDCACHE_TPM",
+        "EMBEDCACHE_MAX_CONCURRENCY",
         "EMBEDCACHE_REDIS_URL",
     ):
         monkeypatch.delenv(name, raising=False)
