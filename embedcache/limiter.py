@@ -161,6 +161,11 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"RateLimiter({self.limits!r})"
 
+    @property
+    def budget_scale(self) -> float:
+        """The fraction of the configured budgets in use: below 1 after 429s."""
+        return self._scale
+
     def acquire(self, estimated_tokens: int) -> Permit:
         """Wait until a request of ``estimated_tokens`` fits every budget, and admit it."""
         with self._cond:
