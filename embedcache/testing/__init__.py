@@ -4,6 +4,9 @@
 >>> with JinaEmulator(api_key="jina_test") as emu:  # doctest: +SKIP
 ...     emu.inject(Fault(status=429, retry_after="1"))
 ...     ...  # point a client at emu.url
+>>> limits = RateLimits(rpm=2, tpm=1000, concurrency=1, window=0.5)
+>>> with JinaEmulator(rate_limits=limits) as emu:  # doctest: +SKIP
+...     ...  # the third request within half a second gets a 429
 
 Run one in the foreground with ``python -m embedcache.testing --port 8080``.
 """
@@ -12,5 +15,6 @@ from __future__ import annotations
 
 from .emulator import JinaEmulator
 from .faults import Fault, RecordedRequest
+from .limits import RateLimits
 
-__all__ = ["Fault", "JinaEmulator", "RecordedRequest"]
+__all__ = ["Fault", "JinaEmulator", "RateLimits", "RecordedRequest"]

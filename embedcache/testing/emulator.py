@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .faults import Fault, FaultQueue, RecordedRequest
+from .limits import RateLimiter, RateLimits
 from .protocol import ApiError
 from .response import request_vectors
 from .server import EmulatorServer
@@ -34,6 +35,9 @@ class JinaEmulator:
     :param port: port to bind; 0 picks a free one.
     :param latency: the least time every request takes, computing the answer included
         (benchmarks); settable later.
+    :param rate_limits: per-key request and token budgets and a concurrency cap, answered
+        with 429s as the API does (see :class:`RateLimits`); ``None`` for none. Settable
+        later.
     """
 
     def __init__(
@@ -43,12 +47,18 @@ class JinaEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         latency: float = 0.0,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._api_key = api_key
         self._host = host
         self._port = port
         #: Seconds added to every request; may be changed while running.
         self.latency = latency
+        #: Rate limits applied from the next request on; may be changed while running. The
+        #: history (charges in the window, requests in flight) is kept across changes, but
+        #: nothing is tracked while this is ``None``.
+        self.rate_limits = rate_limits
+        self._limiter = RateLimiter()
         self._faults = FaultQueue()
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
@@ -126,8 +136,10 @@ class JinaEmulator:
         self._faults.push(*faults)
 
     def reset(self) -> None:
-        """Clear the request log and every queued fault."""
+        """Clear the request log, every queued fault and the rate-limit budgets used so far
+        (requests in flight still count against ``concurrency`` until answered)."""
         self._faults.clear()
+        self._limiter.clear()
         with self._log_lock:
             self._log.clear()
 

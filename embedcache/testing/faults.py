@@ -96,6 +96,10 @@ class RecordedRequest:
         answer built from the real response, else 0 (failed requests are not charged).
     :ivar authorized: whether the bearer token would pass the emulator's auth check.
     :ivar fault: the fault applied to this request, if any.
+    :ivar wait: for a 429 from the emulator's rate limits, the exact seconds until the
+        request would have been admitted (what ``Retry-After`` rounds up to whole seconds);
+        ``None`` for other answers, and when no wait is known (a concurrency refusal) or
+        none helps (a request over ``tpm`` on its own).
     """
 
     method: str
@@ -106,6 +110,7 @@ class RecordedRequest:
     tokens: int
     authorized: bool
     fault: Fault | None
+    wait: float | None = None
 
 
 class FaultQueue:

@@ -15,13 +15,14 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..config import EMBEDDINGS_PATH
 from .faults import Fault, RecordedRequest
+from .limits import Admission, RateLimited
 from .protocol import (
     AUTH_INVALID_API_KEY,
     AUTH_MISSING_API_KEY,
@@ -57,6 +58,15 @@ class _Answer:
     body: bytes = b""
     content_type: str = _JSON
     tokens: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    #: The rate-limit slot an admitted request holds until its answer is sent.
+    admission: Admission | None = None
+    wait: float | None = None  # a rate-limit 429's exact wait, for the log
+
+    def release(self) -> None:
+        """Give the rate-limit slot back (the request is no longer in flight)."""
+        if self.admission is not None:
+            self.admission.release()
 
 
 class EmulatorServer(ThreadingHTTPServer):
@@ -187,30 +197,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
-        emulator = self.server.emulator
         request_id = new_request_id()
-        fault: Fault | None = None
         try:
             raw = self._read_body()
         except (_FramingError, ValueError):
             # No fault is taken: the request cannot be told apart from the next one.
             self.close_connection = True
-            parsed: object = _INVALID
             error = ApiError(400, INPUT_VALIDATION_ERROR, "Malformed request body framing")
-            answer = self._error(error, request_id)
-        else:
-            fault = emulator._faults.take()
-            started = time.monotonic()
-            parsed = _parse_json(raw)
-            answer = self._answer(parsed, fault, request_id)
+            self._finish(self._error(error, request_id), _INVALID, None, request_id)
+            return
+        emulator = self.server.emulator
+        fault = emulator._faults.take()
+        started = time.monotonic()
+        parsed = _parse_json(raw)
+        answer = self._answer(parsed, fault, request_id)
+        try:
             # `latency` is the whole time a request takes, as a client sees a real server's:
             # computing the answer counts toward it. A fault's delay comes on top.
             wait = emulator.latency - (time.monotonic() - started)
             wait = max(wait, 0.0) + (fault.delay if fault is not None else 0.0)
             if wait > 0:
                 self.server.stopping.wait(wait)
+            self._finish(answer, parsed, fault, request_id)
+        finally:
+            # An admitted request is in flight (for the concurrency cap) through the sleep
+            # and the send, until its answer is out or its connection gone.
+            answer.release()
+
+    def _finish(
+        self, answer: _Answer, parsed: object, fault: Fault | None, request_id: str
+    ) -> None:
         # Logged before sending: a client that has its answer must find the request logged.
-        emulator._record(
+        self.server.emulator._record(
             RecordedRequest(
                 method=self.command,
                 path=self.path,
@@ -220,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
                 tokens=answer.tokens,
                 authorized=self._auth_failure() is None,
                 fault=fault,
+                wait=answer.wait,
             )
         )
         self._send(answer, request_id, fault)
@@ -252,8 +271,36 @@ class _Handler(BaseHTTPRequestHandler):
         if parsed is _INVALID:
             raise validation_error("body", "JSON decode error", "json_invalid")
         request = parse_request(parsed)
+        # Rate limits come after auth and validation, so refused requests use no budget.
+        admission = self._admit(request.tokens)
         alter = fault if fault is not None and fault.alters_data else None
-        return _Answer(200, _dump(embeddings_payload(request, alter)), tokens=request.tokens)
+        try:
+            body = _dump(embeddings_payload(request, alter))
+        except BaseException:
+            if admission is not None:
+                admission.release(refund=True)  # answered as an error: charged nothing
+            raise
+        if admission is None:
+            return _Answer(200, body, tokens=request.tokens)
+        return _Answer(
+            200, body, tokens=request.tokens, headers=admission.headers, admission=admission
+        )
+
+    def _admit(self, tokens: int) -> Admission | None:
+        """Take a rate-limit slot for an authorized request (``None`` without limits).
+
+        :raises RateLimited: a 429, when a limit binds.
+        """
+        emulator = self.server.emulator
+        limits = emulator.rate_limits  # read once: tests may swap it while serving
+        if limits is None:
+            return None
+        return emulator._limiter.admit(self._bearer_token(), tokens, limits)
+
+    def _bearer_token(self) -> str:
+        """The token of the ``Authorization`` header (whatever its scheme)."""
+        header = self.headers.get("Authorization", "").strip()
+        return header.partition(" ")[2].strip()
 
     def _auth_failure(self) -> ApiError | None:
         header = self.headers.get("Authorization", "").strip()
@@ -280,7 +327,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _error(error: ApiError, request_id: str) -> _Answer:
-        return _Answer(error.status, _dump(error_payload(error, request_id)))
+        body = _dump(error_payload(error, request_id))
+        if isinstance(error, RateLimited):
+            return _Answer(error.status, body, headers=error.headers, wait=error.wait)
+        return _Answer(error.status, body)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -321,8 +371,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("x-request-id", request_id)
+            headers = dict(answer.headers)
             if fault is not None and fault.retry_after is not None:
-                self.send_header("Retry-After", fault.retry_after)
+                headers["Retry-After"] = fault.retry_after  # an injected one wins
+            for name, value in headers.items():
+                self.send_header(name, value)
             if fault is not None and fault.cut_body:
                 body = body[: len(body) // 2]
                 self.close_connection = True
