@@ -33,6 +33,8 @@ _LAZY = {
     "Stats": "embedder",
     "JinaEmbeddingFunction": "function",
     "JinaClient": "jina",
+    "Limits": "limiter",
+    "RateLimiter": "limiter",
     "RequestOptions": "models",
     "resolve_options": "models",
     "Store": "store",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from .embedder import CachedEmbedder, Stats
     from .function import JinaEmbeddingFunction
     from .jina import JinaClient
+    from .limiter import Limits, RateLimiter
     from .models import RequestOptions, resolve_options
     from .store import Store
     from .upstream import Upstream, UpstreamResult
@@ -69,7 +72,9 @@ __all__ = [
     "InvalidInputError",
     "JinaClient",
     "JinaEmbeddingFunction",
+    "Limits",
     "RateLimitError",
+    "RateLimiter",
     "RequestOptions",
     "ResponseFormatError",
     "Stats",

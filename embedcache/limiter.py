@@ -36,6 +36,9 @@ RPM_ENV, TPM_ENV, CONCURRENCY_ENV, TIER_ENV = (
 _MIN_SCALE = 0.25  # budgets never shrink below a quarter of the configured limits
 _RECOVERY_STEP = 0.05  # each success gives back this fraction of the limits
 _FIRST_BACKOFF_SECONDS = 1.0
+# A request is counted by the API when it arrives, a little after we send it: treat each
+# window as this much longer, so a budget is never reused before the API has freed it.
+_WINDOW_SLACK = 0.02
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,14 @@ class Limits:
 
     def seconds_for(self, requests: int, tokens: int) -> float:
         """The least time ``requests`` requests carrying ``tokens`` tokens take under these
-        limits (not counting the API's own latency): the first window's budget goes at
-        once, the rest at the budget's pace."""
-        windows = 0.0
+        limits (not counting the API's own latency): each window's budget goes at once, so
+        the last request leaves at the start of the last window needed."""
+        windows = 0
         if self.rpm:
-            windows = max(windows, requests / self.rpm - 1)
+            windows = max(windows, math.ceil(requests / self.rpm) - 1)
         if self.tpm:
-            windows = max(windows, tokens / self.tpm - 1)
-        return max(0.0, windows) * self.window
+            windows = max(windows, math.ceil(tokens / self.tpm) - 1)
+        return windows * self.window
 
 
 #: The API's tiers (reference §5.3, 2026 spec): requests and tokens per minute, concurrency.
@@ -197,14 +200,20 @@ class RateLimiter:
             self._cond.notify_all()
 
     def server_remaining(self, requests: int | None, tokens: int | None) -> None:
-        """The API's ``X-RateLimit-Remaining-*`` after a response: when a budget is
-        spent, pause briefly rather than wait for the 429 (the headers' exact semantics
-        are unconfirmed, so this only ever slows down)."""
-        if requests == 0 or tokens == 0:
-            with self._cond:
-                self._paused_until = max(
-                    self._paused_until, self._clock() + self.limits.window / 12
-                )
+        """The API's ``X-RateLimit-Remaining-*`` after a response. When it says a budget is
+        spent while our own count says otherwise (another process on the key, a limit set
+        too high), pause briefly rather than wait for the 429. The headers' exact semantics
+        are unconfirmed, so this only ever slows down."""
+        if requests != 0 and tokens != 0:
+            return
+        with self._cond:
+            now = self._clock()
+            self._expire(now)
+            limits = self.limits
+            room_requests = limits.rpm is None or len(self._log) < limits.rpm * self._scale
+            room_tokens = limits.tpm is None or self._window_tokens < limits.tpm * self._scale
+            if (requests == 0 and room_requests) or (tokens == 0 and room_tokens):
+                self._paused_until = max(self._paused_until, now + limits.window / 12)
 
     def _wait_for(self, now: float, tokens: float) -> float | None:
         """Seconds to wait before admitting (``None``: until a request finishes), or 0."""
@@ -213,10 +222,11 @@ class RateLimiter:
             return self._paused_until - now
         if limits.concurrency is not None and self._in_flight >= limits.concurrency:
             return None
+        span = self._span
         if limits.rpm is not None:
             allowed = max(1, math.floor(limits.rpm * self._scale))
             if len(self._log) >= allowed:
-                return self._log[len(self._log) - allowed].sent + limits.window - now
+                return self._log[len(self._log) - allowed].sent + span - now
         if limits.tpm is not None and self._log:
             budget = limits.tpm * self._scale
             # A request bigger than the whole budget goes alone, into an empty window.
@@ -225,11 +235,15 @@ class RateLimiter:
                 for permit in self._log:
                     need -= permit.tokens
                     if need <= 0:
-                        return permit.sent + limits.window - now
+                        return permit.sent + span - now
         return 0.0
 
+    @property
+    def _span(self) -> float:
+        return self.limits.window * (1 + _WINDOW_SLACK)
+
     def _expire(self, now: float) -> None:
-        horizon = now - self.limits.window
+        horizon = now - self._span
         while self._log and self._log[0].sent <= horizon:
             self._window_tokens -= self._log.popleft().tokens
 

@@ -97,6 +97,7 @@ def test_the_least_time_a_fill_takes_under_limits() -> None:
     limits = Limits(rpm=100, tpm=1000, window=60)
     assert limits.seconds_for(50, 500) == 0  # fits the first window
     assert limits.seconds_for(50, 3000) == 120  # three windows of tokens
+    assert limits.seconds_for(50, 2500) == 120  # the last 500 still need a third window
     assert limits.seconds_for(300, 10) == 120  # three windows of requests
 
 

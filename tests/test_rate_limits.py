@@ -1,0 +1,78 @@
+"""Fills against an emulator enforcing an account's token budget: paced, and unpaced.
+
+The issue asks for timing here: a paced fill must finish within 15% of the least time the
+budget allows. The window is shrunk to one second so that takes a few seconds; the bound
+is computed from the limit and the corpus' token count, not tuned to this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
+from embedcache.limiter import Limits, RateLimiter
+from embedcache.testing import JinaEmulator, RateLimits
+from embedcache.tokens import estimate_tokens
+
+from .conftest import API_KEY
+
+OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
+WINDOW = 1.0
+TPM = 2000  # tokens per window
+BATCH = 8  # texts per request: 8 x 50 = 400 tokens, a fifth of the budget
+
+
+def corpus() -> list[str]:
+    """180 distinct texts of exactly 50 estimated tokens: 9,000 tokens, 4.5 windows."""
+
+    def word(i: int) -> str:  # a distinct all-letter word of at most six letters: one token
+        return "".join(chr(97 + (i // 26**k) % 26) for k in range(3))
+
+    texts = [" ".join([word(i)] + ["lorem"] * 49) for i in range(180)]
+    assert {estimate_tokens(text) for text in texts} == {50}
+    return texts
+
+
+def fill(emulator: JinaEmulator, cache: Path, limiter: RateLimiter | None) -> float:
+    """Fill the corpus into a fresh cache; returns the seconds it took."""
+    client = JinaClient(
+        API_KEY, base_url=emulator.url, limiter=limiter, max_attempts=30, backoff_base=0.05
+    )
+    with Store(cache) as store:
+        embedder = CachedEmbedder(store, client, batch_size=BATCH)
+        started = time.monotonic()
+        report = embedder.warm(corpus(), OPTIONS)
+        elapsed = time.monotonic() - started
+        embedder.close()
+    client.close()
+    assert report.tokens_spent == 9000
+    return elapsed
+
+
+def statuses(emulator: JinaEmulator) -> Counter[int | None]:
+    return Counter(request.status for request in emulator.requests)
+
+
+def test_a_paced_fill_stays_within_15_percent_of_what_the_token_limit_allows(
+    emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    emulator.rate_limits = RateLimits(tpm=TPM, window=WINDOW)
+    limits = Limits(tpm=TPM, window=WINDOW)
+    elapsed = fill(emulator, tmp_path / "paced", RateLimiter(limits))
+    allowed = limits.seconds_for(requests=180 // BATCH, tokens=9000)
+    assert allowed == 4.0  # 2,000 tokens at 0, 1, 2 and 3 s, the last 1,000 at 4 s
+    assert elapsed <= allowed * 1.15, f"{elapsed:.2f}s for {allowed:.2f}s allowed"
+    assert statuses(emulator)[429] <= 3
+    assert statuses(emulator)[200] == 23
+
+
+def test_without_the_limiter_the_same_fill_provokes_a_storm_of_429s(
+    emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    emulator.rate_limits = RateLimits(tpm=TPM, window=WINDOW)
+    fill(emulator, tmp_path / "unpaced", None)
+    storm = statuses(emulator)[429]
+    assert statuses(emulator)[200] == 23
+    assert storm >= 10, f"only {storm} 429s"
