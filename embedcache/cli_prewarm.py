@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from .cli_options import (
     request_options,
 )
 from .config import DEFAULT_MAX_CONCURRENCY
+from .limiter import Limits
 from .sources import FORMATS, read_items
 
 if TYPE_CHECKING:
@@ -34,18 +35,23 @@ _LINE_INTERVAL_SECONDS = 5.0
 
 class Progress:
     """Progress over distinct texts: a bar on a terminal, a plain line every few seconds
-    otherwise. Written to stderr so ``--json`` output stays clean."""
+    otherwise. Written to stderr so ``--json`` output stays clean.
 
-    def __init__(self, total: int, cached: int) -> None:
+    :param pace: seconds the rate limits need for a number of texts still to fetch; when
+        given, the ETA follows it (a paced fill's early burst would mislead a rate-based one).
+    """
+
+    def __init__(self, total: int, cached: int, pace: Callable[[int], float] | None = None) -> None:
         self.total, self.cached = total, cached
+        self.pace = pace
         self.fetched = self.tokens = 0
         self.start = self.last_line = time.monotonic()
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
         if self.tty:
             self.bar = click.progressbar(
-                length=total, label="prewarm", file=sys.stderr, show_pos=True, show_eta=True,
-                item_show_func=lambda _: self.describe(),
+                length=total, label="prewarm", file=sys.stderr, show_pos=True,
+                show_eta=pace is None, item_show_func=lambda _: self.describe(),
             )  # fmt: skip
             self.bar.__enter__()
             self.bar.update(cached)
@@ -53,10 +59,20 @@ class Progress:
     def describe(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.fetched / elapsed
-        return (
+        text = (
             f"{self.cached:,} hits, {self.fetched:,} fetched, {self.tokens:,} tokens, "
             f"{rate:,.0f} texts/s"
         )
+        if self.pace is not None:
+            text += f", ETA {format_duration(self.eta())} at the rate limits"
+        return text
+
+    def eta(self) -> float:
+        remaining = self.total - self.cached - self.fetched
+        if self.pace is not None:
+            return self.pace(remaining)
+        rate = self.fetched / max(time.monotonic() - self.start, 1e-9)
+        return remaining / rate if rate else float("nan")
 
     def advance(self, texts: int, tokens: int) -> None:
         self.fetched += texts
@@ -67,13 +83,12 @@ class Progress:
             self.line()
 
     def line(self) -> None:
-        self.last_line = now = time.monotonic()
+        self.last_line = time.monotonic()
         done = self.cached + self.fetched
-        rate = self.fetched / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate else float("nan")
+        eta = "" if self.pace is not None else f", ETA {self.eta():,.0f}s"
         click.echo(
             f"prewarm: {done:,}/{self.total:,} texts ({done / max(self.total, 1):.0%}), "
-            f"{self.describe()}, ETA {eta:,.0f}s",
+            f"{self.describe()}{eta}",
             err=True,
         )
 
@@ -172,7 +187,7 @@ def prewarm(
         _report({**plan, "dry_run": True}, price_per_million, as_json)
         return
     start = time.monotonic()
-    progress = Progress(plan["unique"], plan["cached"])
+    progress = Progress(plan["unique"], plan["cached"], _pace_of(cli.limits, plan))
     try:
         for group, group_plan in zip(groups, plans, strict=True):
             if group_plan.to_fetch:
@@ -197,6 +212,16 @@ def prewarm(
         "seconds": round(time.monotonic() - start, 3),
     }
     _report(result, price_per_million, as_json)
+
+
+def _pace_of(limits: Limits, plan: dict[str, Any]) -> Callable[[int], float] | None:
+    """Seconds the limits need for ``n`` texts still to fetch, at the plan's average tokens
+    and requests per text; ``None`` without limits."""
+    if limits.unlimited or not plan["to_fetch"]:
+        return None
+    tokens = plan["estimated_tokens"] / plan["to_fetch"]
+    requests = plan["estimated_requests"] / plan["to_fetch"]
+    return lambda n: limits.pace_seconds(n * requests, n * tokens)
 
 
 def _pace(result: dict[str, Any]) -> str:

@@ -79,6 +79,16 @@ class Limits:
             windows = max(windows, math.ceil(tokens / self.tpm) - 1)
         return windows * self.window
 
+    def pace_seconds(self, requests: float, tokens: float) -> float:
+        """Time ``requests`` requests carrying ``tokens`` tokens take at the budgets'
+        steady pace, once a fill's first window is spent (for ETAs)."""
+        windows = 0.0
+        if self.rpm:
+            windows = max(windows, requests / self.rpm)
+        if self.tpm:
+            windows = max(windows, tokens / self.tpm)
+        return windows * self.window
+
 
 #: The API's tiers (reference §5.3, 2026 spec): requests and tokens per minute, concurrency.
 TIERS = {

@@ -76,3 +76,43 @@ def test_without_the_limiter_the_same_fill_provokes_a_storm_of_429s(
     storm = statuses(emulator)[429]
     assert statuses(emulator)[200] == 23
     assert storm >= 10, f"only {storm} 429s"
+
+
+def test_a_dry_run_reports_the_least_time_the_limits_allow(
+    emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    texts = tmp_path / "corpus.txt"
+    texts.write_text("\n".join(corpus()) + "\n", encoding="utf-8")
+    args = ["--cache-dir", str(tmp_path / "cache"), "--base-url", emulator.url]
+    paced = CliRunner().invoke(
+        main, [*args, "--tpm", "2000", "prewarm", "--dry-run", "--json", "--batch-size", "8",
+               str(texts)],
+    )  # fmt: skip
+    assert paced.exit_code == 0, paced.output
+    report = json.loads(paced.stdout)
+    assert (report["estimated_requests"], report["estimated_tokens"]) == (23, 9000)
+    assert report["estimated_seconds"] == 240.0  # 4 whole minutes after the first
+    unpaced = CliRunner().invoke(main, [*args, "prewarm", "--dry-run", str(texts)])
+    assert "no rate limits set" in unpaced.output
+    assert emulator.requests == []
+
+
+def test_a_paced_prewarm_estimates_what_is_left_at_the_limits_pace() -> None:
+    from embedcache.cli_prewarm import Progress, _pace_of
+
+    pace = _pace_of(
+        Limits(tpm=1000, window=60),
+        {"to_fetch": 100, "estimated_tokens": 5000, "estimated_requests": 10},
+    )
+    assert pace is not None
+    progress = Progress(total=120, cached=20, pace=pace)
+    progress.advance(50, 2500)
+    assert progress.eta() == 150.0  # 2,500 tokens left at 1,000 a minute
+    progress.close()
+    assert _pace_of(Limits(), {"to_fetch": 100}) is None
