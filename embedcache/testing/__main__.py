@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from .emulator import JinaEmulator
+from .limits import RateLimits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds added to every request (default: 0)"
     )
+    parser.add_argument("--rpm", type=int, help="requests per minute per key (default: no limit)")
+    parser.add_argument("--tpm", type=int, help="tokens per minute per key (default: no limit)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight per key (default: any)")
     args = parser.parse_args(argv)
+    limited = any(value is not None for value in (args.rpm, args.tpm, args.concurrency))
+    limits = RateLimits(rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency)
 
     done = threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -37,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         with JinaEmulator(
-            api_key=args.api_key, host=args.host, port=args.port, latency=args.latency
+            api_key=args.api_key,
+            host=args.host,
+            port=args.port,
+            latency=args.latency,
+            rate_limits=limits if limited else None,
         ) as emulator:
             print(emulator.url, flush=True)  # alone on stdout, so scripts can read it
             print("Jina emulator running; press Ctrl-C to stop", file=sys.stderr, flush=True)
