@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
@@ -48,6 +49,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def emulator() -> Iterator[JinaEmulator]:
     with JinaEmulator(api_key=API_KEY) as emu:
         yield emu
+
+
+@pytest.fixture
+def http(emulator: JinaEmulator) -> Iterator[httpx.Client]:
+    """An httpx client on the emulator, with the valid key."""
+    with httpx.Client(
+        base_url=emulator.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ) as client:
+        yield client
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.client import HTTPConnection
 from typing import Any
 
@@ -25,14 +24,6 @@ from .conftest import API_KEY
 
 V3 = "jina-embeddings-v3"
 PATH = "/v1/embeddings"
-
-
-@pytest.fixture
-def http(emulator: JinaEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=emulator.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
-    ) as client:
-        yield client
 
 
 def embed(http: httpx.Client, **body: Any) -> httpx.Response:

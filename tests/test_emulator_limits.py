@@ -10,7 +10,6 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,14 +31,6 @@ _HEADERS = (
     "X-RateLimit-Limit-Tokens",
     "X-RateLimit-Remaining-Tokens",
 )
-
-
-@pytest.fixture
-def http(emulator: JinaEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=emulator.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
-    ) as client:
-        yield client
 
 
 def embed(http: httpx.Client, text: str = TWO) -> httpx.Response:
