@@ -70,20 +70,11 @@ def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> byte
 
 def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float32], float] | None:
     """The vector and tokens of a stored value, or ``None`` when it is absent, of another
-    dimension, or damaged (bad header, length or checksum)."""
-    if value is None or len(value) < _HEADER.size:
+    dimension, or damaged (see :func:`check_entry`)."""
+    entry = check_entry(value) if value is not None else None
+    if entry is None or isinstance(entry, str) or (dim is not None and len(entry[0]) != dim):
         return None
-    magic, size, millitokens, _, checksum = _HEADER.unpack_from(value)
-    if (
-        magic != _MAGIC
-        or (dim is not None and size != dim)
-        or len(value) != _HEADER.size + 4 * size
-    ):
-        return None
-    vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size)
-    if unsigned(vector_checksum(vector)) != checksum:
-        return None
-    return vector.astype(np.float32, copy=False), millitokens / 1000.0
+    return entry[0], entry[1]
 
 
 def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
