@@ -28,7 +28,10 @@ __all__ = ["SharedVerifyReport", "SyncReport", "pull", "push", "verify_shared"]
 DEFAULT_BATCH = 1000
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")  # what a source page holds per key: a local Record, or Redis bytes
 _Entry = tuple[bytes, NDArray[np.float32], float]
+#: An entry to copy and its fingerprint, or the SyncReport counter saying why not.
+_Decoded = tuple[_Entry, Fingerprint] | str
 
 
 @dataclass
@@ -122,29 +125,17 @@ def push(
 
     :param on_page: called after each page with the report so far (for progress).
     """
-    report = SyncReport("up", dry_run=dry_run)
     fingerprints = store.fingerprint_objects()
-    for page in _pages(store.scan(batch), batch):
-        report.checked += len(page)
-        there = shared.contains_many([key for key, _ in page])
-        groups: dict[int, list[_Entry]] = {}
-        for (key, record), present in zip(page, there, strict=True):
-            if present:
-                report.present += 1
-            elif not isinstance(record, Record):
-                report.damaged += 1
-            elif record.fingerprint_id not in fingerprints:
-                report.unknown_fingerprint += 1
-            else:
-                entry = (key, record.vector, record.tokens)
-                groups.setdefault(record.fingerprint_id, []).append(entry)
-        for fp_id, entries in groups.items():
-            if not dry_run:
-                shared.put_many(fingerprints[fp_id], entries)
-            report.copied += len(entries)
-        if on_page is not None:
-            on_page(report)
-    return report
+
+    def decode(key: bytes, record: Record | str) -> _Decoded:
+        if not isinstance(record, Record):
+            return "damaged"
+        fp = fingerprints.get(record.fingerprint_id)
+        return "unknown_fingerprint" if fp is None else ((key, record.vector, record.tokens), fp)
+
+    report = SyncReport("up", dry_run=dry_run)
+    pages = _pages(store.scan(batch), batch)
+    return _copy(report, pages, shared.contains_many, decode, shared.put_many, on_page)
 
 
 def pull(
@@ -160,31 +151,49 @@ def pull(
 
     :param on_page: called after each page with the report so far (for progress).
     """
-    report = SyncReport("down", dry_run=dry_run)
     fingerprints = _SharedFingerprints(shared)
-    for page in _pages(shared.scan(batch), batch):
+
+    def decode(key: bytes, value: bytes) -> _Decoded:
+        entry = check_entry(value)
+        if isinstance(entry, str):
+            return "damaged"
+        vector, tokens, fp_id = entry
+        fp = fingerprints.get(fp_id)
+        return "unknown_fingerprint" if fp is None else ((key, vector, tokens), fp)
+
+    report = SyncReport("down", dry_run=dry_run)
+    pages = _pages(shared.scan(batch), batch)
+    return _copy(report, pages, store.contains_many, decode, store.put_many, on_page)
+
+
+def _copy(
+    report: SyncReport,
+    pages: Iterable[list[tuple[bytes, _S]]],
+    exists: Callable[[list[bytes]], list[bool]],
+    decode: Callable[[bytes, _S], _Decoded],
+    write: Callable[[Fingerprint, list[_Entry]], None],
+    on_page: Callable[[SyncReport], None] | None,
+) -> SyncReport:
+    """Copy each page's entries the other side lacks (``exists``), as ``decode`` reads them,
+    with one ``write`` per fingerprint and page; ``decode`` names why it cannot
+    (``"damaged"``, ``"unknown_fingerprint"``), which is counted."""
+    for page in pages:
         report.checked += len(page)
-        here = store.contains_many([key for key, _ in page])
-        groups: dict[int, list[_Entry]] = {}
-        found: dict[int, Fingerprint] = {}
-        for (key, value), present in zip(page, here, strict=True):
+        there = exists([key for key, _ in page])
+        groups: dict[int, tuple[Fingerprint, list[_Entry]]] = {}
+        for (key, item), present in zip(page, there, strict=True):
             if present:
                 report.present += 1
                 continue
-            entry = check_entry(value)
-            if isinstance(entry, str):
-                report.damaged += 1
+            decoded = decode(key, item)
+            if isinstance(decoded, str):
+                setattr(report, decoded, getattr(report, decoded) + 1)
                 continue
-            vector, tokens, fp_id = entry
-            fp = fingerprints.get(fp_id)
-            if fp is None:
-                report.unknown_fingerprint += 1
-                continue
-            found[fp_id] = fp
-            groups.setdefault(fp_id, []).append((key, vector, tokens))
-        for fp_id, entries in groups.items():
-            if not dry_run:
-                store.put_many(found[fp_id], entries)
+            entry, fp = decoded
+            groups.setdefault(fp.id, (fp, []))[1].append(entry)
+        for fp, entries in groups.values():
+            if not report.dry_run:
+                write(fp, entries)
             report.copied += len(entries)
         if on_page is not None:
             on_page(report)
