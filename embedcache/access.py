@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest"]
+__all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest", "matches"]
 
 _MAX_VERDICTS = 10_000
 
@@ -40,6 +40,12 @@ class KeyUnverifiable(Exception):
 def digest(secret: str) -> bytes:
     """The SHA-256 a key is remembered by."""
     return hashlib.sha256(secret.encode()).digest()
+
+
+def matches(bearer: str, expected: bytes | None) -> bool:
+    """Whether ``bearer`` is the secret whose :func:`digest` is ``expected``, compared in
+    constant time; never when either is missing."""
+    return bool(bearer) and expected is not None and hmac.compare_digest(digest(bearer), expected)
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class Access:
         (empty when absent). With ``verify`` it may call the upstream (run it off the event
         loop); without, it returns ``None`` when it would have to."""
         if self._token is not None:
-            if bearer and hmac.compare_digest(digest(bearer), self._token):
+            if matches(bearer, self._token):
                 return Decision(0)
             return Decision(401, "this proxy needs its token: send Authorization: Bearer <token>")
         if not self.checks_keys:

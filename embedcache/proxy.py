@@ -14,7 +14,6 @@ must present the token and the server's key pays. Keys live only in memory.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .access import Access, KeyRefused, KeyUnverifiable, digest
+from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
 from .config import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -343,12 +342,7 @@ class Proxy:
         return Response(text, 200, media_type="text/plain; version=0.0.4")
 
     def _is_admin(self, request: Request) -> bool:
-        bearer = _bearer(request)
-        return (
-            bool(bearer)
-            and self._admin is not None
-            and hmac.compare_digest(digest(bearer), self._admin)
-        )
+        return matches(_bearer(request), self._admin)
 
     async def _admin_stats(self, request: Request) -> Response:
         """The cache's size and counters, as JSON (admin token only)."""
