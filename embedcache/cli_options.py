@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_MILLION_TOKENS,
     DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_TASK,
     PRICE_ENV,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
@@ -67,16 +68,13 @@ class CliContext:
         """
         from .redis_store import open_shared
 
-        if strict:
-            shared = open_shared(
-                self.redis_url,
-                prefix=self.redis_prefix,
-                ttl=self.redis_ttl,
-                timeout=REDIS_MAINTENANCE_TIMEOUT_SECONDS,
-                strict=True,
-            )
-        else:
-            shared = open_shared(self.redis_url, prefix=self.redis_prefix, ttl=self.redis_ttl)
+        shared = open_shared(
+            self.redis_url,
+            prefix=self.redis_prefix,
+            ttl=self.redis_ttl,
+            timeout=REDIS_MAINTENANCE_TIMEOUT_SECONDS if strict else DEFAULT_REDIS_TIMEOUT_SECONDS,
+            strict=strict,
+        )
         if shared is not None:
             click.get_current_context().call_on_close(shared.close)
         return shared
