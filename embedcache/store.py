@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import threading
@@ -429,16 +428,9 @@ class Store:
             return {name: int(self._meta.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
 
     def fingerprints(self) -> dict[int, dict[str, object]]:
-        """The request settings of every fingerprint that has been stored, by id."""
-        if self._meta is None:
-            return {}  # not readable without diskcache writing: entries show model "?"
-        out: dict[int, dict[str, object]] = {}
-        with self._errors("read"):
-            for key in self._meta.iterkeys():
-                if isinstance(key, str) and key.startswith(_FINGERPRINT_PREFIX):
-                    fp_id = int(key[len(_FINGERPRINT_PREFIX) :], 16)
-                    out[fp_id] = json.loads(self._meta[key])["request"]
-        return out
+        """The request settings of every fingerprint that has been stored, by id (as
+        :meth:`fingerprint_objects`; without metadata, entries show model "?")."""
+        return {fp_id: fp.fields for fp_id, fp in self.fingerprint_objects().items()}
 
     def fingerprint_objects(self) -> dict[int, Fingerprint]:
         """Every recorded fingerprint, by id, as :meth:`put_many` takes it (for copying
