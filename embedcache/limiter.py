@@ -133,7 +133,7 @@ def _env_int(name: str) -> int | None:
 class Permit:
     """One admitted request; :meth:`done` it with the tokens the response charged."""
 
-    __slots__ = ("_limiter", "_open", "estimate", "sent", "tokens")
+    __slots__ = ("_limiter", "_open", "estimate", "in_window", "sent", "tokens")
 
     def __init__(self, limiter: RateLimiter, sent: float, tokens: float, estimate: int) -> None:
         self._limiter = limiter
@@ -141,6 +141,8 @@ class Permit:
         self.tokens = tokens
         self.estimate = estimate
         self._open = True
+        #: Whether it still counts against the window's budgets.
+        self.in_window = True
 
     def done(self, charged: int | None) -> None:
         """The request is over: ``charged`` tokens (``None``: not known, keep the estimate;
@@ -255,7 +257,9 @@ class RateLimiter:
     def _expire(self, now: float) -> None:
         horizon = now - self._span
         while self._log and self._log[0].sent <= horizon:
-            self._window_tokens -= self._log.popleft().tokens
+            expired = self._log.popleft()
+            expired.in_window = False
+            self._window_tokens -= expired.tokens
 
     def _finish(self, permit: Permit, charged: int | None) -> None:
         with self._cond:
@@ -263,7 +267,7 @@ class RateLimiter:
             if charged is not None:
                 if charged and permit.estimate:
                     self._ratio = 0.8 * self._ratio + 0.2 * max(charged / permit.estimate, 0.5)
-                if permit in self._log:
+                if permit.in_window:
                     self._window_tokens += charged - permit.tokens
                 permit.tokens = charged
                 if charged:  # a success: give budgets back
