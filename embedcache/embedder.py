@@ -67,7 +67,8 @@ class WarmReport:
     to_fetch: int
     estimated_tokens: int
     tokens_spent: int = 0
-    #: Requests the misses would be sent in (batching by count and estimated tokens).
+    #: Requests the misses would be sent in (batching by count and estimated tokens); dry
+    #: runs only: a real fill plans its batches as it sends them.
     estimated_requests: int = 0
 
 
@@ -281,7 +282,9 @@ class CachedEmbedder:
             estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
             estimated_requests=sum(
                 1 for _ in plan_batches(misses, options, self.batch_size, self.max_batch_tokens)
-            ),
+            )
+            if dry_run
+            else 0,
         )
         if dry_run or not misses:
             return report
