@@ -53,7 +53,7 @@ def load_texts(path: str) -> list[str]:
 
 def fingerprint() -> Any:
     from embedcache import resolve_options
-    from embedcache.keys import fingerprint
+    from embedcache.cache_keys import fingerprint
 
     return fingerprint(resolve_options(MODEL, TASK, None))
 
@@ -66,8 +66,8 @@ def instrument(totals: dict[str, float]) -> None:
     """Add the seconds spent in each tier call of this process to ``totals``."""
     import redis.client
 
-    from embedcache.redis_store import RedisStore
-    from embedcache.store import Store
+    from embedcache.storage.shared import RedisStore
+    from embedcache.storage.store import Store
 
     def timed(run: Any, label: str) -> Any:
         def wrapper(*args: Any) -> Any:
@@ -108,8 +108,8 @@ def work_embed(texts_path: str, cache: str, url: str | None) -> dict[str, float]
 def work_floor(texts_path: str, url: str, per_trip: int) -> dict[str, float]:
     import redis
 
-    from embedcache.keys import text_keys
-    from embedcache.redis_store import RedisStore
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.shared import RedisStore
 
     name = RedisStore(url)._name  # the names RedisStore reads
     names = [name(key) for key in text_keys(fingerprint(), load_texts(texts_path))]
@@ -186,8 +186,8 @@ def redis_server(workdir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def fill(cache: Path, texts_path: str, url: str) -> dict[str, float]:
     """The same entries in a local cache and in Redis; seconds per entry for each."""
     from embedcache import Store
-    from embedcache.keys import text_keys
-    from embedcache.redis_store import RedisStore
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.shared import RedisStore
 
     texts, fp = load_texts(texts_path), fingerprint()
     local = shared = 0.0

@@ -178,7 +178,7 @@ def write_texts(directory: Path, n: int) -> str:
 
 def fill_embedcache(cache: Path, texts_path: str, dim: int) -> dict[str, float]:
     from embedcache import Store
-    from embedcache.keys import fingerprint, text_keys
+    from embedcache.cache_keys import fingerprint, text_keys
 
     texts = load_texts(texts_path)
     fp = fingerprint(options(dim))

@@ -5,6 +5,7 @@
 >>> vectors = ef.encode_documents(["a text", "another"])  # doctest: +SKIP
 
 Repeated texts come from disk; only misses reach the API, deduplicated and batched.
+The package map is in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -12,44 +13,44 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from .config import VERSION as __version__
-from .errors import (
-    APIError,
-    AuthenticationError,
-    CacheError,
-    CacheFormatError,
-    CacheMissError,
-    EmbedcacheError,
-    InvalidInputError,
-    RateLimitError,
-    ResponseFormatError,
-    TransportError,
-)
+from .errors import *  # noqa: F403  (the error classes are listed once, in errors.__all__)
 
 # numpy, httpx and diskcache take ~100 ms to import: load the classes that need them on
 # first use, so `import embedcache` and the CLI's --help stay quick.
 _LAZY = {
-    "CachedEmbedder": "embedder",
-    "Stats": "embedder",
-    "JinaEmbeddingFunction": "function",
-    "JinaClient": "jina",
-    "Limits": "limiter",
-    "RateLimiter": "limiter",
+    "CachedEmbedder": "embedding.embedder",
+    "Embedded": "embedding.embedder",
+    "WarmReport": "embedding.embedder",
+    "Stats": "embedding.embedder",
+    "Fingerprint": "cache_keys",
+    "JinaEmbeddingFunction": "integrations.milvus",
+    "JinaClient": "upstream.jina",
+    "Limits": "upstream.limiter",
+    "RateLimiter": "upstream.limiter",
+    "shared_limiter": "upstream.limiter",
     "RequestOptions": "models",
     "resolve_options": "models",
-    "Store": "store",
-    "Upstream": "upstream",
-    "UpstreamResult": "upstream",
+    "Found": "storage.store",
+    "Record": "storage.store",
+    "Store": "storage.store",
+    "RedisStore": "storage.shared",
+    "open_shared": "storage.shared",
+    "Upstream": "upstream.protocol",
+    "UpstreamResult": "upstream.protocol",
 }
 
 if TYPE_CHECKING:
-    from .embedder import CachedEmbedder, Stats
-    from .function import JinaEmbeddingFunction
-    from .jina import JinaClient
-    from .limiter import Limits, RateLimiter
+    from .cache_keys import Fingerprint
+    from .embedding.embedder import CachedEmbedder, Embedded, Stats, WarmReport
+    from .integrations.milvus import JinaEmbeddingFunction
     from .models import RequestOptions, resolve_options
-    from .store import Store
-    from .upstream import Upstream, UpstreamResult
+    from .storage.shared import RedisStore, open_shared
+    from .storage.store import Found, Record, Store
+    from .upstream.jina import JinaClient
+    from .upstream.limiter import Limits, RateLimiter, shared_limiter
+    from .upstream.protocol import Upstream, UpstreamResult
 
 
 def __getattr__(name: str) -> Any:
@@ -61,27 +62,31 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
-    "APIError",
-    "AuthenticationError",
-    "CacheError",
-    "CacheFormatError",
-    "CacheMissError",
     "CachedEmbedder",
-    "EmbedcacheError",
-    "InvalidInputError",
+    "Embedded",
+    "Fingerprint",
+    "Found",
     "JinaClient",
     "JinaEmbeddingFunction",
     "Limits",
-    "RateLimitError",
     "RateLimiter",
+    "Record",
+    "RedisStore",
     "RequestOptions",
-    "ResponseFormatError",
     "Stats",
     "Store",
-    "TransportError",
     "Upstream",
     "UpstreamResult",
+    "WarmReport",
     "__version__",
+    "open_shared",
     "resolve_options",
+    "shared_limiter",
 ]
+__all__ += errors.__all__  # every error class, from the one list in errors.py
+__all__.sort()

@@ -38,7 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "EMBEDCACHE_TIER",
         "EMBEDCACHE_RPM",
         "EMBEDCACHE_TPM",
-        "EMBEDCACHE_MAX_CONCURRENCY",
+        "EMBEDCACHE_CONCURRENT_REQUESTS",
         "EMBEDCACHE_REDIS_URL",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -178,7 +178,7 @@ def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
 @pytest.fixture(params=["snapshot", "sql"])
 def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the index snapshot built from the first write, and with SQL alone."""
-    from embedcache import index
+    from embedcache.storage import index
 
     rows = 1 if request.param == "snapshot" else 1 << 40
     monkeypatch.setattr(index, "_SNAPSHOT_MIN_ROWS", rows)

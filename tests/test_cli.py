@@ -5,7 +5,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from embedcache.cli import main
-from embedcache.cli_demo import DEMO_API_KEY
+from embedcache.cli.demo import DEMO_API_KEY
 
 
 def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:

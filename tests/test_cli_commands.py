@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from embedcache.cli import main
-from embedcache.store import Store
+from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
 from .conftest import API_KEY, damage_entry, wait_until_quiet
@@ -387,7 +387,7 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
 
 
 def store_contains(store: Store, texts: list[str]) -> list[bool]:
-    from embedcache.keys import fingerprint, text_keys
+    from embedcache.cache_keys import fingerprint, text_keys
     from embedcache.models import resolve_options
 
     options = resolve_options("jina-embeddings-v3", "retrieval.passage")
@@ -414,7 +414,7 @@ def test_every_command_has_help() -> None:
 def test_progress_prints_plain_lines_when_not_on_a_terminal(
     run: Any, emulator: JinaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from embedcache import cli_prewarm
+    from embedcache.cli import prewarm as cli_prewarm
 
     monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
     corpus = tmp_path / "c.txt"

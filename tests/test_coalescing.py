@@ -13,9 +13,9 @@ import pytest
 from numpy.typing import NDArray
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store, UpstreamResult
-from embedcache.embedder import Embedded
+from embedcache.embedding.coalescing import Inflight
+from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
-from embedcache.inflight import Inflight
 from embedcache.testing import JinaEmulator
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from embedcache.testing import Fault, JinaEmulator, RateLimits, RecordedRequest
-from embedcache.testing.limits import RateLimited, RateLimiter
+from embedcache.testing.limits import LimitEnforcer, RateLimited
 from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY
@@ -144,7 +144,7 @@ def test_a_request_over_tpm_on_its_own_never_passes(
 def test_concurrency_binds_while_latency_holds_requests_in_flight(
     emulator: JinaEmulator,
 ) -> None:
-    emulator.rate_limits = RateLimits(concurrency=2)
+    emulator.rate_limits = RateLimits(concurrent_requests=2)
     emulator.latency = 0.6
     start = threading.Barrier(3)
     results: list[httpx.Response] = []
@@ -178,7 +178,7 @@ def test_concurrency_binds_while_latency_holds_requests_in_flight(
 def test_an_abandoned_request_holds_its_slot_until_its_answer_is_done(
     emulator: JinaEmulator, http: httpx.Client
 ) -> None:
-    emulator.rate_limits = RateLimits(concurrency=1)
+    emulator.rate_limits = RateLimits(concurrent_requests=1)
     emulator.latency = 0.8
     hasty = httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.1)
     with hasty, pytest.raises(httpx.ReadTimeout):
@@ -259,7 +259,7 @@ def test_headers_and_retry_after_can_be_turned_off(
 def test_auth_and_validation_failures_use_no_budget(
     emulator: JinaEmulator, http: httpx.Client
 ) -> None:
-    emulator.rate_limits = RateLimits(rpm=2, tpm=100, concurrency=1)
+    emulator.rate_limits = RateLimits(rpm=2, tpm=100, concurrent_requests=1)
     with httpx.Client(headers={"Authorization": "Bearer jina_wrong"}) as wrong:
         for _ in range(3):
             response = wrong.post(emulator.url + PATH, json={"model": V3, "input": "x"})
@@ -344,7 +344,7 @@ def test_constructor_argument() -> None:
     [
         {"rpm": 0},
         {"tpm": -1},
-        {"concurrency": 0},
+        {"concurrent_requests": 0},
         {"rpm": True},
         {"window": 0},
         {"window": float("inf")},
@@ -369,7 +369,7 @@ class _Clock:
 
 def test_token_wait_is_until_enough_charges_expire() -> None:
     clock = _Clock()
-    limiter = RateLimiter(clock)
+    limiter = LimitEnforcer(clock)
     limits = RateLimits(tpm=12, window=10)
     for _ in range(3):  # 4 tokens at t = 100, 101, 102
         limiter.admit("k", 4, limits).release()
@@ -385,7 +385,7 @@ def test_token_wait_is_until_enough_charges_expire() -> None:
 
 def test_request_wait_and_the_first_binding_limit_names_the_code() -> None:
     clock = _Clock()
-    limiter = RateLimiter(clock)
+    limiter = LimitEnforcer(clock)
     limits = RateLimits(rpm=2, tpm=8, window=10)
     limiter.admit("k", 4, limits).release()
     clock.now += 2
@@ -400,8 +400,8 @@ def test_request_wait_and_the_first_binding_limit_names_the_code() -> None:
 
 
 def test_release_is_idempotent_and_refund_uncharges() -> None:
-    limiter = RateLimiter(_Clock())
-    limits = RateLimits(rpm=1, concurrency=1)
+    limiter = LimitEnforcer(_Clock())
+    limits = RateLimits(rpm=1, concurrent_requests=1)
     admission = limiter.admit("k", 3, limits)
     assert limiter.in_flight("k") == 1
     admission.release(refund=True)
@@ -409,4 +409,4 @@ def test_release_is_idempotent_and_refund_uncharges() -> None:
     assert limiter.in_flight("k") == 0
     limiter.admit("k", 3, limits)  # the refunded request left room for this one
     with pytest.raises(RateLimited):
-        limiter.admit("k", 3, RateLimits(concurrency=1))
+        limiter.admit("k", 3, RateLimits(concurrent_requests=1))

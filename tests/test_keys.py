@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from embedcache.cache_keys import fingerprint, group_keys, text_keys
 from embedcache.errors import InvalidInputError
-from embedcache.keys import fingerprint, group_keys, text_keys
 from embedcache.models import RequestOptions
 
 BASE = RequestOptions("jina-embeddings-v3", task="retrieval.passage")

@@ -14,8 +14,8 @@ import pytest
 
 from embedcache import JinaClient, RequestOptions
 from embedcache.errors import InvalidInputError
-from embedcache.limiter import TIERS, Limits, RateLimiter, resolve_limits, shared_limiter
 from embedcache.testing import Fault, JinaEmulator
+from embedcache.upstream.limiter import TIERS, Limits, RateLimiter, resolve_limits, shared_limiter
 
 from .conftest import API_KEY
 
@@ -41,7 +41,7 @@ def test_tokens_beyond_the_tpm_wait_and_a_request_larger_than_it_goes_alone() ->
 
 
 def test_no_more_than_the_concurrency_are_in_flight() -> None:
-    limiter = RateLimiter(Limits(concurrency=2))
+    limiter = RateLimiter(Limits(concurrent_requests=2))
     held = [limiter.acquire(1), limiter.acquire(1)]
     admitted = threading.Event()
     thread = threading.Thread(target=lambda: (limiter.acquire(1), admitted.set()))
@@ -79,7 +79,7 @@ def test_limits_come_from_a_tier_overridden_by_arguments_and_environment(
     assert resolve_limits(tier="free", tpm=5).tpm == 5
     monkeypatch.setenv("EMBEDCACHE_TIER", "2")
     monkeypatch.setenv("EMBEDCACHE_RPM", "1_000")
-    assert resolve_limits() == Limits(rpm=1000, tpm=100_000_000, concurrency=500)
+    assert resolve_limits() == Limits(rpm=1000, tpm=100_000_000, concurrent_requests=500)
     monkeypatch.setenv("EMBEDCACHE_TPM", "lots")
     with pytest.raises(InvalidInputError, match="EMBEDCACHE_TPM"):
         resolve_limits()

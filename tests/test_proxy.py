@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from embedcache.store import Store
+from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
 from .conftest import API_KEY

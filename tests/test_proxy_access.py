@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedcache.access import Access, KeyRefused, KeyUnverifiable
+from embedcache.proxy.access import Access, KeyRefused, KeyUnverifiable
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
-from embedcache.limiter import Limits, RateLimiter
 from embedcache.testing import JinaEmulator, RateLimits
 from embedcache.tokens import estimate_tokens
+from embedcache.upstream.limiter import Limits, RateLimiter
 
 from .conftest import API_KEY
 
@@ -104,7 +104,7 @@ def test_a_dry_run_reports_the_least_time_the_limits_allow(
 
 
 def test_a_paced_prewarm_estimates_what_is_left_at_the_limits_pace() -> None:
-    from embedcache.cli_prewarm import Progress, _pace_of
+    from embedcache.cli.prewarm import Progress, _pace_of
 
     pace = _pace_of(
         Limits(tpm=1000, window=60),

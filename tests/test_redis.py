@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
-from embedcache.keys import fingerprint, text_keys
-from embedcache.redis_store import RedisStore, decode_entry, encode_entry
+from embedcache.cache_keys import fingerprint, text_keys
+from embedcache.storage.shared import RedisStore, decode_entry, encode_entry
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
@@ -219,7 +219,7 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
     ef_on: Callable[..., JinaEmbeddingFunction],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from embedcache import redis_store
+    from embedcache.storage import shared as redis_store
 
     monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)

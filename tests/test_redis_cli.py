@@ -14,9 +14,9 @@ import redis
 from click.testing import CliRunner, Result
 
 from embedcache import JinaEmbeddingFunction, RequestOptions, Store
+from embedcache.cache_keys import Fingerprint, fingerprint, text_keys
 from embedcache.cli import main
-from embedcache.keys import Fingerprint, fingerprint, text_keys
-from embedcache.redis_store import RedisStore
+from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from embedcache.keys import fingerprint, text_keys
+from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.models import resolve_options
-from embedcache.store import Store
+from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, wait_until_quiet
@@ -114,7 +114,7 @@ def test_sigkill_at_random_points(
 READER = """
 import sys, time
 from embedcache import Store
-from embedcache.keys import fingerprint, text_keys
+from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.models import resolve_options
 keys = text_keys(fingerprint(resolve_options("jina-embeddings-v3", "retrieval.passage")),
                  open(sys.argv[2], encoding="utf-8").read().split("\\n"))
@@ -195,7 +195,7 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
 
     from embedcache import CachedEmbedder, JinaClient
     from embedcache.errors import CacheError
-    from embedcache.segments import Segments
+    from embedcache.storage.segments import Segments
 
     texts = [f"disk text {i}" for i in range(20)]
     real_write = Segments.write

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from embedcache.cli.sources import detect_format, read_items
 from embedcache.errors import InvalidInputError
-from embedcache.sources import detect_format, read_items
 
 
 def test_format_follows_the_file_name_unless_given() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.errors import CacheFormatError
-from embedcache.keys import fingerprint, text_keys
 from embedcache.models import RequestOptions
-from embedcache.store import MARKER_NAME, Store
+from embedcache.storage.store import MARKER_NAME, Store
 
 from .conftest import damage_entry
 

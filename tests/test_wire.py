@@ -18,7 +18,7 @@ from embedcache.errors import (
     ResponseFormatError,
 )
 from embedcache.models import resolve_options
-from embedcache.wire import error_status, parse_request, render_embeddings, render_error
+from embedcache.proxy.wire import error_status, parse_request, render_embeddings, render_error
 
 V3 = "jina-embeddings-v3"
 

@@ -4,7 +4,7 @@
 >>> with JinaEmulator(api_key="jina_test") as emu:  # doctest: +SKIP
 ...     emu.inject(Fault(status=429, retry_after="1"))
 ...     ...  # point a client at emu.url
->>> limits = RateLimits(rpm=2, tpm=1000, concurrency=1, window=0.5)
+>>> limits = RateLimits(rpm=2, tpm=1000, concurrent_requests=1, window=0.5)
 >>> with JinaEmulator(rate_limits=limits) as emu:  # doctest: +SKIP
 ...     ...  # the third request within half a second gets a 429
 

@@ -31,10 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rpm", type=int, help="requests per minute per key (default: no limit)")
     parser.add_argument("--tpm", type=int, help="tokens per minute per key (default: no limit)")
-    parser.add_argument("--concurrency", type=int, help="requests in flight per key (default: any)")
+    parser.add_argument(
+        "--concurrent-requests", type=int, help="requests in flight per key (default: any)"
+    )
     args = parser.parse_args(argv)
-    limited = any(value is not None for value in (args.rpm, args.tpm, args.concurrency))
-    limits = RateLimits(rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency)
+    limited = any(value is not None for value in (args.rpm, args.tpm, args.concurrent_requests))
+    limits = RateLimits(rpm=args.rpm, tpm=args.tpm, concurrent_requests=args.concurrent_requests)
 
     done = threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()

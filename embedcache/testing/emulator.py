@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .faults import Fault, FaultQueue, RecordedRequest
-from .limits import RateLimiter, RateLimits
+from .limits import LimitEnforcer, RateLimits
 from .protocol import ApiError
 from .response import request_vectors
 from .server import EmulatorServer
@@ -58,7 +58,7 @@ class JinaEmulator:
         #: history (charges in the window, requests in flight) is kept across changes, but
         #: nothing is tracked while this is ``None``.
         self.rate_limits = rate_limits
-        self._limiter = RateLimiter()
+        self._limiter = LimitEnforcer()
         self._faults = FaultQueue()
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()

@@ -41,8 +41,8 @@ __all__ = [
     "RATE_REQUEST_LIMIT_EXCEEDED",
     "RATE_TOKEN_LIMIT_EXCEEDED",
     "Admission",
+    "LimitEnforcer",
     "RateLimited",
-    "RateLimiter",
     "RateLimits",
 ]
 
@@ -55,14 +55,14 @@ RATE_CONCURRENCY_LIMIT_EXCEEDED = "RATE_CONCURRENCY_LIMIT_EXCEEDED"
 class RateLimits:
     """The emulator's rate limits; ``None`` leaves that limit off.
 
-    The real API's free tier is ``RateLimits(rpm=500, tpm=1_000_000, concurrency=5)``
+    The real API's free tier is ``RateLimits(rpm=500, tpm=1_000_000, concurrent_requests=5)``
     (reference §5.3). Limits apply to ``POST /v1/embeddings`` after the auth check and
     validation, so requests refused for those consume no budget; injected faults that
     replace the answer bypass them.
 
     :param rpm: requests admitted per key per ``window``.
     :param tpm: usage tokens charged per key per ``window``.
-    :param concurrency: requests of one key in flight at once.
+    :param concurrent_requests: requests of one key in flight at once.
     :param window: seconds the per-"minute" budgets cover (tests shrink it).
     :param retry_after: send ``Retry-After`` (whole seconds, at least 1) on 429s; whether the
         API does is UNCONFIRMED, so clients must cope either way.
@@ -73,13 +73,13 @@ class RateLimits:
 
     rpm: int | None = None
     tpm: int | None = None
-    concurrency: int | None = None
+    concurrent_requests: int | None = None
     window: float = 60.0
     retry_after: bool = True
     headers: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "concurrency"):
+        for name in ("rpm", "tpm", "concurrent_requests"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ValueError(f"RateLimits.{name} must be None or at least 1, got {value!r}")
@@ -123,7 +123,7 @@ class Admission:
     """An admitted request: its response headers, and the slot to give back when done."""
 
     def __init__(
-        self, limiter: RateLimiter, digest: bytes, charge: _Charge, headers: dict[str, str]
+        self, limiter: LimitEnforcer, digest: bytes, charge: _Charge, headers: dict[str, str]
     ) -> None:
         self._limiter = limiter
         self._digest = digest
@@ -138,7 +138,7 @@ class Admission:
         self._limiter._release(self, refund=refund)
 
 
-class RateLimiter:
+class LimitEnforcer:
     """Thread-safe per-key bookkeeping: charges within the window, requests in flight.
 
     :param clock: monotonic seconds; replaceable in tests.
@@ -204,7 +204,7 @@ class RateLimiter:
 
 def _refusal(state: _KeyState, tokens: int, limits: RateLimits, now: float) -> RateLimited | None:
     """The 429 for a request of ``tokens`` now, or ``None`` if it may pass."""
-    rpm, tpm, cap = limits.rpm, limits.tpm, limits.concurrency
+    rpm, tpm, cap = limits.rpm, limits.tpm, limits.concurrent_requests
     # The API's wording says "per minute"; a shrunken window is named as it is.
     per = "per minute" if limits.window == 60 else f"per {limits.window:g} s"
     if tpm is not None and tokens > tpm:

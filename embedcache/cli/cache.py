@@ -1,0 +1,380 @@
+"""Commands that look into and look after a cache: stats, ls, inspect, get, export, prune,
+clear, verify. With a Redis URL, ``stats`` and ``verify`` cover the shared tier too (and fail
+with a one-line error when it cannot be reached); the others are about local disk only."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cache_keys import fingerprint, group_keys, text_keys
+from .options import (
+    CliContext,
+    build_filters,
+    build_options,
+    dollars,
+    echo_json,
+    filter_options,
+    format_bytes,
+    format_time,
+    json_option,
+    parse_duration,
+    parse_size,
+    pass_cli,
+    price_option,
+    request_options,
+)
+
+__all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"]
+
+
+@click.command()
+@price_option
+@json_option
+@pass_cli
+def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
+    """Entries, size, breakdown by model/task/dimensions, and lifetime savings; with a Redis
+    URL, also the shared tier's entries and size."""
+    from ..maintenance import inventory
+
+    summary = inventory.summarize(cli.store())
+    shared = cli.shared(strict=True)
+    tier: dict[str, Any] | None = None
+    if shared is not None:
+        usage = shared.usage()
+        tier = {"location": shared.location, "prefix": shared.prefix,
+                "entries": usage.entries, "bytes": usage.bytes}  # fmt: skip
+    counters = summary.counters
+    saved_usd = dollars(counters["tokens_saved"], price_per_million)
+    if as_json:
+        echo_json(
+            {
+                "directory": summary.directory,
+                "entries": summary.entries,
+                "damaged": summary.damaged,
+                "bytes_on_disk": summary.bytes_on_disk,
+                "size_limit": summary.size_limit,
+                "groups": [
+                    {"model": m, "task": t, "dimensions": d, "entries": int(n), "tokens": tok}
+                    for (m, t, d), (n, tok) in sorted(summary.groups.items(), key=str)
+                ],
+                "lifetime": counters,
+                "estimated_usd_saved": saved_usd,
+                "price_per_million_tokens": price_per_million,
+                "shared": tier,
+            }
+        )
+        return
+    limit = format_bytes(summary.size_limit) if summary.size_limit else "none (never evicts)"
+    click.echo(f"cache        {summary.directory}")
+    click.echo(f"entries      {summary.entries:,}" + (f" ({summary.damaged} damaged)" * bool(
+        summary.damaged)))  # fmt: skip
+    click.echo(f"on disk      {format_bytes(summary.bytes_on_disk)}")
+    click.echo(f"size limit   {limit}")
+    if tier is not None:
+        click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
+        click.echo(f"shared size  {tier['entries']:,} entries, {format_bytes(tier['bytes'])}")
+    if summary.groups:
+        click.echo("\n  entries  model / task / dimensions")
+        for (model, task, dims), (count, _) in sorted(summary.groups.items(), key=str):
+            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}")
+    click.echo(
+        f"\nlifetime     {counters['hits']:,} hits, {counters['misses']:,} misses, "
+        f"{counters['requests']:,} requests"
+    )
+    click.echo(
+        f"tokens       {counters['tokens_spent']:,} spent, {counters['tokens_saved']:,} saved "
+        f"(saved is an estimate: ~${saved_usd:.4f} at ${price_per_million}/1M tokens)"
+    )
+
+
+@click.command()
+@filter_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@pass_cli
+def ls(
+    cli: CliContext,
+    model: str | None,
+    task: str | None,
+    dimensions: int | None,
+    since: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List cached entries, LIMIT at a time from OFFSET, in key order."""
+    from ..maintenance import inventory
+
+    filters = build_filters(model, task, dimensions, since)
+    page = list(itertools.islice(inventory.entries(cli.store(), filters), offset, offset + limit))
+    if as_json:
+        echo_json([entry.as_dict() for entry in page])
+        return
+    for entry in page:
+        click.echo(
+            f"{entry.key.hex()}  {format_time(entry.created)}  {entry.model}  "
+            f"{entry.task or '-'}  {entry.dimensions}d  {entry.tokens:.1f} tokens"
+            + ("  late-chunking" if entry.late_chunking else "")
+        )
+    if not page:
+        click.echo("no entries" + (" on this page" if offset else ""), err=True)
+
+
+@click.command()
+@click.argument("text", required=False)
+@click.option("--key", "key_hex", help="Look up a key (32 hex digits) instead of a text.")
+@request_options
+@json_option
+@pass_cli
+def inspect(
+    cli: CliContext,
+    text: str | None,
+    key_hex: str | None,
+    model: str,
+    task: str,
+    dimensions: int | None,
+    late_chunking: bool,
+    truncate: bool,
+    as_json: bool,
+) -> None:
+    """Whether TEXT is cached under the given settings, with its metadata.
+
+    With --late-chunking, TEXT is looked up as a group of one.
+    """
+    if (text is None) == (key_hex is None):
+        raise click.UsageError("give a TEXT or --key, not both")
+    if key_hex is not None:
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            raise click.BadParameter("not hexadecimal", param_hint="--key") from None
+    else:
+        assert text is not None
+        options = build_options(model, task, dimensions, late_chunking, truncate)
+        fp = fingerprint(options)
+        key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
+    store = cli.store()
+    record = store.get_many([key])[0]
+    settings = store.fingerprints().get(record.fingerprint_id, {}) if record else {}
+    info = {
+        "key": key.hex(),
+        "cached": record is not None,
+        **(
+            {
+                "request": settings,
+                "dimensions": len(record.vector),
+                "tokens": round(record.tokens, 3),
+                "created": record.created,
+            }
+            if record
+            else {}
+        ),
+    }
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(f"key      {key.hex()}")
+    if record is None:
+        click.echo("cached   no")
+        return
+    click.echo("cached   yes")
+    click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
+    click.echo(f"vector   {len(record.vector)} float32, {record.tokens:.1f} tokens attributed")
+    click.echo(f"created  {format_time(record.created)}")
+
+
+@click.command()
+@click.argument("texts", nargs=-1, required=True)
+@request_options
+@click.option("--offline", is_flag=True, help="Fail on misses instead of fetching them.")
+@click.option(
+    "--npy", type=click.Path(dir_okay=False, path_type=Path), help="Write an .npy file instead."
+)
+@pass_cli
+def get(
+    cli: CliContext,
+    texts: tuple[str, ...],
+    model: str,
+    task: str,
+    dimensions: int | None,
+    late_chunking: bool,
+    truncate: bool,
+    offline: bool,
+    npy: Path | None,
+) -> None:
+    """Print the vectors of TEXTS, one JSON object per line, fetching misses (unless
+    --offline)."""
+    import numpy as np
+
+    options = build_options(model, task, dimensions, late_chunking, truncate)
+    vectors = cli.embedder(cli.store(), offline=offline).embed(list(texts), options)
+    if npy is not None:
+        np.save(npy, vectors)
+        click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+        return
+    # One compact line per text: vectors are long, and JSON Lines stream well into tools.
+    for text, vector in zip(texts, vectors, strict=True):
+        echo_json({"text": text, "embedding": vector.tolist()}, compact=True)
+
+
+@click.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output path without suffix: writes OUT.npy and OUT.jsonl.",
+)
+@filter_options
+@click.option("--parquet", is_flag=True, help="Also write OUT.parquet (needs pyarrow).")
+@json_option
+@pass_cli
+def export(
+    cli: CliContext,
+    out: Path,
+    model: str | None,
+    task: str | None,
+    dimensions: int | None,
+    since: str | None,
+    parquet: bool,
+    as_json: bool,
+) -> None:
+    """Write selected vectors to OUT.npy with their keys and metadata in OUT.jsonl."""
+    from ..maintenance import inventory
+
+    filters = build_filters(model, task, dimensions, since)
+    written = inventory.export(cli.store(), filters, out, parquet=parquet)
+    if as_json:
+        echo_json({"files": [str(p) for p in written]})
+    else:
+        click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@click.command()
+@filter_options
+@click.option("--older-than", help="Only entries stored longer ago than this: 30d, 12h, 2w.")
+@click.option("--max-size", help="Remove the oldest (matching) entries until the rest fit: 2GB.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@json_option
+@pass_cli
+def prune(
+    cli: CliContext,
+    model: str | None,
+    task: str | None,
+    dimensions: int | None,
+    since: str | None,
+    older_than: str | None,
+    max_size: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove entries by model/task/dimensions/age, or down to a size."""
+    from ..maintenance import inventory
+
+    if not any((model, task, dimensions, since, older_than, max_size)):
+        raise click.UsageError("say what to prune (filters, --older-than or --max-size)")
+    age = parse_duration(older_than)
+    filters = build_filters(
+        model, task, dimensions, since, before=None if age is None else time.time() - age
+    )
+    store = cli.store()
+    chosen = inventory.select_for_prune(store, filters, parse_size(max_size))
+    size = sum(entry.size for entry in chosen)
+    removed = freed = 0
+    if not dry_run:
+        removed = store.delete_many([entry.key for entry in chosen])
+        # Deleting leaves dead rows in the segment files; give mostly-dead files back.
+        freed = store.compact()
+    if as_json:
+        echo_json(
+            {"dry_run": dry_run, "selected": len(chosen), "removed": removed, "bytes": size,
+             "bytes_freed": freed}
+        )  # fmt: skip
+    elif dry_run:
+        click.echo(f"would remove {len(chosen):,} entries (~{format_bytes(size)}); nothing removed")
+    else:
+        click.echo(
+            f"removed {removed:,} entries (~{format_bytes(size)}); "
+            f"{format_bytes(freed)} of disk freed"
+        )
+
+
+@click.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def clear(cli: CliContext, yes: bool) -> None:
+    """Remove every entry (lifetime counters are kept)."""
+    store = cli.store()
+    count = len(store)
+    if not yes:
+        click.confirm(f"Remove all {count:,} entries from {store.directory}?", abort=True)
+    click.echo(f"removed {store.clear():,} entries")
+
+
+@click.command()
+@click.option("--repair", is_flag=True, help="Remove the bad entries found (they refetch).")
+@json_option
+@pass_cli
+@click.pass_context
+def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> None:
+    """Check every entry decodes, matches its checksum, format and recorded settings; with a
+    Redis URL, also every entry of the shared tier (header, length, checksum, dimensions).
+
+    Exits 1 when bad entries remain.
+    """
+    from ..maintenance import inventory
+    from ..maintenance.sharing import verify_shared
+
+    store = cli.store()
+    shared = cli.shared(strict=True)
+    report = inventory.verify(store)
+    remote = verify_shared(shared) if shared is not None else None
+    removed = removed_shared = 0
+    if repair:
+        removed = store.delete_many([bytes.fromhex(k) for k, _ in report.bad])
+        store.compact()
+        if shared is not None and remote is not None:
+            removed_shared = shared.delete_many([bytes.fromhex(k) for k, _ in remote.bad])
+    if as_json:
+        echo_json(
+            {
+                "checked": report.checked,
+                "bad": [{"key": k, "reason": r} for k, r in report.bad],
+                "removed": removed,
+                "shared": None
+                if remote is None
+                else {
+                    "location": remote.location,
+                    "prefix": remote.prefix,
+                    "checked": remote.checked,
+                    "bad": [{"key": k, "reason": r} for k, r in remote.bad],
+                    "removed": removed_shared,
+                    "unrecorded_settings": remote.unrecorded,
+                },
+            }
+        )
+    else:
+        for key, reason in report.bad:
+            click.echo(f"bad {key}: {reason}")
+        click.echo(
+            f"checked {report.checked:,} entries: {len(report.bad):,} bad"
+            + (f", {removed:,} removed" if repair else "")
+        )
+        if remote is not None:
+            for key, reason in remote.bad:
+                click.echo(f"bad shared {key}: {reason}")
+            click.echo(
+                f"checked {remote.checked:,} shared entries at {remote.location} (prefix "
+                f"{remote.prefix}): {len(remote.bad):,} bad"
+                + (f", {removed_shared:,} removed" if repair else "")
+                + (f"; {remote.unrecorded:,} with unrecorded request settings (kept)"
+                   if remote.unrecorded else "")
+            )  # fmt: skip
+    if (report.bad or (remote is not None and remote.bad)) and not repair:
+        ctx.exit(1)

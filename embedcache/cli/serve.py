@@ -1,0 +1,187 @@
+"""``embedcache serve``: run the caching proxy under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import click
+
+from ..config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
+from .options import CliContext, parse_size, pass_cli
+
+__all__ = ["serve"]
+
+DEFAULT_PORT = 8787
+TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
+
+
+def _read_keys(path: Path) -> tuple[str, ...]:
+    """Keys from a file, one per line; blank lines and ``#`` comments are skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not keys:
+        raise click.BadParameter(f"{path} holds no keys", param_hint="--allow-keys")
+    return keys
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to bind; 0 picks a free one (the banner shows which).",
+)
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="API root for misses (default: --base-url, $EMBEDCACHE_BASE_URL or api.jina.ai).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    help=f"Require clients to send 'Authorization: Bearer TOKEN'; misses are then paid with "
+    f"the server's key. Prefer ${TOKEN_ENV}: arguments show in `ps`.",
+)
+@click.option(
+    "--allow-keys",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File of client API keys (one per line) to serve; other keys are refused unless "
+    "--verify-keys accepts them.",
+)
+@click.option(
+    "--verify-keys",
+    is_flag=True,
+    help="Check each new client key with the upstream once (a one-token request) before "
+    "serving it, even from the cache; refuse when the upstream cannot say.",
+)
+@click.option(
+    "--verdict-ttl",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a --verify-keys verdict is remembered.",
+)
+@click.option(
+    "--admin-token",
+    envvar=ADMIN_TOKEN_ENV,
+    help=f"Guard /metrics with this bearer token and enable /admin/stats and /admin/flush "
+    f"(or ${ADMIN_TOKEN_ENV}).",
+)
+@click.option("--offline", is_flag=True, default=None, help="Serve hits only; a miss is a 503.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Most texts per upstream request.")
+@click.option(
+    "--max-concurrency",
+    default=DEFAULT_MAX_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most upstream requests in flight at once, shared by all clients.",
+)
+@click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
+@click.option(
+    "--memory",
+    default="64MiB",
+    show_default=True,
+    help="Memory for recently served vectors, so repeated requests skip the disk (0: none).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@pass_cli
+def serve(
+    cli: CliContext,
+    host: str,
+    port: int,
+    upstream: str | None,
+    token: str | None,
+    allow_keys: Path | None,
+    verify_keys: bool,
+    verdict_ttl: float,
+    admin_token: str | None,
+    offline: bool | None,
+    batch_size: int | None,
+    max_concurrency: int,
+    no_coalesce: bool,
+    memory: str,
+    log_level: str,
+) -> None:
+    """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
+
+    Point any Jina client at http://HOST:PORT/v1/embeddings. Text requests are answered
+    from the cache, misses fetched with the client's own key (its Authorization header) or
+    the server's JINAAI_API_KEY / JINA_API_KEY. Images, PDFs and options the cache does not
+    cover are forwarded uncached. Ctrl-C or SIGTERM finishes in-flight fetches first.
+
+    Needs the server extra: pip install 'embedcache[serve]'.
+    """
+    try:
+        import uvicorn
+
+        from ..proxy.app import Proxy, ProxySettings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"embedcache serve needs the server extra ({exc.name} is missing): "
+            "pip install 'embedcache[serve]'"
+        ) from None
+    allowed = _read_keys(allow_keys) if allow_keys else ()
+    if not _is_loopback(host) and not (token or allowed or verify_keys):
+        click.echo(
+            f"warning: serving on {host} without --token, --allow-keys or --verify-keys: "
+            "anyone who can reach this port can read the cache and spend the server's API key",
+            err=True,
+        )
+    settings = ProxySettings(
+        cache_dir=cli.cache_dir,
+        upstream_url=upstream or cli.base_url,
+        token=token or None,
+        offline=resolve_offline(offline),
+        batch_size=batch_size,
+        max_concurrency=max_concurrency,
+        coalesce=not no_coalesce,
+        memory_bytes=parse_size(memory) or 0,
+        redis_url=cli.redis_url,
+        redis_prefix=cli.redis_prefix,
+        redis_ttl=cli.redis_ttl,
+        limits=cli.limits,
+        allowed_keys=allowed,
+        verify_keys=verify_keys,
+        verdict_ttl=verdict_ttl,
+        admin_token=admin_token or None,
+    )
+    proxy = Proxy(settings)
+    config = uvicorn.Config(
+        proxy.app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("embedcache").setLevel(log_level.upper())
+    try:
+        # Bound here rather than by uvicorn so the banner shows the real port (--port 0).
+        sock = config.bind_socket()
+        shown = f"[{host}]" if ":" in host else host
+        bound = sock.getsockname()[1]
+        click.echo(
+            f"embedcache proxy: http://{shown}:{bound}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
+            f"(cache {proxy.store.directory}"
+            f"{f', shared {proxy.shared.location}' if proxy.shared else ''}"
+            f"{', offline' if settings.offline else ''})",
+            err=True,
+        )
+        server.run(sockets=[sock])
+    finally:
+        proxy.close()  # also when uvicorn never started the app (port taken, say)

@@ -1,0 +1,536 @@
+"""The caching core: look up every text, send only the misses, commit each batch on arrival.
+
+It knows nothing of HTTP or bytes on disk: it is given a :class:`~embedcache.storage.store.Store`
+and an :class:`~embedcache.upstream.protocol.Upstream`, so the library, the CLI and the proxy share
+it, and tests drive it with faulty upstreams.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..cache_keys import Fingerprint, fingerprint, group_keys, text_keys
+from ..config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
+from ..errors import CacheError, CacheMissError, InvalidInputError
+from ..models import RequestOptions
+from ..storage.shared import RedisStore
+from ..storage.store import Store
+from ..storage.tiers import Tiers
+from ..tokens import estimate_tokens
+from ..upstream.protocol import Upstream, UpstreamResult
+from .batches import Miss, check_lengths, plan_batches, validated
+from .coalescing import Claim, Inflight
+
+__all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
+
+log = logging.getLogger("embedcache")
+
+
+@dataclass
+class Stats:
+    """Counters since the embedder was created (or of one call). Hits, misses and coalesced
+    count distinct entries.
+
+    :ivar hits: entries found in the cache.
+    :ivar misses: entries this embedder fetched (or tried to) from the upstream.
+    :ivar coalesced: entries that another call was already fetching, taken from its result.
+    :ivar tokens_saved: tokens recorded for the hit entries when they were fetched; an
+        estimate, since a batch's usage is apportioned to its texts by length.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    requests: int = 0
+    tokens_spent: int = 0
+    tokens_saved: float = 0.0
+    coalesced: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What :meth:`CachedEmbedder.warm` found and did. Counts are of distinct entries except
+    ``texts``; ``estimated_tokens`` uses the same estimate as batching."""
+
+    texts: int
+    unique: int
+    cached: int
+    to_fetch: int
+    estimated_tokens: int
+    tokens_spent: int = 0
+    #: Requests the misses would be sent in (batching by count and estimated tokens); dry
+    #: runs only: a real fill plans its batches as it sends them.
+    estimated_requests: int = 0
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What :meth:`CachedEmbedder.embed_detailed` returns: the vectors, and the call's own
+    counters (``tokens_spent`` is exactly what its requests were charged)."""
+
+    vectors: NDArray[np.float32]
+    stats: Stats
+
+
+class _Rows:
+    """The vectors of a call's distinct texts; sized on the first batch when the model's
+    dimension is not known beforehand."""
+
+    def __init__(self, matrix: NDArray[np.float32]) -> None:
+        self.matrix = matrix
+
+    @property
+    def dim(self) -> int | None:
+        return self.matrix.shape[1] or None
+
+    def put(self, slots: list[int], vectors: NDArray[np.float32]) -> None:
+        if not self.matrix.shape[1]:
+            self.matrix = np.zeros((len(self.matrix), vectors.shape[1]), dtype=np.float32)
+        self.matrix[slots] = vectors
+
+
+#: Misses left to other calls' fetches, with the events that end those fetches.
+_Waiting = tuple[list[threading.Event], list[Miss]]
+
+
+@dataclass
+class _Call:
+    """The state of one embed or warm call, handed down its fetch loop."""
+
+    options: RequestOptions
+    fp: Fingerprint
+    upstream: Upstream
+    rows: _Rows | None
+    on_batch: Callable[[int, int], None] | None = None
+    stats: Stats = field(default_factory=Stats)
+
+
+def check_texts(texts: object) -> Sequence[str]:
+    """Return ``texts`` if it is a list or tuple of ``str``.
+
+    :raises InvalidInputError: naming the first offending item and its type.
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+        raise InvalidInputError(f"texts must be a list of str, got {type(texts).__name__}")
+    if set(map(type, texts)) <= {str}:
+        return texts  # the common case, checked at C speed
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(
+                f"texts[{index}] must be a str, got {type(text).__name__}: {text!r:.60}"
+            )
+    return texts
+
+
+class CachedEmbedder:
+    """Serve embeddings from ``store``, fetching misses from ``upstream``.
+
+    Safe to share between threads: concurrent calls that miss the same entries send one
+    request for them (see :mod:`embedcache.embedding.coalescing`) unless ``coalesce`` is off.
+
+    :param store: where vectors are cached.
+    :param upstream: embeds one batch per call; only misses reach it. A call may pass its
+        own (the proxy forwards each client's credentials).
+    :param offline: raise :class:`CacheMissError` instead of fetching.
+    :param batch_size: most texts per request (capped by the model's limit).
+    :param max_batch_tokens: most estimated tokens per request.
+    :param max_concurrency: most upstream requests in flight at once, shared by all calls
+        (concurrent calls queue for the same worker threads).
+    :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
+    :param memory_bytes: keep up to this many bytes of recently read vectors in memory, so
+        repeated small requests skip the store (see :mod:`embedcache.storage.memory`); 0: none.
+    :param shared: a Redis tier shared with other machines, read after the local store and
+        written with it (see :mod:`embedcache.storage.tiers`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        *,
+        offline: bool = False,
+        batch_size: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        coalesce: bool = True,
+        memory_bytes: int = 0,
+        shared: RedisStore | None = None,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        if max_concurrency < 1:
+            raise InvalidInputError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.store = store
+        self.upstream = upstream
+        self.offline = offline
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_concurrency = max_concurrency
+        self._inflight = Inflight() if coalesce else None
+        self._tiers = Tiers(store, shared, memory_bytes)
+        self._stats = Stats()
+        self._lock = threading.Lock()
+        self._fingerprints: dict[RequestOptions, Fingerprint] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._flushed = asdict(self._stats)
+
+    @property
+    def waiting(self) -> int:
+        """Calls blocked right now on another call's fetch of the same entries."""
+        return self._inflight.waiting if self._inflight is not None else 0
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return Stats(**asdict(self._stats))
+
+    def close(self) -> None:
+        """Record this session's counters in the cache's lifetime totals and stop the worker
+        threads (the store and upstream belong to the caller)."""
+        self.flush_counters()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+        """Return a ``(len(texts), d)`` float32 array, row ``i`` for ``texts[i]``.
+
+        Distinct texts are looked up once; misses are sent in batches (a late-chunking list
+        as one request), and each batch is committed as soon as it arrives, so an
+        interrupted call keeps everything fetched so far.
+
+        :raises InvalidInputError: before any request, for bad texts or limits.
+        :raises CacheMissError: in offline mode, when anything is missing.
+        """
+        result = self.embed_detailed(texts, options)
+        assert result is not None  # only cached_only calls come back empty-handed
+        return result.vectors
+
+    def embed_detailed(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        *,
+        upstream: Upstream | None = None,
+        cached_only: bool = False,
+    ) -> Embedded | None:
+        """:meth:`embed`, also returning what this call found and spent.
+
+        :param upstream: send this call's misses here instead of to the embedder's upstream.
+        :param cached_only: return ``None``, without counting or fetching anything, unless
+            every text is in memory or on local disk (a cheap first try for callers that
+            must not block: the shared tier is not asked).
+        """
+        fp, keys, position = self._index(texts, options)
+        if not keys:
+            return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
+        unique = list(position)
+        found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
+        call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
+        if found.present.all():  # the common case, kept short: nothing to fetch
+            self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
+        elif cached_only:
+            return None
+        else:
+            misses = self._misses(texts, unique, position, ~found.present, options)
+            hits = found.present.copy()
+            hits[[miss.slot for miss in misses]] = False
+            self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
+            self._fill(misses, len(unique), call)
+        assert call.rows is not None
+        matrix = call.rows.matrix
+        if len(unique) != len(keys):
+            slot = {key: i for i, key in enumerate(unique)}
+            matrix = matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
+        return Embedded(matrix, call.stats)
+
+    def warm(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        *,
+        dry_run: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> WarmReport:
+        """Make sure every text is cached, without reading or returning vectors.
+
+        :param dry_run: only hash and check presence; send nothing.
+        :param on_batch: called with ``(texts, tokens)`` after each batch is committed.
+        :returns: counts known before fetching (``tokens_spent`` is filled in after).
+        :raises InvalidInputError: before any request, for bad texts or limits.
+        :raises CacheMissError: in offline mode, when anything is missing.
+        """
+        fp, _, position = self._index(texts, options)
+        unique = list(position)
+        absent = ~self._tiers.contains(fp, unique, options.expected_dim)
+        misses = self._misses(texts, unique, position, absent, options)
+        report = WarmReport(
+            texts=len(texts),
+            unique=len(unique),
+            cached=len(unique) - len(misses),
+            to_fetch=len(misses),
+            estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
+            estimated_requests=sum(
+                1 for _ in plan_batches(misses, options, self.batch_size, self.max_batch_tokens)
+            )
+            if dry_run
+            else 0,
+        )
+        if dry_run or not misses:
+            return report
+        call = _Call(options, fp, self.upstream, None, on_batch)
+        self._fill(misses, len(unique), call)
+        return replace(report, tokens_spent=call.stats.tokens_spent)
+
+    def _index(
+        self, texts: Sequence[str], options: RequestOptions
+    ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
+        """Validate, key every text, and map each distinct key to a position of its text."""
+        check_texts(texts)
+        fp = self._fingerprint(options)
+        if options.late_chunking:
+            if len(texts) > options.max_items:
+                raise InvalidInputError(
+                    f"a late-chunking group is sent as one request, and {options.model} takes "
+                    f"at most {options.max_items} inputs; got {len(texts)}"
+                )
+            keys = group_keys(fp, texts)
+        else:
+            keys = text_keys(fp, texts)
+        # For repeated texts this keeps the last position: the same text either way.
+        position = dict(zip(keys, range(len(keys)), strict=True))
+        return fp, keys, position
+
+    @staticmethod
+    def _misses(
+        texts: Sequence[str],
+        unique: list[bytes],
+        position: dict[bytes, int],
+        absent: NDArray[np.bool_],
+        options: RequestOptions,
+    ) -> list[Miss]:
+        slots = np.flatnonzero(absent)
+        if len(slots) and options.late_chunking:
+            # A group is all or nothing: its vectors only make sense together.
+            slots = np.arange(len(unique))
+        return [
+            Miss(unique[j], texts[position[unique[j]]], position[unique[j]], j)
+            for j in slots.tolist()
+        ]
+
+    def _fill(self, misses: list[Miss], distinct: int, call: _Call) -> None:
+        if self.offline:
+            raise CacheMissError(
+                f"offline: {len(misses)} of {distinct} distinct texts are not cached",
+                misses=len(misses),
+            )
+        if self.store.read_only:
+            # Fetching would spend tokens on vectors that could not be kept.
+            raise CacheError(
+                f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
+                f"{self.store.directory} is read-only"
+            )
+        check_lengths(misses, call.options)
+        self._count(call, misses=len(misses))
+        try:
+            while misses:
+                waiting = self._fetch(misses, call)
+                misses = self._after_others(waiting, call)
+        finally:
+            self.flush_counters()
+
+    def _count(self, call: _Call, **deltas: float) -> None:
+        with self._lock:
+            for counters in (self._stats, call.stats):
+                for name, delta in deltas.items():
+                    setattr(counters, name, getattr(counters, name) + delta)
+
+    def forget_memory(self) -> None:
+        """Drop the recently read vectors held in memory (``memory_bytes``)."""
+        self._tiers.forget_memory()
+
+    def flush_counters(self) -> None:
+        """Add what was counted since the last flush to the cache's lifetime counters
+        (done after every fill and on close; a long-running server also calls it now and
+        then, so a killed process loses little)."""
+        with self._lock:
+            now = asdict(self._stats)
+            deltas = {name: round(now[name]) - round(self._flushed[name]) for name in now}
+            self._flushed = now
+        try:
+            self.store.add_counters(deltas)
+        except CacheError as exc:
+            # Counters are bookkeeping: a read-only cache must still serve its hits.
+            log.warning("could not record lifetime counters: %s", exc)
+
+    def _fingerprint(self, options: RequestOptions) -> Fingerprint:
+        fp = self._fingerprints.get(options)
+        if fp is None:
+            fp = self._fingerprints[options] = fingerprint(options)
+        return fp
+
+    def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
+        """Send ``misses`` in batches, committing each as it arrives.
+
+        :returns: the misses left to others' in-flight fetches, with their claims' events.
+        """
+        waiting: list[_Waiting] = []
+        claims: list[Claim] = []
+        plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
+        batches = self._claimed(
+            self._still_missing(plan, call), claims, waiting, call.options.late_chunking
+        )
+
+        def commit(batch: list[Miss], claim: Claim | None, result: UpstreamResult) -> None:
+            try:
+                self._commit(batch, result, call)
+            finally:
+                if claim is not None:
+                    claim.release()
+            if call.on_batch is not None:
+                call.on_batch(len(batch), result.total_tokens)
+
+        try:
+            if self.max_concurrency == 1:
+                for batch, claim in batches:
+                    commit(batch, claim, self._send(batch, call))
+                return waiting
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
+                pool = self._pool
+            pending: dict[Future[UpstreamResult], tuple[list[Miss], Claim | None]] = {}
+            error: BaseException | None = None
+
+            def top_up() -> None:
+                while len(pending) < self.max_concurrency:
+                    queued = next(batches, None)
+                    if queued is None:
+                        return
+                    pending[pool.submit(self._send, queued[0], call)] = queued
+
+            try:
+                top_up()
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    finished = [(pending.pop(future), future) for future in done]
+                    if error is None and all(f.exception() is None for _, f in finished):
+                        # Refill the freed slots before writing to disk, so the next requests
+                        # are already in flight while this batch is committed.
+                        top_up()
+                    for (sent, claim), future in finished:
+                        try:
+                            commit(sent, claim, future.result())
+                        except Exception as exc:
+                            # Keep committing what is already paid for; raise the first failure.
+                            error = error or exc
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+            if error is not None:
+                raise error
+            return waiting
+        finally:
+            for claim in claims:
+                claim.release()  # a failed or abandoned batch must not hold up waiters
+
+    def _claimed(
+        self,
+        batches: Iterator[list[Miss]],
+        claims: list[Claim],
+        waiting: list[_Waiting],
+        whole: bool,
+    ) -> Iterator[tuple[list[Miss], Claim | None]]:
+        """Claim each batch's entries just before it is sent; set aside those another call
+        is already fetching."""
+        for batch in batches:
+            if self._inflight is None:
+                yield batch, None
+                continue
+            claim, owned, events = self._inflight.claim([miss.key for miss in batch])
+            claims.append(claim)
+            if len(owned) < len(batch) and whole:
+                # Never send part of a late-chunking group; wait for whoever holds the rest.
+                claim.release()
+                owned = []
+            if len(owned) < len(batch):
+                mine = set(owned)
+                waiting.append((events, [m for i, m in enumerate(batch) if i not in mine]))
+                batch = [batch[i] for i in owned]
+            if batch:
+                yield batch, claim
+
+    def _after_others(self, waiting: list[_Waiting], call: _Call) -> list[Miss]:
+        """Wait for the fetches this call left to others, take what they committed, and
+        return what is still missing (their fetch failed: this call tries with its own)."""
+        misses = [miss for _, group in waiting for miss in group]
+        if not misses:
+            return []
+        assert self._inflight is not None  # only a coalescing embedder leaves misses to others
+        self._inflight.wait([event for events, _ in waiting for event in events])
+        keys = [miss.key for miss in misses]
+        if call.rows is None:
+            present = np.array(self.store.contains_many(keys), dtype=bool)
+        else:
+            found = self.store.read_many(keys, call.rows.dim or call.options.expected_dim)
+            present = found.present
+            call.rows.put([m.slot for m, ok in zip(misses, present, strict=True) if ok],
+                          found.vectors[present])  # fmt: skip
+        done = int(present.sum())
+        self._count(call, misses=-done, coalesced=done)
+        if call.on_batch is not None and done:
+            call.on_batch(done, 0)
+        return [miss for miss, ok in zip(misses, present, strict=True) if not ok]
+
+    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
+        """Just before each batch is sent, drop what another process has committed since
+        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
+        for batch in batches:
+            keys = [miss.key for miss in batch]
+            rows = call.rows
+            if rows is None:
+                usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
+            else:
+                found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
+                usable = found.present
+            if call.options.late_chunking and not usable.all():
+                usable[:] = False  # a group is all or nothing: never send part of one
+            if usable.any():
+                if rows is not None:
+                    rows.put([m.slot for m, ok in zip(batch, usable, strict=True) if ok],
+                             found.vectors[usable])  # fmt: skip
+                done = int(usable.sum())
+                batch = [m for m, ok in zip(batch, usable, strict=True) if not ok]
+                self._count(call, misses=-done, hits=done)
+                if call.on_batch is not None and done:
+                    call.on_batch(done, 0)
+            if batch:
+                yield batch
+
+    def _send(self, batch: list[Miss], call: _Call) -> UpstreamResult:
+        result = call.upstream.embed([miss.text for miss in batch], call.options)
+        self._count(call, requests=1, tokens_spent=result.total_tokens)
+        return result
+
+    def _commit(self, batch: list[Miss], result: UpstreamResult, call: _Call) -> None:
+        rows = call.rows
+        vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
+        lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
+        share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
+        tokens = share * result.total_tokens
+        self._tiers.put(
+            call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
+        )
+        if rows is not None:
+            rows.put([miss.slot for miss in batch], vectors)

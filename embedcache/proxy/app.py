@@ -1,0 +1,391 @@
+"""``embedcache serve``: a Jina-compatible caching proxy, as a Starlette application.
+
+Every client (pymilvus, LangChain, LlamaIndex, curl, other languages) shares one cache by
+pointing its URL here. Text requests go through the same :class:`CachedEmbedder` as the
+library: hits are answered on the event loop without a thread hop; misses are filled in a
+worker thread (batched, retried, committed per batch, coalesced with other clients' fetches
+of the same inputs). Anything the cache cannot answer exactly is forwarded as it is.
+
+Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
+or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
+must present the token and the server's key pays. Keys live only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..config import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MODEL,
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_TIMEOUT_SECONDS,
+    EMBEDDINGS_PATH,
+    VERSION,
+    resolve_api_key,
+    resolve_base_url,
+)
+from ..embedding.embedder import CachedEmbedder
+from ..errors import APIError, EmbedcacheError, TransportError
+from ..models import resolve_options
+from ..storage.shared import open_shared
+from ..storage.store import Store
+from ..upstream.jina import JinaClient
+from ..upstream.limiter import Limits, RateLimiter, shared_limiter
+from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
+from .metrics import ProxyMetrics
+from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
+
+__all__ = ["CACHED_HEADER", "DEFAULT_MEMORY_BYTES", "Proxy", "ProxySettings"]
+
+#: Response header: how many of the request's distinct inputs came from the cache
+#: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
+CACHED_HEADER = "X-Embedcache-Cached"
+#: Default memory for recently served vectors: about 16,000 of 1024 dimensions.
+DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+_JSON = "application/json"
+_MAX_CLIENTS = 1024
+_COUNTER_FLUSH_SECONDS = 30.0
+# Small all-hit requests are answered on the event loop (a thread hop would cost more than
+# the work); larger ones are read and written in a worker, so one big answer never stalls
+# the other clients.
+_INLINE_TEXTS = 32
+# Verifying a client key: the cheapest request the API answers, and the statuses that mean
+# "this key is refused" (missing/invalid key, no balance) rather than "ask again later".
+_PROBE = resolve_options(DEFAULT_MODEL, None, None)
+_REFUSING = frozenset({401, 402, 403})
+_T = TypeVar("_T")
+
+log = logging.getLogger("embedcache")
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How ``embedcache serve`` runs.
+
+    :param cache_dir: cache directory (default: ``EMBEDCACHE_DIR`` or the user cache dir).
+    :param upstream_url: API root misses go to (default: ``EMBEDCACHE_BASE_URL`` or Jina).
+    :param token: when set, clients must send ``Authorization: Bearer <token>``, and misses
+        are paid with the server's key.
+    :param offline: answer from the cache only; a miss is a 503.
+    :param batch_size: most texts per upstream request.
+    :param max_concurrency: most upstream requests in flight at once, for all clients.
+    :param coalesce: let concurrent requests share one fetch of the same inputs.
+    :param timeout: seconds to wait for the upstream.
+    :param fill_threads: most client requests filling misses at once.
+    :param memory_bytes: memory for recently served vectors, so repeated requests skip the
+        store (0: none).
+    :param redis_url: a Redis cache shared with other proxies (default:
+        ``EMBEDCACHE_REDIS_URL``; none when unset).
+    :param redis_prefix: key namespace in that Redis.
+    :param redis_ttl: seconds each entry written there lives; ``None``: no expiry.
+    :param limits: the account's rate limits, which every upstream request is paced to.
+    :param allowed_keys: client API keys served without asking the upstream; with a list
+        (or ``verify_keys``), other keys are refused.
+    :param verify_keys: check an unlisted client key against the upstream once (one tiny
+        embedding request) and remember the verdict for ``verdict_ttl`` seconds.
+    :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
+    """
+
+    cache_dir: Path | None = None
+    upstream_url: str | None = None
+    token: str | None = None
+    offline: bool = False
+    batch_size: int | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    coalesce: bool = True
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    fill_threads: int = 64
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    redis_url: str | None = None
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_ttl: int | None = None
+    limits: Limits = field(default_factory=Limits)
+    allowed_keys: tuple[str, ...] = ()
+    verify_keys: bool = False
+    verdict_ttl: float = 300.0
+    admin_token: str | None = None
+
+    def __repr__(self) -> str:
+        token = "'***'" if self.token else "None"
+        return f"ProxySettings(cache_dir={self.cache_dir!r}, token={token}, ...)"
+
+
+class _Upstreams:
+    """One :class:`JinaClient` per client key, sharing a connection pool; found by the key's
+    hash so the map holds no key in the clear beyond the clients themselves."""
+
+    def __init__(self, base_url: str, http: httpx.Client, limiter: RateLimiter | None) -> None:
+        self._base_url = base_url
+        self._http = http
+        self._limiter = limiter
+        self.server = self._new(None)
+        self._by_key: OrderedDict[bytes, JinaClient] = OrderedDict()
+
+    def get(self, key: str | None) -> JinaClient:
+        if key is None:
+            return self.server
+        hashed = digest(key)
+        client = self._by_key.get(hashed)
+        if client is None:
+            client = self._by_key[hashed] = self._new(key)
+            if len(self._by_key) > _MAX_CLIENTS:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(hashed)
+        return client
+
+    def _new(self, key: str | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> JinaClient:
+        return JinaClient(
+            key,
+            base_url=self._base_url,
+            http_client=self._http,
+            limiter=self._limiter,
+            max_attempts=max_attempts,
+        )
+
+    def probe(self, key: str) -> JinaClient:
+        """A client for checking ``key`` once: two attempts, not the fill's six."""
+        return self._new(key, max_attempts=2)
+
+
+class Proxy:
+    """The proxy's state (store, embedder, upstream clients, metrics) and its ASGI app.
+
+    The store is opened here, so a bad cache directory fails before the server starts; the
+    app's shutdown finishes in-flight fills (each batch committed) and closes everything.
+    """
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.upstream_url = resolve_base_url(settings.upstream_url)
+        self.store = Store(settings.cache_dir)
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(settings.timeout, connect=DEFAULT_CONNECT_TIMEOUT_SECONDS),
+            headers={"User-Agent": f"embedcache/{VERSION}"},
+        )
+        self._upstreams = _Upstreams(self.upstream_url, self._http, shared_limiter(settings.limits))
+        self.shared = open_shared(
+            settings.redis_url, prefix=settings.redis_prefix, ttl=settings.redis_ttl
+        )
+        self.embedder = CachedEmbedder(
+            self.store,
+            self._upstreams.server,
+            offline=settings.offline,
+            batch_size=settings.batch_size,
+            max_concurrency=settings.max_concurrency,
+            coalesce=settings.coalesce,
+            memory_bytes=settings.memory_bytes,
+            shared=self.shared,
+        )
+        self.access = Access(
+            token=settings.token,
+            allowed_keys=settings.allowed_keys,
+            verify=self._verify_key if settings.verify_keys else None,
+            verdict_ttl=settings.verdict_ttl,
+        )
+        self._admin = digest(settings.admin_token) if settings.admin_token else None
+        self.metrics = ProxyMetrics()
+        self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
+        self._closed = False
+        self.app = Starlette(
+            routes=[
+                Route(EMBEDDINGS_PATH, self._embeddings, methods=["POST"]),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/admin/stats", self._admin_stats, methods=["GET"]),
+                Route("/admin/flush", self._admin_flush, methods=["POST"]),
+            ],
+            exception_handlers={HTTPException: _http_error},
+            lifespan=self._lifespan,
+        )
+
+    def close(self) -> None:
+        """Finish in-flight fills, record counters, and release every resource (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fills.shutdown(wait=True)
+        self.embedder.close()
+        self._http.close()
+        if self.shared is not None:
+            self.shared.close()
+        self.store.close()
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(self._flush_counters())
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            self.close()
+
+    async def _flush_counters(self) -> None:
+        """Record hits in the cache's lifetime counters now and then (fills record their
+        own), so ``embedcache stats`` sees a long-running proxy's work."""
+        while True:
+            await asyncio.sleep(_COUNTER_FLUSH_SECONDS)
+            await self._in_thread(self.embedder.flush_counters)
+
+    async def _embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.metrics.begin()
+        outcome = "error"
+        try:
+            response, outcome = await self._answer(request)
+        except Exception:
+            log.exception("embedcache proxy: unexpected error")
+            response = _json(500, render_error("internal error in the embedcache proxy"))
+        self.metrics.observe(outcome, time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request) -> tuple[Response, str]:
+        bearer = _bearer(request)
+        decision = self.access.decide(bearer, verify=False)
+        if decision is None:  # an unknown key: ask the upstream, off the event loop
+            decision = await self._in_thread(partial(self.access.decide, bearer))
+        assert decision is not None
+        if decision.status:
+            return _json(decision.status, render_error(decision.detail)), "error"
+        key = decision.key
+        raw = await request.body()
+        try:
+            parsed = parse_request(orjson.loads(raw))
+            if parsed is None:
+                status, content, media = await self._in_thread(partial(self._forward, raw, key))
+                return Response(content, status, {CACHED_HEADER: "0"}, media), "passthrough"
+            upstream = self._upstreams.get(key)
+            answer = None
+            if len(parsed.texts) <= _INLINE_TEXTS:
+                answer = self._embed(parsed, upstream, cached_only=True)
+            if answer is None:
+                answer = await self._in_thread(partial(self._embed, parsed, upstream))
+        except orjson.JSONDecodeError:
+            return _json(422, render_error("the request body is not valid JSON")), "error"
+        except EmbedcacheError as exc:
+            status = error_status(exc)
+            if status >= 500:
+                log.warning("embedcache proxy: %s: %s", type(exc).__name__, exc)
+            return _json(status, render_error(exc)), "error"
+        assert answer is not None  # a fill either returns vectors or raises
+        body, cached, outcome = answer
+        return _json(200, body, {CACHED_HEADER: str(cached)}), outcome
+
+    def _embed(
+        self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False
+    ) -> tuple[bytes, int, str] | None:
+        """The response body, how many distinct inputs were not fetched for this request,
+        and the outcome; ``None`` when ``cached_only`` and something is missing."""
+        result = self.embedder.embed_detailed(
+            parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
+        )
+        if result is None:
+            return None
+        stats = result.stats
+        body = render_embeddings(parsed, result.vectors, stats.tokens_spent)
+        return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
+
+    def _verify_key(self, key: str) -> None:
+        """Ask the upstream whether it takes ``key``: one embedding of a one-letter text
+        (about one token), so a key is never trusted on the proxy's word alone."""
+        try:
+            self._upstreams.probe(key).embed(["a"], _PROBE)
+        except APIError as exc:
+            if exc.status in _REFUSING:
+                raise KeyRefused(exc.detail or str(exc)) from None
+            raise KeyUnverifiable(f"status {exc.status}") from None
+        except EmbedcacheError as exc:
+            raise KeyUnverifiable(type(exc).__name__) from None
+
+    def _forward(self, raw: bytes, key: str | None) -> tuple[int, bytes, str]:
+        """Send a request the cache cannot answer to the upstream as it is."""
+        secret = resolve_api_key(key)
+        url = self.upstream_url + EMBEDDINGS_PATH
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": _JSON}
+        try:
+            response = self._http.post(url, content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"no response from {url} ({type(exc).__name__})") from None
+        return response.status_code, response.content, response.headers.get("content-type", _JSON)
+
+    async def _in_thread(self, work: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._fills, work)
+
+    async def _health(self, request: Request) -> Response:
+        return _json(200, orjson.dumps({"status": "ok", "version": VERSION}))
+
+    async def _metrics(self, request: Request) -> Response:
+        if self._admin is not None and not self._is_admin(request):
+            return _json(401, render_error("/metrics needs the admin token"))
+        text = self.metrics.render(self.embedder.stats, self.embedder.waiting)
+        return Response(text, 200, media_type="text/plain; version=0.0.4")
+
+    def _is_admin(self, request: Request) -> bool:
+        return matches(_bearer(request), self._admin)
+
+    async def _admin_stats(self, request: Request) -> Response:
+        """The cache's size and counters, as JSON (admin token only)."""
+        if not self._is_admin(request):
+            return _admin_refused(self._admin is not None)
+
+        def gather() -> dict[str, object]:
+            return {
+                "entries": len(self.store),
+                "since_start": asdict(self.embedder.stats),
+                "lifetime": self.store.counters(),
+                "shared": self.shared.location if self.shared else None,
+                "requests_waiting": self.embedder.waiting,
+            }
+
+        return _json(200, orjson.dumps(await self._in_thread(gather)))
+
+    async def _admin_flush(self, request: Request) -> Response:
+        """Drop the memory tier and remembered key verdicts, and record the counters."""
+        if not self._is_admin(request):
+            return _admin_refused(self._admin is not None)
+        self.embedder.forget_memory()
+        self.access.forget()
+        await self._in_thread(self.embedder.flush_counters)
+        return _json(200, orjson.dumps({"flushed": True}))
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _admin_refused(enabled: bool) -> Response:
+    if enabled:
+        return _json(401, render_error("this endpoint needs the admin token"))
+    return _json(404, render_error("admin endpoints are off: start the proxy with --admin-token"))
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, headers, _JSON)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too."""
+    assert isinstance(exc, HTTPException)
+    return _json(exc.status_code, render_error(exc.detail), dict(exc.headers or {}))

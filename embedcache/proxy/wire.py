@@ -1,0 +1,172 @@
+"""Jina's ``/v1/embeddings`` wire format, as the proxy reads and writes it.
+
+Pure functions, no HTTP: :func:`parse_request` turns a request body into the texts and
+:class:`~embedcache.models.RequestOptions` the caching core takes, or says the request must
+be passed through uncached; :func:`render_embeddings` and :func:`render_error` write the
+response bodies in the API's shape (reference §2-3, §5.1).
+
+A request is cached only when every field in it is one whose effect on the output the key
+covers. Images, PDFs, multi-vector output, bit-packed or several encodings, and fields this
+version does not know go to the API as they are and are never stored.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
+from ..models import RequestOptions, resolve_options
+
+__all__ = [
+    "CACHEABLE_EMBEDDING_TYPES",
+    "EmbeddingsRequest",
+    "error_status",
+    "parse_request",
+    "render_embeddings",
+    "render_error",
+]
+
+#: Output encodings the proxy can produce exactly from a cached float32 vector.
+CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
+_KNOWN_FIELDS = frozenset(
+    {"model", "input", "task", "dimensions", "normalized", "late_chunking", "truncate"}
+    | {"embedding_type", "encoding_type"}
+)
+_FLAGS = ("normalized", "late_chunking", "truncate")
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """A request the cache can answer: its texts in order, the options sent upstream for
+    its misses, and how the client wants the vectors written."""
+
+    model: str
+    texts: list[str]
+    options: RequestOptions
+    embedding_type: str
+
+
+def parse_request(body: object) -> EmbeddingsRequest | None:
+    """Read a decoded request body.
+
+    :returns: the request, or ``None`` when it must be passed through uncached.
+    :raises InvalidInputError: for a request the API would refuse (bad task, dimensions out
+        of range, wrong types): answered locally, before anything is spent.
+    """
+    if not isinstance(body, dict):
+        raise InvalidInputError("the request body must be a JSON object")
+    if not body.keys() <= _KNOWN_FIELDS:
+        return None
+    model = body.get("model")
+    if not isinstance(model, str):
+        return None  # the API's own error message is the one clients expect
+    texts = _texts(body.get("input"))
+    embedding_type = _embedding_type(body)
+    if texts is None or embedding_type is None:
+        return None
+    for name in _FLAGS:
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise InvalidInputError(f"{name} must be true or false, got {body[name]!r}")
+    options = resolve_options(
+        model,
+        body.get("task"),
+        body.get("dimensions"),
+        late_chunking=bool(body.get("late_chunking")),
+        normalized=body.get("normalized"),
+        truncate=body.get("truncate"),
+    )
+    return EmbeddingsRequest(model, texts, options, embedding_type)
+
+
+def _texts(value: object) -> list[str] | None:
+    """The texts of ``input``, or ``None`` when it holds anything else (images, PDFs)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        return None
+    texts: list[str] = []
+    for item in value:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and item.keys() == {"text"} and isinstance(item["text"], str):
+            texts.append(item["text"])
+        else:
+            return None
+    return texts
+
+
+def _embedding_type(body: Mapping[str, Any]) -> str | None:
+    """The requested encoding (``embedding_type``, or its alias ``encoding_type``), or
+    ``None`` when it is not one the cache can produce."""
+    given = [body[name] for name in ("embedding_type", "encoding_type") if body.get(name)]
+    if not given:
+        return "float"
+    value = given[0]
+    if not isinstance(value, str) or any(other != value for other in given):
+        return None  # a list of several types, or two fields that disagree
+    return value if value in CACHEABLE_EMBEDDING_TYPES else None
+
+
+def render_embeddings(
+    request: EmbeddingsRequest, vectors: NDArray[np.float32], tokens_spent: int
+) -> bytes:
+    """The success body. ``float`` values are written as the shortest decimal that reads
+    back as the same float32, as the API's own responses are; ``base64`` as the raw
+    little-endian float32 bytes. ``usage`` counts only tokens spent upstream for this
+    request: cached vectors cost nothing."""
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    embeddings: list[Any]
+    if request.embedding_type == "base64":
+        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    else:
+        embeddings = list(rows)
+    return orjson.dumps(
+        {
+            "model": request.model,
+            "object": "list",
+            "usage": {"total_tokens": tokens_spent, "prompt_tokens": tokens_spent},
+            "data": [
+                {"object": "embedding", "index": index, "embedding": embedding}
+                for index, embedding in enumerate(embeddings)
+            ],
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def error_status(exc: EmbedcacheError) -> int:
+    """The HTTP status a client sees for ``exc``: the upstream's own status for API errors,
+    so clients' existing handling of 401/402/429 keeps working."""
+    if isinstance(exc, APIError):
+        return exc.status or 401  # no status: no key was available to send
+    if isinstance(exc, InvalidInputError):
+        return 422
+    if isinstance(exc, CacheMissError):
+        return 503  # offline proxy: the upstream is deliberately unavailable
+    if isinstance(exc, CacheError):
+        return 500
+    return 502  # transport or response-format trouble with the upstream
+
+
+def render_error(exc: EmbedcacheError | str) -> bytes:
+    """An error body in Jina's shape: always ``detail``, plus ``code`` and ``request_id``
+    when the upstream gave them."""
+    if isinstance(exc, str):
+        return orjson.dumps({"detail": exc})
+    body: dict[str, str] = {"detail": str(exc)}
+    if isinstance(exc, APIError):
+        body["detail"] = exc.detail or str(exc)
+        if exc.code:
+            body["code"] = exc.code
+        if exc.request_id:
+            body["request_id"] = exc.request_id
+    return orjson.dumps(body)

@@ -1,0 +1,341 @@
+"""The index of a cache directory: ``index.db`` (SQLite) and its sorted snapshot.
+
+It holds every SQL statement the store runs: one ``entries`` row per vector, pointing into
+the segment files (:mod:`embedcache.storage.segments`), the ``segments`` table listing those files,
+and a ``state`` table with the snapshot's bookkeeping. The directory layout as a whole is
+described in :mod:`embedcache.storage.store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .rows import COLUMNS, LO, READ_COLUMNS, K
+
+__all__ = ["Index"]
+
+_CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY, dim INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS entries (
+    k INTEGER PRIMARY KEY, lo INTEGER NOT NULL, seg INTEGER NOT NULL, row INTEGER NOT NULL,
+    dim INTEGER NOT NULL, millitokens INTEGER NOT NULL, created_us INTEGER NOT NULL,
+    fp INTEGER NOT NULL, checksum INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_created ON entries(created_us);
+CREATE INDEX IF NOT EXISTS entries_seg ON entries(seg);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
+"""
+# The snapshot: every index row's read columns, sorted by key, one contiguous int64 array
+# per column, so a warm read finds all its keys with one np.searchsorted instead of SQL.
+_SNAPSHOT_MIN_ROWS = 4096
+_SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
+
+
+def _join(
+    high: NDArray[np.int64], low: NDArray[np.int64], split: NDArray[np.int64]
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """For each key of ``split``, its position among keys sorted by ``high`` (with their
+    ``low`` halves), and whether it is really there: one vectorized search, not a dict."""
+    at = np.minimum(np.searchsorted(high, split[:, 0]), len(high) - 1)
+    return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        # On a read-only directory SQLite cannot create the WAL's shared-memory file;
+        # "immutable" reads the database as it stands, without locks.
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA cache_size=-65536")
+    return db
+
+
+class Index:
+    """The SQLite connection of a cache directory, and its snapshot.
+
+    Rows come back as int64 arrays, columns as in :mod:`embedcache.storage.rows`. Methods that
+    change the index must run inside :meth:`write`.
+
+    :param directory: the cache directory (``index.db`` and the snapshots live there).
+    :param lock: the store's lock; it guards the write connection.
+    :param errors: ``errors(action)`` wraps database failures in :class:`CacheError`.
+    :raises OSError, sqlite3.Error: the database cannot be opened.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        lock: threading.RLock,
+        errors: Callable[[str], AbstractContextManager[None]],
+        read_only: bool = False,
+    ) -> None:
+        self.directory = directory
+        self._lock = lock
+        self._errors = errors
+        self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
+        self._stale_snapshots: list[int] = []
+        path = directory / "index.db"
+        self._db = _connect(path, read_only)
+        if not read_only:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        # Reads get their own connection and lock: under WAL they run alongside a write
+        # transaction, so a server answering hits never waits for another thread's fill.
+        self._reader = _connect(path, read_only)
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connections (call with the store's lock held)."""
+        with self._read_lock:
+            self._reader.close()
+        self._db.close()
+
+    # Reading
+
+    def count(self) -> int:
+        """Number of entries."""
+        with self._read_lock, self._errors("read"):
+            return int(self._reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def pages(self, batch: int) -> Iterator[NDArray[np.int64]]:
+        """Every index row in key order, ``batch`` rows at a time (all columns)."""
+        # Page by primary key: the first page takes the smallest key (>=), later ones the
+        # keys after the last seen (>).
+        last, compare = -(1 << 63), ">="
+        while True:
+            with self._read_lock, self._errors("read"):
+                rows = self._reader.execute(
+                    f"SELECT {COLUMNS} FROM entries WHERE k {compare} ? ORDER BY k LIMIT ?",  # noqa: S608
+                    (last, batch),
+                ).fetchall()
+            compare = ">"
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield np.array(rows, dtype=np.int64)
+
+    def find(
+        self, split: NDArray[np.int64], use_snapshot: bool = True
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
+        """Read columns of the index row of each key, whether it has one, and whether the
+        snapshot answered any of them."""
+        matched = np.zeros((len(split), READ_COLUMNS.count(",") + 1), dtype=np.int64)
+        present = np.zeros(len(split), dtype=bool)
+        snapshot = self.snapshot() if use_snapshot else None
+        if snapshot is not None and snapshot.shape[1]:
+            at, present = _join(snapshot[K], snapshot[LO], split)
+            matched = np.ascontiguousarray(snapshot[:, at].T)
+        todo = np.flatnonzero(~present)
+        if len(todo):
+            rows = self.lookup(split[todo, 0], READ_COLUMNS)
+            if len(rows):
+                rows = rows[np.argsort(rows[:, K], kind="stable")]
+                at, hit = _join(rows[:, K], rows[:, LO], split[todo])
+                matched[todo[hit]] = rows[at[hit]]
+                present[todo[hit]] = True
+        return matched, present, snapshot is not None
+
+    def lookup(self, high: NDArray[np.int64], columns: str = COLUMNS) -> NDArray[np.int64]:
+        """Index rows whose primary key is among ``high``, one int64 row each."""
+        found: list[tuple[int, ...]] = []
+        values = high.tolist()
+        with self._read_lock, self._errors("read"):
+            for start in range(0, len(values), _CHUNK):
+                part = values[start : start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                found += self._reader.execute(
+                    f"SELECT {columns} FROM entries WHERE k IN ({marks})",  # noqa: S608
+                    part,
+                ).fetchall()
+        return np.array(found, dtype=np.int64).reshape(-1, columns.count(",") + 1)
+
+    # The snapshot
+
+    def snapshot(self) -> NDArray[np.int64] | None:
+        """The current snapshot (memory-mapped), or ``None`` when there is none."""
+        with self._read_lock, self._errors("read"):
+            row = self._reader.execute("SELECT value FROM state WHERE name = 'snapshot'").fetchone()
+        if row is None or row[0] is None:
+            return None
+        generation = int(row[0])
+        if self._snapshot_cache is not None and self._snapshot_cache[0] == generation:
+            return self._snapshot_cache[1]
+        try:
+            snapshot: NDArray[np.int64] = np.load(self._snapshot_path(generation), mmap_mode="r")
+        except (OSError, ValueError):
+            return None  # replaced by a writer since we read its generation: use SQL
+        self._snapshot_cache = (generation, snapshot)
+        return snapshot
+
+    def _snapshot_path(self, generation: int) -> Path:
+        return self.directory / f"snapshot-{generation}.npy"
+
+    def _state(self, name: str) -> int | None:
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _set_state(self, **values: int | None) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", list(values.items())
+        )
+
+    def maybe_snapshot(self, added: int) -> None:
+        """After inserting (in a write transaction): rebuild the snapshot when it lags."""
+        since = (self._state("since_snapshot") or 0) + added
+        held = self._state("snapshot_rows") or 0
+        if since >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH):
+            self.rebuild_snapshot()
+        else:
+            self._set_state(since_snapshot=since)
+
+    def rebuild_snapshot(self) -> None:
+        """Write a snapshot of the index as it is in this write transaction."""
+        old = self._state("snapshot")
+        generation = (self._state("generation") or 0) + 1
+        cursor = self._db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
+        width = READ_COLUMNS.count(",") + 1
+        flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64)
+        columns = np.ascontiguousarray(flat.reshape(-1, width).T)
+        path = self._snapshot_path(generation)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, columns)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        self._set_state(
+            generation=generation, snapshot=generation, snapshot_rows=columns.shape[1],
+            since_snapshot=0,
+        )  # fmt: skip
+        if old is not None:
+            self._stale_snapshots.append(old)
+
+    # Writing
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE``), holding the store's lock."""
+        with self._lock, self._errors("write"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._stale_snapshots.clear()
+                raise
+            self._db.execute("COMMIT")
+            # Readers that mapped an old snapshot keep their map; new readers see the new one.
+            for generation in self._stale_snapshots:
+                with contextlib.suppress(OSError):
+                    self._snapshot_path(generation).unlink()
+            self._stale_snapshots.clear()
+
+    def insert(
+        self,
+        split: NDArray[np.int64],
+        seg: int,
+        start: int,
+        dim: int,
+        millitokens: list[int],
+        checksums: list[int],
+        created_us: int,
+        fp: int,
+    ) -> None:
+        """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``."""
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO entries ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
+            [
+                (int(split[i, 0]), int(split[i, 1]), seg, start + i, dim,
+                 millitokens[i], checksums[i], created_us, fp)
+                for i in range(len(split))
+            ],
+        )  # fmt: skip
+
+    def delete(self, split: NDArray[np.int64]) -> int:
+        """Delete the entries of keys ``split``; returns how many existed."""
+        before = self._db.total_changes
+        self._db.executemany(
+            "DELETE FROM entries WHERE k = ? AND lo = ?",
+            [(int(hi), int(lo)) for hi, lo in split],
+        )
+        return int(self._db.total_changes - before)
+
+    def evict(self, limit: int | None) -> bool:
+        """Delete the oldest entries above ``limit`` bytes; returns whether any went."""
+        if limit is None:
+            return False
+        used = self._db.execute("SELECT COALESCE(SUM(dim), 0) * 4 FROM entries").fetchone()[0]
+        if used <= limit:
+            return False
+        doomed = []
+        for k, dim in self._db.execute("SELECT k, dim FROM entries ORDER BY created_us, k"):
+            if used <= limit:
+                break
+            doomed.append((k,))
+            used -= dim * 4
+        self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
+        return True
+
+    def clear(self) -> tuple[int, list[int]]:
+        """Delete every entry and segment; returns how many entries there were and the ids
+        of the segments."""
+        removed = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        self._db.execute("DELETE FROM entries")
+        segments = [row[0] for row in self._db.execute("SELECT id FROM segments")]
+        self._db.execute("DELETE FROM segments")
+        return removed, segments
+
+    # Segments
+
+    def last_segment(self, dim: int) -> tuple[int, int] | None:
+        """The newest segment of dimension ``dim`` and the rows it holds, if any."""
+        row = self._db.execute(
+            "SELECT id, rows FROM segments WHERE dim = ? ORDER BY id DESC LIMIT 1", (dim,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def add_segment(self, dim: int) -> int:
+        """Record a new, empty segment; returns its id."""
+        seg = self._db.execute("INSERT INTO segments (dim) VALUES (?)", (dim,)).lastrowid
+        assert seg is not None
+        return int(seg)
+
+    def set_segment_rows(self, seg: int, rows: int) -> None:
+        self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (rows, seg))
+
+    def segment_usage(self) -> list[tuple[int, int, int, int]]:
+        """``(id, dim, rows, live rows)`` of every segment."""
+        return self._db.execute(
+            "SELECT s.id, s.dim, s.rows, COUNT(e.k) FROM segments s "
+            "LEFT JOIN entries e ON e.seg = s.id GROUP BY s.id"
+        ).fetchall()
+
+    def live_rows(self, seg: int) -> list[tuple[int, int]]:
+        """``(k, row)`` of the entries stored in ``seg``, in row order."""
+        return self._db.execute(
+            "SELECT k, row FROM entries WHERE seg = ? ORDER BY row", (seg,)
+        ).fetchall()
+
+    def move(self, keys: list[int], seg: int, start: int) -> None:
+        """Point the entries of primary keys ``keys`` at rows ``start...`` of ``seg``."""
+        self._db.executemany(
+            "UPDATE entries SET seg = ?, row = ? WHERE k = ?",
+            [(seg, start + i, k) for i, k in enumerate(keys)],
+        )
+
+    def drop_segment(self, seg: int) -> None:
+        self._db.execute("DELETE FROM segments WHERE id = ?", (seg,))

@@ -1,0 +1,448 @@
+"""A shared cache tier on Redis (or Valkey), behind the same read/write calls as the disk store.
+
+A team, a CI fleet or several proxy replicas each keep their own disk cache and share this
+tier, so a text fetched by one is a hit for all. Keys are the disk store's keys; a value is
+a 32-byte header (magic, dimension, millitokens, fingerprint id, checksum) followed by the
+vector as raw little-endian float32, the same bytes and checks as a disk entry. Batches are
+read with pipelined ``MGET`` (one round trip per call, never one per text) and written with
+one pipeline.
+
+Redis is an optimisation, never a dependency of correctness: when it is down or slow, every
+call returns "nothing found" or skips the write after a bounded timeout, one warning is
+logged per outage, and calls try again after a pause. Vectors fetched meanwhile are on local
+disk, and ``embedcache sync`` can copy them up later.
+
+Maintenance (``embedcache sync``, ``stats``, ``verify``) opens the store with ``strict=True``
+instead: there Redis is the point of the call, so a failure raises
+:class:`~embedcache.errors.SharedCacheError`. Its calls walk the namespace with ``SCAN`` and
+handle each page of names in one pipelined round trip (``MGET``, ``EXISTS``, ``STRLEN``,
+``DEL``), never one round trip per key.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
+
+import numpy as np
+import xxhash
+from numpy.typing import NDArray
+
+from ..cache_keys import Fingerprint
+from ..config import (
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    KEY_VERSION,
+    resolve_redis_url,
+)
+from ..errors import InvalidInputError, SharedCacheError
+from .rows import unsigned, vector_checksum
+from .store import FORMAT_VERSION, Found
+
+__all__ = ["RedisStore", "Usage", "check_entry", "decode_entry", "encode_entry", "open_shared"]
+
+_HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
+_MAGIC = b"ECv1"
+_MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
+# Keys per round trip: ~40 MB of 1024-d replies held at once, decoded before the next.
+_ROUND_TRIP_KEYS = 10_000
+_RETRY_SECONDS = 5.0  # after a failure, calls skip Redis this long before trying again
+_SCAN_BATCH = 1000  # names per SCAN page in maintenance calls
+_GLOB_SPECIAL = frozenset(b"*?[]\\")
+_T = TypeVar("_T")
+
+log = logging.getLogger("embedcache")
+
+
+def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:
+    """The value stored for one vector."""
+    data = np.ascontiguousarray(vector, dtype="<f4")
+    checksum = unsigned(vector_checksum(data))
+    header = _HEADER.pack(_MAGIC, len(data), round(tokens * 1000), fp_id, checksum)
+    return header + data.tobytes()
+
+
+def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float32], float] | None:
+    """The vector and tokens of a stored value, or ``None`` when it is absent, of another
+    dimension, or damaged (see :func:`check_entry`)."""
+    entry = check_entry(value) if value is not None else None
+    if entry is None or isinstance(entry, str) or (dim is not None and len(entry[0]) != dim):
+        return None
+    return entry[0], entry[1]
+
+
+def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
+    """The vector, tokens and fingerprint id of a stored value, or why it is damaged."""
+    if len(value) < _HEADER.size:
+        return f"{len(value)} bytes, shorter than the {_HEADER.size}-byte header"
+    magic, size, millitokens, fp_id, checksum = _HEADER.unpack_from(value)
+    if magic != _MAGIC:
+        return "not an embedcache entry (bad magic)"
+    if len(value) != _HEADER.size + 4 * size:
+        return f"{len(value) - _HEADER.size} bytes of vector, header says {size} dims"
+    vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size)
+    if unsigned(vector_checksum(vector)) != checksum:
+        return "entry checksum mismatch"
+    return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
+
+
+def _first_dim(values: Sequence[bytes | None]) -> int | None:
+    """The dimension of the first well-formed value, for reads that did not say."""
+    for value in values:
+        entry = decode_entry(value, None)
+        if entry is not None:
+            return len(entry[0])
+    return None
+
+
+def _records(dim: int) -> np.dtype[Any]:
+    """The layout of a stored value of dimension ``dim``, as one numpy record."""
+    return np.dtype(
+        [("magic", "S4"), ("dim", "<u4"), ("millitokens", "<i8"), ("fp", "<u8"),
+         ("checksum", "<u8"), ("vector", "<f4", (dim,))]
+    )  # fmt: skip
+
+
+def _decode_into(
+    values: Sequence[bytes | None],
+    dim: int,
+    start: int,
+    vectors: NDArray[np.float32],
+    present: NDArray[np.bool_],
+    tokens: NDArray[np.float64],
+) -> None:
+    """Check and copy ``values`` (rows ``start...``) into the outputs, all at once: one
+    join, one record view, one checksum per value; damaged ones stay absent."""
+    size = _HEADER.size + 4 * dim
+    rows = [i for i, value in enumerate(values) if value is not None and len(value) == size]
+    if not rows:
+        return
+    joined = b"".join(cast(bytes, values[i]) for i in rows)
+    records = np.frombuffer(joined, dtype=_records(dim))
+    view = memoryview(joined)
+    digest = xxhash.xxh3_64_intdigest
+    sums = np.fromiter(
+        (digest(view[j * size + _HEADER.size : (j + 1) * size]) for j in range(len(rows))),
+        dtype=np.uint64, count=len(rows),
+    )  # fmt: skip
+    ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
+    if not ok.all():
+        log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
+    if ok.all() and len(rows) == len(values):  # the usual case: one contiguous copy
+        at: slice | NDArray[np.intp] = slice(start, start + len(rows))
+        vectors[at] = records["vector"]
+        tokens[at] = records["millitokens"] / 1000.0
+    else:
+        at = start + np.asarray(rows, dtype=np.intp)[ok]
+        vectors[at] = records["vector"][ok]
+        tokens[at] = records["millitokens"][ok] / 1000.0
+    present[at] = True
+
+
+class Usage(NamedTuple):
+    """What a namespace holds: entries, and bytes of their values (keys and Redis's own
+    overhead not included)."""
+
+    entries: int
+    bytes: int
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally by a ``SCAN ... MATCH`` pattern."""
+    return b"".join(b"\\" + bytes([c]) if c in _GLOB_SPECIAL else bytes([c]) for c in text)
+
+
+def _display(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: the client rejects the URL, with this location shown
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class RedisStore:
+    """Cached vectors in Redis, under ``<prefix>:<key version>.<format version>:<key hex>``.
+
+    :param url: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+    :param prefix: namespace, so one Redis can hold several teams' caches.
+    :param ttl: seconds each entry lives after it is written; ``None``: until Redis evicts it.
+    :param timeout: seconds to wait for Redis on every call (connect and reply).
+    :param retry_after: after a failure, seconds during which calls skip Redis.
+    :param strict: raise :class:`~embedcache.errors.SharedCacheError` when Redis fails,
+        instead of the fallback (for maintenance commands, where Redis is the point).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_REDIS_PREFIX,
+        ttl: int | None = None,
+        timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+        retry_after: float = _RETRY_SECONDS,
+        strict: bool = False,
+    ) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise InvalidInputError(
+                "a Redis tier needs the redis extra: pip install 'embedcache[redis]'"
+            ) from None
+        self.location = _display(url)
+        self.prefix = prefix
+        self.ttl = ttl
+        self.retry_after = retry_after
+        self.strict = strict
+        password = urllib.parse.urlsplit(url).password or ""
+        self._secrets = {password, urllib.parse.unquote(password)} - {""}
+        try:
+            self._client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),  # the outage logic below decides when to retry
+            )
+        except ValueError as exc:  # a malformed URL; its text may hold the password
+            raise InvalidInputError(
+                f"bad Redis URL {self.location!r}: {type(exc).__name__}"
+            ) from None
+        self._failures: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self._namespace = f"{prefix}:{KEY_VERSION}.{FORMAT_VERSION}:".encode()
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._outage = False
+        self._known_fingerprints: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.location!r}, prefix={self.prefix!r}, ttl={self.ttl!r})"
+
+    @property
+    def available(self) -> bool:
+        """Whether calls go to Redis right now (``False`` during the pause after a failure)."""
+        return time.monotonic() >= self._down_until
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _name(self, key: bytes) -> bytes:
+        return self._namespace + key.hex().encode()
+
+    def _call(self, action: str, work: Callable[[], _T], fallback: _T) -> _T:
+        """Run ``work`` against Redis, or return ``fallback`` while it is down."""
+        if not self.available:
+            return fallback
+        try:
+            result = work()
+        except self._failures as exc:
+            if self.strict:
+                raise SharedCacheError(
+                    f"shared cache {self.location} failed while trying to {action}: "
+                    f"{type(exc).__name__}: {self._redact(str(exc))}"
+                ) from None
+            with self._lock:
+                first = not self._outage
+                self._outage = True
+                self._down_until = time.monotonic() + self.retry_after
+            if first:
+                log.warning(
+                    "shared cache %s unavailable (%s while trying to %s): serving from local "
+                    "disk and the API, retrying every %.0f s",
+                    self.location, type(exc).__name__, action, self.retry_after,
+                )  # fmt: skip
+            return fallback
+        if self._outage:
+            with self._lock:
+                self._outage = False
+            log.warning("shared cache %s is back", self.location)
+        return result
+
+    def _redact(self, message: str) -> str:
+        """The first line of an error ``message``, without the URL's password."""
+        line = message.splitlines()[0] if message else ""
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
+
+    def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
+        """Look up every key; like :meth:`Store.read_many`. Each round trip carries
+        :data:`_ROUND_TRIP_KEYS` keys (pipelined ``MGET``s), decoded as it arrives, so
+        memory stays bounded and an outage mid-read keeps what already came."""
+        names = [self._name(key) for key in keys]
+        present = np.zeros(len(keys), dtype=bool)
+        tokens = np.zeros(len(keys), dtype=np.float64)
+        vectors: NDArray[np.float32] | None = None
+        for start in range(0, len(names), _ROUND_TRIP_KEYS):
+            values = self._call(
+                "read", functools.partial(self._mget, names[start : start + _ROUND_TRIP_KEYS]), None
+            )
+            if values is None:
+                break  # Redis went away: misses from here on
+            dim = dim or _first_dim(values)
+            if dim is None:
+                continue
+            if vectors is None:
+                vectors = np.zeros((len(keys), dim), dtype=np.float32)
+            _decode_into(values, dim, start, vectors, present, tokens)
+        if vectors is None:
+            vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
+        return Found(present, vectors, tokens)
+
+    def _mget(self, names: list[bytes]) -> list[bytes | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(names), _MGET_CHUNK):
+            pipe.mget(names[start : start + _MGET_CHUNK])
+        return [value for chunk in pipe.execute() for value in chunk]
+
+    def put_many(
+        self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
+    ) -> None:
+        """Write ``(key, vector, tokens)`` entries in one pipeline (skipped while down)."""
+        if not entries:
+            return
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            if fp.id not in self._known_fingerprints:
+                pipe.hsetnx(f"{self.prefix}:fingerprints", f"{fp.id:016x}", fp.canonical)
+            for key, vector, tokens in entries:
+                pipe.set(self._name(key), encode_entry(vector, tokens, fp.id), ex=self.ttl)
+            pipe.execute()
+            self._known_fingerprints.add(fp.id)
+
+        self._call("write", write, None)
+
+    # Maintenance: meant for strict stores (a lenient one sees an unreachable Redis as empty).
+
+    def ping(self) -> bool:
+        """Whether Redis answers (a strict store raises instead of returning ``False``)."""
+        return self._call("ping", lambda: bool(self._client.ping()), False)
+
+    def _pages(self, batch: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The namespace as pages of ``(Redis names, keys)``, one ``SCAN`` round trip each.
+
+        ``SCAN`` sees every entry present for the whole walk at least once; one written or
+        deleted meanwhile may or may not show, and one may show twice if Redis resizes its
+        table during the walk.
+        """
+        pattern = _glob_escape(self._namespace) + b"*"
+        skip = len(self._namespace)
+
+        def scan_from(cursor: int) -> tuple[int, list[bytes]]:
+            after, names = self._client.scan(cursor, match=pattern, count=batch)
+            return int(after), cast("list[bytes]", names)  # bytes: no decode_responses
+
+        cursor = 0
+        while True:
+            nothing: tuple[int, list[bytes]] = (0, [])
+            cursor, names = self._call("scan", functools.partial(scan_from, cursor), nothing)
+            mine: tuple[list[bytes], list[bytes]] = ([], [])
+            for name in names:
+                try:
+                    key = bytes.fromhex(name[skip:].decode("ascii"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # not a name this store writes: left alone
+                if len(key) == 16:
+                    mine[0].append(name)
+                    mine[1].append(key)
+            if mine[0]:
+                yield mine
+            if cursor == 0:
+                return
+
+    def _pipelined(self, action: str, names: Sequence[bytes], command: str) -> list[Any]:
+        """``command`` on every name in one pipeline: one round trip."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                getattr(pipe, command)(name)
+            return list(pipe.execute())
+
+        return self._call(action, run, [None] * len(names)) if names else []
+
+    def scan(self, batch: int = _SCAN_BATCH) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry under the namespace as ``(key, stored value)``, undecoded (see
+        :func:`check_entry`): one ``SCAN`` and one ``MGET`` round trip per page of
+        ``batch`` names."""
+
+        def fetch(names: list[bytes]) -> list[bytes | None]:
+            return cast("list[bytes | None]", self._client.mget(names))
+
+        for names, keys in self._pages(batch):
+            nothing: list[bytes | None] = [None] * len(names)
+            values = self._call("read", functools.partial(fetch, names), nothing)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:  # gone since the SCAN (deleted, expired)
+                    yield key, value
+
+    def count(self, batch: int = _SCAN_BATCH) -> int:
+        """Entries under the namespace (one ``SCAN`` round trip per page of names)."""
+        return sum(len(keys) for _, keys in self._pages(batch))
+
+    def usage(self, batch: int = _SCAN_BATCH) -> Usage:
+        """Entries under the namespace and bytes of their values, one ``SCAN`` and one
+        pipelined ``STRLEN`` round trip per page: the values themselves are not sent."""
+        entries = size = 0
+        for names, _ in self._pages(batch):
+            lengths = self._pipelined("measure", names, "strlen")
+            entries += sum(1 for n in lengths if n)
+            size += sum(int(n or 0) for n in lengths)
+        return Usage(entries, size)
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key has an entry (not read or checked): one pipelined ``EXISTS``
+        round trip."""
+        return [bool(n) for n in self._pipelined("check", [self._name(k) for k in keys], "exists")]
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        """Delete entries in one pipelined round trip; returns how many existed."""
+        names = [self._name(key) for key in keys]
+        return sum(int(n or 0) for n in self._pipelined("delete", names, "delete"))
+
+    def fingerprints(self) -> dict[int, Fingerprint]:
+        """The request settings recorded with the entries, by fingerprint id (one
+        ``HGETALL``); a record whose JSON does not hash to its id is left out."""
+        hash_name = f"{self.prefix}:fingerprints"
+
+        def fetch() -> dict[bytes, bytes]:
+            return cast("dict[bytes, bytes]", self._client.hgetall(hash_name))
+
+        nothing: dict[bytes, bytes] = {}
+        raw = self._call("read", fetch, nothing)
+        out: dict[int, Fingerprint] = {}
+        for field, canonical in raw.items():
+            try:
+                fp = Fingerprint.from_canonical(canonical.decode("ascii"))
+                fp_id = int(field, 16)
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if fp.id == fp_id:
+                out[fp_id] = fp
+        return out
+
+
+def open_shared(
+    url: str | None,
+    *,
+    prefix: str = DEFAULT_REDIS_PREFIX,
+    ttl: int | None = None,
+    timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+    strict: bool = False,
+) -> RedisStore | None:
+    """The shared tier at ``url`` (else ``EMBEDCACHE_REDIS_URL``), or ``None`` when neither
+    is set. Nothing is sent until the first call. See :class:`RedisStore` for the rest."""
+    resolved = resolve_redis_url(url)
+    if not resolved:
+        return None
+    return RedisStore(resolved, prefix=prefix, ttl=ttl, timeout=timeout, strict=strict)

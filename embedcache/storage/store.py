@@ -1,0 +1,447 @@
+"""The on-disk cache, and the description of how vectors and their metadata are laid out.
+
+A cache directory holds::
+
+    embedcache.json     format and key versions it was written with
+    index.db            SQLite (WAL): one row per vector, and the list of segment files
+    snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
+    segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
+    meta/               a diskcache with the small values: request settings and counters
+
+Why not one diskcache entry per vector: a warm read is then one SQL statement per text, 10-15x
+the floor of hashing and copying (shared/docs/perf-baseline.md). Here a read is one
+``np.searchsorted`` over the snapshot for all keys (an ``IN (...)`` query per 500 keys only
+for those newer than it), one numpy gather per segment and one checksum per vector.
+
+An index row holds the key (as two signed 64-bit integers: the high half is the primary key),
+the segment and row of the vector, its dimension, the tokens attributed to it when fetched,
+when it was stored, the id of the request settings that produced it, and an xxh3-64 checksum
+of its bytes, verified on every read: a damaged vector reads as missing and is refetched.
+
+Writers append to segment files while holding SQLite's write lock and commit the index rows
+after the bytes are written, so readers only ever follow rows that are complete, and several
+processes can share a directory. Nothing is rewritten in place: deleting leaves dead rows,
+which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
+evicted unless a size limit is set; then the least recently *stored* entries go first.
+
+:class:`Store` composes the parts, which nothing else in embedcache knows about:
+:mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
+:mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
+(the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import numpy as np
+from numpy.typing import NDArray
+
+from ..cache_keys import Fingerprint
+from ..config import KEY_VERSION, resolve_cache_dir
+from ..errors import CacheError
+from .directory import check_or_create_marker, restrict_permissions
+from .index import Index
+from .rows import (
+    CHECKSUM,
+    CREATED_US,
+    DIM,
+    FP,
+    LO,
+    MILLITOKENS,
+    ROW,
+    SEG,
+    K,
+    join_key,
+    signed,
+    split_keys,
+    unsigned,
+    vector_checksum,
+    verify,
+)
+from .segments import Segments, fits
+
+__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "Record", "Store"]
+
+FORMAT_VERSION = 2
+MARKER_NAME = "embedcache.json"
+#: Lifetime counters kept by :meth:`Store.add_counters`.
+COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
+
+_FINGERPRINT_PREFIX = "fingerprint:"
+_COUNTER_PREFIX = "counter:"
+_SIZE_LIMIT = "size_limit"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One cached vector with its metadata.
+
+    :ivar vector: float32 vector (read-only).
+    :ivar tokens: tokens attributed to this text when it was fetched (an estimate within a
+        batch: the batch's usage apportioned by text length).
+    :ivar created: when it was stored, Unix seconds.
+    :ivar fingerprint_id: id of the request settings that produced it.
+    """
+
+    vector: NDArray[np.float32]
+    tokens: float
+    created: float
+    fingerprint_id: int
+
+
+@dataclass(frozen=True)
+class Found:
+    """The result of :meth:`Store.read_many`, aligned with the keys asked for.
+
+    :ivar present: whether each key was found intact (and of the requested dimension).
+    :ivar vectors: ``(len(keys), d)``; rows of absent keys are zero.
+    :ivar tokens: tokens recorded for each key; 0 for absent keys.
+    """
+
+    present: NDArray[np.bool_]
+    vectors: NDArray[np.float32]
+    tokens: NDArray[np.float64]
+
+
+@contextlib.contextmanager
+def _errors(directory: Path, action: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        # diskcache.Timeout: another process held the database lock for too long.
+        reason = str(exc) or type(exc).__name__
+        raise CacheError(f"cannot {action} cache at {directory}: {reason}") from exc
+
+
+class Store:
+    """A directory of cached vectors; safe to share between threads and processes.
+
+    :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
+        user cache directory. Created with mode 0700 when missing.
+    :param size_limit: bytes of vectors above which the oldest stored entries are evicted.
+        ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
+    :raises CacheFormatError: the directory was written by an incompatible version.
+    :raises CacheError: the directory cannot be created or opened.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
+    ) -> None:
+        if size_limit is not None and size_limit < 0:
+            raise CacheError(f"size_limit must be 0 (none) or a positive byte count: {size_limit}")
+        self.directory = resolve_cache_dir(directory)
+        # One lock guards the SQLite connection (in the index) and the segment maps.
+        self._lock = threading.RLock()
+        self._errors = functools.partial(_errors, self.directory)
+        self._known_fingerprints: set[int] = set()
+        versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
+        check_or_create_marker(self.directory, MARKER_NAME, versions)
+        #: A directory we cannot write to (a read-only mount, a shared team cache) still
+        #: serves its hits; storing, deleting and counting are refused or skipped.
+        self.read_only = not os.access(self.directory, os.W_OK)
+        try:
+            self._segments = Segments(self.directory / "segments")
+            self._index = Index(self.directory, self._lock, self._errors, self.read_only)
+            # diskcache writes when it opens, so a read-only cache goes without its metadata.
+            self._meta: Any = None
+            if not self.read_only:
+                self._meta = diskcache.Cache(
+                    str(self.directory / "meta"), eviction_policy="none", statistics=False
+                )
+        except sqlite3.OperationalError as exc:
+            raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # corruption, as opposed to access trouble
+            raise CacheError(
+                f"cannot open cache at {self.directory}: {exc}; its index is damaged: delete "
+                "the directory or use another (everything in it can be fetched again)"
+            ) from exc
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
+        if size_limit is not None and self._meta is not None:
+            self._meta.set(_SIZE_LIMIT, size_limit or None)
+        restrict_permissions(self.directory)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.directory)!r}, size_limit={self.size_limit!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connections and file maps; the directory stays."""
+        with self._lock:
+            self._segments.close()
+            self._index.close()
+            if self._meta is not None:
+                self._meta.close()
+
+    @property
+    def size_limit(self) -> int | None:
+        """Bytes of vectors above which entries are evicted; ``None``: never evicted."""
+        limit = self._meta.get(_SIZE_LIMIT) if self._meta is not None else None
+        return int(limit) if limit else None
+
+    # Reading
+
+    def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
+        """Look up every key and gather the vectors of those present into one array.
+
+        :param dim: the dimension expected; entries of another size read as absent. ``None``
+            takes the size of the first entry found.
+        """
+        split = split_keys(keys) if keys else np.empty((0, 2), dtype=np.int64)
+        matched, present, from_snapshot = self._index.find(split)
+        if dim is None and present.any():
+            dim = int(matched[present][0, DIM])
+        present &= matched[:, DIM] == (dim or 0)
+        vectors = self._segments.gather(matched[:, SEG], matched[:, ROW], present, dim or 0)
+        damaged = verify(matched, vectors, present)
+        if damaged and from_snapshot:
+            # The snapshot may predate a refetch of these entries: ask the index itself.
+            again, found, _ = self._index.find(split[damaged], use_snapshot=False)
+            found &= again[:, DIM] == (dim or 0)
+            fixed = np.asarray(damaged)[found]
+            if len(fixed):
+                refound = again[found]
+                matched[fixed] = refound
+                vectors[fixed] = self._segments.gather(
+                    refound[:, SEG], refound[:, ROW], np.ones(len(fixed), bool), dim or 0
+                )
+                recheck = np.zeros(len(matched), dtype=bool)
+                recheck[fixed] = True
+                present |= recheck
+                present[verify(matched, vectors, recheck)] = False
+        tokens = np.where(present, matched[:, MILLITOKENS] / 1000.0, 0.0)
+        return Found(present, vectors, tokens)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Record | None]:
+        """Look up each key, of whatever dimension; ``None`` when absent or damaged."""
+        if not keys:
+            return []
+        split = split_keys(keys)
+        rows = {(int(r[K]), int(r[LO])): r for r in self._index.lookup(split[:, 0])}
+        out: list[Record | None] = []
+        for hi, lo in split.tolist():
+            row = rows.get((hi, lo))
+            found = None if row is None else self._record(row)
+            out.append(found if isinstance(found, Record) else None)
+        return out
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key has an entry (without reading or checking its vector)."""
+        if not keys:
+            return []
+        return [bool(found) for found in self._index.find(split_keys(keys))[1]]
+
+    def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
+        """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
+        for rows in self._index.pages(batch):
+            records: list[Record | str] = [""] * len(rows)
+            # One pass over each segment's rows of the page, not one file open per entry.
+            for seg in np.unique(rows[:, SEG]):
+                mine = np.flatnonzero(rows[:, SEG] == seg)
+                try:
+                    vectors = self._segments.read_rows(
+                        int(seg), int(rows[mine[0], DIM]), rows[mine, ROW]
+                    )
+                except (OSError, ValueError):
+                    for i in mine.tolist():  # row by row, to say which rows cannot be read
+                        records[i] = self._record(rows[i])
+                    continue
+                for i, vector in zip(mine.tolist(), vectors, strict=True):
+                    records[i] = self._checked(rows[i], vector)
+            for row, record in zip(rows, records, strict=True):
+                yield join_key(int(row[K]), int(row[LO])), record
+
+    def _record(self, row: NDArray[np.int64]) -> Record | str:
+        """The entry an index row describes, or why it cannot be read."""
+        seg, number, dim = int(row[SEG]), int(row[ROW]), int(row[DIM])
+        try:
+            vector = self._segments.read_rows(seg, dim, np.array([number]))[0]
+        except (OSError, ValueError) as exc:
+            return f"vector unreadable ({type(exc).__name__}: {exc})"
+        return self._checked(row, vector)
+
+    @staticmethod
+    def _checked(row: NDArray[np.int64], vector: NDArray[np.float32]) -> Record | str:
+        """The record of an index row and the vector read for it, if its checksum holds."""
+        if vector_checksum(vector) != row[CHECKSUM]:
+            return "entry checksum mismatch"
+        vector.flags.writeable = False
+        return Record(
+            vector, row[MILLITOKENS] / 1000.0, row[CREATED_US] / 1e6, unsigned(int(row[FP]))
+        )
+
+    def __len__(self) -> int:
+        """Number of cached vectors."""
+        return self._index.count()
+
+    def volume(self) -> int:
+        """Bytes the cache occupies on disk."""
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+    # Writing
+
+    def put_many(
+        self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
+    ) -> None:
+        """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
+        by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
+        for entry in entries:
+            by_dim.setdefault(len(entry[1]), []).append(entry)
+        groups = [
+            ([key for key, _, _ in group], np.stack([v for _, v, _ in group]),
+             [tokens for _, _, tokens in group])
+            for group in by_dim.values()
+        ]  # fmt: skip
+        self._put(fp, groups)
+
+    def put_matrix(
+        self,
+        fp: Fingerprint,
+        keys: Sequence[bytes],
+        matrix: NDArray[np.float32],
+        tokens: Sequence[float],
+    ) -> None:
+        """Like :meth:`put_many` for vectors already in one ``(len(keys), d)`` array
+        (copying a shared tier down): no per-row stacking."""
+        if len(keys):
+            self._put(fp, [(list(keys), matrix, list(tokens))])
+
+    def _put(
+        self,
+        fp: Fingerprint,
+        groups: list[tuple[list[bytes], NDArray[np.float32], list[float]]],
+    ) -> None:
+        """Write groups of same-dimension vectors in one transaction."""
+        if self.read_only:
+            raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
+        if fp.id not in self._known_fingerprints:
+            with self._errors("write"):
+                self._meta.set(f"{_FINGERPRINT_PREFIX}{fp.id:016x}", fp.canonical)
+            self._known_fingerprints.add(fp.id)
+        now_us = int(time.time() * 1e6)
+        fp_id = signed(fp.id)
+        with self._index.write():
+            for keys, vectors, tokens in groups:
+                matrix = np.ascontiguousarray(vectors, dtype="<f4")
+                dim = matrix.shape[1]
+                seg, start = self._append(dim, matrix)
+                self._index.insert(
+                    split_keys(keys), seg, start, dim,
+                    [round(t * 1000) for t in tokens],
+                    [vector_checksum(row) for row in matrix],
+                    now_us, fp_id,
+                )  # fmt: skip
+            if self._index.evict(self.size_limit):
+                self._index.rebuild_snapshot()
+            else:
+                self._index.maybe_snapshot(sum(len(keys) for keys, _, _ in groups))
+
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        """Delete entries in one transaction; returns how many existed. Their space is
+        reclaimed by :meth:`compact`."""
+        if not keys:
+            return 0
+        split = split_keys(keys)
+        with self._index.write():
+            removed = self._index.delete(split)
+            if removed:
+                self._index.rebuild_snapshot()
+            return removed
+
+    def clear(self) -> int:
+        """Delete every entry and segment file; returns how many entries were removed.
+        Lifetime counters stay."""
+        with self._index.write():
+            removed, segments = self._index.clear()
+            self._index.rebuild_snapshot()
+        self._segments.unlink(segments)
+        return removed
+
+    def compact(self, min_dead_fraction: float = 0.5) -> int:
+        """Copy the live rows of segments that are at least ``min_dead_fraction`` dead into
+        new segments and delete the old files. Returns the bytes freed."""
+        freed = 0
+        with self._index.write():
+            doomed = []
+            for seg, dim, rows, live in self._index.segment_usage():
+                if rows and (rows - live) / rows >= min_dead_fraction:
+                    moved = self._index.live_rows(seg)
+                    if moved:
+                        matrix = self._segments.mapped(seg, dim)[[row for _, row in moved]]
+                        new, start = self._append(dim, matrix, avoid=seg)
+                        self._index.move([k for k, _ in moved], new, start)
+                    self._index.drop_segment(seg)
+                    doomed.append(seg)
+                    freed += (rows - live) * dim * 4
+            if doomed:
+                self._index.rebuild_snapshot()
+        self._segments.unlink(doomed)
+        return freed
+
+    def _append(
+        self, dim: int, matrix: NDArray[np.float32], avoid: int | None = None
+    ) -> tuple[int, int]:
+        """Write rows at the end of the open segment for ``dim`` (in a write transaction)."""
+        last = self._index.last_segment(dim)
+        if last is None or last[0] == avoid or not fits(last[1] + len(matrix), dim):
+            seg, start = self._index.add_segment(dim), 0
+        else:
+            seg, start = last
+        self._segments.write(seg, dim, start, matrix)
+        self._index.set_segment_rows(seg, start + len(matrix))
+        return seg, start
+
+    # Metadata
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        """Add to the lifetime counters in one transaction."""
+        if not any(deltas.values()):
+            return  # not even the write lock: a read-only cache stays usable
+        if self._meta is None:
+            return  # read-only: lifetime counters are bookkeeping, not worth failing a read
+        with self._errors("write"), self._meta.transact():
+            for name, delta in deltas.items():
+                if delta:
+                    self._meta.incr(f"{_COUNTER_PREFIX}{name}", delta)
+
+    def counters(self) -> dict[str, int]:
+        """The lifetime counters, every one of :data:`COUNTERS` present."""
+        if self._meta is None:
+            return dict.fromkeys(COUNTERS, 0)
+        with self._errors("read"):
+            return {name: int(self._meta.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
+
+    def fingerprints(self) -> dict[int, dict[str, object]]:
+        """The request settings of every fingerprint that has been stored, by id (as
+        :meth:`fingerprint_objects`; without metadata, entries show model "?")."""
+        return {fp_id: fp.fields for fp_id, fp in self.fingerprint_objects().items()}
+
+    def fingerprint_objects(self) -> dict[int, Fingerprint]:
+        """Every recorded fingerprint, by id, as :meth:`put_many` takes it (for copying
+        entries to another cache); a record whose JSON does not hash to its id is left out."""
+        if self._meta is None:
+            return {}
+        out: dict[int, Fingerprint] = {}
+        with self._errors("read"):
+            for key in self._meta.iterkeys():
+                if isinstance(key, str) and key.startswith(_FINGERPRINT_PREFIX):
+                    fp = Fingerprint.from_canonical(self._meta[key])
+                    if f"{fp.id:016x}" == key[len(_FINGERPRINT_PREFIX) :]:
+                        out[fp.id] = fp
+        return out

@@ -1,0 +1,112 @@
+"""Where the embedder looks for a vector, nearest first: memory, local disk, shared Redis.
+
+A vector found in Redis is written back to local disk, so the next read is local; a vector
+fetched from the API goes to both. Each tier is optional except the disk store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..cache_keys import Fingerprint
+from ..errors import CacheError
+from .memory import MemoryTier
+from .shared import RedisStore
+from .store import Found, Store
+
+__all__ = ["KeyedVectors", "Tiers"]
+
+#: ``(key, vector, tokens)`` as the stores take them.
+KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
+
+log = logging.getLogger("embedcache")
+
+
+class Tiers:
+    """The cache's tiers, read nearest first and written together.
+
+    :param store: the local disk cache.
+    :param shared: a Redis tier shared with other machines, if any.
+    :param memory_bytes: memory for recently read vectors (0: none); see
+        :mod:`embedcache.storage.memory`.
+    """
+
+    def __init__(self, store: Store, shared: RedisStore | None = None, memory_bytes: int = 0):
+        self.store = store
+        self.shared = shared
+        self._memory = MemoryTier(memory_bytes) if memory_bytes > 0 else None
+
+    def read(
+        self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, shared: bool = True
+    ) -> Found:
+        """Every key's vector from the nearest tier that has it.
+
+        :param shared: also ask the shared tier (a network round trip) for what is not local.
+        """
+        if self._memory is not None:
+            found = self._memory.get_all(keys, dim)
+            if found is not None:
+                return found
+        found = self.store.read_many(keys, dim)
+        if shared and self.shared is not None and not found.present.all():
+            found = self._pull(fp, keys, found, dim)
+        if self._memory is not None:
+            self._memory.put(keys, found)
+        return found
+
+    def contains(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> NDArray[np.bool_]:
+        """Whether each key is cached locally or in the shared tier (whose entries are
+        copied down, so a prewarm on a new machine costs no tokens for them)."""
+        present = np.array(self.store.contains_many(keys), dtype=bool)
+        if self.shared is not None and not present.all():
+            absent = np.flatnonzero(~present)
+            pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim)
+            present[absent[pulled.present]] = True
+        return present
+
+    def put(self, fp: Fingerprint, entries: KeyedVectors) -> None:
+        """Store fetched vectors locally (errors propagate), then in the shared tier."""
+        self.store.put_many(fp, entries)
+        if self.shared is not None:
+            self.shared.put_many(fp, entries)
+
+    def forget_memory(self) -> None:
+        """Drop the vectors held in memory (the disk and shared tiers are untouched)."""
+        if self._memory is not None:
+            self._memory.clear()
+
+    def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
+        """``found`` completed with what the shared tier has for its absent keys."""
+        if not found.present.any():  # nothing local (a new machine): no merging to do
+            return self._pull_absent(fp, keys, dim)
+        absent = np.flatnonzero(~found.present)
+        pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], found.vectors.shape[1])
+        got = absent[pulled.present]
+        if not len(got):
+            return found
+        found.vectors[got] = pulled.vectors[pulled.present]
+        found.present[got] = True
+        found.tokens[got] = pulled.tokens[pulled.present]
+        return found
+
+    def _pull_absent(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
+        """The shared tier's vectors for ``keys``, written back to local disk."""
+        assert self.shared is not None
+        pulled = self.shared.read_many(keys, dim)
+        rows = np.flatnonzero(pulled.present)
+        if len(rows) and not self.store.read_only:
+            whole = len(rows) == len(keys)  # all found: write the array as it is, no gather
+            try:
+                self.store.put_matrix(
+                    fp,
+                    keys if whole else [keys[i] for i in rows.tolist()],
+                    pulled.vectors if whole else pulled.vectors[rows],
+                    (pulled.tokens if whole else pulled.tokens[rows]).tolist(),
+                )
+            except CacheError as exc:  # a hit is still a hit without its local copy
+                log.warning("could not copy shared entries to local disk: %s", exc)
+        return pulled

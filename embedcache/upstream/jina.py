@@ -1,0 +1,325 @@
+"""HTTP client for ``POST {base_url}/v1/embeddings``: retries, error mapping, response parsing.
+
+This is the one boundary where httpx exceptions and HTTP statuses become
+:class:`~embedcache.errors.EmbedcacheError`. Batching and caching live in the embedder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from ..config import (
+    DEFAULT_BACKOFF_BASE_SECONDS,
+    DEFAULT_BACKOFF_CAP_SECONDS,
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT_SECONDS,
+    EMBEDDINGS_PATH,
+    MAX_RETRY_AFTER_SECONDS,
+    VERSION,
+    resolve_api_key,
+    resolve_base_url,
+)
+from ..errors import (
+    APIError,
+    AuthenticationError,
+    RateLimitError,
+    ResponseFormatError,
+    TransportError,
+)
+from ..models import RequestOptions
+from ..tokens import estimate_tokens
+from .limiter import RateLimiter
+from .protocol import UpstreamResult
+
+__all__ = ["RETRYABLE_STATUSES", "JinaClient"]
+
+#: Statuses worth another attempt; 400/401/402/403/422 and the rest are final.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_MAX_DETAIL_CHARS = 500
+
+log = logging.getLogger("embedcache")
+
+
+class JinaClient:
+    """Sends one batch per call to the Jina embeddings endpoint.
+
+    The API key is resolved on the first request (argument, ``JINAAI_API_KEY``,
+    ``JINA_API_KEY``), so a client whose every text is cached never needs one.
+
+    :param api_key: Jina API key; never logged, stored on disk or shown in ``repr``.
+    :param base_url: API root; default ``EMBEDCACHE_BASE_URL`` or ``https://api.jina.ai``.
+    :param timeout: seconds to wait for a response.
+    :param max_attempts: attempts per batch, the first included, for 429, 5xx, timeouts and
+        broken connections.
+    :param backoff_base: first backoff in seconds; doubled per attempt, with jitter, capped
+        at ``backoff_cap``. A ``Retry-After`` header overrides it.
+    :param http_client: an ``httpx.Client`` to use (not closed by :meth:`close`).
+    :param transport: an httpx transport for the client built here (tests).
+    :param sleep: how to wait between attempts (tests).
+    :param limiter: paces every attempt to the account's rate limits; share one per
+        process (see :func:`~embedcache.upstream.limiter.shared_limiter`). ``None``: no pacing.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_SECONDS,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP_SECONDS,
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._api_key = api_key
+        self.base_url = resolve_base_url(base_url)
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._timeout = timeout
+        self._transport = transport
+        self._owns_http = http_client is None
+        self._http = http_client
+        self._http_lock = threading.Lock()
+        self.limiter = limiter
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return f"JinaClient(base_url={self.base_url!r}, api_key={key})"
+
+    def close(self) -> None:
+        """Close the connection pool if this client created it."""
+        if self._owns_http and self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _client(self) -> httpx.Client:
+        # Built on first use: a run served entirely from cache never pays for TLS setup.
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(self._timeout, connect=DEFAULT_CONNECT_TIMEOUT_SECONDS),
+                    transport=self._transport,
+                    headers={"User-Agent": f"embedcache/{VERSION}"},
+                )
+            return self._http
+
+    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+        """Embed one batch, retrying transient failures.
+
+        :raises AuthenticationError: no key, or the API refused it.
+        :raises RateLimitError: still 429 after the last attempt.
+        :raises APIError: any other error status.
+        :raises TransportError: no HTTP response after the last attempt.
+        :raises ResponseFormatError: a 2xx response that cannot be parsed.
+        """
+        key = resolve_api_key(self._api_key)
+        body = options.body_fields()
+        body["input"] = list(texts)
+        headers = {"Authorization": f"Bearer {key}"}
+        url = self.base_url + EMBEDDINGS_PATH
+        http = self._client()
+        estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
+        for attempt in range(1, self.max_attempts + 1):
+            last = attempt == self.max_attempts
+            permit = self.limiter.acquire(estimate) if self.limiter is not None else None
+            charged: int | None = 0  # a failed attempt costs nothing
+            try:
+                try:
+                    response = http.post(url, json=body, headers=headers)
+                except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+                    message = self._scrub(f"cannot send to {url}: {exc}", key)
+                    raise TransportError(message) from None
+                except httpx.TransportError as exc:
+                    charged = None  # it may have reached the API: keep the estimate
+                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    if last:
+                        raise TransportError(
+                            self._scrub(
+                                f"no response from {url} after {attempt} attempts ({reason})", key
+                            )
+                        ) from None
+                    self._wait(attempt, None, reason)
+                    continue
+                self._observe(response)
+                if response.is_success:
+                    result = _parse(response, len(texts))
+                    charged = result.total_tokens
+                    return result
+            finally:
+                if permit is not None:
+                    permit.done(charged)
+            error = _api_error(response, key)
+            if response.status_code not in RETRYABLE_STATUSES:
+                raise error
+            if last:
+                if response.status_code == 429:
+                    raise RateLimitError(
+                        f"{error} (gave up after {attempt} attempts)",
+                        status=error.status,
+                        code=error.code,
+                        detail=error.detail,
+                        request_id=error.request_id,
+                    )
+                raise error
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code == 429 and self.limiter is not None:
+                # Everyone waits, not just this batch: the limiter's next acquire does.
+                self.limiter.rate_limited_by_server(_parse_retry_after(retry_after))
+                continue
+            self._wait(attempt, retry_after, f"HTTP {error.status}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, response: httpx.Response) -> None:
+        """Pass the API's remaining-budget headers to the limiter."""
+        if self.limiter is not None:
+            self.limiter.server_remaining(
+                _header_int(response, "X-RateLimit-Remaining-Requests"),
+                _header_int(response, "X-RateLimit-Remaining-Tokens"),
+            )
+
+    def _wait(self, attempt: int, retry_after: str | None, reason: str) -> None:
+        delay = _parse_retry_after(retry_after)
+        if delay is None:
+            ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+            # Half fixed, half random: spreads concurrent retries without ever retrying at once.
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        log.warning(
+            "Jina API: %s; attempt %d of %d failed, retrying in %.2fs",
+            reason, attempt, self.max_attempts, delay,
+        )  # fmt: skip
+        self._sleep(delay)
+
+    @staticmethod
+    def _scrub(text: str, key: str) -> str:
+        return text.replace(key, "***") if key else text
+
+
+def _header_int(response: httpx.Response, name: str) -> int | None:
+    raw = response.headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _api_error(response: httpx.Response, key: str) -> APIError:
+    """Map an error response to an exception carrying Jina's code, detail and request id."""
+    status = response.status_code
+    code = detail = None
+    request_id = response.headers.get("x-request-id")
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        code = payload.get("code") if isinstance(payload.get("code"), str) else None
+        raw = payload.get("detail")
+        if isinstance(raw, list):  # FastAPI-style validation errors
+            raw = "; ".join(str(item.get("msg", item)) for item in raw if isinstance(item, dict))
+        detail = _one_line(str(raw)).replace(key, "***") if raw else None
+        request_id = payload.get("request_id") or request_id
+    message = f"Jina API returned HTTP {status}"
+    if code:
+        message += f" {code}"
+    if detail:
+        message += f": {detail}"
+    elif payload is None:
+        kind = response.headers.get("content-type", "unknown type").split(";")[0]
+        message += f" with a non-JSON body ({kind})"
+    if request_id:
+        message += f" (request id {request_id})"
+    auth = status == 401 or (status == 403 and (code or "").startswith("AUTH_"))
+    cls = AuthenticationError if auth else APIError
+    return cls(message, status=status, code=code, detail=detail, request_id=request_id)
+
+
+def _parse(response: httpx.Response, expected: int) -> UpstreamResult:
+    """Decode a success response into rows ordered by ``index``; reject anything off."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        raise ResponseFormatError(
+            f"HTTP {response.status_code} response is not valid JSON "
+            f"({len(response.content)} bytes)"
+        ) from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ResponseFormatError("response has no 'data' list")
+    if len(data) != expected:
+        raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
+    rows: list[NDArray[np.float32] | None] = [None] * expected
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
+            raise ResponseFormatError(f"response indexes do not cover 0..{expected - 1} once each")
+        rows[index] = _decode_embedding(item.get("embedding"), index)
+    dims = {len(row) for row in rows if row is not None}
+    if len(dims) > 1:
+        raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
+    vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+    usage = payload.get("usage")
+    tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
+    if not isinstance(tokens, int) or tokens < 0:
+        tokens = 0
+    request_id = payload.get("request_id") or response.headers.get("x-request-id")
+    return UpstreamResult(vectors, tokens, request_id)
+
+
+def _decode_embedding(value: object, index: int) -> NDArray[np.float32]:
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ResponseFormatError(f"embedding {index} is not valid base64") from None
+        if len(raw) % 4:
+            raise ResponseFormatError(
+                f"embedding {index} has {len(raw)} bytes, not a whole number of float32"
+            )
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+    if isinstance(value, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    ):
+        return np.asarray(value, dtype=np.float32)
+    raise ResponseFormatError(f"embedding {index} is neither base64 nor a list of numbers")
