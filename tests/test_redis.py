@@ -12,7 +12,8 @@ import redis
 
 from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
 from embedcache.cache_keys import fingerprint, text_keys
-from embedcache.storage.shared import RedisStore, decode_entry, encode_entry
+from embedcache.storage.formats import decode_entry, encode_entry
+from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY

@@ -42,8 +42,9 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     URL, also the shared tier's entries and size."""
     from ..maintenance import inventory
 
-    summary = inventory.summarize(cli.store())
-    shared = cli.shared(strict=True)
+    parts = cli.open(shared_strict=True)
+    summary = inventory.summarize(parts.store)
+    shared = parts.shared
     tier: dict[str, Any] | None = None
     if shared is not None:
         usage = shared.usage()
@@ -113,7 +114,9 @@ def ls(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    page = list(itertools.islice(inventory.entries(cli.store(), filters), offset, offset + limit))
+    page = list(
+        itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
+    )
     if as_json:
         echo_json([entry.as_dict() for entry in page])
         return
@@ -160,7 +163,7 @@ def inspect(
         options = build_options(model, task, dimensions, late_chunking, truncate)
         fp = fingerprint(options)
         key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
-    store = cli.store()
+    store = cli.open().store
     record = store.get_many([key])[0]
     settings = store.fingerprints().get(record.fingerprint_id, {}) if record else {}
     info = {
@@ -214,7 +217,7 @@ def get(
     import numpy as np
 
     options = build_options(model, task, dimensions, late_chunking, truncate)
-    vectors = cli.embedder(cli.store(), offline=offline).embed(list(texts), options)
+    vectors = cli.open(offline=offline).embedder.embed(list(texts), options)
     if npy is not None:
         np.save(npy, vectors)
         click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
@@ -249,7 +252,7 @@ def export(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    written = inventory.export(cli.store(), filters, out, parquet=parquet)
+    written = inventory.export(cli.open().store, filters, out, parquet=parquet)
     if as_json:
         echo_json({"files": [str(p) for p in written]})
     else:
@@ -283,7 +286,7 @@ def prune(
     filters = build_filters(
         model, task, dimensions, since, before=None if age is None else time.time() - age
     )
-    store = cli.store()
+    store = cli.open().store
     chosen = inventory.select_for_prune(store, filters, parse_size(max_size))
     size = sum(entry.size for entry in chosen)
     removed = freed = 0
@@ -310,7 +313,7 @@ def prune(
 @pass_cli
 def clear(cli: CliContext, yes: bool) -> None:
     """Remove every entry (lifetime counters are kept)."""
-    store = cli.store()
+    store = cli.open().store
     count = len(store)
     if not yes:
         click.confirm(f"Remove all {count:,} entries from {store.directory}?", abort=True)
@@ -331,8 +334,8 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
     from ..maintenance import inventory
     from ..maintenance.sharing import verify_shared
 
-    store = cli.store()
-    shared = cli.shared(strict=True)
+    parts = cli.open(shared_strict=True)
+    store, shared = parts.store, parts.shared
     report = inventory.verify(store)
     remote = verify_shared(shared) if shared is not None else None
     removed = removed_shared = 0

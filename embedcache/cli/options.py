@@ -15,23 +15,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..config import (
-    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_MILLION_TOKENS,
     DEFAULT_REDIS_PREFIX,
-    DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_TASK,
     PRICE_ENV,
-    REDIS_MAINTENANCE_TIMEOUT_SECONDS,
 )
 from ..models import RequestOptions, resolve_options
 from ..upstream.limiter import Limits
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
-    from ..embedding.embedder import CachedEmbedder
+    from ..assembly import Assembly
     from ..maintenance.inventory import Filters
-    from ..storage.shared import RedisStore
-    from ..storage.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,61 +46,24 @@ class CliContext:
     redis_ttl: int | None = None
     limits: Limits = field(default_factory=Limits)
 
-    def store(self) -> Store:
-        """Open the cache; closed when the command ends."""
-        from ..storage.store import Store
+    def open(self, **overrides: Any) -> Assembly:
+        """The cache's parts (see :class:`~embedcache.assembly.Assembly`) built from the
+        global options and ``overrides`` (fields of
+        :class:`~embedcache.assembly.CacheSettings`); closed when the command ends."""
+        from ..assembly import Assembly, CacheSettings
 
-        store = Store(self.cache_dir)
-        click.get_current_context().call_on_close(store.close)
-        return store
-
-    def shared(self, *, strict: bool = False) -> RedisStore | None:
-        """The shared Redis tier, or ``None`` without a URL; closed when the command ends.
-
-        :param strict: for maintenance (sync, stats, verify): a failing Redis raises
-            :class:`~embedcache.errors.SharedCacheError` (a one-line error, exit 1) after a
-            longer timeout, instead of the embedding path's fallback to local disk.
-        """
-        from ..storage.shared import open_shared
-
-        shared = open_shared(
-            self.redis_url,
-            prefix=self.redis_prefix,
-            ttl=self.redis_ttl,
-            timeout=REDIS_MAINTENANCE_TIMEOUT_SECONDS if strict else DEFAULT_REDIS_TIMEOUT_SECONDS,
-            strict=strict,
+        settings = CacheSettings(
+            cache_dir=self.cache_dir,
+            base_url=self.base_url,
+            limits=self.limits,
+            redis_url=self.redis_url,
+            redis_prefix=self.redis_prefix,
+            redis_ttl=self.redis_ttl,
+            **overrides,
         )
-        if shared is not None:
-            click.get_current_context().call_on_close(shared.close)
-        return shared
-
-    def embedder(
-        self,
-        store: Store,
-        *,
-        offline: bool = False,
-        batch_size: int | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    ) -> CachedEmbedder:
-        """The caching core on ``store`` with the Jina client; closed when the command ends."""
-        from ..embedding.embedder import CachedEmbedder
-        from ..upstream.jina import JinaClient
-        from ..upstream.limiter import shared_limiter
-
-        ctx = click.get_current_context()
-        client = JinaClient(base_url=self.base_url, limiter=shared_limiter(self.limits))
-        ctx.call_on_close(client.close)
-        shared = self.shared()
-        embedder = CachedEmbedder(
-            store,
-            client,
-            offline=offline,
-            batch_size=batch_size,
-            max_concurrency=max_concurrency,
-            shared=shared,
-        )
-        ctx.call_on_close(embedder.close)
-        return embedder
+        parts = Assembly(settings)
+        click.get_current_context().call_on_close(parts.close)
+        return parts
 
 
 pass_cli = click.make_pass_decorator(CliContext)

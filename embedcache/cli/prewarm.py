@@ -173,7 +173,7 @@ def prewarm(
         for item in read_items(path, fmt=fmt, field=field, column=column, group_field=group_field)
     ]
     groups = _groups(items, late_chunking)
-    embedder = cli.embedder(cli.store(), batch_size=batch_size, max_concurrency=max_concurrency)
+    embedder = cli.open(batch_size=batch_size, max_concurrency=max_concurrency).embedder
     plans = [embedder.warm(group, options, dry_run=True) for group in groups]
     plan: dict[str, Any] = _total(plans)
     del plan["tokens_spent"]  # filled in by fetching, below

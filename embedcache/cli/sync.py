@@ -13,6 +13,7 @@ from ..config import REDIS_URL_ENV
 from .options import CliContext, echo_json, json_option, pass_cli
 
 if TYPE_CHECKING:
+    from ..assembly import Assembly
     from ..maintenance.sharing import SyncReport
     from ..storage.shared import RedisStore
 
@@ -21,9 +22,9 @@ __all__ = ["require_shared", "sync"]
 _LINE_INTERVAL_SECONDS = 5.0
 
 
-def require_shared(cli: CliContext, command: str) -> RedisStore:
-    """The strict shared tier, or a usage error (exit 2) when no URL is configured."""
-    shared = cli.shared(strict=True)
+def require_shared(parts: Assembly, command: str) -> RedisStore:
+    """The shared tier of ``parts``, or a usage error (exit 2) when no URL is configured."""
+    shared = parts.shared
     if shared is None:
         raise click.UsageError(
             f"{command} needs a shared cache: pass --redis-url URL before the command, "
@@ -78,8 +79,9 @@ def sync(cli: CliContext, pull: bool, dry_run: bool, as_json: bool) -> None:
     """
     from ..maintenance import sharing
 
-    shared = require_shared(cli, "sync")
-    store = cli.store()
+    parts = cli.open(shared_strict=True)
+    shared = require_shared(parts, "sync")
+    store = parts.store
     shared.ping()  # a dead Redis is an error before any work, even with nothing to copy
     if pull:
         progress = _Progress("sync down", shared.count)

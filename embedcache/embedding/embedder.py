@@ -1,8 +1,11 @@
 """The caching core: look up every text, send only the misses, commit each batch on arrival.
 
-It knows nothing of HTTP or bytes on disk: it is given a :class:`~embedcache.storage.store.Store`
-and an :class:`~embedcache.upstream.protocol.Upstream`, so the library, the CLI and the proxy share
-it, and tests drive it with faulty upstreams.
+It knows nothing of HTTP or bytes on disk: it reads and writes through
+:class:`~embedcache.storage.tiers.Tiers` and sends through an
+:class:`~embedcache.upstream.protocol.Upstream`, so the library, the CLI and the proxy share
+it, and tests drive it with faulty upstreams. Sending is the
+:class:`~embedcache.embedding.scheduler.BatchScheduler`'s job, counting the
+:class:`~embedcache.embedding.counters.Counters`'.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,33 +30,12 @@ from ..tokens import estimate_tokens
 from ..upstream.protocol import Upstream, UpstreamResult
 from .batches import Miss, check_lengths, plan_batches, validated
 from .coalescing import Claim, Inflight
+from .counters import Counters, Stats
+from .scheduler import BatchScheduler
 
 __all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
 
 log = logging.getLogger("embedcache")
-
-
-@dataclass
-class Stats:
-    """Counters since the embedder was created (or of one call). Hits, misses and coalesced
-    count distinct entries.
-
-    :ivar hits: entries found in the cache.
-    :ivar misses: entries this embedder fetched (or tried to) from the upstream.
-    :ivar coalesced: entries that another call was already fetching, taken from its result.
-    :ivar tokens_saved: tokens recorded for the hit entries when they were fetched; an
-        estimate, since a batch's usage is apportioned to its texts by length.
-    """
-
-    hits: int = 0
-    misses: int = 0
-    requests: int = 0
-    tokens_spent: int = 0
-    tokens_saved: float = 0.0
-    coalesced: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -132,12 +114,12 @@ def check_texts(texts: object) -> Sequence[str]:
 
 
 class CachedEmbedder:
-    """Serve embeddings from ``store``, fetching misses from ``upstream``.
+    """Serve embeddings from the cache, fetching misses from ``upstream``.
 
     Safe to share between threads: concurrent calls that miss the same entries send one
     request for them (see :mod:`embedcache.embedding.coalescing`) unless ``coalesce`` is off.
 
-    :param store: where vectors are cached.
+    :param store: the local disk cache.
     :param upstream: embeds one batch per call; only misses reach it. A call may pass its
         own (the proxy forwards each client's credentials).
     :param offline: raise :class:`CacheMissError` instead of fetching.
@@ -167,21 +149,16 @@ class CachedEmbedder:
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
-        if max_concurrency < 1:
-            raise InvalidInputError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        self.store = store
         self.upstream = upstream
         self.offline = offline
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.max_concurrency = max_concurrency
+        self._scheduler: BatchScheduler[tuple[list[Miss], Claim | None], UpstreamResult]
+        self._scheduler = BatchScheduler(max_concurrency)
         self._inflight = Inflight() if coalesce else None
         self._tiers = Tiers(store, shared, memory_bytes)
-        self._stats = Stats()
-        self._lock = threading.Lock()
+        self._counters = Counters()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._flushed = asdict(self._stats)
 
     @property
     def waiting(self) -> int:
@@ -191,16 +168,13 @@ class CachedEmbedder:
     @property
     def stats(self) -> Stats:
         """A snapshot of the counters."""
-        with self._lock:
-            return Stats(**asdict(self._stats))
+        return self._counters.snapshot()
 
     def close(self) -> None:
         """Record this session's counters in the cache's lifetime totals and stop the worker
         threads (the store and upstream belong to the caller)."""
         self.flush_counters()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._scheduler.close()
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
         """Return a ``(len(texts), d)`` float32 array, row ``i`` for ``texts[i]``.
@@ -292,6 +266,20 @@ class CachedEmbedder:
         self._fill(misses, len(unique), call)
         return replace(report, tokens_spent=call.stats.tokens_spent)
 
+    def forget_memory(self) -> None:
+        """Drop the recently read vectors held in memory (``memory_bytes``)."""
+        self._tiers.forget_memory()
+
+    def flush_counters(self) -> None:
+        """Add what was counted since the last flush to the cache's lifetime counters
+        (done after every fill and on close; a long-running server also calls it now and
+        then, so a killed process loses little)."""
+        try:
+            self._tiers.store.add_counters(self._counters.take_unflushed())
+        except CacheError as exc:
+            # Counters are bookkeeping: a read-only cache must still serve its hits.
+            log.warning("could not record lifetime counters: %s", exc)
+
     def _index(
         self, texts: Sequence[str], options: RequestOptions
     ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
@@ -311,6 +299,12 @@ class CachedEmbedder:
         position = dict(zip(keys, range(len(keys)), strict=True))
         return fp, keys, position
 
+    def _fingerprint(self, options: RequestOptions) -> Fingerprint:
+        fp = self._fingerprints.get(options)
+        if fp is None:
+            fp = self._fingerprints[options] = fingerprint(options)
+        return fp
+
     @staticmethod
     def _misses(
         texts: Sequence[str],
@@ -328,56 +322,35 @@ class CachedEmbedder:
             for j in slots.tolist()
         ]
 
+    def _count(self, call: _Call, **deltas: float) -> None:
+        self._counters.add(call.stats, **deltas)
+
     def _fill(self, misses: list[Miss], distinct: int, call: _Call) -> None:
         if self.offline:
             raise CacheMissError(
                 f"offline: {len(misses)} of {distinct} distinct texts are not cached",
                 misses=len(misses),
             )
-        if self.store.read_only:
+        if self._tiers.read_only:
             # Fetching would spend tokens on vectors that could not be kept.
             raise CacheError(
                 f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
-                f"{self.store.directory} is read-only"
+                f"{self._tiers.store.directory} is read-only"
             )
         check_lengths(misses, call.options)
         self._count(call, misses=len(misses))
         try:
             while misses:
                 waiting = self._fetch(misses, call)
-                misses = self._after_others(waiting, call)
+                if not waiting:
+                    break
+                assert self._inflight is not None  # only claims leave misses to others
+                self._inflight.wait([event for events, _ in waiting for event in events])
+                # Whatever the other calls' fetches did not store, this call fetches itself.
+                left = [miss for _, group in waiting for miss in group]
+                misses = self._take_stored(left, call, "coalesced")
         finally:
             self.flush_counters()
-
-    def _count(self, call: _Call, **deltas: float) -> None:
-        with self._lock:
-            for counters in (self._stats, call.stats):
-                for name, delta in deltas.items():
-                    setattr(counters, name, getattr(counters, name) + delta)
-
-    def forget_memory(self) -> None:
-        """Drop the recently read vectors held in memory (``memory_bytes``)."""
-        self._tiers.forget_memory()
-
-    def flush_counters(self) -> None:
-        """Add what was counted since the last flush to the cache's lifetime counters
-        (done after every fill and on close; a long-running server also calls it now and
-        then, so a killed process loses little)."""
-        with self._lock:
-            now = asdict(self._stats)
-            deltas = {name: round(now[name]) - round(self._flushed[name]) for name in now}
-            self._flushed = now
-        try:
-            self.store.add_counters(deltas)
-        except CacheError as exc:
-            # Counters are bookkeeping: a read-only cache must still serve its hits.
-            log.warning("could not record lifetime counters: %s", exc)
-
-    def _fingerprint(self, options: RequestOptions) -> Fingerprint:
-        fp = self._fingerprints.get(options)
-        if fp is None:
-            fp = self._fingerprints[options] = fingerprint(options)
-        return fp
 
     def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
         """Send ``misses`` in batches, committing each as it arrives.
@@ -387,11 +360,16 @@ class CachedEmbedder:
         waiting: list[_Waiting] = []
         claims: list[Claim] = []
         plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = self._claimed(
-            self._still_missing(plan, call), claims, waiting, call.options.late_chunking
-        )
+        batches = self._claimed(self._still_missing(plan, call), claims, waiting, call.options)
 
-        def commit(batch: list[Miss], claim: Claim | None, result: UpstreamResult) -> None:
+        def send(queued: tuple[list[Miss], Claim | None]) -> UpstreamResult:
+            batch = queued[0]
+            result = call.upstream.embed([miss.text for miss in batch], call.options)
+            self._count(call, requests=1, tokens_spent=result.total_tokens)
+            return result
+
+        def commit(queued: tuple[list[Miss], Claim | None], result: UpstreamResult) -> None:
+            batch, claim = queued
             try:
                 self._commit(batch, result, call)
             finally:
@@ -401,56 +379,26 @@ class CachedEmbedder:
                 call.on_batch(len(batch), result.total_tokens)
 
         try:
-            if self.max_concurrency == 1:
-                for batch, claim in batches:
-                    commit(batch, claim, self._send(batch, call))
-                return waiting
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.max_concurrency, "embedcache")
-                pool = self._pool
-            pending: dict[Future[UpstreamResult], tuple[list[Miss], Claim | None]] = {}
-            error: BaseException | None = None
-
-            def top_up() -> None:
-                while len(pending) < self.max_concurrency:
-                    queued = next(batches, None)
-                    if queued is None:
-                        return
-                    pending[pool.submit(self._send, queued[0], call)] = queued
-
-            try:
-                top_up()
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    finished = [(pending.pop(future), future) for future in done]
-                    if error is None and all(f.exception() is None for _, f in finished):
-                        # Refill the freed slots before writing to disk, so the next requests
-                        # are already in flight while this batch is committed.
-                        top_up()
-                    for (sent, claim), future in finished:
-                        try:
-                            commit(sent, claim, future.result())
-                        except Exception as exc:
-                            # Keep committing what is already paid for; raise the first failure.
-                            error = error or exc
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-            if error is not None:
-                raise error
-            return waiting
+            self._scheduler.run(batches, send, commit)
         finally:
             for claim in claims:
                 claim.release()  # a failed or abandoned batch must not hold up waiters
+        return waiting
+
+    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
+        """Just before each batch is sent, drop what another process has committed since
+        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
+        for batch in batches:
+            batch = self._take_stored(batch, call, "hits")
+            if batch:
+                yield batch
 
     def _claimed(
         self,
         batches: Iterator[list[Miss]],
         claims: list[Claim],
         waiting: list[_Waiting],
-        whole: bool,
+        options: RequestOptions,
     ) -> Iterator[tuple[list[Miss], Claim | None]]:
         """Claim each batch's entries just before it is sent; set aside those another call
         is already fetching."""
@@ -460,7 +408,7 @@ class CachedEmbedder:
                 continue
             claim, owned, events = self._inflight.claim([miss.key for miss in batch])
             claims.append(claim)
-            if len(owned) < len(batch) and whole:
+            if len(owned) < len(batch) and options.late_chunking:
                 # Never send part of a late-chunking group; wait for whoever holds the rest.
                 claim.release()
                 owned = []
@@ -471,57 +419,33 @@ class CachedEmbedder:
             if batch:
                 yield batch, claim
 
-    def _after_others(self, waiting: list[_Waiting], call: _Call) -> list[Miss]:
-        """Wait for the fetches this call left to others, take what they committed, and
-        return what is still missing (their fetch failed: this call tries with its own)."""
-        misses = [miss for _, group in waiting for miss in group]
+    def _take_stored(
+        self, misses: list[Miss], call: _Call, counted_as: Literal["hits", "coalesced"]
+    ) -> list[Miss]:
+        """Take from the cache what has been stored of ``misses`` since this call looked (by
+        another process, or by the fetch of another call), and return the rest."""
         if not misses:
-            return []
-        assert self._inflight is not None  # only a coalescing embedder leaves misses to others
-        self._inflight.wait([event for events, _ in waiting for event in events])
+            return misses
         keys = [miss.key for miss in misses]
-        if call.rows is None:
-            present = np.array(self.store.contains_many(keys), dtype=bool)
+        rows = call.rows
+        found = None
+        if rows is None:
+            usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
         else:
-            found = self.store.read_many(keys, call.rows.dim or call.options.expected_dim)
-            present = found.present
-            call.rows.put([m.slot for m, ok in zip(misses, present, strict=True) if ok],
-                          found.vectors[present])  # fmt: skip
-        done = int(present.sum())
-        self._count(call, misses=-done, coalesced=done)
-        if call.on_batch is not None and done:
+            found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
+            usable = found.present.copy()
+        if call.options.late_chunking and not usable.all():
+            usable[:] = False  # a group is all or nothing: never send part of one
+        done = int(usable.sum())
+        if not done:
+            return misses
+        if rows is not None and found is not None:
+            rows.put([m.slot for m, ok in zip(misses, usable, strict=True) if ok],
+                     found.vectors[usable])  # fmt: skip
+        self._count(call, misses=-done, **{counted_as: done})
+        if call.on_batch is not None:
             call.on_batch(done, 0)
-        return [miss for miss, ok in zip(misses, present, strict=True) if not ok]
-
-    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
-        """Just before each batch is sent, drop what another process has committed since
-        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
-        for batch in batches:
-            keys = [miss.key for miss in batch]
-            rows = call.rows
-            if rows is None:
-                usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
-            else:
-                found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
-                usable = found.present
-            if call.options.late_chunking and not usable.all():
-                usable[:] = False  # a group is all or nothing: never send part of one
-            if usable.any():
-                if rows is not None:
-                    rows.put([m.slot for m, ok in zip(batch, usable, strict=True) if ok],
-                             found.vectors[usable])  # fmt: skip
-                done = int(usable.sum())
-                batch = [m for m, ok in zip(batch, usable, strict=True) if not ok]
-                self._count(call, misses=-done, hits=done)
-                if call.on_batch is not None and done:
-                    call.on_batch(done, 0)
-            if batch:
-                yield batch
-
-    def _send(self, batch: list[Miss], call: _Call) -> UpstreamResult:
-        result = call.upstream.embed([miss.text for miss in batch], call.options)
-        self._count(call, requests=1, tokens_spent=result.total_tokens)
-        return result
+        return [m for m, ok in zip(misses, usable, strict=True) if not ok]
 
     def _commit(self, batch: list[Miss], result: UpstreamResult, call: _Call) -> None:
         rows = call.rows

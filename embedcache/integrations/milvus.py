@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from ..assembly import Assembly, CacheSettings
 from ..config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BATCH_TOKENS,
@@ -19,12 +20,9 @@ from ..config import (
     DEFAULT_TIMEOUT_SECONDS,
     resolve_offline,
 )
-from ..embedding.embedder import CachedEmbedder, Stats
+from ..embedding.counters import Stats
 from ..models import RequestOptions, resolve_options
-from ..storage.shared import open_shared
-from ..storage.store import Store
-from ..upstream.jina import JinaClient
-from ..upstream.limiter import resolve_limits, shared_limiter
+from ..upstream.limiter import resolve_limits
 from ..upstream.protocol import Upstream
 
 __all__ = ["JinaEmbeddingFunction"]
@@ -119,32 +117,37 @@ class JinaEmbeddingFunction:
         self._truncate = truncate
         self._options: dict[str | None, RequestOptions] = {}
         self._call_options = self._options_for(task)
-        self._client = upstream or JinaClient(
-            api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            limiter=shared_limiter(resolve_limits(tier=tier, rpm=rpm, tpm=tpm)),
+        self._parts = Assembly(
+            CacheSettings(
+                cache_dir=cache_dir,
+                size_limit=size_limit,
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                limits=resolve_limits(tier=tier, rpm=rpm, tpm=tpm),
+                redis_url=redis_url,
+                redis_prefix=redis_prefix,
+                redis_ttl=redis_ttl,
+                offline=resolve_offline(offline),
+                batch_size=batch_size,
+                max_batch_tokens=max_batch_tokens,
+                max_concurrency=max_concurrency,
+            ),
+            upstream=upstream,
         )
-        self._owns_client = upstream is None
-        self._store = Store(cache_dir, size_limit=size_limit)
-        self._shared = open_shared(redis_url, prefix=redis_prefix, ttl=redis_ttl)
-        self._embedder = CachedEmbedder(
-            self._store,
-            self._client,
-            offline=resolve_offline(offline),
-            batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens,
-            max_concurrency=max_concurrency,
-            shared=self._shared,
-        )
+        try:
+            self._embedder = self._parts.embedder
+        except BaseException:
+            self._parts.close()
+            raise
 
     def __repr__(self) -> str:
         options = self._call_options
         return (
             f"JinaEmbeddingFunction(model_name={self.model_name!r}, task={self.task!r}, "
             f"dimensions={options.dimensions!r}, late_chunking={options.late_chunking!r}, "
-            f"cache_dir={str(self._store.directory)!r})"
+            f"cache_dir={str(self._parts.store.directory)!r})"
         )
 
     def __enter__(self) -> JinaEmbeddingFunction:
@@ -155,12 +158,7 @@ class JinaEmbeddingFunction:
 
     def close(self) -> None:
         """Release threads, the connection pool and the database connection."""
-        self._embedder.close()
-        if self._owns_client and isinstance(self._client, JinaClient):
-            self._client.close()
-        if self._shared is not None:
-            self._shared.close()
-        self._store.close()
+        self._parts.close()
 
     @property
     def stats(self) -> Stats:
@@ -170,7 +168,7 @@ class JinaEmbeddingFunction:
     @property
     def cache_dir(self) -> str:
         """The cache directory in use."""
-        return str(self._store.directory)
+        return str(self._parts.store.directory)
 
     @property
     def dim(self) -> int:

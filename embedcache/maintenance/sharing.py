@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
-from ..storage.shared import RedisStore, check_entry
+from ..storage.formats import check_entry
+from ..storage.shared import RedisStore
 from ..storage.store import Record, Store
 from .inventory import VerifyReport, dimension_problem
 

@@ -1,14 +1,14 @@
-"""What an index entry holds, and how keys and checksums are encoded in it.
+"""The columns of an index row, and the check of the vectors read for a batch of rows.
 
-An entry is one row of the ``entries`` table of ``index.db``; the directory layout as a whole
-is described in :mod:`embedcache.storage.store`. Rows are read as int64 arrays whose columns are
-indexed by :data:`K`, :data:`LO`, ... in the order of :data:`COLUMNS`.
+A row of the ``entries`` table of ``index.db`` describes one entry; the directory layout as a
+whole is described in :mod:`embedcache.storage.store`, the byte encodings of keys and
+checksums in :mod:`embedcache.storage.formats`. Rows are read as int64 arrays whose columns
+are indexed by :data:`K`, :data:`LO`, ... in the order of :data:`COLUMNS`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,11 +27,6 @@ __all__ = [
     "ROW",
     "SEG",
     "K",
-    "join_key",
-    "signed",
-    "split_keys",
-    "unsigned",
-    "vector_checksum",
     "verify",
 ]
 
@@ -45,29 +40,6 @@ K, LO, SEG, ROW, DIM, MILLITOKENS, CHECKSUM, CREATED_US, FP = range(9)
 READ_COLUMNS = "k, lo, seg, row, dim, millitokens, checksum"
 
 log = logging.getLogger("embedcache")
-
-
-def split_keys(keys: Sequence[bytes]) -> NDArray[np.int64]:
-    """16-byte keys as ``(n, 2)`` signed 64-bit integers (high half first)."""
-    return np.frombuffer(b"".join(keys), dtype="<i8").reshape(-1, 2).astype(np.int64)
-
-
-def join_key(hi: int, lo: int) -> bytes:
-    return np.array([hi, lo], dtype="<i8").tobytes()
-
-
-def signed(value: int) -> int:
-    """An unsigned 64-bit value as the signed integer SQLite can hold."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def unsigned(value: int) -> int:
-    return value & 0xFFFF_FFFF_FFFF_FFFF
-
-
-def vector_checksum(vector: NDArray[np.float32]) -> int:
-    """The xxh3-64 of a vector's bytes, as the ``checksum`` column holds it."""
-    return signed(xxhash.xxh3_64_intdigest(np.ascontiguousarray(vector).data))
 
 
 def verify(

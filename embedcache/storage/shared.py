@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 import threading
 import time
 import urllib.parse
@@ -31,7 +30,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
-import xxhash
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
@@ -42,13 +40,11 @@ from ..config import (
     resolve_redis_url,
 )
 from ..errors import InvalidInputError, SharedCacheError
-from .rows import unsigned, vector_checksum
+from .formats import decode_into, encode_entry, first_dim
 from .store import FORMAT_VERSION, Found
 
-__all__ = ["RedisStore", "Usage", "check_entry", "decode_entry", "encode_entry", "open_shared"]
+__all__ = ["RedisStore", "Usage", "open_shared"]
 
-_HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
-_MAGIC = b"ECv1"
 _MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
 # Keys per round trip: ~40 MB of 1024-d replies held at once, decoded before the next.
 _ROUND_TRIP_KEYS = 10_000
@@ -58,91 +54,6 @@ _GLOB_SPECIAL = frozenset(b"*?[]\\")
 _T = TypeVar("_T")
 
 log = logging.getLogger("embedcache")
-
-
-def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:
-    """The value stored for one vector."""
-    data = np.ascontiguousarray(vector, dtype="<f4")
-    checksum = unsigned(vector_checksum(data))
-    header = _HEADER.pack(_MAGIC, len(data), round(tokens * 1000), fp_id, checksum)
-    return header + data.tobytes()
-
-
-def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float32], float] | None:
-    """The vector and tokens of a stored value, or ``None`` when it is absent, of another
-    dimension, or damaged (see :func:`check_entry`)."""
-    entry = check_entry(value) if value is not None else None
-    if entry is None or isinstance(entry, str) or (dim is not None and len(entry[0]) != dim):
-        return None
-    return entry[0], entry[1]
-
-
-def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
-    """The vector, tokens and fingerprint id of a stored value, or why it is damaged."""
-    if len(value) < _HEADER.size:
-        return f"{len(value)} bytes, shorter than the {_HEADER.size}-byte header"
-    magic, size, millitokens, fp_id, checksum = _HEADER.unpack_from(value)
-    if magic != _MAGIC:
-        return "not an embedcache entry (bad magic)"
-    if len(value) != _HEADER.size + 4 * size:
-        return f"{len(value) - _HEADER.size} bytes of vector, header says {size} dims"
-    vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size)
-    if unsigned(vector_checksum(vector)) != checksum:
-        return "entry checksum mismatch"
-    return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
-
-
-def _first_dim(values: Sequence[bytes | None]) -> int | None:
-    """The dimension of the first well-formed value, for reads that did not say."""
-    for value in values:
-        entry = decode_entry(value, None)
-        if entry is not None:
-            return len(entry[0])
-    return None
-
-
-def _records(dim: int) -> np.dtype[Any]:
-    """The layout of a stored value of dimension ``dim``, as one numpy record."""
-    return np.dtype(
-        [("magic", "S4"), ("dim", "<u4"), ("millitokens", "<i8"), ("fp", "<u8"),
-         ("checksum", "<u8"), ("vector", "<f4", (dim,))]
-    )  # fmt: skip
-
-
-def _decode_into(
-    values: Sequence[bytes | None],
-    dim: int,
-    start: int,
-    vectors: NDArray[np.float32],
-    present: NDArray[np.bool_],
-    tokens: NDArray[np.float64],
-) -> None:
-    """Check and copy ``values`` (rows ``start...``) into the outputs, all at once: one
-    join, one record view, one checksum per value; damaged ones stay absent."""
-    size = _HEADER.size + 4 * dim
-    rows = [i for i, value in enumerate(values) if value is not None and len(value) == size]
-    if not rows:
-        return
-    joined = b"".join(cast(bytes, values[i]) for i in rows)
-    records = np.frombuffer(joined, dtype=_records(dim))
-    view = memoryview(joined)
-    digest = xxhash.xxh3_64_intdigest
-    sums = np.fromiter(
-        (digest(view[j * size + _HEADER.size : (j + 1) * size]) for j in range(len(rows))),
-        dtype=np.uint64, count=len(rows),
-    )  # fmt: skip
-    ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
-    if not ok.all():
-        log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
-    if ok.all() and len(rows) == len(values):  # the usual case: one contiguous copy
-        at: slice | NDArray[np.intp] = slice(start, start + len(rows))
-        vectors[at] = records["vector"]
-        tokens[at] = records["millitokens"] / 1000.0
-    else:
-        at = start + np.asarray(rows, dtype=np.intp)[ok]
-        vectors[at] = records["vector"][ok]
-        tokens[at] = records["millitokens"][ok] / 1000.0
-    present[at] = True
 
 
 class Usage(NamedTuple):
@@ -288,12 +199,12 @@ class RedisStore:
             )
             if values is None:
                 break  # Redis went away: misses from here on
-            dim = dim or _first_dim(values)
+            dim = dim or first_dim(values)
             if dim is None:
                 continue
             if vectors is None:
                 vectors = np.zeros((len(keys), dim), dtype=np.float32)
-            _decode_into(values, dim, start, vectors, present, tokens)
+            decode_into(values, dim, start, vectors, present, tokens)
         if vectors is None:
             vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
         return Found(present, vectors, tokens)

@@ -51,6 +51,7 @@ from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError
 from .directory import check_or_create_marker, restrict_permissions
+from .formats import join_key, signed, split_keys, unsigned, vector_checksum
 from .index import Index
 from .rows import (
     CHECKSUM,
@@ -62,11 +63,6 @@ from .rows import (
     ROW,
     SEG,
     K,
-    join_key,
-    signed,
-    split_keys,
-    unsigned,
-    vector_checksum,
     verify,
 )
 from .segments import Segments, fits

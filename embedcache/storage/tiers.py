@@ -40,6 +40,11 @@ class Tiers:
         self.shared = shared
         self._memory = MemoryTier(memory_bytes) if memory_bytes > 0 else None
 
+    @property
+    def read_only(self) -> bool:
+        """Whether fetched vectors could not be kept: the local cache is read-only."""
+        return self.store.read_only
+
     def read(
         self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, shared: bool = True
     ) -> Found:

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -44,13 +45,22 @@ from ..tokens import estimate_tokens
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
-__all__ = ["RETRYABLE_STATUSES", "JinaClient"]
+__all__ = ["RETRYABLE_STATUSES", "Forwarded", "JinaClient"]
 
 #: Statuses worth another attempt; 400/401/402/403/422 and the rest are final.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_DETAIL_CHARS = 500
 
 log = logging.getLogger("embedcache")
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The upstream's final answer to a forwarded request, to be passed on as it is."""
+
+    status: int
+    content: bytes
+    content_type: str
 
 
 class JinaClient:
@@ -100,6 +110,7 @@ class JinaClient:
         self._owns_http = http_client is None
         self._http = http_client
         self._http_lock = threading.Lock()
+        self._pool_owner: JinaClient | None = None
         self.limiter = limiter
 
     def __repr__(self) -> str:
@@ -113,6 +124,8 @@ class JinaClient:
             self._http = None
 
     def _client(self) -> httpx.Client:
+        if self._pool_owner is not None:
+            return self._pool_owner._client()
         # Built on first use: a run served entirely from cache never pays for TLS setup.
         with self._http_lock:
             if self._http is None:
@@ -122,6 +135,26 @@ class JinaClient:
                     headers={"User-Agent": f"embedcache/{VERSION}"},
                 )
             return self._http
+
+    def for_key(self, api_key: str | None, *, max_attempts: int | None = None) -> JinaClient:
+        """A client that sends with ``api_key`` (``None``: the environment's) through this
+        client's connection pool and rate limiter (the proxy's one client per caller key).
+
+        Closing it leaves the pool open: the pool belongs to this client.
+        """
+        child = JinaClient(
+            api_key,
+            base_url=self.base_url,
+            timeout=self._timeout,
+            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            sleep=self._sleep,
+            limiter=self.limiter,
+        )
+        child._pool_owner = self
+        child._owns_http = False
+        return child
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
         """Embed one batch, retrying transient failures.
@@ -135,17 +168,64 @@ class JinaClient:
         key = resolve_api_key(self._api_key)
         body = options.body_fields()
         body["input"] = list(texts)
-        headers = {"Authorization": f"Bearer {key}"}
-        url = self.base_url + EMBEDDINGS_PATH
-        http = self._client()
         estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
+        parsed: list[UpstreamResult] = []
+
+        def charge(response: httpx.Response) -> int:
+            parsed.append(_parse(response, len(texts)))
+            return parsed[0].total_tokens
+
+        response, attempts = self._post(key, {"json": body}, estimate, charge)
+        if response.is_success:
+            return parsed[0]
+        error = _api_error(response, key)
+        if response.status_code == 429:
+            raise RateLimitError(
+                f"{error} (gave up after {attempts} attempts)",
+                status=error.status,
+                code=error.code,
+                detail=error.detail,
+                request_id=error.request_id,
+            )
+        raise error
+
+    def forward(self, content: bytes) -> Forwarded:
+        """Send a request body the cache cannot answer (images, options it does not cover)
+        as it is, with the same retries and pacing as :meth:`embed`; the final answer comes
+        back as it is too, error statuses included.
+
+        :raises AuthenticationError: no key to send.
+        :raises TransportError: no HTTP response after the last attempt.
+        """
+        key = resolve_api_key(self._api_key)
+        headers = {"Content-Type": "application/json"}
+        response, _ = self._post(key, {"content": content, "headers": headers}, 0, _usage)
+        kind = response.headers.get("content-type", "application/json")
+        return Forwarded(response.status_code, response.content, kind)
+
+    def _post(
+        self,
+        key: str,
+        request: dict[str, Any],
+        estimate: int,
+        charge: Callable[[httpx.Response], int],
+    ) -> tuple[httpx.Response, int]:
+        """``POST`` to the embeddings endpoint until an answer is final: a success (whose
+        tokens ``charge`` tells the limiter, and may raise for a bad body), a status not
+        worth retrying, or the last attempt's answer. Returns it and the attempts made.
+
+        :raises TransportError: no HTTP response after the last attempt.
+        """
+        url = self.base_url + EMBEDDINGS_PATH
+        headers = {"Authorization": f"Bearer {key}", **request.pop("headers", {})}
+        http = self._client()
         for attempt in range(1, self.max_attempts + 1):
             last = attempt == self.max_attempts
             permit = self.limiter.acquire(estimate) if self.limiter is not None else None
             charged: int | None = 0  # a failed attempt costs nothing
             try:
                 try:
-                    response = http.post(url, json=body, headers=headers)
+                    response = http.post(url, headers=headers, **request)
                 except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                     message = self._scrub(f"cannot send to {url}: {exc}", key)
                     raise TransportError(message) from None
@@ -162,31 +242,19 @@ class JinaClient:
                     continue
                 self._observe(response)
                 if response.is_success:
-                    result = _parse(response, len(texts))
-                    charged = result.total_tokens
-                    return result
+                    charged = charge(response)
+                    return response, attempt
             finally:
                 if permit is not None:
                     permit.done(charged)
-            error = _api_error(response, key)
-            if response.status_code not in RETRYABLE_STATUSES:
-                raise error
-            if last:
-                if response.status_code == 429:
-                    raise RateLimitError(
-                        f"{error} (gave up after {attempt} attempts)",
-                        status=error.status,
-                        code=error.code,
-                        detail=error.detail,
-                        request_id=error.request_id,
-                    )
-                raise error
+            if response.status_code not in RETRYABLE_STATUSES or last:
+                return response, attempt
             retry_after = response.headers.get("Retry-After")
             if response.status_code == 429 and self.limiter is not None:
                 # Everyone waits, not just this batch: the limiter's next acquire does.
                 self.limiter.rate_limited_by_server(_parse_retry_after(retry_after))
                 continue
-            self._wait(attempt, retry_after, f"HTTP {error.status}")
+            self._wait(attempt, retry_after, f"HTTP {response.status_code}")
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _observe(self, response: httpx.Response) -> None:
@@ -212,6 +280,17 @@ class JinaClient:
     @staticmethod
     def _scrub(text: str, key: str) -> str:
         return text.replace(key, "***") if key else text
+
+
+def _usage(response: httpx.Response) -> int:
+    """The tokens a success says it charged (0 when it does not say)."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        return 0
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) and tokens >= 0 else 0
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:

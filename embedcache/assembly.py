@@ -1,0 +1,175 @@
+"""The composition root: where a cache's parts are built, wired together and closed.
+
+The library (:class:`~embedcache.integrations.milvus.JinaEmbeddingFunction`), every CLI
+command and the proxy describe what they want as :class:`CacheSettings` and get an
+:class:`Assembly`: the disk store, the shared tier, the Jina client (paced by the process's
+rate limiter) and the caching core on top. The assembly owns what it opened and closes it
+in reverse order; an upstream passed in belongs to the caller and is left open.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .config import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    REDIS_MAINTENANCE_TIMEOUT_SECONDS,
+)
+from .embedding.embedder import CachedEmbedder
+from .storage.shared import RedisStore, open_shared
+from .storage.store import Store
+from .upstream.jina import JinaClient
+from .upstream.limiter import Limits, shared_limiter
+from .upstream.protocol import Upstream
+
+__all__ = ["Assembly", "CacheSettings"]
+
+_P = TypeVar("_P")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How to build a cache and its upstream; every field has the library's default.
+
+    :param cache_dir: cache directory (``None``: ``EMBEDCACHE_DIR`` or the user cache dir).
+    :param size_limit: see :class:`~embedcache.storage.store.Store`.
+    :param base_url: API root (``None``: ``EMBEDCACHE_BASE_URL`` or Jina's).
+    :param api_key: the key misses are paid with (``None``: ``JINAAI_API_KEY`` /
+        ``JINA_API_KEY``, read at the first miss). Never shown in ``repr``.
+    :param timeout: seconds to wait for each response.
+    :param max_attempts: attempts per request for retryable failures.
+    :param limits: the account's rate limits, shared by every client in the process.
+    :param redis_url: the shared tier (``None``: ``EMBEDCACHE_REDIS_URL``, else none).
+    :param redis_prefix: key namespace in that Redis.
+    :param redis_ttl: seconds each shared entry lives; ``None``: until Redis evicts it.
+    :param shared_strict: Redis is the point of the work (sync, stats, verify): a failing
+        Redis raises :class:`~embedcache.errors.SharedCacheError` after a longer timeout
+        instead of the embedding path's fallback to local disk.
+    :param offline: raise on any miss instead of fetching.
+    :param batch_size: most texts per request (``None``: the model's limit).
+    :param max_batch_tokens: most estimated tokens per request.
+    :param max_concurrency: most requests one embedder has in flight at once.
+    :param coalesce: let concurrent calls share one fetch of the same entries.
+    :param memory_bytes: memory for recently read vectors (0: none).
+    """
+
+    cache_dir: str | os.PathLike[str] | None = None
+    size_limit: int | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    limits: Limits = field(default_factory=Limits)
+    redis_url: str | None = None
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_ttl: int | None = None
+    shared_strict: bool = False
+    offline: bool = False
+    batch_size: int | None = None
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    coalesce: bool = True
+    memory_bytes: int = 0
+
+
+class Assembly:
+    """A cache's parts, built from ``settings``: the store when the assembly is made (a
+    bad directory fails at once), the rest on first use, so a command that only reads the
+    store never builds a client.
+
+    :param upstream: embed misses with this instead of a Jina client (tests, fault
+        injection); it is not closed with the assembly.
+    """
+
+    def __init__(self, settings: CacheSettings, *, upstream: Upstream | None = None) -> None:
+        self.settings = settings
+        self._given_upstream = upstream
+        self._closers: list[Callable[[], None]] = []
+        self._closed = False
+        self.store = self._opened(
+            Store(settings.cache_dir, size_limit=settings.size_limit), Store.close
+        )
+
+    def __enter__(self) -> Assembly:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Assembly({self.settings!r})"
+
+    @functools.cached_property
+    def client(self) -> JinaClient:
+        """The Jina client this assembly sends with (its own, even when an upstream was
+        given: the proxy forwards requests the cache cannot answer through it)."""
+        s = self.settings
+        client = JinaClient(
+            s.api_key,
+            base_url=s.base_url,
+            timeout=s.timeout,
+            max_attempts=s.max_attempts,
+            limiter=shared_limiter(s.limits),
+        )
+        return self._opened(client, JinaClient.close)
+
+    @property
+    def upstream(self) -> Upstream:
+        """Where misses are sent: the given upstream, else :attr:`client`."""
+        return self._given_upstream if self._given_upstream is not None else self.client
+
+    @functools.cached_property
+    def shared(self) -> RedisStore | None:
+        """The shared Redis tier, or ``None`` when no URL is configured."""
+        s = self.settings
+        shared = open_shared(
+            s.redis_url,
+            prefix=s.redis_prefix,
+            ttl=s.redis_ttl,
+            timeout=(
+                REDIS_MAINTENANCE_TIMEOUT_SECONDS
+                if s.shared_strict
+                else DEFAULT_REDIS_TIMEOUT_SECONDS
+            ),
+            strict=s.shared_strict,
+        )
+        return self._opened(shared, RedisStore.close) if shared is not None else None
+
+    @functools.cached_property
+    def embedder(self) -> CachedEmbedder:
+        """The caching core over the store, the shared tier and the upstream."""
+        s = self.settings
+        embedder = CachedEmbedder(
+            self.store,
+            self.upstream,
+            offline=s.offline,
+            batch_size=s.batch_size,
+            max_batch_tokens=s.max_batch_tokens,
+            max_concurrency=s.max_concurrency,
+            coalesce=s.coalesce,
+            memory_bytes=s.memory_bytes,
+            shared=self.shared,
+        )
+        return self._opened(embedder, CachedEmbedder.close)
+
+    def close(self) -> None:
+        """Close everything this assembly opened, last opened first (idempotent): the
+        embedder finishes its batches and records its counters before the store closes."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._closers:
+            self._closers.pop()()
+
+    def _opened(self, part: _P, close: Callable[[_P], None]) -> _P:
+        self._closers.append(functools.partial(close, part))
+        return part

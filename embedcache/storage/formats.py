@@ -1,0 +1,146 @@
+"""Every byte format the stores write, in one place.
+
+* A vector is ``d`` little-endian float32 values, checked with the xxh3-64 of those bytes.
+* A key is 16 bytes; the disk index holds it as two signed 64-bit integers (high half first),
+  since SQLite integers are signed.
+* A shared-tier (Redis) value is a 32-byte header (magic ``ECv1``, dimension, millitokens,
+  fingerprint id, checksum) followed by the vector's bytes: the same bytes and the same
+  checksum as a disk entry, so an entry moves between tiers without being re-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+import xxhash
+from numpy.typing import NDArray
+
+__all__ = [
+    "check_entry",
+    "decode_entry",
+    "decode_into",
+    "encode_entry",
+    "first_dim",
+    "join_key",
+    "signed",
+    "split_keys",
+    "unsigned",
+    "vector_checksum",
+]
+
+_HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
+_MAGIC = b"ECv1"
+
+log = logging.getLogger("embedcache")
+
+
+def split_keys(keys: Sequence[bytes]) -> NDArray[np.int64]:
+    """16-byte keys as ``(n, 2)`` signed 64-bit integers (high half first)."""
+    return np.frombuffer(b"".join(keys), dtype="<i8").reshape(-1, 2).astype(np.int64)
+
+
+def join_key(hi: int, lo: int) -> bytes:
+    return np.array([hi, lo], dtype="<i8").tobytes()
+
+
+def signed(value: int) -> int:
+    """An unsigned 64-bit value as the signed integer SQLite can hold."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def unsigned(value: int) -> int:
+    return value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def vector_checksum(vector: NDArray[np.float32]) -> int:
+    """The xxh3-64 of a vector's bytes, as the ``checksum`` column holds it."""
+    return signed(xxhash.xxh3_64_intdigest(np.ascontiguousarray(vector).data))
+
+
+def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:
+    """The value stored for one vector."""
+    data = np.ascontiguousarray(vector, dtype="<f4")
+    checksum = unsigned(vector_checksum(data))
+    header = _HEADER.pack(_MAGIC, len(data), round(tokens * 1000), fp_id, checksum)
+    return header + data.tobytes()
+
+
+def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float32], float] | None:
+    """The vector and tokens of a stored value, or ``None`` when it is absent, of another
+    dimension, or damaged (see :func:`check_entry`)."""
+    entry = check_entry(value) if value is not None else None
+    if entry is None or isinstance(entry, str) or (dim is not None and len(entry[0]) != dim):
+        return None
+    return entry[0], entry[1]
+
+
+def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
+    """The vector, tokens and fingerprint id of a stored value, or why it is damaged."""
+    if len(value) < _HEADER.size:
+        return f"{len(value)} bytes, shorter than the {_HEADER.size}-byte header"
+    magic, size, millitokens, fp_id, checksum = _HEADER.unpack_from(value)
+    if magic != _MAGIC:
+        return "not an embedcache entry (bad magic)"
+    if len(value) != _HEADER.size + 4 * size:
+        return f"{len(value) - _HEADER.size} bytes of vector, header says {size} dims"
+    vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size)
+    if unsigned(vector_checksum(vector)) != checksum:
+        return "entry checksum mismatch"
+    return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
+
+
+def first_dim(values: Sequence[bytes | None]) -> int | None:
+    """The dimension of the first well-formed value, for reads that did not say."""
+    for value in values:
+        entry = decode_entry(value, None)
+        if entry is not None:
+            return len(entry[0])
+    return None
+
+
+def _value_layout(dim: int) -> np.dtype[Any]:
+    """The layout of a stored value of dimension ``dim``, as one numpy record."""
+    return np.dtype(
+        [("magic", "S4"), ("dim", "<u4"), ("millitokens", "<i8"), ("fp", "<u8"),
+         ("checksum", "<u8"), ("vector", "<f4", (dim,))]
+    )  # fmt: skip
+
+
+def decode_into(
+    values: Sequence[bytes | None],
+    dim: int,
+    start: int,
+    vectors: NDArray[np.float32],
+    present: NDArray[np.bool_],
+    tokens: NDArray[np.float64],
+) -> None:
+    """Check and copy ``values`` (rows ``start...``) into the outputs, all at once: one
+    join, one record view, one checksum per value; damaged ones stay absent."""
+    size = _HEADER.size + 4 * dim
+    rows = [i for i, value in enumerate(values) if value is not None and len(value) == size]
+    if not rows:
+        return
+    joined = b"".join(cast(bytes, values[i]) for i in rows)
+    records = np.frombuffer(joined, dtype=_value_layout(dim))
+    view = memoryview(joined)
+    digest = xxhash.xxh3_64_intdigest
+    sums = np.fromiter(
+        (digest(view[j * size + _HEADER.size : (j + 1) * size]) for j in range(len(rows))),
+        dtype=np.uint64, count=len(rows),
+    )  # fmt: skip
+    ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
+    if not ok.all():
+        log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
+    if ok.all() and len(rows) == len(values):  # the usual case: one contiguous copy
+        at: slice | NDArray[np.intp] = slice(start, start + len(rows))
+        vectors[at] = records["vector"]
+        tokens[at] = records["millitokens"] / 1000.0
+    else:
+        at = start + np.asarray(rows, dtype=np.intp)[ok]
+        vectors[at] = records["vector"][ok]
+        tokens[at] = records["millitokens"][ok] / 1000.0
+    present[at] = True
