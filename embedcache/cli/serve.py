@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 
 import click
@@ -131,9 +130,8 @@ def serve(
     Needs the server extra: pip install 'embedcache[serve]'.
     """
     try:
-        import uvicorn
-
         from ..proxy.app import Proxy, ProxySettings
+        from ..proxy.server import serve_forever
     except ImportError as exc:
         raise click.ClickException(
             f"embedcache serve needs the server extra ({exc.name} is missing): "
@@ -165,23 +163,15 @@ def serve(
         admin_token=admin_token or None,
     )
     proxy = Proxy(settings)
-    config = uvicorn.Config(
-        proxy.app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    logging.getLogger("embedcache").setLevel(log_level.upper())
-    try:
-        # Bound here rather than by uvicorn so the banner shows the real port (--port 0).
-        sock = config.bind_socket()
+
+    def announce(port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        bound = sock.getsockname()[1]
         click.echo(
-            f"embedcache proxy: http://{shown}:{bound}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
+            f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
             f"(cache {proxy.store.directory}"
             f"{f', shared {proxy.shared.location}' if proxy.shared else ''}"
             f"{', offline' if settings.offline else ''})",
             err=True,
         )
-        server.run(sockets=[sock])
-    finally:
-        proxy.close()  # also when uvicorn never started the app (port taken, say)
+
+    serve_forever(proxy, host=host, port=port, log_level=log_level, on_bound=announce)

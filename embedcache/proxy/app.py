@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,25 +32,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..assembly import Assembly, CacheSettings
 from ..config import (
-    DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
     DEFAULT_REDIS_PREFIX,
     DEFAULT_TIMEOUT_SECONDS,
     EMBEDDINGS_PATH,
     VERSION,
-    resolve_api_key,
-    resolve_base_url,
 )
-from ..embedding.embedder import CachedEmbedder
-from ..errors import APIError, EmbedcacheError, TransportError
+from ..errors import APIError, EmbedcacheError
 from ..models import resolve_options
-from ..storage.shared import open_shared
-from ..storage.store import Store
 from ..upstream.jina import JinaClient
-from ..upstream.limiter import Limits, RateLimiter, shared_limiter
+from ..upstream.limiter import Limits
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
 from .metrics import ProxyMetrics
 from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
@@ -132,14 +125,12 @@ class ProxySettings:
 
 
 class _Upstreams:
-    """One :class:`JinaClient` per client key, sharing a connection pool; found by the key's
-    hash so the map holds no key in the clear beyond the clients themselves."""
+    """One :class:`JinaClient` per client key, sharing the server client's connection pool
+    and rate limiter; found by the key's hash so the map holds no key in the clear beyond
+    the clients themselves."""
 
-    def __init__(self, base_url: str, http: httpx.Client, limiter: RateLimiter | None) -> None:
-        self._base_url = base_url
-        self._http = http
-        self._limiter = limiter
-        self.server = self._new(None)
+    def __init__(self, server: JinaClient) -> None:
+        self.server = server
         self._by_key: OrderedDict[bytes, JinaClient] = OrderedDict()
 
     def get(self, key: str | None) -> JinaClient:
@@ -148,25 +139,16 @@ class _Upstreams:
         hashed = digest(key)
         client = self._by_key.get(hashed)
         if client is None:
-            client = self._by_key[hashed] = self._new(key)
+            client = self._by_key[hashed] = self.server.for_key(key)
             if len(self._by_key) > _MAX_CLIENTS:
                 self._by_key.popitem(last=False)
         else:
             self._by_key.move_to_end(hashed)
         return client
 
-    def _new(self, key: str | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> JinaClient:
-        return JinaClient(
-            key,
-            base_url=self._base_url,
-            http_client=self._http,
-            limiter=self._limiter,
-            max_attempts=max_attempts,
-        )
-
     def probe(self, key: str) -> JinaClient:
         """A client for checking ``key`` once: two attempts, not the fill's six."""
-        return self._new(key, max_attempts=2)
+        return self.server.for_key(key, max_attempts=2)
 
 
 class Proxy:
@@ -178,26 +160,31 @@ class Proxy:
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        self.upstream_url = resolve_base_url(settings.upstream_url)
-        self.store = Store(settings.cache_dir)
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(settings.timeout, connect=DEFAULT_CONNECT_TIMEOUT_SECONDS),
-            headers={"User-Agent": f"embedcache/{VERSION}"},
+        self.parts = Assembly(
+            CacheSettings(
+                cache_dir=settings.cache_dir,
+                base_url=settings.upstream_url,
+                timeout=settings.timeout,
+                limits=settings.limits,
+                redis_url=settings.redis_url,
+                redis_prefix=settings.redis_prefix,
+                redis_ttl=settings.redis_ttl,
+                offline=settings.offline,
+                batch_size=settings.batch_size,
+                max_concurrency=settings.max_concurrency,
+                coalesce=settings.coalesce,
+                memory_bytes=settings.memory_bytes,
+            )
         )
-        self._upstreams = _Upstreams(self.upstream_url, self._http, shared_limiter(settings.limits))
-        self.shared = open_shared(
-            settings.redis_url, prefix=settings.redis_prefix, ttl=settings.redis_ttl
-        )
-        self.embedder = CachedEmbedder(
-            self.store,
-            self._upstreams.server,
-            offline=settings.offline,
-            batch_size=settings.batch_size,
-            max_concurrency=settings.max_concurrency,
-            coalesce=settings.coalesce,
-            memory_bytes=settings.memory_bytes,
-            shared=self.shared,
-        )
+        try:
+            self.embedder = self.parts.embedder
+        except BaseException:
+            self.parts.close()
+            raise
+        self.store = self.parts.store
+        self.shared = self.parts.shared
+        self.upstream_url = self.parts.client.base_url
+        self._upstreams = _Upstreams(self.parts.client)
         self.access = Access(
             token=settings.token,
             allowed_keys=settings.allowed_keys,
@@ -226,11 +213,7 @@ class Proxy:
             return
         self._closed = True
         self._fills.shutdown(wait=True)
-        self.embedder.close()
-        self._http.close()
-        if self.shared is not None:
-            self.shared.close()
-        self.store.close()
+        self.parts.close()
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -272,10 +255,13 @@ class Proxy:
         raw = await request.body()
         try:
             parsed = parse_request(orjson.loads(raw))
-            if parsed is None:
-                status, content, media = await self._in_thread(partial(self._forward, raw, key))
-                return Response(content, status, {CACHED_HEADER: "0"}, media), "passthrough"
             upstream = self._upstreams.get(key)
+            if parsed is None:
+                sent = await self._in_thread(partial(upstream.forward, raw))
+                headers = {CACHED_HEADER: "0"}
+                return Response(
+                    sent.content, sent.status, headers, sent.content_type
+                ), "passthrough"
             answer = None
             if len(parsed.texts) <= _INLINE_TEXTS:
                 answer = self._embed(parsed, upstream, cached_only=True)
@@ -317,17 +303,6 @@ class Proxy:
             raise KeyUnverifiable(f"status {exc.status}") from None
         except EmbedcacheError as exc:
             raise KeyUnverifiable(type(exc).__name__) from None
-
-    def _forward(self, raw: bytes, key: str | None) -> tuple[int, bytes, str]:
-        """Send a request the cache cannot answer to the upstream as it is."""
-        secret = resolve_api_key(key)
-        url = self.upstream_url + EMBEDDINGS_PATH
-        headers = {"Authorization": f"Bearer {secret}", "Content-Type": _JSON}
-        try:
-            response = self._http.post(url, content=raw, headers=headers)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"no response from {url} ({type(exc).__name__})") from None
-        return response.status_code, response.content, response.headers.get("content-type", _JSON)
 
     async def _in_thread(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._fills, work)

@@ -1,0 +1,120 @@
+"""The package's import graph: dependencies point one way (docs/architecture.md), and the
+optional extras stay behind the parts that need them."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "embedcache"
+
+#: Lower numbers are lower layers; a module may import only from its own layer or below.
+#: Keys are module paths relative to the package; a package name covers its modules.
+LAYERS = {
+    "errors": 0,
+    "config": 1,
+    "models": 1,
+    "tokens": 1,
+    "cache_keys": 2,
+    "extras": 1,
+    "upstream": 3,
+    "storage": 3,
+    "embedding": 4,
+    "assembly": 5,
+    "maintenance": 5,
+    "integrations": 6,
+    "proxy": 6,
+    "cli": 7,
+    "testing": 3,  # the emulator: models and tokens only, never the cache itself
+    "__init__": 8,
+    "__main__": 8,
+}
+#: Third-party packages that only these parts may import.
+CONFINED = {
+    "starlette": "proxy",
+    "uvicorn": "proxy",
+    "orjson": "proxy",
+    "httptools": "proxy",
+    "httpx": "upstream",
+    "redis": "storage",
+    "diskcache": "storage",
+    "pyarrow": "maintenance",
+}
+
+
+def _part(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).with_suffix("")
+        parts = list(relative.parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int]]:
+    """(absolute module imported, line) for every import in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(["embedcache", *base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            out.append((target, node.lineno))
+        elif isinstance(node, ast.Import):
+            out.extend((alias.name, node.lineno) for alias in node.names)
+    return out
+
+
+MODULES = _modules()
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {_part(name) for name in MODULES} <= set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module: str) -> None:
+    mine = LAYERS[_part(module)]
+    upward = []
+    for target, line in _imports(module, MODULES[module]):
+        if not target.startswith("embedcache.") or target == "embedcache":
+            continue
+        theirs = LAYERS[_part(target.removeprefix("embedcache."))]
+        if theirs > mine:
+            upward.append(f"line {line}: {target}")
+    assert not upward, f"{module} imports from a higher layer: {upward}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_optional_dependencies_stay_in_their_part(module: str) -> None:
+    strays = [
+        f"line {line}: {target}"
+        for target, line in _imports(module, MODULES[module])
+        if target.split(".")[0] in CONFINED
+        and CONFINED[target.split(".")[0]] != _part(module)
+        and _part(module) != "testing"  # the emulator is its own HTTP server and client
+    ]
+    assert not strays, f"{module} imports another part's dependency: {strays}"
+
+
+def test_import_embedcache_loads_neither_numpy_nor_httpx() -> None:
+    code = (
+        "import sys, embedcache, embedcache.cli; "
+        "heavy = {'numpy', 'httpx', 'diskcache', 'starlette', 'redis'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
