@@ -20,6 +20,8 @@ from .errors import *  # noqa: F403  (the error classes are listed once, in erro
 # numpy, httpx and diskcache take ~100 ms to import: load the classes that need them on
 # first use, so `import embedcache` and the CLI's --help stay quick.
 _LAZY = {
+    "Assembly": "assembly",
+    "CacheSettings": "assembly",
     "CachedEmbedder": "embedding.embedder",
     "Embedded": "embedding.embedder",
     "WarmReport": "embedding.embedder",
@@ -42,6 +44,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .assembly import Assembly, CacheSettings
     from .cache_keys import Fingerprint
     from .embedding.embedder import CachedEmbedder, Embedded, Stats, WarmReport
     from .integrations.milvus import JinaEmbeddingFunction
@@ -67,6 +70,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Assembly",
+    "CacheSettings",
     "CachedEmbedder",
     "Embedded",
     "Fingerprint",

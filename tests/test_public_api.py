@@ -7,10 +7,12 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(embedcache.__all__) == embedcache.__all__
     assert embedcache.__all__ == [
         "APIError",
+        "Assembly",
         "AuthenticationError",
         "CacheError",
         "CacheFormatError",
         "CacheMissError",
+        "CacheSettings",
         "CachedEmbedder",
         "EmbedcacheError",
         "Embedded",
