@@ -25,7 +25,7 @@ from ..models import RequestOptions, resolve_options
 from ..upstream.limiter import Limits
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
-    from ..assembly import Assembly
+    from ..assembly import Assembly, CacheSettings
     from ..maintenance.inventory import Filters
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,22 +46,27 @@ class CliContext:
     redis_ttl: int | None = None
     limits: Limits = field(default_factory=Limits)
 
-    def open(self, **overrides: Any) -> Assembly:
-        """The cache's parts (see :class:`~embedcache.assembly.Assembly`) built from the
-        global options and ``overrides`` (fields of
-        :class:`~embedcache.assembly.CacheSettings`); closed when the command ends."""
-        from ..assembly import Assembly, CacheSettings
+    def settings(self, **overrides: Any) -> CacheSettings:
+        """The global options as :class:`~embedcache.assembly.CacheSettings`, with the
+        command's own ``overrides`` (fields of the same name)."""
+        from ..assembly import CacheSettings
 
-        settings = CacheSettings(
-            cache_dir=self.cache_dir,
-            base_url=self.base_url,
-            limits=self.limits,
-            redis_url=self.redis_url,
-            redis_prefix=self.redis_prefix,
-            redis_ttl=self.redis_ttl,
-            **overrides,
-        )
-        parts = Assembly(settings)
+        given = {
+            "cache_dir": self.cache_dir,
+            "base_url": self.base_url,
+            "limits": self.limits,
+            "redis_url": self.redis_url,
+            "redis_prefix": self.redis_prefix,
+            "redis_ttl": self.redis_ttl,
+        }
+        return CacheSettings(**{**given, **overrides})
+
+    def open(self, **overrides: Any) -> Assembly:
+        """The cache's parts (see :class:`~embedcache.assembly.Assembly`) built from
+        :meth:`settings`; closed when the command ends."""
+        from ..assembly import Assembly
+
+        parts = Assembly(self.settings(**overrides))
         click.get_current_context().call_on_close(parts.close)
         return parts
 

@@ -144,19 +144,17 @@ def serve(
             "anyone who can reach this port can read the cache and spend the server's API key",
             err=True,
         )
-    settings = ProxySettings(
-        cache_dir=cli.cache_dir,
-        upstream_url=upstream or cli.base_url,
-        token=token or None,
+    cache = cli.settings(
+        base_url=upstream or cli.base_url,
         offline=resolve_offline(offline),
         batch_size=batch_size,
         max_concurrency=max_concurrency,
         coalesce=not no_coalesce,
         memory_bytes=parse_size(memory) or 0,
-        redis_url=cli.redis_url,
-        redis_prefix=cli.redis_prefix,
-        redis_ttl=cli.redis_ttl,
-        limits=cli.limits,
+    )
+    settings = ProxySettings(
+        cache=cache,
+        token=token or None,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,
@@ -170,7 +168,7 @@ def serve(
             f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
             f"(cache {proxy.store.directory}"
             f"{f', shared {proxy.shared.location}' if proxy.shared else ''}"
-            f"{', offline' if settings.offline else ''})",
+            f"{', offline' if cache.offline else ''})",
             err=True,
         )
 

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 import orjson
@@ -34,17 +33,13 @@ from starlette.routing import Route
 
 from ..assembly import Assembly, CacheSettings
 from ..config import (
-    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
-    DEFAULT_REDIS_PREFIX,
-    DEFAULT_TIMEOUT_SECONDS,
     EMBEDDINGS_PATH,
     VERSION,
 )
 from ..errors import APIError, EmbedcacheError
 from ..models import resolve_options
 from ..upstream.jina import JinaClient
-from ..upstream.limiter import Limits
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
 from .metrics import ProxyMetrics
 from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
@@ -72,27 +67,20 @@ _T = TypeVar("_T")
 log = logging.getLogger("embedcache")
 
 
+def _proxy_cache() -> CacheSettings:
+    return CacheSettings(memory_bytes=DEFAULT_MEMORY_BYTES)
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """How ``embedcache serve`` runs.
 
-    :param cache_dir: cache directory (default: ``EMBEDCACHE_DIR`` or the user cache dir).
-    :param upstream_url: API root misses go to (default: ``EMBEDCACHE_BASE_URL`` or Jina).
+    :param cache: the cache and its upstream (``base_url`` is where misses go;
+        ``max_concurrency`` is shared by all clients; ``offline`` answers misses with 503;
+        ``memory_bytes`` keeps recently served vectors, so repeated requests skip the store).
     :param token: when set, clients must send ``Authorization: Bearer <token>``, and misses
         are paid with the server's key.
-    :param offline: answer from the cache only; a miss is a 503.
-    :param batch_size: most texts per upstream request.
-    :param max_concurrency: most upstream requests in flight at once, for all clients.
-    :param coalesce: let concurrent requests share one fetch of the same inputs.
-    :param timeout: seconds to wait for the upstream.
     :param fill_threads: most client requests filling misses at once.
-    :param memory_bytes: memory for recently served vectors, so repeated requests skip the
-        store (0: none).
-    :param redis_url: a Redis cache shared with other proxies (default:
-        ``EMBEDCACHE_REDIS_URL``; none when unset).
-    :param redis_prefix: key namespace in that Redis.
-    :param redis_ttl: seconds each entry written there lives; ``None``: no expiry.
-    :param limits: the account's rate limits, which every upstream request is paced to.
     :param allowed_keys: client API keys served without asking the upstream; with a list
         (or ``verify_keys``), other keys are refused.
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
@@ -100,28 +88,13 @@ class ProxySettings:
     :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
     """
 
-    cache_dir: Path | None = None
-    upstream_url: str | None = None
-    token: str | None = None
-    offline: bool = False
-    batch_size: int | None = None
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    coalesce: bool = True
-    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    cache: CacheSettings = field(default_factory=_proxy_cache)
+    token: str | None = field(default=None, repr=False)
     fill_threads: int = 64
-    memory_bytes: int = DEFAULT_MEMORY_BYTES
-    redis_url: str | None = None
-    redis_prefix: str = DEFAULT_REDIS_PREFIX
-    redis_ttl: int | None = None
-    limits: Limits = field(default_factory=Limits)
-    allowed_keys: tuple[str, ...] = ()
+    allowed_keys: tuple[str, ...] = field(default=(), repr=False)
     verify_keys: bool = False
     verdict_ttl: float = 300.0
-    admin_token: str | None = None
-
-    def __repr__(self) -> str:
-        token = "'***'" if self.token else "None"
-        return f"ProxySettings(cache_dir={self.cache_dir!r}, token={token}, ...)"
+    admin_token: str | None = field(default=None, repr=False)
 
 
 class _Upstreams:
@@ -160,22 +133,7 @@ class Proxy:
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        self.parts = Assembly(
-            CacheSettings(
-                cache_dir=settings.cache_dir,
-                base_url=settings.upstream_url,
-                timeout=settings.timeout,
-                limits=settings.limits,
-                redis_url=settings.redis_url,
-                redis_prefix=settings.redis_prefix,
-                redis_ttl=settings.redis_ttl,
-                offline=settings.offline,
-                batch_size=settings.batch_size,
-                max_concurrency=settings.max_concurrency,
-                coalesce=settings.coalesce,
-                memory_bytes=settings.memory_bytes,
-            )
-        )
+        self.parts = Assembly(settings.cache)
         try:
             self.embedder = self.parts.embedder
         except BaseException:
