@@ -41,7 +41,7 @@ from ..config import (
 )
 from ..errors import InvalidInputError, SharedCacheError
 from .formats import decode_into, encode_entry, first_dim
-from .store import FORMAT_VERSION, Found
+from .store import FORMAT_VERSION, Found, KeyedVectors
 
 __all__ = ["RedisStore", "Usage", "open_shared"]
 
@@ -215,9 +215,7 @@ class RedisStore:
             pipe.mget(names[start : start + _MGET_CHUNK])
         return [value for chunk in pipe.execute() for value in chunk]
 
-    def put_many(
-        self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
-    ) -> None:
+    def put_many(self, fp: Fingerprint, entries: KeyedVectors) -> None:
         """Write ``(key, vector, tokens)`` entries in one pipeline (skipped while down)."""
         if not entries:
             return

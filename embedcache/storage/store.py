@@ -67,12 +67,15 @@ from .rows import (
 )
 from .segments import Segments, fits
 
-__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "Record", "Store"]
+__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "KeyedVectors", "Record", "Store"]
 
 FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
 #: Lifetime counters kept by :meth:`Store.add_counters`.
 COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
+
+#: New entries as the stores take them: ``(key, vector, tokens)`` each.
+KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
 
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
@@ -292,9 +295,7 @@ class Store:
 
     # Writing
 
-    def put_many(
-        self, fp: Fingerprint, entries: Sequence[tuple[bytes, NDArray[np.float32], float]]
-    ) -> None:
+    def put_many(self, fp: Fingerprint, entries: KeyedVectors) -> None:
         """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
         by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
         for entry in entries:

@@ -7,7 +7,6 @@ fetched from the API goes to both. Each tier is optional except the disk store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,12 +15,10 @@ from ..cache_keys import Fingerprint
 from ..errors import CacheError
 from .memory import MemoryTier
 from .shared import RedisStore
-from .store import Found, Store
+from .store import Found, KeyedVectors, Store
 
-__all__ = ["KeyedVectors", "Tiers"]
+__all__ = ["Tiers"]
 
-#: ``(key, vector, tokens)`` as the stores take them.
-KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
 
 log = logging.getLogger("embedcache")
 
