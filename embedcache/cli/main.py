@@ -1,8 +1,8 @@
 """The ``embedcache`` command line.
 
 Library errors become one-line messages and exit code 1 in exactly one place
-(:class:`_Group`); click's own usage errors exit with 2. The commands live in
-``cli_prewarm``, ``cli_serve``, ``cli_cache``, ``cli_sync`` and ``cli_demo``.
+(:class:`_Group`); click's own usage errors exit with 2. The commands live in the
+modules beside this one: ``prewarm``, ``serve``, ``cache``, ``sync`` and ``demo``.
 
 The shared Redis tier is configured once, on the group (``--redis-url``, ``--redis-prefix``),
 for every command: embedding commands read and fill it, falling back to local disk when it is
