@@ -4,7 +4,8 @@ Every client (pymilvus, LangChain, LlamaIndex, curl, other languages) shares one
 pointing its URL here. Text requests go through the same :class:`CachedEmbedder` as the
 library: hits are answered on the event loop without a thread hop; misses are filled in a
 worker thread (batched, retried, committed per batch, coalesced with other clients' fetches
-of the same inputs). Anything the cache cannot answer exactly is forwarded as it is.
+of the same inputs). Anything the cache cannot answer exactly is forwarded as it is, through
+:meth:`JinaClient.forward` (the same retries and pacing as a fill).
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
