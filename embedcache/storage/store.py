@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
-from ..errors import CacheError
+from ..errors import CacheError, InvalidInputError
 from .directory import check_or_create_marker, restrict_permissions
 from .index import Index
 from .rows import (
@@ -131,6 +131,7 @@ class Store:
         user cache directory. Created with mode 0700 when missing.
     :param size_limit: bytes of vectors above which the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
+    :raises InvalidInputError: a negative ``size_limit``.
     :raises CacheFormatError: the directory was written by an incompatible version.
     :raises CacheError: the directory cannot be created or opened.
     """
@@ -139,7 +140,9 @@ class Store:
         self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
     ) -> None:
         if size_limit is not None and size_limit < 0:
-            raise CacheError(f"size_limit must be 0 (none) or a positive byte count: {size_limit}")
+            raise InvalidInputError(
+                f"size_limit must be 0 (none) or a positive byte count, got {size_limit}"
+            )
         self.directory = resolve_cache_dir(directory)
         # One lock guards the SQLite connection (in the index) and the segment maps.
         self._lock = threading.RLock()
