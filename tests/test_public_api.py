@@ -20,6 +20,7 @@ def test_public_surface_is_pinned() -> None:
         "JinaClient",
         "JinaEmbeddingFunction",
         "Limits",
+        "MissingDependencyError",
         "RateLimitError",
         "RateLimiter",
         "Record",

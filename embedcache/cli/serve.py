@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
+from ..extras import requires
 from .options import CliContext, parse_size, pass_cli
 
 __all__ = ["serve"]
@@ -130,15 +131,11 @@ def serve(
 
     Needs the server extra: pip install 'embedcache[serve]'.
     """
-    try:
+    # No ClickException here: cli.main turns a MissingDependencyError into its one-line error.
+    with requires("serve"):
         import uvicorn
 
         from ..proxy.app import Proxy, ProxySettings
-    except ImportError as exc:
-        raise click.ClickException(
-            f"embedcache serve needs the server extra ({exc.name} is missing): "
-            "pip install 'embedcache[serve]'"
-        ) from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..extras import requires
 from ..models import spec_for
 from ..storage.store import Record, Store
 
@@ -206,8 +207,13 @@ def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = Fals
     row for row, to ``prefix.jsonl``; also ``prefix.parquet`` when asked (needs pyarrow).
 
     :raises InvalidInputError: nothing matches, or the matches differ in dimension.
+    :raises MissingDependencyError: Parquet was asked for without pyarrow (before anything
+        is written).
     :returns: the files written.
     """
+    if parquet:  # checked first, so a missing pyarrow leaves no half-written export behind
+        with requires("parquet"):
+            import pyarrow  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     rows: list[Entry] = []
     vectors = []
     for entry, record in _scan(store, filters):
@@ -231,13 +237,9 @@ def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = Fals
 
 
 def _write_parquet(path: Path, rows: list[Entry], matrix: np.ndarray) -> Path:
-    try:
+    with requires("parquet"):
         import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
         import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        raise InvalidInputError(
-            "Parquet export needs pyarrow: pip install 'embedcache[parquet]'"
-        ) from None
     columns = {name: [row.as_dict()[name] for row in rows] for name in rows[0].as_dict()}
     dim = matrix.shape[1]
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)
