@@ -8,15 +8,19 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
+from ..config import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_MAX_CONCURRENCY,
+    EMBEDDINGS_PATH,
+    PROXY_TOKEN_ENV,
+    resolve_offline,
+)
 from ..extras import requires
 from .options import CliContext, parse_size, pass_cli
 
 __all__ = ["serve"]
 
 DEFAULT_PORT = 8787
-TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105 (a variable name, not a secret)
-ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
 
 
 def _read_keys(path: Path) -> tuple[str, ...]:
@@ -53,9 +57,9 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option(
     "--token",
-    envvar=TOKEN_ENV,
+    envvar=PROXY_TOKEN_ENV,
     help=f"Require clients to send 'Authorization: Bearer TOKEN'; misses are then paid with "
-    f"the server's key. Prefer ${TOKEN_ENV}: arguments show in `ps`.",
+    f"the server's key. Prefer ${PROXY_TOKEN_ENV}: arguments show in `ps`.",
 )
 @click.option(
     "--allow-keys",
