@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import spec_for
-from ..storage.store import Record, Store
+from ..storage.store import Record, Store, entry_bytes
 
 __all__ = [
     "Entry",
@@ -31,9 +31,6 @@ __all__ = [
     "summarize",
     "verify",
 ]
-
-#: Bytes of metadata stored with each vector, for size estimates.
-_ENTRY_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,9 @@ class Entry:
 
     @property
     def size(self) -> int:
-        """Approximate bytes the entry takes on disk."""
-        return 4 * self.dimensions + _ENTRY_OVERHEAD
+        """Bytes the entry counts for, in ``prune --max-size`` as against a size limit: its
+        vector's (:func:`~embedcache.storage.index.entry_bytes`)."""
+        return entry_bytes(self.dimensions)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -148,13 +146,15 @@ def summarize(store: Store) -> Summary:
 
 def select_for_prune(store: Store, filters: Filters, max_size: int | None = None) -> list[Entry]:
     """Entries to remove: those matching ``filters`` when no ``max_size`` is given; else the
-    oldest matching ones until what remains fits in ``max_size`` bytes."""
+    oldest stored matching ones until what remains counts ``max_size`` bytes or fewer,
+    counted and ordered as a store's size limit evicts: without filters, on a cache with no
+    damaged entries, it picks what ``Store(size_limit=max_size)`` would evict."""
     if max_size is None:
         return list(entries(store, filters))
-    everything = list(entries(store))  # one pass: the total and the matches from it
-    total = sum(entry.size for entry in everything)
-    matched = [entry for entry in everything if filters.match(entry)]
+    total = store.vector_bytes()  # damaged entries too: they take room until removed
+    matched = list(entries(store, filters))
     chosen: list[Entry] = []
+    # Stable, over entries in key order: ties in time go by key, as in eviction.
     for entry in sorted(matched, key=lambda e: e.created):
         if total <= max_size:
             break

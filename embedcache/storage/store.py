@@ -22,7 +22,9 @@ Writers append to segment files while holding SQLite's write lock and commit the
 after the bytes are written, so readers only ever follow rows that are complete, and several
 processes can share a directory. Nothing is rewritten in place: deleting leaves dead rows,
 which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
-evicted unless a size limit is set; then the least recently *stored* entries go first.
+evicted unless a size limit is set; then the least recently *stored* entries go first. A
+limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
+as ``embedcache prune --max-size`` does.
 
 :class:`Store` composes the parts, which nothing else in embedcache knows about:
 :mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
@@ -51,7 +53,7 @@ from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
 from .directory import check_or_create_marker, restrict_permissions
-from .index import Index
+from .index import Index, entry_bytes
 from .rows import (
     CHECKSUM,
     CREATED_US,
@@ -71,7 +73,9 @@ from .rows import (
 )
 from .segments import Segments, fits
 
-__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "Record", "Store"]
+__all__ = [
+    "COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "Record", "Store", "entry_bytes",
+]  # fmt: skip
 
 FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
@@ -129,7 +133,8 @@ class Store:
 
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
         user cache directory. Created with mode 0700 when missing.
-    :param size_limit: bytes of vectors above which the oldest stored entries are evicted.
+    :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
+        the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
     :raises InvalidInputError: a negative ``size_limit``.
     :raises CacheFormatError: the directory was written by an incompatible version.
@@ -292,6 +297,11 @@ class Store:
     def __len__(self) -> int:
         """Number of cached vectors."""
         return self._index.count()
+
+    def vector_bytes(self) -> int:
+        """Bytes the entries count for against :attr:`size_limit`: :func:`entry_bytes` each
+        (less than :meth:`volume`, which also counts the index and dead rows)."""
+        return self._index.vector_bytes()
 
     def volume(self) -> int:
         """Bytes the cache occupies on disk."""
