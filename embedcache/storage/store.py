@@ -26,10 +26,12 @@ evicted unless a size limit is set; then the least recently *stored* entries go 
 limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
 
-:class:`Store` composes the parts, which nothing else in embedcache knows about:
+:class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
 :mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
 (the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions).
+Inside it, the shared tier reuses the vector checksum of :mod:`~embedcache.storage.rows`, so
+a vector checks the same in Redis as on disk.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """HTTP client for ``POST {base_url}/v1/embeddings``: retries, error mapping, response parsing.
 
-This is the one boundary where httpx exceptions and HTTP statuses become
-:class:`~embedcache.errors.EmbedcacheError`. Batching and caching live in the embedder.
+Here the httpx exceptions and HTTP statuses of embedding requests become
+:class:`~embedcache.errors.EmbedcacheError`: the embedder, the CLI and the proxy's cache
+fills see only those. Batching and caching live in the embedder.
 """
 
 from __future__ import annotations
