@@ -27,17 +27,21 @@ _LAZY = {
     "WarmReport": "embedding.embedder",
     "Stats": "embedding.embedder",
     "Fingerprint": "cache_keys",
+    "Forwarded": "upstream.jina",
     "JinaEmbeddingFunction": "integrations.milvus",
     "JinaClient": "upstream.jina",
     "Limits": "upstream.limiter",
+    "Permit": "upstream.limiter",
     "RateLimiter": "upstream.limiter",
     "shared_limiter": "upstream.limiter",
+    "ModelSpec": "models",
     "RequestOptions": "models",
     "resolve_options": "models",
     "Found": "storage.store",
     "Record": "storage.store",
     "Store": "storage.store",
     "RedisStore": "storage.shared",
+    "Usage": "storage.shared",
     "open_shared": "storage.shared",
     "Upstream": "upstream.protocol",
     "UpstreamResult": "upstream.protocol",
@@ -48,11 +52,11 @@ if TYPE_CHECKING:
     from .cache_keys import Fingerprint
     from .embedding.embedder import CachedEmbedder, Embedded, Stats, WarmReport
     from .integrations.milvus import JinaEmbeddingFunction
-    from .models import RequestOptions, resolve_options
-    from .storage.shared import RedisStore, open_shared
+    from .models import ModelSpec, RequestOptions, resolve_options
+    from .storage.shared import RedisStore, Usage, open_shared
     from .storage.store import Found, Record, Store
-    from .upstream.jina import JinaClient
-    from .upstream.limiter import Limits, RateLimiter, shared_limiter
+    from .upstream.jina import Forwarded, JinaClient
+    from .upstream.limiter import Limits, Permit, RateLimiter, shared_limiter
     from .upstream.protocol import Upstream, UpstreamResult
 
 
@@ -75,10 +79,13 @@ __all__ = [
     "CachedEmbedder",
     "Embedded",
     "Fingerprint",
+    "Forwarded",
     "Found",
     "JinaClient",
     "JinaEmbeddingFunction",
     "Limits",
+    "ModelSpec",
+    "Permit",
     "RateLimiter",
     "Record",
     "RedisStore",
@@ -87,6 +94,7 @@ __all__ = [
     "Store",
     "Upstream",
     "UpstreamResult",
+    "Usage",
     "WarmReport",
     "__version__",
     "open_shared",

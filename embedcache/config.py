@@ -1,4 +1,9 @@
-"""Defaults as named constants, and the one place that reads the environment.
+"""Defaults as named constants, and every environment variable embedcache reads.
+
+:data:`ENVIRONMENT` lists those variables, and each has its name's constant here: code
+elsewhere reads them through these constants. Most are read here (``resolve_*``); the rate
+limits by :func:`~embedcache.upstream.limiter.resolve_limits`, and the price and the proxy's
+tokens by the command line (as click defaults).
 
 Precedence everywhere is: explicit argument, then environment variable, then default.
 """
@@ -35,23 +40,55 @@ MAX_RETRY_AFTER_SECONDS = 120.0
 #: reference; $0.05/1M is the one figure in its API spec (an example for v3), so every
 #: figure derived from it is labelled an estimate.
 DEFAULT_PRICE_PER_MILLION_TOKENS = 0.05
-PRICE_ENV = "EMBEDCACHE_PRICE_PER_MILLION_TOKENS"
 
 #: Bumped whenever the way request fields or texts map to cache keys changes.
 KEY_VERSION = 1
 
-#: The shared Redis tier: its URL's environment variable, key namespace and per-call timeout.
-REDIS_URL_ENV = "EMBEDCACHE_REDIS_URL"
+#: The shared Redis tier: its key namespace and per-call timeout.
 DEFAULT_REDIS_PREFIX = "embedcache"
 DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
 #: Per-call timeout of the maintenance commands (sync, stats, verify), which move whole
 #: pages of entries per call and wait for Redis rather than fall back.
 REDIS_MAINTENANCE_TIMEOUT_SECONDS = 30.0
 
+# The environment. Names only: a token's variable is not a secret.
 API_KEY_ENV_VARS = ("JINAAI_API_KEY", "JINA_API_KEY")
 CACHE_DIR_ENV = "EMBEDCACHE_DIR"
 BASE_URL_ENV = "EMBEDCACHE_BASE_URL"
 OFFLINE_ENV = "EMBEDCACHE_OFFLINE"
+REDIS_URL_ENV = "EMBEDCACHE_REDIS_URL"
+PRICE_ENV = "EMBEDCACHE_PRICE_PER_MILLION_TOKENS"
+TIER_ENV = "EMBEDCACHE_TIER"
+RPM_ENV = "EMBEDCACHE_RPM"
+TPM_ENV = "EMBEDCACHE_TPM"
+CONCURRENT_REQUESTS_ENV = "EMBEDCACHE_CONCURRENT_REQUESTS"
+#: The old name of :data:`CONCURRENT_REQUESTS_ENV`, still read (with a warning): it was
+#: mistaken for ``--max-concurrency``.
+OLD_CONCURRENT_REQUESTS_ENV = "EMBEDCACHE_MAX_CONCURRENCY"
+PROXY_TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105
+ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
+
+#: Every variable of embedcache's own, and what it sets: the one list the tests scrub, and
+#: the README's configuration table.
+ENVIRONMENT: dict[str, str] = {
+    API_KEY_ENV_VARS[0]: "Jina API key (first choice)",
+    API_KEY_ENV_VARS[1]: "Jina API key (when JINAAI_API_KEY is unset)",
+    CACHE_DIR_ENV: "cache directory",
+    BASE_URL_ENV: "API root",
+    OFFLINE_ENV: "hits only, misses fail (1, true, yes or on)",
+    REDIS_URL_ENV: "shared Redis tier",
+    PRICE_ENV: "dollars per million tokens, for cost estimates",
+    TIER_ENV: "pace requests to this Jina account tier's limits",
+    RPM_ENV: "requests per minute to stay under",
+    TPM_ENV: "tokens per minute to stay under",
+    CONCURRENT_REQUESTS_ENV: "requests in flight at once, per account",
+    OLD_CONCURRENT_REQUESTS_ENV: f"old name of {CONCURRENT_REQUESTS_ENV} (read, with a warning)",
+    PROXY_TOKEN_ENV: "embedcache serve: the bearer token clients must send",
+    ADMIN_TOKEN_ENV: "embedcache serve: the bearer token of /metrics and /admin",
+}
+#: Platform conventions read only for the default cache directory; tests point them at a
+#: temporary directory rather than scrub them.
+PLATFORM_ENVIRONMENT = ("XDG_CACHE_HOME", "LOCALAPPDATA")
 
 _TRUE = {"1", "true", "yes", "on"}
 

@@ -10,6 +10,7 @@
      ├── TransportError        no usable HTTP answer after the last retry (timeouts, resets)
      ├── ResponseFormatError   a 2xx answer that cannot be trusted; nothing of it is cached
      ├── CacheMissError        misses in offline mode (carries the count)
+     ├── MissingDependencyError  an optional feature's extra is not installed (also an ImportError)
      └── CacheError            the cache directory cannot be used
           ├── CacheFormatError      written by an incompatible format or key version
           └── SharedCacheError      the shared Redis tier cannot be reached (maintenance only)
@@ -27,6 +28,7 @@ __all__ = [
     "CacheMissError",
     "EmbedcacheError",
     "InvalidInputError",
+    "MissingDependencyError",
     "RateLimitError",
     "ResponseFormatError",
     "SharedCacheError",
@@ -93,6 +95,21 @@ class CacheMissError(EmbedcacheError):
     def __init__(self, message: str, *, misses: int) -> None:
         super().__init__(message)
         self.misses = misses
+
+
+class MissingDependencyError(EmbedcacheError, ImportError):
+    """An optional feature was used without the extra that installs its packages; the
+    message says which extra, and the ``pip install`` command.
+
+    Also an :class:`ImportError`, the usual way to catch a missing optional package.
+
+    :ivar extra: the extra to install, as in ``pip install 'embedcache[EXTRA]'``.
+    :ivar name: the module that could not be imported, as on any ``ImportError``.
+    """
+
+    def __init__(self, message: str, *, extra: str, name: str | None = None) -> None:
+        super().__init__(message, name=name)
+        self.extra = extra
 
 
 class CacheError(EmbedcacheError):

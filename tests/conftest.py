@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
+from embedcache.config import ENVIRONMENT, PLATFORM_ENVIRONMENT
 from embedcache.testing import JinaEmulator
 
 from .redis_server import RedisServer, server_binary
@@ -28,21 +29,12 @@ API_KEY = "jina_" + "SENTINELkey0123456789" * 2 + "abcdefghijklmnopqr"
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's keys, cache or endpoint, and none writes to $HOME."""
-    for name in (
-        "JINAAI_API_KEY",
-        "JINA_API_KEY",
-        "EMBEDCACHE_DIR",
-        "EMBEDCACHE_BASE_URL",
-        "EMBEDCACHE_OFFLINE",
-        "EMBEDCACHE_TIER",
-        "EMBEDCACHE_RPM",
-        "EMBEDCACHE_TPM",
-        "EMBEDCACHE_CONCURRENT_REQUESTS",
-        "EMBEDCACHE_REDIS_URL",
-    ):
+    """No test sees the developer's keys, cache, endpoint, limits or tokens (any variable
+    embedcache reads), and none writes to $HOME."""
+    for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    for name in PLATFORM_ENVIRONMENT:
+        monkeypatch.setenv(name, str(tmp_path / f"platform-cache-{name.lower()}"))
 
 
 @pytest.fixture

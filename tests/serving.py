@@ -14,17 +14,13 @@ from typing import Any
 
 import httpx
 
+from embedcache.config import ENVIRONMENT
+
 _STARTUP_SECONDS = 60.0
 _STOP_SECONDS = 30.0
-# Variables a developer's shell may hold that would change what the server does.
-_SCRUBBED = ("JINAAI_API_KEY", "JINA_API_KEY", "EMBEDCACHE_DIR", "EMBEDCACHE_BASE_URL")
-_SCRUBBED += ("EMBEDCACHE_OFFLINE", "EMBEDCACHE_PROXY_TOKEN", "EMBEDCACHE_REDIS_URL")
-_SCRUBBED += (
-    "EMBEDCACHE_TIER",
-    "EMBEDCACHE_RPM",
-    "EMBEDCACHE_TPM",
-    "EMBEDCACHE_CONCURRENT_REQUESTS",
-)
+# Variables a developer's shell may hold that would change what the server does: every one
+# embedcache reads. (The platform's cache variables stay: conftest points them at tmp_path.)
+_SCRUBBED = tuple(ENVIRONMENT)
 _numbers = itertools.count()
 
 

@@ -1,4 +1,5 @@
-"""The caching core end to end: real HTTP to the emulator, real diskcache in a temp dir."""
+"""The caching core end to end: real HTTP to the emulator, a real cache directory (SQLite
+index, segment files) in a temp dir."""
 
 from __future__ import annotations
 

@@ -262,7 +262,11 @@ def export(
 @click.command()
 @filter_options
 @click.option("--older-than", help="Only entries stored longer ago than this: 30d, 12h, 2w.")
-@click.option("--max-size", help="Remove the oldest (matching) entries until the rest fit: 2GB.")
+@click.option(
+    "--max-size",
+    help="Remove the oldest (matching) entries until the rest's vectors fit, counted as a "
+    "size limit counts them (4 bytes per dimension): 2GB.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @json_option
 @pass_cli

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -198,7 +197,8 @@ def build_filters(
 price_option = click.option(
     "--price-per-million",
     type=click.FloatRange(min=0),
-    default=lambda: float(os.environ.get(PRICE_ENV) or DEFAULT_PRICE_PER_MILLION_TOKENS),
+    envvar=PRICE_ENV,  # click reports a bad value as a usage error naming the variable
+    default=DEFAULT_PRICE_PER_MILLION_TOKENS,
     show_default=f"{DEFAULT_PRICE_PER_MILLION_TOKENS}, or ${PRICE_ENV}; an estimate",
     help="Dollars per million tokens, for cost estimates.",
 )

@@ -7,14 +7,19 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_MAX_CONCURRENCY, EMBEDDINGS_PATH, resolve_offline
+from ..config import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_MAX_CONCURRENCY,
+    EMBEDDINGS_PATH,
+    PROXY_TOKEN_ENV,
+    resolve_offline,
+)
+from ..extras import requires
 from .options import CliContext, parse_size, pass_cli
 
 __all__ = ["serve"]
 
 DEFAULT_PORT = 8787
-TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105 (a variable name, not a secret)
-ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
 
 
 def _read_keys(path: Path) -> tuple[str, ...]:
@@ -51,9 +56,9 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option(
     "--token",
-    envvar=TOKEN_ENV,
+    envvar=PROXY_TOKEN_ENV,
     help=f"Require clients to send 'Authorization: Bearer TOKEN'; misses are then paid with "
-    f"the server's key. Prefer ${TOKEN_ENV}: arguments show in `ps`.",
+    f"the server's key. Prefer ${PROXY_TOKEN_ENV}: arguments show in `ps`.",
 )
 @click.option(
     "--allow-keys",
@@ -127,16 +132,12 @@ def serve(
     the server's JINAAI_API_KEY / JINA_API_KEY. Images, PDFs and options the cache does not
     cover are forwarded uncached. Ctrl-C or SIGTERM finishes in-flight fetches first.
 
-    Needs the server extra: pip install 'embedcache[serve]'.
+    Needs the serve extra: pip install 'embedcache[serve]'.
     """
-    try:
+    # No ClickException here: cli.main turns a MissingDependencyError into its one-line error.
+    with requires("serve"):
         from ..proxy.app import Proxy, ProxySettings
         from ..proxy.server import serve_forever
-    except ImportError as exc:
-        raise click.ClickException(
-            f"embedcache serve needs the server extra ({exc.name} is missing): "
-            "pip install 'embedcache[serve]'"
-        ) from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(

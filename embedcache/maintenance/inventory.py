@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..extras import requires
 from ..models import spec_for
-from ..storage.store import Record, Store
+from ..storage.store import Record, Store, entry_bytes
 
 __all__ = [
     "Entry",
@@ -30,9 +31,6 @@ __all__ = [
     "summarize",
     "verify",
 ]
-
-#: Bytes of metadata stored with each vector, for size estimates.
-_ENTRY_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,9 @@ class Entry:
 
     @property
     def size(self) -> int:
-        """Approximate bytes the entry takes on disk."""
-        return 4 * self.dimensions + _ENTRY_OVERHEAD
+        """Bytes the entry counts for, in ``prune --max-size`` as against a size limit: its
+        vector's (:func:`~embedcache.storage.index.entry_bytes`)."""
+        return entry_bytes(self.dimensions)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -147,13 +146,15 @@ def summarize(store: Store) -> Summary:
 
 def select_for_prune(store: Store, filters: Filters, max_size: int | None = None) -> list[Entry]:
     """Entries to remove: those matching ``filters`` when no ``max_size`` is given; else the
-    oldest matching ones until what remains fits in ``max_size`` bytes."""
+    oldest stored matching ones until what remains counts ``max_size`` bytes or fewer,
+    counted and ordered as a store's size limit evicts: without filters, on a cache with no
+    damaged entries, it picks what ``Store(size_limit=max_size)`` would evict."""
     if max_size is None:
         return list(entries(store, filters))
-    everything = list(entries(store))  # one pass: the total and the matches from it
-    total = sum(entry.size for entry in everything)
-    matched = [entry for entry in everything if filters.match(entry)]
+    total = store.vector_bytes()  # damaged entries too: they take room until removed
+    matched = list(entries(store, filters))
     chosen: list[Entry] = []
+    # Stable, over entries in key order: ties in time go by key, as in eviction.
     for entry in sorted(matched, key=lambda e: e.created):
         if total <= max_size:
             break
@@ -206,8 +207,13 @@ def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = Fals
     row for row, to ``prefix.jsonl``; also ``prefix.parquet`` when asked (needs pyarrow).
 
     :raises InvalidInputError: nothing matches, or the matches differ in dimension.
+    :raises MissingDependencyError: Parquet was asked for without pyarrow (before anything
+        is written).
     :returns: the files written.
     """
+    if parquet:  # checked first, so a missing pyarrow leaves no half-written export behind
+        with requires("parquet"):
+            import pyarrow  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     rows: list[Entry] = []
     vectors = []
     for entry, record in _scan(store, filters):
@@ -231,13 +237,9 @@ def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = Fals
 
 
 def _write_parquet(path: Path, rows: list[Entry], matrix: np.ndarray) -> Path:
-    try:
+    with requires("parquet"):
         import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
         import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        raise InvalidInputError(
-            "Parquet export needs pyarrow: pip install 'embedcache[parquet]'"
-        ) from None
     columns = {name: [row.as_dict()[name] for row in rows] for name in rows[0].as_dict()}
     dim = matrix.shape[1]
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)

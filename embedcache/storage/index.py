@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from .rows import COLUMNS, LO, READ_COLUMNS, K
 
-__all__ = ["Index"]
+__all__ = ["Index", "entry_bytes"]
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 _SCHEMA = """
@@ -41,6 +41,22 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 # per column, so a warm read finds all its keys with one np.searchsorted instead of SQL.
 _SNAPSHOT_MIN_ROWS = 4096
 _SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
+
+
+def entry_bytes(dim: int) -> int:
+    """Bytes an entry of ``dim`` dimensions counts for, against a store's size limit and in
+    ``embedcache prune --max-size`` alike: its vector's, 4 per dimension.
+
+    Its index row and snapshot columns (a few hundred bytes more on disk, with SQLite's pages
+    and log) are not counted: a limit bounds the vectors, which it can count exactly.
+    """
+    return 4 * dim
+
+
+def _vector_bytes(db: sqlite3.Connection) -> int:
+    """The :func:`entry_bytes` of every entry, summed."""
+    groups = db.execute("SELECT dim, COUNT(*) FROM entries GROUP BY dim").fetchall()
+    return sum(count * entry_bytes(dim) for dim, count in groups)
 
 
 def _join(
@@ -111,6 +127,11 @@ class Index:
         """Number of entries."""
         with self._read_lock, self._errors("read"):
             return int(self._reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def vector_bytes(self) -> int:
+        """Bytes the entries count for against a size limit (:func:`entry_bytes` each)."""
+        with self._read_lock, self._errors("read"):
+            return _vector_bytes(self._reader)
 
     def pages(self, batch: int) -> Iterator[NDArray[np.int64]]:
         """Every index row in key order, ``batch`` rows at a time (all columns)."""
@@ -275,10 +296,11 @@ class Index:
         return int(self._db.total_changes - before)
 
     def evict(self, limit: int | None) -> bool:
-        """Delete the oldest entries above ``limit`` bytes; returns whether any went."""
+        """Delete the oldest stored entries (by key within the same microsecond) until the
+        rest count ``limit`` bytes or fewer (:func:`entry_bytes`); returns whether any went."""
         if limit is None:
             return False
-        used = self._db.execute("SELECT COALESCE(SUM(dim), 0) * 4 FROM entries").fetchone()[0]
+        used = _vector_bytes(self._db)
         if used <= limit:
             return False
         doomed = []
@@ -286,7 +308,7 @@ class Index:
             if used <= limit:
                 break
             doomed.append((k,))
-            used -= dim * 4
+            used -= entry_bytes(dim)
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
         return True
 

@@ -40,6 +40,7 @@ from ..config import (
     resolve_redis_url,
 )
 from ..errors import InvalidInputError, SharedCacheError
+from ..extras import requires
 from .formats import decode_into, encode_entry, first_dim
 from .store import FORMAT_VERSION, Found, KeyedVectors
 
@@ -102,14 +103,10 @@ class RedisStore:
         retry_after: float = _RETRY_SECONDS,
         strict: bool = False,
     ) -> None:
-        try:
+        with requires("redis"):
             import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
-        except ImportError:
-            raise InvalidInputError(
-                "a Redis tier needs the redis extra: pip install 'embedcache[redis]'"
-            ) from None
         self.location = _display(url)
         self.prefix = prefix
         self.ttl = ttl

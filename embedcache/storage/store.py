@@ -22,12 +22,16 @@ Writers append to segment files while holding SQLite's write lock and commit the
 after the bytes are written, so readers only ever follow rows that are complete, and several
 processes can share a directory. Nothing is rewritten in place: deleting leaves dead rows,
 which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
-evicted unless a size limit is set; then the least recently *stored* entries go first.
+evicted unless a size limit is set; then the least recently *stored* entries go first. A
+limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
+as ``embedcache prune --max-size`` does.
 
-:class:`Store` composes the parts, which nothing else in embedcache knows about:
+:class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
 :mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
 (the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions).
+Inside it, the shared tier reuses the vector checksum of :mod:`~embedcache.storage.rows`, so
+a vector checks the same in Redis as on disk.
 """
 
 from __future__ import annotations
@@ -49,10 +53,10 @@ from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
-from ..errors import CacheError
+from ..errors import CacheError, InvalidInputError
 from .directory import check_or_create_marker, restrict_permissions
 from .formats import join_key, signed, split_keys, unsigned, vector_checksum
-from .index import Index
+from .index import Index, entry_bytes
 from .rows import (
     CHECKSUM,
     CREATED_US,
@@ -67,7 +71,16 @@ from .rows import (
 )
 from .segments import Segments, fits
 
-__all__ = ["COUNTERS", "FORMAT_VERSION", "MARKER_NAME", "Found", "KeyedVectors", "Record", "Store"]
+__all__ = [
+    "COUNTERS",
+    "FORMAT_VERSION",
+    "MARKER_NAME",
+    "Found",
+    "KeyedVectors",
+    "Record",
+    "Store",
+    "entry_bytes",
+]
 
 FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
@@ -128,8 +141,10 @@ class Store:
 
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
         user cache directory. Created with mode 0700 when missing.
-    :param size_limit: bytes of vectors above which the oldest stored entries are evicted.
+    :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
+        the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
+    :raises InvalidInputError: a negative ``size_limit``.
     :raises CacheFormatError: the directory was written by an incompatible version.
     :raises CacheError: the directory cannot be created or opened.
     """
@@ -138,7 +153,9 @@ class Store:
         self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
     ) -> None:
         if size_limit is not None and size_limit < 0:
-            raise CacheError(f"size_limit must be 0 (none) or a positive byte count: {size_limit}")
+            raise InvalidInputError(
+                f"size_limit must be 0 (none) or a positive byte count, got {size_limit}"
+            )
         self.directory = resolve_cache_dir(directory)
         # One lock guards the SQLite connection (in the index) and the segment maps.
         self._lock = threading.RLock()
@@ -288,6 +305,11 @@ class Store:
     def __len__(self) -> int:
         """Number of cached vectors."""
         return self._index.count()
+
+    def vector_bytes(self) -> int:
+        """Bytes the entries count for against :attr:`size_limit`: :func:`entry_bytes` each
+        (less than :meth:`volume`, which also counts the index and dead rows)."""
+        return self._index.vector_bytes()
 
     def volume(self) -> int:
         """Bytes the cache occupies on disk."""

@@ -1,12 +1,26 @@
 """A local emulator of the Jina embeddings HTTP API, for tests, demos and benchmarks.
 
->>> from embedcache.testing import Fault, JinaEmulator
->>> with JinaEmulator(api_key="jina_test") as emu:  # doctest: +SKIP
+Each one serves on a free loopback port; queue faults, or give it rate limits:
+
+>>> import httpx
+>>> from embedcache.testing import Fault, JinaEmulator, RateLimits
+>>> body = {"model": "jina-embeddings-v3", "input": ["a text"]}
+>>> auth = {"Authorization": "Bearer jina_test"}
+>>> with JinaEmulator(api_key="jina_test") as emu:
 ...     emu.inject(Fault(status=429, retry_after="1"))
-...     ...  # point a client at emu.url
->>> limits = RateLimits(rpm=2, tpm=1000, concurrent_requests=1, window=0.5)
->>> with JinaEmulator(rate_limits=limits) as emu:  # doctest: +SKIP
-...     ...  # the third request within half a second gets a 429
+...     first = httpx.post(emu.url + "/v1/embeddings", json=body, headers=auth)
+...     second = httpx.post(emu.url + "/v1/embeddings", json=body, headers=auth)
+>>> first.status_code, first.headers["Retry-After"], second.status_code
+(429, '1', 200)
+>>> len(second.json()["data"][0]["embedding"])
+1024
+>>> with JinaEmulator(rate_limits=RateLimits(rpm=2)) as emu:  # 2 requests a minute
+...     codes = [
+...         httpx.post(emu.url + "/v1/embeddings", json=body, headers=auth).status_code
+...         for _ in range(3)
+...     ]
+>>> codes
+[200, 200, 429]
 
 Run one in the foreground with ``python -m embedcache.testing --port 8080``.
 """

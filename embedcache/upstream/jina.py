@@ -1,7 +1,8 @@
 """HTTP client for ``POST {base_url}/v1/embeddings``: retries, error mapping, response parsing.
 
 This is the one boundary where httpx exceptions and HTTP statuses become
-:class:`~embedcache.errors.EmbedcacheError`. Batching and caching live in the embedder.
+:class:`~embedcache.errors.EmbedcacheError`, for embedding requests and for the proxy's
+passthrough (:meth:`JinaClient.forward`) alike. Batching and caching live in the embedder.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..config import (
 from ..errors import (
     APIError,
     AuthenticationError,
+    InvalidInputError,
     RateLimitError,
     ResponseFormatError,
     TransportError,
@@ -76,6 +78,8 @@ class JinaClient:
         broken connections.
     :param backoff_base: first backoff in seconds; doubled per attempt, with jitter, capped
         at ``backoff_cap``. A ``Retry-After`` header overrides it.
+    :raises InvalidInputError: ``max_attempts`` below 1, a timeout that is not positive, a
+        negative backoff.
     :param http_client: an ``httpx.Client`` to use (not closed by :meth:`close`).
     :param transport: an httpx transport for the client built here (tests).
     :param sleep: how to wait between attempts (tests).
@@ -98,7 +102,12 @@ class JinaClient:
         limiter: RateLimiter | None = None,
     ) -> None:
         if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not timeout > 0:
+            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout}")
+        for name, seconds in (("backoff_base", backoff_base), ("backoff_cap", backoff_cap)):
+            if not seconds >= 0:
+                raise InvalidInputError(f"{name} must not be negative, got {seconds}")
         self._api_key = api_key
         self.base_url = resolve_base_url(base_url)
         self.max_attempts = max_attempts

@@ -24,16 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from ..config import CONCURRENT_REQUESTS_ENV, RPM_ENV, TIER_ENV, TPM_ENV
+from ..config import OLD_CONCURRENT_REQUESTS_ENV as _OLD_CONCURRENT_REQUESTS_ENV
 from ..errors import InvalidInputError
 
 __all__ = ["TIERS", "Limits", "Permit", "RateLimiter", "resolve_limits", "shared_limiter"]
 
 log = logging.getLogger("embedcache")
 
-RPM_ENV, TPM_ENV, CONCURRENT_REQUESTS_ENV, TIER_ENV = (
-    "EMBEDCACHE_RPM", "EMBEDCACHE_TPM", "EMBEDCACHE_CONCURRENT_REQUESTS", "EMBEDCACHE_TIER",
-)  # fmt: skip
-_OLD_CONCURRENT_REQUESTS_ENV = "EMBEDCACHE_MAX_CONCURRENCY"
 _MIN_SCALE = 0.25  # budgets never shrink below a quarter of the configured limits
 _RECOVERY_STEP = 0.05  # each success gives back this fraction of the limits
 _FIRST_BACKOFF_SECONDS = 1.0
