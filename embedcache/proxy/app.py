@@ -144,6 +144,9 @@ class Proxy:
         self.shared = self.parts.shared
         self.upstream_url = self.parts.client.base_url
         self._upstreams = _Upstreams(self.parts.client)
+        #: How ``float`` answers are written: the upstream's own style (see
+        #: :func:`~embedcache.proxy.wire.render_vector`).
+        self.float_style = "float32"
         self.access = Access(
             token=settings.token,
             allowed_keys=settings.allowed_keys,
@@ -248,7 +251,7 @@ class Proxy:
         if result is None:
             return None
         stats = result.stats
-        body = render_embeddings(parsed, result.vectors, stats.tokens_spent)
+        body = render_embeddings(parsed, result.vectors, stats.tokens_spent, self.float_style)
         return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
 
     def _verify_key(self, key: str) -> None:

@@ -13,7 +13,7 @@ version does not know go to the API as they are and are never stored.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,21 @@ from ..models import RequestOptions, resolve_options
 
 __all__ = [
     "CACHEABLE_EMBEDDING_TYPES",
+    "DEFAULT_FLOAT_STYLE",
+    "FLOAT_STYLES",
     "EmbeddingsRequest",
     "error_status",
     "parse_request",
+    "render_body",
     "render_embeddings",
     "render_error",
+    "render_vector",
 ]
 
+#: How ``float`` embeddings are written as text (see :func:`render_vector`); until the
+#: upstream's own style is known, the one the reference's evidence favours.
+FLOAT_STYLES = ("float64", "float32")
+DEFAULT_FLOAT_STYLE = "float64"
 #: Output encodings the proxy can produce exactly from a cached float32 vector.
 CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
 _KNOWN_FIELDS = frozenset(
@@ -116,31 +124,49 @@ def _embedding_type(body: Mapping[str, Any]) -> str | None:
     return value if value in CACHEABLE_EMBEDDING_TYPES else None
 
 
-def render_embeddings(
-    request: EmbeddingsRequest, vectors: NDArray[np.float32], tokens_spent: int
+def render_vector(
+    vector: NDArray[np.float32], embedding_type: str, float_style: str = DEFAULT_FLOAT_STYLE
 ) -> bytes:
-    """The success body. ``float`` values are written as the shortest decimal that reads
-    back as the same float32, as the API's own responses are; ``base64`` as the raw
-    little-endian float32 bytes. ``usage`` counts only tokens spent upstream for this
-    request: cached vectors cost nothing."""
-    rows = np.ascontiguousarray(vectors, dtype="<f4")
-    embeddings: list[Any]
-    if request.embedding_type == "base64":
-        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    else:
-        embeddings = list(rows)
-    return orjson.dumps(
-        {
-            "model": request.model,
-            "object": "list",
-            "usage": {"total_tokens": tokens_spent, "prompt_tokens": tokens_spent},
-            "data": [
-                {"object": "embedding", "index": index, "embedding": embedding}
-                for index, embedding in enumerate(embeddings)
-            ],
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
+    """One embedding's JSON value, as the upstream writes it.
+
+    ``base64`` is the raw little-endian float32 bytes. ``float`` text comes in two styles
+    (reference §12): ``float64``, each float32 value written with the digits that read back
+    as the same float64 (what Python's ``json`` writes for ``float(np.float32(x))``), and
+    ``float32``, the shortest digits that read back as the same float32. A client parsing
+    JSON numbers into float64 sees the same float64 as a direct call only in the upstream's
+    own style.
+    """
+    row = np.ascontiguousarray(vector, dtype="<f4")
+    if embedding_type == "base64":
+        return b'"' + base64.b64encode(row.tobytes()) + b'"'
+    if float_style == "float32":
+        return orjson.dumps(row.astype(np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(row.astype(np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def render_body(model: str, embeddings: Sequence[bytes], tokens_spent: int) -> bytes:
+    """The success body around embeddings already rendered by :func:`render_vector`, in
+    index order. ``usage`` counts only tokens spent upstream for this request: cached
+    vectors cost nothing."""
+    head = b'{"model":%b,"object":"list","usage":{"total_tokens":%d,"prompt_tokens":%d},"data":['
+    items = b",".join(
+        b'{"object":"embedding","index":%d,"embedding":%b}' % (index, embedding)
+        for index, embedding in enumerate(embeddings)
     )
+    return head % (orjson.dumps(model), tokens_spent, tokens_spent) + items + b"]}"
+
+
+def render_embeddings(
+    request: EmbeddingsRequest,
+    vectors: NDArray[np.float32],
+    tokens_spent: int,
+    float_style: str = DEFAULT_FLOAT_STYLE,
+) -> bytes:
+    """The success body for ``vectors`` (row ``i`` for ``request.texts[i]``); see
+    :func:`render_vector` and :func:`render_body`."""
+    kind = request.embedding_type
+    embeddings = [render_vector(row, kind, float_style) for row in vectors]
+    return render_body(request.model, embeddings, tokens_spent)
 
 
 def error_status(exc: EmbedcacheError) -> int:
