@@ -173,4 +173,4 @@ def serve(
             err=True,
         )
 
-    serve_forever(proxy, host=host, port=port, log_level=log_level, on_bound=announce)
+    serve_forever(lambda: proxy, host=host, port=port, log_level=log_level, on_bound=announce)

@@ -56,28 +56,34 @@ class WarmReport:
 
 @dataclass(frozen=True)
 class Embedded:
-    """What :meth:`CachedEmbedder.embed_detailed` returns: the vectors, and the call's own
-    counters (``tokens_spent`` is exactly what its requests were charged)."""
+    """What :meth:`CachedEmbedder.embed_detailed` returns: the vectors, the call's own
+    counters (``tokens_spent`` is exactly what its requests were charged), and the tokens
+    recorded for each row's entry (what a later hit on it saves)."""
 
     vectors: NDArray[np.float32]
     stats: Stats
+    tokens: NDArray[np.float64]
 
 
 class _Rows:
     """The vectors of a call's distinct texts; sized on the first batch when the model's
     dimension is not known beforehand."""
 
-    def __init__(self, matrix: NDArray[np.float32]) -> None:
+    def __init__(self, matrix: NDArray[np.float32], tokens: NDArray[np.float64]) -> None:
         self.matrix = matrix
+        self.tokens = tokens
 
     @property
     def dim(self) -> int | None:
         return self.matrix.shape[1] or None
 
-    def put(self, slots: list[int], vectors: NDArray[np.float32]) -> None:
+    def put(
+        self, slots: list[int], vectors: NDArray[np.float32], tokens: NDArray[np.float64]
+    ) -> None:
         if not self.matrix.shape[1]:
             self.matrix = np.zeros((len(self.matrix), vectors.shape[1]), dtype=np.float32)
         self.matrix[slots] = vectors
+        self.tokens[slots] = tokens
 
 
 #: Misses left to other calls' fetches, with the events that end those fetches.
@@ -207,10 +213,12 @@ class CachedEmbedder:
         """
         fp, keys, position = self._index(texts, options)
         if not keys:
-            return Embedded(np.empty((0, options.expected_dim or 0), np.float32), Stats())
+            empty = np.empty((0, options.expected_dim or 0), np.float32)
+            return Embedded(empty, Stats(), np.empty(0, np.float64))
         unique = list(position)
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
-        call = _Call(options, fp, upstream or self.upstream, _Rows(found.vectors))
+        rows = _Rows(found.vectors, found.tokens)
+        call = _Call(options, fp, upstream or self.upstream, rows)
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
         elif cached_only:
@@ -222,11 +230,12 @@ class CachedEmbedder:
             self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
             self._fill(misses, len(unique), call)
         assert call.rows is not None
-        matrix = call.rows.matrix
+        matrix, tokens = call.rows.matrix, call.rows.tokens
         if len(unique) != len(keys):
             slot = {key: i for i, key in enumerate(unique)}
-            matrix = matrix[np.fromiter((slot[key] for key in keys), np.intp, len(keys))]
-        return Embedded(matrix, call.stats)
+            order = np.fromiter((slot[key] for key in keys), np.intp, len(keys))
+            matrix, tokens = matrix[order], tokens[order]
+        return Embedded(matrix, call.stats, tokens)
 
     def warm(
         self,
@@ -265,6 +274,11 @@ class CachedEmbedder:
         call = _Call(options, fp, self.upstream, None, on_batch)
         self._fill(misses, len(unique), call)
         return replace(report, tokens_spent=call.stats.tokens_spent)
+
+    def count_hits(self, entries: int, tokens_saved: float) -> None:
+        """Count hits a caller answered from its own copy of what this embedder returned
+        (the proxy's rendered answers), so the counters cover every hit."""
+        self._counters.add(Stats(), hits=entries, tokens_saved=tokens_saved)
 
     def forget_memory(self) -> None:
         """Drop the recently read vectors held in memory (``memory_bytes``)."""
@@ -441,7 +455,7 @@ class CachedEmbedder:
             return misses
         if rows is not None and found is not None:
             rows.put([m.slot for m, ok in zip(misses, usable, strict=True) if ok],
-                     found.vectors[usable])  # fmt: skip
+                     found.vectors[usable], found.tokens[usable])  # fmt: skip
         self._count(call, misses=-done, **{counted_as: done})
         if call.on_batch is not None:
             call.on_batch(done, 0)
@@ -457,4 +471,4 @@ class CachedEmbedder:
             call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )
         if rows is not None:
-            rows.put([miss.slot for miss in batch], vectors)
+            rows.put([miss.slot for miss in batch], vectors, tokens)

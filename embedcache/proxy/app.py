@@ -18,9 +18,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -33,17 +32,27 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..assembly import Assembly, CacheSettings
+from ..cache_keys import Fingerprint, fingerprint, text_keys
 from ..config import (
     DEFAULT_MODEL,
     EMBEDDINGS_PATH,
     VERSION,
 )
-from ..errors import APIError, EmbedcacheError
-from ..models import resolve_options
+from ..errors import APIError, EmbedcacheError, InvalidInputError
+from ..models import RequestOptions, resolve_options
 from ..upstream.jina import JinaClient
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
+from .http import Request as HttpRequest
 from .metrics import ProxyMetrics
-from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
+from .rendered import RenderedAnswers, variant
+from .wire import (
+    EmbeddingsRequest,
+    error_status,
+    parse_request,
+    render_body,
+    render_error,
+    render_vector,
+)
 
 __all__ = ["CACHED_HEADER", "DEFAULT_MEMORY_BYTES", "Proxy", "ProxySettings"]
 
@@ -52,6 +61,10 @@ __all__ = ["CACHED_HEADER", "DEFAULT_MEMORY_BYTES", "Proxy", "ProxySettings"]
 CACHED_HEADER = "X-Embedcache-Cached"
 #: Default memory for recently served vectors: about 16,000 of 1024 dimensions.
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+#: Default memory for served embeddings' text: about 12,000 1024-d float answers.
+DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
+_CACHED_HEADER = CACHED_HEADER.lower().encode()
+_EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
@@ -82,6 +95,8 @@ class ProxySettings:
     :param token: when set, clients must send ``Authorization: Bearer <token>``, and misses
         are paid with the server's key.
     :param fill_threads: most client requests filling misses at once.
+    :param rendered_bytes: memory for the JSON text of served embeddings, so a repeat hit
+        is answered without reading or rendering a vector (0: none).
     :param allowed_keys: client API keys served without asking the upstream; with a list
         (or ``verify_keys``), other keys are refused.
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
@@ -92,6 +107,7 @@ class ProxySettings:
     cache: CacheSettings = field(default_factory=_proxy_cache)
     token: str | None = field(default=None, repr=False)
     fill_threads: int = 64
+    rendered_bytes: int = DEFAULT_RENDERED_BYTES
     allowed_keys: tuple[str, ...] = field(default=(), repr=False)
     verify_keys: bool = False
     verdict_ttl: float = 300.0
@@ -155,6 +171,10 @@ class Proxy:
         )
         self._admin = digest(settings.admin_token) if settings.admin_token else None
         self.metrics = ProxyMetrics()
+        #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
+        self.rendered = RenderedAnswers(settings.rendered_bytes)
+        self._fingerprints: dict[RequestOptions, Fingerprint] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
         self._closed = False
         self.app = Starlette(
@@ -166,7 +186,6 @@ class Proxy:
                 Route("/admin/flush", self._admin_flush, methods=["POST"]),
             ],
             exception_handlers={HTTPException: _http_error},
-            lifespan=self._lifespan,
         )
 
     def close(self) -> None:
@@ -174,17 +193,59 @@ class Proxy:
         if self._closed:
             return
         self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
         self._fills.shutdown(wait=True)
         self.parts.close()
 
-    @asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        flusher = asyncio.create_task(self._flush_counters())
+    def start(self) -> None:
+        """Start the background work of a serving proxy (call on its event loop)."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_counters())
+
+    def answer_hit(self, request: HttpRequest) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """The body and extra headers of a ``POST /v1/embeddings`` whose every input has
+        been answered before, from the texts already written; ``None`` for anything else,
+        which the application then answers in full. Runs on the event loop, so it only
+        ever looks at memory."""
+        if request.method != b"POST" or request.path != _EMBEDDINGS_PATH:
+            return None
+        started = time.perf_counter()
+        decision = self.access.decide(_bearer_value(request.authorization), verify=False)
+        if decision is None or decision.status:
+            return None
         try:
-            yield
-        finally:
-            flusher.cancel()
-            self.close()
+            parsed = parse_request(orjson.loads(request.body))
+        except (orjson.JSONDecodeError, EmbedcacheError):
+            return None  # the application answers with the error
+        if parsed is None or parsed.options.late_chunking:
+            return None
+        keys = self._keys(parsed)
+        if keys is None:
+            return None
+        kind = variant(parsed.embedding_type, self.float_style)
+        found = self.rendered.get_all(keys, kind)
+        if found is None:
+            return None
+        if len(keys) == 1:
+            distinct, saved = 1, found[0][1]
+        else:
+            costs = {key: cost for key, (_, cost) in zip(keys, found, strict=True)}
+            distinct, saved = len(costs), sum(costs.values())
+        self.embedder.count_hits(distinct, saved)
+        body = render_body(parsed.model, [text for text, _ in found], 0)
+        self.metrics.observe_at_once("cached", time.perf_counter() - started)
+        return body, [(_CACHED_HEADER, b"%d" % distinct)]
+
+    def _keys(self, parsed: EmbeddingsRequest) -> list[bytes] | None:
+        """The entry keys of a request's texts (not late chunking), or ``None`` when a text
+        cannot be keyed (the application then says why)."""
+        fp = self._fingerprints.get(parsed.options)
+        if fp is None:
+            fp = self._fingerprints[parsed.options] = fingerprint(parsed.options)
+        try:
+            return text_keys(fp, parsed.texts)
+        except InvalidInputError:
+            return None
 
     async def _flush_counters(self) -> None:
         """Record hits in the cache's lifetime counters now and then (fills record their
@@ -251,7 +312,15 @@ class Proxy:
         if result is None:
             return None
         stats = result.stats
-        body = render_embeddings(parsed, result.vectors, stats.tokens_spent, self.float_style)
+        kind = variant(parsed.embedding_type, self.float_style)
+        texts = [
+            render_vector(row, parsed.embedding_type, self.float_style) for row in result.vectors
+        ]
+        if not parsed.options.late_chunking:
+            keys = self._keys(parsed)
+            if keys is not None:
+                self.rendered.put(keys, kind, texts, result.tokens.tolist())
+        body = render_body(parsed.model, texts, stats.tokens_spent)
         return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
 
     def _verify_key(self, key: str) -> None:
@@ -302,6 +371,7 @@ class Proxy:
         if not self._is_admin(request):
             return _admin_refused(self._admin is not None)
         self.embedder.forget_memory()
+        self.rendered.clear()
         self.access.forget()
         await self._in_thread(self.embedder.flush_counters)
         return _json(200, orjson.dumps({"flushed": True}))
@@ -310,6 +380,12 @@ class Proxy:
 def _bearer(request: Request) -> str:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _bearer_value(authorization: bytes) -> str:
+    """:func:`_bearer` of a raw ``Authorization`` header value."""
+    scheme, _, value = authorization.partition(b" ")
+    return value.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""
 
 
 def _admin_refused(enabled: bool) -> Response:

@@ -46,6 +46,13 @@ class ProxyMetrics:
             self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._latency_sum += seconds
 
+    def observe_at_once(self, outcome: str, seconds: float) -> None:
+        """Count a request answered the moment it arrived (never counted as in flight)."""
+        with self._lock:
+            self._outcomes[outcome] += 1
+            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self._latency_sum += seconds
+
     def render(self, stats: Stats, waiting: int) -> str:
         """The exposition text, cache counters taken from ``stats``."""
         with self._lock:

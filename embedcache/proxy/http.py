@@ -1,0 +1,332 @@
+"""A small HTTP/1.1 server on asyncio (uvloop) and httptools: hits answered without a
+framework in the way, anything else handed to the ASGI application.
+
+Per request, :attr:`Handlers.fast` may answer from what is already in memory (a full
+response body, or ``None``); every other request goes to :attr:`Handlers.app`, a plain
+ASGI 3 application, through a minimal bridge (one ``http.request`` message carrying the
+whole body, the response buffered and written with its length). Connections are kept
+alive as HTTP/1.1 says, and pipelined requests are answered in order: a request waits for
+the ones before it on its connection.
+
+Bounds: the request line and headers (:data:`MAX_HEADER_BYTES`, :data:`MAX_HEADERS`) and
+the body (``max_body``) are limited; over a limit the answer is 431 or 413 and the
+connection closes. A client may pipeline at most :data:`MAX_PIPELINED` requests before the
+server stops reading from it until it has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "MAX_PIPELINED",
+    "Handlers",
+    "HttpConnection",
+    "Request",
+    "response_bytes",
+]
+
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PIPELINED = 32
+
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[MutableMapping[str, Any]]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+log = logging.getLogger("embedcache")
+
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_JSON = b"application/json"
+
+
+@dataclass
+class Request:
+    """One request as it came off the wire."""
+
+    method: bytes = b""
+    target: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    keep_alive: bool = True
+    authorization: bytes = b""
+    header_bytes: int = 0
+
+    @property
+    def path(self) -> bytes:
+        return bytes(self.target).partition(b"?")[0]
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """What the server does with requests.
+
+    :param fast: answers a request from memory: the JSON body and extra headers of a 200,
+        or ``None`` to hand it to ``app``. Runs on the event loop: it must not block.
+    :param app: the ASGI application for everything else.
+    :param max_body: the largest request body accepted, in bytes.
+    """
+
+    fast: Callable[[Request], tuple[bytes, list[tuple[bytes, bytes]]] | None]
+    app: ASGIApp
+    max_body: int = 64 * 1024 * 1024
+
+
+def response_bytes(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    keep_alive: bool,
+) -> bytes:
+    """A whole HTTP/1.1 response; ``content-length`` is added when ``headers`` lacks one."""
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown"))]
+    has_length = False
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            has_length = True
+        lines.append(name + b": " + value)
+    if not has_length:
+        lines.append(b"content-length: %d" % len(body))
+    if not keep_alive:
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _error(status: int, detail: bytes) -> bytes:
+    body = b'{"detail":"' + detail + b'"}'
+    return response_bytes(status, [(b"content-type", _JSON)], body, keep_alive=False)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parsing, the queue of its pipelined requests, and writing."""
+
+    def __init__(self, handlers: Handlers, connections: set[HttpConnection]) -> None:
+        self._handlers = handlers
+        self._connections = connections
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._request: Request | None = None  # being read
+        self._queue: deque[Request] = deque()  # read, waiting for the ones before them
+        self._busy = False  # a task is answering the queue
+        self._paused = False
+        self._closing = False  # answer what is read, then close
+        self._lost = asyncio.Event()
+        self._scope_base: dict[str, Any] = {}
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are transports without deriving from asyncio's class.
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+        self._scope_base = {
+            "client": transport.get_extra_info("peername"),
+            "server": transport.get_extra_info("sockname"),
+        }
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+        self._lost.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(501, b"protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            # A callback's exception reaches here wrapped, as the error's context.
+            cause = exc.__context__
+            if isinstance(cause, _TooLarge):
+                self._fail(cause.status, cause.detail)
+            else:
+                self._fail(400, b"malformed HTTP request")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._request = Request()
+
+    def on_url(self, url: bytes) -> None:
+        request = self._current()
+        request.target += url
+        self._count(request, len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._current()
+        name = name.lower()
+        request.headers.append((name, value))
+        self._count(request, len(name) + len(value))
+        if len(request.headers) > MAX_HEADERS:
+            raise _TooLarge(431, b"too many request headers")
+        if name == b"authorization":
+            request.authorization = value
+        elif name == b"content-length" and value.isdigit() and int(value) > self._handlers.max_body:
+            raise _TooLarge(413, b"request body too large")
+
+    def on_headers_complete(self) -> None:
+        request = self._current()
+        request.method = self._parser.get_method()
+        request.keep_alive = bool(self._parser.should_keep_alive()) and not self._closing
+        if (b"expect", b"100-continue") in request.headers and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        request = self._current()
+        request.body += body
+        if len(request.body) > self._handlers.max_body:
+            raise _TooLarge(413, b"request body too large")
+
+    def on_message_complete(self) -> None:
+        request = self._current()
+        self._request = None
+        if not self._busy and not self._queue:
+            answer = self._try_fast(request)
+            if answer is not None:
+                self._write(answer, request.keep_alive)
+                return
+        self._queue.append(request)
+        if len(self._queue) >= MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().create_task(self._answer_queue())
+
+    # Serving
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is being read, queued or answered on this connection."""
+        return self._request is None and not self._queue and not self._busy
+
+    def shut_down(self) -> None:
+        """Answer what has been read, then close (the server is stopping)."""
+        self._closing = True
+        if self.idle and self._transport is not None:
+            self._transport.close()
+
+    def _current(self) -> Request:
+        if self._request is None:  # pragma: no cover - httptools calls begin first
+            self._request = Request()
+        return self._request
+
+    @staticmethod
+    def _count(request: Request, size: int) -> None:
+        request.header_bytes += size
+        if request.header_bytes > MAX_HEADER_BYTES:
+            raise _TooLarge(431, b"request headers too large")
+
+    def _try_fast(self, request: Request) -> bytes | None:
+        try:
+            answer = self._handlers.fast(request)
+        except Exception:
+            log.exception("embedcache proxy: unexpected error on the hit path")
+            return None  # the application answers it, errors included
+        if answer is None:
+            return None
+        body, headers = answer
+        headers = [(b"content-type", _JSON), *headers]
+        return response_bytes(200, headers, body, keep_alive=request.keep_alive)
+
+    async def _answer_queue(self) -> None:
+        try:
+            while self._queue and self._transport is not None:
+                request = self._queue.popleft()
+                answer = self._try_fast(request) or await self._call_app(request)
+                self._write(answer, request.keep_alive)
+                if not request.keep_alive:
+                    return
+                if self._paused and len(self._queue) < MAX_PIPELINED // 2:
+                    self._paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+        finally:
+            self._busy = False
+            if self._closing and self.idle and self._transport is not None:
+                self._transport.close()
+
+    async def _call_app(self, request: Request) -> bytes:
+        target = bytes(request.target)
+        path, _, query = target.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": request.method.decode("ascii", "replace"),
+            "scheme": "http",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": request.headers,
+            **self._scope_base,
+        }
+        body = bytes(request.body)
+        delivered = False
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self._lost.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        try:
+            await self._handlers.app(scope, receive, send)
+        except Exception:
+            log.exception("embedcache proxy: unexpected error in the application")
+            body_text = b'{"detail":"internal error in the embedcache proxy"}'
+            return response_bytes(
+                500, [(b"content-type", _JSON)], body_text, keep_alive=request.keep_alive
+            )
+        return response_bytes(status, headers, b"".join(chunks), keep_alive=request.keep_alive)
+
+    def _write(self, answer: bytes, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return  # the client has gone; the work is done (and committed) all the same
+        transport.write(answer)
+        if not keep_alive:
+            transport.close()
+
+    def _fail(self, status: int, detail: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(_error(status, detail))
+            self._transport.close()
+
+
+class _TooLarge(Exception):
+    def __init__(self, status: int, detail: bytes) -> None:
+        super().__init__(detail.decode())
+        self.status = status
+        self.detail = detail
