@@ -48,10 +48,6 @@ def as_json(result: Result) -> Any:
     return json.loads(ok(result).stdout)
 
 
-def sent(emulator: JinaEmulator) -> list[str]:
-    return [text for r in emulator.requests if r.body for text in r.body["input"]]
-
-
 def one_line_error(result: Result, code: int = 1) -> str:
     assert result.exit_code == code, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
@@ -85,7 +81,8 @@ def test_prewarm_reads_each_format_and_sends_distinct_texts_once(
     extra = ["--field", "body"] if kind == "jsonl" else []
     report = as_json(run("prewarm", str(corpus[kind]), *extra, "--json"))
     assert (report["texts"], report["unique"], report["fetched"]) == (4, 3, 3)
-    assert sorted(sent(emulator)) == ["a second text", "the first text", "third, and last"]
+    received = sorted(emulator.received_texts())
+    assert received == ["a second text", "the first text", "third, and last"]
     again = as_json(run("prewarm", str(corpus[kind]), *extra, "--json"))
     assert (again["cached"], again["fetched"], again["requests"]) == (3, 0, 0)
     assert len(emulator.requests) == 1
@@ -94,7 +91,7 @@ def test_prewarm_reads_each_format_and_sends_distinct_texts_once(
 def test_prewarm_reads_standard_input(run: Any, emulator: JinaEmulator) -> None:
     report = as_json(run("prewarm", "-", "--json", stdin="one\ntwo\n"))
     assert report["fetched"] == 2
-    assert sorted(sent(emulator)) == ["one", "two"]
+    assert sorted(emulator.received_texts()) == ["one", "two"]
 
 
 def test_dry_run_sends_nothing_and_its_estimate_matches_the_real_prewarm(
@@ -178,7 +175,7 @@ def test_late_chunking_sends_each_group_as_one_ordered_request(
     args = ["prewarm", str(corpus["jsonl"]), "--field", "body", "--group-field", "doc"]
     report = as_json(run(*args, "--late-chunking", "--json"))
     assert report["fetched"] == 4  # positions in groups, not distinct texts
-    assert [r.body["input"] for r in emulator.requests if r.body] == [
+    assert [r.texts for r in emulator.requests] == [
         ["the first text", "a second text"],
         ["the first text", "third, and last"],
     ]
@@ -383,7 +380,7 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
     result = CliRunner().invoke(main, [*args, "--json"], env={"JINA_API_KEY": API_KEY})
     report = json.loads(ok(result).stdout)
     assert report["fetched"] == len(texts) - len(committed)
-    assert sorted(sent(emulator)) == sorted(set(texts) - committed)
+    assert sorted(emulator.received_texts()) == sorted(set(texts) - committed)
 
 
 def store_contains(store: Store, texts: list[str]) -> list[bool]:

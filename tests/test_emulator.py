@@ -547,6 +547,23 @@ def test_requests_is_a_snapshot(emulator: JinaEmulator, http: httpx.Client) -> N
     assert emulator.requests[0].body == {"model": V3, "input": "a"}
 
 
+def test_received_texts_are_every_requests_text_inputs_in_order(
+    emulator: JinaEmulator, http: httpx.Client
+) -> None:
+    embed(http, input="alone")
+    embed(http, model="jina-clip-v2", input=[{"text": "an object"}, {"image": "aGk="}, "b"])
+    emulator.inject(Fault(status=500))
+    embed(http, input=["refused", "still received"])
+    http.get("/health")
+    assert [r.texts for r in emulator.requests] == [
+        ["alone"],
+        ["an object", "b"],
+        ["refused", "still received"],
+        [],
+    ]
+    assert emulator.received_texts() == ["alone", "an object", "b", "refused", "still received"]
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(emulator: JinaEmulator) -> None:
     connection = HTTPConnection(emulator.url.removeprefix("http://"), timeout=5)
     try:
@@ -578,8 +595,7 @@ def test_concurrent_requests_are_all_answered_and_logged(emulator: JinaEmulator)
     for thread in threads:
         thread.join()
     assert results == [200] * 8
-    logged = sorted(r.body["input"] for r in emulator.requests if r.body)
-    assert logged == [f"t{i}" for i in range(8)]
+    assert sorted(emulator.received_texts()) == [f"t{i}" for i in range(8)]
 
 
 def test_stop_is_idempotent_and_frees_the_port() -> None:

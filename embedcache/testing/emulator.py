@@ -130,6 +130,12 @@ class JinaEmulator:
         with self._log_lock:
             return list(self._log)
 
+    def received_texts(self) -> list[str]:
+        """Every text input the logged requests carried, oldest request first, each
+        request's in order (see :attr:`RecordedRequest.texts`). Failed and dropped requests
+        count: they were received, and a client that retries sends their texts again."""
+        return [text for entry in self.requests for text in entry.texts]
+
     def inject(self, *faults: Fault) -> None:
         """Queue faults: each arriving request (any path) takes the next one, FIFO; a
         fault with ``times=n`` applies to ``n`` consecutive requests."""

@@ -112,6 +112,20 @@ class RecordedRequest:
     fault: Fault | None
     wait: float | None = None
 
+    @property
+    def texts(self) -> list[str]:
+        """The text inputs of the body, in order: ``input`` as a string, or each string and
+        ``{"text": ...}`` item of its list; images and malformed items are left out."""
+        value = self.body.get("input") if self.body is not None else None
+        items = value if isinstance(value, list) else [value]
+        texts: list[str] = []
+        for item in items:
+            if isinstance(item, dict) and len(item) == 1:
+                item = item.get("text")
+            if isinstance(item, str):
+                texts.append(item)
+        return texts
+
 
 class FaultQueue:
     """A thread-safe FIFO of faults; each request takes the head, ``times`` counts down."""
