@@ -15,6 +15,7 @@ from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.storage.shared import RedisStore, decode_entry, encode_entry
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import invoke, ok
 from .conftest import API_KEY
 from .redis_server import RedisServer
 from .serving import ProxyProcess
@@ -175,21 +176,16 @@ def test_prewarm_on_a_new_machine_copies_shared_entries_instead_of_paying(
     ef_on: Callable[..., JinaEmbeddingFunction],
     tmp_path: Path,
 ) -> None:
-    from click.testing import CliRunner
-
-    from embedcache.cli import main
-
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     before = len(emulator.requests)
-    result = CliRunner().invoke(
-        main,
-        ["--cache-dir", str(tmp_path / "bob"), "--base-url", emulator.url,
-         "--redis-url", redis_server.url, "prewarm", str(corpus)],
-        env={"JINA_API_KEY": API_KEY},
+    ok(
+        invoke(
+            "--redis-url", redis_server.url, "prewarm", str(corpus),
+            cache_dir=tmp_path / "bob", base_url=emulator.url, key=API_KEY,
+        )
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     assert len(emulator.requests) == before
     assert ef_on("bob", offline=True).embed(TEXTS).shape == (3, 1024)
 
