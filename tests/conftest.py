@@ -146,6 +146,23 @@ def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 
             seen, since = len(emulator.requests), time.monotonic()
 
 
+def wait_for(
+    condition: Callable[[], object],
+    message: str | Callable[[], str] = "timed out",
+    limit: float = 10.0,
+) -> None:
+    """Poll ``condition`` until it holds, failing with ``message`` (a string, or a function
+    that describes the state then) after ``limit`` seconds: a wait on another process or
+    thread always has a deadline, so a regression fails instead of hanging."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(message if isinstance(message, str) else message())
+        time.sleep(0.005)
+
+
 def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
     """Flip one bit of a stored vector on disk, as disk corruption would; returns its key.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +16,8 @@ from embedcache.embedding.coalescing import Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
 from embedcache.testing import JinaEmulator
+
+from .conftest import wait_for
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 TEXTS = ["alpha", "beta", "gamma"]
@@ -46,13 +47,6 @@ class Gated:
 def store(cache_dir: Path) -> Iterator[Store]:
     with Store(cache_dir) as opened:
         yield opened
-
-
-def wait_for(condition: object, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def embed_in_thread(
