@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
+import pytest
+
 from embedcache.cli.demo import DEMO_API_KEY
+from embedcache.config import default_cache_dir
 
 from .cli_helpers import invoke, ok, one_line_error
 
@@ -18,8 +23,23 @@ def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
     assert all(DEMO_API_KEY.encode() not in p.read_bytes() for p in cache.rglob("*") if p.is_file())
 
 
-def test_demo_without_cache_dir_leaves_nothing_behind() -> None:
-    ok(invoke("demo"))
+def test_demo_without_cache_dir_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary file goes here
+    monkeypatch.setenv("EMBEDCACHE_DIR", str(tmp_path / "configured"))
+    output = ok(invoke("demo")).output
+    used = re.search(r"; cache at (.+)", output)
+    assert used is not None, output
+    # It did cache on disk, in a temporary directory, and removed all of it afterwards;
+    # neither the configured nor the default cache directory was touched.
+    assert Path(used.group(1)).is_relative_to(scratch)
+    assert "served from disk" in output
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path / "configured").exists()
+    assert not default_cache_dir().exists()
 
 
 def test_library_errors_become_one_line_and_exit_1(tmp_path: Path) -> None:

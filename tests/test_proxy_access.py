@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedcache.proxy.access import Access, KeyRefused, KeyUnverifiable
+from embedcache.proxy.access import Access, Decision, KeyRefused, KeyUnverifiable
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
@@ -38,15 +38,13 @@ def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
 
 def test_an_open_policy_forwards_whatever_key_the_client_sends() -> None:
     access = Access()
-    assert access.decide("client-key") == access.decide("client-key")
-    decision = access.decide("client-key")
-    assert decision is not None
-    assert (decision.status, decision.key) == (0, "client-key")
+    assert access.decide("client-key") == Decision(0, key="client-key")
+    assert access.decide("") == Decision(0, key=None)  # no key: the server's pays
 
 
 def test_listed_keys_pass_and_others_are_refused_without_asking_anyone() -> None:
     access = Access(allowed_keys=["good"])
-    assert access.decide("good") is not None
+    assert access.decide("good") == Decision(0, key="good")  # served, paying for itself
     refused = access.decide("bad")
     assert refused is not None
     assert refused.status == 401
@@ -64,7 +62,7 @@ def test_a_verdict_is_asked_once_and_remembered_for_its_ttl() -> None:
     access = Access(verify=verify, verdict_ttl=60)
     assert access.decide("good", verify=False) is None  # would have to ask
     for _ in range(3):
-        assert access.decide("good") == access.decide("good")
+        assert access.decide("good") == Decision(0, key="good")
         bad = access.decide("bad")
         assert bad is not None
         assert bad.status == 401
