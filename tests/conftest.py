@@ -121,7 +121,7 @@ def ef_on(emulator: JinaEmulator, tmp_path: Path) -> Iterator[Callable[..., Jina
     """JinaEmbeddingFunctions on the emulator, each on its own cache dir by name."""
     made: list[JinaEmbeddingFunction] = []
 
-    def make(name: str, **kwargs: object) -> JinaEmbeddingFunction:
+    def make(name: str, **kwargs: Any) -> JinaEmbeddingFunction:
         ef = JinaEmbeddingFunction(
             api_key=API_KEY, base_url=emulator.url, cache_dir=tmp_path / name, **kwargs
         )
@@ -236,4 +236,5 @@ def client_module(name: str) -> ModuleType:
         warnings.simplefilter("ignore", DeprecationWarning)
         if os.environ.get("EMBEDCACHE_REQUIRE_COMPAT") == "1":
             return importlib.import_module(name)
-        return pytest.importorskip(name)
+        module: ModuleType = pytest.importorskip(name)  # typed as Any by pytest
+        return module

@@ -89,7 +89,12 @@ def test_no_more_than_the_concurrency_are_in_flight(clock: FakeClock) -> None:
     limiter = RateLimiter(Limits(concurrent_requests=2), clock)
     held = [limiter.acquire(1), limiter.acquire(1)]
     admitted = threading.Event()
-    thread = threading.Thread(target=lambda: (limiter.acquire(1), admitted.set()))
+
+    def third() -> None:
+        limiter.acquire(1)
+        admitted.set()
+
+    thread = threading.Thread(target=third)
     thread.start()
     # It waits for a request to finish, not for any time to pass.
     wait_for(lambda: clock.waits == [None], lambda: f"waits: {clock.waits}")

@@ -149,8 +149,8 @@ def test_a_large_all_hit_request_is_answered_from_the_cache_too(
 def test_every_output_changing_field_keys_the_cache(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:
-    base = {"model": V3, "input": ["same text"]}
-    variants = [
+    base: dict[str, Any] = {"model": V3, "input": ["same text"]}
+    variants: list[dict[str, Any]] = [
         {},
         {"task": "retrieval.passage"},
         {"dimensions": 256},

@@ -240,7 +240,9 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
     monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     name = b"embedcache:1.2:" + text_keys(fingerprint(OPTIONS), [TEXTS[1]])[0].hex().encode()
-    value = bytearray(raw.get(name) or b"")
+    stored = raw.get(name)
+    assert isinstance(stored, bytes)
+    value = bytearray(stored)
     value[-1] ^= 0xFF
     raw.set(name, bytes(value))
     before = len(emulator.requests)
