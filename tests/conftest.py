@@ -18,6 +18,7 @@ from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.testing import JinaEmulator
 
 from .redis_server import RedisServer, server_binary
+from .serving import ProxyProcess
 
 if TYPE_CHECKING:
     import redis
@@ -91,6 +92,31 @@ def make_ef(
     yield make
     for ef in made:
         ef.close()
+
+
+#: The ``make_proxy`` fixture: ``make_proxy(*serve_args, upstream=None, env=None)``.
+MakeProxy = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
+    """Start ``embedcache serve`` processes on the test's cache dir, upstream the emulator
+    (or ``upstream``), with ``env`` on top of a scrubbed environment; after the test each
+    is stopped, and none may have printed the key."""
+    started: list[ProxyProcess] = []
+
+    def make(
+        *args: str, upstream: str | None = None, env: dict[str, str] | None = None
+    ) -> ProxyProcess:
+        proxy = ProxyProcess(upstream or emulator.url, cache_dir, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+    for proxy in started:
+        assert API_KEY not in proxy.output()
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 import socket
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,28 +16,10 @@ import pytest
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY, wait_for
+from .conftest import API_KEY, MakeProxy, wait_for
 from .serving import ProxyProcess
 
 V3 = "jina-embeddings-v3"
-MakeProxy = Callable[..., ProxyProcess]
-
-
-@pytest.fixture
-def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
-    """Start ``embedcache serve`` processes on the emulator and the test's cache dir."""
-    started: list[ProxyProcess] = []
-
-    def make(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
-        proxy = ProxyProcess(emulator.url, cache_dir, *args, env=env)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
-    for proxy in started:
-        assert API_KEY not in proxy.output()
 
 
 @pytest.fixture

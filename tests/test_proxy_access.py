@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from embedcache.proxy.access import Access, Decision, KeyRefused, KeyUnverifiable
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY
-from .serving import ProxyProcess
+from .conftest import API_KEY, MakeProxy
 
 BODY = {"model": "jina-embeddings-v3", "input": ["a shared document"]}
 OTHER_KEY = "jina_" + "x" * 60
-MakeProxy = Callable[..., ProxyProcess]
-
-
-@pytest.fixture
-def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
-    started: list[ProxyProcess] = []
-
-    def make(*args: str, upstream: str | None = None, **env: str) -> ProxyProcess:
-        proxy = ProxyProcess(upstream or emulator.url, cache_dir, *args, env=env)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
-        assert API_KEY not in proxy.output()
 
 
 # The policy itself
@@ -138,7 +118,7 @@ def test_the_admin_token_guards_metrics_and_enables_stats_and_flush(
     emulator: JinaEmulator, make_proxy: MakeProxy
 ) -> None:
     admin = {"Authorization": "Bearer admin-secret"}
-    proxy = make_proxy(EMBEDCACHE_ADMIN_TOKEN="admin-secret")
+    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": "admin-secret"})
     proxy.embed(BODY, API_KEY)
     assert proxy.http.get("/metrics").status_code == 401
     assert (
