@@ -19,6 +19,7 @@ from embedcache.config import ENVIRONMENT, PLATFORM_ENVIRONMENT
 from embedcache.testing import JinaEmulator
 
 from .redis_server import RedisServer, server_binary
+from .serving import ProxyProcess
 
 if TYPE_CHECKING:
     import redis
@@ -85,6 +86,31 @@ def make_ef(
         ef.close()
 
 
+#: The ``make_proxy`` fixture: ``make_proxy(*serve_args, upstream=None, env=None)``.
+MakeProxy = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
+    """Start ``embedcache serve`` processes on the test's cache dir, upstream the emulator
+    (or ``upstream``), with ``env`` on top of a scrubbed environment; after the test each
+    is stopped, and none may have printed the key."""
+    started: list[ProxyProcess] = []
+
+    def make(
+        *args: str, upstream: str | None = None, env: dict[str, str] | None = None
+    ) -> ProxyProcess:
+        proxy = ProxyProcess(upstream or emulator.url, cache_dir, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+    for proxy in started:
+        assert API_KEY not in proxy.output()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of its own for the test (skipped without a binary, unless required)."""
@@ -113,7 +139,7 @@ def ef_on(emulator: JinaEmulator, tmp_path: Path) -> Iterator[Callable[..., Jina
     """JinaEmbeddingFunctions on the emulator, each on its own cache dir by name."""
     made: list[JinaEmbeddingFunction] = []
 
-    def make(name: str, **kwargs: object) -> JinaEmbeddingFunction:
+    def make(name: str, **kwargs: Any) -> JinaEmbeddingFunction:
         ef = JinaEmbeddingFunction(
             api_key=API_KEY, base_url=emulator.url, cache_dir=tmp_path / name, **kwargs
         )
@@ -136,6 +162,23 @@ def wait_until_quiet(emulator: JinaEmulator, quiet: float = 0.5, limit: float = 
         time.sleep(0.02)
         if len(emulator.requests) != seen:
             seen, since = len(emulator.requests), time.monotonic()
+
+
+def wait_for(
+    condition: Callable[[], object],
+    message: str | Callable[[], str] = "timed out",
+    limit: float = 10.0,
+) -> None:
+    """Poll ``condition`` until it holds, failing with ``message`` (a string, or a function
+    that describes the state then) after ``limit`` seconds: a wait on another process or
+    thread always has a deadline, so a regression fails instead of hanging."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(message if isinstance(message, str) else message())
+        time.sleep(0.005)
 
 
 def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
@@ -211,4 +254,5 @@ def client_module(name: str) -> ModuleType:
         warnings.simplefilter("ignore", DeprecationWarning)
         if os.environ.get("EMBEDCACHE_REQUIRE_COMPAT") == "1":
             return importlib.import_module(name)
-        return pytest.importorskip(name)
+        module: ModuleType = pytest.importorskip(name)  # typed as Any by pytest
+        return module

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
-from click.testing import CliRunner
+import pytest
 
-from embedcache.cli import main
 from embedcache.cli.demo import DEMO_API_KEY
+from embedcache.config import default_cache_dir
+
+from .cli_helpers import invoke, ok, one_line_error
 
 
 def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
     cache = tmp_path / "demo-cache"
-    result = CliRunner().invoke(main, ["demo", "--cache-dir", str(cache)])
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("demo", "--cache-dir", str(cache)))
     assert "sent upstream: POST /v1/embeddings with 7 texts" in result.output
     assert "Second pass served from disk: bit-identical vectors, 0 requests, 0 tokens." in (
         result.output
@@ -20,28 +23,37 @@ def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
     assert all(DEMO_API_KEY.encode() not in p.read_bytes() for p in cache.rglob("*") if p.is_file())
 
 
-def test_demo_without_cache_dir_leaves_nothing_behind() -> None:
-    result = CliRunner().invoke(main, ["demo"])
-    assert result.exit_code == 0, result.output
+def test_demo_without_cache_dir_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary file goes here
+    monkeypatch.setenv("EMBEDCACHE_DIR", str(tmp_path / "configured"))
+    output = ok(invoke("demo")).output
+    used = re.search(r"; cache at (.+)", output)
+    assert used is not None, output
+    # It did cache on disk, in a temporary directory, and removed all of it afterwards;
+    # neither the configured nor the default cache directory was touched.
+    assert Path(used.group(1)).is_relative_to(scratch)
+    assert "served from disk" in output
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path / "configured").exists()
+    assert not default_cache_dir().exists()
 
 
 def test_library_errors_become_one_line_and_exit_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "embedcache.json").write_text('{"format_version": 99, "key_version": 1}')
-    result = CliRunner().invoke(main, ["demo", "--cache-dir", str(bad)])
-    assert result.exit_code == 1
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1
-    assert error_lines[0].startswith("Error: CacheFormatError: cache at")
-    assert "Traceback" not in result.output
+    error = one_line_error(invoke("demo", "--cache-dir", str(bad)))
+    assert error.startswith("Error: CacheFormatError: cache at")
 
 
 def test_unknown_command_is_a_usage_error() -> None:
-    assert CliRunner().invoke(main, ["nope"]).exit_code == 2
+    assert invoke("nope").exit_code == 2
 
 
 def test_help_and_version() -> None:
-    runner = CliRunner()
-    assert "offline tour" in runner.invoke(main, ["--help"]).output
-    assert runner.invoke(main, ["--version"]).output.startswith("embedcache, version")
+    assert "offline tour" in ok(invoke("--help")).output
+    assert ok(invoke("--version")).output.startswith("embedcache, version")

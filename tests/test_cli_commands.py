@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,44 +19,18 @@ from embedcache.cli import main
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
+from .cli_helpers import Invoke, as_json, invoke, ok, one_line_error
 from .conftest import API_KEY, damage_entry, wait_until_quiet
 
 
 @pytest.fixture
-def run(emulator: JinaEmulator, cache_dir: Path) -> Any:
+def run(emulator: JinaEmulator, cache_dir: Path) -> Invoke:
     """Invoke ``embedcache --cache-dir … --base-url <emulator> ARGS`` with the key set."""
 
-    def invoke(*args: str, key: str | None = API_KEY, stdin: str | None = None) -> Result:
-        env = {"JINA_API_KEY": key} if key else {}
-        return CliRunner().invoke(
-            main,
-            ["--cache-dir", str(cache_dir), "--base-url", emulator.url, *args],
-            env=env,
-            input=stdin,
-        )
+    def bound(*args: str, key: str | None = API_KEY, stdin: str | None = None) -> Result:
+        return invoke(*args, cache_dir=cache_dir, base_url=emulator.url, key=key, stdin=stdin)
 
-    return invoke
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
-
-
-def sent(emulator: JinaEmulator) -> list[str]:
-    return [text for r in emulator.requests if r.body for text in r.body["input"]]
-
-
-def one_line_error(result: Result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    return errors[0]
+    return bound
 
 
 @pytest.fixture
@@ -80,25 +53,26 @@ def corpus(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "tsv"])
 def test_prewarm_reads_each_format_and_sends_distinct_texts_once(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path], kind: str
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path], kind: str
 ) -> None:
     extra = ["--field", "body"] if kind == "jsonl" else []
     report = as_json(run("prewarm", str(corpus[kind]), *extra, "--json"))
     assert (report["texts"], report["unique"], report["fetched"]) == (4, 3, 3)
-    assert sorted(sent(emulator)) == ["a second text", "the first text", "third, and last"]
+    received = sorted(emulator.received_texts())
+    assert received == ["a second text", "the first text", "third, and last"]
     again = as_json(run("prewarm", str(corpus[kind]), *extra, "--json"))
     assert (again["cached"], again["fetched"], again["requests"]) == (3, 0, 0)
     assert len(emulator.requests) == 1
 
 
-def test_prewarm_reads_standard_input(run: Any, emulator: JinaEmulator) -> None:
+def test_prewarm_reads_standard_input(run: Invoke, emulator: JinaEmulator) -> None:
     report = as_json(run("prewarm", "-", "--json", stdin="one\ntwo\n"))
     assert report["fetched"] == 2
-    assert sorted(sent(emulator)) == ["one", "two"]
+    assert sorted(emulator.received_texts()) == ["one", "two"]
 
 
 def test_dry_run_sends_nothing_and_its_estimate_matches_the_real_prewarm(
-    run: Any, emulator: JinaEmulator, tmp_path: Path
+    run: Invoke, emulator: JinaEmulator, tmp_path: Path
 ) -> None:
     corpus = tmp_path / "big.txt"
     rng = np.random.default_rng(3)
@@ -117,31 +91,31 @@ def test_dry_run_sends_nothing_and_its_estimate_matches_the_real_prewarm(
 
 
 def test_dry_run_human_output_labels_the_cost_an_estimate(
-    run: Any, corpus: dict[str, Path]
+    run: Invoke, corpus: dict[str, Path]
 ) -> None:
     output = ok(run("prewarm", str(corpus["txt"]), "--dry-run", "--price-per-million", "2")).output
     assert "Dry run: nothing sent" in output
     assert "estimate at $2.0/1M tokens" in output
 
 
-def test_prewarm_missing_file_is_a_usage_error(run: Any, tmp_path: Path) -> None:
+def test_prewarm_missing_file_is_a_usage_error(run: Invoke, tmp_path: Path) -> None:
     result = run("prewarm", str(tmp_path / "nope.txt"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
 
 
-def test_prewarm_bad_column_names_the_columns(run: Any, corpus: dict[str, Path]) -> None:
+def test_prewarm_bad_column_names_the_columns(run: Invoke, corpus: dict[str, Path]) -> None:
     error = one_line_error(run("prewarm", str(corpus["csv"]), "--column", "body"))
     assert "no column 'body' (columns: id, text)" in error
 
 
-def test_prewarm_bad_jsonl_field_names_the_line(run: Any, corpus: dict[str, Path]) -> None:
+def test_prewarm_bad_jsonl_field_names_the_line(run: Invoke, corpus: dict[str, Path]) -> None:
     error = one_line_error(run("prewarm", str(corpus["jsonl"]), "--field", "nope"))
     assert "corpus.jsonl:1: no field 'nope'" in error
 
 
 def test_prewarm_bad_task_fails_before_sending(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path]
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path]
 ) -> None:
     error = one_line_error(run("prewarm", str(corpus["txt"]), "--task", "summarise"))
     assert "unknown task 'summarise'" in error
@@ -153,32 +127,30 @@ def test_unusable_cache_dir_is_a_one_line_error(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = CliRunner().invoke(
-        main, ["--cache-dir", str(blocker / "cache"), "--base-url", emulator.url, "stats"]
-    )
+    result = invoke("stats", cache_dir=blocker / "cache", base_url=emulator.url)
     assert "CacheError: cannot prepare cache" in one_line_error(result)
 
 
 def test_no_api_key_with_misses_names_both_variables(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path]
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path]
 ) -> None:
     error = one_line_error(run("prewarm", str(corpus["txt"]), key=None))
     assert "JINAAI_API_KEY or JINA_API_KEY" in error
     assert emulator.requests == []
 
 
-def test_fully_cached_prewarm_needs_no_key(run: Any, corpus: dict[str, Path]) -> None:
+def test_fully_cached_prewarm_needs_no_key(run: Invoke, corpus: dict[str, Path]) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     assert as_json(run("prewarm", str(corpus["txt"]), "--json", key=None))["fetched"] == 0
 
 
 def test_late_chunking_sends_each_group_as_one_ordered_request(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path]
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path]
 ) -> None:
     args = ["prewarm", str(corpus["jsonl"]), "--field", "body", "--group-field", "doc"]
     report = as_json(run(*args, "--late-chunking", "--json"))
     assert report["fetched"] == 4  # positions in groups, not distinct texts
-    assert [r.body["input"] for r in emulator.requests if r.body] == [
+    assert [r.texts for r in emulator.requests] == [
         ["the first text", "a second text"],
         ["the first text", "third, and last"],
     ]
@@ -186,14 +158,16 @@ def test_late_chunking_sends_each_group_as_one_ordered_request(
     assert as_json(run(*args, "--late-chunking", "--json"))["fetched"] == 0
 
 
-def test_late_chunking_without_groups_is_a_usage_error(run: Any, corpus: dict[str, Path]) -> None:
+def test_late_chunking_without_groups_is_a_usage_error(
+    run: Invoke, corpus: dict[str, Path]
+) -> None:
     result = run("prewarm", str(corpus["txt"]), "--late-chunking")
     assert result.exit_code == 2
     assert "--group-field" in result.output
 
 
 def test_stats_reports_entries_groups_and_lifetime_savings(
-    run: Any, corpus: dict[str, Path]
+    run: Invoke, corpus: dict[str, Path]
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     ok(run("prewarm", str(corpus["txt"]), "--dimensions", "64"))
@@ -211,7 +185,7 @@ def test_stats_reports_entries_groups_and_lifetime_savings(
     assert "jina-embeddings-v3 / retrieval.passage / 64" in human
 
 
-def test_ls_filters_and_pages(run: Any, corpus: dict[str, Path]) -> None:
+def test_ls_filters_and_pages(run: Invoke, corpus: dict[str, Path]) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     ok(run("prewarm", str(corpus["txt"]), "--task", "retrieval.query"))
     assert len(as_json(run("ls", "--json"))) == 6
@@ -224,7 +198,7 @@ def test_ls_filters_and_pages(run: Any, corpus: dict[str, Path]) -> None:
     assert "no entries" in run("ls", "--model", "other").output
 
 
-def test_inspect_reports_cached_and_uncached_texts(run: Any, corpus: dict[str, Path]) -> None:
+def test_inspect_reports_cached_and_uncached_texts(run: Invoke, corpus: dict[str, Path]) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     hit = as_json(run("inspect", "the first text", "--json"))
     assert hit["cached"] is True
@@ -243,7 +217,7 @@ def test_inspect_reports_cached_and_uncached_texts(run: Any, corpus: dict[str, P
 
 
 def test_get_prints_json_lines_and_writes_npy(
-    run: Any, emulator: JinaEmulator, tmp_path: Path
+    run: Invoke, emulator: JinaEmulator, tmp_path: Path
 ) -> None:
     lines = ok(run("get", "alpha", "beta", "--dimensions", "8")).stdout.splitlines()
     rows = [json.loads(line) for line in lines]
@@ -256,14 +230,14 @@ def test_get_prints_json_lines_and_writes_npy(
     assert len(emulator.requests) == 1
 
 
-def test_get_offline_miss_is_an_error(run: Any, emulator: JinaEmulator) -> None:
+def test_get_offline_miss_is_an_error(run: Invoke, emulator: JinaEmulator) -> None:
     error = one_line_error(run("get", "never seen", "--offline"))
     assert "CacheMissError: offline: 1 of 1 distinct texts are not cached" in error
     assert emulator.requests == []
 
 
 def test_export_writes_npy_rows_matching_jsonl_metadata(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path], tmp_path: Path
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path], tmp_path: Path
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     ok(run("prewarm", str(corpus["txt"]), "--dimensions", "32"))
@@ -284,7 +258,7 @@ def test_export_writes_npy_rows_matching_jsonl_metadata(
 
 
 def test_export_parquet_needs_pyarrow_or_writes_it(
-    run: Any, corpus: dict[str, Path], tmp_path: Path
+    run: Invoke, corpus: dict[str, Path], tmp_path: Path
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     result = run("export", "--out", str(tmp_path / "p"), "--parquet")
@@ -298,7 +272,7 @@ def test_export_parquet_needs_pyarrow_or_writes_it(
 
 
 def test_prune_dry_run_then_by_filter_age_and_size(
-    run: Any, corpus: dict[str, Path], cache_dir: Path
+    run: Invoke, corpus: dict[str, Path], cache_dir: Path
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     ok(run("prewarm", str(corpus["txt"]), "--dimensions", "16"))
@@ -319,7 +293,7 @@ def test_prune_dry_run_then_by_filter_age_and_size(
     assert run("prune", "--max-size", "lots").exit_code == 2
 
 
-def test_clear_asks_first_unless_yes(run: Any, corpus: dict[str, Path]) -> None:
+def test_clear_asks_first_unless_yes(run: Invoke, corpus: dict[str, Path]) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     refused = run("clear", stdin="n\n")
     assert refused.exit_code == 1
@@ -333,7 +307,7 @@ def test_clear_asks_first_unless_yes(run: Any, corpus: dict[str, Path]) -> None:
 
 
 def test_verify_finds_and_repairs_damaged_entries(
-    run: Any, corpus: dict[str, Path], cache_dir: Path
+    run: Invoke, corpus: dict[str, Path], cache_dir: Path
 ) -> None:
     ok(run("prewarm", str(corpus["txt"])))
     assert as_json(run("verify", "--json"))["bad"] == []
@@ -380,10 +354,9 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
     wait_until_quiet(emulator)
     emulator.reset()
     emulator.latency = 0.0
-    result = CliRunner().invoke(main, [*args, "--json"], env={"JINA_API_KEY": API_KEY})
-    report = json.loads(ok(result).stdout)
+    report = as_json(invoke(*args, "--json", key=API_KEY))
     assert report["fetched"] == len(texts) - len(committed)
-    assert sorted(sent(emulator)) == sorted(set(texts) - committed)
+    assert sorted(emulator.received_texts()) == sorted(set(texts) - committed)
 
 
 def store_contains(store: Store, texts: list[str]) -> list[bool]:
@@ -395,7 +368,7 @@ def store_contains(store: Store, texts: list[str]) -> list[bool]:
 
 
 def test_api_errors_reach_the_user_as_one_line(
-    run: Any, emulator: JinaEmulator, corpus: dict[str, Path]
+    run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path]
 ) -> None:
     emulator.inject(Fault(status=402))
     error = one_line_error(run("prewarm", str(corpus["txt"])))
@@ -412,7 +385,7 @@ def test_every_command_has_help() -> None:
 
 
 def test_progress_prints_plain_lines_when_not_on_a_terminal(
-    run: Any, emulator: JinaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Invoke, emulator: JinaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from embedcache.cli import prewarm as cli_prewarm
 
@@ -440,7 +413,7 @@ def test_progress_prints_plain_lines_when_not_on_a_terminal(
     ],
 )  # fmt: skip
 def test_bad_input_through_the_cli_fails_in_one_line_before_any_request(
-    run: Any, emulator: JinaEmulator, args: list[str], code: int, message: str
+    run: Invoke, emulator: JinaEmulator, args: list[str], code: int, message: str
 ) -> None:
     result = run(*args, stdin="not json\n")
     assert result.exit_code == code, result.output
@@ -454,7 +427,7 @@ def test_bad_input_through_the_cli_fails_in_one_line_before_any_request(
     [(None, "no Jina API key"), ("jina_" + "W" * 60, "HTTP 401 AUTH_INVALID_API_KEY")],
 )
 def test_missing_or_invalid_key_through_the_cli(
-    run: Any, emulator: JinaEmulator, key: str | None, message: str
+    run: Invoke, emulator: JinaEmulator, key: str | None, message: str
 ) -> None:
     error = one_line_error(run("get", "x", key=key))
     assert message in error

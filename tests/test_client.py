@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -67,13 +71,22 @@ def test_broken_connections_are_retried(
     assert len(emulator.requests) == 2
 
 
-def test_read_timeout_is_retried(emulator: JinaEmulator) -> None:
+def test_read_timeout_is_retried(emulator: JinaEmulator, caplog: pytest.LogCaptureFixture) -> None:
     jina = JinaClient(API_KEY, base_url=emulator.url, timeout=0.2, backoff_base=0.001)
-    emulator.inject(Fault(delay=1.0))
-    try:
-        assert jina.embed(["x"], V3).vectors.shape == (1, 1024)
-    finally:
-        jina.close()
+    with (
+        ThreadPoolExecutor(1) as pool,
+        emulator.hold() as gate,
+        caplog.at_level(logging.WARNING, logger="embedcache"),
+    ):
+        # The first request is held past the end of the call: only its read timeout can
+        # end that attempt. Without one the call would wait here until the deadline.
+        call = pool.submit(jina.embed, ["x"], V3)
+        result = call.result(timeout=30)
+        assert gate.held == 1  # still held: the answer came from another attempt
+    jina.close()
+    assert result.vectors.shape == (1, 1024)
+    (retry,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert re.search(r"ReadTimeout.*attempt 1 of \d+ failed", retry), retry
 
 
 def test_retries_stop_at_the_bound_with_rate_limit_error(

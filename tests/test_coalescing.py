@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +16,8 @@ from embedcache.embedding.coalescing import Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
 from embedcache.testing import JinaEmulator
+
+from .conftest import wait_for
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 TEXTS = ["alpha", "beta", "gamma"]
@@ -46,13 +47,6 @@ class Gated:
 def store(cache_dir: Path) -> Iterator[Store]:
     with Store(cache_dir) as opened:
         yield opened
-
-
-def wait_for(condition: object, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def embed_in_thread(
@@ -101,7 +95,7 @@ def test_overlapping_calls_fetch_only_what_nobody_else_is_fetching(
     assert follower.calls == [["delta"]]
     assert b is not None
     assert (b.stats.misses, b.stats.coalesced) == (1, 1)
-    assert sorted(len(r.body["input"]) for r in emulator.requests if r.body) == [1, 2]
+    assert sorted(r.inputs for r in emulator.requests) == [1, 2]
 
 
 def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from typing import Any
 
@@ -17,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from embedcache.testing import Fault, JinaEmulator, RecordedRequest
+from embedcache.testing import Fault, Gate, JinaEmulator, RecordedRequest
 from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY
@@ -458,6 +460,66 @@ def test_delay_and_latency_hold_the_answer_back(emulator: JinaEmulator, http: ht
     assert time.monotonic() - started >= 0.05
 
 
+def test_a_held_request_waits_in_flight_until_its_gate_is_released(
+    emulator: JinaEmulator, http: httpx.Client
+) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        with emulator.hold() as gate:
+            held = pool.submit(embed, http, input="held")
+            assert gate.arrived(1)
+            assert gate.held == 1
+            # Only the next request takes the hold: this one passes the held one.
+            assert embed(http, input="passes").status_code == 200
+            assert not held.done()
+            assert emulator.received_texts() == ["passes"]  # logged when answered
+            assert not gate.arrived(2, timeout=0.01)
+        assert held.result(timeout=10).status_code == 200
+    assert gate.held == 0
+    assert emulator.received_texts() == ["passes", "held"]
+
+
+def test_a_gate_holds_its_times_requests_at_once_and_opens_for_good(
+    emulator: JinaEmulator, http: httpx.Client
+) -> None:
+    gate = emulator.hold(times=3)
+    with ThreadPoolExecutor(2) as pool:
+        pending = [pool.submit(embed, http, input=f"t{i}") for i in range(2)]
+        assert gate.arrived(2)
+        assert gate.held == 2
+        gate.release()
+        assert [answer.result(timeout=10).status_code for answer in pending] == [200, 200]
+    assert embed(http, input="t2").status_code == 200  # the third use: straight through
+    assert gate.arrived(3, timeout=0)
+    assert embed(http, input="t3").status_code == 200  # no fault left
+    assert [r.fault for r in emulator.requests] == [Fault(hold=gate, times=3)] * 3 + [None]
+
+
+def test_a_hold_combines_with_another_fault(emulator: JinaEmulator, http: httpx.Client) -> None:
+    gate = Gate()
+    emulator.inject(Fault(hold=gate, status=503))
+    with ThreadPoolExecutor(1) as pool, gate:
+        answer = pool.submit(embed, http, input="a")
+        assert gate.arrived(1)
+        assert not answer.done()
+    assert_jina_error(answer.result(timeout=10), 503, "SERVICE_UNAVAILABLE")
+
+
+def test_stopping_the_emulator_lets_held_requests_go() -> None:
+    emu = JinaEmulator().start()
+    gate = emu.hold()
+    with (
+        httpx.Client(headers={"Authorization": "Bearer k"}, timeout=10) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        pending = pool.submit(client.post, emu.url + PATH, json={"model": V3, "input": "a"})
+        assert gate.arrived(1)
+        emu.stop()
+        # Answered or cut off by the stop: either way the client is not left waiting.
+        with contextlib.suppress(httpx.TransportError):
+            pending.result(timeout=10)
+    assert gate.held == 0  # stop() joined the handler, which had left the gate
+
+
 def test_raw_body_fault_is_sent_verbatim(emulator: JinaEmulator, http: httpx.Client) -> None:
     emulator.inject(
         Fault(body=b'{"data": [{"ind'),
@@ -547,6 +609,23 @@ def test_requests_is_a_snapshot(emulator: JinaEmulator, http: httpx.Client) -> N
     assert emulator.requests[0].body == {"model": V3, "input": "a"}
 
 
+def test_received_texts_are_every_requests_text_inputs_in_order(
+    emulator: JinaEmulator, http: httpx.Client
+) -> None:
+    embed(http, input="alone")
+    embed(http, model="jina-clip-v2", input=[{"text": "an object"}, {"image": "aGk="}, "b"])
+    emulator.inject(Fault(status=500))
+    embed(http, input=["refused", "still received"])
+    http.get("/health")
+    assert [r.texts for r in emulator.requests] == [
+        ["alone"],
+        ["an object", "b"],
+        ["refused", "still received"],
+        [],
+    ]
+    assert emulator.received_texts() == ["alone", "an object", "b", "refused", "still received"]
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(emulator: JinaEmulator) -> None:
     connection = HTTPConnection(emulator.url.removeprefix("http://"), timeout=5)
     try:
@@ -578,8 +657,7 @@ def test_concurrent_requests_are_all_answered_and_logged(emulator: JinaEmulator)
     for thread in threads:
         thread.join()
     assert results == [200] * 8
-    logged = sorted(r.body["input"] for r in emulator.requests if r.body)
-    assert logged == [f"t{i}" for i in range(8)]
+    assert sorted(emulator.received_texts()) == [f"t{i}" for i in range(8)]
 
 
 def test_stop_is_idempotent_and_frees_the_port() -> None:

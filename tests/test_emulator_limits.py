@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from embedcache.testing import Fault, JinaEmulator, RateLimits, RecordedRequest
 from embedcache.testing.limits import LimitEnforcer, RateLimited
 from embedcache.tokens import estimate_tokens
 
-from .conftest import API_KEY
+from .conftest import API_KEY, wait_for
 
 V3 = "jina-embeddings-v3"
 PATH = "/v1/embeddings"
@@ -141,58 +142,52 @@ def test_a_request_over_tpm_on_its_own_never_passes(
 # --- concurrency -----------------------------------------------------------------------
 
 
-def test_concurrency_binds_while_latency_holds_requests_in_flight(
-    emulator: JinaEmulator,
+def slots_in_use(emulator: JinaEmulator) -> int:
+    # A slot is given back just after the answer is sent, so a client can hold its answer
+    # a moment before the slot is free: tests wait for this count, not for the answer.
+    return emulator._limiter.in_flight(API_KEY)
+
+
+def test_concurrency_binds_while_requests_are_held_in_flight(
+    emulator: JinaEmulator, http: httpx.Client
 ) -> None:
     emulator.rate_limits = RateLimits(concurrent_requests=2)
-    emulator.latency = 0.6
-    start = threading.Barrier(3)
-    results: list[httpx.Response] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10) as client:
-            start.wait()
-            response = client.post(emulator.url + PATH, json={"model": V3, "input": "x"})
-        with lock:
-            results.append(response)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(r.status_code for r in results) == [200, 200, 429]
-    (refused,) = (r for r in results if r.status_code == 429)
+    with ThreadPoolExecutor(2) as pool:
+        with emulator.hold(times=2) as gate:
+            held = [pool.submit(embed, http) for _ in range(2)]
+            assert gate.arrived(2)
+            assert slots_in_use(emulator) == 2
+            refused = embed(http)
+        assert [answer.result(timeout=10).status_code for answer in held] == [200, 200]
     body = assert_429(refused, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
     assert body["detail"] == "Concurrency limit exceeded: 3/2 concurrent requests"
     assert refused.headers["Retry-After"] == "1"  # when a slot frees is not known
+    assert statuses(emulator) == [429, 200, 200]  # refused while the other two were held
     assert [e.wait for e in emulator.requests if e.status == 429] == [None]
-    # Both slots were given back once the answers had been sent.
-    emulator.latency = 0.0
-    with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
-        for _ in range(2):
-            assert client.post(emulator.url + PATH, json={"model": V3, "input": "x"}).is_success
+    # Both slots are given back once the answers have been sent.
+    wait_for(lambda: slots_in_use(emulator) == 0, lambda: f"{slots_in_use(emulator)} in use")
+    with ThreadPoolExecutor(2) as pool, emulator.hold(times=2) as gate:
+        again = [pool.submit(embed, http) for _ in range(2)]
+        assert gate.arrived(2)
+    assert [answer.result(timeout=10).status_code for answer in again] == [200, 200]
 
 
 def test_an_abandoned_request_holds_its_slot_until_its_answer_is_done(
     emulator: JinaEmulator, http: httpx.Client
 ) -> None:
     emulator.rate_limits = RateLimits(concurrent_requests=1)
-    emulator.latency = 0.8
+    gate = emulator.hold()
     hasty = httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.1)
     with hasty, pytest.raises(httpx.ReadTimeout):
         hasty.post(emulator.url + PATH, json={"model": V3, "input": "x"})
-    emulator.latency = 0.0  # the abandoned request has already taken its 0.8 s
+    assert gate.arrived(1)  # the client gave up; its request is still held, in flight
     assert_429(embed(http), "RATE_CONCURRENCY_LIMIT_EXCEEDED")
-    deadline = time.monotonic() + 5
-    while (response := embed(http)).status_code == 429 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert response.status_code == 200
-    # The refusal was answered while the abandoned request still slept; that one was then
+    gate.release()
+    wait_for(lambda: slots_in_use(emulator) == 0, lambda: f"{slots_in_use(emulator)} in use")
+    assert embed(http).status_code == 200
+    # The refusal was answered while the abandoned request was held; that one was then
     # answered (into a closed connection) and logged, which freed its slot.
-    assert statuses(emulator)[0] == 429
-    assert statuses(emulator).count(200) == 2
+    assert statuses(emulator) == [429, 200, 200]
 
 
 def test_limits_hold_under_concurrent_load(emulator: JinaEmulator) -> None:

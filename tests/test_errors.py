@@ -101,12 +101,13 @@ def _one_line_error(result: Result) -> str:
 def test_serve_without_the_serve_extra_is_a_one_line_error(
     monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
-    _missing(monkeypatch, "uvicorn")
-    # A module that imported uvicorn earlier in the session would not import it again.
-    monkeypatch.delitem(sys.modules, "embedcache.proxy.server", raising=False)
+    _missing(monkeypatch, "httptools")
+    # A module that imported httptools earlier in the session would not import it again.
+    for module in ("embedcache.proxy.http", "embedcache.proxy.app", "embedcache.proxy.server"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     result = CliRunner().invoke(main, ["--cache-dir", str(cache_dir), "serve", "--port", "0"])
     assert _one_line_error(result) == (
-        "Error: MissingDependencyError: embedcache serve needs the serve extra (uvicorn is "
+        "Error: MissingDependencyError: embedcache serve needs the serve extra (httptools is "
         "missing): pip install 'embedcache[serve]'"
     )
 

@@ -31,6 +31,7 @@ def _all_modules() -> Iterator[ModuleType]:
 
 
 def _subclasses(cls: type) -> Iterator[type]:
+    sub: type
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)

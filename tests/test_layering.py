@@ -36,7 +36,7 @@ LAYERS = {
 #: Third-party packages that only these parts may import.
 CONFINED = {
     "starlette": "proxy",
-    "uvicorn": "proxy",
+    "uvicorn": "nowhere",  # the proxy runs its own server; only bench/ uses uvicorn
     "orjson": "proxy",
     "httptools": "proxy",
     "httpx": "upstream",

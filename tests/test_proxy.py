@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -17,28 +16,10 @@ import pytest
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY
+from .conftest import API_KEY, MakeProxy, wait_for
 from .serving import ProxyProcess
 
 V3 = "jina-embeddings-v3"
-MakeProxy = Callable[..., ProxyProcess]
-
-
-@pytest.fixture
-def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
-    """Start ``embedcache serve`` processes on the emulator and the test's cache dir."""
-    started: list[ProxyProcess] = []
-
-    def make(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
-        proxy = ProxyProcess(emulator.url, cache_dir, *args, env=env)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
-    for proxy in started:
-        assert API_KEY not in proxy.output()
 
 
 @pytest.fixture
@@ -148,8 +129,8 @@ def test_a_large_all_hit_request_is_answered_from_the_cache_too(
 def test_every_output_changing_field_keys_the_cache(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:
-    base = {"model": V3, "input": ["same text"]}
-    variants = [
+    base: dict[str, Any] = {"model": V3, "input": ["same text"]}
+    variants: list[dict[str, Any]] = [
         {},
         {"task": "retrieval.passage"},
         {"dimensions": 256},
@@ -322,29 +303,35 @@ def test_an_offline_proxy_serves_hits_and_answers_misses_with_503(
     assert upstream_count(emulator) == before
 
 
+def metric(proxy: ProxyProcess, name: str) -> float:
+    """The value of an unlabelled metric on the proxy's ``/metrics``."""
+    for line in proxy.http.get("/metrics").text.splitlines():
+        if line.startswith(f"embedcache_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric embedcache_{name}")
+
+
 def test_concurrent_identical_requests_share_one_upstream_call(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:
-    emulator.latency = 0.5  # long enough for every client to arrive during the first fetch
     body = {"model": V3, "input": ["shared", "by", "everyone"]}
     clients = 8
-    barrier = threading.Barrier(clients)
-    answers: list[httpx.Response] = []
 
-    def call() -> None:
+    def call() -> httpx.Response:
         with httpx.Client(base_url=proxy.url, timeout=30) as http:
-            barrier.wait()
-            answers.append(
-                http.post(
-                    "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
-                )
-            )
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            return http.post("/v1/embeddings", json=body, headers=headers)
 
-    threads = [threading.Thread(target=call) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def all_in() -> bool:
+        # Each client in the proxy either fetches (its request held upstream) or waits for
+        # another's fetch; a second request held upstream already shows they were not shared.
+        return gate.held > 1 or gate.held + metric(proxy, "waiting_calls") == clients
+
+    # Upstream answers are held until every client is in, so all of them overlap the fetch.
+    with ThreadPoolExecutor(clients) as pool, emulator.hold(times=clients) as gate:
+        pending = [pool.submit(call) for _ in range(clients)]
+        wait_for(all_in, lambda: f"{gate.held} upstream, {metric(proxy, 'waiting_calls')} waiting")
+    answers = [answer.result(timeout=30) for answer in pending]
     assert upstream_count(emulator) == 1
     assert all(answer.status_code == 200 for answer in answers)
     assert (
@@ -355,21 +342,29 @@ def test_concurrent_identical_requests_share_one_upstream_call(
     assert cached == [0] + [3] * (clients - 1)
 
 
+def refuses_connections(url: str) -> bool:
+    where = urlsplit(url)
+    try:
+        socket.create_connection((where.hostname, where.port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_sigterm_finishes_the_in_flight_fetch_and_commits_it(
     emulator: JinaEmulator, make_proxy: MakeProxy
 ) -> None:
     proxy = make_proxy()
-    emulator.latency = 1.5
     body = {"model": V3, "input": ["in flight at shutdown"]}
-    answers: list[httpx.Response] = []
-    caller = threading.Thread(target=lambda: answers.append(proxy.embed(body, API_KEY)))
-    caller.start()
-    in_flight = "embedcache_requests_in_flight 1"
-    while in_flight not in proxy.http.get("/metrics").text.splitlines():
-        time.sleep(0.01)
-    # uvicorn re-raises the signal once shut down, so the exit status says "terminated".
+    with ThreadPoolExecutor(1) as pool, emulator.hold() as gate:
+        answer = pool.submit(proxy.embed, body, API_KEY)
+        assert gate.arrived(1)  # the proxy's fetch is upstream, and held there
+        proxy.process.send_signal(signal.SIGTERM)
+        # Shutting down closes the listening socket first: only then is the fetch let go.
+        wait_for(lambda: refuses_connections(proxy.url), "still accepting after SIGTERM")
+    assert answer.result(timeout=30).status_code == 200
+    proxy.process.wait(timeout=30)  # before stop(), whose own SIGTERM would force an exit
+    # The server ends by the signal once shut down, so the exit status says "terminated".
     assert proxy.stop() == -signal.SIGTERM
-    caller.join()
-    assert answers[0].status_code == 200
     with Store(proxy.cache_dir) as store:
         assert len(store) == 1

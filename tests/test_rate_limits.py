@@ -7,6 +7,7 @@ is computed from the limit and the corpus' token count, not tuned to this machin
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from embedcache.testing import JinaEmulator, RateLimits
 from embedcache.tokens import estimate_tokens
 from embedcache.upstream.limiter import Limits, RateLimiter
 
+from .cli_helpers import as_json, invoke, ok
 from .conftest import API_KEY
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
@@ -81,24 +83,15 @@ def test_without_the_limiter_the_same_fill_provokes_a_storm_of_429s(
 def test_a_dry_run_reports_the_least_time_the_limits_allow(
     emulator: JinaEmulator, tmp_path: Path
 ) -> None:
-    import json
-
-    from click.testing import CliRunner
-
-    from embedcache.cli import main
-
     texts = tmp_path / "corpus.txt"
     texts.write_text("\n".join(corpus()) + "\n", encoding="utf-8")
-    args = ["--cache-dir", str(tmp_path / "cache"), "--base-url", emulator.url]
-    paced = CliRunner().invoke(
-        main, [*args, "--tpm", "2000", "prewarm", "--dry-run", "--json", "--batch-size", "8",
-               str(texts)],
-    )  # fmt: skip
-    assert paced.exit_code == 0, paced.output
-    report = json.loads(paced.stdout)
+    run = functools.partial(invoke, cache_dir=tmp_path / "cache", base_url=emulator.url)
+    report = as_json(
+        run("--tpm", "2000", "prewarm", "--dry-run", "--json", "--batch-size", "8", str(texts))
+    )
     assert (report["estimated_requests"], report["estimated_tokens"]) == (23, 9000)
     assert report["estimated_seconds"] == 240.0  # 4 whole minutes after the first
-    unpaced = CliRunner().invoke(main, [*args, "prewarm", "--dry-run", str(texts)])
+    unpaced = ok(run("prewarm", "--dry-run", str(texts)))
     assert "no rate limits set" in unpaced.output
     assert emulator.requests == []
 

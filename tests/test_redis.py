@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import select
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +14,12 @@ import redis
 
 from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
 from embedcache.cache_keys import fingerprint, text_keys
+from embedcache.config import DEFAULT_REDIS_TIMEOUT_SECONDS
 from embedcache.storage.formats import decode_entry, encode_entry
 from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import invoke, ok
 from .conftest import API_KEY
 from .redis_server import RedisServer
 from .serving import ProxyProcess
@@ -145,11 +149,28 @@ def test_a_redis_that_never_answers_costs_one_bounded_timeout(
     ef_on: Callable[..., JinaEmbeddingFunction],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    raw.execute_command("CLIENT", "PAUSE", "3000", "ALL")  # every command now blocks 3 s
-    with caplog.at_level(logging.WARNING, logger="embedcache"):
-        got = ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
-    assert got.tobytes() == expected(emulator, TEXTS).tobytes()
-    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    # Redis answers no command until the pause ends, by its own clock: the one time bound
+    # here, at many times the client's timeout so that only a call that does not give up
+    # after its timeout can outlast it, however slow the machine.
+    pause_ms = round(DEFAULT_REDIS_TIMEOUT_SECONDS * 6 * 1000)
+    connections = raw.info("stats")["total_connections_received"]
+    raw.execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")
+    with socket.create_connection(("127.0.0.1", redis_server.port)) as probe:
+        probe.sendall(b"PING\r\n")  # answered the moment the pause ends
+        with caplog.at_level(logging.WARNING, logger="embedcache"):
+            got = ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+        assert select.select([probe], [], [], 0)[0] == [], "the call outlasted the pause"
+        assert got.tobytes() == expected(emulator, TEXTS).tobytes()
+        # The probe does answer once the pause is over, so its silence meant "paused".
+        assert select.select([probe], [], [], 30)[0] == [probe]
+        assert probe.recv(16).startswith(b"+PONG")
+    outage = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outage) == 1
+    assert "TimeoutError" in outage[0]
+    # A timed-out connection is dropped, so each try at Redis took a connection of its
+    # own: one for the read that timed out (the probe is the other), none for the write
+    # of what was fetched, which skipped Redis rather than wait again.
+    assert raw.info("stats")["total_connections_received"] - connections == 2
 
 
 def test_without_a_server_at_all_the_library_works_from_disk_and_the_api(
@@ -176,21 +197,16 @@ def test_prewarm_on_a_new_machine_copies_shared_entries_instead_of_paying(
     ef_on: Callable[..., JinaEmbeddingFunction],
     tmp_path: Path,
 ) -> None:
-    from click.testing import CliRunner
-
-    from embedcache.cli import main
-
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     before = len(emulator.requests)
-    result = CliRunner().invoke(
-        main,
-        ["--cache-dir", str(tmp_path / "bob"), "--base-url", emulator.url,
-         "--redis-url", redis_server.url, "prewarm", str(corpus)],
-        env={"JINA_API_KEY": API_KEY},
+    ok(
+        invoke(
+            "--redis-url", redis_server.url, "prewarm", str(corpus),
+            cache_dir=tmp_path / "bob", base_url=emulator.url, key=API_KEY,
+        )
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     assert len(emulator.requests) == before
     assert ef_on("bob", offline=True).embed(TEXTS).shape == (3, 1024)
 
@@ -225,7 +241,9 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
     monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     name = b"embedcache:1.2:" + text_keys(fingerprint(OPTIONS), [TEXTS[1]])[0].hex().encode()
-    value = bytearray(raw.get(name) or b"")
+    stored = raw.get(name)
+    assert isinstance(stored, bytes)
+    value = bytearray(stored)
     value[-1] ^= 0xFF
     raw.set(name, bytes(value))
     before = len(emulator.requests)

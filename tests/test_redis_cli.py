@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import redis
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from embedcache import JinaEmbeddingFunction, RequestOptions, Store
 from embedcache.cache_keys import Fingerprint, fingerprint, text_keys
-from embedcache.cli import main
 from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import Invoke, as_json, invoke, ok, one_line_error
 from .conftest import API_KEY
 from .redis_server import RedisServer
 
@@ -29,36 +28,16 @@ ENTRY_BYTES = 32 + 4 * 1024  # header + 1024 float32
 
 
 @pytest.fixture
-def cli(emulator: JinaEmulator, tmp_path: Path) -> Callable[..., Result]:
+def cli(emulator: JinaEmulator, tmp_path: Path) -> Invoke:
     """``embedcache --cache-dir <tmp>/<machine> --base-url <emulator> [--redis-url URL] ARGS``."""
 
-    def invoke(machine: str, *args: str, url: str | None = None) -> Result:
+    def bound(machine: str, *args: str, url: str | None = None) -> Result:
         redis_args = ["--redis-url", url] if url else []
-        return CliRunner().invoke(
-            main,
-            ["--cache-dir", str(tmp_path / machine), "--base-url", emulator.url,
-             *redis_args, *args],
-            env={"JINA_API_KEY": API_KEY},
-        )  # fmt: skip
+        return invoke(
+            *redis_args, *args, cache_dir=tmp_path / machine, base_url=emulator.url, key=API_KEY
+        )
 
-    return invoke
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
-
-
-def one_line_error(result: Result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    return errors[0]
+    return bound
 
 
 def entry_names(raw: redis.Redis, prefix: str = "embedcache") -> list[bytes]:
@@ -75,7 +54,7 @@ def test_sync_up_then_pull_on_another_machine_gives_the_same_bits_with_no_reques
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
     tmp_path: Path,
 ) -> None:
     fetched = ef_on("alice").embed(TEXTS)  # alice works without Redis, then shares
@@ -109,7 +88,7 @@ def test_sync_is_idempotent_both_ways_and_a_dry_run_copies_nothing(
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ef_on("alice").embed(TEXTS)
     dry = as_json(cli("alice", "sync", "--dry-run", "--json", url=redis_server.url))
@@ -128,7 +107,7 @@ def test_pull_skips_and_counts_damaged_entries_and_unrecorded_settings(
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     names = entry_names(raw)
@@ -146,7 +125,7 @@ def test_sync_up_skips_damaged_local_entries(
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
     tmp_path: Path,
 ) -> None:
     from .conftest import damage_entry
@@ -162,7 +141,7 @@ def test_the_redis_prefix_is_one_global_option_for_every_command(
     emulator: JinaEmulator,
     redis_server: RedisServer,
     raw: redis.Redis,
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ok(cli("alice", "--redis-prefix", "team-a", "get", *TEXTS, url=redis_server.url))
     assert len(entry_names(raw, "team-a")) == 3
@@ -180,7 +159,7 @@ def test_the_redis_prefix_is_one_global_option_for_every_command(
 def test_stats_shows_the_shared_tier(
     redis_server: RedisServer,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     assert as_json(cli("bob", "stats", "--json"))["shared"] is None
@@ -202,7 +181,7 @@ def test_verify_finds_a_damaged_redis_value_and_repair_deletes_it(
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     clean = as_json(cli("alice", "verify", "--json", url=redis_server.url))
@@ -235,7 +214,7 @@ def test_verify_keeps_intact_entries_whose_settings_are_not_recorded(
     redis_server: RedisServer,
     raw: redis.Redis,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     raw.delete("embedcache:fingerprints")
@@ -247,7 +226,7 @@ def test_verify_keeps_intact_entries_whose_settings_are_not_recorded(
 
 @pytest.mark.parametrize("command", [["sync"], ["sync", "--pull"], ["stats"], ["verify"]])
 def test_a_dead_redis_is_a_one_line_error_without_the_password(
-    cli: Callable[..., Result], ef_on: Callable[..., JinaEmbeddingFunction], command: list[str]
+    cli: Invoke, ef_on: Callable[..., JinaEmbeddingFunction], command: list[str]
 ) -> None:
     ef_on("alice").embed(TEXTS)
     dead = "redis://:hunter2secret@127.0.0.1:1/0"
@@ -258,18 +237,18 @@ def test_a_dead_redis_is_a_one_line_error_without_the_password(
     assert "hunter2secret" not in result.output
 
 
-def test_an_empty_local_cache_still_reports_a_dead_redis(cli: Callable[..., Result]) -> None:
+def test_an_empty_local_cache_still_reports_a_dead_redis(cli: Invoke) -> None:
     assert "SharedCacheError" in one_line_error(cli("nobody", "sync", url=DEAD))
 
 
-def test_sync_without_a_redis_url_is_a_usage_error(cli: Callable[..., Result]) -> None:
+def test_sync_without_a_redis_url_is_a_usage_error(cli: Invoke) -> None:
     error = one_line_error(cli("alice", "sync"), code=2)
     assert "--redis-url" in error
     assert "EMBEDCACHE_REDIS_URL" in error
 
 
 def test_the_embedding_path_still_falls_back_silently_on_a_dead_redis(
-    emulator: JinaEmulator, cli: Callable[..., Result]
+    emulator: JinaEmulator, cli: Invoke
 ) -> None:
     result = ok(cli("alice", "get", "one text", url=DEAD))
     assert json.loads(result.stdout.splitlines()[0])["text"] == "one text"
@@ -299,7 +278,7 @@ def test_maintenance_calls_walk_the_namespace_a_page_per_round_trip(
 
 
 def test_a_malformed_redis_url_is_a_one_line_error_without_the_password(
-    cli: Callable[..., Result],
+    cli: Invoke,
 ) -> None:
     result = cli("alice", "stats", url="redis://:hunter2secret@127.0.0.1:notaport/0")
     assert "InvalidInputError: bad Redis URL" in one_line_error(result)
@@ -307,7 +286,7 @@ def test_a_malformed_redis_url_is_a_one_line_error_without_the_password(
 
 
 def test_redis_ttl_applies_to_what_the_cli_writes(
-    redis_server: RedisServer, raw: redis.Redis, cli: Callable[..., Result]
+    redis_server: RedisServer, raw: redis.Redis, cli: Invoke
 ) -> None:
     ok(cli("alice", "--redis-ttl", "600", "get", *TEXTS, url=redis_server.url))
     names = entry_names(raw)

@@ -81,8 +81,7 @@ def kill_and_resume(
         prewarm_command(cache_dir, emulator.url, corpus), env=environment(),
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    sent = [text for r in emulator.requests if r.body for text in r.body["input"]]
-    assert sorted(sent) == sorted(set(texts) - kept)
+    assert sorted(emulator.received_texts()) == sorted(set(texts) - kept)
     assert json.loads(resumed.stdout)["fetched"] == len(texts) - len(kept)
     assert committed(cache_dir, texts) == set(texts)
     assert_cache_is_exact(cache_dir, emulator, texts)
@@ -164,7 +163,7 @@ def test_concurrent_writers_and_readers_share_one_cache(
         assert int(out) > 0  # it read while the writers wrote
     assert committed(cache_dir, texts) == set(texts)
     assert_cache_is_exact(cache_dir, emulator, texts)
-    sent = [text for r in emulator.requests if r.body for text in r.body["input"]]
+    sent = emulator.received_texts()
     assert set(sent) == set(texts)
     # Writers racing for the same text may each fetch it; the report goes to reliability.md.
     duplicated = len(sent) - len(set(sent))
@@ -222,9 +221,7 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
     with Store(cache_dir) as store:
         CachedEmbedder(store, client, batch_size=5).embed(texts, OPTIONS)
     client.close()
-    assert sorted(t for r in emulator.requests if r.body for t in r.body["input"]) == sorted(
-        texts[10:]
-    )
+    assert sorted(emulator.received_texts()) == sorted(texts[10:])
 
 
 def test_read_only_cache_serves_hits_and_refuses_misses_before_sending(

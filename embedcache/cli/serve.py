@@ -1,8 +1,9 @@
-"""``embedcache serve``: run the caching proxy under uvicorn."""
+"""``embedcache serve``: run the caching proxy (see :mod:`embedcache.proxy.server`)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import click
@@ -97,9 +98,17 @@ def _is_loopback(host: str) -> bool:
 @click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
 @click.option(
     "--memory",
-    default="64MiB",
+    default="256MiB",
     show_default=True,
-    help="Memory for recently served vectors, so repeated requests skip the disk (0: none).",
+    help="Memory per worker for served embeddings' JSON text, so a repeat hit is answered "
+    "without reading or rendering a vector (0: none). /metrics reports what is held.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=lambda: os.cpu_count() or 1,
+    show_default="the number of cores",
+    help="Processes serving the port (SO_REUSEPORT) on the one cache directory.",
 )
 @click.option(
     "--log-level",
@@ -123,6 +132,7 @@ def serve(
     max_concurrency: int,
     no_coalesce: bool,
     memory: str,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
@@ -137,7 +147,10 @@ def serve(
     # No ClickException here: cli.main turns a MissingDependencyError into its one-line error.
     with requires("serve"):
         from ..proxy.app import Proxy, ProxySettings
+        from ..proxy.metrics import Board
         from ..proxy.server import serve_forever
+    from ..assembly import Assembly
+
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
@@ -151,26 +164,35 @@ def serve(
         batch_size=batch_size,
         max_concurrency=max_concurrency,
         coalesce=not no_coalesce,
-        memory_bytes=parse_size(memory) or 0,
     )
     settings = ProxySettings(
         cache=cache,
         token=token or None,
+        rendered_bytes=parse_size(memory) or 0,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,
         admin_token=admin_token or None,
     )
-    proxy = Proxy(settings)
+    # Opened here, and closed before any worker starts: a cache directory that cannot be
+    # used is a one-line error now, not a worker dying later.
+    with Assembly(cache) as parts:
+        where = f"{parts.client.base_url} (cache {parts.store.directory}"
+        if parts.shared is not None:
+            where += f", shared {parts.shared.location}"
+
+    def make_proxy(board: Board, worker: int) -> Proxy:
+        return Proxy(settings, board=board, worker=worker)
 
     def announce(port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
         click.echo(
-            f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {proxy.upstream_url} "
-            f"(cache {proxy.store.directory}"
-            f"{f', shared {proxy.shared.location}' if proxy.shared else ''}"
-            f"{', offline' if cache.offline else ''})",
+            f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {where}"
+            f"{', offline' if cache.offline else ''}"
+            f"{f', {workers} workers' if workers > 1 else ''})",
             err=True,
         )
 
-    serve_forever(lambda: proxy, host=host, port=port, log_level=log_level, on_bound=announce)
+    serve_forever(
+        make_proxy, host=host, port=port, workers=workers, log_level=log_level, on_bound=announce
+    )

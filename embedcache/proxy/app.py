@@ -43,7 +43,7 @@ from ..models import RequestOptions, resolve_options
 from ..upstream.jina import JinaClient
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
 from .http import Request as HttpRequest
-from .metrics import ProxyMetrics
+from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers, variant
 from .wire import (
     EmbeddingsRequest,
@@ -54,13 +54,11 @@ from .wire import (
     render_vector,
 )
 
-__all__ = ["CACHED_HEADER", "DEFAULT_MEMORY_BYTES", "Proxy", "ProxySettings"]
+__all__ = ["CACHED_HEADER", "DEFAULT_RENDERED_BYTES", "Proxy", "ProxySettings"]
 
 #: Response header: how many of the request's distinct inputs came from the cache
 #: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
 CACHED_HEADER = "X-Embedcache-Cached"
-#: Default memory for recently served vectors: about 16,000 of 1024 dimensions.
-DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 #: Default memory for served embeddings' text: about 12,000 1024-d float answers.
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _CACHED_HEADER = CACHED_HEADER.lower().encode()
@@ -68,6 +66,7 @@ _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
+_PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Small all-hit requests are answered on the event loop (a thread hop would cost more than
 # the work); larger ones are read and written in a worker, so one big answer never stalls
 # the other clients.
@@ -82,7 +81,7 @@ log = logging.getLogger("embedcache")
 
 
 def _proxy_cache() -> CacheSettings:
-    return CacheSettings(memory_bytes=DEFAULT_MEMORY_BYTES)
+    return CacheSettings()
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ class ProxySettings:
     """How ``embedcache serve`` runs.
 
     :param cache: the cache and its upstream (``base_url`` is where misses go;
-        ``max_concurrency`` is shared by all clients; ``offline`` answers misses with 503;
-        ``memory_bytes`` keeps recently served vectors, so repeated requests skip the store).
+        ``max_concurrency`` is shared by all clients; ``offline`` answers misses with 503).
     :param token: when set, clients must send ``Authorization: Bearer <token>``, and misses
         are paid with the server's key.
     :param fill_threads: most client requests filling misses at once.
@@ -148,7 +146,9 @@ class Proxy:
     app's shutdown finishes in-flight fills (each batch committed) and closes everything.
     """
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(
+        self, settings: ProxySettings, *, board: Board | None = None, worker: int = 0
+    ) -> None:
         self.settings = settings
         self.parts = Assembly(settings.cache)
         try:
@@ -170,11 +170,13 @@ class Proxy:
             verdict_ttl=settings.verdict_ttl,
         )
         self._admin = digest(settings.admin_token) if settings.admin_token else None
-        self.metrics = ProxyMetrics()
+        self.metrics = ProxyMetrics(board, worker)
+        self._flushes_seen = self.metrics.board.flushes
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
         self._closed = False
         self.app = Starlette(
@@ -193,14 +195,17 @@ class Proxy:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._publisher):
+            if task is not None:
+                task.cancel()
         self._fills.shutdown(wait=True)
         self.parts.close()
 
     def start(self) -> None:
         """Start the background work of a serving proxy (call on its event loop)."""
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_counters())
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_counters())
+        self._publisher = loop.create_task(self._publish_now_and_then())
 
     def answer_hit(self, request: HttpRequest) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """The body and extra headers of a ``POST /v1/embeddings`` whose every input has
@@ -233,7 +238,7 @@ class Proxy:
             distinct, saved = len(costs), sum(costs.values())
         self.embedder.count_hits(distinct, saved)
         body = render_body(parsed.model, [text for text, _ in found], 0)
-        self.metrics.observe_at_once("cached", time.perf_counter() - started)
+        self.metrics.observe_hits(distinct, saved, time.perf_counter() - started)
         return body, [(_CACHED_HEADER, b"%d" % distinct)]
 
     def _keys(self, parsed: EmbeddingsRequest) -> list[bytes] | None:
@@ -246,6 +251,27 @@ class Proxy:
             return text_keys(fp, parsed.texts)
         except InvalidInputError:
             return None
+
+    def publish(self) -> None:
+        """Put this worker's cache counters and memory on the server's board, and follow a
+        flush asked of another worker."""
+        flushes = self.metrics.board.flushes
+        if flushes != self._flushes_seen:
+            self._flushes_seen = flushes
+            self._forget()
+        stats = self.embedder.stats
+        self.metrics.publish(stats, self.embedder.waiting, self.rendered.bytes_held)
+
+    async def _publish_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(_PUBLISH_SECONDS)
+            self.publish()
+
+    def _forget(self) -> None:
+        """Drop what this worker holds in memory: vectors, answers' text, key verdicts."""
+        self.embedder.forget_memory()
+        self.rendered.clear()
+        self.access.forget()
 
     async def _flush_counters(self) -> None:
         """Record hits in the cache's lifetime counters now and then (fills record their
@@ -264,6 +290,7 @@ class Proxy:
             log.exception("embedcache proxy: unexpected error")
             response = _json(500, render_error("internal error in the embedcache proxy"))
         self.metrics.observe(outcome, time.perf_counter() - started)
+        self.publish()  # before the answer: a report asked of any worker after it includes it
         return response
 
     async def _answer(self, request: Request) -> tuple[Response, str]:
@@ -344,7 +371,8 @@ class Proxy:
     async def _metrics(self, request: Request) -> Response:
         if self._admin is not None and not self._is_admin(request):
             return _json(401, render_error("/metrics needs the admin token"))
-        text = self.metrics.render(self.embedder.stats, self.embedder.waiting)
+        self.publish()
+        text = self.metrics.render()
         return Response(text, 200, media_type="text/plain; version=0.0.4")
 
     def _is_admin(self, request: Request) -> bool:
@@ -355,24 +383,34 @@ class Proxy:
         if not self._is_admin(request):
             return _admin_refused(self._admin is not None)
 
+        self.publish()
+
         def gather() -> dict[str, object]:
+            stats, waiting = self.metrics.totals()
+            board = self.metrics.board
             return {
                 "entries": len(self.store),
-                "since_start": asdict(self.embedder.stats),
+                "since_start": asdict(stats),
                 "lifetime": self.store.counters(),
                 "shared": self.shared.location if self.shared else None,
-                "requests_waiting": self.embedder.waiting,
+                "requests_waiting": waiting,
+                "workers": board.workers,
+                "rendered_bytes": board.column("rendered_bytes"),
+                "rendered_budget_bytes": self.rendered.max_bytes,
+                "resident_bytes": board.column("resident_bytes"),
             }
 
         return _json(200, orjson.dumps(await self._in_thread(gather)))
 
     async def _admin_flush(self, request: Request) -> Response:
-        """Drop the memory tier and remembered key verdicts, and record the counters."""
+        """Drop what every worker holds in memory (vectors, answers' text, remembered key
+        verdicts: the other workers follow within a fraction of a second), and record the
+        counters."""
         if not self._is_admin(request):
             return _admin_refused(self._admin is not None)
-        self.embedder.forget_memory()
-        self.rendered.clear()
-        self.access.forget()
+        self.metrics.board.count_flush()
+        self._flushes_seen = self.metrics.board.flushes
+        self._forget()
         await self._in_thread(self.embedder.flush_counters)
         return _json(200, orjson.dumps({"flushed": True}))
 

@@ -1,18 +1,28 @@
-"""The proxy's counters and latency histogram, written in Prometheus' text format.
+"""The proxy's counters and latency histogram, for the whole server, in Prometheus' text.
 
-Small enough to keep by hand: the proxy runs in one process, and the cache counters come
-from the embedder's own :class:`~embedcache.embedding.embedder.Stats`, so nothing is counted twice.
+A server of several worker processes keeps every worker's figures in one block of shared
+memory (:class:`Board`, made before the workers are forked): a worker writes only its own
+row, and whichever worker answers ``/metrics`` adds up all the rows. Request counts and
+latencies are written as they happen; the cache counters, which come from each worker's
+embedder (:class:`~embedcache.embedding.counters.Stats`, so nothing is counted twice), are
+copied into the row by :meth:`ProxyMetrics.publish`, a few times a second and before every
+report, so another worker's figures may be a fraction of a second old.
 """
 
 from __future__ import annotations
 
 import bisect
+import mmap
+import os
 import threading
-from collections import Counter
+from collections.abc import Sequence
 
-from ..embedding.embedder import Stats
+import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "ProxyMetrics"]
+from ..embedding.counters import Stats
+
+__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "STAT_FIELDS", "Board", "ProxyMetrics"]
 
 #: Upper bounds, in seconds, of the request latency histogram.
 LATENCY_BUCKETS = (
@@ -21,48 +31,136 @@ LATENCY_BUCKETS = (
 #: What became of a request: answered from the cache alone, filled misses, forwarded
 #: uncached, or failed.
 OUTCOMES = ("cached", "fetched", "passthrough", "error")
+#: The embedder's counters, as each worker publishes them.
+STAT_FIELDS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
+
+# A row's columns, in order.
+_OUTCOME = 0
+_BUCKET = _OUTCOME + len(OUTCOMES)
+_LATENCY_SUM = _BUCKET + len(LATENCY_BUCKETS) + 1
+_IN_FLIGHT = _LATENCY_SUM + 1
+_STATS = _IN_FLIGHT + 1
+_WAITING = _STATS + len(STAT_FIELDS)
+_RENDERED_BYTES = _WAITING + 1
+_RESIDENT_BYTES = _RENDERED_BYTES + 1
+_COLUMNS = _RESIDENT_BYTES + 1
+_OUTCOME_COLUMN = {name: _OUTCOME + i for i, name in enumerate(OUTCOMES)}
+_HITS, _TOKENS_SAVED = STAT_FIELDS.index("hits"), STAT_FIELDS.index("tokens_saved")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Board:
+    """One row of figures per worker process, in anonymous shared memory: made before the
+    workers are forked, it is the same memory in all of them.
+
+    :param workers: how many rows.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        # One extra cell at the end: the server-wide flush generation (see ``flushes``).
+        self._memory = mmap.mmap(-1, (workers * _COLUMNS + 1) * 8)
+        cells: NDArray[np.float64] = np.frombuffer(self._memory, dtype=np.float64)
+        self._rows = cells[: workers * _COLUMNS].reshape(workers, _COLUMNS)
+        self._flushes = cells[workers * _COLUMNS :]
+
+    def row(self, worker: int) -> NDArray[np.float64]:
+        """Worker ``worker``'s row, to write its own figures into."""
+        row: NDArray[np.float64] = self._rows[worker]
+        return row
+
+    def total(self) -> NDArray[np.float64]:
+        """Every worker's figures added up."""
+        summed: NDArray[np.float64] = self._rows.sum(axis=0)
+        return summed
+
+    def column(self, name: str) -> list[float]:
+        """One figure of each worker: ``rendered_bytes`` or ``resident_bytes``."""
+        index = {"rendered_bytes": _RENDERED_BYTES, "resident_bytes": _RESIDENT_BYTES}[name]
+        return [float(value) for value in self._rows[:, index]]
+
+    @property
+    def flushes(self) -> int:
+        """How many times any worker was asked to flush (each worker follows)."""
+        return int(self._flushes[0])
+
+    def count_flush(self) -> None:
+        self._flushes[0] += 1
 
 
 class ProxyMetrics:
-    """Requests by outcome and a latency histogram; thread-safe."""
+    """One worker's requests by outcome, latency histogram and cache counters, in its row
+    of ``board``; thread-safe.
 
-    def __init__(self) -> None:
+    :param board: the server's board (default: a board of one, for a single process).
+    :param worker: this worker's row.
+    """
+
+    def __init__(self, board: Board | None = None, worker: int = 0) -> None:
+        self.board = board if board is not None else Board(1)
+        self._row = self.board.row(worker)
         self._lock = threading.Lock()
-        self._outcomes: Counter[str] = Counter()
-        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
-        self._in_flight = 0
 
     def begin(self) -> None:
         """Count a request that has arrived and is not answered yet."""
         with self._lock:
-            self._in_flight += 1
+            self._row[_IN_FLIGHT] += 1
 
     def observe(self, outcome: str, seconds: float) -> None:
         """Count one finished request: ``cached``, ``fetched``, ``passthrough`` or ``error``."""
+        row = self._row
         with self._lock:
-            self._in_flight -= 1
-            self._outcomes[outcome] += 1
-            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._latency_sum += seconds
+            row[_IN_FLIGHT] -= 1
+            row[_OUTCOME_COLUMN[outcome]] += 1
+            row[_BUCKET + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            row[_LATENCY_SUM] += seconds
 
-    def observe_at_once(self, outcome: str, seconds: float) -> None:
-        """Count a request answered the moment it arrived (never counted as in flight)."""
+    def observe_hits(self, entries: int, tokens_saved: float, seconds: float) -> None:
+        """Count a request answered from memory the moment it arrived (never in flight),
+        and its hits, which the embedder counts too: the row shows them at once, and the
+        next :meth:`publish` writes the same totals."""
+        row = self._row
         with self._lock:
-            self._outcomes[outcome] += 1
-            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._latency_sum += seconds
+            row[_OUTCOME_COLUMN["cached"]] += 1
+            row[_BUCKET + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            row[_LATENCY_SUM] += seconds
+            row[_STATS + _HITS] += entries
+            row[_STATS + _TOKENS_SAVED] += tokens_saved
 
-    def render(self, stats: Stats, waiting: int) -> str:
-        """The exposition text, cache counters taken from ``stats``."""
+    def publish(self, stats: Stats, waiting: int, rendered_bytes: int) -> None:
+        """Copy this worker's cache counters and memory into its row."""
+        row = self._row
         with self._lock:
-            outcomes = dict(self._outcomes)
-            buckets = list(self._buckets)
-            total_seconds = self._latency_sum
-            in_flight = self._in_flight
+            row[_STATS : _STATS + len(STAT_FIELDS)] = [getattr(stats, f) for f in STAT_FIELDS]
+            row[_WAITING] = waiting
+            row[_RENDERED_BYTES] = rendered_bytes
+            row[_RESIDENT_BYTES] = _resident_bytes()
+
+    def totals(self) -> tuple[Stats, int]:
+        """The whole server's cache counters, and its calls waiting on others' fetches."""
+        total = self.board.total()
+        values = {f: float(total[_STATS + i]) for i, f in enumerate(STAT_FIELDS)}
+        stats = Stats(
+            hits=int(values["hits"]),
+            misses=int(values["misses"]),
+            coalesced=int(values["coalesced"]),
+            requests=int(values["requests"]),
+            tokens_spent=int(values["tokens_spent"]),
+            tokens_saved=values["tokens_saved"],
+        )
+        return stats, int(total[_WAITING])
+
+    def _per_worker(self, name: str) -> list[tuple[str, float]]:
+        return [(f'worker="{i}"', int(v)) for i, v in enumerate(self.board.column(name))]
+
+    def render(self) -> str:
+        """The exposition text of the whole server (publish this worker's figures first)."""
+        total = self.board.total()
+        stats, waiting = self.totals()
         out: list[str] = []
+        outcomes = [(f'outcome="{name}"', int(total[_OUTCOME_COLUMN[name]])) for name in OUTCOMES]
         _family(out, "requests_total", "counter", "Embedding requests answered, by outcome.",
-                [(f'outcome="{name}"', outcomes.get(name, 0)) for name in OUTCOMES])  # fmt: skip
+                outcomes)  # fmt: skip
         _family(out, "entries_total", "counter", "Distinct inputs looked up, by source.", [
             ('result="hit"', stats.hits),
             ('result="miss"', stats.misses),
@@ -75,23 +173,39 @@ class ProxyMetrics:
         _family(out, "tokens_saved_total", "counter", "Tokens the hits cost when fetched (est.).",
                 [("", round(stats.tokens_saved))])  # fmt: skip
         _family(out, "requests_in_flight", "gauge", "Requests being answered right now.",
-                [("", in_flight)])  # fmt: skip
+                [("", int(total[_IN_FLIGHT]))])  # fmt: skip
         _family(out, "waiting_calls", "gauge", "Requests waiting for another's fetch.",
                 [("", waiting)])  # fmt: skip
+        _family(out, "workers", "gauge", "Worker processes serving.",
+                [("", self.board.workers)])  # fmt: skip
+        _family(out, "rendered_bytes", "gauge", "Memory holding served embeddings' text.",
+                self._per_worker("rendered_bytes"))  # fmt: skip
+        _family(out, "resident_bytes", "gauge", "Resident memory of each worker process.",
+                self._per_worker("resident_bytes"))  # fmt: skip
+        buckets = total[_BUCKET : _BUCKET + len(LATENCY_BUCKETS) + 1]
         cumulative = 0
         samples: list[tuple[str, float]] = []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
-            cumulative += count
+            cumulative += int(count)
             samples.append((f'le="{"+Inf" if bound == float("inf") else bound}"', cumulative))
         _family(out, "request_duration_seconds", "histogram", "Time to answer a request.", [])
         name = "embedcache_request_duration_seconds"
         out += [f"{name}_bucket{{{labels}}} {value}" for labels, value in samples]
-        out += [f"{name}_sum {total_seconds:.6f}", f"{name}_count {cumulative}"]
+        out += [f"{name}_sum {float(total[_LATENCY_SUM]):.6f}", f"{name}_count {cumulative}"]
         return "\n".join(out) + "\n"
 
 
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _family(
-    out: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]
+    out: list[str], name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]
 ) -> None:
     full = f"embedcache_{name}"
     out += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}"]

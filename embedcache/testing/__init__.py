@@ -21,6 +21,16 @@ Each one serves on a free loopback port; queue faults, or give it rate limits:
 ...     ]
 >>> codes
 [200, 200, 429]
+>>> import threading
+>>> with JinaEmulator(api_key="jina_test") as emu:
+...     send = lambda: httpx.post(emu.url + "/v1/embeddings", json=body, headers=auth)
+...     with emu.hold(times=1) as gate:  # released when the block ends
+...         caller = threading.Thread(target=send)
+...         caller.start()
+...         held = gate.arrived(1)  # in flight now, however fast or slow the machine
+...     caller.join()
+>>> held
+True
 
 Run one in the foreground with ``python -m embedcache.testing --port 8080``.
 """
@@ -28,7 +38,7 @@ Run one in the foreground with ``python -m embedcache.testing --port 8080``.
 from __future__ import annotations
 
 from .emulator import JinaEmulator
-from .faults import Fault, RecordedRequest
+from .faults import Fault, Gate, RecordedRequest
 from .limits import RateLimits
 
-__all__ = ["Fault", "JinaEmulator", "RateLimits", "RecordedRequest"]
+__all__ = ["Fault", "Gate", "JinaEmulator", "RateLimits", "RecordedRequest"]

@@ -8,7 +8,7 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from .faults import Fault, FaultQueue, RecordedRequest
+from .faults import Fault, FaultQueue, Gate, RecordedRequest
 from .limits import LimitEnforcer, RateLimits
 from .protocol import ApiError
 from .response import request_vectors
@@ -25,10 +25,17 @@ class JinaEmulator:
 
     Vectors are deterministic (the same request gives the same float32 values in every
     process), requests are validated per model as the API documents, and tests can queue
-    :class:`Fault` objects to make the next requests fail in chosen ways.
+    :class:`Fault` objects to make the next requests fail in chosen ways, or :meth:`hold`
+    requests in flight until they release them, to synchronise on events instead of on
+    latency. Every request is logged (:attr:`requests`, :meth:`received_texts`).
 
     >>> with JinaEmulator(api_key="jina_test") as emu:  # doctest: +SKIP
     ...     url = emu.url + "/v1/embeddings"
+    ...     with emu.hold() as gate:  # the next request waits, in flight
+    ...         ...  # send it from another thread
+    ...         assert gate.arrived(1)
+    ...         ...  # look at the client (or proxy) while its request is upstream
+    ...     # leaving the block released it
 
     :param api_key: the only bearer token accepted; with ``None`` any non-empty one is.
     :param host: interface to bind.
@@ -130,10 +137,25 @@ class JinaEmulator:
         with self._log_lock:
             return list(self._log)
 
+    def received_texts(self) -> list[str]:
+        """Every text input the logged requests carried, oldest request first, each
+        request's in order (see :attr:`RecordedRequest.texts`). Failed and dropped requests
+        count: they were received, and a client that retries sends their texts again."""
+        return [text for entry in self.requests for text in entry.texts]
+
     def inject(self, *faults: Fault) -> None:
         """Queue faults: each arriving request (any path) takes the next one, FIFO; a
         fault with ``times=n`` applies to ``n`` consecutive requests."""
         self._faults.push(*faults)
+
+    def hold(self, times: int = 1) -> Gate:
+        """Hold the next ``times`` requests in flight until the returned :class:`Gate` is
+        released: ``inject(Fault(hold=gate, times=times))`` with a new gate (queued after
+        any faults already waiting; build the ``Fault`` yourself to combine a hold with
+        another fault). :meth:`Gate.arrived` waits for them to get there."""
+        gate = Gate()
+        self.inject(Fault(hold=gate, times=times))
+        return gate
 
     def reset(self) -> None:
         """Clear the request log, every queued fault and the rate-limit budgets used so far

@@ -1,7 +1,8 @@
 """What a test can make the emulator do wrong, and what the emulator remembers of each request.
 
-Both types are frozen dataclasses so tests can compare and parametrize over them. Neither
-ever holds a header: the request log cannot leak an API key because it never sees one.
+:class:`Fault` and :class:`RecordedRequest` are frozen dataclasses so tests can compare and
+parametrize over them. Neither ever holds a header: the request log cannot leak an API key
+because it never sees one. A :class:`Gate` holds requests until the test lets them go.
 """
 
 from __future__ import annotations
@@ -9,22 +10,105 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
-__all__ = ["Fault", "FaultQueue", "RecordedRequest"]
+__all__ = ["Fault", "FaultQueue", "Gate", "RecordedRequest"]
+
+_GATE_TIMEOUT = 10.0  # seconds Gate.arrived waits by default: a test's deadline, not a pace
+
+
+class Gate:
+    """Holds every request that takes a ``Fault(hold=gate)`` until :meth:`release`.
+
+    A held request has been read, checked and admitted by the rate limits, so it counts as
+    in flight (``concurrent_requests``); it is answered, and logged, only once released.
+    That lets a test know, rather than hope, that requests are in flight at once::
+
+        gate = emulator.hold(times=2)
+        ...  # start two requests in threads
+        assert gate.arrived(2)  # both are in flight now, whatever the machine's speed
+        gate.release()
+
+    (``embedcache.testing``'s docstring has the same as a running example.)
+
+    Used as a context manager it is released on exit, so a failing test never leaves
+    requests hanging; stopping the emulator lets held requests go too. A gate is safe to
+    use from any thread, and opens once for good: later requests pass straight through.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._arrived = 0
+        self._held = 0
+        self._open = False
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"Gate({state}, arrived={self._arrived}, held={self._held})"
+
+    @property
+    def held(self) -> int:
+        """Requests waiting at the gate right now."""
+        with self._cond:
+            return self._held
+
+    def arrived(self, count: int = 1, timeout: float = _GATE_TIMEOUT) -> bool:
+        """Wait until ``count`` requests in all have reached the gate (released ones
+        included); ``False`` if they have not within ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._arrived >= count, timeout)
+
+    def release(self) -> None:
+        """Let every held request go on, and every later one through (idempotent)."""
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def _pass(self, stopping: threading.Event) -> None:
+        """Hold the calling request until the gate is released or ``stopping`` is set.
+        The wait is on the gate's own condition: whoever sets ``stopping`` must then call
+        :meth:`_wake` for it to be noticed."""
+        with self._cond:
+            self._arrived += 1
+            self._held += 1
+            self._cond.notify_all()
+            try:
+                while not self._open and not stopping.is_set():
+                    self._cond.wait()
+            finally:
+                self._held -= 1
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
 class Fault:
     """One misbehaviour for the next request(s); every field is optional and they combine.
 
-    Transport-level faults (``delay``, ``drop``, ``cut_body``), a replacement answer
+    Transport-level faults (``hold``, ``delay``, ``drop``, ``cut_body``), a replacement answer
     (``status`` and/or ``body``) and data-level faults on a successful embeddings response
     (the rest) can be mixed in one ``Fault``. Data-level faults do nothing to error answers.
 
     :param status: answer this status with a Jina-shaped error body instead of serving the
         request (no auth check, no validation).
     :param retry_after: ``Retry-After`` header value sent with whatever the answer is.
+    :param hold: a :class:`Gate` to wait at, admitted and in flight, until it is released
+        (see :meth:`JinaEmulator.hold <embedcache.testing.JinaEmulator.hold>`). The time
+        held counts toward the emulator's ``latency``; ``delay`` comes after it.
     :param delay: seconds to sleep before answering (on top of the emulator's ``latency``).
     :param drop: read the request, then close the connection without answering.
     :param cut_body: send status and headers with the full ``Content-Length``, then half
@@ -56,6 +140,7 @@ class Fault:
     missing_index: bool = False
     bad_base64: bool = False
     times: int = 1
+    hold: Gate | None = None  # last: the older fields keep their positions
 
     def __post_init__(self) -> None:
         if self.times < 1:
@@ -111,6 +196,20 @@ class RecordedRequest:
     authorized: bool
     fault: Fault | None
     wait: float | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        """The text inputs of the body, in order: ``input`` as a string, or each string and
+        ``{"text": ...}`` item of its list; images and malformed items are left out."""
+        value = self.body.get("input") if self.body is not None else None
+        items = value if isinstance(value, list) else [value]
+        texts: list[str] = []
+        for item in items:
+            if isinstance(item, dict) and len(item) == 1:
+                item = item.get("text")
+            if isinstance(item, str):
+                texts.append(item)
+        return texts
 
 
 class FaultQueue:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..config import EMBEDDINGS_PATH
-from .faults import Fault, RecordedRequest
+from .faults import Fault, Gate, RecordedRequest
 from .limits import Admission, RateLimited
 from .protocol import (
     AUTH_INVALID_API_KEY,
@@ -87,8 +87,10 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], emulator: JinaEmulator) -> None:
         self.emulator = emulator
-        #: Set on stop, so faults sleeping out a ``delay`` wake up at once.
+        #: Set on stop, so faults sleeping out a ``delay`` or held at a gate wake up at once.
         self.stopping = threading.Event()
+        self._gates: set[Gate] = set()  # every gate a request has waited at, to wake on stop
+        self._gates_lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._connections_lock = threading.Lock()
         if ":" in address[0]:
@@ -117,10 +119,22 @@ class EmulatorServer(ThreadingHTTPServer):
                         self._accept()
 
     def stop_serving(self) -> None:
-        """Make :meth:`serve` return, and wake handlers sleeping out a delay."""
+        """Make :meth:`serve` return, and wake handlers sleeping out a delay or held."""
         self.stopping.set()
+        with self._gates_lock:
+            gates = list(self._gates)
+        for gate in gates:
+            gate._wake()
         with contextlib.suppress(OSError):
             self._wake_writer.send(b"\0")
+
+    def hold(self, gate: Gate) -> None:
+        """Wait at ``gate`` until it is released or the server stops."""
+        # Registered before waiting: a stop that misses this gate set `stopping` first,
+        # and the wait checks it before blocking.
+        with self._gates_lock:
+            self._gates.add(gate)
+        gate._pass(self.stopping)
 
     def server_close(self) -> None:
         super().server_close()
@@ -212,6 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = _parse_json(raw)
         answer = self._answer(parsed, fault, request_id)
         try:
+            if fault is not None and fault.hold is not None:
+                self.server.hold(fault.hold)
             # `latency` is the whole time a request takes, as a client sees a real server's:
             # computing the answer counts toward it. A fault's delay comes on top.
             wait = emulator.latency - (time.monotonic() - started)
@@ -220,8 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.stopping.wait(wait)
             self._finish(answer, parsed, fault, request_id)
         finally:
-            # An admitted request is in flight (for the concurrency cap) through the sleep
-            # and the send, until its answer is out or its connection gone.
+            # An admitted request is in flight (for the concurrency cap) through the hold,
+            # the sleep and the send, until its answer is out or its connection gone.
             answer.release()
 
     def _finish(

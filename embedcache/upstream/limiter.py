@@ -11,6 +11,9 @@ response's ``usage``; the ratio between the two then scales later estimates.
 A 429 despite pacing (another process sharing the key, limits lower than configured) backs
 the whole limiter off, honouring ``Retry-After`` when the API sends one, and shrinks its
 budgets; successes restore them step by step.
+
+All of it reads the time and waits for it to pass through one :class:`Clock`, real
+monotonic time unless a test passes a fake one that advances instantly.
 """
 
 from __future__ import annotations
@@ -21,14 +24,24 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ..config import CONCURRENT_REQUESTS_ENV, RPM_ENV, TIER_ENV, TPM_ENV
 from ..config import OLD_CONCURRENT_REQUESTS_ENV as _OLD_CONCURRENT_REQUESTS_ENV
 from ..errors import InvalidInputError
 
-__all__ = ["TIERS", "Limits", "Permit", "RateLimiter", "resolve_limits", "shared_limiter"]
+__all__ = [
+    "MONOTONIC",
+    "TIERS",
+    "Clock",
+    "Limits",
+    "MonotonicClock",
+    "Permit",
+    "RateLimiter",
+    "resolve_limits",
+    "shared_limiter",
+]
 
 log = logging.getLogger("embedcache")
 
@@ -136,6 +149,34 @@ def _env_int(name: str) -> int | None:
         raise InvalidInputError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+class Clock(Protocol):
+    """The time a :class:`RateLimiter` paces by, and its way of waiting for it to pass."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def wait(self, condition: threading.Condition, timeout: float | None) -> None:
+        """Wait on ``condition``, which the caller holds, until it is notified or
+        ``timeout`` seconds of this clock have passed (``None``: until notified). Returning
+        early is allowed: the caller checks the time again."""
+        ...
+
+
+class MonotonicClock:
+    """Real time: :func:`time.monotonic`, and a plain condition wait."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, condition: threading.Condition, timeout: float | None) -> None:
+        condition.wait(timeout)
+
+
+#: The clock every limiter uses unless given another.
+MONOTONIC = MonotonicClock()
+
+
 class Permit:
     """One admitted request; :meth:`done` it with the tokens the response charged."""
 
@@ -162,10 +203,11 @@ class RateLimiter:
     """Shared pacing for every request of a process (see the module docstring).
 
     :param limits: the account's limits.
-    :param clock: monotonic seconds (tests); ``sleep`` is a condition wait on it.
+    :param clock: what it reads the time from and waits with; tests pass a fake one so
+        that waits take no real time.
     """
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: Limits, clock: Clock = MONOTONIC) -> None:
         self.limits = limits
         self._clock = clock
         self._cond = threading.Condition()
@@ -191,7 +233,7 @@ class RateLimiter:
         """Wait until a request of ``estimated_tokens`` fits every budget, and admit it."""
         with self._cond:
             while True:
-                now = self._clock()
+                now = self._clock.now()
                 self._expire(now)
                 tokens = estimated_tokens * self._ratio
                 wait = self._wait_for(now, tokens)
@@ -201,7 +243,7 @@ class RateLimiter:
                     self._window_tokens += tokens
                     self._in_flight += 1
                     return permit
-                self._cond.wait(timeout=wait)
+                self._clock.wait(self._cond, wait)
 
     def rate_limited_by_server(self, retry_after: float | None) -> None:
         """A 429 came back anyway: pause everyone and shrink the budgets."""
@@ -209,7 +251,7 @@ class RateLimiter:
             self.rate_limited += 1
             pause = retry_after if retry_after is not None else self._backoff
             self._backoff = min(self._backoff * 2, self.limits.window)
-            self._paused_until = max(self._paused_until, self._clock() + pause)
+            self._paused_until = max(self._paused_until, self._clock.now() + pause)
             self._scale = max(_MIN_SCALE, self._scale * 0.8)
             log.warning(
                 "rate limited despite pacing: pausing all requests %.1fs, budgets at %d%%",
@@ -225,7 +267,7 @@ class RateLimiter:
         if requests != 0 and tokens != 0:
             return
         with self._cond:
-            now = self._clock()
+            now = self._clock.now()
             self._expire(now)
             limits = self.limits
             room_requests = limits.rpm is None or len(self._log) < limits.rpm * self._scale
