@@ -55,6 +55,13 @@ class Counters:
                 for name, delta in deltas.items():
                     setattr(counters, name, getattr(counters, name) + delta)
 
+    def add_hits(self, entries: int, tokens_saved: float) -> None:
+        """Count hits answered outside any call (:meth:`add`'s fast twin for the proxy's
+        hit path, where a call's own :class:`Stats` would be thrown away)."""
+        with self._lock:
+            self._total.hits += entries
+            self._total.tokens_saved += tokens_saved
+
     def take_unflushed(self) -> dict[str, int]:
         """What was counted since the last call, as whole numbers, for the lifetime
         counters; rounding is of the running totals, so fractions are never lost."""

@@ -278,7 +278,7 @@ class CachedEmbedder:
     def count_hits(self, entries: int, tokens_saved: float) -> None:
         """Count hits a caller answered from its own copy of what this embedder returned
         (the proxy's rendered answers), so the counters cover every hit."""
-        self._counters.add(Stats(), hits=entries, tokens_saved=tokens_saved)
+        self._counters.add_hits(entries, tokens_saved)
 
     def forget_memory(self) -> None:
         """Drop the recently read vectors held in memory (``memory_bytes``)."""

@@ -66,6 +66,10 @@ _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
+# Request bodies whose parse the hit path remembers: at most this many, of at most this
+# size (so at most 4 MiB); parsing is a pure function of the bytes, so a remembered body
+# reads exactly as it would again.
+_KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 2048
 _PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Small all-hit requests are answered on the event loop (a thread hop would cost more than
 # the work); larger ones are read and written in a worker, so one big answer never stalls
@@ -175,6 +179,7 @@ class Proxy:
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
+        self._known_bodies: dict[bytes, tuple[str, str, list[bytes]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
@@ -218,17 +223,11 @@ class Proxy:
         decision = self.access.decide(_bearer_value(request.authorization), verify=False)
         if decision is None or decision.status:
             return None
-        try:
-            parsed = parse_request(orjson.loads(request.body))
-        except (orjson.JSONDecodeError, EmbedcacheError):
-            return None  # the application answers with the error
-        if parsed is None or parsed.options.late_chunking:
+        known = self._known_bodies.get(request.body) or self._read_body(request.body)
+        if known is None:
             return None
-        keys = self._keys(parsed)
-        if keys is None:
-            return None
-        kind = variant(parsed.embedding_type, self.float_style)
-        found = self.rendered.get_all(keys, kind)
+        model, embedding_type, keys = known
+        found = self.rendered.get_all(keys, variant(embedding_type, self.float_style))
         if found is None:
             return None
         if len(keys) == 1:
@@ -237,9 +236,29 @@ class Proxy:
             costs = {key: cost for key, (_, cost) in zip(keys, found, strict=True)}
             distinct, saved = len(costs), sum(costs.values())
         self.embedder.count_hits(distinct, saved)
-        body = render_body(parsed.model, [text for text, _ in found], 0)
+        body = render_body(model, [text for text, _ in found], 0)
         self.metrics.observe_hits(distinct, saved, time.perf_counter() - started)
         return body, [(_CACHED_HEADER, b"%d" % distinct)]
+
+    def _read_body(self, body: bytes) -> tuple[str, str, list[bytes]] | None:
+        """The model, encoding and entry keys of a request body the hit path can answer,
+        remembered for small bodies: the same query text comes back again and again."""
+        try:
+            parsed = parse_request(orjson.loads(body))
+        except (orjson.JSONDecodeError, EmbedcacheError):
+            return None  # the application answers with the error
+        if parsed is None or parsed.options.late_chunking:
+            return None
+        keys = self._keys(parsed)
+        if keys is None:
+            return None
+        known = (parsed.model, parsed.embedding_type, keys)
+        if len(body) <= _KNOWN_BODY_BYTES:
+            bodies = self._known_bodies
+            if len(bodies) >= _KNOWN_BODIES:
+                del bodies[next(iter(bodies))]  # the oldest: dicts keep insertion order
+            bodies[body] = known
+        return known
 
     def _keys(self, parsed: EmbeddingsRequest) -> list[bytes] | None:
         """The entry keys of a request's texts (not late chunking), or ``None`` when a text

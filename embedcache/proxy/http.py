@@ -21,7 +21,7 @@ import http
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -54,23 +54,38 @@ log = logging.getLogger("embedcache")
 
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _JSON = b"application/json"
+_OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
 
 
-@dataclass
 class Request:
-    """One request as it came off the wire."""
+    """One request as it came off the wire (names lower-cased in ``headers``)."""
 
-    method: bytes = b""
-    target: bytearray = field(default_factory=bytearray)
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
-    keep_alive: bool = True
-    authorization: bytes = b""
-    header_bytes: int = 0
+    __slots__ = (
+        "authorization", "body", "body_size", "chunks", "expects_continue", "header_bytes",
+        "headers", "keep_alive", "method", "target",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        method: bytes = b"",
+        target: bytes = b"",
+        body: bytes = b"",
+        authorization: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = body
+        self.keep_alive = True
+        self.authorization = authorization
+        self.expects_continue = False
+        self.header_bytes = 0
+        self.chunks: list[bytes] = []  # the body as it arrives, joined when it is complete
+        self.body_size = 0
 
     @property
     def path(self) -> bytes:
-        return bytes(self.target).partition(b"?")[0]
+        return self.target.partition(b"?")[0]
 
 
 @dataclass(frozen=True)
@@ -173,30 +188,38 @@ class HttpConnection(asyncio.Protocol):
         request = self._current()
         name = name.lower()
         request.headers.append((name, value))
-        self._count(request, len(name) + len(value))
+        request.header_bytes += len(name) + len(value)
+        if request.header_bytes > MAX_HEADER_BYTES:
+            raise _TooLarge(431, b"request headers too large")
         if len(request.headers) > MAX_HEADERS:
             raise _TooLarge(431, b"too many request headers")
         if name == b"authorization":
             request.authorization = value
         elif name == b"content-length" and value.isdigit() and int(value) > self._handlers.max_body:
             raise _TooLarge(413, b"request body too large")
+        elif name == b"expect" and value.lower() == b"100-continue":
+            request.expects_continue = True
 
     def on_headers_complete(self) -> None:
         request = self._current()
         request.method = self._parser.get_method()
         request.keep_alive = bool(self._parser.should_keep_alive()) and not self._closing
-        if (b"expect", b"100-continue") in request.headers and self._transport is not None:
+        if request.expects_continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         request = self._current()
-        request.body += body
-        if len(request.body) > self._handlers.max_body:
+        request.chunks.append(body)
+        request.body_size += len(body)
+        if request.body_size > self._handlers.max_body:
             raise _TooLarge(413, b"request body too large")
 
     def on_message_complete(self) -> None:
         request = self._current()
         self._request = None
+        chunks = request.chunks
+        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request.chunks = []
         if not self._busy and not self._queue:
             answer = self._try_fast(request)
             if answer is not None:
@@ -243,8 +266,10 @@ class HttpConnection(asyncio.Protocol):
         if answer is None:
             return None
         body, headers = answer
-        headers = [(b"content-type", _JSON), *headers]
-        return response_bytes(200, headers, body, keep_alive=request.keep_alive)
+        head = _OK_HEAD + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        if not request.keep_alive:
+            head += b"connection: close\r\n"
+        return head + b"content-length: %d\r\n\r\n" % len(body) + body
 
     async def _answer_queue(self) -> None:
         try:
@@ -264,8 +289,7 @@ class HttpConnection(asyncio.Protocol):
                 self._transport.close()
 
     async def _call_app(self, request: Request) -> bytes:
-        target = bytes(request.target)
-        path, _, query = target.partition(b"?")
+        path, _, query = request.target.partition(b"?")
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -279,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
             "headers": request.headers,
             **self._scope_base,
         }
-        body = bytes(request.body)
+        body = request.body
         delivered = False
         status = 500
         headers: list[tuple[bytes, bytes]] = []

@@ -13,6 +13,7 @@ version does not know go to the API as they are and are never stored.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,15 +83,42 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
     for name in _FLAGS:
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise InvalidInputError(f"{name} must be true or false, got {body[name]!r}")
-    options = resolve_options(
+    fields = (
         model,
         body.get("task"),
         body.get("dimensions"),
-        late_chunking=bool(body.get("late_chunking")),
-        normalized=body.get("normalized"),
-        truncate=body.get("truncate"),
+        bool(body.get("late_chunking")),
+        body.get("normalized"),
+        body.get("truncate"),
     )
+    try:
+        options = _known_options(*fields)
+    except TypeError:  # an unhashable field (a list, an object): say what is wrong with it
+        options = _options(*fields)
     return EmbeddingsRequest(model, texts, options, embedding_type)
+
+
+def _options(
+    model: str,
+    task: object,
+    dimensions: object,
+    late_chunking: bool,
+    normalized: object,
+    truncate: object,
+) -> RequestOptions:
+    return resolve_options(
+        model,
+        task,  # type: ignore[arg-type]  # resolve_options checks every type itself
+        dimensions,  # type: ignore[arg-type]
+        late_chunking=late_chunking,
+        normalized=normalized,  # type: ignore[arg-type]
+        truncate=truncate,  # type: ignore[arg-type]
+    )
+
+
+# A proxy sees the same few settings over and over: validate each once. ``typed``, so that
+# ``true`` is never taken for a cached ``1``.
+_known_options = functools.lru_cache(maxsize=1024, typed=True)(_options)
 
 
 def _texts(value: object) -> list[str] | None:
