@@ -111,7 +111,7 @@ def test_optional_dependencies_stay_in_their_part(module: str) -> None:
     assert not strays, f"{module} imports another part's dependency: {strays}"
 
 
-def test_import_embedcache_loads_neither_numpy_nor_httpx() -> None:
+def test_import_and_cli_help_leave_heavy_dependencies_unloaded() -> None:
     code = (
         "import sys, embedcache, embedcache.cli; "
         "heavy = {'numpy', 'httpx', 'diskcache', 'starlette', 'redis'} & set(sys.modules); "

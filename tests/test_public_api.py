@@ -47,15 +47,3 @@ def test_public_surface_is_pinned() -> None:
     ]
     for name in embedcache.__all__:
         assert hasattr(embedcache, name)
-
-
-def test_import_and_cli_help_leave_heavy_dependencies_unloaded() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, embedcache, embedcache.cli; "
-        "heavy = {'numpy', 'httpx', 'diskcache'} & set(sys.modules); "
-        "assert not heavy, heavy"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
