@@ -39,6 +39,7 @@ CONFINED = {
     "uvicorn": "nowhere",  # the proxy runs its own server; only bench/ uses uvicorn
     "orjson": "proxy",
     "httptools": "proxy",
+    "uvloop": "proxy",
     "httpx": "upstream",
     "redis": "storage",
     "diskcache": "storage",
