@@ -42,7 +42,10 @@ class ProxyProcess:
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
         environ.update(env or {})
         command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir)]
-        command += ["serve", "--port", "0", "--upstream", upstream, *args]
+        # Two workers unless told otherwise, whatever this machine's cores: every proxy test
+        # then runs against a server of several processes, as users get by default.
+        workers = [] if "--workers" in args else ["--workers", "2"]
+        command += ["serve", "--port", "0", "--upstream", upstream, *workers, *args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=environ
