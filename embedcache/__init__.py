@@ -30,6 +30,7 @@ _LAZY = {
     "Forwarded": "upstream.jina",
     "JinaEmbeddingFunction": "integrations.milvus",
     "JinaClient": "upstream.jina",
+    "Clock": "upstream.limiter",
     "Limits": "upstream.limiter",
     "Permit": "upstream.limiter",
     "RateLimiter": "upstream.limiter",
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from .storage.shared import RedisStore, Usage, open_shared
     from .storage.store import Found, Record, Store
     from .upstream.jina import Forwarded, JinaClient
-    from .upstream.limiter import Limits, Permit, RateLimiter, shared_limiter
+    from .upstream.limiter import Clock, Limits, Permit, RateLimiter, shared_limiter
     from .upstream.protocol import Upstream, UpstreamResult
 
 
@@ -77,6 +78,7 @@ __all__ = [
     "Assembly",
     "CacheSettings",
     "CachedEmbedder",
+    "Clock",
     "Embedded",
     "Fingerprint",
     "Forwarded",

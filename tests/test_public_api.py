@@ -14,6 +14,7 @@ def test_public_surface_is_pinned() -> None:
         "CacheMissError",
         "CacheSettings",
         "CachedEmbedder",
+        "Clock",
         "EmbedcacheError",
         "Embedded",
         "Fingerprint",
