@@ -186,16 +186,16 @@ def test_base64_and_float_encode_the_same_float32_values_in_either_float_style(
     ]
 
 
-def test_float_text_is_float32_digits_by_default_and_the_style_is_checked() -> None:
+def test_float_text_is_float64_digits_by_default_and_the_style_is_checked() -> None:
     with JinaEmulator(api_key=API_KEY) as emu:
-        assert emu.float_style == "float32"
+        assert emu.float_style == "float64"
         text = httpx.post(
             emu.url + PATH,
             json={"model": V3, "input": "x"},
             headers={"Authorization": f"Bearer {API_KEY}"},
         ).text
         first = text.split('"embedding":[', 1)[1].split(",", 1)[0]
-        assert first == str(emu.expected_embedding("x")[0])
+        assert first == repr(float(emu.expected_embedding("x")[0]))
         with pytest.raises(ValueError, match="float_style"):
             emu.float_style = "float16"
     with pytest.raises(ValueError, match="float_style"):

@@ -42,6 +42,7 @@ from ..errors import APIError, EmbedcacheError
 from ..models import resolve_options
 from ..upstream.jina import JinaClient
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
+from .floats import UpstreamFloatStyle
 from .metrics import ProxyMetrics
 from .wire import EmbeddingsRequest, error_status, parse_request, render_embeddings, render_error
 
@@ -144,9 +145,7 @@ class Proxy:
         self.shared = self.parts.shared
         self.upstream_url = self.parts.client.base_url
         self._upstreams = _Upstreams(self.parts.client)
-        #: How ``float`` answers are written: the upstream's own style (see
-        #: :func:`~embedcache.proxy.wire.render_vector`).
-        self.float_style = "float32"
+        self._float_style = UpstreamFloatStyle(self.store, self.parts.client)
         self.access = Access(
             token=settings.token,
             allowed_keys=settings.allowed_keys,
@@ -168,6 +167,13 @@ class Proxy:
             exception_handlers={HTTPException: _http_error},
             lifespan=self._lifespan,
         )
+
+    @property
+    def float_style(self) -> str:
+        """How ``float`` answers are written (see
+        :func:`~embedcache.proxy.wire.render_vector`): the upstream's own style, as learned
+        by this process or another on the same cache directory (:mod:`.floats`)."""
+        return self._float_style.style
 
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--float-style",
         choices=FLOAT_STYLES,
-        default="float32",
+        default="float64",
         help="how float embeddings are written: float64 round-trip digits of each float32 "
         "value, or its shortest float32 digits (default: %(default)s)",
     )

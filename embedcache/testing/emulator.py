@@ -54,7 +54,7 @@ class JinaEmulator:
         port: int = 0,
         latency: float = 0.0,
         rate_limits: RateLimits | None = None,
-        float_style: str = "float32",
+        float_style: str = "float64",
     ) -> None:
         self._api_key = api_key
         self.float_style = float_style

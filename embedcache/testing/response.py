@@ -32,7 +32,7 @@ def request_vectors(request: EmbeddingRequest) -> list[NDArray[np.float32]]:
 
 
 def embeddings_payload(
-    request: EmbeddingRequest, fault: Fault | None, float_style: str = "float32"
+    request: EmbeddingRequest, fault: Fault | None, float_style: str = "float64"
 ) -> dict[str, Any]:
     """The response object (key order as in the docs' capture), mangled by ``fault``, with
     ``float`` values written in ``float_style``."""

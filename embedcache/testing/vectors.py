@@ -98,7 +98,7 @@ def encode(
     embedding_type: str,
     *,
     short_base64: bool = False,
-    float_style: str = "float32",
+    float_style: str = "float64",
 ) -> Any:
     """One vector as the API writes it for ``embedding_type``.
 
