@@ -1,8 +1,10 @@
 """Real third-party clients pointed at ``embedcache serve`` (tox -e compat).
 
-Each client's module-level URL is pointed at the proxy, exactly as a user would; the
-vectors must be the ones the same client gets from the emulator directly, and a second run
-must be served without any upstream request.
+Each client's URL is pointed at the proxy, exactly as a user would; the vectors must be
+the ones the same client gets from the emulator directly, and a second run must be served
+without any upstream request. Each runs against an emulator of each float style (reference
+§12): these clients parse JSON floats into float64, so "the same vectors" means the same
+float64 values, which only the upstream's own float text gives.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ from .serving import ProxyProcess
 pytestmark = pytest.mark.compat
 
 
+@pytest.fixture(params=["float64", "float32"])
+def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
+    emulator.float_style = request.param
+    return str(request.param)
+
+
 @pytest.fixture
-def proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[ProxyProcess]:
+def proxy(emulator: JinaEmulator, cache_dir: Path, float_style: str) -> Iterator[ProxyProcess]:
     with ProxyProcess(emulator.url, cache_dir) as served:
         yield served
 
@@ -58,6 +66,30 @@ def test_langchain_through_the_proxy_gets_the_emulators_vectors_then_hits(
         monkeypatch.setattr(jina, "JINA_API_URL", url + "/v1/embeddings")
         embeddings = jina.JinaEmbeddings(jina_api_key=API_KEY)
         return embeddings.embed_documents(texts), embeddings.embed_query("a query")
+
+    expected = run(emulator.url)
+    before = len(emulator.requests)
+    assert run(proxy.url) == expected
+    assert len(emulator.requests) == before + 2
+    assert run(proxy.url) == expected
+    assert len(emulator.requests) == before + 2
+
+
+def test_llamaindex_through_the_proxy_gets_the_emulators_vectors_then_hits(
+    emulator: JinaEmulator, proxy: ProxyProcess
+) -> None:
+    jinaai = client_module("llama_index.embeddings.jinaai")
+    texts = ["LlamaIndex sends encoding_type, not embedding_type", "and the task it is given"]
+
+    def run(url: str) -> tuple[list[list[float]], list[float]]:
+        model = jinaai.JinaEmbedding(
+            api_key=API_KEY, model="jina-embeddings-v3", task="retrieval.passage", dimensions=64
+        )
+        # LlamaIndex takes no URL (llama_index#15430): its API caller's URL is a private
+        # attribute, set after construction as the README tells users to. Check it after
+        # upgrading llama-index-embeddings-jinaai.
+        model._api.api_url = url + "/v1/embeddings"
+        return model.get_text_embedding_batch(texts), model.get_query_embedding("a query")
 
     expected = run(emulator.url)
     before = len(emulator.requests)

@@ -170,13 +170,48 @@ def test_expected_embedding_rejects_what_the_server_rejects(emulator: JinaEmulat
         emulator.expected_embedding("x", model="no-such-model")
 
 
-def test_base64_and_float_encode_the_same_float32_values(http: httpx.Client) -> None:
+@pytest.mark.parametrize("style", ["float64", "float32"])
+def test_base64_and_float_encode_the_same_float32_values_in_either_float_style(
+    emulator: JinaEmulator, http: httpx.Client, style: str
+) -> None:
+    emulator.float_style = style
     floats = embed(http, input="same", embedding_type="float").json()["data"][0]["embedding"]
     packed = embed(http, input="same", embedding_type="base64").json()["data"][0]["embedding"]
     decoded = from_base64(packed)
     assert decoded.tobytes() == np.array(floats, dtype=np.float32).tobytes()
-    # Written as the shortest decimal of each float32 (about 8 digits), as the API's are.
-    assert floats == [float(str(value)) for value in decoded]
+    if style == "float64":  # float64 round-trip digits of each float32 value (§12, Milvus)
+        assert floats == [float(value) for value in decoded]
+    else:  # the shortest decimal of each float32 (about 8 digits, the docs playground)
+        assert floats == [float(str(value)) for value in decoded]
+    assert floats != [
+        float(value) if style == "float32" else float(str(value)) for value in decoded
+    ]
+
+
+def test_float_text_is_float64_digits_by_default_and_the_style_is_checked() -> None:
+    with JinaEmulator(api_key=API_KEY) as emu:
+        assert emu.float_style == "float64"
+        text = httpx.post(
+            emu.url + PATH,
+            json={"model": V3, "input": "x"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).text
+        first = text.split('"embedding":[', 1)[1].split(",", 1)[0]
+        assert first == repr(float(emu.expected_embedding("x")[0]))
+        with pytest.raises(ValueError, match="float_style"):
+            emu.float_style = "float16"
+    with pytest.raises(ValueError, match="float_style"):
+        JinaEmulator(float_style="shortest")
+
+
+def test_several_encodings_write_their_float_in_the_float_style(
+    emulator: JinaEmulator, http: httpx.Client
+) -> None:
+    emulator.float_style = "float32"
+    embedding = embed(http, input="both", embedding_type=["float", "base64"]).json()["data"][0][
+        "embedding"
+    ]
+    assert embedding["float"] == [float(str(value)) for value in from_base64(embedding["base64"])]
 
 
 def test_binary_and_ubinary_are_packed_sign_bits(http: httpx.Client) -> None:
@@ -673,6 +708,21 @@ def test_stop_is_idempotent_and_frees_the_port() -> None:
 def test_url_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not been started"):
         _ = JinaEmulator().url
+
+
+def test_module_writes_the_float_style_it_is_given() -> None:
+    command = [sys.executable, "-m", "embedcache.testing", "--float-style", "float32"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            body = {"model": V3, "input": "a", "embedding_type": ["float", "base64"]}
+            embedding = client.post(url + PATH, json=body).json()["data"][0]["embedding"]
+        process.terminate()
+        process.communicate(timeout=10)
+    assert embedding["float"] == [float(str(value)) for value in from_base64(embedding["base64"])]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from embedcache import JinaEmbeddingFunction
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
@@ -41,8 +43,22 @@ def upstream_count(emulator: JinaEmulator) -> int:
     return len(emulator.requests)
 
 
-def test_float_response_is_the_emulators_and_the_repeat_is_served_from_the_cache(
-    emulator: JinaEmulator, proxy: ProxyProcess
+def sent_types(emulator: JinaEmulator) -> list[str]:
+    """The ``embedding_type`` of every request the emulator got, oldest first."""
+    return [
+        request.body.get("embedding_type", "float") for request in emulator.requests if request.body
+    ]
+
+
+@pytest.fixture(params=["float64", "float32"])
+def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
+    """Run the test against an emulator writing each float style (reference §12)."""
+    emulator.float_style = request.param
+    return str(request.param)
+
+
+def test_float_answers_are_the_emulators_values_for_a_miss_and_a_hit_in_either_float_style(
+    emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
 ) -> None:
     body = {"model": V3, "task": "retrieval.query", "input": ["alpha", "beta", "alpha"]}
     expected = direct(emulator, body).json()
@@ -50,7 +66,9 @@ def test_float_response_is_the_emulators_and_the_repeat_is_served_from_the_cache
 
     first = proxy.embed(body, API_KEY)
     assert first.status_code == 200, first.text
-    assert first.json()["data"] == expected["data"]  # same floats, as parsed by any client
+    # The float64 values a float client parses (Python's json: float64), compared exactly:
+    # the other style's text would differ at about 1e-8.
+    assert first.json()["data"] == expected["data"]
     assert first.json()["usage"]["total_tokens"] > 0
     assert first.headers["X-Embedcache-Cached"] == "0"
     assert upstream_count(emulator) == before + 1
@@ -64,9 +82,66 @@ def test_float_response_is_the_emulators_and_the_repeat_is_served_from_the_cache
     assert upstream_count(emulator) == before + 1
 
 
+def test_the_proxy_learns_the_float_style_from_its_first_fill_then_asks_for_base64(
+    emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
+) -> None:
+    proxy.embed({"model": V3, "input": ["first"], "embedding_type": "base64"}, API_KEY)
+    proxy.embed({"model": V3, "input": ["second"]}, API_KEY)
+    proxy.embed({"model": V3, "input": ["third"]}, API_KEY)
+    assert sent_types(emulator) == ["float", "base64", "base64"]
+    for text in ("first", "second"):  # stored from float text, then from base64
+        answer = proxy.embed({"model": V3, "input": [text]}, API_KEY)
+        assert answer.headers["X-Embedcache-Cached"] == "1"
+        assert (
+            answer.json()["data"] == direct(emulator, {"model": V3, "input": [text]}).json()["data"]
+        )
+
+
+def test_a_fresh_proxy_on_the_directory_writes_the_learned_style_before_any_fetch(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    emulator.float_style = "float32"  # not the default: only a stored style gives it
+    body = {"model": V3, "input": ["kept"]}
+    expected = direct(emulator, body).json()["data"]
+    first = make_proxy()
+    first.embed(body, API_KEY)
+    first.stop()
+    before = upstream_count(emulator)
+    restarted = make_proxy()
+    hit = restarted.embed(body)
+    assert hit.status_code == 200, hit.text
+    assert hit.json()["data"] == expected
+    assert upstream_count(emulator) == before
+    # Each process still learns for itself from its first miss, so an upstream that
+    # changed its style is followed after a restart.
+    restarted.embed({"model": V3, "input": ["new"]}, API_KEY)
+    restarted.embed({"model": V3, "input": ["newer"]}, API_KEY)
+    assert sent_types(emulator)[-2:] == ["float", "base64"]
+
+
+def test_a_worker_that_never_fetched_writes_the_style_another_worker_learned(
+    emulator: JinaEmulator, make_proxy: MakeProxy, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    emulator.float_style = "float32"
+    early = {"model": V3, "input": ["cached by the library"], "task": "retrieval.passage"}
+    make_ef().encode_documents(early["input"])  # the library learns no float style
+    filler, server = make_proxy(), make_proxy()  # two workers on one directory
+    vector = emulator.expected_embedding("cached by the library", task="retrieval.passage")
+    before_learning = server.embed(early).json()["data"][0]["embedding"]
+    assert before_learning == [float(value) for value in vector]  # the default style
+    body = {"model": V3, "input": ["filled by one, served by the other"]}
+    filler.embed(body, API_KEY)  # learns float32 from its first fill
+    before = upstream_count(emulator)
+    for request in (body, early):
+        hit = server.embed(request)
+        assert hit.headers["X-Embedcache-Cached"] == "1"
+        assert hit.json()["data"] == direct(emulator, request).json()["data"]
+    assert upstream_count(emulator) == before + 2  # only our direct calls
+
+
 @pytest.mark.parametrize("field", ["embedding_type", "encoding_type"])
-def test_base64_answers_carry_the_emulators_bytes(
-    emulator: JinaEmulator, proxy: ProxyProcess, field: str
+def test_base64_answers_carry_the_emulators_bytes_whatever_its_float_style(
+    emulator: JinaEmulator, proxy: ProxyProcess, field: str, float_style: str
 ) -> None:
     texts = ["one", "two"]
     proxy.embed({"model": V3, "input": texts}, API_KEY)  # cached from a float request

@@ -183,3 +183,16 @@ def test_two_stores_on_one_directory_see_each_others_writes(cache_dir: Path) -> 
         assert two.read_many(keys).present.all()
         more = fill(two, 3, seed=5)
         assert one.read_many(keys + more).present.all()
+
+
+def test_named_settings_are_shared_by_every_store_on_the_directory(cache_dir: Path) -> None:
+    with Store(cache_dir) as one, Store(cache_dir) as two:
+        assert one.setting("float_style http://upstream") is None
+        one.set_setting("float_style http://upstream", "float32")
+        assert two.setting("float_style http://upstream") == "float32"
+        two.set_setting("float_style http://upstream", "float64")
+        assert one.setting("float_style http://upstream") == "float64"
+        assert one.setting("float_style http://another") is None
+    with Store(cache_dir) as reopened:
+        assert reopened.setting("float_style http://upstream") == "float64"
+        assert reopened.fingerprints() == {}  # settings are not request fingerprints

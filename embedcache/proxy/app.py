@@ -42,6 +42,7 @@ from ..errors import APIError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options
 from ..upstream.jina import JinaClient
 from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
+from .floats import UpstreamFloatStyle
 from .http import Request as HttpRequest
 from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers, variant
@@ -164,9 +165,6 @@ class Proxy:
         self.shared = self.parts.shared
         self.upstream_url = self.parts.client.base_url
         self._upstreams = _Upstreams(self.parts.client)
-        #: How ``float`` answers are written: the upstream's own style (see
-        #: :func:`~embedcache.proxy.wire.render_vector`).
-        self.float_style = "float32"
         self.access = Access(
             token=settings.token,
             allowed_keys=settings.allowed_keys,
@@ -175,6 +173,7 @@ class Proxy:
         )
         self._admin = digest(settings.admin_token) if settings.admin_token else None
         self.metrics = ProxyMetrics(board, worker)
+        self._float_style = UpstreamFloatStyle(self.store, self.parts.client, self.metrics.board)
         self._flushes_seen = self.metrics.board.flushes
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
@@ -194,6 +193,13 @@ class Proxy:
             ],
             exception_handlers={HTTPException: _http_error},
         )
+
+    @property
+    def float_style(self) -> str:
+        """How ``float`` answers are written (see
+        :func:`~embedcache.proxy.wire.render_vector`): the upstream's own style, as learned
+        by this process or another on the same cache directory (:mod:`.floats`)."""
+        return self._float_style.style
 
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
@@ -358,10 +364,9 @@ class Proxy:
         if result is None:
             return None
         stats = result.stats
-        kind = variant(parsed.embedding_type, self.float_style)
-        texts = [
-            render_vector(row, parsed.embedding_type, self.float_style) for row in result.vectors
-        ]
+        style = self.float_style
+        kind = variant(parsed.embedding_type, style)
+        texts = [render_vector(row, parsed.embedding_type, style) for row in result.vectors]
         if not parsed.options.late_chunking:
             keys = self._keys(parsed)
             if keys is not None:

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options
+from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
 
 __all__ = [
     "CACHEABLE_EMBEDDING_TYPES",
@@ -38,10 +39,6 @@ __all__ = [
     "render_vector",
 ]
 
-#: How ``float`` embeddings are written as text (see :func:`render_vector`); until the
-#: upstream's own style is known, the one the reference's evidence favours.
-FLOAT_STYLES = ("float64", "float32")
-DEFAULT_FLOAT_STYLE = "float64"
 #: Output encodings the proxy can produce exactly from a cached float32 vector.
 CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
 _KNOWN_FIELDS = frozenset(

@@ -6,7 +6,8 @@ A cache directory holds::
     index.db            SQLite (WAL): one row per vector, and the list of segment files
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
-    meta/               a diskcache with the small values: request settings and counters
+    meta/               a diskcache with the small values: request settings, counters and
+                        named settings (:meth:`Store.setting`)
 
 Why not one diskcache entry per vector: a warm read is then one SQL statement per text, 10-15x
 the floor of hashing and copying (shared/docs/perf-baseline.md). Here a read is one
@@ -92,6 +93,7 @@ KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
 
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
+_SETTING_PREFIX = "setting:"
 _SIZE_LIMIT = "size_limit"
 
 
@@ -445,6 +447,24 @@ class Store:
             return dict.fromkeys(COUNTERS, 0)
         with self._errors("read"):
             return {name: int(self._meta.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
+
+    def setting(self, name: str) -> str | None:
+        """A value recorded by :meth:`set_setting` in this directory, by any process;
+        ``None`` when none was (or the cache is read-only, so it has no metadata)."""
+        if self._meta is None:
+            return None
+        with self._errors("read"):
+            value = self._meta.get(_SETTING_PREFIX + name)
+        return value if isinstance(value, str) else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Record a small named value for every process using this directory (the proxy's
+        workers share what they learn about the upstream this way); a read-only cache
+        skips it, as it skips counters."""
+        if self._meta is None:
+            return
+        with self._errors("write"):
+            self._meta.set(_SETTING_PREFIX + name, value)
 
     def fingerprints(self) -> dict[int, dict[str, object]]:
         """The request settings of every fingerprint that has been stored, by id (as

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .emulator import JinaEmulator
 from .limits import RateLimits
+from .vectors import FLOAT_STYLES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--concurrent-requests", type=int, help="requests in flight per key (default: any)"
     )
+    parser.add_argument(
+        "--float-style",
+        choices=FLOAT_STYLES,
+        default="float64",
+        help="how float embeddings are written: float64 round-trip digits of each float32 "
+        "value, or its shortest float32 digits (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     limited = any(value is not None for value in (args.rpm, args.tpm, args.concurrent_requests))
     limits = RateLimits(rpm=args.rpm, tpm=args.tpm, concurrent_requests=args.concurrent_requests)
@@ -50,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             latency=args.latency,
             rate_limits=limits if limited else None,
+            float_style=args.float_style,
         ) as emulator:
             print(emulator.url, flush=True)  # alone on stdout, so scripts can read it
             print("Jina emulator running; press Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ from .protocol import ApiError
 from .response import request_vectors
 from .server import EmulatorServer
 from .validation import parse_request
+from .vectors import FLOAT_STYLES
 
 __all__ = ["JinaEmulator"]
 
@@ -45,6 +46,11 @@ class JinaEmulator:
     :param rate_limits: per-key request and token budgets and a concurrency cap, answered
         with 429s as the API does (see :class:`RateLimits`); ``None`` for none. Settable
         later.
+    :param float_style: how ``float`` embeddings are written (reference §12): ``"float64"``,
+        each float32 value with float64 round-trip digits (``0.09806419909000397``, the
+        style the Milvus page's output shows), or ``"float32"``, its shortest digits
+        (``0.0980642``, the docs playground's). Settable later.
+    :raises ValueError: an unknown ``float_style``.
     """
 
     def __init__(
@@ -55,8 +61,10 @@ class JinaEmulator:
         port: int = 0,
         latency: float = 0.0,
         rate_limits: RateLimits | None = None,
+        float_style: str = "float64",
     ) -> None:
         self._api_key = api_key
+        self.float_style = float_style
         self._host = host
         self._port = port
         #: Seconds added to every request; may be changed while running.
@@ -77,6 +85,21 @@ class JinaEmulator:
     def __repr__(self) -> str:
         key = "'***'" if self._api_key is not None else "None"
         return f"JinaEmulator(url={self._url!r}, api_key={key})"
+
+    @property
+    def float_style(self) -> str:
+        """How ``float`` embeddings are written from the next request on: ``"float64"`` or
+        ``"float32"``.
+
+        :raises ValueError: when set to anything else.
+        """
+        return self._float_style
+
+    @float_style.setter
+    def float_style(self, style: str) -> None:
+        if style not in FLOAT_STYLES:
+            raise ValueError(f"float_style must be one of {FLOAT_STYLES}, got {style!r}")
+        self._float_style = style
 
     @property
     def url(self) -> str:

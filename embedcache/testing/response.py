@@ -31,8 +31,11 @@ def request_vectors(request: EmbeddingRequest) -> list[NDArray[np.float32]]:
     )
 
 
-def embeddings_payload(request: EmbeddingRequest, fault: Fault | None) -> dict[str, Any]:
-    """The response object (key order as in the docs' capture), mangled by ``fault``."""
+def embeddings_payload(
+    request: EmbeddingRequest, fault: Fault | None, float_style: str = "float64"
+) -> dict[str, Any]:
+    """The response object (key order as in the docs' capture), mangled by ``fault``, with
+    ``float`` values written in ``float_style``."""
     vectors = request_vectors(request)
     if fault is not None:
         vectors = _alter_vectors(vectors, fault)
@@ -41,10 +44,12 @@ def embeddings_payload(request: EmbeddingRequest, fault: Fault | None) -> dict[s
     for index, vector in enumerate(vectors):
         if request.types_as_dict:
             embedding: Any = {
-                kind: encode(vector, kind, short_base64=short) for kind in request.embedding_types
+                kind: encode(vector, kind, short_base64=short, float_style=float_style)
+                for kind in request.embedding_types
             }
         else:
-            embedding = encode(vector, request.embedding_types[0], short_base64=short)
+            kind = request.embedding_types[0]
+            embedding = encode(vector, kind, short_base64=short, float_style=float_style)
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     if fault is not None:
         data = _alter_data(data, fault)

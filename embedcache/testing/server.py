@@ -291,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         admission = self._admit(request.tokens)
         alter = fault if fault is not None and fault.alters_data else None
         try:
-            body = _dump(embeddings_payload(request, alter))
+            body = _dump(embeddings_payload(request, alter, self.server.emulator.float_style))
         except BaseException:
             if admission is not None:
                 admission.release(refund=True)  # answered as an error: charged nothing

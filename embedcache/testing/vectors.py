@@ -17,9 +17,13 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
-__all__ = ["EMBEDDING_TYPES", "compute_vectors", "content_seed", "encode"]
+__all__ = ["EMBEDDING_TYPES", "FLOAT_STYLES", "compute_vectors", "content_seed", "encode"]
 
 EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
+#: How ``float`` values can be written (reference §12): each float32 value with the digits
+#: that read back as the same float64, or the shortest digits that read back as the same
+#: float32. The evidence disagrees on which the API writes, so the emulator does both.
+FLOAT_STYLES = ("float64", "float32")
 
 
 def content_seed(kind: str, model: str, task: str | None, content: str) -> int:
@@ -89,16 +93,28 @@ def _contextualise(own: NDArray[np.float64]) -> NDArray[np.float64]:
     return mixed
 
 
-def encode(vector: NDArray[np.float32], embedding_type: str, *, short_base64: bool = False) -> Any:
+def encode(
+    vector: NDArray[np.float32],
+    embedding_type: str,
+    *,
+    short_base64: bool = False,
+    float_style: str = "float64",
+) -> Any:
     """One vector as the API writes it for ``embedding_type``.
 
-    ``binary``/``ubinary`` are sign bits (``> 0``) packed MSB-first by ``np.packbits``; bit
-    order and threshold are emulator choices (reference §3.2: UNCONFIRMED).
+    ``float`` values are Python floats that ``json`` writes in ``float_style`` (see
+    :data:`FLOAT_STYLES`). ``binary``/``ubinary`` are sign bits (``> 0``) packed MSB-first
+    by ``np.packbits``; bit order and threshold are emulator choices (reference §3.2:
+    UNCONFIRMED).
     """
     if embedding_type == "float":
-        # The shortest decimal that reads back as the same float32, as the API's captured
-        # responses (~8 significant digits) are written; not float64's 17 digits.
-        return [float(str(value)) for value in vector]
+        if float_style == "float32":
+            # numpy's str of a float32 is its shortest decimal, which json writes back as is
+            # (the docs playground capture's ~8 significant digits).
+            return [float(str(value)) for value in vector]
+        # The float64 of each float32 value, which json writes with float64's round-trip
+        # digits (the Milvus page's printed output).
+        return vector.astype(np.float64).tolist()
     if embedding_type == "base64":
         raw = vector.astype("<f4").tobytes()
         if short_base64:

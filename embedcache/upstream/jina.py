@@ -3,6 +3,10 @@
 This is the one boundary where httpx exceptions and HTTP statuses become
 :class:`~embedcache.errors.EmbedcacheError`, for embedding requests and for the proxy's
 passthrough (:meth:`JinaClient.forward`) alike. Batching and caching live in the embedder.
+
+Vectors are asked for as base64 (the float32 bytes themselves), except while the client is
+learning how the upstream writes float text (:meth:`JinaClient.learn_float_style`, for the
+proxy's float answers; see :mod:`~embedcache.upstream.floats`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ..errors import (
 )
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
+from .floats import FloatStyleLearner, classify_floats
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
@@ -121,6 +126,7 @@ class JinaClient:
         self._http_lock = threading.Lock()
         self._pool_owner: JinaClient | None = None
         self.limiter = limiter
+        self._floats = FloatStyleLearner()
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -163,7 +169,27 @@ class JinaClient:
         )
         child._pool_owner = self
         child._owns_http = False
+        child._floats = self._floats  # one upstream, one float style: learned by any of them
         return child
+
+    @property
+    def float_style(self) -> str | None:
+        """How the upstream writes ``float`` embeddings (``"float64"`` or ``"float32"``, see
+        :mod:`~embedcache.upstream.floats`), once learned; ``None`` until then."""
+        return self._floats.style
+
+    def learn_float_style(self, on_learned: Callable[[str], None] | None = None) -> None:
+        """Ask for ``float`` text instead of base64 until an answer shows how the upstream
+        writes floats, then go back to base64; passthrough answers with float embeddings
+        (:meth:`forward`) teach it too. Shared with the clients of :meth:`for_key`.
+
+        The vectors are the same float32 values either way (each value is checked to be
+        one as it is read), so what is stored under a key that says base64 is unchanged.
+
+        :param on_learned: called with the style, once, in the thread whose answer taught
+            it; it must not raise.
+        """
+        self._floats.start(on_learned)
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
         """Embed one batch, retrying transient failures.
@@ -177,11 +203,15 @@ class JinaClient:
         key = resolve_api_key(self._api_key)
         body = options.body_fields()
         body["input"] = list(texts)
+        floats = None
+        if self._floats.active and body["embedding_type"] == "base64":
+            floats = self._floats
+            body["embedding_type"] = "float"  # the same values, as text in the upstream's style
         estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
         parsed: list[UpstreamResult] = []
 
         def charge(response: httpx.Response) -> int:
-            parsed.append(_parse(response, len(texts)))
+            parsed.append(_parse(response, len(texts), floats))
             return parsed[0].total_tokens
 
         response, attempts = self._post(key, {"json": body}, estimate, charge)
@@ -209,6 +239,8 @@ class JinaClient:
         key = resolve_api_key(self._api_key)
         headers = {"Content-Type": "application/json"}
         response, _ = self._post(key, {"content": content, "headers": headers}, 0, _usage)
+        if self._floats.active and response.is_success:
+            _learn_from(response, self._floats)
         kind = response.headers.get("content-type", "application/json")
         return Forwarded(response.status_code, response.content, kind)
 
@@ -363,8 +395,39 @@ def _api_error(response: httpx.Response, key: str) -> APIError:
     return cls(message, status=status, code=code, detail=detail, request_id=request_id)
 
 
-def _parse(response: httpx.Response, expected: int) -> UpstreamResult:
-    """Decode a success response into rows ordered by ``index``; reject anything off."""
+def _learn_from(response: httpx.Response, floats: FloatStyleLearner) -> None:
+    """Learn the float style from a passthrough answer's float embeddings, if it has any
+    (lists of JSON floats, alone or as the ``float`` of several encodings); an answer that
+    does not tell, or whose floats are not float32 values, teaches nothing."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        return
+    data = payload.get("data") if isinstance(payload, dict) else None
+    rows: list[NDArray[np.float64]] = []
+    for item in data if isinstance(data, list) else ():
+        value = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(value, dict):
+            value = value.get("float")
+        # Only JSON floats: binary and ubinary embeddings are lists of integers.
+        if isinstance(value, list) and value and all(isinstance(x, float) for x in value):
+            rows.append(np.asarray(value, dtype=np.float64))
+    try:
+        style = classify_floats(rows)
+    except ResponseFormatError:
+        return
+    if style is not None:
+        floats.learned(style)
+
+
+def _parse(
+    response: httpx.Response, expected: int, floats: FloatStyleLearner | None = None
+) -> UpstreamResult:
+    """Decode a success response into rows ordered by ``index``; reject anything off.
+
+    With ``floats`` (float text was asked for, to learn from), list embeddings must be
+    float32 values; the style their text shows is passed to ``floats``.
+    """
     try:
         payload: Any = response.json()
     except ValueError:
@@ -377,12 +440,14 @@ def _parse(response: httpx.Response, expected: int) -> UpstreamResult:
         raise ResponseFormatError("response has no 'data' list")
     if len(data) != expected:
         raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
-    rows: list[NDArray[np.float32] | None] = [None] * expected
+    rows: list[NDArray[Any] | None] = [None] * expected
     for item in data:
         index = item.get("index") if isinstance(item, dict) else None
         if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
             raise ResponseFormatError(f"response indexes do not cover 0..{expected - 1} once each")
-        rows[index] = _decode_embedding(item.get("embedding"), index)
+        rows[index] = _decode_embedding(item.get("embedding"), index, floats is not None)
+    if floats is not None:
+        rows = _narrowed(rows, floats)
     dims = {len(row) for row in rows if row is not None}
     if len(dims) > 1:
         raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
@@ -395,7 +460,26 @@ def _parse(response: httpx.Response, expected: int) -> UpstreamResult:
     return UpstreamResult(vectors, tokens, request_id)
 
 
-def _decode_embedding(value: object, index: int) -> NDArray[np.float32]:
+def _narrowed(
+    rows: list[NDArray[Any] | None], floats: FloatStyleLearner
+) -> list[NDArray[Any] | None]:
+    """Float text read as float64 (``_decode_embedding(..., wide=True)``), checked to be
+    float32 values, then as float32; its style is taught to ``floats``."""
+    wide = [row for row in rows if row is not None and row.dtype == np.float64]
+    try:
+        style = classify_floats(wide)
+    except ResponseFormatError as exc:
+        floats.give_up(str(exc))
+        raise
+    if style is not None:
+        floats.learned(style)
+    with np.errstate(over="ignore"):  # nothing beyond float32's range among the checked
+        return [row.astype(np.float32, copy=False) if row is not None else None for row in rows]
+
+
+def _decode_embedding(value: object, index: int, wide: bool = False) -> NDArray[Any]:
+    """One embedding as float32; ``wide``: float text as float64, as a JSON parser read it
+    (to be checked by :func:`_narrowed`)."""
     if isinstance(value, str):
         try:
             raw = base64.b64decode(value, validate=True)
@@ -409,5 +493,5 @@ def _decode_embedding(value: object, index: int) -> NDArray[np.float32]:
     if isinstance(value, list) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
     ):
-        return np.asarray(value, dtype=np.float32)
+        return np.asarray(value, dtype=np.float64 if wide else np.float32)
     raise ResponseFormatError(f"embedding {index} is neither base64 nor a list of numbers")
