@@ -303,6 +303,14 @@ def test_a_command_cannot_redefine_a_global_option() -> None:
             """Not a command anyone can add."""
 
 
+def test_a_help_text_for_an_unknown_global_option_is_refused() -> None:
+    with pytest.raises(TypeError, match="global_help names no global option"):
+
+        @click.command(cls=Command, global_help={"cache_directory": "typo"})
+        def mistyped() -> None:
+            """Not a command anyone can add."""
+
+
 def test_the_group_refuses_a_command_that_ignores_the_global_options() -> None:
     with pytest.raises(TypeError, match=r"plain is not an embedcache\.cli\.options\.Command"):
         main.add_command(click.Command("plain"))

@@ -201,9 +201,11 @@ class Command(click.Command):
                         f"{self.name}: {'/'.join(param.opts)} is also a global option "
                         f"({option.opts[0]})"
                     )
+        help_texts = dict(global_help or {})
+        if set(help_texts) - set(GLOBAL_OPTION_NAMES):
+            raise TypeError(f"{self.name}: global_help names no global option: {help_texts}")
         for option in shared:
-            if global_help and option.name in global_help:
-                option.help = global_help[option.name]
+            option.help = help_texts.get(str(option.name), option.help)
         self.params += shared
 
     def invoke(self, ctx: click.Context) -> Any:
