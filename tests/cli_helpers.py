@@ -7,9 +7,9 @@ user-facing error look like.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from click.testing import CliRunner, Result
 
@@ -17,6 +17,18 @@ from embedcache.cli import main
 
 #: A fixture's bound CLI call (each module fixes the cache dir and upstream its own way).
 Invoke = Callable[..., Result]
+
+#: Where the global options go: before the command name, or right after it.
+Position = Literal["before", "after"]
+POSITIONS: tuple[Position, ...] = ("before", "after")
+
+
+def placed(position: Position, options: Sequence[str], *args: str) -> list[str]:
+    """``OPTIONS COMMAND REST`` or ``COMMAND OPTIONS REST``, where ``args`` is
+    ``COMMAND REST``."""
+    if position == "before" or not args:
+        return [*options, *args]
+    return [args[0], *options, *args[1:]]
 
 
 def invoke(

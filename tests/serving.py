@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,18 @@ class ProxyProcess:
     """One ``embedcache serve`` process; its stderr goes to a file so it never blocks.
 
     :param env: extra environment (a server key, a token), on top of a scrubbed copy.
+    :param argv: the command line after ``embedcache``, instead of the usual
+        ``--cache-dir DIR serve --port 0 --upstream URL ARGS`` (for tests of where options
+        go; it must still bind with ``--port 0``: the port is read from the banner).
     """
 
     def __init__(
-        self, upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None
+        self,
+        upstream: str,
+        cache_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
@@ -46,6 +55,8 @@ class ProxyProcess:
         # then runs against a server of several processes, as users get by default.
         workers = [] if "--workers" in args else ["--workers", "2"]
         command += ["serve", "--port", "0", "--upstream", upstream, *workers, *args]
+        if argv is not None:
+            command = [sys.executable, "-m", "embedcache", *argv]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=environ

@@ -124,7 +124,7 @@ def test_a_worker_that_never_fetched_writes_the_style_another_worker_learned(
 ) -> None:
     emulator.float_style = "float32"
     early = {"model": V3, "input": ["cached by the library"], "task": "retrieval.passage"}
-    make_ef().encode_documents(early["input"])  # the library learns no float style
+    make_ef().encode_documents(["cached by the library"])  # the library learns no float style
     filler, server = make_proxy(), make_proxy()  # two workers on one directory
     vector = emulator.expected_embedding("cached by the library", task="retrieval.passage")
     before_learning = server.embed(early).json()["data"][0]["embedding"]

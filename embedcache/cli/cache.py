@@ -15,6 +15,7 @@ import click
 from ..cache_keys import fingerprint, group_keys, text_keys
 from .options import (
     CliContext,
+    Command,
     build_filters,
     build_options,
     dollars,
@@ -33,7 +34,7 @@ from .options import (
 __all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"]
 
 
-@click.command()
+@click.command(cls=Command)
 @price_option
 @json_option
 @pass_cli
@@ -94,7 +95,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     )
 
 
-@click.command()
+@click.command(cls=Command)
 @filter_options
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
@@ -130,7 +131,7 @@ def ls(
         click.echo("no entries" + (" on this page" if offset else ""), err=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("text", required=False)
 @click.option("--key", "key_hex", help="Look up a key (32 hex digits) instead of a text.")
 @request_options
@@ -193,7 +194,7 @@ def inspect(
     click.echo(f"created  {format_time(record.created)}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("texts", nargs=-1, required=True)
 @request_options
 @click.option("--offline", is_flag=True, help="Fail on misses instead of fetching them.")
@@ -227,7 +228,7 @@ def get(
         echo_json({"text": text, "embedding": vector.tolist()}, compact=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--out",
     required=True,
@@ -259,7 +260,7 @@ def export(
         click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-@click.command()
+@click.command(cls=Command)
 @filter_options
 @click.option("--older-than", help="Only entries stored longer ago than this: 30d, 12h, 2w.")
 @click.option(
@@ -312,7 +313,7 @@ def prune(
         )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_cli
 def clear(cli: CliContext, yes: bool) -> None:
@@ -324,7 +325,7 @@ def clear(cli: CliContext, yes: bool) -> None:
     click.echo(f"removed {store.clear():,} entries")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--repair", is_flag=True, help="Remove the bad entries found (they refetch).")
 @json_option
 @pass_cli

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..config import DEFAULT_MODEL
-from .options import CliContext
+from .options import CliContext, Command, pass_cli
 
 __all__ = ["DEMO_API_KEY", "demo"]
 
@@ -31,15 +31,16 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
 
-@click.command()
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cache directory to use (default: the global --cache-dir, else a temporary one that "
-    "is removed afterwards).",
+@click.command(
+    cls=Command,
+    # The global option, with the demo's own default: a configured cache is left alone.
+    global_help={
+        "cache_dir": "Cache directory to use and keep (default: a temporary one, removed "
+        "afterwards; $EMBEDCACHE_DIR is not used)."
+    },
 )
-@click.pass_obj
-def demo(cli: CliContext, cache_dir: Path | None) -> None:
+@pass_cli
+def demo(cli: CliContext) -> None:
     """Show the cache at work, offline, against the bundled Jina API emulator.
 
     Embeds a few documents twice: the first pass goes to the emulator, the second is
@@ -54,7 +55,7 @@ def demo(cli: CliContext, cache_dir: Path | None) -> None:
         tempfile.TemporaryDirectory(prefix="embedcache-demo-") as tmp,
         JinaEmulator(api_key=DEMO_API_KEY) as emulator,
     ):
-        directory = cache_dir or cli.cache_dir or Path(tmp) / "cache"
+        directory = cli.cache_dir or Path(tmp) / "cache"
         click.echo(f"Jina API emulator at {emulator.url}; cache at {directory}")
         click.echo(f"{len(DEMO_DOCUMENTS)} documents, {len(set(DEMO_DOCUMENTS))} distinct\n")
 

@@ -1,17 +1,26 @@
-"""What the CLI commands share: the context object, common options, value parsers, output."""
+"""What the CLI commands share: the global options and the context they build, common
+options, value parsers, output.
+
+The global options (``--cache-dir``, ``--base-url``, the Redis and rate-limit options) are
+defined once, in :func:`global_options`, and taken both before the command name (by
+:class:`Group`) and after it (by every :class:`Command`). Given in both places, the one after
+the command name wins, option by option: the rule click already applies to an option given
+twice, and what lets a shell alias that fixes ``--cache-dir`` be overridden for one run.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ..config import (
     DEFAULT_MODEL,
@@ -20,8 +29,9 @@ from ..config import (
     DEFAULT_TASK,
     PRICE_ENV,
 )
+from ..errors import EmbedcacheError
 from ..models import RequestOptions, resolve_options
-from ..upstream.limiter import Limits
+from ..upstream.limiter import TIERS, Limits, resolve_limits
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
     from ..assembly import Assembly, CacheSettings
@@ -34,9 +44,89 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
 
 
+def _non_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value:
+        raise click.BadParameter("must not be empty", ctx=ctx, param=param)
+    return value
+
+
+def global_options() -> list[click.Option]:
+    """The global options, as new :class:`click.Option` objects (a parameter belongs to
+    one command, so the group and each command get their own).
+
+    None has a click ``envvar``: the library resolves each default from the environment
+    (``config``, ``resolve_limits``), so an option not given stays ``None`` here and the
+    variables mean what they mean to the library, whichever position the options take.
+    """
+    return [
+        click.Option(
+            ["--cache-dir"],
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Cache directory (default: $EMBEDCACHE_DIR or the user cache directory).",
+        ),
+        click.Option(
+            ["--base-url"],
+            metavar="URL",
+            help="Jina API root (default: $EMBEDCACHE_BASE_URL or api.jina.ai).",
+        ),
+        click.Option(
+            ["--redis-url"],
+            metavar="URL",
+            help="A Redis/Valkey cache shared with other machines, read after the local one "
+            "(default: $EMBEDCACHE_REDIS_URL; needs the redis extra).",
+        ),
+        click.Option(
+            ["--redis-prefix"],
+            metavar="PREFIX",
+            default=DEFAULT_REDIS_PREFIX,
+            show_default=True,
+            callback=_non_empty,
+            help="Key namespace in that Redis, so several teams can share one.",
+        ),
+        click.Option(
+            ["--redis-ttl"],
+            metavar="SECONDS",
+            type=click.IntRange(min=1),
+            help="Seconds each entry written to that Redis lives (default: until Redis evicts it).",
+        ),
+        click.Option(
+            ["--tier"],
+            type=click.Choice(sorted(TIERS)),
+            help="Pace requests to this Jina account tier's limits "
+            "(default: $EMBEDCACHE_TIER; none).",
+        ),
+        click.Option(
+            ["--rpm"],
+            type=click.IntRange(min=1),
+            help="Requests per minute to stay under ($EMBEDCACHE_RPM).",
+        ),
+        click.Option(
+            ["--tpm"],
+            type=click.IntRange(min=1),
+            help="Tokens per minute to stay under ($EMBEDCACHE_TPM).",
+        ),
+    ]
+
+
+GLOBAL_OPTION_NAMES: tuple[str, ...] = tuple(str(o.name) for o in global_options())
+_GIVEN_BEFORE = "embedcache.global_options_before_the_command"
+
+
+def _take_given(ctx: click.Context) -> dict[str, Any]:
+    """Remove the global options from ``ctx.params`` (no callback takes them) and return the
+    ones the user gave: a default must not override a value given in the other position."""
+    given: dict[str, Any] = {}
+    for name in GLOBAL_OPTION_NAMES:
+        value = ctx.params.pop(name, None)
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            given[name] = value
+    return given
+
+
 @dataclass
 class CliContext:
-    """Built by the ``embedcache`` group from its global options."""
+    """Built from the global options, before and after the command name (see
+    :meth:`from_options`); the commands receive it through :data:`pass_cli`."""
 
     cache_dir: Path | None
     base_url: str | None
@@ -44,6 +134,24 @@ class CliContext:
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_ttl: int | None = None
     limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_options(cls, given: Mapping[str, Any]) -> CliContext:
+        """The context of the global options in ``given`` (by parameter name; those absent
+        take their defaults). Raises :class:`~embedcache.errors.InvalidInputError` for
+        limits that do not resolve (an unknown ``$EMBEDCACHE_TIER``, say)."""
+        return cls(
+            cache_dir=given.get("cache_dir"),
+            base_url=given.get("base_url"),
+            redis_url=given.get("redis_url"),
+            redis_prefix=given.get("redis_prefix", DEFAULT_REDIS_PREFIX),
+            redis_ttl=given.get("redis_ttl"),
+            # Resolved from the merged values, so `--tier free stats --rpm 10` is the free
+            # tier's limits with 10 requests a minute, as if both were given in one place.
+            limits=resolve_limits(
+                tier=given.get("tier"), rpm=given.get("rpm"), tpm=given.get("tpm")
+            ),
+        )
 
     def settings(self, **overrides: Any) -> CacheSettings:
         """The global options as :class:`~embedcache.assembly.CacheSettings`, with the
@@ -71,6 +179,88 @@ class CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+class Command(click.Command):
+    """A command that also takes every global option after its name, and receives the
+    :class:`CliContext` of them all: given in both places, the value after the name wins.
+
+    :param global_help: help texts to show instead of the usual ones, by parameter name, for
+        a command that gives a global option another default (``demo``'s ``--cache-dir``).
+    """
+
+    def __init__(
+        self, *args: Any, global_help: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        shared = global_options()
+        for param in self.params:  # one meaning per flag: no command redefines a global one
+            for option in shared:
+                if option.name == param.name or set(option.opts) & set(param.opts):
+                    raise TypeError(
+                        f"{self.name}: {'/'.join(param.opts)} is also a global option "
+                        f"({option.opts[0]})"
+                    )
+        help_texts = dict(global_help or {})
+        if set(help_texts) - set(GLOBAL_OPTION_NAMES):
+            raise TypeError(f"{self.name}: global_help names no global option: {help_texts}")
+        for option in shared:
+            option.help = help_texts.get(str(option.name), option.help)
+        self.params += shared
+
+    def invoke(self, ctx: click.Context) -> Any:
+        given = {**ctx.meta.get(_GIVEN_BEFORE, {}), **_take_given(ctx)}
+        try:
+            ctx.obj = CliContext.from_options(given)
+        except EmbedcacheError as exc:  # a bad tier or limit is bad usage, as at parse time
+            raise click.UsageError(str(exc), ctx) from None
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_options(self, ctx, formatter)
+
+
+class Group(click.Group):
+    """A group that takes the global options before the command name and hands the ones
+    given to its :class:`Command` (its own callback does not receive them)."""
+
+    command_class = Command
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params += global_options()
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Add ``cmd``, which must be a :class:`Command`: any other would silently ignore the
+        global options given before its name."""
+        if not isinstance(cmd, Command):
+            raise TypeError(f"{cmd.name} is not an embedcache.cli.options.Command")
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta[_GIVEN_BEFORE] = _take_given(ctx)  # meta is shared with the command's context
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_options(self, ctx, formatter)
+
+
+def _format_options(
+    command: click.Command, ctx: click.Context, formatter: click.HelpFormatter
+) -> None:
+    """``--help``'s list of options: the command's own, then the global ones under a heading
+    of their own (the same list in the group's help and in every command's)."""
+    own: list[tuple[str, str]] = []
+    shared: list[tuple[str, str]] = []
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is not None and isinstance(param, click.Option):
+            (shared if param.name in GLOBAL_OPTION_NAMES else own).append(record)
+    if own:
+        with formatter.section("Options"):
+            formatter.write_dl(own)
+    with formatter.section("Global options (before or after the command name)"):
+        formatter.write_dl(shared)
 
 
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:

@@ -14,6 +14,7 @@ from ..config import DEFAULT_MAX_CONCURRENCY
 from ..upstream.limiter import Limits
 from .options import (
     CliContext,
+    Command,
     build_options,
     dollars,
     echo_json,
@@ -113,7 +114,7 @@ def _total(reports: Sequence[WarmReport]) -> dict[str, int]:
     return {name: sum(getattr(r, name) for r in reports) for name in keys}
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True)
 )

@@ -16,7 +16,7 @@ from ..config import (
     resolve_offline,
 )
 from ..extras import requires
-from .options import CliContext, parse_size, pass_cli
+from .options import CliContext, Command, parse_size, pass_cli
 
 __all__ = ["serve"]
 
@@ -41,7 +41,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--port",

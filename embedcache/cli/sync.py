@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import REDIS_URL_ENV
-from .options import CliContext, echo_json, json_option, pass_cli
+from .options import CliContext, Command, echo_json, json_option, pass_cli
 
 if TYPE_CHECKING:
     from ..assembly import Assembly
@@ -27,8 +27,7 @@ def require_shared(parts: Assembly, command: str) -> RedisStore:
     shared = parts.shared
     if shared is None:
         raise click.UsageError(
-            f"{command} needs a shared cache: pass --redis-url URL before the command, "
-            f"or set {REDIS_URL_ENV}"
+            f"{command} needs a shared cache: pass --redis-url URL or set {REDIS_URL_ENV}"
         )
     return shared
 
@@ -64,7 +63,7 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--pull", is_flag=True, help="Copy Redis entries down to the local cache instead.")
 @click.option("--dry-run", is_flag=True, help="Count what would be copied; copy nothing.")
 @json_option
