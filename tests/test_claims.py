@@ -197,6 +197,29 @@ def test_two_threads_wait_on_one_fetch_of_another_process(
         assert got.vectors.tobytes() == expected(emulator, TEXTS[:3]).tobytes()
 
 
+def test_a_fetch_stored_between_looking_and_claiming_is_not_paid_again(
+    emulator: JinaEmulator, cache_dir: Path, client: JinaClient
+) -> None:
+    # Another user of the directory (a second store, as another process would be) fetches,
+    # commits and releases in the gap between this call's look-up and its claim.
+    with Store(cache_dir) as store, Store(cache_dir) as elsewhere:
+        embedder = CachedEmbedder(store, client)
+        inflight = embedder._inflight
+        assert inflight is not None
+        real_claim = inflight.claim
+
+        def claim_after_another_fetch(keys: list[bytes]) -> object:
+            CachedEmbedder(elsewhere, client).embed(TEXTS[:3], OPTIONS)
+            return real_claim(keys)
+
+        inflight.claim = claim_after_another_fetch  # type: ignore[assignment,method-assign]
+        got = embedder.embed_detailed(TEXTS[:3], OPTIONS)
+    assert got is not None
+    assert len(emulator.requests) == 1  # the other's: this call found them under its claim
+    assert (got.stats.misses, got.stats.hits, got.stats.requests) == (0, 3, 0)
+    assert got.vectors.tobytes() == expected(emulator, TEXTS[:3]).tobytes()
+
+
 def test_without_coalescing_no_claims_are_taken_or_waited_for(
     emulator: JinaEmulator,
     cache_dir: Path,

@@ -363,7 +363,7 @@ class CachedEmbedder:
         waiting: list[_Waiting] = []
         claims: list[Claim] = []
         plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = self._claimed(self._still_missing(plan, call), claims, waiting, call.options)
+        batches = self._claimed(plan, claims, waiting, call)
 
         def send(queued: tuple[list[Miss], Claim | None]) -> UpstreamResult:
             batch = queued[0]
@@ -388,30 +388,25 @@ class CachedEmbedder:
                 claim.release()  # a failed or abandoned batch must not hold up waiters
         return waiting
 
-    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
-        """Just before each batch is sent, drop what another process has committed since
-        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
-        for batch in batches:
-            batch = self._take_stored(batch, call, "hits")
-            if batch:
-                yield batch
-
     def _claimed(
         self,
         batches: Iterator[list[Miss]],
         claims: list[Claim],
         waiting: list[_Waiting],
-        options: RequestOptions,
+        call: _Call,
     ) -> Iterator[tuple[list[Miss], Claim | None]]:
-        """Claim each batch's entries just before it is sent; set aside those another call
-        or process is already fetching."""
+        """Just before each batch is sent, claim its entries, set aside those another call
+        or process is already fetching, and drop what has been stored since this call
+        looked (so concurrent prewarms of overlapping corpora do not pay twice)."""
         for batch in batches:
             if self._inflight is None:
-                yield batch, None
+                batch = self._take_stored(batch, call, "hits")
+                if batch:
+                    yield batch, None
                 continue
             claim, owned, elsewhere = self._inflight.claim([miss.key for miss in batch])
             claims.append(claim)
-            if len(owned) < len(batch) and options.late_chunking:
+            if len(owned) < len(batch) and call.options.late_chunking:
                 # Never send part of a late-chunking group; wait for whoever holds the rest.
                 claim.release()
                 owned = []
@@ -419,8 +414,16 @@ class CachedEmbedder:
                 mine = set(owned)
                 waiting.append((elsewhere, [m for i, m in enumerate(batch) if i not in mine]))
                 batch = [batch[i] for i in owned]
-            if batch:
-                yield batch, claim
+            # Looked at only now, under the claim: anything stored before it was taken is
+            # found, and no other claiming caller fetches these entries while it is held.
+            # (Looking first would leave a gap in which another process commits and
+            # releases, and this call then claims and pays again.)
+            batch = self._take_stored(batch, call, "hits")
+            if not batch:
+                claim.release()
+                continue
+            # Entries found stored stay claimed with the rest until the batch is committed.
+            yield batch, claim
 
     def _take_stored(
         self, misses: list[Miss], call: _Call, counted_as: Literal["hits", "coalesced"]
