@@ -13,8 +13,9 @@ takes the keys no thread holds from the directory's
 waited for the same way. Claims exist only for batches in flight, so memory stays bounded
 by ``concurrency x batch size`` whatever the size of the corpus.
 
-A caller must not wait while holding claims of its own: :class:`CachedEmbedder` releases
-every claim of a call before :meth:`Inflight.wait`, so waits never form a cycle.
+A caller must not wait while holding claims of its own:
+:class:`~embedcache.embedding.embedder.CachedEmbedder` releases every claim of a call
+before :meth:`Inflight.wait`, so waits never form a cycle.
 """
 
 from __future__ import annotations
