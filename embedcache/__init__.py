@@ -23,6 +23,8 @@ _LAZY = {
     "Assembly": "assembly",
     "CacheSettings": "assembly",
     "CachedEmbedder": "embedding.embedder",
+    "Claimed": "storage.claims",
+    "Claims": "storage.claims",
     "Embedded": "embedding.embedder",
     "WarmReport": "embedding.embedder",
     "Stats": "embedding.embedder",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from .embedding.embedder import CachedEmbedder, Embedded, Stats, WarmReport
     from .integrations.milvus import JinaEmbeddingFunction
     from .models import ModelSpec, RequestOptions, resolve_options
+    from .storage.claims import Claimed, Claims
     from .storage.shared import RedisStore, Usage, open_shared
     from .storage.store import Found, Record, Store
     from .upstream.jina import Forwarded, JinaClient
@@ -78,6 +81,8 @@ __all__ = [
     "Assembly",
     "CacheSettings",
     "CachedEmbedder",
+    "Claimed",
+    "Claims",
     "Clock",
     "Embedded",
     "Fingerprint",

@@ -12,7 +12,7 @@ import pytest
 from numpy.typing import NDArray
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store, UpstreamResult
-from embedcache.embedding.coalescing import Inflight
+from embedcache.embedding.coalescing import Elsewhere, Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
 from embedcache.testing import JinaEmulator
@@ -138,14 +138,14 @@ def test_coalescing_can_be_turned_off(store: Store, client: JinaClient) -> None:
 def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
     inflight = Inflight()
     claim, owned, held = inflight.claim([b"a", b"b"])
-    assert (owned, held, len(inflight)) == ([0, 1], [], 2)
+    assert (owned, held, len(inflight)) == ([0, 1], Elsewhere(), 2)
     other, owned2, held2 = inflight.claim([b"b", b"c"])
     assert owned2 == [1]
-    assert len(held2) == 1
-    assert not held2[0].is_set()
+    assert (len(held2.events), held2.fetches) == (1, [])
+    assert not held2.events[0].is_set()
     claim.release()
     claim.release()  # idempotent
-    assert held2[0].is_set()
+    assert held2.events[0].is_set()
     assert len(inflight) == 1  # only "c", still held by the second claim
     other.release()
     assert len(inflight) == 0

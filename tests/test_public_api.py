@@ -14,6 +14,8 @@ def test_public_surface_is_pinned() -> None:
         "CacheMissError",
         "CacheSettings",
         "CachedEmbedder",
+        "Claimed",
+        "Claims",
         "Clock",
         "EmbedcacheError",
         "Embedded",

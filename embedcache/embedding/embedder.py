@@ -11,7 +11,6 @@ it, and tests drive it with faulty upstreams. Sending is the
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -29,7 +28,7 @@ from ..storage.tiers import Tiers
 from ..tokens import estimate_tokens
 from ..upstream.protocol import Upstream, UpstreamResult
 from .batches import Miss, check_lengths, plan_batches, validated
-from .coalescing import Claim, Inflight
+from .coalescing import Claim, Elsewhere, Inflight
 from .counters import Counters, Stats
 from .scheduler import BatchScheduler
 
@@ -86,8 +85,8 @@ class _Rows:
         self.tokens[slots] = tokens
 
 
-#: Misses left to other calls' fetches, with the events that end those fetches.
-_Waiting = tuple[list[threading.Event], list[Miss]]
+#: Misses left to other calls' fetches, with what ends those fetches.
+_Waiting = tuple[Elsewhere, list[Miss]]
 
 
 @dataclass
@@ -123,7 +122,9 @@ class CachedEmbedder:
     """Serve embeddings from the cache, fetching misses from ``upstream``.
 
     Safe to share between threads: concurrent calls that miss the same entries send one
-    request for them (see :mod:`embedcache.embedding.coalescing`) unless ``coalesce`` is off.
+    request for them, whether they are threads of this process or other processes using the
+    same cache directory (see :mod:`embedcache.embedding.coalescing`), unless ``coalesce``
+    is off.
 
     :param store: the local disk cache.
     :param upstream: embeds one batch per call; only misses reach it. A call may pass its
@@ -133,7 +134,8 @@ class CachedEmbedder:
     :param max_batch_tokens: most estimated tokens per request.
     :param max_concurrency: most upstream requests in flight at once, shared by all calls
         (concurrent calls queue for the same worker threads).
-    :param coalesce: let concurrent calls wait for each other's fetches of the same entries.
+    :param coalesce: let concurrent calls, in this process and others, wait for each other's
+        fetches of the same entries; off, no claims are taken at all.
     :param memory_bytes: keep up to this many bytes of recently read vectors in memory, so
         repeated small requests skip the store (see :mod:`embedcache.storage.memory`); 0: none.
     :param shared: a Redis tier shared with other machines, read after the local store and
@@ -161,7 +163,7 @@ class CachedEmbedder:
         self.max_batch_tokens = max_batch_tokens
         self._scheduler: BatchScheduler[tuple[list[Miss], Claim | None], UpstreamResult]
         self._scheduler = BatchScheduler(max_concurrency)
-        self._inflight = Inflight() if coalesce else None
+        self._inflight = Inflight(store.claims) if coalesce else None
         self._tiers = Tiers(store, shared, memory_bytes)
         self._counters = Counters()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
@@ -359,7 +361,8 @@ class CachedEmbedder:
                 if not waiting:
                     break
                 assert self._inflight is not None  # only claims leave misses to others
-                self._inflight.wait([event for events, _ in waiting for event in events])
+                # _fetch has released this call's claims: it never waits holding one.
+                self._inflight.wait([held for held, _ in waiting])
                 # Whatever the other calls' fetches did not store, this call fetches itself.
                 left = [miss for _, group in waiting for miss in group]
                 misses = self._take_stored(left, call, "coalesced")
@@ -369,12 +372,12 @@ class CachedEmbedder:
     def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
         """Send ``misses`` in batches, committing each as it arrives.
 
-        :returns: the misses left to others' in-flight fetches, with their claims' events.
+        :returns: the misses left to others' in-flight fetches, with what ends those.
         """
         waiting: list[_Waiting] = []
         claims: list[Claim] = []
         plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = self._claimed(self._still_missing(plan, call), claims, waiting, call.options)
+        batches = self._claimed(plan, claims, waiting, call)
 
         def send(queued: tuple[list[Miss], Claim | None]) -> UpstreamResult:
             batch = queued[0]
@@ -399,39 +402,42 @@ class CachedEmbedder:
                 claim.release()  # a failed or abandoned batch must not hold up waiters
         return waiting
 
-    def _still_missing(self, batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
-        """Just before each batch is sent, drop what another process has committed since
-        this call looked: concurrent prewarms of overlapping corpora then rarely pay twice."""
-        for batch in batches:
-            batch = self._take_stored(batch, call, "hits")
-            if batch:
-                yield batch
-
     def _claimed(
         self,
         batches: Iterator[list[Miss]],
         claims: list[Claim],
         waiting: list[_Waiting],
-        options: RequestOptions,
+        call: _Call,
     ) -> Iterator[tuple[list[Miss], Claim | None]]:
-        """Claim each batch's entries just before it is sent; set aside those another call
-        is already fetching."""
+        """Just before each batch is sent, claim its entries, set aside those another call
+        or process is already fetching, and drop what has been stored since this call
+        looked (so concurrent prewarms of overlapping corpora do not pay twice)."""
         for batch in batches:
             if self._inflight is None:
-                yield batch, None
+                batch = self._take_stored(batch, call, "hits")
+                if batch:
+                    yield batch, None
                 continue
-            claim, owned, events = self._inflight.claim([miss.key for miss in batch])
+            claim, owned, elsewhere = self._inflight.claim([miss.key for miss in batch])
             claims.append(claim)
-            if len(owned) < len(batch) and options.late_chunking:
+            if len(owned) < len(batch) and call.options.late_chunking:
                 # Never send part of a late-chunking group; wait for whoever holds the rest.
                 claim.release()
                 owned = []
             if len(owned) < len(batch):
                 mine = set(owned)
-                waiting.append((events, [m for i, m in enumerate(batch) if i not in mine]))
+                waiting.append((elsewhere, [m for i, m in enumerate(batch) if i not in mine]))
                 batch = [batch[i] for i in owned]
-            if batch:
-                yield batch, claim
+            # Looked at only now, under the claim: anything stored before it was taken is
+            # found, and no other claiming caller fetches these entries while it is held.
+            # (Looking first would leave a gap in which another process commits and
+            # releases, and this call then claims and pays again.)
+            batch = self._take_stored(batch, call, "hits")
+            if not batch:
+                claim.release()
+                continue
+            # Entries found stored stay claimed with the rest until the batch is committed.
+            yield batch, claim
 
     def _take_stored(
         self, misses: list[Miss], call: _Call, counted_as: Literal["hits", "coalesced"]

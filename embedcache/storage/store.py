@@ -8,6 +8,8 @@ A cache directory holds::
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
     meta/               a diskcache with the small values: request settings, counters and
                         named settings (:meth:`Store.setting`)
+    claims.db           SQLite (WAL): the keys being fetched right now, by any process
+    claims.lock         empty; a byte locked by each batch in flight (``fcntl.lockf``)
 
 Why not one diskcache entry per vector: a warm read is then one SQL statement per text, 10-15x
 the floor of hashing and copying (shared/docs/perf-baseline.md). Here a read is one
@@ -21,7 +23,10 @@ of its bytes, verified on every read: a damaged vector reads as missing and is r
 
 Writers append to segment files while holding SQLite's write lock and commit the index rows
 after the bytes are written, so readers only ever follow rows that are complete, and several
-processes can share a directory. Nothing is rewritten in place: deleting leaves dead rows,
+processes can share a directory. The claims files, created by the first fetch, let those
+processes send at most one request per entry at a time (:mod:`~embedcache.storage.claims`:
+a claim counts only while its process lives, so a crash leaves none behind; reading or
+writing vectors never touches them). Nothing is rewritten in place: deleting leaves dead rows,
 which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
@@ -30,7 +35,8 @@ as ``embedcache prune --max-size`` does.
 :class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
 :mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
-(the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions).
+(the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions);
+:attr:`Store.claims` hands out the directory's :mod:`~embedcache.storage.claims`.
 Inside it, the shared tier reuses the vector checksum of :mod:`~embedcache.storage.rows`, so
 a vector checks the same in Redis as on disk.
 """
@@ -55,6 +61,7 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
+from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
 from .formats import join_key, signed, split_keys, unsigned, vector_checksum
 from .index import Index, entry_bytes
@@ -168,7 +175,10 @@ class Store:
         #: A directory we cannot write to (a read-only mount, a shared team cache) still
         #: serves its hits; storing, deleting and counting are refused or skipped.
         self.read_only = not os.access(self.directory, os.W_OK)
+        self._claims: Claims | None = None
         try:
+            if not self.read_only:  # a cache that cannot store cannot fetch: nothing to claim
+                self._claims = claims_for(self.directory)
             self._segments = Segments(self.directory / "segments")
             self._index = Index(self.directory, self._lock, self._errors, self.read_only)
             # diskcache writes when it opens, so a read-only cache goes without its metadata.
@@ -206,6 +216,16 @@ class Store:
             self._index.close()
             if self._meta is not None:
                 self._meta.close()
+            if self._claims is not None:
+                self._claims.detach()
+                self._claims = None
+
+    @property
+    def claims(self) -> Claims | None:
+        """The claims of fetches in flight, seen by every process using this directory (see
+        :mod:`embedcache.storage.claims`); ``None`` for a read-only cache, which cannot
+        fetch, where POSIX locks are missing, and once the store is closed."""
+        return self._claims
 
     @property
     def size_limit(self) -> int | None:
