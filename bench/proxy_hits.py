@@ -103,12 +103,29 @@ class HealthAt(Server):
         raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text(errors='replace')}")
 
 
-def start_proxy(root: Path, emulator: Emulator, name: str, *flags: str) -> Server:
+def start_proxy(
+    root: Path, emulator: Emulator, name: str, *flags: str, source: Path | None = None
+) -> Server:
+    """``embedcache serve`` on its own cache; ``source``: the package of another checkout."""
     port = free_port()
-    command = [sys.executable, "-m", "embedcache", "--cache-dir", str(root / "cache"), "serve"]
+    cache = root / f"cache-{name.replace(' ', '_')}"
+    command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache), "serve"]
     command += ["--port", str(port), "--upstream", emulator.url, *flags]
     env = {**os.environ, "JINAAI_API_KEY": KEY}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     return Server(name, command, port, root / f"{name.replace(' ', '_')}.log", env=env)
+
+
+def checkout(root: Path, rev: str) -> Path:
+    """A work tree of this repository at ``rev`` (the proxy as it was, for comparison)."""
+    tree = root / f"baseline-{rev}"
+    subprocess.run(
+        ["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(tree), rev],
+        check=True,
+        capture_output=True,
+    )
+    return tree
 
 
 def prewarm(server: Server, bodies: Sequence[bytes], counts: Sequence[int]) -> None:
@@ -129,7 +146,7 @@ def measure(server: Server, script: Path, seconds: int, case: str) -> Row:
     return Row(server.name, case, result.rps, result.p50_ms, result.p99_ms, result.bad)
 
 
-def run(root: Path, seconds: int) -> tuple[list[Row], dict[str, float]]:
+def run(root: Path, seconds: int, baseline: str | None) -> tuple[list[Row], dict[str, float]]:
     texts = make_workload(1, 6400, 0, 1.0, 7).hot_texts
     one = [body_of([texts[i]]) for i in range(100)]
     many = [body_of(texts[i * 64 : (i + 1) * 64]) for i in range(100)]
@@ -144,10 +161,17 @@ def run(root: Path, seconds: int) -> tuple[list[Row], dict[str, float]]:
         servers: list[Server] = [
             start_proxy(root, emulator, "embedcache serve"),
             start_proxy(root, emulator, "embedcache serve --workers 1", "--workers", "1"),
+        ]
+        if baseline is not None:
+            tree = checkout(root, baseline)
+            servers.append(
+                start_proxy(root, emulator, f"embedcache serve at {baseline}", source=tree)
+            )
+        servers += [
             HealthAt("Go peer", command, port, root / "go.log", "/healthz"),
             start_floor(root),
         ]
-        servers[3].name = "floor: Starlette + uvicorn, precomputed answer"
+        servers[-1].name = "floor: Starlette + uvicorn, precomputed answer"
         floor_port = free_port()
         servers.append(
             Server(
@@ -200,6 +224,14 @@ def report(command: str, rows: list[Row], memory: dict[str, float], load: float)
                 f"{row.p50_ms:.2f} ms | {row.p99_ms:.2f} ms | {row.bad} |"
             )
         out.append("")
+    for row in rows:
+        if row.server.startswith("embedcache serve at "):
+            now = by[("embedcache serve", row.case)]
+            out.append(
+                f"- {row.case}: embedcache serve now {now.rps / row.rps:.2f}x the requests/s "
+                f"of `{row.server}` (p99 {now.p99_ms:.2f} ms against {row.p99_ms:.2f} ms)."
+            )
+    out.append("")
     serve = by[("embedcache serve", "one text")]
     go = by[("Go peer", "one text")]
     met = serve.rps >= TARGET_RATIO * go.rps and serve.p99_ms <= TARGET_P99_MS
@@ -281,13 +313,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="2 s per server, no RESULTS.md")
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per server and case")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure embedcache serve as it was at this git revision (e.g. before a change)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk): nothing to measure with")
     seconds = 2 if args.quick else args.seconds
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="embedcache-proxy-hits-") as tmp:
-        rows, memory = run(Path(tmp), seconds)
+        try:
+            rows, memory = run(Path(tmp), seconds, args.baseline)
+        finally:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
     command = "python bench/proxy_hits.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(command.strip(), rows, memory, load)
     print(text)
