@@ -93,6 +93,11 @@ class Access:
         """Whether client keys are checked (allowlist or verify), not merely forwarded."""
         return bool(self._allowed) or self._verify is not None
 
+    @property
+    def open(self) -> bool:
+        """Whether every request is served, whatever it sends (no token, no key checks)."""
+        return self._token is None and not self.checks_keys
+
     def decide(self, bearer: str, *, verify: bool = True) -> Decision | None:
         """The decision for a request whose ``Authorization: Bearer`` value is ``bearer``
         (empty when absent). With ``verify`` it may call the upstream (run it off the event

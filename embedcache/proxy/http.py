@@ -137,7 +137,8 @@ class HttpConnection(asyncio.Protocol):
         self._connections = connections
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._request: Request | None = None  # being read
+        self._request = Request()  # being read, when ``_reading``
+        self._reading = False
         self._queue: deque[Request] = deque()  # read, waiting for the ones before them
         self._busy = False  # a task is answering the queue
         self._paused = False
@@ -178,45 +179,51 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._request = Request()
+        self._reading = True
 
     def on_url(self, url: bytes) -> None:
-        request = self._current()
+        request = self._request
         request.target += url
-        self._count(request, len(url))
+        request.header_bytes += len(url)
+        if request.header_bytes > MAX_HEADER_BYTES:
+            raise _TooLarge(431, b"request headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        request = self._current()
-        name = name.lower()
+        # Kept short (it runs per header): the names are looked at once they are all in.
+        request = self._request
         request.headers.append((name, value))
         request.header_bytes += len(name) + len(value)
         if request.header_bytes > MAX_HEADER_BYTES:
             raise _TooLarge(431, b"request headers too large")
         if len(request.headers) > MAX_HEADERS:
             raise _TooLarge(431, b"too many request headers")
-        if name == b"authorization":
-            request.authorization = value
-        elif name == b"content-length" and value.isdigit() and int(value) > self._handlers.max_body:
-            raise _TooLarge(413, b"request body too large")
-        elif name == b"expect" and value.lower() == b"100-continue":
-            request.expects_continue = True
 
     def on_headers_complete(self) -> None:
-        request = self._current()
+        request = self._request
+        request.headers = headers = [(name.lower(), value) for name, value in request.headers]
+        for name, value in headers:
+            if name == b"authorization":
+                request.authorization = value
+            elif name == b"content-length":
+                if value.isdigit() and int(value) > self._handlers.max_body:
+                    raise _TooLarge(413, b"request body too large")
+            elif name == b"expect" and value.lower() == b"100-continue":
+                request.expects_continue = True
         request.method = self._parser.get_method()
         request.keep_alive = bool(self._parser.should_keep_alive()) and not self._closing
         if request.expects_continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        request = self._current()
+        request = self._request
         request.chunks.append(body)
         request.body_size += len(body)
         if request.body_size > self._handlers.max_body:
             raise _TooLarge(413, b"request body too large")
 
     def on_message_complete(self) -> None:
-        request = self._current()
-        self._request = None
+        request = self._request
+        self._reading = False
         chunks = request.chunks
         request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request.chunks = []
@@ -238,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """Nothing is being read, queued or answered on this connection."""
-        return self._request is None and not self._queue and not self._busy
+        return not self._reading and not self._queue and not self._busy
 
     def shut_down(self) -> None:
         """Answer what has been read, then close (the server is stopping)."""
@@ -246,18 +253,9 @@ class HttpConnection(asyncio.Protocol):
         if self.idle and self._transport is not None:
             self._transport.close()
 
-    def _current(self) -> Request:
-        if self._request is None:  # pragma: no cover - httptools calls begin first
-            self._request = Request()
-        return self._request
-
-    @staticmethod
-    def _count(request: Request, size: int) -> None:
-        request.header_bytes += size
-        if request.header_bytes > MAX_HEADER_BYTES:
-            raise _TooLarge(431, b"request headers too large")
-
-    def _try_fast(self, request: Request) -> bytes | None:
+    def _try_fast(self, request: Request) -> list[bytes] | None:
+        """The whole response from :attr:`Handlers.fast`, as pieces written without joining
+        (the body is most of it), or ``None``."""
         try:
             answer = self._handlers.fast(request)
         except Exception:
@@ -266,16 +264,19 @@ class HttpConnection(asyncio.Protocol):
         if answer is None:
             return None
         body, headers = answer
-        head = _OK_HEAD + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        head = [_OK_HEAD]
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
         if not request.keep_alive:
-            head += b"connection: close\r\n"
-        return head + b"content-length: %d\r\n\r\n" % len(body) + body
+            head.append(b"connection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        return [b"".join(head), body]
 
     async def _answer_queue(self) -> None:
         try:
             while self._queue and self._transport is not None:
                 request = self._queue.popleft()
-                answer = self._try_fast(request) or await self._call_app(request)
+                answer = self._try_fast(request) or [await self._call_app(request)]
                 self._write(answer, request.keep_alive)
                 if not request.keep_alive:
                     return
@@ -335,11 +336,11 @@ class HttpConnection(asyncio.Protocol):
             )
         return response_bytes(status, headers, b"".join(chunks), keep_alive=request.keep_alive)
 
-    def _write(self, answer: bytes, keep_alive: bool) -> None:
+    def _write(self, answer: list[bytes], keep_alive: bool) -> None:
         transport = self._transport
         if transport is None:
             return  # the client has gone; the work is done (and committed) all the same
-        transport.write(answer)
+        transport.writelines(answer)
         if not keep_alive:
             transport.close()
 

