@@ -68,9 +68,9 @@ _JSON = "application/json"
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
-# size (so at most 4 MiB); parsing is a pure function of the bytes, so a remembered body
+# size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
 # reads exactly as it would again.
-_KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 2048
+_KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 8192
 _PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Small all-hit requests are answered on the event loop (a thread hop would cost more than
 # the work); larger ones are read and written in a worker, so one big answer never stalls
