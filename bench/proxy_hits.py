@@ -112,9 +112,13 @@ def start_proxy(
     command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache), "serve"]
     command += ["--port", str(port), "--upstream", emulator.url, *flags]
     env = {**os.environ, "JINAAI_API_KEY": KEY}
+    where: dict[str, str] = {}
     if source is not None:
+        # `python -m` puts the working directory first on the path: run from the checkout.
         env["PYTHONPATH"] = str(source)
-    return Server(name, command, port, root / f"{name.replace(' ', '_')}.log", env=env)
+        where["cwd"] = str(source)
+    log = root / f"{name.replace(' ', '_')}.log"
+    return Server(name, command, port, log, env=env, **where)
 
 
 def checkout(root: Path, rev: str) -> Path:
@@ -189,6 +193,11 @@ def run(root: Path, seconds: int, baseline: str | None) -> tuple[list[Row], dict
                     prewarm(server, one + many, [1] * len(one) + [64] * len(many))
                 for case, script in scripts.items():
                     rows.append(measure(server, script, seconds, case))
+                if server.name.startswith("embedcache serve at "):
+                    # The banner says which code ran: a comparison with itself proves nothing.
+                    banner = server.log.read_text(errors="replace")
+                    if "embedcache_workers" in fetch(server.port, "/metrics").body.decode():
+                        raise RuntimeError(f"the baseline runs today's code:\n{banner}")
                 if server.name == "embedcache serve":
                     samples = metrics(server.port)
                     for name, value in samples.items():
