@@ -48,6 +48,7 @@ from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers, variant
 from .wire import (
     EmbeddingsRequest,
+    dialect_of,
     error_status,
     parse_request,
     render_body,
@@ -321,18 +322,23 @@ class Proxy:
         return response
 
     async def _answer(self, request: Request) -> tuple[Response, str]:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _json(422, render_error("the request body is not valid JSON")), "error"
+        dialect = dialect_of(body)  # errors are answered in the client's own shape
         bearer = _bearer(request)
         decision = self.access.decide(bearer, verify=False)
         if decision is None:  # an unknown key: ask the upstream, off the event loop
             decision = await self._in_thread(partial(self.access.decide, bearer))
         assert decision is not None
         if decision.status:
-            return _json(decision.status, render_error(decision.detail)), "error"
-        key = decision.key
-        raw = await request.body()
+            refusal = render_error(decision.detail, dialect, decision.status)
+            return _json(decision.status, refusal), "error"
         try:
-            parsed = parse_request(orjson.loads(raw))
-            upstream = self._upstreams.get(key)
+            parsed = parse_request(body)
+            upstream = self._upstreams.get(decision.key)
             if parsed is None:
                 sent = await self._in_thread(partial(upstream.forward, raw))
                 headers = {CACHED_HEADER: "0"}
@@ -344,13 +350,11 @@ class Proxy:
                 answer = self._embed(parsed, upstream, cached_only=True)
             if answer is None:
                 answer = await self._in_thread(partial(self._embed, parsed, upstream))
-        except orjson.JSONDecodeError:
-            return _json(422, render_error("the request body is not valid JSON")), "error"
         except EmbedcacheError as exc:
             status = error_status(exc)
             if status >= 500:
                 log.warning("embedcache proxy: %s: %s", type(exc).__name__, exc)
-            return _json(status, render_error(exc)), "error"
+            return _json(status, render_error(exc, dialect, status)), "error"
         assert answer is not None  # a fill either returns vectors or raises
         body, cached, outcome = answer
         return _json(200, body, {CACHED_HEADER: str(cached)}), outcome

@@ -23,7 +23,7 @@ import orjson
 from numpy.typing import NDArray
 
 from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
-from ..models import RequestOptions, resolve_options
+from ..models import RequestOptions, resolve_options, spec_for
 from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_FLOAT_STYLE",
     "FLOAT_STYLES",
     "EmbeddingsRequest",
+    "dialect_of",
     "error_status",
     "parse_request",
     "render_body",
@@ -44,6 +45,9 @@ CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
 _KNOWN_FIELDS = frozenset(
     {"model", "input", "task", "dimensions", "normalized", "late_chunking", "truncate"}
     | {"embedding_type", "encoding_type"}
+    # OpenAI's dialect: its name for the encoding, and its end-user id, which changes
+    # nothing in the output: accepted, not keyed, never sent upstream.
+    | {"encoding_format", "user"}
 )
 _FLAGS = ("normalized", "late_chunking", "truncate")
 
@@ -68,6 +72,8 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
     """
     if not isinstance(body, dict):
         raise InvalidInputError("the request body must be a JSON object")
+    if dialect_of(body) == "openai":
+        _check_openai(body)  # nothing of it can be forwarded: Jina speaks another dialect
     if not body.keys() <= _KNOWN_FIELDS:
         return None
     model = body.get("model")
@@ -80,9 +86,10 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
     for name in _FLAGS:
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise InvalidInputError(f"{name} must be true or false, got {body[name]!r}")
+    model_id, task = _model_and_task(model, body.get("task"))
     fields = (
-        model,
-        body.get("task"),
+        model_id,
+        task,
         body.get("dimensions"),
         bool(body.get("late_chunking")),
         body.get("normalized"),
@@ -93,6 +100,46 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
     except TypeError:  # an unhashable field (a list, an object): say what is wrong with it
         options = _options(*fields)
     return EmbeddingsRequest(model, texts, options, embedding_type)
+
+
+def dialect_of(body: object) -> str:
+    """``"openai"`` for a body in OpenAI's dialect (it names ``encoding_format`` or ``user``,
+    as the OpenAI SDK and Milvus's ``openai`` provider always do), else ``"jina"``."""
+    if isinstance(body, dict) and ("encoding_format" in body or "user" in body):
+        return "openai"
+    return "jina"
+
+
+def _check_openai(body: Mapping[str, Any]) -> None:
+    """Refuse what an OpenAI-dialect body holds that Jina cannot be asked for."""
+    unknown = sorted(set(body) - _KNOWN_FIELDS)
+    if unknown:
+        raise InvalidInputError(f"the field {unknown[0]!r} has no Jina equivalent")
+    if not isinstance(body.get("model"), str):
+        raise InvalidInputError("model must be a string, e.g. jina-embeddings-v3")
+    value = body.get("input")
+    if isinstance(value, list) and not value:
+        raise InvalidInputError("input is empty: send a string or a list of strings")
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and any(isinstance(item, (int, list)) for item in items):
+        raise InvalidInputError("input holds token ids; Jina embeds text: send the strings")
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidInputError("input must be a string or a list of strings")
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in CACHEABLE_EMBEDDING_TYPES:
+        raise InvalidInputError(f"encoding_format must be float or base64, got {encoding!r}")
+
+
+def _model_and_task(model: str, task: object) -> tuple[str, object]:
+    """A model name may carry its task after a colon (``jina-embeddings-v3:retrieval.query``)
+    for clients that let a user set nothing but the model; it is the same request, and the
+    same cache entries, as the plain name with that ``task``."""
+    base, colon, suffix = model.rpartition(":")
+    if not colon or spec_for(base) is None:
+        return model, task
+    if task is not None and task != suffix:
+        raise InvalidInputError(f"the model names task {suffix!r} but task is {task!r}")
+    return base, suffix
 
 
 def _options(
@@ -138,9 +185,10 @@ def _texts(value: object) -> list[str] | None:
 
 
 def _embedding_type(body: Mapping[str, Any]) -> str | None:
-    """The requested encoding (``embedding_type``, or its alias ``encoding_type``), or
-    ``None`` when it is not one the cache can produce."""
-    given = [body[name] for name in ("embedding_type", "encoding_type") if body.get(name)]
+    """The requested encoding (``embedding_type``, its alias ``encoding_type``, or OpenAI's
+    ``encoding_format``), or ``None`` when it is not one the cache can produce."""
+    names = ("embedding_type", "encoding_type", "encoding_format")
+    given = [body[name] for name in names if body.get(name)]
     if not given:
         return "float"
     value = given[0]
@@ -224,9 +272,17 @@ def error_status(exc: EmbedcacheError) -> int:
     return 502  # transport or response-format trouble with the upstream
 
 
-def render_error(exc: EmbedcacheError | str) -> bytes:
-    """An error body in Jina's shape: always ``detail``, plus ``code`` and ``request_id``
-    when the upstream gave them."""
+def render_error(exc: EmbedcacheError | str, dialect: str = "jina", status: int = 0) -> bytes:
+    """An error body in the client's dialect. Jina's: always ``detail``, plus ``code`` and
+    ``request_id`` when the upstream gave them. OpenAI's: ``{"error": {"message", "type",
+    "param", "code"}}``, its ``type`` following ``status``."""
+    if dialect == "openai":
+        message = exc if isinstance(exc, str) else _message(exc)
+        code = exc.code if isinstance(exc, APIError) else None
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        return orjson.dumps(
+            {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        )
     if isinstance(exc, str):
         return orjson.dumps({"detail": exc})
     body: dict[str, str] = {"detail": str(exc)}
@@ -237,3 +293,10 @@ def render_error(exc: EmbedcacheError | str) -> bytes:
         if exc.request_id:
             body["request_id"] = exc.request_id
     return orjson.dumps(body)
+
+
+def _message(exc: EmbedcacheError) -> str:
+    return (exc.detail or str(exc)) if isinstance(exc, APIError) else str(exc)
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
