@@ -339,6 +339,28 @@ def test_an_upstream_refusal_keeps_its_status_in_teis_error_shape(
     assert answer.json().keys() == {"error", "error_type"}
 
 
+def test_a_wrong_method_on_a_tei_path_answers_in_teis_error_shape(proxy: ProxyProcess) -> None:
+    wrong = proxy.http.get("/embed")
+    assert wrong.status_code == 405
+    assert wrong.json().keys() == {"error", "error_type"}
+
+
+def test_an_offline_proxy_serves_tei_hits_and_answers_misses_with_503_unhealthy(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    online = make_proxy()
+    rows = as_milvus_parses(milvus_embed(online, ["kept"], PASSAGE))
+    online.stop()
+    before = upstream_count(emulator)
+    offline = make_proxy("--offline")
+    assert as_milvus_parses(milvus_embed(offline, ["kept"], PASSAGE)) == rows
+    missing = milvus_embed(offline, ["kept", "new"], PASSAGE)
+    assert missing.status_code == 503
+    assert missing.json()["error_type"] == "unhealthy"
+    assert "offline" in missing.json()["error"]
+    assert upstream_count(emulator) == before
+
+
 def test_concurrent_identical_milvus_batches_share_one_upstream_call(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:

@@ -70,6 +70,7 @@ DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _CACHED_HEADER = CACHED_HEADER.lower().encode()
 _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
+_TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
@@ -563,6 +564,10 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Re
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too."""
+    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too, and in TEI's on
+    TEI's paths (a ``GET /embed``), where TEI clients read the error."""
     assert isinstance(exc, HTTPException)
-    return _json(exc.status_code, render_error(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if request.url.path in _TEI_PATHS:
+        return _json(exc.status_code, tei.render_error(exc.detail), headers)
+    return _json(exc.status_code, render_error(exc.detail), headers)
