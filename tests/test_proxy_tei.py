@@ -329,6 +329,20 @@ def test_with_an_allowlist_a_cached_tei_vector_is_not_served_to_an_unlisted_key(
     assert upstream_count(emulator) == 1
 
 
+def test_with_verify_keys_a_key_the_upstream_refuses_gets_no_cached_tei_vector(
+    emulator: JinaEmulator, make_proxy: MakeProxy
+) -> None:
+    proxy = make_proxy("--verify-keys")
+    as_milvus_parses(milvus_embed(proxy, ["verified"], PASSAGE))  # cached for the good key
+    before = upstream_count(emulator)
+    other = {"Authorization": "Bearer jina_" + "y" * 60}
+    refused = proxy.http.post("/embed", json={"inputs": [PASSAGE + "verified"]}, headers=other)
+    assert refused.status_code == 401
+    assert refused.json().keys() == {"error", "error_type"}
+    # Only the other key's probe went upstream, and no vector came back to it.
+    assert [(r.body or {}).get("input") for r in emulator.requests[before:]] == [["a"]]
+
+
 def test_an_upstream_refusal_keeps_its_status_in_teis_error_shape(
     emulator: JinaEmulator, proxy: ProxyProcess
 ) -> None:
