@@ -11,11 +11,14 @@ import click
 from ..config import (
     ADMIN_TOKEN_ENV,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MODEL,
     EMBEDDINGS_PATH,
     PROXY_TOKEN_ENV,
     resolve_offline,
 )
+from ..errors import InvalidInputError
 from ..extras import requires
+from ..models import resolve_options
 from .options import CliContext, Command, parse_size, pass_cli
 
 __all__ = ["serve"]
@@ -111,6 +114,18 @@ def _is_loopback(host: str) -> bool:
     help="Processes serving the port (SO_REUSEPORT) on the one cache directory.",
 )
 @click.option(
+    "--tei-model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model for TEI's POST /embed (Milvus's tei provider), which names none.",
+)
+@click.option(
+    "--tei-task",
+    default="retrieval.passage",
+    show_default=True,
+    help="Task for a TEI text without a '<task>: ' prefix (e.g. 'retrieval.query: ').",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -133,9 +148,13 @@ def serve(
     no_coalesce: bool,
     memory: str,
     workers: int,
+    tei_model: str,
+    tei_task: str,
     log_level: str,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
+
+    Also TEI's POST /embed and GET /info, answered with --tei-model and --tei-task.
 
     Point any Jina client at http://HOST:PORT/v1/embeddings. Text requests are answered
     from the cache, misses fetched with the client's own key (its Authorization header) or
@@ -151,6 +170,10 @@ def serve(
         from ..proxy.server import serve_forever
     from ..assembly import Assembly
 
+    try:  # a TEI model or task the API would refuse is an error now, not on every request
+        resolve_options(tei_model, tei_task)
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tei-model/--tei-task") from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
@@ -173,6 +196,8 @@ def serve(
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,
         admin_token=admin_token or None,
+        tei_model=tei_model,
+        tei_task=tei_task,
     )
     # Opened here, and closed before any worker starts: a cache directory that cannot be
     # used is a one-line error now, not a worker dying later.

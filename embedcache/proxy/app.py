@@ -7,6 +7,9 @@ worker thread (batched, retried, committed per batch, coalesced with other clien
 of the same inputs). Anything the cache cannot answer exactly is forwarded as it is, through
 :meth:`JinaClient.forward` (the same retries and pacing as a fill).
 
+TEI's ``POST /embed`` (:mod:`.tei`, what Milvus's ``tei`` provider sends) runs through the
+same access check, embedder and worker threads, one caching-core call per task.
+
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
 must present the token and the server's key pays. Keys live only in memory.
@@ -38,10 +41,12 @@ from ..config import (
     EMBEDDINGS_PATH,
     VERSION,
 )
+from ..embedding.counters import Stats
 from ..errors import APIError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options
 from ..upstream.jina import JinaClient
-from .access import Access, KeyRefused, KeyUnverifiable, digest, matches
+from . import tei
+from .access import Access, Decision, KeyRefused, KeyUnverifiable, digest, matches
 from .floats import UpstreamFloatStyle
 from .http import Request as HttpRequest
 from .metrics import Board, ProxyMetrics
@@ -66,6 +71,7 @@ DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _CACHED_HEADER = CACHED_HEADER.lower().encode()
 _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
+_TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
 _MAX_CLIENTS = 1024
 _COUNTER_FLUSH_SECONDS = 30.0
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
@@ -106,6 +112,8 @@ class ProxySettings:
     :param verify_keys: check an unlisted client key against the upstream once (one tiny
         embedding request) and remember the verdict for ``verdict_ttl`` seconds.
     :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
+    :param tei_model: the model TEI's ``POST /embed`` is answered with (TEI names none).
+    :param tei_task: the task of a TEI text without a ``<task>: `` prefix.
     """
 
     cache: CacheSettings = field(default_factory=_proxy_cache)
@@ -116,6 +124,8 @@ class ProxySettings:
     verify_keys: bool = False
     verdict_ttl: float = 300.0
     admin_token: str | None = field(default=None, repr=False)
+    tei_model: str = DEFAULT_MODEL
+    tei_task: str | None = "retrieval.passage"
 
 
 class _Upstreams:
@@ -188,6 +198,8 @@ class Proxy:
         self.app = Starlette(
             routes=[
                 Route(EMBEDDINGS_PATH, self._embeddings, methods=["POST"]),
+                Route(tei.TEI_PATH, self._tei_embed, methods=["POST"]),
+                Route(tei.INFO_PATH, self._tei_info, methods=["GET"]),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/admin/stats", self._admin_stats, methods=["GET"]),
@@ -321,6 +333,15 @@ class Proxy:
         self.publish()  # before the answer: a report asked of any worker after it includes it
         return response
 
+    async def _decide(self, request: Request) -> Decision:
+        """Whether to serve the request, and whose key pays (:mod:`.access`)."""
+        bearer = _bearer(request)
+        decision = self.access.decide(bearer, verify=False)
+        if decision is None:  # an unknown key: ask the upstream, off the event loop
+            decision = await self._in_thread(partial(self.access.decide, bearer))
+        assert decision is not None
+        return decision
+
     async def _answer(self, request: Request) -> tuple[Response, str]:
         raw = await request.body()
         try:
@@ -328,11 +349,7 @@ class Proxy:
         except orjson.JSONDecodeError:
             return _json(422, render_error("the request body is not valid JSON")), "error"
         dialect = dialect_of(body)  # errors are answered in the client's own shape
-        bearer = _bearer(request)
-        decision = self.access.decide(bearer, verify=False)
-        if decision is None:  # an unknown key: ask the upstream, off the event loop
-            decision = await self._in_thread(partial(self.access.decide, bearer))
-        assert decision is not None
+        decision = await self._decide(request)
         if decision.status:
             refusal = render_error(decision.detail, dialect, decision.status)
             return _json(decision.status, refusal), "error"
@@ -364,12 +381,24 @@ class Proxy:
     ) -> tuple[bytes, int, str] | None:
         """The response body, how many distinct inputs were not fetched for this request,
         and the outcome; ``None`` when ``cached_only`` and something is missing."""
+        rendered = self._rendered(parsed, upstream, cached_only)
+        if rendered is None:
+            return None
+        texts, stats = rendered
+        body = render_body(parsed.model, texts, stats.tokens_spent)
+        return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
+
+    def _rendered(
+        self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False
+    ) -> tuple[list[bytes], Stats] | None:
+        """Each text's embedding as JSON text, in the upstream's float style and kept for
+        the hit path, and what the caching core found and spent; ``None`` when
+        ``cached_only`` and something is missing."""
         result = self.embedder.embed_detailed(
             parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
         )
         if result is None:
             return None
-        stats = result.stats
         style = self.float_style
         kind = variant(parsed.embedding_type, style)
         texts = [render_vector(row, parsed.embedding_type, style) for row in result.vectors]
@@ -377,8 +406,80 @@ class Proxy:
             keys = self._keys(parsed)
             if keys is not None:
                 self.rendered.put(keys, kind, texts, result.tokens.tolist())
-        body = render_body(parsed.model, texts, stats.tokens_spent)
-        return body, stats.hits + stats.coalesced, "fetched" if stats.misses else "cached"
+        return texts, result.stats
+
+    async def _tei_embed(self, request: Request) -> Response:
+        """TEI's ``POST /embed`` (:mod:`.tei`): counted, timed and published like a Jina
+        request."""
+        started = time.perf_counter()
+        self.metrics.begin()
+        outcome = "error"
+        try:
+            response, outcome = await self._tei_answer(request)
+        except Exception:
+            log.exception("embedcache proxy: unexpected error")
+            message = "internal error in the embedcache proxy"
+            response = _json(500, tei.render_error(message, "backend"))
+        self.metrics.observe(outcome, time.perf_counter() - started)
+        self.publish()
+        return response
+
+    async def _tei_answer(self, request: Request) -> tuple[Response, str]:
+        decision = await self._decide(request)
+        if decision.status:
+            body = tei.render_error(decision.detail, tei.error_type(decision.status))
+            return _json(decision.status, body), "error"
+        settings = self.settings
+        raw = await request.body()
+        try:
+            parsed = tei.parse_embed(raw, settings.tei_model, settings.tei_task)
+            upstream = self._upstreams.get(decision.key)
+            groups = [
+                EmbeddingsRequest(group.options.model, group.texts, group.options, "float")
+                for group in parsed.groups
+            ]
+            done: list[tuple[list[bytes], Stats] | None] = [None] * len(groups)
+            if parsed.count <= _INLINE_TEXTS:
+                self._fill_groups(groups, upstream, done, cached_only=True)
+            if None in done:
+                # Only the groups not answered inline: each group's hits are counted once.
+                await self._in_thread(partial(self._fill_groups, groups, upstream, done))
+        except (EmbedcacheError, tei.TeiInputError) as exc:
+            status, body = tei.render_failure(exc)
+            if status >= 500:
+                log.warning("embedcache proxy: %s: %s", type(exc).__name__, exc)
+            return _json(status, body), "error"
+        answers: list[bytes] = [b""] * parsed.count
+        cached, fetched = 0, False
+        for group, rendered in zip(parsed.groups, done, strict=True):
+            assert rendered is not None  # a fill either returns vectors or raises
+            texts, stats = rendered
+            for position, text in zip(group.positions, texts, strict=True):
+                answers[position] = text
+            cached += stats.hits + stats.coalesced
+            fetched = fetched or bool(stats.misses)
+        headers = {CACHED_HEADER: str(cached)}
+        return _json(200, tei.render_embed(answers), headers), "fetched" if fetched else "cached"
+
+    def _fill_groups(
+        self,
+        groups: list[EmbeddingsRequest],
+        upstream: JinaClient,
+        done: list[tuple[list[bytes], Stats] | None],
+        cached_only: bool = False,
+    ) -> None:
+        """Answer each group not yet in ``done``, one after another (each group is one
+        task, so one call of the caching core: batched, coalesced, committed per batch)."""
+        for index, group in enumerate(groups):
+            if done[index] is None:
+                done[index] = self._rendered(group, upstream, cached_only)
+
+    async def _tei_info(self, request: Request) -> Response:
+        """TEI's ``GET /info``: the model served (settings only, nothing from the cache, so
+        open like ``/health``)."""
+        settings = self.settings
+        body = tei.render_info(settings.tei_model, settings.tei_task, settings.fill_threads)
+        return _json(200, body)
 
     def _verify_key(self, key: str) -> None:
         """Ask the upstream whether it takes ``key``: one embedding of a one-letter text
@@ -467,6 +568,10 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Re
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too."""
+    """Routing errors (404, 405) in Jina's ``{"detail": …}`` shape too, and in TEI's on
+    TEI's paths (a ``GET /embed``), where TEI clients read the error."""
     assert isinstance(exc, HTTPException)
-    return _json(exc.status_code, render_error(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if request.url.path in _TEI_PATHS:
+        return _json(exc.status_code, tei.render_error(exc.detail), headers)
+    return _json(exc.status_code, render_error(exc.detail), headers)
