@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -207,3 +208,15 @@ def test_repr_hides_the_key() -> None:
 def test_every_error_shares_one_root() -> None:
     for cls in (APIError, RateLimitError, TransportError, ResponseFormatError):
         assert issubclass(cls, EmbedcacheError)
+
+
+def test_a_key_echoed_at_the_cut_of_a_long_detail_is_still_hidden(emulator: JinaEmulator) -> None:
+    # The detail is cut to 500 characters; here the cut falls inside the echoed key.
+    detail = "x" * 470 + f" {API_KEY} was refused"
+    emulator.inject(Fault(status=400, body=json.dumps({"detail": detail}).encode()))
+    jina = JinaClient(API_KEY, base_url=emulator.url)
+    with pytest.raises(APIError) as caught:
+        jina.embed(["x"], V3)
+    jina.close()
+    assert API_KEY[:20] not in str(caught.value)
+    assert API_KEY[:20] not in (caught.value.detail or "")

@@ -378,7 +378,8 @@ def _api_error(response: httpx.Response, key: str) -> APIError:
         raw = payload.get("detail")
         if isinstance(raw, list):  # FastAPI-style validation errors
             raw = "; ".join(str(item.get("msg", item)) for item in raw if isinstance(item, dict))
-        detail = _one_line(str(raw)).replace(key, "***") if raw else None
+        # Scrubbed before shortening: a key cut in two by the cut would no longer match.
+        detail = _one_line(JinaClient._scrub(str(raw), key)) if raw else None
         request_id = payload.get("request_id") or request_id
     message = f"Jina API returned HTTP {status}"
     if code:
