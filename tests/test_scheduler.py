@@ -92,6 +92,20 @@ def test_a_failed_send_stops_new_batches_keeps_finished_ones_and_raises_the_fail
     assert len(drawn) <= 3
 
 
+def test_a_failure_drawing_the_next_batch_still_commits_the_batches_in_flight() -> None:
+    committed: list[int] = []
+
+    def batches() -> Iterator[int]:
+        yield 0
+        raise OSError("the store could not be read")
+
+    scheduler: BatchScheduler[int, int] = BatchScheduler(2)
+    with pytest.raises(OSError, match="could not be read"):
+        scheduler.run(batches(), lambda b: b, lambda b, r: committed.append(b))
+    scheduler.close()
+    assert committed == [0]
+
+
 def test_max_concurrency_below_one_is_refused_before_anything_runs() -> None:
     with pytest.raises(InvalidInputError, match="max_concurrency must be at least 1"):
         BatchScheduler(0)

@@ -52,7 +52,8 @@ class BatchScheduler(Generic[B, R]):
 
         ``batches`` is drawn from lazily, only when a slot is free, so it can look at what
         earlier commits stored. A failed send stops drawing new batches; results already
-        arriving are still committed (they are paid for), then the first failure is raised.
+        arriving are still committed (they are paid for), then the first failure is raised;
+        so is a failure of ``batches`` itself.
         """
         queue = iter(batches)
         if self.max_concurrency == 1:
@@ -64,8 +65,14 @@ class BatchScheduler(Generic[B, R]):
         error: BaseException | None = None
 
         def top_up() -> None:
-            for batch in itertools.islice(queue, self.max_concurrency - len(pending)):
-                pending[pool.submit(send, batch)] = batch
+            nonlocal error
+            try:
+                for batch in itertools.islice(queue, self.max_concurrency - len(pending)):
+                    pending[pool.submit(send, batch)] = batch
+            except Exception as exc:
+                # Drawing a batch can fail (it looks at the store): the batches in flight are
+                # paid for all the same, so they are still committed before this is raised.
+                error = error or exc
 
         try:
             top_up()
