@@ -189,7 +189,7 @@ class Claims:
                 return Claimed(None, list(range(len(keys))))
             try:
                 owned, elsewhere = self._record(fd, byte, keys)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:  # lock trouble too (ENOLCK, say)
                 self._unlock(fd, byte)
                 self._warn(f"cannot record claims: {exc}")
                 return Claimed(None, list(range(len(keys))))

@@ -177,6 +177,18 @@ class Store:
         self.read_only = not os.access(self.directory, os.W_OK)
         self._claims: Claims | None = None
         try:
+            self._open_parts()
+        except BaseException:
+            if self._claims is not None:  # this store will never be closed: let them go
+                self._claims.detach()
+            raise
+        if size_limit is not None and self._meta is not None:
+            self._meta.set(_SIZE_LIMIT, size_limit or None)
+        restrict_permissions(self.directory)
+
+    def _open_parts(self) -> None:
+        """Open the claims, segments, index and metadata (errors as :class:`CacheError`)."""
+        try:
             if not self.read_only:  # a cache that cannot store cannot fetch: nothing to claim
                 self._claims = claims_for(self.directory)
             self._segments = Segments(self.directory / "segments")
@@ -196,9 +208,6 @@ class Store:
             ) from exc
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
-        if size_limit is not None and self._meta is not None:
-            self._meta.set(_SIZE_LIMIT, size_limit or None)
-        restrict_permissions(self.directory)
 
     def __repr__(self) -> str:
         return f"Store({str(self.directory)!r}, size_limit={self.size_limit!r})"
