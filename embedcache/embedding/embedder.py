@@ -56,12 +56,14 @@ class WarmReport:
 @dataclass(frozen=True)
 class Embedded:
     """What :meth:`CachedEmbedder.embed_detailed` returns: the vectors, the call's own
-    counters (``tokens_spent`` is exactly what its requests were charged), and the tokens
-    recorded for each row's entry (what a later hit on it saves)."""
+    counters (``tokens_spent`` is exactly what its requests were charged), and for each row
+    its entry's key (see :meth:`CachedEmbedder.keys`) and the tokens recorded for it (what
+    a later hit on it saves)."""
 
     vectors: NDArray[np.float32]
     stats: Stats
     tokens: NDArray[np.float64]
+    keys: list[bytes]
 
 
 class _Rows:
@@ -216,7 +218,7 @@ class CachedEmbedder:
         fp, keys, position = self._index(texts, options)
         if not keys:
             empty = np.empty((0, options.expected_dim or 0), np.float32)
-            return Embedded(empty, Stats(), np.empty(0, np.float64))
+            return Embedded(empty, Stats(), np.empty(0, np.float64), [])
         unique = list(position)
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
         rows = _Rows(found.vectors, found.tokens)
@@ -237,7 +239,7 @@ class CachedEmbedder:
             slot = {key: i for i, key in enumerate(unique)}
             order = np.fromiter((slot[key] for key in keys), np.intp, len(keys))
             matrix, tokens = matrix[order], tokens[order]
-        return Embedded(matrix, call.stats, tokens)
+        return Embedded(matrix, call.stats, tokens, keys)
 
     def warm(
         self,
@@ -296,24 +298,32 @@ class CachedEmbedder:
             # Counters are bookkeeping: a read-only cache must still serve its hits.
             log.warning("could not record lifetime counters: %s", exc)
 
+    def keys(self, texts: Sequence[str], options: RequestOptions) -> list[bytes]:
+        """The cache key of each text's entry, in order (under late chunking, of each
+        position of the group), as every read and write of this embedder uses them.
+
+        :raises InvalidInputError: for bad texts, or a late-chunking group larger than one
+            request takes.
+        """
+        check_texts(texts)
+        fp = self._fingerprint(options)
+        if not options.late_chunking:
+            return text_keys(fp, texts)
+        if len(texts) > options.max_items:
+            raise InvalidInputError(
+                f"a late-chunking group is sent as one request, and {options.model} takes "
+                f"at most {options.max_items} inputs; got {len(texts)}"
+            )
+        return group_keys(fp, texts)
+
     def _index(
         self, texts: Sequence[str], options: RequestOptions
     ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
         """Validate, key every text, and map each distinct key to a position of its text."""
-        check_texts(texts)
-        fp = self._fingerprint(options)
-        if options.late_chunking:
-            if len(texts) > options.max_items:
-                raise InvalidInputError(
-                    f"a late-chunking group is sent as one request, and {options.model} takes "
-                    f"at most {options.max_items} inputs; got {len(texts)}"
-                )
-            keys = group_keys(fp, texts)
-        else:
-            keys = text_keys(fp, texts)
+        keys = self.keys(texts, options)
         # For repeated texts this keeps the last position: the same text either way.
         position = dict(zip(keys, range(len(keys)), strict=True))
-        return fp, keys, position
+        return self._fingerprint(options), keys, position
 
     def _fingerprint(self, options: RequestOptions) -> Fingerprint:
         fp = self._fingerprints.get(options)

@@ -35,7 +35,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..assembly import Assembly, CacheSettings
-from ..cache_keys import Fingerprint, fingerprint, text_keys
 from ..config import (
     DEFAULT_MODEL,
     EMBEDDINGS_PATH,
@@ -43,7 +42,7 @@ from ..config import (
 )
 from ..embedding.counters import Stats
 from ..errors import APIError, EmbedcacheError, InvalidInputError
-from ..models import RequestOptions, resolve_options
+from ..models import resolve_options
 from ..upstream.jina import JinaClient
 from . import tei
 from .access import Access, Decision, KeyRefused, KeyUnverifiable, digest, matches
@@ -92,10 +91,6 @@ _T = TypeVar("_T")
 log = logging.getLogger("embedcache")
 
 
-def _proxy_cache() -> CacheSettings:
-    return CacheSettings()
-
-
 @dataclass(frozen=True)
 class ProxySettings:
     """How ``embedcache serve`` runs.
@@ -116,7 +111,7 @@ class ProxySettings:
     :param tei_task: the task of a TEI text without a ``<task>: `` prefix.
     """
 
-    cache: CacheSettings = field(default_factory=_proxy_cache)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     token: str | None = field(default=None, repr=False)
     fill_threads: int = 64
     rendered_bytes: int = DEFAULT_RENDERED_BYTES
@@ -188,9 +183,7 @@ class Proxy:
         self._flushes_seen = self.metrics.board.flushes
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
-        self._fingerprints: dict[RequestOptions, Fingerprint] = {}
         self._known_bodies: dict[bytes, tuple[str, str, list[bytes]]] = {}
-        self._open = self.access.open
         self._flusher: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
@@ -240,7 +233,7 @@ class Proxy:
         if request.method != b"POST" or request.path != _EMBEDDINGS_PATH:
             return None
         started = time.perf_counter()
-        if not self._open:
+        if not self.access.open:
             decision = self.access.decide(_bearer_value(request.authorization), verify=False)
             if decision is None or decision.status:
                 return None
@@ -270,9 +263,10 @@ class Proxy:
             return None  # the application answers with the error
         if parsed is None or parsed.options.late_chunking:
             return None
-        keys = self._keys(parsed)
-        if keys is None:
-            return None
+        try:
+            keys = self.embedder.keys(parsed.texts, parsed.options)
+        except InvalidInputError:
+            return None  # a text that cannot be keyed: the application says why
         known = (parsed.model, parsed.embedding_type, keys)
         if len(body) <= _KNOWN_BODY_BYTES:
             bodies = self._known_bodies
@@ -280,17 +274,6 @@ class Proxy:
                 del bodies[next(iter(bodies))]  # the oldest: dicts keep insertion order
             bodies[body] = known
         return known
-
-    def _keys(self, parsed: EmbeddingsRequest) -> list[bytes] | None:
-        """The entry keys of a request's texts (not late chunking), or ``None`` when a text
-        cannot be keyed (the application then says why)."""
-        fp = self._fingerprints.get(parsed.options)
-        if fp is None:
-            fp = self._fingerprints[parsed.options] = fingerprint(parsed.options)
-        try:
-            return text_keys(fp, parsed.texts)
-        except InvalidInputError:
-            return None
 
     def publish(self) -> None:
         """Put this worker's cache counters and memory on the server's board, and follow a
@@ -402,10 +385,8 @@ class Proxy:
         style = self.float_style
         kind = variant(parsed.embedding_type, style)
         texts = [render_vector(row, parsed.embedding_type, style) for row in result.vectors]
-        if not parsed.options.late_chunking:
-            keys = self._keys(parsed)
-            if keys is not None:
-                self.rendered.put(keys, kind, texts, result.tokens.tolist())
+        if not parsed.options.late_chunking:  # the hit path answers single texts only
+            self.rendered.put(result.keys, kind, texts, result.tokens.tolist())
         return texts, result.stats
 
     async def _tei_embed(self, request: Request) -> Response:
