@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from embedcache import (
     InvalidInputError,
@@ -22,6 +22,8 @@ from embedcache import (
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.cli import main
 from embedcache.extras import EXTRAS, requires
+
+from .cli_helpers import one_line_error
 
 
 @pytest.mark.parametrize(
@@ -91,14 +93,7 @@ def test_parquet_export_without_pyarrow_fails_before_writing(
     assert list(tmp_path.glob("out.*")) == []
 
 
-def _one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    (line,) = (line for line in result.output.splitlines() if line.startswith("Error:"))
-    return line
-
-
-def test_serve_without_the_serve_extra_is_a_one_line_error(
+def test_serve_without_the_serve_extra_is_aone_line_error(
     monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
     _missing(monkeypatch, "httptools")
@@ -106,18 +101,18 @@ def test_serve_without_the_serve_extra_is_a_one_line_error(
     for module in ("embedcache.proxy.http", "embedcache.proxy.app", "embedcache.proxy.server"):
         monkeypatch.delitem(sys.modules, module, raising=False)
     result = CliRunner().invoke(main, ["--cache-dir", str(cache_dir), "serve", "--port", "0"])
-    assert _one_line_error(result) == (
+    assert one_line_error(result) == (
         "Error: MissingDependencyError: embedcache serve needs the serve extra (httptools is "
         "missing): pip install 'embedcache[serve]'"
     )
 
 
-def test_cli_redis_url_without_redis_is_a_one_line_error(
+def test_cli_redis_url_without_redis_is_aone_line_error(
     monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
     _missing(monkeypatch, "redis", "redis.backoff", "redis.retry")
     args = ["--cache-dir", str(cache_dir), "--redis-url", "redis://127.0.0.1:1/0", "stats"]
-    line = _one_line_error(CliRunner().invoke(main, args))
+    line = one_line_error(CliRunner().invoke(main, args))
     assert line.endswith("pip install 'embedcache[redis]'")
 
 

@@ -137,14 +137,18 @@ def test_float_answers_are_the_float64_values_a_direct_call_gives(
     emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
 ) -> None:
     client = sdk(proxy)
-    for _ in range(2):  # a miss, then a hit from memory
+    spent = []
+    for _ in range(2):  # a miss, then a hit
         got = client.embeddings.create(model=V3, input=TEXTS, encoding_format="float")
+        spent.append(got.usage.total_tokens)
         direct = httpx.post(
             emulator.url + "/v1/embeddings",
             json={"model": V3, "input": TEXTS},
             headers={"Authorization": f"Bearer {API_KEY}"},
         ).json()
         assert [item.embedding for item in got.data] == [d["embedding"] for d in direct["data"]]
+    assert spent[0] > 0
+    assert spent[1] == 0
 
 
 def test_the_task_suffix_reaches_the_upstream_and_shares_entries_with_the_plain_form(
@@ -159,7 +163,7 @@ def test_the_task_suffix_reaches_the_upstream_and_shares_entries_with_the_plain_
     assert len(emulator.requests) == sent
 
 
-def test_token_ids_are_a_400_in_openais_shape_and_nothing_is_spent_or_kept(
+def test_token_ids_are_a_422_in_openais_shape_and_nothing_is_spent_or_kept(
     emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
 ) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:

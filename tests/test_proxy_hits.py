@@ -40,7 +40,15 @@ def test_repeat_hits_on_any_worker_are_byte_identical_and_cost_nothing(
     proxy = make_proxy("--admin-token", ADMIN)
     body = {"model": V3, "input": ["served from memory", "and from memory"]}
     first = fresh_post(proxy, body)
-    repeats = [fresh_post(proxy, body) for _ in range(12)]
+    repeats: list[httpx.Response] = []
+
+    def both_workers_answered() -> bool:
+        repeats.append(fresh_post(proxy, body))
+        held = samples(proxy, "rendered_bytes")
+        return len(held) == 2 and min(held.values()) > 0
+
+    wait_for(both_workers_answered, lambda: f"rendered: {samples(proxy, 'rendered_bytes')}")
+    repeats += [fresh_post(proxy, body) for _ in range(6)]  # from memory, on either worker
     assert len(emulator.requests) == 1
     assert len({answer.content for answer in repeats}) == 1
     assert repeats[0].json()["data"] == first.json()["data"]
@@ -91,13 +99,20 @@ def test_admin_flush_empties_the_memory_of_every_worker(
 def test_a_hit_in_memory_is_still_refused_without_the_token(
     emulator: JinaEmulator, make_proxy: MakeProxy
 ) -> None:
-    proxy = make_proxy("--token", "the-proxy-token", env={"JINAAI_API_KEY": API_KEY})
+    proxy = make_proxy(
+        "--token", "the-proxy-token", "--admin-token", ADMIN, env={"JINAAI_API_KEY": API_KEY}
+    )
     body = {"model": V3, "input": ["only for token holders"]}
-    for _ in range(6):  # rendered on every worker that served it
+
+    def both_workers_hold_it() -> bool:
         assert fresh_post(proxy, body, key="the-proxy-token").status_code == 200
-    refused = fresh_post(proxy, body, key="not-the-token")
-    assert refused.status_code == 401
-    assert "token" in refused.json()["detail"]
+        return min(samples(proxy, "rendered_bytes").values()) > 0
+
+    wait_for(both_workers_hold_it, lambda: f"rendered: {samples(proxy, 'rendered_bytes')}")
+    for _ in range(4):  # whichever worker it reaches, it holds the answer in memory
+        refused = fresh_post(proxy, body, key="not-the-token")
+        assert refused.status_code == 401
+        assert "token" in refused.json()["detail"]
 
 
 def test_one_worker_serves_as_before(emulator: JinaEmulator, make_proxy: MakeProxy) -> None:

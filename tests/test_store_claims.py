@@ -8,7 +8,6 @@ import os
 import sqlite3
 import stat
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from embedcache.storage import claims as claims_module
 from embedcache.storage.claims import CLAIMS_DB, CLAIMS_LOCK, Claims, claims_for
 
 from .claimers import CLAIMS, Worker
+from .conftest import wait_for
 
 A, B, C = (bytes([n]) * 16 for n in (1, 2, 3))
 
@@ -88,6 +88,7 @@ def test_another_processs_live_claim_is_elsewhere_until_it_ends(
     waiter = threading.Thread(target=wait)
     waiter.start()
     assert directory.take([A]).elsewhere == [ticket]  # still held: the waiter still waits
+    assert not waited.is_set()
     other.send(f"release {ticket}")
     other.expect("released")
     waiter.join(10)
@@ -180,17 +181,14 @@ def test_a_cycle_of_waiting_processes_is_polled_not_refused(
     assert theirs is not None
     assert mine.ticket is not None
     other.send(f"wait {mine.ticket}")
-    deadline = time.monotonic() + 10
-    while not any("->" in line and f" {other.process.pid} " in line
-                  for line in locks.read_text().splitlines()):  # fmt: skip
-        assert time.monotonic() < deadline, "the other process never blocked"
-        time.sleep(0.005)
+    wait_for(
+        lambda: any("->" in line and f" {other.process.pid} " in line
+                    for line in locks.read_text().splitlines()),
+        "the other process never blocked",
+    )  # fmt: skip
     waiter = threading.Thread(target=directory.wait, args=([theirs],))
     waiter.start()
-    deadline = time.monotonic() + 10
-    while "EDEADLK" not in caplog.text:
-        assert time.monotonic() < deadline, "the kernel saw no cycle"
-        time.sleep(0.005)
+    wait_for(lambda: "EDEADLK" in caplog.text, "the kernel saw no cycle")
     directory.release(mine.ticket)  # the other's wait ends, then it lets go of its own
     other.expect("waited")
     other.send(f"release {theirs}")
