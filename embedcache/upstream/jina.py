@@ -324,11 +324,16 @@ class JinaClient:
 
 
 def _usage(response: httpx.Response) -> int:
-    """The tokens a success says it charged (0 when it does not say)."""
+    """The tokens a forwarded success says it charged (0 when it does not say)."""
     try:
         payload: Any = response.json()
     except ValueError:
         return 0
+    return _total_tokens(payload)
+
+
+def _total_tokens(payload: object) -> int:
+    """``usage.total_tokens`` of a decoded answer, or 0 when it has none that makes sense."""
     usage = payload.get("usage") if isinstance(payload, dict) else None
     tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
     return tokens if isinstance(tokens, int) and tokens >= 0 else 0
@@ -453,12 +458,8 @@ def _parse(
     if len(dims) > 1:
         raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
     vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
-    usage = payload.get("usage")
-    tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-    if not isinstance(tokens, int) or tokens < 0:
-        tokens = 0
     request_id = payload.get("request_id") or response.headers.get("x-request-id")
-    return UpstreamResult(vectors, tokens, request_id)
+    return UpstreamResult(vectors, _total_tokens(payload), request_id)
 
 
 def _narrowed(
