@@ -15,6 +15,7 @@ __all__ = ["EXTRAS", "requires"]
 
 #: Each extra of ``pyproject.toml`` that a feature needs, and that feature, for messages.
 EXTRAS = {
+    "milvus": "embedcache demo --milvus",
     "parquet": "Parquet export",
     "redis": "a shared Redis tier",
     "serve": "embedcache serve",
