@@ -254,3 +254,30 @@ def test_a_forked_child_records_only_its_own_hits_with_a_timer_of_its_own(
     # when it forked); the parent recorded its three at exit.
     assert json.loads(done.stdout) == {"child_recorded": 1}
     assert lifetime(cache_dir)["hits"] == 1 + len(TEXTS)
+
+
+# A multiprocessing child (fork) ends with os._exit, not through atexit: its hits, counted
+# without close(), must still be recorded, and the parent's only by the parent.
+MULTIPROCESSING = """
+import json, multiprocessing, sys
+from embedcache import JinaEmbeddingFunction
+texts = json.loads(sys.argv[2])
+ef = JinaEmbeddingFunction(cache_dir=sys.argv[1])
+ef.encode_documents(texts)
+
+def work():
+    ef.encode_documents(texts[:1])
+
+child = multiprocessing.get_context("fork").Process(target=work)
+child.start()
+child.join()
+assert child.exitcode == 0, child.exitcode
+"""
+
+
+def test_a_multiprocessing_child_records_its_hits_as_it_ends(
+    emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    fill(cache_dir, emulator)
+    run_python(MULTIPROCESSING, str(cache_dir), json.dumps(TEXTS))
+    assert lifetime(cache_dir)["hits"] == 1 + len(TEXTS)

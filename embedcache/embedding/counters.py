@@ -4,15 +4,17 @@ and how that count reaches the cache's lifetime counters without a write per hit
 An embedder's :class:`Recorder` adds what is not yet recorded to the lifetime counters when
 asked (after each fill, on close), and :data:`AUTOFLUSH` does it for every open embedder of
 the process: every :data:`~embedcache.config.COUNTER_FLUSH_SECONDS` when something is not
-yet recorded, and at exit. So a process that never calls ``close()`` (pymilvus's class has
-none) still leaves its hits in ``embedcache stats``. A forked child records only what it
-counts itself: what its parent counted is the parent's to record.
+yet recorded, and at exit (a multiprocessing child's exit too). So a process that never
+calls ``close()`` (pymilvus's class has none) still leaves its hits in ``embedcache stats``.
+A forked child records only what it counts itself: what its parent counted is the parent's
+to record.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 from collections.abc import Callable
@@ -191,6 +193,9 @@ class Autoflush:
             if not self._hooked:
                 self._hooked = True
                 atexit.register(self.at_exit)
+                # A multiprocessing child ends with os._exit, after its own exit hooks but
+                # not atexit's: it is given the exit flush there too.
+                multiprocessing.util.register_after_fork(self, Autoflush._in_multiprocessing)
             self._recorders.add(recorder)
             self._start()
 
@@ -230,6 +235,9 @@ class Autoflush:
             recorder.after_fork_in_child()
         with self._wake:
             self._start()
+
+    def _in_multiprocessing(self) -> None:
+        multiprocessing.util.Finalize(None, self.at_exit, exitpriority=0)
 
     def _start(self) -> None:
         # Called holding the condition's lock.
