@@ -142,12 +142,15 @@ def test_an_embedder_dropped_without_close_is_collected_and_its_hits_still_recor
         embedder = CachedEmbedder(store, client)
         embedder.embed(TEXTS, OPTIONS)
         embedder.embed(TEXTS, OPTIONS)
-        gone = weakref.ref(embedder)
-        del embedder
+        recorder = embedder._recorder  # only to see it let go, below
+        gone, released = weakref.ref(embedder), weakref.ref(recorder)
+        del embedder, recorder
         gc.collect()
         assert gone() is None  # the exit flush does not keep it alive
-        AUTOFLUSH.flush_all()
-        assert store.counters()["hits"] == len(TEXTS)
+        # The thread records its hits at once, not at its next tick, and lets go of the
+        # recorder (and so of the store).
+        wait_for(lambda: store.counters()["hits"] == len(TEXTS), "the hits were not recorded")
+        wait_for(lambda: released() is None, "AUTOFLUSH still holds the recorder")
 
 
 def test_a_closed_embedder_leaves_the_autoflush(

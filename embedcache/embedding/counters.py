@@ -17,6 +17,7 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -165,26 +166,33 @@ class Autoflush:
 
     The thread runs while anything is registered, and is started again in a forked child
     that inherits registered recorders (a thread does not survive ``fork``). At exit the
-    thread is stopped before the last flush, so a flush is never cut off halfway.
+    thread is stopped before the last flush, so a flush is never cut off halfway. A
+    recorder whose embedder was collected unclosed (:meth:`orphan`) gets its last flush
+    from the thread at once, which then lets go of it and its store.
     """
 
     def __init__(self, interval: float = COUNTER_FLUSH_SECONDS) -> None:
         self._interval = interval
         self._recorders: set[Recorder] = set()
-        self._wake = threading.Condition(threading.Lock())
+        # Reentrant: orphan() runs from a garbage collection, which may come in any thread
+        # at any allocation, even one made while this lock is held.
+        self._wake = threading.Condition(threading.RLock())
         self._thread: threading.Thread | None = None
+        self._due = 0.0  # when the thread next flushes (time.monotonic)
+        self._orphans = False  # the thread has orphans to let go of
         self._stopped = False
         self._hooked = False
 
     @property
     def interval(self) -> float:
-        """Seconds between the thread's flushes; setting it takes effect at once."""
+        """Seconds between the thread's flushes; setting it restarts the wait."""
         return self._interval
 
     @interval.setter
     def interval(self, seconds: float) -> None:
         with self._wake:
             self._interval = seconds
+            self._due = time.monotonic() + seconds
             self._wake.notify_all()
 
     def add(self, recorder: Recorder) -> None:
@@ -204,17 +212,20 @@ class Autoflush:
         with self._wake:
             self._recorders.discard(recorder)
 
+    def orphan(self, recorder: Recorder) -> None:
+        """``recorder``'s embedder was collected without close(): have the thread flush it
+        one last time and let it go. Takes no lock but this one's (see ``__init__``)."""
+        recorder.orphaned = True
+        with self._wake:
+            self._orphans = True
+            self._wake.notify_all()
+
     def flush_all(self) -> None:
         """Flush every registered recorder that has something to record (what the thread
-        does every :attr:`interval`), and forget the orphaned ones afterwards."""
+        does every :attr:`interval`), and let go of the orphaned ones."""
         with self._wake:
             recorders = list(self._recorders)
-        for recorder in recorders:
-            orphaned = recorder.orphaned  # read first: an orphan counts nothing more
-            if recorder.counters.unflushed:
-                recorder.flush()
-            if orphaned:
-                self.discard(recorder)
+        self._flush(recorders)
 
     def at_exit(self) -> None:
         """Stop the thread, then flush everything (registered with :mod:`atexit`)."""
@@ -229,12 +240,20 @@ class Autoflush:
     def after_fork_in_child(self) -> None:
         """In a forked child: new locks, the parent's counts left to the parent, and a
         thread of the child's own if anything is registered."""
-        self._wake = threading.Condition(threading.Lock())
+        self._wake = threading.Condition(threading.RLock())
         self._thread = None
         for recorder in self._recorders:
             recorder.after_fork_in_child()
         with self._wake:
             self._start()
+
+    def _flush(self, recorders: list[Recorder]) -> None:
+        for recorder in recorders:
+            orphaned = recorder.orphaned  # read first: an orphan counts nothing more
+            if recorder.counters.unflushed:
+                recorder.flush()
+            if orphaned:
+                self.discard(recorder)
 
     def _in_multiprocessing(self) -> None:
         multiprocessing.util.Finalize(None, self.at_exit, exitpriority=0)
@@ -242,6 +261,7 @@ class Autoflush:
     def _start(self) -> None:
         # Called holding the condition's lock.
         if self._thread is None and self._recorders and not self._stopped:
+            self._due = time.monotonic() + self._interval
             self._thread = threading.Thread(
                 target=self._run, name="embedcache-counters", daemon=True
             )
@@ -251,14 +271,25 @@ class Autoflush:
         me = threading.current_thread()
         while True:
             with self._wake:
-                if self._thread is me:  # not stopped while this thread was flushing
-                    self._wake.wait(self._interval)
+                # Woken early only to stop, for orphans, or for a new interval: a steady
+                # stream of orphans does not put the next flush off.
+                while self._thread is me and not self._orphans:
+                    left = self._due - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
                 if self._thread is not me:
                     return  # stopped at exit, or replaced
                 if not self._recorders:
                     self._thread = None  # add() starts another
                     return
-            self.flush_all()
+                due = time.monotonic() >= self._due
+                if due:
+                    self._due = time.monotonic() + self._interval
+                self._orphans = False
+                chosen = [r for r in self._recorders if due or r.orphaned]
+            self._flush(chosen)
+            del chosen  # not held through the next wait: an orphan's store goes now
 
 
 #: The process's one :class:`Autoflush`, which every :class:`CachedEmbedder` joins.

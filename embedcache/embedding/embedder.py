@@ -104,12 +104,6 @@ class _Call:
     stats: Stats = field(default_factory=Stats)
 
 
-def _orphan(recorder: Recorder) -> None:
-    """An embedder was collected without close(): its recorder's last flush is left to
-    :data:`AUTOFLUSH` (a collection may run anywhere, even inside a flush)."""
-    recorder.orphaned = True
-
-
 def check_texts(texts: object) -> Sequence[str]:
     """Return ``texts`` if it is a list or tuple of ``str``.
 
@@ -178,10 +172,10 @@ class CachedEmbedder:
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
         # Counters reach the lifetime totals without close(): now and then, and at exit.
         # The recorder holds the store, not the embedder, which can still be collected
-        # unclosed (the finalizer leaves its last flush to AUTOFLUSH).
+        # unclosed (AUTOFLUSH's thread then gives it its last flush).
         self._recorder = Recorder(self._counters, store.add_counters)
         AUTOFLUSH.add(self._recorder)
-        self._finalizer = weakref.finalize(self, _orphan, self._recorder)
+        self._finalizer = weakref.finalize(self, AUTOFLUSH.orphan, self._recorder)
         self._finalizer.atexit = False  # AUTOFLUSH's own exit flush covers it
 
     @property
