@@ -21,7 +21,7 @@ from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import as_json, invoke
-from .conftest import API_KEY, wait_for
+from .conftest import API_KEY, MakeProxy, wait_for
 
 TEXTS = ["the first cached text", "a second one", "and the third, a little longer"]
 OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage", 8)
@@ -284,3 +284,15 @@ def test_a_multiprocessing_child_records_its_hits_as_it_ends(
     fill(cache_dir, emulator)
     run_python(MULTIPROCESSING, str(cache_dir), json.dumps(TEXTS))
     assert lifetime(cache_dir)["hits"] == 1 + len(TEXTS)
+
+
+def test_forked_proxy_workers_record_each_hit_once(make_proxy: MakeProxy, cache_dir: Path) -> None:
+    served = make_proxy()  # two forked workers on one port
+    body = {"model": "jina-embeddings-v3", "input": [TEXTS[0]]}
+    assert served.embed(body, key=API_KEY).status_code == 200  # the one miss
+    for _ in range(20):
+        answer = served.embed(body, key=API_KEY)
+        assert answer.headers["x-embedcache-cached"] == "1"
+    served.stop()
+    counters = lifetime(cache_dir)
+    assert (counters["hits"], counters["misses"], counters["requests"]) == (20, 1, 1)
