@@ -29,6 +29,10 @@ DEFAULT_MAX_BATCH_TOKENS = 64_000
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+#: Seconds between flushes of an embedder's counters to the cache's lifetime counters, when
+#: it has counted something since the last one (also flushed after each fill, on close and
+#: at exit): what a killed process can lose of them, without a write per hit.
+COUNTER_FLUSH_SECONDS = 30.0
 #: Attempts per batch, the first one included.
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_BASE_SECONDS = 0.5

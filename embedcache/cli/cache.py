@@ -201,6 +201,13 @@ def inspect(
 @click.option(
     "--npy", type=click.Path(dir_okay=False, path_type=Path), help="Write an .npy file instead."
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON array of those objects instead of a line each (with --npy: an "
+    "object naming the file and its shape).",
+)
 @pass_cli
 def get(
     cli: CliContext,
@@ -212,20 +219,32 @@ def get(
     truncate: bool,
     offline: bool,
     npy: Path | None,
+    as_json: bool,
 ) -> None:
-    """Print the vectors of TEXTS, one JSON object per line, fetching misses (unless
-    --offline)."""
+    """Print the vectors of TEXTS, one JSON object per line ({"text", "embedding"}),
+    fetching misses (unless --offline)."""
     import numpy as np
 
     options = build_options(model, task, dimensions, late_chunking, truncate)
     vectors = cli.open(offline=offline).embedder.embed(list(texts), options)
     if npy is not None:
         np.save(npy, vectors)
-        click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {npy}")
+        rows, dims = vectors.shape
+        if as_json:
+            echo_json({"files": [str(npy)], "rows": rows, "dimensions": dims})
+        else:
+            click.echo(f"wrote {rows} x {dims} float32 to {npy}")
+        return
+    answers = [
+        {"text": text, "embedding": vector.tolist()}
+        for text, vector in zip(texts, vectors, strict=True)
+    ]
+    if as_json:
+        echo_json(answers, compact=True)  # vectors are long: one line, not one per number
         return
     # One compact line per text: vectors are long, and JSON Lines stream well into tools.
-    for text, vector in zip(texts, vectors, strict=True):
-        echo_json({"text": text, "embedding": vector.tolist()}, compact=True)
+    for row in answers:
+        echo_json(row, compact=True)
 
 
 @click.command(cls=Command)
@@ -315,14 +334,22 @@ def prune(
 
 @click.command(cls=Command)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @pass_cli
-def clear(cli: CliContext, yes: bool) -> None:
+def clear(cli: CliContext, yes: bool, as_json: bool) -> None:
     """Remove every entry (lifetime counters are kept)."""
     store = cli.open().store
     count = len(store)
     if not yes:
-        click.confirm(f"Remove all {count:,} entries from {store.directory}?", abort=True)
-    click.echo(f"removed {store.clear():,} entries")
+        # With --json the question goes to stderr, so stdout stays one JSON object.
+        click.confirm(
+            f"Remove all {count:,} entries from {store.directory}?", abort=True, err=as_json
+        )
+    removed = store.clear()
+    if as_json:
+        echo_json({"directory": str(store.directory), "removed": removed})
+    else:
+        click.echo(f"removed {removed:,} entries")
 
 
 @click.command(cls=Command)

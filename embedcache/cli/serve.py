@@ -19,7 +19,7 @@ from ..config import (
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import resolve_options
-from .options import CliContext, Command, parse_size, pass_cli
+from .options import CliContext, Command, echo_json, parse_size, pass_cli
 
 __all__ = ["serve"]
 
@@ -131,6 +131,13 @@ def _is_loopback(host: str) -> bool:
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Once bound, also print one JSON line on stdout: url, host, port, upstream, "
+    "cache_dir, shared, offline, workers (for scripts that start it with --port 0).",
+)
 @pass_cli
 def serve(
     cli: CliContext,
@@ -151,6 +158,7 @@ def serve(
     tei_model: str,
     tei_task: str,
     log_level: str,
+    as_json: bool,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
 
@@ -202,21 +210,29 @@ def serve(
     # Opened here, and closed before any worker starts: a cache directory that cannot be
     # used is a one-line error now, not a worker dying later.
     with Assembly(cache) as parts:
-        where = f"{parts.client.base_url} (cache {parts.store.directory}"
-        if parts.shared is not None:
-            where += f", shared {parts.shared.location}"
+        upstream_url, directory = parts.client.base_url, parts.store.directory
+        shared = parts.shared.location if parts.shared is not None else None
+    where = f"{upstream_url} (cache {directory}" + (f", shared {shared}" if shared else "")
 
     def make_proxy(board: Board, worker: int) -> Proxy:
         return Proxy(settings, board=board, worker=worker)
 
     def announce(port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}{EMBEDDINGS_PATH}"
         click.echo(
-            f"embedcache proxy: http://{shown}:{port}{EMBEDDINGS_PATH} -> {where}"
+            f"embedcache proxy: {url} -> {where}"
             f"{', offline' if cache.offline else ''}"
             f"{f', {workers} workers' if workers > 1 else ''})",
             err=True,
         )
+        if as_json:  # echoed and flushed before any worker is forked: printed once
+            echo_json(
+                {"url": url, "host": host, "port": port, "upstream": upstream_url,
+                 "cache_dir": str(directory), "shared": shared, "offline": cache.offline,
+                 "workers": workers},
+                compact=True,
+            )  # fmt: skip
 
     serve_forever(
         make_proxy, host=host, port=port, workers=workers, log_level=log_level, on_bound=announce

@@ -11,6 +11,7 @@ it, and tests drive it with faulty upstreams. Sending is the
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -29,7 +30,7 @@ from ..tokens import estimate_tokens
 from ..upstream.protocol import Upstream, UpstreamResult
 from .batches import Miss, check_lengths, plan_batches, validated
 from .coalescing import Claim, Elsewhere, Inflight
-from .counters import Counters, Stats
+from .counters import AUTOFLUSH, Counters, Recorder, Stats
 from .scheduler import BatchScheduler
 
 __all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
@@ -169,6 +170,13 @@ class CachedEmbedder:
         self._tiers = Tiers(store, shared, memory_bytes)
         self._counters = Counters()
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
+        # Counters reach the lifetime totals without close(): now and then, and at exit.
+        # The recorder holds the store, not the embedder, which can still be collected
+        # unclosed (AUTOFLUSH's thread then gives it its last flush).
+        self._recorder = Recorder(self._counters, store.add_counters)
+        AUTOFLUSH.add(self._recorder)
+        self._finalizer = weakref.finalize(self, AUTOFLUSH.orphan, self._recorder)
+        self._finalizer.atexit = False  # AUTOFLUSH's own exit flush covers it
 
     @property
     def waiting(self) -> int:
@@ -182,7 +190,10 @@ class CachedEmbedder:
 
     def close(self) -> None:
         """Record this session's counters in the cache's lifetime totals and stop the worker
-        threads (the store and upstream belong to the caller)."""
+        threads (the store and upstream belong to the caller). Not needed for the counters:
+        they are also recorded now and then, and at exit."""
+        self._finalizer.detach()
+        AUTOFLUSH.discard(self._recorder)
         self.flush_counters()
         self._scheduler.close()
 
@@ -289,14 +300,12 @@ class CachedEmbedder:
         self._tiers.forget_memory()
 
     def flush_counters(self) -> None:
-        """Add what was counted since the last flush to the cache's lifetime counters
-        (done after every fill and on close; a long-running server also calls it now and
-        then, so a killed process loses little)."""
-        try:
-            self._tiers.store.add_counters(self._counters.take_unflushed())
-        except CacheError as exc:
-            # Counters are bookkeeping: a read-only cache must still serve its hits.
-            log.warning("could not record lifetime counters: %s", exc)
+        """Add what was counted since the last flush to the cache's lifetime counters.
+        Done after every fill, on close, every
+        :data:`~embedcache.config.COUNTER_FLUSH_SECONDS` when something was counted, and
+        at exit. Never raises: a failure is logged, and its counts are tried again next
+        time (counters are bookkeeping, and a read-only cache must still serve its hits)."""
+        self._recorder.flush()
 
     def keys(self, texts: Sequence[str], options: RequestOptions) -> list[bytes]:
         """The cache key of each text's entry, in order (under late chunking, of each
