@@ -72,7 +72,6 @@ _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 _JSON = "application/json"
 _TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
 _MAX_CLIENTS = 1024
-_COUNTER_FLUSH_SECONDS = 30.0
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
 # size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
 # reads exactly as it would again.
@@ -184,7 +183,6 @@ class Proxy:
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
         self._known_bodies: dict[bytes, tuple[str, str, list[bytes]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._fills = ThreadPoolExecutor(settings.fill_threads, "embedcache-fill")
         self._closed = False
@@ -213,16 +211,14 @@ class Proxy:
         if self._closed:
             return
         self._closed = True
-        for task in (self._flusher, self._publisher):
-            if task is not None:
-                task.cancel()
+        if self._publisher is not None:
+            self._publisher.cancel()
         self._fills.shutdown(wait=True)
         self.parts.close()
 
     def start(self) -> None:
         """Start the background work of a serving proxy (call on its event loop)."""
         loop = asyncio.get_running_loop()
-        self._flusher = loop.create_task(self._flush_counters())
         self._publisher = loop.create_task(self._publish_now_and_then())
 
     def answer_hit(self, request: HttpRequest) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
@@ -295,13 +291,6 @@ class Proxy:
         self.embedder.forget_memory()
         self.rendered.clear()
         self.access.forget()
-
-    async def _flush_counters(self) -> None:
-        """Record hits in the cache's lifetime counters now and then (fills record their
-        own), so ``embedcache stats`` sees a long-running proxy's work."""
-        while True:
-            await asyncio.sleep(_COUNTER_FLUSH_SECONDS)
-            await self._in_thread(self.embedder.flush_counters)
 
     async def _embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
