@@ -8,7 +8,6 @@ function of a chunk of misses.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -95,22 +94,26 @@ class Packer:
         self.whole = options.late_chunking
         self.size = min(batch_size or options.max_items, options.max_items)
         self.max_tokens = max_tokens
-        self._queue = deque(misses)
-        self._ready: deque[tuple[Miss, int]] = deque()  # taken, not yet in a request
+        self._queue = misses
+        self._next = 0  # the queue's first miss not yet handed to take
+        # Taken, not yet in a request, with their estimated tokens; from self._first on.
+        self._ready: list[Miss] = []
+        self._costs: list[int] = []
+        self._first = 0
         self._asked = 0
         self._given = 0
 
     @property
     def queued(self) -> int:
         """Misses not yet handed to ``take``."""
-        return len(self._queue)
+        return len(self._queue) - self._next
 
     def batches(self, take: Take) -> Iterator[list[Miss]]:
         """Yield full requests of what ``take`` returns until the queue is empty; drawn
         lazily, so each chunk is taken just before its request is sent."""
         if self.whole:
-            group = take(list(self._queue)) if self._queue else []
-            self._queue.clear()
+            group = take(self._queue[self._next :]) if self.queued else []
+            self._next = len(self._queue)
             if group:
                 yield group
             return
@@ -124,43 +127,62 @@ class Packer:
         batch: list[Miss] = []
         tokens = 0
         while True:
-            while self._ready:
-                miss, cost = self._ready[0]
-                if batch and (len(batch) == self.size or tokens + cost > self.max_tokens):
-                    return batch
-                self._ready.popleft()
-                batch.append(miss)
+            # What was taken goes in first, in order, as long as it fits.
+            first, end, costs = self._first, len(self._ready), self._costs
+            stop = first
+            while stop < end:
+                cost = costs[stop]
+                if (batch or stop > first) and (
+                    len(batch) + stop - first == self.size or tokens + cost > self.max_tokens
+                ):
+                    break
                 tokens += cost
-            chunk = self._chunk(len(batch), tokens)
+                stop += 1
+            batch += self._ready[first:stop]
+            self._first = stop
+            if stop < end:
+                return batch
+            self._ready.clear()
+            self._costs.clear()
+            self._first = 0
+            chunk, chunk_costs = self._chunk(len(batch), tokens)
             if not chunk:
                 return batch  # the queue is empty, or its next text would not fit
-            costs = {id(miss): cost for miss, cost in chunk}
-            taken = take([miss for miss, _ in chunk])
+            taken = take(chunk)
             self._asked += len(chunk)
             self._given += len(taken)
-            self._ready.extend((miss, costs[id(miss)]) for miss in taken)
+            if len(taken) == len(chunk):
+                self._ready, self._costs = list(taken), chunk_costs
+            else:  # an ordered part of the chunk: find each one's cost
+                position = iter(range(len(chunk)))
+                for miss in taken:
+                    i = next(j for j in position if chunk[j] is miss)
+                    self._ready.append(miss)
+                    self._costs.append(chunk_costs[i])
 
-    def _chunk(self, count: int, tokens: int) -> list[tuple[Miss, int]]:
-        """The next queued misses to take: those that fit the room left, then more in
-        proportion to the share ``take`` has been setting aside; none when the room left
-        takes not even the next one (the request is full)."""
-        chunk: list[tuple[Miss, int]] = []
-        fit = 0
-        while self._queue and count + fit < self.size:
-            cost = estimate_tokens(self._queue[0].text)
-            if (count or fit) and tokens + cost > self.max_tokens:
+    def _chunk(self, count: int, tokens: int) -> tuple[list[Miss], list[int]]:
+        """The next queued misses to take, with their estimated tokens: those that fit the
+        room left, then more in proportion to the share ``take`` has been setting aside;
+        none when the room left takes not even the next one (the request is full)."""
+        queue, start = self._queue, self._next
+        costs: list[int] = []
+        stop, end = start, min(len(queue), start + self.size - count)
+        while stop < end:
+            cost = estimate_tokens(queue[stop].text)
+            if (count or stop > start) and tokens + cost > self.max_tokens:
                 break
-            chunk.append((self._queue.popleft(), cost))
-            fit += 1
+            costs.append(cost)
             tokens += cost
+            stop += 1
+        fit = stop - start
         if not fit:
-            return chunk
+            return [], []
         share = max(self._given / self._asked, 1 / self.MAX_SCALE) if self._asked else 1.0
         want = max(math.ceil(fit / share), min(self.MIN_CHUNK, self.size))
-        while self._queue and len(chunk) < want:
-            miss = self._queue.popleft()
-            chunk.append((miss, estimate_tokens(miss.text)))
-        return chunk
+        stop = min(len(queue), start + max(fit, want))
+        costs += [estimate_tokens(miss.text) for miss in queue[start + fit : stop]]
+        self._next = stop
+        return queue[start:stop], costs
 
 
 def validated(
