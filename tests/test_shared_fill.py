@@ -125,3 +125,33 @@ def test_entries_claimed_in_one_chunk_stay_claimed_until_the_request_sending_the
     assert waited is not None
     assert (waited.stats.coalesced, waited.stats.requests) == (1, 0)
     assert waited.vectors.tobytes() == filled.vectors[3:].tobytes()
+
+
+def test_a_failure_looking_up_a_chunk_keeps_what_is_in_flight_and_holds_no_claim(
+    cache_dir: Path, client: JinaClient, emulator: JinaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"looked up {i}" for i in range(6)]
+    with Store(cache_dir) as store:
+        embedder = CachedEmbedder(store, client, batch_size=2, max_concurrency=2)
+        tiers = embedder._tiers
+        read, reads = tiers.read, []
+
+        def failing_third(*args: object, **kwargs: object) -> object:
+            reads.append(args)
+            if len(reads) == 3:  # the call's lookup, the first chunk's, then the second's
+                raise OSError("the store could not be read")
+            return read(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(tiers, "read", failing_third)
+        with pytest.raises(OSError, match="could not be read"):
+            embedder.embed(texts, OPTIONS)
+        assert sorted(emulator.received_texts()) == texts[:2]  # in flight: committed
+        # A claim left held by the failed lookup would keep the next call waiting forever.
+        assert embedder._inflight is not None
+        assert len(embedder._inflight) == 0
+        monkeypatch.setattr(tiers, "read", read)
+        again = embedder.embed_detailed(texts, OPTIONS)
+        embedder.close()
+    assert again is not None
+    assert (again.stats.hits, again.stats.misses, again.stats.coalesced) == (2, 4, 0)
+    assert sorted(emulator.received_texts()) == sorted(texts)

@@ -464,11 +464,15 @@ class CachedEmbedder:
             mine = set(owned)
             waiting.append((elsewhere, [m for i, m in enumerate(chunk) if i not in mine]))
             chunk = [chunk[i] for i in owned]
-        # Looked at only now, under the claim: anything stored before it was taken is
-        # found, and no other claiming caller fetches these entries while it is held.
-        # (Looking first would leave a gap in which another process commits and releases,
-        # and this call then claims and pays again.)
-        chunk = self._take_stored(chunk, call, "hits")
+        try:
+            # Looked at only now, under the claim: anything stored before it was taken is
+            # found, and no other claiming caller fetches these entries while it is held.
+            # (Looking first would leave a gap in which another process commits and
+            # releases, and this call then claims and pays again.)
+            chunk = self._take_stored(chunk, call, "hits")
+        except BaseException:
+            claim.release()  # not yet among the fetch's holds, which end on every path
+            raise
         holds.add(claim, chunk)
         return chunk
 
