@@ -68,6 +68,31 @@ counts = {"misses": s.misses, "coalesced": s.coalesced, "requests": s.requests}
 say("done", json.dumps(counts, separators=(",", ":")))
 """
 
+#: Fills argv[1]'s JSON ``{"cache_dir", "url", "texts", "batch_size", "max_concurrency"}``
+#: with ``warm``: says ``ready`` once open, starts when stdin says ``go`` (so several start
+#: together), and says ``done STATS`` last.
+FILL = r"""
+import json, os, sys
+from embedcache import CachedEmbedder, JinaClient, Store
+from embedcache.models import resolve_options
+
+config = json.loads(sys.argv[1])
+options = resolve_options("jina-embeddings-v3", "retrieval.passage")
+client = JinaClient(os.environ["JINA_API_KEY"], base_url=config["url"])
+with Store(config["cache_dir"]) as store:
+    embedder = CachedEmbedder(store, client, batch_size=config["batch_size"],
+                              max_concurrency=config["max_concurrency"])
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        sys.exit("never told to go")
+    embedder.warm(config["texts"], options)
+    s = embedder.stats
+    embedder.close()
+client.close()
+counts = {"misses": s.misses, "coalesced": s.coalesced, "requests": s.requests}
+print("done", json.dumps(counts, separators=(",", ":")), flush=True)
+"""
+
 #: Takes, releases and waits on claims of the directory argv[1] as stdin says:
 #: ``take HEX...`` -> ``taken TICKET OWNED ELSEWHERE`` (comma lists, ``-`` when empty);
 #: ``release TICKET`` -> ``released``; ``wait BYTE...`` waits in a thread -> ``waited``.

@@ -1,12 +1,14 @@
-"""Planning the requests for a call's misses, and judging what comes back.
+"""Packing a call's misses into requests, and judging what comes back.
 
-Pure functions of their arguments, kept apart from the orchestration in
-:mod:`embedcache.embedding.embedder` so each can be read, and tested, on its own.
+Kept apart from the orchestration in :mod:`embedcache.embedding.embedder` so each can be
+read, and tested, on its own: what the packer is given to claim and look up is a plain
+function of a chunk of misses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ from ..models import RequestOptions
 from ..tokens import estimate_tokens
 from ..upstream.protocol import UpstreamResult
 
-__all__ = ["Miss", "check_lengths", "plan_batches", "validated"]
+__all__ = ["Miss", "Packer", "Take", "check_lengths", "plan_batches", "validated"]
 
 
 @dataclass(frozen=True)
@@ -53,22 +55,134 @@ def plan_batches(
     misses: list[Miss], options: RequestOptions, batch_size: int | None, max_tokens: int
 ) -> Iterator[list[Miss]]:
     """Split misses into requests of at most ``batch_size`` texts (capped by the model's
-    limit) and ``max_tokens`` estimated tokens; a late-chunking group is one request."""
-    if options.late_chunking:
-        yield misses
-        return
-    size = min(batch_size or options.max_items, options.max_items)
-    batch: list[Miss] = []
-    tokens = 0
-    for miss in misses:
-        cost = estimate_tokens(miss.text)
-        if batch and (len(batch) == size or tokens + cost > max_tokens):
+    limit) and ``max_tokens`` estimated tokens; a late-chunking group is one request.
+
+    The split :class:`Packer` makes when every miss it takes is still to be fetched (what a
+    dry run estimates)."""
+    return Packer(misses, options, batch_size, max_tokens).batches(lambda chunk: chunk)
+
+
+#: Takes a chunk of misses, in queue order, and returns those this request may send, in
+#: the same order (the others are being fetched elsewhere or were stored meanwhile).
+Take = Callable[[list[Miss]], list[Miss]]
+
+
+class Packer:
+    """Fills each request, as it is drawn, from the misses still queued.
+
+    :meth:`batches` asks ``take`` for a chunk of the queue at a time and packs what it
+    returns in order; a request is closed when the next text would go over ``batch_size``
+    texts (capped by the model's limit) or ``max_tokens`` estimated tokens, or the queue is
+    empty. So the requests are the ones :func:`plan_batches` would make of everything
+    ``take`` returned: full, whatever it set aside. A late-chunking group is taken whole,
+    as one request.
+
+    A chunk is sized for the room left in the request, scaled up by the share of texts
+    ``take`` has been returning (so a request among many entries fetched elsewhere fills in
+    a few calls, not one per text); what it returns beyond the room opens the next request.
+    """
+
+    #: Fewest texts asked of ``take`` at once (unless fewer are queued).
+    MIN_CHUNK = 8
+    #: Most a chunk is scaled up by a low share: it bounds what is taken ahead of sending.
+    MAX_SCALE = 4
+
+    def __init__(
+        self, misses: list[Miss], options: RequestOptions, batch_size: int | None,
+        max_tokens: int,
+    ) -> None:  # fmt: skip
+        self.whole = options.late_chunking
+        self.size = min(batch_size or options.max_items, options.max_items)
+        self.max_tokens = max_tokens
+        self._queue = misses
+        self._next = 0  # the queue's first miss not yet handed to take
+        # Taken, not yet in a request, with their estimated tokens; from self._first on.
+        self._ready: list[Miss] = []
+        self._costs: list[int] = []
+        self._first = 0
+        self._asked = 0
+        self._given = 0
+
+    @property
+    def queued(self) -> int:
+        """Misses not yet handed to ``take``."""
+        return len(self._queue) - self._next
+
+    def batches(self, take: Take) -> Iterator[list[Miss]]:
+        """Yield full requests of what ``take`` returns until the queue is empty; drawn
+        lazily, so each chunk is taken just before its request is sent."""
+        if self.whole:
+            group = take(self._queue[self._next :]) if self.queued else []
+            self._next = len(self._queue)
+            if group:
+                yield group
+            return
+        while True:
+            batch = self._pack(take)
+            if not batch:
+                return
             yield batch
-            batch, tokens = [], 0
-        batch.append(miss)
-        tokens += cost
-    if batch:
-        yield batch
+
+    def _pack(self, take: Take) -> list[Miss]:
+        batch: list[Miss] = []
+        tokens = 0
+        while True:
+            # What was taken goes in first, in order, as long as it fits.
+            first, end, costs = self._first, len(self._ready), self._costs
+            stop = first
+            while stop < end:
+                cost = costs[stop]
+                if (batch or stop > first) and (
+                    len(batch) + stop - first == self.size or tokens + cost > self.max_tokens
+                ):
+                    break
+                tokens += cost
+                stop += 1
+            batch += self._ready[first:stop]
+            self._first = stop
+            if stop < end:
+                return batch
+            self._ready.clear()
+            self._costs.clear()
+            self._first = 0
+            chunk, chunk_costs = self._chunk(len(batch), tokens)
+            if not chunk:
+                return batch  # the queue is empty, or its next text would not fit
+            taken = take(chunk)
+            self._asked += len(chunk)
+            self._given += len(taken)
+            if len(taken) == len(chunk):
+                self._ready, self._costs = list(taken), chunk_costs
+            else:  # an ordered part of the chunk: find each one's cost
+                position = iter(range(len(chunk)))
+                for miss in taken:
+                    i = next(j for j in position if chunk[j] is miss)
+                    self._ready.append(miss)
+                    self._costs.append(chunk_costs[i])
+
+    def _chunk(self, count: int, tokens: int) -> tuple[list[Miss], list[int]]:
+        """The next queued misses to take, with their estimated tokens: those that fit the
+        room left, then more in proportion to the share ``take`` has been setting aside;
+        none when the room left takes not even the next one (the request is full)."""
+        queue, start = self._queue, self._next
+        costs: list[int] = []
+        stop, end = start, min(len(queue), start + self.size - count)
+        while stop < end:
+            cost = estimate_tokens(queue[stop].text)
+            if (count or stop > start) and tokens + cost > self.max_tokens:
+                break
+            costs.append(cost)
+            tokens += cost
+            stop += 1
+        fit = stop - start
+        if not fit:
+            return [], []
+        share = max(self._given / self._asked, 1 / self.MAX_SCALE) if self._asked else 1.0
+        want = max(math.ceil(fit / share), min(self.MIN_CHUNK, self.size))
+        stop = min(len(queue), start + max(fit, want))
+        costs += [estimate_tokens(miss.text) for miss in queue[start + fit : stop]]
+        self._next = stop
+        return queue[start:stop], costs
 
 
 def validated(

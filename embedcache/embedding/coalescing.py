@@ -10,8 +10,10 @@ inherits someone else's error.
 :class:`Inflight` keeps the claims of this process's threads, one event per batch, and
 takes the keys no thread holds from the directory's
 :class:`~embedcache.storage.claims.Claims`, which other processes see; a key held there is
-waited for the same way. Claims exist only for batches in flight, so memory stays bounded
-by ``concurrency x batch size`` whatever the size of the corpus.
+waited for the same way. Claims exist only for batches in flight and the few entries a
+call has claimed for its next request (:class:`~embedcache.embedding.batches.Packer`), so
+memory stays bounded by about ``(concurrency + 4) x batch size`` whatever the size of the
+corpus.
 
 A caller must not wait while holding claims of its own:
 :class:`~embedcache.embedding.embedder.CachedEmbedder` releases every claim of a call

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -28,7 +28,7 @@ from ..storage.store import Store
 from ..storage.tiers import Tiers
 from ..tokens import estimate_tokens
 from ..upstream.protocol import Upstream, UpstreamResult
-from .batches import Miss, check_lengths, plan_batches, validated
+from .batches import Miss, Packer, check_lengths, plan_batches, validated
 from .coalescing import Claim, Elsewhere, Inflight
 from .counters import AUTOFLUSH, Counters, Recorder, Stats
 from .scheduler import BatchScheduler
@@ -90,6 +90,42 @@ class _Rows:
 
 #: Misses left to other calls' fetches, with what ends those fetches.
 _Waiting = tuple[Elsewhere, list[Miss]]
+
+
+class _Holds:
+    """The claims of one fetch, each ended once every entry it holds that is still to be
+    sent has been committed: a claimed chunk may be packed into two requests."""
+
+    def __init__(self) -> None:
+        self._owner: dict[bytes, Claim] = {}
+        self._left: dict[Claim, int] = {}  # the claims not yet ended: entries to send
+
+    def add(self, claim: Claim, sending: list[Miss]) -> None:
+        """Keep ``claim`` until ``sending``, what it holds that is still missing, is sent
+        (entries found stored stay claimed with the rest until then)."""
+        if not sending:
+            claim.release()
+            return
+        self._left[claim] = len(sending)
+        for miss in sending:
+            self._owner[miss.key] = claim
+
+    def sent(self, batch: list[Miss]) -> None:
+        """``batch`` is committed (or failed): end the claims nothing else waits on."""
+        for miss in batch:
+            claim = self._owner.pop(miss.key, None)
+            if claim is not None:
+                self._left[claim] -= 1
+                if not self._left[claim]:
+                    del self._left[claim]
+                    claim.release()
+
+    def release(self) -> None:
+        """End every claim still held, whatever happened to its entries."""
+        for claim in self._left:
+            claim.release()
+        self._left.clear()
+        self._owner.clear()
 
 
 @dataclass
@@ -164,7 +200,7 @@ class CachedEmbedder:
         self.offline = offline
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        self._scheduler: BatchScheduler[tuple[list[Miss], Claim | None], UpstreamResult]
+        self._scheduler: BatchScheduler[list[Miss], UpstreamResult]
         self._scheduler = BatchScheduler(max_concurrency)
         self._inflight = Inflight(store.claims) if coalesce else None
         self._tiers = Tiers(store, shared, memory_bytes)
@@ -389,74 +425,65 @@ class CachedEmbedder:
             self.flush_counters()
 
     def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
-        """Send ``misses`` in batches, committing each as it arrives.
+        """Send ``misses`` in batches, committing each as it arrives. Each batch is packed
+        when a slot frees, from what is still missing then (see :meth:`_claimed`), so it is
+        full however much other calls and processes have fetched meanwhile.
 
         :returns: the misses left to others' in-flight fetches, with what ends those.
         """
         waiting: list[_Waiting] = []
-        claims: list[Claim] = []
-        plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = self._claimed(plan, claims, waiting, call)
+        holds = _Holds()
+        packer = Packer(misses, call.options, self.batch_size, self.max_batch_tokens)
+        batches = packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call))
 
-        def send(queued: tuple[list[Miss], Claim | None]) -> UpstreamResult:
-            batch = queued[0]
+        def send(batch: list[Miss]) -> UpstreamResult:
             result = call.upstream.embed([miss.text for miss in batch], call.options)
             self._count(call, requests=1, tokens_spent=result.total_tokens)
             return result
 
-        def commit(queued: tuple[list[Miss], Claim | None], result: UpstreamResult) -> None:
-            batch, claim = queued
+        def commit(batch: list[Miss], result: UpstreamResult) -> None:
             try:
                 self._commit(batch, result, call)
             finally:
-                if claim is not None:
-                    claim.release()
+                holds.sent(batch)
             if call.on_batch is not None:
                 call.on_batch(len(batch), result.total_tokens)
 
         try:
             self._scheduler.run(batches, send, commit)
         finally:
-            for claim in claims:
-                claim.release()  # a failed or abandoned batch must not hold up waiters
+            holds.release()  # a failed or abandoned batch must not hold up waiters
         return waiting
 
     def _claimed(
-        self,
-        batches: Iterator[list[Miss]],
-        claims: list[Claim],
-        waiting: list[_Waiting],
-        call: _Call,
-    ) -> Iterator[tuple[list[Miss], Claim | None]]:
-        """Just before each batch is sent, claim its entries, set aside those another call
-        or process is already fetching, and drop what has been stored since this call
-        looked (so concurrent prewarms of overlapping corpora do not pay twice)."""
-        for batch in batches:
-            if self._inflight is None:
-                batch = self._take_stored(batch, call, "hits")
-                if batch:
-                    yield batch, None
-                continue
-            claim, owned, elsewhere = self._inflight.claim([miss.key for miss in batch])
-            claims.append(claim)
-            if len(owned) < len(batch) and call.options.late_chunking:
-                # Never send part of a late-chunking group; wait for whoever holds the rest.
-                claim.release()
-                owned = []
-            if len(owned) < len(batch):
-                mine = set(owned)
-                waiting.append((elsewhere, [m for i, m in enumerate(batch) if i not in mine]))
-                batch = [batch[i] for i in owned]
+        self, chunk: list[Miss], holds: _Holds, waiting: list[_Waiting], call: _Call
+    ) -> list[Miss]:
+        """What of ``chunk`` this call is to send, just before it is packed into a request:
+        claim its entries, set aside those another call or process is already fetching,
+        and drop what has been stored since this call looked (so concurrent prewarms of
+        overlapping corpora do not pay twice)."""
+        if self._inflight is None:
+            return self._take_stored(chunk, call, "hits")
+        claim, owned, elsewhere = self._inflight.claim([miss.key for miss in chunk])
+        if len(owned) < len(chunk) and call.options.late_chunking:
+            # Never send part of a late-chunking group; wait for whoever holds the rest.
+            claim.release()
+            owned = []
+        if len(owned) < len(chunk):
+            mine = set(owned)
+            waiting.append((elsewhere, [m for i, m in enumerate(chunk) if i not in mine]))
+            chunk = [chunk[i] for i in owned]
+        try:
             # Looked at only now, under the claim: anything stored before it was taken is
             # found, and no other claiming caller fetches these entries while it is held.
             # (Looking first would leave a gap in which another process commits and
             # releases, and this call then claims and pays again.)
-            batch = self._take_stored(batch, call, "hits")
-            if not batch:
-                claim.release()
-                continue
-            # Entries found stored stay claimed with the rest until the batch is committed.
-            yield batch, claim
+            chunk = self._take_stored(chunk, call, "hits")
+        except BaseException:
+            claim.release()  # not yet among the fetch's holds, which end on every path
+            raise
+        holds.add(claim, chunk)
+        return chunk
 
     def _take_stored(
         self, misses: list[Miss], call: _Call, counted_as: Literal["hits", "coalesced"]
