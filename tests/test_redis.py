@@ -23,7 +23,7 @@ from .cli_helpers import invoke, ok
 from .conftest import API_KEY
 from .redis_server import RedisServer
 from .serving import ProxyProcess
-from .test_open_race import race
+from .test_open_race import race, report
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 TEXTS = ["shared across the team", "fetched once", "served everywhere"]
@@ -271,7 +271,7 @@ def test_processes_recording_fingerprints_at_once_agree_on_one_record_each(
             store.close()
 
     failures, directories = race(write, tmp_path, 10)
-    assert not failures, failures
+    assert not failures, report(failures)
     for directory in directories:
         prefix = directory.parent.name
         records = raw.hgetall(f"{prefix}:fingerprints")
