@@ -23,6 +23,7 @@ from .cli_helpers import invoke, ok
 from .conftest import API_KEY
 from .redis_server import RedisServer
 from .serving import ProxyProcess
+from .test_open_race import race, report
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 TEXTS = ["shared across the team", "fetched once", "served everywhere"]
@@ -250,3 +251,47 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
     got = ef_on("bob", redis_url=redis_server.url).embed(TEXTS)
     assert got.tobytes() == expected(emulator, TEXTS).tobytes()
     assert [request.inputs for request in emulator.requests[before:]] == [1]
+
+
+def test_processes_recording_fingerprints_at_once_agree_on_one_record_each(
+    redis_server: RedisServer, raw: redis.Redis, tmp_path: Path
+) -> None:
+    shared_fp = fingerprint(OPTIONS)
+    own = [
+        fingerprint(RequestOptions("jina-embeddings-v3", dimensions=8 * (i + 1))) for i in range(4)
+    ]
+
+    def write(directory: Path, i: int) -> None:
+        store = RedisStore(redis_server.url, prefix=directory.parent.name, strict=True)
+        try:
+            for fp in (shared_fp, own[i]):
+                (key,) = text_keys(fp, [f"text {i}"])
+                store.put_many(fp, [(key, np.full(8, i, dtype=np.float32), 1.0)])
+        finally:
+            store.close()
+
+    failures, directories = race(write, tmp_path, 10)
+    assert not failures, report(failures)
+    for directory in directories:
+        prefix = directory.parent.name
+        records = raw.hgetall(f"{prefix}:fingerprints")
+        assert records == {
+            f"{fp.id:016x}".encode(): fp.canonical.encode() for fp in (shared_fp, *own)
+        }
+        store = RedisStore(redis_server.url, prefix=prefix, strict=True)
+        assert set(store.fingerprints()) == {fp.id for fp in (shared_fp, *own)}
+        store.close()
+
+
+def test_a_damaged_fingerprint_record_is_replaced_by_the_next_writer(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    fp = fingerprint(OPTIONS)
+    raw.hset("embedcache:fingerprints", f"{fp.id:016x}", b'{"key_version":1,"request":{')
+    store = RedisStore(redis_server.url, strict=True)
+    (key,) = text_keys(fp, ["a text"])
+    store.put_many(fp, [(key, np.ones(8, dtype=np.float32), 1.0)])
+    # Without the record, `embedcache sync` could never copy these entries down.
+    assert store.fingerprints() == {fp.id: fp}
+    assert raw.hget("embedcache:fingerprints", f"{fp.id:016x}") == fp.canonical.encode()
+    store.close()

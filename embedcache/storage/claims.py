@@ -69,6 +69,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .databases import open_wal
+
 try:
     import fcntl
 except ImportError:  # not POSIX: coalescing stays within each process
@@ -295,18 +297,13 @@ class Claims:
         try:
             for name in (CLAIMS_LOCK, CLAIMS_DB):
                 os.close(os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o600))
-            db = sqlite3.connect(
-                self.directory / CLAIMS_DB, timeout=60, isolation_level=None,
-                check_same_thread=False,
-            )  # fmt: skip
+            # Other processes may be creating it too: open_wal waits them out.
+            db = open_wal(self.directory / CLAIMS_DB, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             self._broken = True
             self._warn(f"cannot open the claims files: {exc}")
             return None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
             fd = os.open(self.directory / CLAIMS_LOCK, os.O_RDWR | os.O_CLOEXEC)
         except (OSError, sqlite3.Error) as exc:
             db.close()

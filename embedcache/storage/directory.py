@@ -1,18 +1,30 @@
 """A cache directory itself: created private, marked with the versions it was written with.
 
+Any number of processes may create the same directory at once (four prewarm jobs on a new
+machine, or the default cache on first use): the marker is written whole under a temporary
+name and then hard-linked into place, which fails if another process got there first, so
+every opener reads one complete marker, and the first creator's versions are the ones
+checked. Those temporary names do not make a directory "not empty".
+
 What lives inside it is described in :mod:`embedcache.storage.store`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from ..errors import CacheError, CacheFormatError
 
 __all__ = ["check_or_create_marker", "restrict_permissions"]
+
+# Filesystems without hard links (some network and FUSE mounts) answer os.link with these:
+# there the marker is renamed into place, which lets the last of racing creators win.
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def check_or_create_marker(directory: Path, name: str, expected: dict[str, int]) -> None:
@@ -26,32 +38,77 @@ def check_or_create_marker(directory: Path, name: str, expected: dict[str, int])
     """
     marker = directory / name
     try:
-        if marker.exists():
-            found = json.loads(marker.read_text(encoding="utf-8"))
-            versions = {key: found.get(key) for key in expected}
-            if versions != expected:
-                raise CacheFormatError(
-                    f"cache at {directory} was written with {versions}, this "
-                    f"embedcache uses {expected}: choose another cache directory or "
-                    "delete this one"
-                )
-            return
-        if directory.exists() and any(directory.iterdir()):
-            raise CacheFormatError(
-                f"{directory} is not empty and has no {name}: not an embedcache directory"
-            )
-        created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if created:
-            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-        tmp = marker.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(expected) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, marker)
-    except json.JSONDecodeError as exc:
-        raise CacheFormatError(f"{marker} is not valid JSON: {exc}") from exc
+        found = _read(marker)
+        if found is None:
+            _create(directory, name, expected)
+            found = _read(marker)
+            if found is None:  # deleted as soon as it was made: not ours to guess about
+                raise CacheError(f"cannot prepare cache at {directory}: {marker} vanished")
     except OSError as exc:
         raise CacheError(f"cannot prepare cache at {directory}: {exc}") from exc
+    versions = {key: found.get(key) for key in expected}
+    if versions != expected:
+        raise CacheFormatError(
+            f"cache at {directory} was written with {versions}, this "
+            f"embedcache uses {expected}: choose another cache directory or "
+            "delete this one"
+        )
+
+
+def _read(marker: Path) -> dict[str, object] | None:
+    """The marker's contents, ``None`` when there is none yet."""
+    try:
+        text = marker.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CacheFormatError(f"{marker} is not valid JSON: {exc}") from exc
+    if not isinstance(found, dict):
+        raise CacheFormatError(f"{marker} is not an embedcache marker: {text[:80]!r}")
+    return found
+
+
+def _is_temporary(entry: str, name: str) -> bool:
+    """Whether ``entry`` is a marker being written (or left by a creator that crashed)."""
+    return entry.startswith(f".{name}.") and entry.endswith(".tmp")
+
+
+def _create(directory: Path, name: str, expected: dict[str, int]) -> None:
+    """Create the directory and its marker, unless another process has just done so."""
+    try:
+        directory.mkdir(parents=True, mode=0o700)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass  # made by the user, or by another process opening it right now
+    marker = directory / name
+    foreign = [entry for entry in os.listdir(directory) if not _is_temporary(entry, name)]
+    # Every process writes the marker before anything else, so what the listing saw belongs
+    # to a cache if the marker is there now (the listing may have started just before it).
+    if foreign and not marker.exists():
+        raise CacheFormatError(
+            f"{directory} is not empty and has no {name}: not an embedcache directory"
+        )
+    if foreign:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(expected) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # linked only once whole, even across a power cut
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            pass  # another process's marker won: the caller checks its versions
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            os.replace(tmp, marker)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def restrict_permissions(directory: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .databases import BUSY_SECONDS, open_wal
 from .rows import COLUMNS, LO, READ_COLUMNS, K
 
 __all__ = ["Index", "entry_bytes"]
@@ -68,14 +69,20 @@ def _join(
     return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
 
 
-def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
+    """A connection to ``index.db``; with ``schema``, the one that creates it (and the WAL)
+    when new, safely against other processes doing the same (:func:`open_wal`)."""
     if read_only:
         # On a read-only directory SQLite cannot create the WAL's shared-memory file;
         # "immutable" reads the database as it stands, without locks.
         uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    elif schema is not None:
+        db = open_wal(path, schema)
     else:
-        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        )
     db.execute("PRAGMA cache_size=-65536")
     return db
 
@@ -105,11 +112,7 @@ class Index:
         self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
         self._stale_snapshots: list[int] = []
         path = directory / "index.db"
-        self._db = _connect(path, read_only)
-        if not read_only:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        self._db = _connect(path, read_only, None if read_only else _SCHEMA)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
         self._reader = _connect(path, read_only)

@@ -131,6 +131,8 @@ class RedisStore:
         self._down_until = 0.0
         self._outage = False
         self._known_fingerprints: set[int] = set()
+        # One hash of ``<fingerprint id hex>: canonical JSON`` for the whole prefix.
+        self._fingerprints = f"{prefix}:fingerprints"
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self.prefix!r}, ttl={self.ttl!r})"
@@ -219,14 +221,32 @@ class RedisStore:
 
         def write() -> None:
             pipe = self._client.pipeline(transaction=False)
-            if fp.id not in self._known_fingerprints:
-                pipe.hsetnx(f"{self.prefix}:fingerprints", f"{fp.id:016x}", fp.canonical)
+            record = fp.id not in self._known_fingerprints
+            if record:
+                # Set only if absent and read back, in the same round trip: concurrent first
+                # writers all end up with the one record, whoever wrote it.
+                pipe.hsetnx(self._fingerprints, f"{fp.id:016x}", fp.canonical)
+                pipe.hget(self._fingerprints, f"{fp.id:016x}")
             for key, vector, tokens in entries:
                 pipe.set(self._name(key), encode_entry(vector, tokens, fp.id), ex=self.ttl)
-            pipe.execute()
-            self._known_fingerprints.add(fp.id)
+            replies = pipe.execute()
+            if record:
+                self._settle_fingerprint(fp, replies[1])
 
         self._call("write", write, None)
+
+    def _settle_fingerprint(self, fp: Fingerprint, stored: bytes | None) -> None:
+        """Make sure the record of ``fp`` is the one Redis holds, given what it held just
+        after the ``HSETNX``.
+
+        A record is right when its JSON hashes to its field's id: then it is ``fp``'s (a
+        64-bit collision aside). One that does not (damaged, or written by something else)
+        would hide these entries' settings from ``sync`` for good, so it is replaced; every
+        writer that replaces it writes the same bytes, so racing ones still agree.
+        """
+        if stored != fp.canonical.encode("ascii") and not _records(stored, fp.id):
+            self._client.hset(self._fingerprints, f"{fp.id:016x}", fp.canonical)
+        self._known_fingerprints.add(fp.id)
 
     # Maintenance: meant for strict stores (a lenient one sees an unreachable Redis as empty).
 
@@ -319,10 +339,9 @@ class RedisStore:
     def fingerprints(self) -> dict[int, Fingerprint]:
         """The request settings recorded with the entries, by fingerprint id (one
         ``HGETALL``); a record whose JSON does not hash to its id is left out."""
-        hash_name = f"{self.prefix}:fingerprints"
 
         def fetch() -> dict[bytes, bytes]:
-            return cast("dict[bytes, bytes]", self._client.hgetall(hash_name))
+            return cast("dict[bytes, bytes]", self._client.hgetall(self._fingerprints))
 
         nothing: dict[bytes, bytes] = {}
         raw = self._call("read", fetch, nothing)
@@ -336,6 +355,16 @@ class RedisStore:
             if fp.id == fp_id:
                 out[fp_id] = fp
         return out
+
+
+def _records(stored: bytes | None, fp_id: int) -> bool:
+    """Whether ``stored`` is a fingerprint record for ``fp_id``: ASCII JSON that hashes to it."""
+    if stored is None:
+        return False
+    try:
+        return Fingerprint.from_canonical(stored.decode("ascii")).id == fp_id
+    except (UnicodeDecodeError, ValueError):
+        return False
 
 
 def open_shared(
