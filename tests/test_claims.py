@@ -57,7 +57,6 @@ def expected(emulator: JinaEmulator, texts: list[str]) -> np.ndarray:
 def test_processes_wanting_the_same_texts_fetch_each_text_once(
     emulator: JinaEmulator, cache_dir: Path, tmp_path: Path, workers: list[Worker]
 ) -> None:
-    Store(cache_dir).close()
     wanted = []
     for i in range(4):  # each text is wanted by three processes, in different orders
         mine = [t for j, t in enumerate(TEXTS) if j % 4 != i]
@@ -92,7 +91,6 @@ def test_a_process_killed_holding_a_claim_leaves_the_fetch_to_the_others(
     client: JinaClient,
     workers: list[Worker],
 ) -> None:
-    Store(cache_dir).close()
     holder = embedding(workers, cache_dir, emulator, TEXTS[:4], tmp_path / "never.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(1) as pool:
@@ -117,7 +115,6 @@ def test_a_key_whose_claim_points_at_an_unrelated_fetch_only_waits_for_it(
 ) -> None:
     # The claims' collision: a row a dead process left for "other", whose byte a live fetch
     # of different texts now holds. It costs a wait for that fetch, then "other" is fetched.
-    Store(cache_dir).close()
     holder = embedding(workers, cache_dir, emulator, TEXTS[:2], tmp_path / "held.npy")
     holder.expect("sending")
     other = text_keys(fingerprint(OPTIONS), ["other"])[0]
@@ -179,7 +176,6 @@ def test_two_threads_wait_on_one_fetch_of_another_process(
     client: JinaClient,
     workers: list[Worker],
 ) -> None:
-    Store(cache_dir).close()
     holder = embedding(workers, cache_dir, emulator, TEXTS[:3], tmp_path / "h.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(2) as pool:
@@ -235,7 +231,6 @@ def test_without_coalescing_no_claims_are_taken_or_waited_for(
     assert not (fresh / CLAIMS_LOCK).exists()
 
     emulator.reset()
-    Store(cache_dir).close()
     holder = embedding(workers, cache_dir, emulator, TEXTS[:2], tmp_path / "h.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(1) as pool:
@@ -255,7 +250,7 @@ def test_without_coalescing_no_claims_are_taken_or_waited_for(
 def test_a_read_only_cache_takes_no_claims(
     emulator: JinaEmulator, cache_dir: Path, client: JinaClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Store(cache_dir).close()
+    Store(cache_dir).close()  # a cache made earlier, then mounted read-only
     # Stands in for a read-only mount (root, which runs these tests, ignores file modes).
     monkeypatch.setattr("embedcache.storage.store.os.access", lambda *args: False)
     with Store(cache_dir) as store:
