@@ -171,6 +171,28 @@ def test_clear_removes_entries_and_files_but_keeps_counters(cache_dir: Path) -> 
         assert len(store) == 2
 
 
+def test_a_segment_id_dropped_by_clear_or_compact_is_never_given_again(cache_dir: Path) -> None:
+    # clear() and compact() delete a dropped segment's file after their commit: a new
+    # segment under the same id, written by another process meanwhile, would go with it.
+    segments = cache_dir / "segments"
+    with Store(cache_dir) as store:
+        fill(store, 4)
+        used = {path.name for path in segments.iterdir()}
+        store.clear()
+        fill(store, 4, seed=1)
+        after_clear = {path.name for path in segments.iterdir()}
+        assert after_clear.isdisjoint(used)
+        keys = fill(store, 4, seed=2)
+        store.delete_many(keys)
+        store.compact()
+        fill(store, 1, seed=3)
+        assert {path.name for path in segments.iterdir()}.isdisjoint(used | after_clear)
+    with Store(cache_dir) as reopened:  # the highest id given is kept with the cache
+        reopened.clear()
+        fill(reopened, 1, seed=4)
+        assert {path.name for path in segments.iterdir()}.isdisjoint(used | after_clear)
+
+
 def test_fingerprints_list_the_settings_of_stored_entries(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         fill(store, 1)

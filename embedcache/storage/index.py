@@ -334,10 +334,15 @@ class Index:
         return None if row is None else (int(row[0]), int(row[1]))
 
     def add_segment(self, dim: int) -> int:
-        """Record a new, empty segment; returns its id."""
-        seg = self._db.execute("INSERT INTO segments (dim) VALUES (?)", (dim,)).lastrowid
-        assert seg is not None
-        return int(seg)
+        """Record a new, empty segment (in a write transaction); returns its id, one never
+        given before on this cache: a segment dropped by ``clear`` or ``compact`` has its
+        file deleted after the commit, so a new segment under the same id could be written
+        by another process and then deleted with the old file."""
+        (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()
+        seg = max(int(highest), self._state("last_segment") or 0) + 1
+        self._db.execute("INSERT INTO segments (id, dim) VALUES (?, ?)", (seg, dim))
+        self._set_state(last_segment=seg)
+        return seg
 
     def set_segment_rows(self, seg: int, rows: int) -> None:
         self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (rows, seg))
