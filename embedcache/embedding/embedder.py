@@ -11,7 +11,9 @@ it, and tests drive it with faulty upstreams. Sending is the
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -101,6 +103,21 @@ class _Call:
     rows: _Rows | None
     on_batch: Callable[[int, int], None] | None = None
     stats: Stats = field(default_factory=Stats)
+    stop: threading.Event | None = None
+
+
+def _until_stopped(
+    batches: Iterator[tuple[list[Miss], Claim | None]], stop: threading.Event | None
+) -> Iterator[tuple[list[Miss], Claim | None]]:
+    """``batches``, each drawn (and so claimed) only while ``stop`` is unset; once it is set,
+    drawing raises ``CancelledError``, which the scheduler raises after committing the
+    batches already in flight: a cancelled call keeps what it paid for and sends no more."""
+    while stop is None or not stop.is_set():
+        batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+    raise CancelledError("the call was cancelled; batches already sent were committed")
 
 
 def check_texts(texts: object) -> Sequence[str]:
@@ -207,6 +224,7 @@ class CachedEmbedder:
         *,
         upstream: Upstream | None = None,
         cached_only: bool = False,
+        stop: threading.Event | None = None,
     ) -> Embedded | None:
         """:meth:`embed`, also returning what this call found and spent.
 
@@ -214,6 +232,8 @@ class CachedEmbedder:
         :param cached_only: return ``None``, without counting or fetching anything, unless
             every text is in memory or on local disk (a cheap first try for callers that
             must not block: the shared tier is not asked).
+        :param stop: once set (by another thread), send no new batch: the ones in flight
+            are committed, then ``concurrent.futures.CancelledError`` is raised.
         """
         fp, keys, position = self._index(texts, options)
         if not keys:
@@ -222,7 +242,7 @@ class CachedEmbedder:
         unique = list(position)
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
         rows = _Rows(found.vectors, found.tokens)
-        call = _Call(options, fp, upstream or self.upstream, rows)
+        call = _Call(options, fp, upstream or self.upstream, rows, stop=stop)
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
         elif cached_only:
@@ -387,7 +407,7 @@ class CachedEmbedder:
         waiting: list[_Waiting] = []
         claims: list[Claim] = []
         plan = plan_batches(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = self._claimed(plan, claims, waiting, call)
+        batches = _until_stopped(self._claimed(plan, claims, waiting, call), call.stop)
 
         def send(queued: tuple[list[Miss], Claim | None]) -> UpstreamResult:
             batch = queued[0]
