@@ -32,6 +32,10 @@ LAYERS = {
     "testing": 3,  # the emulator: models and tokens only, never the cache itself
     "__init__": 8,
     "__main__": 8,
+    # The public faces of integrations/langchain.py and llama_index.py: never imported by
+    # `import embedcache`, so the package loads neither library.
+    "langchain": 8,
+    "llama_index": 8,
 }
 #: Third-party packages that only these parts may import.
 CONFINED = {
@@ -44,6 +48,13 @@ CONFINED = {
     "redis": "storage",
     "diskcache": "storage",
     "pyarrow": "maintenance",
+    "langchain_core": "integrations",
+    "llama_index": "integrations",
+}
+#: Within their part, the packages that only one module may import (its extra's).
+CONFINED_TO_MODULE = {
+    "langchain_core": "integrations.langchain",
+    "llama_index": "integrations.llama_index",
 }
 
 
@@ -112,10 +123,30 @@ def test_optional_dependencies_stay_in_their_part(module: str) -> None:
     assert not strays, f"{module} imports another part's dependency: {strays}"
 
 
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_the_langchain_and_llama_index_extras_stay_in_their_own_module(module: str) -> None:
+    strays = [
+        f"line {line}: {target}"
+        for target, line in _imports(module, MODULES[module])
+        if CONFINED_TO_MODULE.get(target.split(".")[0], module) != module
+    ]
+    assert not strays, f"{module} imports another module's extra: {strays}"
+
+
 def test_import_and_cli_help_leave_heavy_dependencies_unloaded() -> None:
     code = (
         "import sys, embedcache, embedcache.cli; "
-        "heavy = {'numpy', 'httpx', 'diskcache', 'starlette', 'redis'} & set(sys.modules); "
+        "heavy = {'numpy', 'httpx', 'diskcache', 'starlette', 'redis', 'langchain_core', "
+        "'llama_index'} & set(sys.modules); "
         "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_milvus_class_loads_neither_langchain_nor_llama_index() -> None:
+    code = (
+        "import sys; from embedcache import JinaEmbeddingFunction; "
+        "loaded = {'langchain_core', 'llama_index', 'pydantic'} & set(sys.modules); "
+        "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
