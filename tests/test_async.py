@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedcache import CacheMissError, InvalidInputError, JinaEmbeddingFunction, resolve_options
+from embedcache import (
+    CacheError,
+    CacheMissError,
+    InvalidInputError,
+    JinaEmbeddingFunction,
+    resolve_options,
+)
 from embedcache.assembly import Assembly, CacheSettings
 from embedcache.testing import JinaEmulator
 
@@ -138,3 +144,14 @@ def test_the_core_stops_drawing_batches_once_told_to(
         stop.clear()
         assert parts.embedder.embed_detailed(TEXTS, options, stop=stop) is not None
     assert len(emulator.requests) == len(TEXTS)
+
+
+def test_an_async_call_after_close_fails_as_the_sync_one_does(make_ef: MakeEF) -> None:
+    ef = make_ef()
+    asyncio.run(ef.aembed(TEXTS[:1]))
+    ef.close()
+    with pytest.raises(CacheError, match="closed"):
+        ef.embed(TEXTS[:1])
+    with pytest.raises(CacheError, match="closed"):
+        asyncio.run(ef.aembed(TEXTS[:1]))
+    assert not [t for t in threading.enumerate() if t.name.startswith("embedcache-async")]

@@ -97,14 +97,18 @@ class _Workers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
 
     async def run(self, call: Callable[[threading.Event], _T]) -> _T:
         """Await ``call(stop)`` run in a worker thread (with the caller's context vars)."""
         stop = threading.Event()
         with self._lock:
-            if self._pool is None:
+            if not self._closed and self._pool is None:
                 self._pool = ThreadPoolExecutor(thread_name_prefix="embedcache-async")
             pool = self._pool
+        if pool is None:
+            # The object is closed: fail as its sync call does, without a new thread.
+            return call(stop)
         work = functools.partial(contextvars.copy_context().run, call, stop)
         try:
             return await asyncio.wrap_future(pool.submit(work))
@@ -116,7 +120,7 @@ class _Workers:
     def close(self) -> None:
         """Wait for the calls still running (cancelled ones committing what is in flight)."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True)
 
