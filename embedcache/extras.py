@@ -17,6 +17,7 @@ __all__ = ["EXTRAS", "requires"]
 EXTRAS = {
     "langchain": "embedcache.langchain",
     "llama-index": "embedcache.llama_index",
+    "milvus": "embedcache demo --milvus",
     "parquet": "Parquet export",
     "redis": "a shared Redis tier",
     "serve": "embedcache serve",

@@ -44,6 +44,13 @@ def emulator() -> Iterator[JinaEmulator]:
         yield emu
 
 
+@pytest.fixture(params=["float64", "float32"])
+def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
+    """Run the test against an emulator writing each float style (reference §12)."""
+    emulator.float_style = request.param
+    return str(request.param)
+
+
 @pytest.fixture
 def http(emulator: JinaEmulator) -> Iterator[httpx.Client]:
     """An httpx client on the emulator, with the valid key."""

@@ -9,7 +9,7 @@ import pytest
 from embedcache.cli.demo import DEMO_API_KEY
 from embedcache.config import default_cache_dir
 
-from .cli_helpers import invoke, ok, one_line_error
+from .cli_helpers import as_json, invoke, ok, one_line_error
 
 
 def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
@@ -21,6 +21,21 @@ def test_demo_fetches_once_then_serves_from_disk(tmp_path: Path) -> None:
     )
     assert DEMO_API_KEY not in result.output
     assert all(DEMO_API_KEY.encode() not in p.read_bytes() for p in cache.rglob("*") if p.is_file())
+
+
+def test_demo_json_sums_up_both_passes_and_prints_nothing_else(tmp_path: Path) -> None:
+    cache = tmp_path / "demo-cache"
+    summary = as_json(invoke("demo", "--json", "--cache-dir", str(cache)))
+    assert summary["cache_dir"] == str(cache)
+    assert (summary["documents"], summary["distinct_documents"]) == (8, 7)
+    first, second = summary["passes"]
+    assert first["requests"] == 1
+    assert first["tokens"] > 0
+    assert (first["hits"], first["misses"]) == (0, 7)
+    assert second == {"requests": 0, "tokens": 0, "hits": 7, "misses": 0}
+    assert (summary["requests"], summary["hits"], summary["tokens"]) == (1, 7, first["tokens"])
+    assert summary["identical"] is True
+    assert "milvus" not in summary
 
 
 def test_demo_without_cache_dir_leaves_nothing_behind(

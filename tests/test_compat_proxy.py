@@ -23,12 +23,6 @@ from .serving import ProxyProcess
 pytestmark = pytest.mark.compat
 
 
-@pytest.fixture(params=["float64", "float32"])
-def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
-    emulator.float_style = request.param
-    return str(request.param)
-
-
 @pytest.fixture
 def proxy(emulator: JinaEmulator, cache_dir: Path, float_style: str) -> Iterator[ProxyProcess]:
     with ProxyProcess(emulator.url, cache_dir) as served:

@@ -50,13 +50,6 @@ def sent_types(emulator: JinaEmulator) -> list[str]:
     ]
 
 
-@pytest.fixture(params=["float64", "float32"])
-def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
-    """Run the test against an emulator writing each float style (reference §12)."""
-    emulator.float_style = request.param
-    return str(request.param)
-
-
 def test_float_answers_are_the_emulators_values_for_a_miss_and_a_hit_in_either_float_style(
     emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
 ) -> None:

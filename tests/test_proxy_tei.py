@@ -30,12 +30,6 @@ def proxy(make_proxy: MakeProxy) -> ProxyProcess:
     return make_proxy()
 
 
-@pytest.fixture(params=["float64", "float32"])
-def float_style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
-    emulator.float_style = request.param
-    return str(request.param)
-
-
 def milvus_embed(proxy: ProxyProcess, texts: list[str], prompt: str = "", **fields: Any) -> Any:
     """What Milvus's tei provider posts: ``{"inputs": [prompt + text, ...]}`` plus
     ``truncate``/``truncation_direction`` when configured, with the credential as Bearer."""

@@ -1,15 +1,26 @@
-"""``embedcache demo``: the offline tour against the bundled emulator."""
+"""``embedcache demo``: the offline tour against the bundled emulator; ``--milvus`` runs the
+Milvus page's example on Milvus Lite (:mod:`.demo_milvus`)."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import DEFAULT_MODEL
-from .options import CliContext, Command, pass_cli
+from .options import CliContext, Command, echo_json, json_option, pass_cli
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..embedding.counters import Stats
+    from ..testing.faults import RecordedRequest
+    from .demo_milvus import QueryResult
 
 __all__ = ["DEMO_API_KEY", "demo"]
 
@@ -31,6 +42,49 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
 
+@dataclass
+class _Pass:
+    """One pass of the demo: what went upstream, the embedder's counters, the document
+    vectors, and (``--milvus``) the search results."""
+
+    sent: list[RecordedRequest]
+    stats: Stats
+    vectors: np.ndarray[Any, Any]
+    results: list[QueryResult] | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.sent)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"requests": len(self.sent), "tokens": self.tokens,
+                "hits": self.stats.hits, "misses": self.stats.misses}  # fmt: skip
+
+
+def _echo_pass(title: str, done: _Pass) -> None:
+    click.secho(title, bold=True)
+    for request in done.sent:
+        body = request.body or {}
+        fields = ", ".join(f"{k}={body[k]}" for k in sorted(body) if k != "input")
+        click.echo(
+            f"  sent upstream: POST {request.path} with {request.inputs} texts "
+            f"({fields}) -> HTTP {request.status}, {request.tokens} tokens"
+        )
+    click.echo(
+        f"  {_count(len(done.sent), 'request')}, {_count(done.tokens, 'token')} upstream; "
+        f"{_count(done.stats.hits, 'hit')} and {_count(done.stats.misses, 'miss')} "
+        "(distinct texts)"
+    )
+    click.echo(f"  vectors: {done.vectors.shape[0]} x {done.vectors.shape[1]} float32")
+    if done.results is not None:
+        click.echo(f"  Milvus Lite search, top {len(done.results[0].hits)} per query (COSINE):")
+        for result in done.results:
+            click.echo(f"    {result.query!r}")
+            for hit in result.hits:
+                click.echo(f"      {hit.distance:+.4f}  [{hit.id}] {hit.text}")
+    click.echo()
+
+
 @click.command(
     cls=Command,
     # The global option, with the demo's own default: a configured cache is left alone.
@@ -39,60 +93,121 @@ def _count(n: int, noun: str) -> str:
         "afterwards; $EMBEDCACHE_DIR is not used)."
     },
 )
+@click.option(
+    "--milvus",
+    is_flag=True,
+    help="Run the Milvus page's JinaEmbeddingFunction example on Milvus Lite: insert the "
+    "documents into a collection (in a temporary database) and search it with "
+    "encode_queries. Needs the milvus extra.",
+)
+@json_option
 @pass_cli
-def demo(cli: CliContext) -> None:
+def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
     """Show the cache at work, offline, against the bundled Jina API emulator.
 
     Embeds a few documents twice: the first pass goes to the emulator, the second is
-    served from disk with no request and no tokens.
+    served from disk with no request and no tokens. With --milvus, each pass also builds a
+    Milvus Lite collection from the vectors and searches it, and the second pass must find
+    the same hits.
     """
+    from . import demo_milvus as lite
+
+    if milvus:  # before anything starts: without the extra, one line naming it
+        lite.require_milvus()
     import numpy as np
 
     from ..integrations.milvus import JinaEmbeddingFunction
     from ..testing import JinaEmulator
 
+    documents = lite.MILVUS_DOCUMENTS if milvus else DEMO_DOCUMENTS
     with (
         tempfile.TemporaryDirectory(prefix="embedcache-demo-") as tmp,
         JinaEmulator(api_key=DEMO_API_KEY) as emulator,
     ):
         directory = cli.cache_dir or Path(tmp) / "cache"
-        click.echo(f"Jina API emulator at {emulator.url}; cache at {directory}")
-        click.echo(f"{len(DEMO_DOCUMENTS)} documents, {len(set(DEMO_DOCUMENTS))} distinct\n")
+        database = Path(tmp) / "milvus.db"
+        say: Callable[[str], None] = (lambda _: None) if as_json else click.echo
+        say(
+            f"Jina API emulator at {emulator.url}; cache at {directory}"
+            + (f"; Milvus Lite at {database}" if milvus else "")
+        )
+        say(
+            f"{len(documents)} documents and {len(lite.MILVUS_QUERIES)} queries, from the "
+            "Milvus page's JinaEmbeddingFunction example\n"
+            if milvus
+            else f"{len(documents)} documents, {len(set(documents))} distinct\n"
+        )
 
-        def run(title: str) -> tuple[np.ndarray[Any, Any], int, int]:
+        def run(client: Any) -> _Pass:
             before = len(emulator.requests)
             with JinaEmbeddingFunction(
                 DEFAULT_MODEL, api_key=DEMO_API_KEY, base_url=emulator.url, cache_dir=directory
             ) as ef:
-                vectors = np.stack(ef.encode_documents(DEMO_DOCUMENTS))
+                vectors = ef.encode_documents(documents)
+                results = None
+                if client is not None:  # the Milvus page's flow: index, then query
+                    lite.build_collection(client, documents, vectors)
+                    queries = lite.MILVUS_QUERIES
+                    results = lite.search(client, queries, ef.encode_queries(queries))
                 stats = ef.stats
-            sent = emulator.requests[before:]
-            tokens = sum(r.tokens for r in sent)
-            click.secho(title, bold=True)
-            for request in sent:
-                body = request.body or {}
-                fields = ", ".join(f"{k}={body[k]}" for k in sorted(body) if k != "input")
-                click.echo(
-                    f"  sent upstream: POST {request.path} with {request.inputs} texts "
-                    f"({fields}) -> HTTP {request.status}, {request.tokens} tokens"
-                )
-            click.echo(
-                f"  {_count(len(sent), 'request')}, {_count(tokens, 'token')} upstream; "
-                f"{_count(stats.hits, 'hit')} and {_count(stats.misses, 'miss')} "
-                "(distinct texts)"
-            )
-            click.echo(f"  vectors: {vectors.shape[0]} x {vectors.shape[1]} float32\n")
-            return vectors, len(sent), tokens
+            return _Pass(emulator.requests[before:], stats, np.stack(vectors), results)
 
-        first, _, _ = run("First pass (cold cache):")
-        second, requests, tokens = run("Second pass (a fresh JinaEmbeddingFunction):")
-        identical = np.array_equal(first.view(np.uint32), second.view(np.uint32))
-        if not identical or requests:
-            raise click.ClickException(
-                f"demo failed: second pass sent {requests} requests, "
-                f"vectors {'identical' if identical else 'differ'}"
+        with lite.milvus_lite(database) if milvus else contextlib.nullcontext() as client:
+            first = run(client)
+            if not as_json:
+                _echo_pass("First pass (cold cache):", first)
+            second = run(client)
+            if not as_json:
+                title = "Second pass (a fresh JinaEmbeddingFunction"
+                _echo_pass(title + (", the collection rebuilt):" if milvus else "):"), second)
+        _check(first, second)
+        if as_json:
+            echo_json(_summary(directory, documents, first, second))
+        elif milvus:
+            click.echo(
+                f"Second pass served from disk: the same hits, {len(second.sent)} requests, "
+                f"{second.tokens} tokens.\nThe emulator's vectors are random per text, so "
+                "these hits carry no meaning; with the real API the same code ranks by meaning."
             )
-        click.echo(
-            f"Second pass served from disk: bit-identical vectors, {requests} requests, "
-            f"{tokens} tokens."
+        else:
+            click.echo(
+                "Second pass served from disk: bit-identical vectors, "
+                f"{len(second.sent)} requests, {second.tokens} tokens."
+            )
+
+
+def _summary(directory: Path, documents: list[str], first: _Pass, second: _Pass) -> dict[str, Any]:
+    """``--json``: the totals of both passes, each pass, and the search results."""
+    summary: dict[str, Any] = {
+        "cache_dir": str(directory),
+        "documents": len(documents),
+        "distinct_documents": len(set(documents)),
+        "requests": len(first.sent) + len(second.sent),
+        "hits": first.stats.hits + second.stats.hits,
+        "tokens": first.tokens + second.tokens,
+        "passes": [first.as_dict(), second.as_dict()],
+        "identical": True,  # else _check failed the demo
+    }
+    if first.results is not None:
+        from .demo_milvus import COLLECTION
+
+        summary["milvus"] = {
+            "collection": COLLECTION,
+            "metric": "COSINE",
+            "results": [result.as_dict() for result in first.results],
+        }
+    return summary
+
+
+def _check(first: _Pass, second: _Pass) -> None:
+    """Fail the demo unless the second pass sent nothing and got what the first got."""
+    import numpy as np
+
+    identical = np.array_equal(first.vectors.view(np.uint32), second.vectors.view(np.uint32))
+    same_hits = first.results == second.results
+    if not identical or second.sent or not same_hits:
+        raise click.ClickException(
+            f"demo failed: second pass sent {len(second.sent)} requests, "
+            f"vectors {'identical' if identical else 'differ'}"
+            + ("" if same_hits else ", search results differ")
         )

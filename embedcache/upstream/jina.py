@@ -238,7 +238,9 @@ class JinaClient:
         """
         key = resolve_api_key(self._api_key)
         headers = {"Content-Type": "application/json"}
-        response, _ = self._post(key, {"content": content, "headers": headers}, 0, _usage)
+        # Only the limiter needs a forwarded answer's usage: without one, it is not parsed.
+        charge = _usage if self.limiter is not None else _no_usage
+        response, _ = self._post(key, {"content": content, "headers": headers}, 0, charge)
         if self._floats.active and response.is_success:
             _learn_from(response, self._floats)
         kind = response.headers.get("content-type", "application/json")
@@ -330,6 +332,10 @@ def _usage(response: httpx.Response) -> int:
     except ValueError:
         return 0
     return _total_tokens(payload)
+
+
+def _no_usage(response: httpx.Response) -> int:
+    return 0
 
 
 def _total_tokens(payload: object) -> int:
