@@ -15,6 +15,8 @@ __all__ = ["EXTRAS", "requires"]
 
 #: Each extra of ``pyproject.toml`` that a feature needs, and that feature, for messages.
 EXTRAS = {
+    "langchain": "embedcache.langchain",
+    "llama-index": "embedcache.llama_index",
     "milvus": "embedcache demo --milvus",
     "parquet": "Parquet export",
     "redis": "a shared Redis tier",

@@ -32,6 +32,10 @@ LAYERS = {
     "testing": 3,  # the emulator: models and tokens only, never the cache itself
     "__init__": 8,
     "__main__": 8,
+    # The public faces of integrations/langchain.py and llama_index.py: never imported by
+    # `import embedcache`, so the package loads neither library.
+    "langchain": 8,
+    "llama_index": 8,
 }
 #: Third-party packages that only these parts (or modules, dotted) may import.
 CONFINED = {
@@ -47,6 +51,9 @@ CONFINED = {
     # The Milvus Lite demo only: pymilvus pulls in grpc, pandas and pyarrow.
     "pymilvus": "cli.demo_milvus",
     "milvus_lite": "cli.demo_milvus",
+    # Each extra's library in its own integration module only.
+    "langchain_core": "integrations.langchain",
+    "llama_index": "integrations.llama_index",
 }
 
 
@@ -124,7 +131,16 @@ def test_import_and_cli_help_leave_heavy_dependencies_unloaded() -> None:
     code = (
         "import sys, embedcache, embedcache.cli; "
         "heavy = {'numpy', 'httpx', 'diskcache', 'starlette', 'redis', 'pymilvus', "
-        "'milvus_lite'} & set(sys.modules); "
+        "'milvus_lite', 'langchain_core', 'llama_index'} & set(sys.modules); "
         "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_milvus_class_loads_neither_langchain_nor_llama_index() -> None:
+    code = (
+        "import sys; from embedcache import JinaEmbeddingFunction; "
+        "loaded = {'langchain_core', 'llama_index', 'pydantic'} & set(sys.modules); "
+        "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,8 +11,10 @@ it, and tests drive it with faulty upstreams. Sending is the
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -138,6 +140,21 @@ class _Call:
     rows: _Rows | None
     on_batch: Callable[[int, int], None] | None = None
     stats: Stats = field(default_factory=Stats)
+    stop: threading.Event | None = None
+
+
+def _until_stopped(
+    batches: Iterator[list[Miss]], stop: threading.Event | None
+) -> Iterator[list[Miss]]:
+    """``batches``, each drawn (and so claimed) only while ``stop`` is unset; once it is set,
+    drawing raises ``CancelledError``, which the scheduler raises after committing the
+    batches already in flight: a cancelled call keeps what it paid for and sends no more."""
+    while stop is None or not stop.is_set():
+        batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+    raise CancelledError("the call was cancelled; batches already sent were committed")
 
 
 def check_texts(texts: object) -> Sequence[str]:
@@ -254,6 +271,7 @@ class CachedEmbedder:
         *,
         upstream: Upstream | None = None,
         cached_only: bool = False,
+        stop: threading.Event | None = None,
     ) -> Embedded | None:
         """:meth:`embed`, also returning what this call found and spent.
 
@@ -261,6 +279,8 @@ class CachedEmbedder:
         :param cached_only: return ``None``, without counting or fetching anything, unless
             every text is in memory or on local disk (a cheap first try for callers that
             must not block: the shared tier is not asked).
+        :param stop: once set (by another thread), send no new batch: the ones in flight
+            are committed, then ``concurrent.futures.CancelledError`` is raised.
         """
         fp, keys, position = self._index(texts, options)
         if not keys:
@@ -269,7 +289,7 @@ class CachedEmbedder:
         unique = list(position)
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
         rows = _Rows(found.vectors, found.tokens)
-        call = _Call(options, fp, upstream or self.upstream, rows)
+        call = _Call(options, fp, upstream or self.upstream, rows, stop=stop)
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
         elif cached_only:
@@ -434,7 +454,9 @@ class CachedEmbedder:
         waiting: list[_Waiting] = []
         holds = _Holds()
         packer = Packer(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call))
+        batches = _until_stopped(
+            packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call)), call.stop
+        )
 
         def send(batch: list[Miss]) -> UpstreamResult:
             result = call.upstream.embed([miss.text for miss in batch], call.options)

@@ -1,10 +1,21 @@
-"""``JinaEmbeddingFunction``: pymilvus's class of the same name, with a disk cache in front."""
+"""``JinaEmbeddingFunction``: pymilvus's class of the same name, with a disk cache in front.
+
+Its async methods run the one sync core in worker threads (:class:`_Workers`): there is no
+second code path to keep in step, and the core's own threads do the sending either way.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
+import inspect
 import os
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,11 +32,97 @@ from ..config import (
     resolve_offline,
 )
 from ..embedding.counters import Stats
-from ..models import RequestOptions, resolve_options
+from ..models import RequestOptions, resolve_options, spec_for
 from ..upstream.limiter import resolve_limits
 from ..upstream.protocol import Upstream
 
-__all__ = ["JinaEmbeddingFunction"]
+__all__ = ["JinaEmbeddingFunction", "paired_tasks", "settings_of"]
+
+_T = TypeVar("_T")
+
+
+def paired_tasks(
+    model: str, task: str | None, query_task: str | None
+) -> tuple[str | None, str | None]:
+    """The document and query tasks of a LangChain or LlamaIndex class over ``model``.
+
+    ``task`` ``None`` is the model's document task (what :meth:`JinaEmbeddingFunction.
+    encode_documents` sends: ``retrieval.passage`` on v3 and v4, none on v2). ``query_task``
+    ``None`` is the query side of ``task``: ``X.passage`` becomes ``X.query``, the model's
+    document task its query task; any other task (``text-matching``, ``classification``)
+    is symmetric and used for both.
+
+    >>> paired_tasks("jina-embeddings-v3", None, None)
+    ('retrieval.passage', 'retrieval.query')
+    >>> paired_tasks("jina-code-embeddings-0.5b", "qa.passage", None)
+    ('qa.passage', 'qa.query')
+    >>> paired_tasks("jina-embeddings-v3", "text-matching", None)
+    ('text-matching', 'text-matching')
+    >>> paired_tasks("jina-embeddings-v2-base-en", None, None)
+    (None, None)
+    """
+    spec = spec_for(model)
+    if task is None:
+        task = spec.passage_task if spec is not None else "retrieval.passage"
+    if query_task is None:
+        if task is not None and task.endswith(".passage"):
+            query_task = task.removesuffix(".passage") + ".query"
+        elif spec is not None and task == spec.passage_task:
+            query_task = spec.query_task
+        else:
+            query_task = task
+    return task, query_task
+
+
+def settings_of(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options``, checked to be keyword-only options of :class:`JinaEmbeddingFunction`
+    (``cache_dir``, ``base_url``, ``offline``, ``batch_size``, ``redis_url``, ...).
+
+    :raises TypeError: naming the first unknown one, as Python does for a bad keyword.
+    """
+    unknown = sorted(set(options) - _EF_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    return dict(options)
+
+
+class _Workers:
+    """Runs one object's sync calls in worker threads for its async methods.
+
+    A cancelled await returns at once; its call is told to stop (``threading.Event``): it
+    sends no new batch, and the batches already in flight are still committed, in the
+    worker thread, as they arrive. :meth:`close` waits for those.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    async def run(self, call: Callable[[threading.Event], _T]) -> _T:
+        """Await ``call(stop)`` run in a worker thread (with the caller's context vars)."""
+        stop = threading.Event()
+        with self._lock:
+            if not self._closed and self._pool is None:
+                self._pool = ThreadPoolExecutor(thread_name_prefix="embedcache-async")
+            pool = self._pool
+        if pool is None:
+            # The object is closed: fail as its sync call does, without a new thread.
+            return call(stop)
+        work = functools.partial(contextvars.copy_context().run, call, stop)
+        try:
+            return await asyncio.wrap_future(pool.submit(work))
+        except asyncio.CancelledError:
+            # A call not yet started never starts; a running one stops drawing batches.
+            stop.set()
+            raise
+
+    def close(self) -> None:
+        """Wait for the calls still running (cancelled ones committing what is in flight)."""
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 class JinaEmbeddingFunction:
@@ -43,7 +140,7 @@ class JinaEmbeddingFunction:
     :param model_name: Jina model id.
     :param api_key: Jina API key; else ``JINAAI_API_KEY``, else ``JINA_API_KEY``. Never
         written to disk, logs or ``repr``.
-    :param task: task for ``__call__``.
+    :param task: task for ``__call__`` and :meth:`embed` (``None``: none sent).
     :param dimensions: Matryoshka size; ``None`` sends none (the model's native size).
     :param late_chunking: embed each call's list as one late-chunking group; its vectors are
         cached under the whole ordered list, so only the same list in the same order hits.
@@ -73,13 +170,19 @@ class JinaEmbeddingFunction:
     :param rpm: requests per minute to stay under (overrides the tier; ``EMBEDCACHE_RPM``).
     :param tpm: tokens per minute to stay under (overrides the tier; ``EMBEDCACHE_TPM``).
     :raises InvalidInputError: for options the model does not take, before any request.
+
+    Every embedding method has an async twin (``aencode_documents``, ``aencode_queries``,
+    ``aembed``, ``aembed_documents``, ``aembed_queries``) running the same sync call in a
+    worker thread. Cancelling one (``task.cancel()``, ``asyncio.timeout``) returns at once
+    and sends no new batch; the batches already in flight are committed as they arrive, so
+    nothing paid for is lost, and a re-run sends only what is still missing.
     """
 
     def __init__(
         self,
         model_name: str = DEFAULT_MODEL,
         api_key: str | None = None,
-        task: str = DEFAULT_TASK,
+        task: str | None = DEFAULT_TASK,
         dimensions: int | None = None,
         late_chunking: bool | None = False,
         *,
@@ -117,6 +220,7 @@ class JinaEmbeddingFunction:
         self._truncate = truncate
         self._options: dict[str | None, RequestOptions] = {}
         self._call_options = self._options_for(task)
+        self._workers = _Workers()
         self._parts = Assembly(
             CacheSettings(
                 cache_dir=cache_dir,
@@ -157,7 +261,10 @@ class JinaEmbeddingFunction:
         self.close()
 
     def close(self) -> None:
-        """Release threads, the connection pool and the database connection."""
+        """Release threads, the connection pool and the database connection, once the
+        calls still running have finished (a cancelled async call commits its batches in
+        flight first)."""
+        self._workers.close()
         self._parts.close()
 
     @property
@@ -177,23 +284,46 @@ class JinaEmbeddingFunction:
         known = self._call_options.expected_dim
         return known if known is not None else int(self.embed([""]).shape[1])
 
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed with the configured task into one ``(len(texts), d)`` float32 array."""
-        return self._embedder.embed(texts, self._call_options)
+    def options(self, task: str | None = None) -> RequestOptions:
+        """The validated options a call with ``task`` (``None``: the configured task)
+        sends, as :meth:`embed` uses them.
+
+        :raises InvalidInputError: for a task the model does not take.
+        """
+        return self._call_options if task is None else self._options_for(task)
+
+    def embed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+        """Embed with the configured task (or ``task``) into one ``(len(texts), d)``
+        float32 array."""
+        return self._embed(texts, self.options(task))
 
     def embed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed documents (task ``retrieval.passage``) into one ``(n, d)`` array."""
-        spec = self._call_options.spec
-        return self._embedder.embed(
-            texts, self._options_for(spec.passage_task if spec else "retrieval.passage")
-        )
+        return self._embed(texts, self._document_options())
 
     def embed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed queries (task ``retrieval.query``) into one ``(n, d)`` array."""
-        spec = self._call_options.spec
-        return self._embedder.embed(
-            texts, self._options_for(spec.query_task if spec else "retrieval.query")
-        )
+        return self._embed(texts, self._query_options())
+
+    async def aembed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+        """:meth:`embed`, awaited (see the class docstring for what a cancel does)."""
+        return await self._aembed(texts, self.options(task))
+
+    async def aembed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """:meth:`embed_documents`, awaited."""
+        return await self._aembed(texts, self._document_options())
+
+    async def aembed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """:meth:`embed_queries`, awaited."""
+        return await self._aembed(texts, self._query_options())
+
+    async def aencode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
+        """:meth:`encode_documents`, awaited."""
+        return list(await self.aembed_documents(documents))
+
+    async def aencode_queries(self, queries: list[str]) -> list[NDArray[np.float32]]:
+        """:meth:`encode_queries`, awaited."""
+        return list(await self.aembed_queries(queries))
 
     def encode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
         """pymilvus API: one 1-D float32 array per document, in input order."""
@@ -207,6 +337,28 @@ class JinaEmbeddingFunction:
         """pymilvus API: embed with the configured task."""
         return list(self.embed(texts))
 
+    def _embed(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        stop: threading.Event | None = None,
+    ) -> NDArray[np.float32]:
+        result = self._embedder.embed_detailed(texts, options, stop=stop)
+        assert result is not None  # only cached_only calls come back empty-handed
+        return result.vectors
+
+    async def _aembed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+        # Options are resolved on the caller's thread: bad ones fail before any thread.
+        return await self._workers.run(functools.partial(self._embed, texts, options))
+
+    def _document_options(self) -> RequestOptions:
+        spec = self._call_options.spec
+        return self._options_for(spec.passage_task if spec else "retrieval.passage")
+
+    def _query_options(self) -> RequestOptions:
+        spec = self._call_options.spec
+        return self._options_for(spec.query_task if spec else "retrieval.query")
+
     def _options_for(self, task: str | None) -> RequestOptions:
         options = self._options.get(task)
         if options is None:
@@ -219,3 +371,12 @@ class JinaEmbeddingFunction:
                 truncate=self._truncate,
             )
         return options
+
+
+#: The keyword-only options of :class:`JinaEmbeddingFunction`, which the LangChain and
+#: LlamaIndex classes pass on as they are.
+_EF_OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(JinaEmbeddingFunction.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
