@@ -1,8 +1,10 @@
 """Fills against an emulator enforcing an account's token budget: paced, and unpaced.
 
-The issue asks for timing here: a paced fill must finish within 15% of the least time the
-budget allows. The window is shrunk to one second so that takes a few seconds; the bound
-is computed from the limit and the corpus' token count, not tuned to this machine.
+An earlier issue asked for timing here: a paced fill must finish within 15% of the least
+time the budget allows. That check times the run, so it runs with ``-m stress`` (``tox -e
+stress``), not in the default suite, which never asserts on wall-clock time. The window is
+shrunk to one second so it takes a few seconds; the bound is computed from the limit and
+the corpus' token count, not tuned to this machine.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import functools
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
 from embedcache.testing import JinaEmulator, RateLimits
@@ -57,6 +61,16 @@ def statuses(emulator: JinaEmulator) -> Counter[int | None]:
     return Counter(request.status for request in emulator.requests)
 
 
+def test_a_paced_fill_spends_the_budget_with_at_most_3_429s(
+    emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    emulator.rate_limits = RateLimits(tpm=TPM, window=WINDOW)
+    fill(emulator, tmp_path / "paced", RateLimiter(Limits(tpm=TPM, window=WINDOW)))
+    assert statuses(emulator)[429] <= 3
+    assert statuses(emulator)[200] == 23
+
+
+@pytest.mark.stress  # wall-clock bound: kept out of the default run, which never times
 def test_a_paced_fill_stays_within_15_percent_of_what_the_token_limit_allows(
     emulator: JinaEmulator, tmp_path: Path
 ) -> None:
@@ -66,8 +80,6 @@ def test_a_paced_fill_stays_within_15_percent_of_what_the_token_limit_allows(
     allowed = limits.seconds_for(requests=180 // BATCH, tokens=9000)
     assert allowed == 4.0  # 2,000 tokens at 0, 1, 2 and 3 s, the last 1,000 at 4 s
     assert elapsed <= allowed * 1.15, f"{elapsed:.2f}s for {allowed:.2f}s allowed"
-    assert statuses(emulator)[429] <= 3
-    assert statuses(emulator)[200] == 23
 
 
 def test_without_the_limiter_the_same_fill_provokes_a_storm_of_429s(
