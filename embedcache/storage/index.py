@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .rows import COLUMNS, LO, READ_COLUMNS, K
+from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 
 __all__ = ["Index", "entry_bytes"]
 
@@ -149,6 +149,26 @@ class Index:
                 return
             last = rows[-1][0]
             yield np.array(rows, dtype=np.int64)
+
+    def pages_by_age(self, batch: int) -> Iterator[NDArray[np.int64]]:
+        """Every index row, oldest stored first (by key within the same microsecond, as
+        :meth:`evict` takes them), ``batch`` rows at a time (all columns)."""
+        # Keyset paging on (created_us, k): entries_created holds k as its rowid, so each
+        # page is one index range, without a sort or an OFFSET walk.
+        last, compare = (-(1 << 63), -(1 << 63)), ">="
+        while True:
+            with self._read_lock, self._errors("read"):
+                rows = self._reader.execute(
+                    f"SELECT {COLUMNS} FROM entries WHERE (created_us, k) {compare} (?, ?) "  # noqa: S608
+                    "ORDER BY created_us, k LIMIT ?",
+                    (*last, batch),
+                ).fetchall()
+            compare = ">"
+            if not rows:
+                return
+            page = np.array(rows, dtype=np.int64)
+            last = (int(page[-1, CREATED_US]), int(page[-1, K]))
+            yield page
 
     def find(
         self, split: NDArray[np.int64], use_snapshot: bool = True
@@ -346,10 +366,11 @@ class Index:
             "LEFT JOIN entries e ON e.seg = s.id GROUP BY s.id"
         ).fetchall()
 
-    def live_rows(self, seg: int) -> list[tuple[int, int]]:
-        """``(k, row)`` of the entries stored in ``seg``, in row order."""
+    def some_live_rows(self, seg: int, limit: int) -> list[tuple[int, int]]:
+        """``(k, row)`` of at most ``limit`` entries still stored in ``seg`` (any order):
+        compaction takes them a bounded chunk at a time until none is left."""
         return self._db.execute(
-            "SELECT k, row FROM entries WHERE seg = ? ORDER BY row", (seg,)
+            "SELECT k, row FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
         ).fetchall()
 
     def move(self, keys: list[int], seg: int, start: int) -> None:
