@@ -25,6 +25,7 @@ from embedcache.storage import store as store_module
 from embedcache.storage.shared import RedisStore
 from embedcache.storage.store import Store
 
+from .cli_helpers import invoke
 from .redis_server import RedisServer
 
 DIM = 64
@@ -173,3 +174,12 @@ def test_sync_both_ways_holds_one_page_at_a_time(
         assert peak < VECTOR_BYTES / 2
     finally:
         shared.close()
+
+
+def test_ls_json_streams_the_same_text_as_one_json_dump(store: Store, cache_dir: Path) -> None:
+    keys = fill(store, 300)
+    listed = invoke("ls", "--json", "--limit", "1000", cache_dir=cache_dir)
+    entries = [e.as_dict() for e in inventory.entries(store)]
+    assert listed.output == json.dumps(entries, indent=2) + "\n"
+    assert {bytes.fromhex(e["key"]) for e in json.loads(listed.output)} == set(keys)
+    assert invoke("ls", "--json", "--offset", "300", cache_dir=cache_dir).output == "[]\n"

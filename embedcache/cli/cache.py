@@ -117,19 +117,23 @@ def ls(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    page = list(
-        itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
-    )
-    if as_json:
-        echo_json([entry.as_dict() for entry in page])
-        return
-    for entry in page:
+    page = itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
+    # Streamed as found, JSON too (the same text as echo_json of the whole list): a large
+    # LIMIT costs no memory, and the first line comes at once.
+    shown = 0
+    for shown, entry in enumerate(page, 1):
+        if as_json:
+            item = json.dumps(entry.as_dict(), indent=2).replace("\n", "\n  ")
+            click.echo(("[\n  " if shown == 1 else ",\n  ") + item, nl=False)
+            continue
         click.echo(
             f"{entry.key.hex()}  {format_time(entry.created)}  {entry.model}  "
             f"{entry.task or '-'}  {entry.dimensions}d  {entry.tokens:.1f} tokens"
             + ("  late-chunking" if entry.late_chunking else "")
         )
-    if not page:
+    if as_json:
+        click.echo("\n]" if shown else "[]")
+    elif not shown:
         click.echo("no entries" + (" on this page" if offset else ""), err=True)
 
 

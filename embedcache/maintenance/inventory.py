@@ -135,16 +135,24 @@ class Summary:
 def summarize(store: Store) -> Summary:
     """Count entries by model, task and dimensions, with the lifetime counters."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
-    settings = store.fingerprints()
-    for key, found in store.scan():
+    # Counted by fingerprint id and dimension, named once at the end: no Entry per row.
+    counted: dict[tuple[int, int], list[float]] = {}
+    for _, found in store.scan():
         if not isinstance(found, Record):
             summary.damaged += 1
             continue
-        entry = _entry(key, found, settings)
-        group = summary.groups.setdefault((entry.model, entry.task, entry.dimensions), [0, 0.0])
+        group = counted.setdefault((found.fingerprint_id, len(found.vector)), [0, 0.0])
         group[0] += 1
-        group[1] += entry.tokens
+        group[1] += found.tokens
         summary.entries += 1
+    settings = store.fingerprints()
+    for (fp_id, dim), (count, tokens) in counted.items():
+        fields = settings.get(fp_id, {})
+        task = fields.get("task")
+        name = (str(fields.get("model", "?")), str(task) if task is not None else None, dim)
+        group = summary.groups.setdefault(name, [0, 0.0])
+        group[0] += count
+        group[1] += tokens
     summary.bytes_on_disk = store.volume()
     summary.counters = store.counters()
     return summary
@@ -198,16 +206,22 @@ def verify(store: Store) -> VerifyReport:
     are recorded, and its dimension matches them."""
     report = VerifyReport()
     settings = store.fingerprints()
+    # Judged once per (settings, dimension) seen, not once per entry.
+    problems: dict[tuple[int, int], str | None] = {}
     for key, found in store.scan():
         report.checked += 1
         if not isinstance(found, Record):
             report.bad.append((key.hex(), found))
             continue
-        fields = settings.get(found.fingerprint_id)
-        if fields is None:
-            report.bad.append((key.hex(), "its request settings are not recorded"))
-            continue
-        problem = dimension_problem(fields, len(found.vector))
+        kind = (found.fingerprint_id, len(found.vector))
+        if kind not in problems:
+            fields = settings.get(kind[0])
+            problems[kind] = (
+                "its request settings are not recorded"
+                if fields is None
+                else dimension_problem(fields, kind[1])
+            )
+        problem = problems[kind]
         if problem is not None:
             report.bad.append((key.hex(), problem))
     return report

@@ -63,7 +63,7 @@ from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
-from .formats import join_key, signed, split_keys, unsigned, vector_checksum
+from .formats import signed, split_keys, unsigned, vector_checksum
 from .index import Index, entry_bytes
 from .rows import (
     CHECKSUM,
@@ -158,6 +158,12 @@ class Found:
     present: NDArray[np.bool_]
     vectors: NDArray[np.float32]
     tokens: NDArray[np.float64]
+
+
+def _page_keys(rows: NDArray[np.int64]) -> list[bytes]:
+    """The 16-byte keys of a page of index rows: each row's two halves, little-endian."""
+    raw = np.ascontiguousarray(rows[:, [K, LO]], dtype="<i8").tobytes()
+    return [raw[i : i + 16] for i in range(0, len(raw), 16)]
 
 
 @contextlib.contextmanager
@@ -322,6 +328,10 @@ class Store:
     def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
         """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
         for rows in self._index.pages(batch):
+            # Python ints and the keys' bytes of the whole page at once: per-row numpy
+            # scalars cost more than reading and checking the vector.
+            listed = rows.tolist()
+            keys = _page_keys(rows)
             records: list[Record | str] = [""] * len(rows)
             # One pass over each segment's rows of the page, not one file open per entry.
             for seg in np.unique(rows[:, SEG]):
@@ -334,10 +344,10 @@ class Store:
                     for i in mine.tolist():  # row by row, to say which rows cannot be read
                         records[i] = self._record(rows[i])
                     continue
+                vectors.flags.writeable = False  # its rows, the records' vectors, with it
                 for i, vector in zip(mine.tolist(), vectors, strict=True):
-                    records[i] = self._checked(rows[i], vector)
-            for row, record in zip(rows, records, strict=True):
-                yield join_key(int(row[K]), int(row[LO])), record
+                    records[i] = self._checked(listed[i], vector)
+            yield from zip(keys, records, strict=True)
 
     def listing(
         self, batch: int = 2048, *, oldest_first: bool = False
@@ -347,8 +357,8 @@ class Store:
         (oldest stored first, by key within the same microsecond)."""
         pages = self._index.pages_by_age(batch) if oldest_first else self._index.pages(batch)
         for rows in pages:
-            for row in rows.tolist():
-                yield join_key(row[K], row[LO]), Stored(
+            for key, row in zip(_page_keys(rows), rows.tolist(), strict=True):
+                yield key, Stored(
                     row[DIM], row[MILLITOKENS] / 1000.0, row[CREATED_US] / 1e6,
                     unsigned(row[FP]),
                 )  # fmt: skip
@@ -363,7 +373,7 @@ class Store:
         return self._checked(row, vector)
 
     @staticmethod
-    def _checked(row: NDArray[np.int64], vector: NDArray[np.float32]) -> Record | str:
+    def _checked(row: NDArray[np.int64] | list[int], vector: NDArray[np.float32]) -> Record | str:
         """The record of an index row and the vector read for it, if its checksum holds."""
         if vector_checksum(vector) != row[CHECKSUM]:
             return "entry checksum mismatch"
