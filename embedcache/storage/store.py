@@ -109,7 +109,7 @@ _SIZE_LIMIT = "size_limit"
 #: holds the write lock (other processes' fills wait) for a bounded time, and compaction
 #: holds at most this many vectors in memory, however large the cache.
 DELETE_PAGE = 10_000
-COMPACT_ROWS = 65_536
+COMPACT_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -519,7 +519,8 @@ class Store:
         for seg, dim in doomed.items():
             moved = self._index.some_live_rows(seg, COMPACT_ROWS)
             if moved:
-                moved.sort(key=lambda kr: kr[1])  # read the old file in row order
+                # In key order, as the index hands them out: the UPDATEs then walk the
+                # entries table in order, which costs far more than reading rows at random.
                 rows = np.array([row for _, row in moved], dtype=np.int64)
                 # Positioned reads, not a map: a map of the whole file would count its
                 # gigabyte in this process's memory; this holds only the chunk.
