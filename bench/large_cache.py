@@ -161,6 +161,25 @@ def work_compact(cache: str) -> dict[str, float]:
         return {"seconds": time.perf_counter() - start, "freed": freed}
 
 
+def work_put(cache: str, limited: int) -> dict[str, float]:
+    """Median time to store one new entry (as a fill does), with or without a size limit
+    (one far above the cache's size: nothing is evicted, but the total is counted)."""
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.store import Store
+
+    the_fp = fp()
+    times = []
+    with Store(cache, size_limit=(1 << 50) if limited else 0) as store:
+        for i in range(7):
+            key = text_keys(the_fp, [f"put {os.getpid()} {limited} {i}"])
+            start = time.perf_counter()
+            store.put_matrix(the_fp, key, np.ones((1, DIM), np.float32), [1.0])
+            times.append(time.perf_counter() - start)
+        store_limit = Store(cache, size_limit=0)  # leave the copy without a limit
+        store_limit.close()
+    return {"seconds": statistics.median(times)}
+
+
 def work_reader(cache: str, n: int, stop: str) -> dict[str, float]:
     """Read 100 surviving texts at a time until ``stop`` exists; latencies in seconds."""
     from embedcache import JinaEmbeddingFunction
@@ -208,6 +227,7 @@ WORKERS = {
     "read": work_read,
     "floor": work_floor,
     "compact": work_compact,
+    "put": work_put,
     "reader": work_reader,
     "writer": work_writer,
 }
@@ -324,6 +344,9 @@ def measure(n: int, log: Any) -> dict[str, Any]:
     stop.unlink(missing_ok=True)
     idle = _with_load(copy, n, stop, lambda: time.sleep(5))
     got["idle_read_max_ms"], got["idle_write_max_ms"] = idle["read_max_ms"], idle["write_max_ms"]
+    got["put_ms"] = worker("put", copy, 0)["seconds"] * 1e3
+    got["put_limited_ms"] = worker("put", copy, 1)["seconds"] * 1e3
+    log(f"{n:,}: put {got['put_ms']:.1f} ms, with a size limit {got['put_limited_ms']:.1f} ms")
     keep = int(vector_bytes * 0.9)
     loaded = _with_load(
         copy, n, stop, lambda: cli(copy, "prune", "--max-size", f"{keep}B", "--json")
@@ -367,6 +390,8 @@ def report(runs: list[dict[str, Any]], command: str, load: str) -> str:
         ("open: new process, import + open", "open_wall_s", 1e3, "ms", "1x"),
         ("warm read, 10k random texts, µs/text", "read_us", 1, "µs", "1x"),
         ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs", "1x"),
+        ("store one entry (a fill), no size limit", "put_ms", 1, "ms", "1x"),
+        ("store one entry, with a size limit set", "put_limited_ms", 1, "ms", "1x"),
         ("`stats --json`", "stats_s", 1, "s", "100x"),
         ("`ls` first line", "ls_first_s", 1e3, "ms", "1x"),
         ("`ls --json --limit N` (all) > /dev/null", "ls_all_s", 1, "s", "100x"),

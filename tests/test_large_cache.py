@@ -8,6 +8,7 @@ hold. Never wall-clock.
 from __future__ import annotations
 
 import json
+import sqlite3
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,3 +184,34 @@ def test_ls_json_streams_the_same_text_as_one_json_dump(store: Store, cache_dir:
     assert listed.output == json.dumps(entries, indent=2) + "\n"
     assert {bytes.fromhex(e["key"]) for e in json.loads(listed.output)} == set(keys)
     assert invoke("ls", "--json", "--offset", "300", cache_dir=cache_dir).output == "[]\n"
+
+
+def _recount(cache_dir: Path) -> tuple[int, int]:
+    """The total kept in index.db, and the entries' bytes counted afresh."""
+    db = sqlite3.connect(cache_dir / "index.db")
+    try:
+        kept = db.execute("SELECT value FROM state WHERE name = 'vector_bytes'").fetchone()[0]
+        counted = db.execute("SELECT COALESCE(SUM(4 * dim), 0) FROM entries").fetchone()[0]
+        return int(kept), int(counted)
+    finally:
+        db.close()
+
+
+def test_the_vector_byte_total_is_kept_through_every_change_without_a_recount(
+    store: Store, cache_dir: Path
+) -> None:
+    keys = fill(store, 300)
+    assert _recount(cache_dir) == (300 * DIM * 4,) * 2
+    # Replaced under another dimension, by another process's store.
+    with Store(cache_dir) as other:
+        other.put_matrix(FP, keys[:10], np.ones((10, 16), np.float32), [1.0] * 10)
+    assert _recount(cache_dir) == ((290 * DIM + 10 * 16) * 4,) * 2
+    store.delete_many(keys[250:])
+    assert _recount(cache_dir)[0] == _recount(cache_dir)[1] == store.vector_bytes()
+    with Store(cache_dir, size_limit=100 * DIM * 4) as limited:  # evicts the oldest
+        limited.put_matrix(FP, keys[250:251], np.ones((1, DIM), np.float32), [1.0])
+        assert limited.vector_bytes() <= 100 * DIM * 4
+    kept, counted = _recount(cache_dir)
+    assert kept == counted == store.vector_bytes()
+    store.clear()
+    assert _recount(cache_dir) == (0, 0)

@@ -53,8 +53,32 @@ def entry_bytes(dim: int) -> int:
     return 4 * dim
 
 
+# The entries' total entry_bytes, kept up to date by triggers inside each writer's own
+# transaction, so a size-limited put reads one row instead of counting every entry (which
+# took 80 ms a put at 100k entries, growing with the cache). 4 bytes per dimension, as
+# entry_bytes says; an entry replaced (INSERT OR REPLACE on its key) is taken off first.
+_VECTOR_BYTES = """
+BEGIN IMMEDIATE;
+CREATE TRIGGER IF NOT EXISTS entries_bytes_in BEFORE INSERT ON entries BEGIN
+    UPDATE state SET value = value + 4 * NEW.dim
+        - COALESCE((SELECT 4 * dim FROM entries WHERE k = NEW.k), 0)
+    WHERE name = 'vector_bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS entries_bytes_out AFTER DELETE ON entries BEGIN
+    UPDATE state SET value = value - 4 * OLD.dim WHERE name = 'vector_bytes';
+END;
+INSERT OR IGNORE INTO state (name, value) SELECT 'vector_bytes', COALESCE(SUM(4 * dim), 0)
+    FROM entries WHERE NOT EXISTS (SELECT 1 FROM state WHERE name = 'vector_bytes');
+COMMIT;
+"""
+
+
 def _vector_bytes(db: sqlite3.Connection) -> int:
     """The :func:`entry_bytes` of every entry, summed."""
+    kept = db.execute("SELECT value FROM state WHERE name = 'vector_bytes'").fetchone()
+    if kept is not None and kept[0] is not None:
+        return int(kept[0])
+    # A read-only cache written before the total was kept: count.
     groups = db.execute("SELECT dim, COUNT(*) FROM entries GROUP BY dim").fetchall()
     return sum(count * entry_bytes(dim) for dim, count in groups)
 
@@ -110,6 +134,9 @@ class Index:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            kept = "SELECT 1 FROM state WHERE name = 'vector_bytes'"
+            if self._db.execute(kept).fetchone() is None:  # set with its triggers, once
+                self._db.executescript(_VECTOR_BYTES)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
         self._reader = _connect(path, read_only)
@@ -308,12 +335,12 @@ class Index:
 
     def delete(self, split: NDArray[np.int64]) -> int:
         """Delete the entries of keys ``split``; returns how many existed."""
-        before = self._db.total_changes
-        self._db.executemany(
+        # rowcount, not total_changes: the latter also counts the triggers' updates.
+        cursor = self._db.executemany(
             "DELETE FROM entries WHERE k = ? AND lo = ?",
             [(int(hi), int(lo)) for hi, lo in split],
         )
-        return int(self._db.total_changes - before)
+        return cursor.rowcount
 
     def evict(self, limit: int | None) -> bool:
         """Delete the oldest stored entries (by key within the same microsecond) until the
