@@ -49,6 +49,9 @@ ROOT = Path("/tmp/embedcache-large")
 BUILD_BATCH = 200_000  # at most; n // 50 for smaller caches, so the oldest 10% are whole batches
 READS = 10_000
 REPEATS = 3
+#: ``ls --json`` of the whole cache only up to this size (it is the slowest whole-cache
+#: command: ``--ls-all`` raises it).
+LS_ALL_MAX = 1_000_000
 
 
 def text(i: int) -> str:
@@ -236,10 +239,13 @@ WORKERS = {
 # Running children
 
 
+#: The checkout whose embedcache the measured processes import (``--code``).
+CODE = str(Path(__file__).resolve().parents[1])
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = CODE + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("JINA_API_KEY", None)
     return env
 
@@ -308,6 +314,8 @@ def measure(n: int, log: Any) -> dict[str, Any]:
     base = build(n)
     cache = base / "cache"
     got: dict[str, Any] = {"entries": n}
+    got["build_rate"] = n / json.loads((base / "built.json").read_text())["seconds"]
+    worker("open", cache)  # a cache built before the index kept its byte total gets it now
     opens = [worker("open", cache) for _ in range(REPEATS)]
     got["open_s"] = statistics.median(o["open"] + o["len"] for o in opens)
     got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
@@ -319,11 +327,10 @@ def measure(n: int, log: Any) -> dict[str, Any]:
     got["floor_us"] = statistics.median(floors) / READS * 1e6
     got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
     log(f"{n:,}: open and reads done")
-    for name, args in (
-        ("stats", ("stats", "--json")),
-        ("verify", ("verify", "--json")),
-        ("ls_all", ("ls", "--json", "--limit", str(n))),
-    ):
+    commands = [("stats", ("stats", "--json")), ("verify", ("verify", "--json"))]
+    if n <= LS_ALL_MAX:
+        commands.append(("ls_all", ("ls", "--json", "--limit", str(n))))
+    for name, args in commands:
         result = cli(
             cache, *args, stdout=subprocess.PIPE if name != "ls_all" else subprocess.DEVNULL
         )
@@ -405,7 +412,10 @@ def report(runs: list[dict[str, Any]], command: str, load: str) -> str:
         f"(`bench/large_cache.py`)",
         "",
         f"Command: `{command}`. 64-d vectors, synthetic texts, one cache per size built through "
-        f"`Store.put_matrix`; each operation a fresh process. {load}",
+        f"`Store.put_matrix`; each operation a fresh process. {load} Built at "
+        f"{small['build_rate']:,.0f} entries/s ({small['entries']:,}) and "
+        f"{large['build_rate']:,.0f} entries/s ({large['entries']:,}), with the code before "
+        "the fixes below.",
         "",
         f"| operation | {small['entries']:,} | {large['entries']:,} | ratio | linear |",
         "|---|---:|---:|---:|---:|",
@@ -444,6 +454,8 @@ def main() -> None:
     parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 10_000_000])
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument("--ls-all", action="store_true", help="full `ls --json` at every size")
+    parser.add_argument("--code", help="measure the embedcache of another checkout (before/after)")
     parser.add_argument("--worker", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.worker:
@@ -456,6 +468,11 @@ def main() -> None:
     ROOT.mkdir(exist_ok=True)
     log = functools_print("large")
     sizes = sorted(args.entries)
+    global LS_ALL_MAX, CODE
+    if args.ls_all:
+        LS_ALL_MAX = max(sizes)
+    if args.code:
+        CODE = str(Path(args.code).resolve())
     for n in sizes:
         build(n)
     if args.build_only:
