@@ -46,6 +46,7 @@ from results import write_section
 DIM = 64
 MODEL, TASK = "jina-embeddings-v3", "retrieval.passage"
 ROOT = Path("/tmp/embedcache-large")
+FIGURES = ROOT / "figures.json"
 BUILD_BATCH = 200_000  # at most; n // 50 for smaller caches, so the oldest 10% are whole batches
 READS = 10_000
 REPEATS = 3
@@ -309,24 +310,44 @@ def first_line(cache: Path, *args: str) -> float:
     return seconds
 
 
-def measure(n: int, log: Any) -> dict[str, Any]:
-    """Every figure for the cache of ``n`` entries."""
+#: The groups of operations ``--ops`` can pick; each run records its command per group.
+OPS = ("read", "scan", "change")
+GROUP_ROWS = {
+    "read": ("open", "warm read", "floor"),
+    "scan": ("stats", "verify", "ls", "export"),
+    "change": ("put", "prune", "compact", "concurrent reader and writer"),
+}
+
+
+def measure(n: int, log: Any, ops: set[str]) -> dict[str, Any]:
+    """The figures of the ``ops`` groups for the cache of ``n`` entries."""
     base = build(n)
     cache = base / "cache"
     got: dict[str, Any] = {"entries": n}
     got["build_rate"] = n / json.loads((base / "built.json").read_text())["seconds"]
     worker("open", cache)  # a cache built before the index kept its byte total gets it now
-    opens = [worker("open", cache) for _ in range(REPEATS)]
-    got["open_s"] = statistics.median(o["open"] + o["len"] for o in opens)
-    got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
-    reads, floors = [], []
-    for seed in range(REPEATS):
-        floors.append(worker("floor", n, seed)["seconds"])
-        reads.append(worker("read", cache, n, seed))
-    got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
-    got["floor_us"] = statistics.median(floors) / READS * 1e6
-    got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
-    log(f"{n:,}: open and reads done")
+    if "read" in ops:
+        opens = [worker("open", cache) for _ in range(REPEATS)]
+        got["open_only_s"] = statistics.median(o["open"] for o in opens)
+        got["len_s"] = statistics.median(o["len"] for o in opens)
+        got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
+        reads, floors = [], []
+        for seed in range(REPEATS):
+            floors.append(worker("floor", n, seed)["seconds"])
+            reads.append(worker("read", cache, n, seed))
+        got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
+        got["floor_us"] = statistics.median(floors) / READS * 1e6
+        got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
+        log(f"{n:,}: open and reads done")
+    if "scan" in ops:
+        _scans(n, cache, got, log)
+    if "change" in ops:
+        _changes(n, base, got, log)
+    return got
+
+
+def _scans(n: int, cache: Path, got: dict[str, Any], log: Any) -> None:
+    """Whole-cache reads: stats, verify, ls and export."""
     commands = [("stats", ("stats", "--json")), ("verify", ("verify", "--json"))]
     if n <= LS_ALL_MAX:
         commands.append(("ls_all", ("ls", "--json", "--limit", str(n))))
@@ -341,6 +362,11 @@ def measure(n: int, log: Any) -> dict[str, Any]:
         result = cli(cache, "export", "--out", str(Path(out) / "all"))
         got["export_s"], got["export_rss_mb"] = result["wall"], result["rss_mb"]
     log(f"{n:,}: export {got['export_s']:.1f} s, {got['export_rss_mb']:.0f} MB")
+
+
+def _changes(n: int, base: Path, got: dict[str, Any], log: Any) -> None:
+    """Writes on a copy: a put, prune and compact, with a reader and a writer running."""
+    cache = base / "cache"
     # Prune and compact change the cache: on a copy, with a reader and a writer running.
     copy = base / "copy"
     if copy.exists():
@@ -364,7 +390,6 @@ def measure(n: int, log: Any) -> dict[str, Any]:
     got.update({f"compact_{k}": v for k, v in loaded.items()})
     log(f"{n:,}: compact {loaded}")
     shutil.rmtree(copy)
-    return got
 
 
 def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
@@ -390,10 +415,11 @@ def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
     return out
 
 
-def report(runs: list[dict[str, Any]], command: str, load: str) -> str:
+def report(runs: list[dict[str, Any]], provenance: dict[str, dict[str, str]]) -> str:
     small, large = runs[0], runs[-1]
     rows = [
-        ("open: `Store(dir)` + `len()` (in-process)", "open_s", 1e3, "ms", "1x"),
+        ("open: `Store(dir)` (in-process)", "open_only_s", 1e3, "ms", "1x"),
+        ("`len(store)` (a COUNT over the index)", "len_s", 1e3, "ms", "100x"),
         ("open: new process, import + open", "open_wall_s", 1e3, "ms", "1x"),
         ("warm read, 10k random texts, µs/text", "read_us", 1, "µs", "1x"),
         ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs", "1x"),
@@ -411,8 +437,15 @@ def report(runs: list[dict[str, Any]], command: str, load: str) -> str:
         f"## Large caches: {large['entries']:,} entries against {small['entries']:,} "
         f"(`bench/large_cache.py`)",
         "",
-        f"Command: `{command}`. 64-d vectors, synthetic texts, one cache per size built through "
-        f"`Store.put_matrix`; each operation a fresh process. {load} Built at "
+        "Commands (each group of rows from the run that last measured it):",
+        "",
+        *(
+            f"- {group} ({', '.join(GROUP_ROWS[group])}): `{run['command']}`, {run['load']}"
+            for group, run in sorted(provenance.items())
+        ),
+        "",
+        "64-d vectors, synthetic texts, one cache per size built through "
+        f"`Store.put_matrix`; each operation a fresh process. Built at "
         f"{small['build_rate']:,.0f} entries/s ({small['entries']:,}) and "
         f"{large['build_rate']:,.0f} entries/s ({large['entries']:,}), with the code before "
         "the fixes below.",
@@ -456,6 +489,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     parser.add_argument("--ls-all", action="store_true", help="full `ls --json` at every size")
     parser.add_argument("--code", help="measure the embedcache of another checkout (before/after)")
+    parser.add_argument(
+        "--ops",
+        help=f"comma-separated groups to measure: {', '.join(OPS)} (default all; the "
+        "others' figures are kept from the last run)",
+    )
     parser.add_argument("--worker", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.worker:
@@ -477,15 +515,24 @@ def main() -> None:
         build(n)
     if args.build_only:
         return
+    ops = set(args.ops.split(",")) if args.ops else set(OPS)
     load_before = os.getloadavg()
-    runs = [measure(n, log) for n in sizes]
+    measured = [measure(n, log, ops) for n in sizes]
     load_after = os.getloadavg()
-    load = (f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
-            f"on {os.cpu_count()} cores shared with other work.")  # fmt: skip
-    command = "python bench/large_cache.py " + " ".join(sys.argv[1:])
-    body = report(runs, command.strip(), load)
+    load = (f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
+            f"on {os.cpu_count()} cores shared with other work")  # fmt: skip
+    command = ("python bench/large_cache.py " + " ".join(sys.argv[1:])).strip()
+    # Figures of groups not measured now come from the run that last measured them.
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {"sizes": {}, "runs": {}}
+    for got in measured:
+        figures["sizes"].setdefault(str(got["entries"]), {}).update(got)
+    for group in ops:
+        figures["runs"][group] = {"command": command, "load": load}
+    FIGURES.write_text(json.dumps(figures, indent=1))
+    runs = [figures["sizes"][str(n)] for n in sizes]
+    body = report(runs, figures["runs"])
     print(body)
-    print(json.dumps(runs, indent=1), file=sys.stderr)
+    print(json.dumps(measured, indent=1), file=sys.stderr)
     if not args.no_write:
         write_section("large-cache", body)
 
