@@ -137,9 +137,15 @@ def work_read(cache: str, n: int, seed: int) -> dict[str, float]:
     start = time.perf_counter()
     out = ef.embed(texts)
     seconds = time.perf_counter() - start
+    # Another 10k in the same process: the index's pages the first read faulted in stay
+    # (as in a long-running server); the first read pays for them.
+    again = _sample(n, seed + 100)
+    start = time.perf_counter()
+    ef.embed(again)
+    seconds_again = time.perf_counter() - start
     ef.close()
     assert out.shape == (READS, DIM)
-    return {"seconds": seconds}
+    return {"seconds": seconds, "again": seconds_again}
 
 
 def work_floor(n: int, seed: int) -> dict[str, float]:
@@ -336,6 +342,7 @@ def measure(n: int, log: Any, ops: set[str]) -> dict[str, Any]:
             floors.append(worker("floor", n, seed)["seconds"])
             reads.append(worker("read", cache, n, seed))
         got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
+        got["read_again_us"] = statistics.median(r["again"] for r in reads) / READS * 1e6
         got["floor_us"] = statistics.median(floors) / READS * 1e6
         got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
         log(f"{n:,}: open and reads done")
@@ -421,7 +428,8 @@ def report(runs: list[dict[str, Any]], provenance: dict[str, dict[str, str]]) ->
         ("open: `Store(dir)` (in-process)", "open_only_s", 1e3, "ms", "1x"),
         ("`len(store)` (a COUNT over the index)", "len_s", 1e3, "ms", "100x"),
         ("open: new process, import + open", "open_wall_s", 1e3, "ms", "1x"),
-        ("warm read, 10k random texts, µs/text", "read_us", 1, "µs", "1x"),
+        ("warm read, 10k random texts, new process, µs/text", "read_us", 1, "µs", "1x"),
+        ("another 10k random texts in that process, µs/text", "read_again_us", 1, "µs", "1x"),
         ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs", "1x"),
         ("store one entry (a fill), no size limit", "put_ms", 1, "ms", "1x"),
         ("store one entry, with a size limit set", "put_limited_ms", 1, "ms", "1x"),
