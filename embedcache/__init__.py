@@ -43,6 +43,7 @@ _LAZY = {
     "Found": "storage.store",
     "Record": "storage.store",
     "Store": "storage.store",
+    "Stored": "storage.store",
     "RedisStore": "storage.shared",
     "Usage": "storage.shared",
     "open_shared": "storage.shared",
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .models import ModelSpec, RequestOptions, resolve_options
     from .storage.claims import Claimed, Claims
     from .storage.shared import RedisStore, Usage, open_shared
-    from .storage.store import Found, Record, Store
+    from .storage.store import Found, Record, Store, Stored
     from .upstream.jina import Forwarded, JinaClient
     from .upstream.limiter import Clock, Limits, Permit, RateLimiter, shared_limiter
     from .upstream.protocol import Upstream, UpstreamResult
@@ -99,6 +100,7 @@ __all__ = [
     "RequestOptions",
     "Stats",
     "Store",
+    "Stored",
     "Upstream",
     "UpstreamResult",
     "Usage",

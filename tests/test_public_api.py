@@ -38,6 +38,7 @@ def test_public_surface_is_pinned() -> None:
         "SharedCacheError",
         "Stats",
         "Store",
+        "Stored",
         "TransportError",
         "Upstream",
         "UpstreamResult",

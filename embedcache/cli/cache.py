@@ -4,9 +4,11 @@ with a one-line error when it cannot be reached); the others are about local dis
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,19 +117,23 @@ def ls(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    page = list(
-        itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
-    )
-    if as_json:
-        echo_json([entry.as_dict() for entry in page])
-        return
-    for entry in page:
+    page = itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
+    # Streamed as found, JSON too (the same text as echo_json of the whole list): a large
+    # LIMIT costs no memory, and the first line comes at once.
+    shown = 0
+    for shown, entry in enumerate(page, 1):
+        if as_json:
+            item = json.dumps(entry.as_dict(), indent=2).replace("\n", "\n  ")
+            click.echo(("[\n  " if shown == 1 else ",\n  ") + item, nl=False)
+            continue
         click.echo(
             f"{entry.key.hex()}  {format_time(entry.created)}  {entry.model}  "
             f"{entry.task or '-'}  {entry.dimensions}d  {entry.tokens:.1f} tokens"
             + ("  late-chunking" if entry.late_chunking else "")
         )
-    if not page:
+    if as_json:
+        click.echo("\n]" if shown else "[]")
+    elif not shown:
         click.echo("no entries" + (" on this page" if offset else ""), err=True)
 
 
@@ -310,21 +316,32 @@ def prune(
     filters = build_filters(
         model, task, dimensions, since, before=None if age is None else time.time() - age
     )
+    limit = parse_size(max_size)
     store = cli.open().store
-    chosen = inventory.select_for_prune(store, filters, parse_size(max_size))
-    size = sum(entry.size for entry in chosen)
-    removed = freed = 0
-    if not dry_run:
-        removed = store.delete_many([entry.key for entry in chosen])
+    selected = size = removed = freed = 0
+
+    def chosen() -> Iterator[list[bytes]]:
+        # A page at a time, each deleted before the next is chosen: memory and each write
+        # transaction stay bounded on a cache of any size.
+        nonlocal selected, size
+        for page in inventory.prune_pages(store, filters, limit):
+            selected += len(page)
+            size += sum(entry.size for entry in page)
+            yield [entry.key for entry in page]
+
+    if dry_run:
+        collections.deque(chosen(), maxlen=0)
+    else:
+        removed = store.delete_pages(chosen())
         # Deleting leaves dead rows in the segment files; give mostly-dead files back.
         freed = store.compact()
     if as_json:
         echo_json(
-            {"dry_run": dry_run, "selected": len(chosen), "removed": removed, "bytes": size,
+            {"dry_run": dry_run, "selected": selected, "removed": removed, "bytes": size,
              "bytes_freed": freed}
         )  # fmt: skip
     elif dry_run:
-        click.echo(f"would remove {len(chosen):,} entries (~{format_bytes(size)}); nothing removed")
+        click.echo(f"would remove {selected:,} entries (~{format_bytes(size)}); nothing removed")
     else:
         click.echo(
             f"removed {removed:,} entries (~{format_bytes(size)}); "

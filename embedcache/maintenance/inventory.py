@@ -6,18 +6,23 @@ byte format.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import spec_for
-from ..storage.store import Record, Store, entry_bytes
+from ..storage.store import DELETE_PAGE, Record, Store, Stored, entry_bytes
 
 __all__ = [
     "Entry",
@@ -27,6 +32,7 @@ __all__ = [
     "dimension_problem",
     "entries",
     "export",
+    "prune_pages",
     "select_for_prune",
     "summarize",
     "verify",
@@ -83,23 +89,23 @@ class Filters:
         )
 
 
-def _entry(key: bytes, record: Record, settings: dict[int, dict[str, object]]) -> Entry:
+def _entry(key: bytes, record: Record | Stored, settings: dict[int, dict[str, object]]) -> Entry:
     fields = settings.get(record.fingerprint_id, {})
     task = fields.get("task")
     return Entry(
         key=key,
         model=str(fields.get("model", "?")),
         task=str(task) if task is not None else None,
-        dimensions=len(record.vector),
+        dimensions=record.dimensions if isinstance(record, Stored) else len(record.vector),
         late_chunking=bool(fields.get("late_chunking", False)),
         tokens=record.tokens,
         created=record.created,
     )
 
 
-def _scan(store: Store, filters: Filters) -> Iterator[tuple[Entry, Record]]:
+def _scan(store: Store, filters: Filters, batch: int = 2048) -> Iterator[tuple[Entry, Record]]:
     settings = store.fingerprints()
-    for key, found in store.scan():
+    for key, found in store.scan(batch):
         if isinstance(found, Record):
             entry = _entry(key, found, settings)
             if filters.match(entry):
@@ -129,38 +135,62 @@ class Summary:
 def summarize(store: Store) -> Summary:
     """Count entries by model, task and dimensions, with the lifetime counters."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
-    settings = store.fingerprints()
-    for key, found in store.scan():
+    # Counted by fingerprint id and dimension, named once at the end: no Entry per row.
+    counted: dict[tuple[int, int], list[float]] = {}
+    for _, found in store.scan():
         if not isinstance(found, Record):
             summary.damaged += 1
             continue
-        entry = _entry(key, found, settings)
-        group = summary.groups.setdefault((entry.model, entry.task, entry.dimensions), [0, 0.0])
+        group = counted.setdefault((found.fingerprint_id, len(found.vector)), [0, 0.0])
         group[0] += 1
-        group[1] += entry.tokens
+        group[1] += found.tokens
         summary.entries += 1
+    settings = store.fingerprints()
+    for (fp_id, dim), (count, tokens) in counted.items():
+        fields = settings.get(fp_id, {})
+        task = fields.get("task")
+        name = (str(fields.get("model", "?")), str(task) if task is not None else None, dim)
+        group = summary.groups.setdefault(name, [0, 0.0])
+        group[0] += count
+        group[1] += tokens
     summary.bytes_on_disk = store.volume()
     summary.counters = store.counters()
     return summary
 
 
 def select_for_prune(store: Store, filters: Filters, max_size: int | None = None) -> list[Entry]:
-    """Entries to remove: those matching ``filters`` when no ``max_size`` is given; else the
-    oldest stored matching ones until what remains counts ``max_size`` bytes or fewer,
-    counted and ordered as a store's size limit evicts: without filters, on a cache with no
-    damaged entries, it picks what ``Store(size_limit=max_size)`` would evict."""
-    if max_size is None:
-        return list(entries(store, filters))
-    total = store.vector_bytes()  # damaged entries too: they take room until removed
-    matched = list(entries(store, filters))
+    """Entries to remove, as one list (:func:`prune_pages` gives them a page at a time)."""
+    return [entry for page in prune_pages(store, filters, max_size) for entry in page]
+
+
+def prune_pages(
+    store: Store, filters: Filters, max_size: int | None = None, page: int = DELETE_PAGE
+) -> Iterator[list[Entry]]:
+    """Entries to remove, ``page`` at a time: those matching ``filters`` when no
+    ``max_size`` is given; else the oldest stored matching ones until what remains counts
+    ``max_size`` bytes or fewer, counted and ordered as a store's size limit evicts: without
+    filters it picks what ``Store(size_limit=max_size)`` would evict.
+
+    Chosen from the index alone (:meth:`Store.listing`): no vector is read, and a damaged
+    entry is chosen like an intact one (removing it costs a refetch at most). The walk is
+    lazy, so deleting each page before taking the next is safe and holds one page in memory.
+    """
+    settings = store.fingerprints()
+    total = store.vector_bytes() if max_size is not None else 0
     chosen: list[Entry] = []
-    # Stable, over entries in key order: ties in time go by key, as in eviction.
-    for entry in sorted(matched, key=lambda e: e.created):
-        if total <= max_size:
+    for key, stored in store.listing(page, oldest_first=max_size is not None):
+        if max_size is not None and total <= max_size:
             break
+        entry = _entry(key, stored, settings)
+        if not filters.match(entry):
+            continue
         chosen.append(entry)
         total -= entry.size
-    return chosen
+        if len(chosen) >= page:
+            yield chosen
+            chosen = []
+    if chosen:
+        yield chosen
 
 
 @dataclass
@@ -176,16 +206,22 @@ def verify(store: Store) -> VerifyReport:
     are recorded, and its dimension matches them."""
     report = VerifyReport()
     settings = store.fingerprints()
+    # Judged once per (settings, dimension) seen, not once per entry.
+    problems: dict[tuple[int, int], str | None] = {}
     for key, found in store.scan():
         report.checked += 1
         if not isinstance(found, Record):
             report.bad.append((key.hex(), found))
             continue
-        fields = settings.get(found.fingerprint_id)
-        if fields is None:
-            report.bad.append((key.hex(), "its request settings are not recorded"))
-            continue
-        problem = dimension_problem(fields, len(found.vector))
+        kind = (found.fingerprint_id, len(found.vector))
+        if kind not in problems:
+            fields = settings.get(kind[0])
+            problems[kind] = (
+                "its request settings are not recorded"
+                if fields is None
+                else dimension_problem(fields, kind[1])
+            )
+        problem = problems[kind]
         if problem is not None:
             report.bad.append((key.hex(), problem))
     return report
@@ -202,9 +238,15 @@ def dimension_problem(fields: dict[str, object], dimensions: int) -> str | None:
     return None
 
 
-def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = False) -> list[Path]:
+def export(
+    store: Store, filters: Filters, prefix: Path, *, parquet: bool = False, page: int = 2048
+) -> list[Path]:
     """Write matching vectors to ``prefix.npy`` (one float32 row each) and their metadata,
     row for row, to ``prefix.jsonl``; also ``prefix.parquet`` when asked (needs pyarrow).
+
+    Streamed ``page`` entries at a time: memory holds one page of vectors and metadata,
+    whatever the cache's size. The files are written under temporary names and renamed
+    once complete, so a failed export leaves none behind (nor half of one).
 
     :raises InvalidInputError: nothing matches, or the matches differ in dimension.
     :raises MissingDependencyError: Parquet was asked for without pyarrow (before anything
@@ -214,34 +256,98 @@ def export(store: Store, filters: Filters, prefix: Path, *, parquet: bool = Fals
     if parquet:  # checked first, so a missing pyarrow leaves no half-written export behind
         with requires("parquet"):
             import pyarrow  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    rows: list[Entry] = []
-    vectors = []
-    for entry, record in _scan(store, filters):
-        rows.append(entry)
-        vectors.append(record.vector)
-    if not rows:
-        raise InvalidInputError("no entries match the filters; nothing exported")
-    dims = Counter(entry.dimensions for entry in rows)
-    if len(dims) > 1:
-        found = ", ".join(f"{d}-d: {n}" for d, n in sorted(dims.items()))
-        raise InvalidInputError(f"entries differ in dimension ({found}); add --dimensions")
-    matrix = np.stack(vectors).astype(np.float32, copy=False)
-    written = [prefix.with_suffix(".npy"), prefix.with_suffix(".jsonl")]
-    np.save(written[0], matrix)
-    with written[1].open("w", encoding="utf-8") as handle:
-        for entry in rows:
-            handle.write(json.dumps(entry.as_dict()) + "\n")
-    if parquet:
-        written.append(_write_parquet(prefix.with_suffix(".parquet"), rows, matrix))
+    suffixes = (".npy", ".jsonl") + ((".parquet",) if parquet else ())
+    written = [prefix.with_suffix(suffix) for suffix in suffixes]
+    partial = [path.with_name(f".{path.name}.partial") for path in written]
+    try:
+        dims = _write_export(_scan(store, filters, page), partial, page)
+        if not dims:
+            raise InvalidInputError("no entries match the filters; nothing exported")
+        if len(dims) > 1:
+            found = ", ".join(f"{d}-d: {n}" for d, n in sorted(dims.items()))
+            raise InvalidInputError(f"entries differ in dimension ({found}); add --dimensions")
+        for source, target in zip(partial, written, strict=True):
+            os.replace(source, target)
+    finally:
+        for path in partial:
+            path.unlink(missing_ok=True)
     return written
 
 
-def _write_parquet(path: Path, rows: list[Entry], matrix: np.ndarray) -> Path:
-    with requires("parquet"):
-        import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-        import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-    columns = {name: [row.as_dict()[name] for row in rows] for name in rows[0].as_dict()}
-    dim = matrix.shape[1]
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)
-    pq.write_table(pa.table(columns), path)
-    return path
+# A .npy header of fixed length (format 1.0: magic, version, length, padded dict), written
+# first with a placeholder and again once the row count is known.
+_NPY_HEADER_BYTES = 128
+
+
+def _npy_header(rows: int, dim: int) -> bytes:
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    body = text.ljust(_NPY_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin-1")
+
+
+def _write_export(
+    scanned: Iterator[tuple[Entry, Record]], paths: list[Path], page: int
+) -> Counter[int]:
+    """Write what ``_scan`` yields to the ``.npy``, ``.jsonl`` (and ``.parquet``) at ``paths``
+    a page at a time; returns the entries seen by dimension (the files are complete only
+    if there is one)."""
+    dims: Counter[int] = Counter()
+    dim = 0
+    with contextlib.ExitStack() as stack:
+        npy = stack.enter_context(paths[0].open("wb"))
+        jsonl = stack.enter_context(paths[1].open("w", encoding="utf-8"))
+        npy.write(_npy_header(0, 0))
+        parquet = _ParquetPages(paths[2]) if len(paths) > 2 else None
+        if parquet is not None:
+            stack.callback(parquet.close)
+        for chunk in _chunks(scanned, page):
+            for entry, _ in chunk:
+                dims[entry.dimensions] += 1
+            dim = dim or chunk[0][0].dimensions
+            if len(dims) > 1:
+                continue  # an error once counted: nothing more is worth writing
+            matrix = np.stack([record.vector for _, record in chunk]).astype("<f4", copy=False)
+            npy.write(matrix.data)
+            jsonl.writelines(json.dumps(entry.as_dict()) + "\n" for entry, _ in chunk)
+            if parquet is not None:
+                parquet.write([entry for entry, _ in chunk], matrix)
+        npy.seek(0)
+        npy.write(_npy_header(dims.total(), dim))
+    return dims
+
+
+def _chunks(
+    items: Iterator[tuple[Entry, Record]], size: int
+) -> Iterator[list[tuple[Entry, Record]]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+class _ParquetPages:
+    """A Parquet file written a row group per page, its schema set by the first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: Any = None
+
+    def write(self, rows: list[Entry], matrix: np.ndarray) -> None:
+        with requires("parquet"):
+            import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+        dim = matrix.shape[1]
+        schema = pa.schema([
+            ("key", pa.string()), ("model", pa.string()), ("task", pa.string()),
+            ("dimensions", pa.int64()), ("late_chunking", pa.bool_()),
+            ("tokens", pa.float64()), ("created", pa.float64()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ])  # fmt: skip
+        dicts = [row.as_dict() for row in rows]
+        columns: dict[str, Any] = {name: [d[name] for d in dicts] for name in schema.names[:-1]}
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, schema)
+        self._writer.write_table(pa.table(columns, schema=schema))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

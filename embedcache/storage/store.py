@@ -49,7 +49,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
-from .formats import join_key, signed, split_keys, unsigned, vector_checksum
+from .formats import signed, split_keys, unsigned, vector_checksum
 from .index import Index, entry_bytes
 from .rows import (
     CHECKSUM,
@@ -80,13 +80,16 @@ from .rows import (
 from .segments import Segments, fits
 
 __all__ = [
+    "COMPACT_ROWS",
     "COUNTERS",
+    "DELETE_PAGE",
     "FORMAT_VERSION",
     "MARKER_NAME",
     "Found",
     "KeyedVectors",
     "Record",
     "Store",
+    "Stored",
     "entry_bytes",
 ]
 
@@ -102,6 +105,11 @@ _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
 _SETTING_PREFIX = "setting:"
 _SIZE_LIMIT = "size_limit"
+#: Keys deleted per write transaction, and rows moved per compaction transaction: each
+#: holds the write lock (other processes' fills wait) for a bounded time, and compaction
+#: holds at most this many vectors in memory, however large the cache.
+DELETE_PAGE = 10_000
+COMPACT_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,23 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What the index records of one entry, without reading its vector (see
+    :meth:`Store.listing`): a damaged vector is not noticed here.
+
+    :ivar dimensions: the vector's length.
+    :ivar tokens: as :attr:`Record.tokens`.
+    :ivar created: as :attr:`Record.created`.
+    :ivar fingerprint_id: as :attr:`Record.fingerprint_id`.
+    """
+
+    dimensions: int
+    tokens: float
+    created: float
+    fingerprint_id: int
+
+
+@dataclass(frozen=True)
 class Found:
     """The result of :meth:`Store.read_many`, aligned with the keys asked for.
 
@@ -133,6 +158,12 @@ class Found:
     present: NDArray[np.bool_]
     vectors: NDArray[np.float32]
     tokens: NDArray[np.float64]
+
+
+def _page_keys(rows: NDArray[np.int64]) -> list[bytes]:
+    """The 16-byte keys of a page of index rows: each row's two halves, little-endian."""
+    raw = np.ascontiguousarray(rows[:, [K, LO]], dtype="<i8").tobytes()
+    return [raw[i : i + 16] for i in range(0, len(raw), 16)]
 
 
 @contextlib.contextmanager
@@ -297,6 +328,10 @@ class Store:
     def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
         """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
         for rows in self._index.pages(batch):
+            # Python ints and the keys' bytes of the whole page at once: per-row numpy
+            # scalars cost more than reading and checking the vector.
+            listed = rows.tolist()
+            keys = _page_keys(rows)
             records: list[Record | str] = [""] * len(rows)
             # One pass over each segment's rows of the page, not one file open per entry.
             for seg in np.unique(rows[:, SEG]):
@@ -309,10 +344,24 @@ class Store:
                     for i in mine.tolist():  # row by row, to say which rows cannot be read
                         records[i] = self._record(rows[i])
                     continue
+                vectors.flags.writeable = False  # its rows, the records' vectors, with it
                 for i, vector in zip(mine.tolist(), vectors, strict=True):
-                    records[i] = self._checked(rows[i], vector)
-            for row, record in zip(rows, records, strict=True):
-                yield join_key(int(row[K]), int(row[LO])), record
+                    records[i] = self._checked(listed[i], vector)
+            yield from zip(keys, records, strict=True)
+
+    def listing(
+        self, batch: int = 2048, *, oldest_first: bool = False
+    ) -> Iterator[tuple[bytes, Stored]]:
+        """Every entry's metadata as ``(key, stored)``, ``batch`` index rows at a time and no
+        vector read: in key order, or with ``oldest_first`` in the order a size limit evicts
+        (oldest stored first, by key within the same microsecond)."""
+        pages = self._index.pages_by_age(batch) if oldest_first else self._index.pages(batch)
+        for rows in pages:
+            for key, row in zip(_page_keys(rows), rows.tolist(), strict=True):
+                yield key, Stored(
+                    row[DIM], row[MILLITOKENS] / 1000.0, row[CREATED_US] / 1e6,
+                    unsigned(row[FP]),
+                )  # fmt: skip
 
     def _record(self, row: NDArray[np.int64]) -> Record | str:
         """The entry an index row describes, or why it cannot be read."""
@@ -324,7 +373,7 @@ class Store:
         return self._checked(row, vector)
 
     @staticmethod
-    def _checked(row: NDArray[np.int64], vector: NDArray[np.float32]) -> Record | str:
+    def _checked(row: NDArray[np.int64] | list[int], vector: NDArray[np.float32]) -> Record | str:
         """The record of an index row and the vector read for it, if its checksum holds."""
         if vector_checksum(vector) != row[CHECKSUM]:
             return "entry checksum mismatch"
@@ -403,16 +452,30 @@ class Store:
                 self._index.maybe_snapshot(sum(len(keys) for keys, _, _ in groups))
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
-        """Delete entries in one transaction; returns how many existed. Their space is
-        reclaimed by :meth:`compact`."""
-        if not keys:
-            return 0
-        split = split_keys(keys)
-        with self._index.write():
-            removed = self._index.delete(split)
-            if removed:
+        """Delete entries, :data:`DELETE_PAGE` keys per transaction; returns how many
+        existed. Their space is reclaimed by :meth:`compact`."""
+        return self.delete_pages(
+            keys[start : start + DELETE_PAGE] for start in range(0, len(keys), DELETE_PAGE)
+        )
+
+    def delete_pages(self, pages: Iterable[Sequence[bytes]]) -> int:
+        """Delete the keys of each page in a transaction of its own (so a large prune holds
+        the write lock a page at a time, and the keys need not all be in memory at once);
+        returns how many existed.
+
+        The snapshot is rebuilt once, after the last page: until then reads may still find
+        deleted entries, whose vectors are intact until :meth:`compact` (a crash in
+        between leaves them readable until the next rebuild, never wrong).
+        """
+        removed = 0
+        for keys in pages:
+            if keys:
+                with self._index.write():
+                    removed += self._index.delete(split_keys(keys))
+        if removed:
+            with self._index.write():
                 self._index.rebuild_snapshot()
-            return removed
+        return removed
 
     def clear(self) -> int:
         """Delete every entry and segment file; returns how many entries were removed.
@@ -428,28 +491,52 @@ class Store:
         new segments and delete the old files. Returns the bytes freed."""
         freed = 0
         with self._index.write():
-            doomed = []
-            for seg, dim, rows, live in self._index.segment_usage():
-                if rows and (rows - live) / rows >= min_dead_fraction:
-                    moved = self._index.live_rows(seg)
-                    if moved:
-                        matrix = self._segments.mapped(seg, dim)[[row for _, row in moved]]
-                        new, start = self._append(dim, matrix, avoid=seg)
-                        self._index.move([k for k, _ in moved], new, start)
-                    self._index.drop_segment(seg)
-                    doomed.append(seg)
-                    freed += (rows - live) * dim * 4
-            if doomed:
-                self._index.rebuild_snapshot()
-        self._segments.unlink(doomed)
+            usage = self._index.segment_usage()
+        doomed: dict[int, int] = {}  # segment -> dimension
+        for seg, dim, rows, live in usage:
+            if rows and (rows - live) / rows >= min_dead_fraction:
+                doomed[seg] = dim
+                freed += (rows - live) * dim * 4
+        if not doomed:
+            return 0
+        # Moved COMPACT_ROWS at a time, a transaction each: between them every entry points
+        # at a complete copy (the old files stay until the end), so readers and other
+        # writers go on. The last transaction moves what writers added meanwhile, drops
+        # the old segments and rebuilds the snapshot once.
+        while True:
+            with self._index.write():
+                if not self._move_some(doomed):
+                    for seg in doomed:
+                        self._index.drop_segment(seg)
+                    self._index.rebuild_snapshot()
+                    break
+        self._segments.unlink(list(doomed))
         return freed
 
+    def _move_some(self, doomed: dict[int, int]) -> bool:
+        """Copy up to :data:`COMPACT_ROWS` live rows out of the ``doomed`` segments (in a
+        write transaction); returns whether there were any."""
+        for seg, dim in doomed.items():
+            moved = self._index.some_live_rows(seg, COMPACT_ROWS)
+            if moved:
+                # In key order, as the index hands them out: the UPDATEs then walk the
+                # entries table in order, which costs far more than reading rows at random.
+                rows = np.array([row for _, row in moved], dtype=np.int64)
+                # Positioned reads, not a map: a map of the whole file would count its
+                # gigabyte in this process's memory; this holds only the chunk.
+                matrix = self._segments.read_rows(seg, dim, rows)
+                new, start = self._append(dim, matrix, avoid=doomed)
+                self._index.move([k for k, _ in moved], new, start)
+                return True
+        return False
+
     def _append(
-        self, dim: int, matrix: NDArray[np.float32], avoid: int | None = None
+        self, dim: int, matrix: NDArray[np.float32], avoid: Container[int] = ()
     ) -> tuple[int, int]:
-        """Write rows at the end of the open segment for ``dim`` (in a write transaction)."""
+        """Write rows at the end of the open segment for ``dim`` (in a write transaction),
+        or of a new one if that is among ``avoid`` (being compacted away)."""
         last = self._index.last_segment(dim)
-        if last is None or last[0] == avoid or not fits(last[1] + len(matrix), dim):
+        if last is None or last[0] in avoid or not fits(last[1] + len(matrix), dim):
             seg, start = self._index.add_segment(dim), 0
         else:
             seg, start = last

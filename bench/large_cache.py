@@ -1,0 +1,549 @@
+"""How the cache behaves at 10 million entries against 100,000, in the same run.
+
+Usage (or ``tox -e bench-large``)::
+
+    python bench/large_cache.py                          # 100k and 10M; writes RESULTS.md
+    python bench/large_cache.py --entries 100000 1000000 # other sizes
+    python bench/large_cache.py --build-only --entries 1000000  # just build (build rate)
+
+Each cache holds N synthetic texts (``large-cache text <i>``) at 64-d, written through the
+store's public write API (``Store.put_matrix``, 200,000 entries a call) under the keys
+``cache_keys.text_keys`` gives them, so a read through ``JinaEmbeddingFunction`` finds them.
+Caches are kept under ``/tmp/embedcache-large/<N>`` and reused when complete.
+
+Every measured operation runs in its own process; its wall time and peak RSS (the child's
+``ru_maxrss``) are recorded. Prune and compact change the cache, so they run on a copy.
+
+- open: a bare ``Store(dir)`` plus ``len()``, timed inside a fresh process
+- warm read: 10,000 random existing texts through ``JinaEmbeddingFunction(offline=True)``,
+  against the floor of ``bench/run.py`` (xxh3-128 of each text, a dict lookup, one gather)
+- ``embedcache stats``, ``ls`` (time to the first line), ``verify``, ``export``
+- ``prune --max-size`` dropping the oldest 10%, then ``Store.compact(0.05)`` (every segment
+  with 5% dead rows or more is rewritten)
+- while prune and compact run: a reader process reading 100 random surviving texts at a
+  time (max latency), and a writer storing one entry at a time (max latency)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import write_section
+
+DIM = 64
+MODEL, TASK = "jina-embeddings-v3", "retrieval.passage"
+ROOT = Path("/tmp/embedcache-large")
+FIGURES = ROOT / "figures.json"
+BUILD_BATCH = 200_000  # at most; n // 50 for smaller caches, so the oldest 10% are whole batches
+READS = 10_000
+REPEATS = 3
+#: ``ls --json`` of the whole cache only up to this size (it is the slowest whole-cache
+#: command: ``--ls-all`` raises it).
+LS_ALL_MAX = 1_000_000
+
+
+def text(i: int) -> str:
+    return f"large-cache text {i}"
+
+
+def fp() -> Any:
+    from embedcache import resolve_options
+    from embedcache.cache_keys import fingerprint
+
+    return fingerprint(resolve_options(MODEL, TASK, DIM))
+
+
+# Building
+
+
+def build(n: int) -> Path:
+    """The cache of ``n`` entries, built unless a complete one is there; prints the rate."""
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.store import Store
+
+    path = ROOT / str(n)
+    done = path / "built.json"
+    if done.exists():
+        return path
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(n)
+    print_ = functools_print(f"build {n:,}")
+    start = time.perf_counter()
+    the_fp = fp()
+    with Store(path / "cache") as store:
+        batch = min(BUILD_BATCH, max(1, n // 50))
+        for begin in range(0, n, batch):
+            count = min(batch, n - begin)
+            keys = text_keys(the_fp, [text(i) for i in range(begin, begin + count)])
+            matrix = rng.standard_normal((count, DIM)).astype(np.float32)
+            store.put_matrix(the_fp, keys, matrix, [1.0] * count)
+            if (begin // batch) % 5 == 4:
+                print_(f"{begin + count:,} in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"entries": n, "seconds": seconds}))
+    print_(f"done: {n / seconds:,.0f} entries/s ({seconds:.0f} s)")
+    return path
+
+
+def functools_print(label: str) -> Any:
+    def echo(message: str) -> None:
+        print(f"[{label}] {message}", file=sys.stderr, flush=True)
+
+    return echo
+
+
+# Workers: each runs in its own process and prints one JSON line.
+
+
+def work_open(cache: str) -> dict[str, float]:
+    start = time.perf_counter()
+    from embedcache.storage.store import Store
+
+    imported = time.perf_counter()
+    store = Store(cache)
+    opened = time.perf_counter()
+    count = len(store)
+    counted = time.perf_counter()
+    store.close()
+    return {"import": imported - start, "open": opened - imported, "len": counted - opened,
+            "entries": count}  # fmt: skip
+
+
+def _sample(n: int, seed: int, low: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [text(int(i)) for i in rng.integers(low, n, READS)]
+
+
+def work_read(cache: str, n: int, seed: int) -> dict[str, float]:
+    from embedcache import JinaEmbeddingFunction
+
+    texts = _sample(n, seed)
+    ef = JinaEmbeddingFunction(cache_dir=cache, dimensions=DIM, offline=True)
+    start = time.perf_counter()
+    out = ef.embed(texts)
+    seconds = time.perf_counter() - start
+    # Another 10k in the same process: the index's pages the first read faulted in stay
+    # (as in a long-running server); the first read pays for them.
+    again = _sample(n, seed + 100)
+    start = time.perf_counter()
+    ef.embed(again)
+    seconds_again = time.perf_counter() - start
+    ef.close()
+    assert out.shape == (READS, DIM)
+    return {"seconds": seconds, "again": seconds_again}
+
+
+def work_floor(n: int, seed: int) -> dict[str, float]:
+    import xxhash
+
+    texts = _sample(n, seed)
+    vectors = np.random.default_rng(0).standard_normal((len(texts), DIM)).astype(np.float32)
+    table = {xxhash.xxh3_128_digest(t.encode()): i for i, t in enumerate(texts)}
+    digest = xxhash.xxh3_128_digest
+    out = np.ones((len(texts), DIM), dtype=np.float32)
+    start = time.perf_counter()
+    rows = np.fromiter((table[digest(t.encode())] for t in texts), np.intp, len(texts))
+    np.take(vectors, rows, axis=0, out=out)
+    return {"seconds": time.perf_counter() - start}
+
+
+def work_compact(cache: str) -> dict[str, float]:
+    from embedcache.storage.store import Store
+
+    with Store(cache) as store:
+        start = time.perf_counter()
+        freed = store.compact(0.05)
+        return {"seconds": time.perf_counter() - start, "freed": freed}
+
+
+def work_put(cache: str, limited: int) -> dict[str, float]:
+    """Median time to store one new entry (as a fill does), with or without a size limit
+    (one far above the cache's size: nothing is evicted, but the total is counted)."""
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.store import Store
+
+    the_fp = fp()
+    times = []
+    with Store(cache, size_limit=(1 << 50) if limited else 0) as store:
+        for i in range(7):
+            key = text_keys(the_fp, [f"put {os.getpid()} {limited} {i}"])
+            start = time.perf_counter()
+            store.put_matrix(the_fp, key, np.ones((1, DIM), np.float32), [1.0])
+            times.append(time.perf_counter() - start)
+        store_limit = Store(cache, size_limit=0)  # leave the copy without a limit
+        store_limit.close()
+    return {"seconds": statistics.median(times)}
+
+
+def work_reader(cache: str, n: int, stop: str) -> dict[str, float]:
+    """Read 100 surviving texts at a time until ``stop`` exists; latencies in seconds."""
+    from embedcache import JinaEmbeddingFunction
+
+    ef = JinaEmbeddingFunction(cache_dir=cache, dimensions=DIM, offline=True)
+    rng = np.random.default_rng(1)
+    low = n // 5  # prune drops the oldest 10% (the first 5 of 50 batches): read above them
+    latencies = []
+    while not os.path.exists(stop):
+        texts = [text(int(i)) for i in rng.integers(low, n, 100)]
+        start = time.perf_counter()
+        ef.embed(texts)
+        latencies.append(time.perf_counter() - start)
+    ef.close()
+    return _latencies(latencies)
+
+
+def work_writer(cache: str, stop: str) -> dict[str, float]:
+    """Store one new entry at a time until ``stop`` exists (as a fill would)."""
+    from embedcache.cache_keys import text_keys
+    from embedcache.storage.store import Store
+
+    the_fp = fp()
+    latencies = []
+    with Store(cache) as store:
+        i = 0
+        while not os.path.exists(stop):
+            key = text_keys(the_fp, [f"writer {os.getpid()} {i}"])
+            start = time.perf_counter()
+            store.put_matrix(the_fp, key, np.ones((1, DIM), np.float32), [1.0])
+            latencies.append(time.perf_counter() - start)
+            i += 1
+            time.sleep(0.01)
+    return _latencies(latencies)
+
+
+def _latencies(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values) or [0.0]
+    return {"count": len(values), "max": ordered[-1],
+            "p50": ordered[len(ordered) // 2]}  # fmt: skip
+
+
+WORKERS = {
+    "open": work_open,
+    "read": work_read,
+    "floor": work_floor,
+    "compact": work_compact,
+    "put": work_put,
+    "reader": work_reader,
+    "writer": work_writer,
+}
+
+
+# Running children
+
+
+#: The checkout whose embedcache the measured processes import (``--code``).
+CODE = str(Path(__file__).resolve().parents[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = CODE + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("JINA_API_KEY", None)
+    return env
+
+
+def run_child(argv: list[str], stdout: Any = subprocess.PIPE) -> dict[str, Any]:
+    """Run a process to completion: its wall time, peak RSS (MB) and stdout's last line."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=_env())
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    rss = _child_rss(proc.pid)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{argv} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    last = (out or b"").decode().strip().splitlines()
+    return {"wall": wall, "rss_mb": rss, "out": last[-1] if last else "", "rc": proc.returncode}
+
+
+_RSS: dict[int, float] = {}
+
+
+def _child_rss(pid: int) -> float:
+    return _RSS.pop(pid, float("nan"))
+
+
+def _reap_hook() -> None:
+    """Record each child's own ru_maxrss: wait4 on it before subprocess does."""
+    original = subprocess.Popen._try_wait  # type: ignore[attr-defined]
+
+    def try_wait(self: subprocess.Popen[bytes], wait_flags: int) -> tuple[int, int]:
+        try:
+            pid, status, usage = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            return original(self, wait_flags)  # type: ignore[no-any-return]
+        if pid:
+            _RSS[pid] = usage.ru_maxrss / 1024
+        return pid, status
+
+    subprocess.Popen._try_wait = try_wait  # type: ignore[attr-defined]
+
+
+def worker(name: str, *args: object) -> dict[str, Any]:
+    result = run_child([sys.executable, __file__, "--worker", name, *map(str, args)])
+    return {**json.loads(result["out"]), "wall": result["wall"], "rss_mb": result["rss_mb"]}
+
+
+def cli(cache: Path, *args: str, stdout: Any = subprocess.PIPE) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache), *args]
+    return run_child(argv, stdout=stdout)
+
+
+def first_line(cache: Path, *args: str) -> float:
+    """Seconds from starting ``embedcache ARGS`` to its first line of output."""
+    argv = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache), *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    seconds = time.perf_counter() - start
+    proc.kill()
+    proc.wait()
+    return seconds
+
+
+#: The groups of operations ``--ops`` can pick; each run records its command per group.
+OPS = ("read", "scan", "change")
+GROUP_ROWS = {
+    "read": ("open", "warm read", "floor"),
+    "scan": ("stats", "verify", "ls", "export"),
+    "change": ("put", "prune", "compact", "concurrent reader and writer"),
+}
+
+
+def measure(n: int, log: Any, ops: set[str]) -> dict[str, Any]:
+    """The figures of the ``ops`` groups for the cache of ``n`` entries."""
+    base = build(n)
+    cache = base / "cache"
+    got: dict[str, Any] = {"entries": n}
+    got["build_rate"] = n / json.loads((base / "built.json").read_text())["seconds"]
+    worker("open", cache)  # a cache built before the index kept its byte total gets it now
+    if "read" in ops:
+        opens = [worker("open", cache) for _ in range(REPEATS)]
+        got["open_only_s"] = statistics.median(o["open"] for o in opens)
+        got["len_s"] = statistics.median(o["len"] for o in opens)
+        got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
+        reads, floors = [], []
+        for seed in range(REPEATS):
+            floors.append(worker("floor", n, seed)["seconds"])
+            reads.append(worker("read", cache, n, seed))
+        got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
+        got["read_again_us"] = statistics.median(r["again"] for r in reads) / READS * 1e6
+        got["floor_us"] = statistics.median(floors) / READS * 1e6
+        got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
+        log(f"{n:,}: open and reads done")
+    if "scan" in ops:
+        _scans(n, cache, got, log)
+    if "change" in ops:
+        _changes(n, base, got, log)
+    return got
+
+
+def _scans(n: int, cache: Path, got: dict[str, Any], log: Any) -> None:
+    """Whole-cache reads: stats, verify, ls and export."""
+    commands = [("stats", ("stats", "--json")), ("verify", ("verify", "--json"))]
+    if n <= LS_ALL_MAX:
+        commands.append(("ls_all", ("ls", "--json", "--limit", str(n))))
+    for name, args in commands:
+        result = cli(
+            cache, *args, stdout=subprocess.PIPE if name != "ls_all" else subprocess.DEVNULL
+        )
+        got[f"{name}_s"], got[f"{name}_rss_mb"] = result["wall"], result["rss_mb"]
+        log(f"{n:,}: {name} {result['wall']:.1f} s, {result['rss_mb']:.0f} MB")
+    got["ls_first_s"] = statistics.median(first_line(cache, "ls") for _ in range(REPEATS))
+    with tempfile.TemporaryDirectory(dir=ROOT) as out:
+        result = cli(cache, "export", "--out", str(Path(out) / "all"))
+        got["export_s"], got["export_rss_mb"] = result["wall"], result["rss_mb"]
+    log(f"{n:,}: export {got['export_s']:.1f} s, {got['export_rss_mb']:.0f} MB")
+
+
+def _changes(n: int, base: Path, got: dict[str, Any], log: Any) -> None:
+    """Writes on a copy: a put, prune and compact, with a reader and a writer running."""
+    cache = base / "cache"
+    # Prune and compact change the cache: on a copy, with a reader and a writer running.
+    copy = base / "copy"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(cache, copy)
+    vector_bytes = n * DIM * 4
+    stop = base / "stop"
+    stop.unlink(missing_ok=True)
+    idle = _with_load(copy, n, stop, lambda: time.sleep(5))
+    got["idle_read_max_ms"], got["idle_write_max_ms"] = idle["read_max_ms"], idle["write_max_ms"]
+    got["put_ms"] = worker("put", copy, 0)["seconds"] * 1e3
+    got["put_limited_ms"] = worker("put", copy, 1)["seconds"] * 1e3
+    log(f"{n:,}: put {got['put_ms']:.1f} ms, with a size limit {got['put_limited_ms']:.1f} ms")
+    keep = int(vector_bytes * 0.9)
+    loaded = _with_load(
+        copy, n, stop, lambda: cli(copy, "prune", "--max-size", f"{keep}B", "--json")
+    )
+    got.update({f"prune_{k}": v for k, v in loaded.items()})
+    log(f"{n:,}: prune {loaded}")
+    loaded = _with_load(copy, n, stop, lambda: worker("compact", copy))
+    got.update({f"compact_{k}": v for k, v in loaded.items()})
+    log(f"{n:,}: compact {loaded}")
+    shutil.rmtree(copy)
+
+
+def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
+    """Run ``action`` while a reader and a writer work on ``cache``; their max latencies."""
+    stop.unlink(missing_ok=True)
+    argv = [sys.executable, __file__, "--worker"]
+    reader = subprocess.Popen([*argv, "reader", str(cache), str(n), str(stop)],
+                              stdout=subprocess.PIPE, env=_env())  # fmt: skip
+    writer = subprocess.Popen([*argv, "writer", str(cache), str(stop)],
+                              stdout=subprocess.PIPE, env=_env())  # fmt: skip
+    time.sleep(3)  # both opened and reading
+    result = action()
+    stop.touch()
+    read = json.loads(reader.communicate()[0].decode().strip().splitlines()[-1])
+    write = json.loads(writer.communicate()[0].decode().strip().splitlines()[-1])
+    stop.unlink()
+    out = {"read_max_ms": read["max"] * 1e3, "reads": read["count"],
+           "write_max_ms": write["max"] * 1e3, "writes": write["count"]}  # fmt: skip
+    if isinstance(result, dict):
+        out.update({"s": result["wall"], "rss_mb": result["rss_mb"]})
+        if result.get("out"):
+            out["out"] = result["out"]
+    return out
+
+
+def report(runs: list[dict[str, Any]], provenance: dict[str, dict[str, str]]) -> str:
+    small, large = runs[0], runs[-1]
+    rows = [
+        ("open: `Store(dir)` (in-process)", "open_only_s", 1e3, "ms", "1x"),
+        ("`len(store)` (a COUNT over the index)", "len_s", 1e3, "ms", "100x"),
+        ("open: new process, import + open", "open_wall_s", 1e3, "ms", "1x"),
+        ("warm read, 10k random texts, new process, µs/text", "read_us", 1, "µs", "1x"),
+        ("another 10k random texts in that process, µs/text", "read_again_us", 1, "µs", "1x"),
+        ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs", "1x"),
+        ("store one entry (a fill), no size limit", "put_ms", 1, "ms", "1x"),
+        ("store one entry, with a size limit set", "put_limited_ms", 1, "ms", "1x"),
+        ("`stats --json`", "stats_s", 1, "s", "100x"),
+        ("`ls` first line", "ls_first_s", 1e3, "ms", "1x"),
+        ("`ls --json --limit N` (all) > /dev/null", "ls_all_s", 1, "s", "100x"),
+        ("`verify --json`", "verify_s", 1, "s", "100x"),
+        ("`export --out X`", "export_s", 1, "s", "100x"),
+        ("`prune --max-size` (drops oldest 10%)", "prune_s", 1, "s", "100x"),
+        ("`Store.compact(0.05)` after it", "compact_s", 1, "s", "100x"),
+    ]
+    lines = [
+        f"## Large caches: {large['entries']:,} entries against {small['entries']:,} "
+        f"(`bench/large_cache.py`)",
+        "",
+        "Commands (each group of rows from the run that last measured it):",
+        "",
+        *(
+            f"- {group} ({', '.join(GROUP_ROWS[group])}): `{run['command']}`, {run['load']}"
+            for group, run in sorted(provenance.items())
+        ),
+        "",
+        "64-d vectors, synthetic texts, one cache per size built through "
+        f"`Store.put_matrix`; each operation a fresh process. Built at "
+        f"{small['build_rate']:,.0f} entries/s ({small['entries']:,}) and "
+        f"{large['build_rate']:,.0f} entries/s ({large['entries']:,}), with the code before "
+        "the fixes below.",
+        "",
+        f"| operation | {small['entries']:,} | {large['entries']:,} | ratio | linear |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, key, scale, unit, linear in rows:
+        a, b = small.get(key), large.get(key)
+        if a is None or b is None:
+            continue
+        lines.append(f"| {label} | {a * scale:.2f} {unit} | {b * scale:.2f} {unit} | "
+                     f"{b / a:.1f}x | {linear} |")  # fmt: skip
+    lines += ["", "Peak RSS of each command (MB, the child's `ru_maxrss`):", "",
+              f"| command | {small['entries']:,} | {large['entries']:,} |",
+              "|---|---:|---:|"]  # fmt: skip
+    for key in ("read_rss_mb", "stats_rss_mb", "ls_all_rss_mb", "verify_rss_mb",
+                "export_rss_mb", "prune_rss_mb", "compact_rss_mb"):  # fmt: skip
+        if key in small and key in large:
+            lines.append(f"| {key[:-7]} | {small[key]:.0f} | {large[key]:.0f} |")
+    lines += ["", "Latency of a concurrent reader (100 surviving texts per read) and writer "
+              "(one entry per put), max over the operation (ms):", "",
+              "| while | size | reads | read max | writes | write max |",
+              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for run in runs:
+        for what, prefix in (("idle (5 s)", "idle_"), ("prune", "prune_"), ("compact", "compact_")):
+            if what.startswith("idle"):
+                lines.append(f"| {what} | {run['entries']:,} | | {run['idle_read_max_ms']:.1f} "
+                             f"| | {run['idle_write_max_ms']:.1f} |")  # fmt: skip
+            else:
+                lines.append(f"| {what} | {run['entries']:,} | {run[prefix + 'reads']} | "
+                             f"{run[prefix + 'read_max_ms']:.1f} | {run[prefix + 'writes']} | "
+                             f"{run[prefix + 'write_max_ms']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 10_000_000])
+    parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument("--ls-all", action="store_true", help="full `ls --json` at every size")
+    parser.add_argument("--code", help="measure the embedcache of another checkout (before/after)")
+    parser.add_argument(
+        "--ops",
+        help=f"comma-separated groups to measure: {', '.join(OPS)} (default all; the "
+        "others' figures are kept from the last run)",
+    )
+    parser.add_argument("--worker", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if args.worker:
+        name, *rest = args.worker
+        fn = WORKERS[name]
+        converted = [int(a) if a.isdigit() else a for a in rest]
+        print(json.dumps(fn(*converted)))
+        return
+    _reap_hook()
+    ROOT.mkdir(exist_ok=True)
+    log = functools_print("large")
+    sizes = sorted(args.entries)
+    global LS_ALL_MAX, CODE
+    if args.ls_all:
+        LS_ALL_MAX = max(sizes)
+    if args.code:
+        CODE = str(Path(args.code).resolve())
+    for n in sizes:
+        build(n)
+    if args.build_only:
+        return
+    ops = set(args.ops.split(",")) if args.ops else set(OPS)
+    load_before = os.getloadavg()
+    measured = [measure(n, log, ops) for n in sizes]
+    load_after = os.getloadavg()
+    load = (f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
+            f"on {os.cpu_count()} cores shared with other work")  # fmt: skip
+    command = ("python bench/large_cache.py " + " ".join(sys.argv[1:])).strip()
+    # Figures of groups not measured now come from the run that last measured them.
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {"sizes": {}, "runs": {}}
+    for got in measured:
+        figures["sizes"].setdefault(str(got["entries"]), {}).update(got)
+    for group in ops:
+        figures["runs"][group] = {"command": command, "load": load}
+    FIGURES.write_text(json.dumps(figures, indent=1))
+    runs = [figures["sizes"][str(n)] for n in sizes]
+    body = report(runs, figures["runs"])
+    print(body)
+    print(json.dumps(measured, indent=1), file=sys.stderr)
+    if not args.no_write:
+        write_section("large-cache", body)
+
+
+if __name__ == "__main__":
+    main()
