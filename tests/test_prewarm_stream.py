@@ -227,3 +227,17 @@ def test_snapshot_rebuild_memory_does_not_follow_the_index_size(
         assert snapshot is not None
         assert snapshot.shape == (7, 60_000)
     assert peak < 1_500_000
+
+
+def test_reading_the_input_reports_progress_before_anything_is_sent(
+    run: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
+    corpus = write_lines(tmp_path / "corpus.txt", [f"t{i % 5}" for i in range(9)])
+    result = run("prewarm", str(corpus), "--dry-run", "--window", "3")
+    lines = [line for line in result.stderr.splitlines() if "checking the input" in line]
+    assert lines == [
+        "prewarm (checking the input): 3 texts read, 3 distinct, 3 to fetch",
+        "prewarm (checking the input): 6 texts read, 5 distinct, 5 to fetch",
+        "prewarm (checking the input): 9 texts read, 5 distinct, 5 to fetch",
+    ]

@@ -267,9 +267,18 @@ def prewarm(
     embedder = cli.open(batch_size=batch_size, max_concurrency=max_concurrency).embedder
     seen = DistinctKeys()
     plan: dict[str, Any] = {}
+    last_line = time.monotonic()
     for part in windows():
         for texts in part:
             _add(plan, embedder.warm(texts, options, dry_run=True, seen=seen))
+        if time.monotonic() - last_line >= _LINE_INTERVAL_SECONDS:
+            # Reading a large corpus takes minutes before anything is sent: say so.
+            last_line = time.monotonic()
+            click.echo(
+                f"prewarm (checking the input): {plan['texts']:,} texts read, "
+                f"{plan['unique']:,} distinct, {plan['to_fetch']:,} to fetch",
+                err=True,
+            )
     if not plan:
         _add(plan, WarmReport(0, 0, 0, 0, 0))
     del plan["tokens_spent"]  # filled in by fetching, below
