@@ -241,3 +241,30 @@ def test_reading_the_input_reports_progress_before_anything_is_sent(
         "prewarm (checking the input): 6 texts read, 5 distinct, 5 to fetch",
         "prewarm (checking the input): 9 texts read, 5 distinct, 5 to fetch",
     ]
+
+
+def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "_SNAPSHOT_PAGE", 5)
+    write = index_module._write_snapshot
+    seen: list[bool] = []
+
+    def write_while_reading(path: Path, *args: object) -> None:
+        with Store(tmp_path / "cache") as reader:  # another opener of the directory
+            found = reader.read_many(keys, 1)
+            seen.append(bool(found.present.all()))
+            write(path, *args)  # type: ignore[arg-type]
+            found = reader.read_many(keys, 1)
+            seen.append(bool(found.present.all()))
+            assert found.vectors[:, 0].tolist() == list(range(len(keys)))
+
+    with Store(tmp_path / "cache") as store:
+        keys = fill(store, 40)
+        with store._index.write():
+            store._index.rebuild_snapshot()  # the snapshot readers will be using
+        monkeypatch.setattr(index_module, "_write_snapshot", write_while_reading)
+        with store._index.write():
+            store._index.rebuild_snapshot()
+        assert store.read_many(keys, 1).present.all()
+    assert seen == [True, True]
