@@ -295,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows += rebuild_runs(root, rebuilds, trees)
         finally:
             emulator.stop()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+    # Once the temporary directory is gone: prune drops only work trees whose files are.
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     command = "python bench/prewarm_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(command.strip(), rows, load)
     print(text)
