@@ -25,6 +25,7 @@ _LAZY = {
     "CachedEmbedder": "embedding.embedder",
     "Claimed": "storage.claims",
     "Claims": "storage.claims",
+    "DistinctKeys": "embedding.distinct",
     "Embedded": "embedding.embedder",
     "WarmReport": "embedding.embedder",
     "Stats": "embedding.embedder",
@@ -54,6 +55,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .assembly import Assembly, CacheSettings
     from .cache_keys import Fingerprint
+    from .embedding.distinct import DistinctKeys
     from .embedding.embedder import CachedEmbedder, Embedded, Stats, WarmReport
     from .integrations.milvus import JinaEmbeddingFunction
     from .models import ModelSpec, RequestOptions, resolve_options
@@ -85,6 +87,7 @@ __all__ = [
     "Claimed",
     "Claims",
     "Clock",
+    "DistinctKeys",
     "Embedded",
     "Fingerprint",
     "Forwarded",

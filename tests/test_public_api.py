@@ -17,6 +17,7 @@ def test_public_surface_is_pinned() -> None:
         "Claimed",
         "Claims",
         "Clock",
+        "DistinctKeys",
         "EmbedcacheError",
         "Embedded",
         "Fingerprint",

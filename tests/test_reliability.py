@@ -57,13 +57,20 @@ def assert_cache_is_exact(cache_dir: Path, emulator: JinaEmulator, texts: list[s
 
 
 def kill_and_resume(
-    emulator: JinaEmulator, cache_dir: Path, corpus: Path, texts: list[str], after: int
+    emulator: JinaEmulator,
+    cache_dir: Path,
+    corpus: Path,
+    texts: list[str],
+    after: int,
+    *extra: str,
 ) -> None:
+    """Kill a prewarm (``extra`` arguments added) after ``after`` requests and re-run it:
+    the re-run sends exactly what the first did not commit, each text once."""
     emulator.reset()
     emulator.latency = 0.03
     process = subprocess.Popen(
         prewarm_command(cache_dir, emulator.url, corpus, "--batch-size", "7",
-                        "--max-concurrency", "3"),
+                        "--max-concurrency", "3", *extra),
         env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -74,15 +81,17 @@ def kill_and_resume(
     wait_until_quiet(emulator)
     assert_cache_is_exact(cache_dir, emulator, texts)
     kept = committed(cache_dir, texts)
+    first = emulator.received_texts()
+    assert len(first) == len(set(first))  # nothing was sent twice, even across windows
 
     emulator.reset()
     emulator.latency = 0.0
     resumed = subprocess.run(
-        prewarm_command(cache_dir, emulator.url, corpus), env=environment(),
+        prewarm_command(cache_dir, emulator.url, corpus, *extra), env=environment(),
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert sorted(emulator.received_texts()) == sorted(set(texts) - kept)
-    assert json.loads(resumed.stdout)["fetched"] == len(texts) - len(kept)
+    assert json.loads(resumed.stdout)["fetched"] == len(set(texts) - kept)
     assert committed(cache_dir, texts) == set(texts)
     assert_cache_is_exact(cache_dir, emulator, texts)
 
@@ -100,6 +109,18 @@ def test_sigkill_during_prewarm_loses_only_in_flight_batches(
     emulator: JinaEmulator, cache_dir: Path, corpus: tuple[Path, list[str]], after: int
 ) -> None:
     kill_and_resume(emulator, cache_dir, corpus[0], corpus[1], after)
+
+
+@pytest.mark.parametrize("after", [3, 9])
+def test_sigkill_during_a_multi_window_prewarm_resends_exactly_the_missing_texts(
+    emulator: JinaEmulator, cache_dir: Path, tmp_path: Path, after: int
+) -> None:
+    # Windows of 20 texts; a third of the lines repeat texts of earlier windows.
+    texts = [f"windowed text {i} " + "word " * (i % 11) for i in range(120)]
+    lines = [texts[i] if i % 3 else texts[i // 2] for i in range(len(texts))]
+    path = tmp_path / "windowed.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kill_and_resume(emulator, cache_dir, path, lines, after, "--window", "20")
 
 
 @pytest.mark.stress

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
 from ..config import DEFAULT_MAX_CONCURRENCY
+from ..errors import InvalidInputError
 from ..upstream.limiter import Limits
 from .options import (
     CliContext,
@@ -24,14 +29,17 @@ from .options import (
     price_option,
     request_options,
 )
-from .sources import FORMATS, read_items
+from .sources import FORMATS, SourceItem, read_items
 
 if TYPE_CHECKING:
     from ..embedding.embedder import WarmReport
 
-__all__ = ["prewarm"]
+__all__ = ["WINDOW", "prewarm"]
 
 _LINE_INTERVAL_SECONDS = 5.0
+#: Texts a prewarm reads, hashes, looks up and fills at a time (``--window``): with the
+#: batches in flight, what its memory follows. 20,480 texts of 2 KB are 40 MB of text.
+WINDOW = 20_480
 
 
 class Progress:
@@ -98,20 +106,73 @@ class Progress:
             self.bar.__exit__(None, None, None)
 
 
-def _groups(items: Sequence[tuple[str, str | None]], late_chunking: bool) -> list[list[str]]:
+class _Spool:
+    """Standard input copied to a temporary file, so both passes can read it (in bounded
+    memory: the copy is on disk)."""
+
+    def __init__(self) -> None:
+        self.handle: TextIO | None = None
+
+    def rewound(self) -> TextIO:
+        if self.handle is None:
+            handle = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
+            self.handle = cast(TextIO, handle)
+            shutil.copyfileobj(sys.stdin, self.handle)
+        self.handle.seek(0)
+        return self.handle
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _windows(
+    items: Iterable[SourceItem], size: int, late_chunking: bool
+) -> Iterator[list[list[str]]]:
+    """The texts of ``items``, ``size`` at a time, as the lists to warm: one per window, or
+    under late chunking each group whole (a window takes whole groups only, so it may hold a
+    group's worth more than ``size``).
+
+    :raises InvalidInputError: when a group's lines are not consecutive (a group is known
+        whole only once the next one starts: holding every group open would hold the corpus).
+    """
+    from ..embedding.distinct import DistinctKeys
+
     if not late_chunking:
-        return [[text for text, _ in items]]
-    groups: dict[str | None, list[str]] = {}
-    for text, group in items:
-        groups.setdefault(group, []).append(text)
-    return list(groups.values())
+        texts = (item.text for item in items)
+        while window := list(itertools.islice(texts, size)):
+            yield [window]
+        return
+    groups: list[list[str]] = []
+    held = 0
+    started = DistinctKeys()  # every group met so far, 16 bytes each
+    current: str | None = None
+    group: list[str] = []
+    for item in items:
+        if item.group != current or not group:
+            if group:
+                groups.append(group)
+                held += len(group)
+                if held >= size:
+                    yield groups
+                    groups, held = [], 0
+            name = hashlib.blake2b(str(item.group).encode(), digest_size=16).digest()
+            if not started.add([name])[0]:
+                raise InvalidInputError(
+                    f"{item.origin}: group {item.group!r} appears again after other groups; "
+                    "a group's lines must be consecutive"
+                )
+            current, group = item.group, []
+        group.append(item.text)
+    if group:
+        groups.append(group)
+    if groups:
+        yield groups
 
 
-def _total(reports: Sequence[WarmReport]) -> dict[str, int]:
-    from ..embedding.embedder import WarmReport
-
-    keys = asdict(reports[0]) if reports else asdict(WarmReport(0, 0, 0, 0, 0))
-    return {name: sum(getattr(r, name) for r in reports) for name in keys}
+def _add(total: dict[str, int], report: WarmReport) -> None:
+    for name, value in asdict(report).items():
+        total[name] = total.get(name, 0) + value
 
 
 @click.command(cls=Command)
@@ -135,6 +196,13 @@ def _total(reports: Sequence[WarmReport]) -> dict[str, int]:
     show_default=True,
     help="Most requests in flight.",
 )
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=WINDOW,
+    show_default=True,
+    help="Texts read, hashed, looked up and filled at a time: memory follows it, not the corpus.",
+)
 @click.option("--dry-run", is_flag=True, help="Read and hash only: report what would be sent.")
 @price_option
 @json_option
@@ -155,6 +223,7 @@ def prewarm(
     truncate: bool,
     batch_size: int | None,
     max_concurrency: int,
+    window: int,
     dry_run: bool,
     price_per_million: float,
     as_json: bool,
@@ -164,20 +233,58 @@ def prewarm(
     FILES are .txt (one text per line), .jsonl (--field), .csv/.tsv (--column), or - for
     standard input. Only texts not cached yet are sent. Interrupted or killed, a re-run sends
     only what is still missing: every batch is committed as it arrives.
+
+    The input is read twice, a --window of texts at a time, so memory stays bounded however
+    large the corpus: first to check every line and count what is cached and what is not
+    (all a --dry-run does; bad input fails here, before anything is sent), then to fetch
+    what is missing. Distinct texts are counted in 16 bytes each. Under --late-chunking a
+    group's lines must be consecutive.
     """
     if late_chunking and group_field is None:
         raise click.UsageError("--late-chunking needs --group-field to know the groups")
     options = build_options(model, task, dimensions, late_chunking, truncate)
-    items = [
-        (item.text, item.group)
-        for path in files
-        for item in read_items(path, fmt=fmt, field=field, column=column, group_field=group_field)
-    ]
-    groups = _groups(items, late_chunking)
+    spool = _Spool()
+    ctx.call_on_close(spool.close)
+
+    def windows() -> Iterator[list[list[str]]]:
+        items = (
+            item
+            for path in files
+            for item in read_items(
+                path,
+                fmt=fmt,
+                field=field,
+                column=column,
+                group_field=group_field,
+                stdin=spool.rewound() if path == "-" else None,
+            )
+        )
+        return _windows(items, window, late_chunking)
+
+    from ..embedding.distinct import DistinctKeys
+    from ..embedding.embedder import WarmReport
+
     embedder = cli.open(batch_size=batch_size, max_concurrency=max_concurrency).embedder
-    plans = [embedder.warm(group, options, dry_run=True) for group in groups]
-    plan: dict[str, Any] = _total(plans)
+    seen = DistinctKeys()
+    plan: dict[str, Any] = {}
+    last_line = time.monotonic()
+    for part in windows():
+        for texts in part:
+            _add(plan, embedder.warm(texts, options, dry_run=True, seen=seen))
+        if time.monotonic() - last_line >= _LINE_INTERVAL_SECONDS:
+            # Reading a large corpus takes minutes before anything is sent: say so.
+            last_line = time.monotonic()
+            click.echo(
+                f"prewarm (checking the input): {plan['texts']:,} texts read, "
+                f"{plan['unique']:,} distinct, {plan['to_fetch']:,} to fetch",
+                err=True,
+            )
+    if not plan:
+        _add(plan, WarmReport(0, 0, 0, 0, 0))
     del plan["tokens_spent"]  # filled in by fetching, below
+    plan["window"] = window
+    plan["distinct_set_bytes"] = seen.nbytes
+    del seen  # the fill needs no count of its own: what an earlier window stored is cached
     plan["estimated_cost_usd"] = dollars(plan["estimated_tokens"], price_per_million)
     plan["estimated_seconds"] = (
         None
@@ -190,9 +297,10 @@ def prewarm(
     start = time.monotonic()
     progress = Progress(plan["unique"], plan["cached"], _pace_of(cli.limits, plan))
     try:
-        for group, group_plan in zip(groups, plans, strict=True):
-            if group_plan.to_fetch:
-                embedder.warm(group, options, on_batch=progress.advance)
+        if plan["to_fetch"]:  # a fully cached corpus needs no second reading, key or network
+            for part in windows():
+                for texts in part:
+                    embedder.warm(texts, options, on_batch=progress.advance)
     except KeyboardInterrupt:
         progress.close()
         click.echo(
@@ -235,6 +343,13 @@ def _pace(result: dict[str, Any]) -> str:
     )
 
 
+def _memory(result: dict[str, Any]) -> str:
+    return (
+        f"windows of {result['window']:,} texts; distinct texts counted in "
+        f"{result['distinct_set_bytes'] / 2**20:,.1f} MiB (16 bytes each)"
+    )
+
+
 def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
     if as_json:
         echo_json({**result, "price_per_million_tokens": price})
@@ -248,6 +363,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
         ("estimated tokens", f"{result['estimated_tokens']:,}"),
         ("estimated cost", f"${result['estimated_cost_usd']:.4f} (estimate at ${price}/1M tokens)"),
         ("estimated time", _pace(result)),
+        ("memory", _memory(result)),
     ]
     if not result["dry_run"]:
         rows += [

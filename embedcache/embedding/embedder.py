@@ -10,6 +10,7 @@ it, and tests drive it with faulty upstreams. Sending is the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import weakref
@@ -33,6 +34,7 @@ from ..upstream.protocol import Upstream, UpstreamResult
 from .batches import Miss, Packer, check_lengths, plan_batches, validated
 from .coalescing import Claim, Elsewhere, Inflight
 from .counters import AUTOFLUSH, Counters, Recorder, Stats
+from .distinct import DistinctKeys
 from .scheduler import BatchScheduler
 
 __all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
@@ -315,17 +317,28 @@ class CachedEmbedder:
         *,
         dry_run: bool = False,
         on_batch: Callable[[int, int], None] | None = None,
+        seen: DistinctKeys | None = None,
     ) -> WarmReport:
         """Make sure every text is cached, without reading or returning vectors.
 
+        A corpus too large to hold is warmed a window of texts at a time, one call each
+        (``embedcache prewarm`` does so); ``seen`` then counts each entry once over them all.
+
         :param dry_run: only hash and check presence; send nothing.
         :param on_batch: called with ``(texts, tokens)`` after each batch is committed.
+        :param seen: the entries counted by earlier calls: those are left out of every count
+            but ``texts`` (and neither looked up nor fetched here), and this call's entries
+            are added to it.
         :returns: counts known before fetching (``tokens_spent`` is filled in after).
         :raises InvalidInputError: before any request, for bad texts or limits.
         :raises CacheMissError: in offline mode, when anything is missing.
         """
         fp, _, position = self._index(texts, options)
         unique = list(position)
+        if seen is not None:
+            new = seen.add(unique)
+            if not new.all():
+                unique = list(itertools.compress(unique, new.tolist()))
         absent = ~self._tiers.contains(fp, unique, options.expected_dim)
         misses = self._misses(texts, unique, position, absent, options)
         report = WarmReport(

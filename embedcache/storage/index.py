@@ -9,6 +9,7 @@ described in :mod:`embedcache.storage.store`.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 import sqlite3
@@ -42,6 +43,8 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 # per column, so a warm read finds all its keys with one np.searchsorted instead of SQL.
 _SNAPSHOT_MIN_ROWS = 4096
 _SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
+# Rows a rebuild reads and writes at a time: its memory (a few MB), whatever the index holds.
+_SNAPSHOT_PAGE = 16384
 
 
 def entry_bytes(dim: int) -> int:
@@ -91,6 +94,40 @@ def _join(
     ``low`` halves), and whether it is really there: one vectorized search, not a dict."""
     at = np.minimum(np.searchsorted(high, split[:, 0]), len(high) - 1)
     return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
+
+
+def _write_snapshot(path: Path, db: sqlite3.Connection, width: int, rows: int) -> None:
+    """Write the ``(width, rows)`` int64 ``.npy`` of every index row's read columns, in key
+    order, a page of rows at a time: what ``np.save`` of the whole array writes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (width, rows)}
+    )
+    start = len(header.getvalue())
+    cursor = db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
+    with open(path, "wb") as handle:
+        handle.write(header.getvalue())
+        handle.truncate(start + width * rows * 8)
+        handle.flush()
+        fd, done = handle.fileno(), 0
+        # Values straight from the cursor into an int64 page: no page of row tuples is held.
+        values = itertools.chain.from_iterable(cursor)
+        while done < rows:
+            count = min(_SNAPSHOT_PAGE, rows - done)
+            try:
+                page = np.fromiter(values, dtype="<i8", count=count * width)
+            except ValueError:
+                raise sqlite3.DatabaseError(
+                    "the index shrank while its snapshot was written"
+                ) from None
+            columns = page.reshape(count, width).T
+            for column in range(width):
+                data = np.ascontiguousarray(columns[column])
+                if os.pwrite(fd, data.data, start + (column * rows + done) * 8) != data.nbytes:
+                    raise OSError(f"short write to {path}")
+            done += count
+        if next(values, None) is not None:
+            raise sqlite3.DatabaseError("the index grew while its snapshot was written")
 
 
 def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
@@ -222,6 +259,22 @@ class Index:
                 present[todo[hit]] = True
         return matched, present, snapshot is not None
 
+    def contains(self, split: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Whether each key has an index row: :meth:`find` without gathering the rows, so
+        only the snapshot's two key columns are read (a fill checking millions of keys
+        keeps 16 bytes of the map per entry in memory, not all its columns)."""
+        present = np.zeros(len(split), dtype=bool)
+        snapshot = self.snapshot()
+        if snapshot is not None and snapshot.shape[1]:
+            present = _join(snapshot[K], snapshot[LO], split)[1]
+        todo = np.flatnonzero(~present)
+        if len(todo):
+            rows = self.lookup(split[todo, 0], "k, lo")
+            if len(rows):
+                rows = rows[np.argsort(rows[:, K], kind="stable")]
+                present[todo[_join(rows[:, K], rows[:, LO], split[todo])[1]]] = True
+        return present
+
     def lookup(self, high: NDArray[np.int64], columns: str = COLUMNS) -> NDArray[np.int64]:
         """Index rows whose primary key is among ``high``, one int64 row each."""
         found: list[tuple[int, ...]] = []
@@ -276,23 +329,30 @@ class Index:
             self._set_state(since_snapshot=since)
 
     def rebuild_snapshot(self) -> None:
-        """Write a snapshot of the index as it is in this write transaction."""
+        """Write a snapshot of the index as it is in this write transaction.
+
+        In bounded memory, whatever the index holds: rows are read in key order a page at a
+        time and each page's columns are written straight to their places in the file
+        (positioned writes, not a map, so the file's pages never count in this process's
+        memory). Readers keep the snapshot they have until the new one is committed.
+        """
         old = self._state("snapshot")
         generation = (self._state("generation") or 0) + 1
-        cursor = self._db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
         width = READ_COLUMNS.count(",") + 1
-        flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64)
-        columns = np.ascontiguousarray(flat.reshape(-1, width).T)
+        rows = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
         path = self._snapshot_path(generation)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, columns)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        try:
+            _write_snapshot(tmp, self._db, width, rows)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         self._set_state(
-            generation=generation, snapshot=generation, snapshot_rows=columns.shape[1],
-            since_snapshot=0,
-        )  # fmt: skip
+            generation=generation, snapshot=generation, snapshot_rows=rows, since_snapshot=0
+        )
         if old is not None:
             self._stale_snapshots.append(old)
 

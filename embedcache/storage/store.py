@@ -323,7 +323,8 @@ class Store:
         """Whether each key has an entry (without reading or checking its vector)."""
         if not keys:
             return []
-        return [bool(found) for found in self._index.find(split_keys(keys))[1]]
+        present: list[bool] = self._index.contains(split_keys(keys)).tolist()
+        return present
 
     def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
         """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
