@@ -24,6 +24,8 @@ from .serving import ProxyProcess
 if TYPE_CHECKING:
     import redis
 
+    from .claimers import Worker  # claimers imports this module
+
 # A sentinel shaped like a real key (65 chars, "jina_" prefix) so leaks are easy to grep for.
 API_KEY = "jina_" + "SENTINELkey0123456789" * 2 + "abcdefghijklmnopqr"
 
@@ -58,6 +60,15 @@ def http(emulator: JinaEmulator) -> Iterator[httpx.Client]:
         base_url=emulator.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
     ) as client:
         yield client
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Claimer processes a test starts (``tests/claimers.py``), closed after it."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()
 
 
 @pytest.fixture

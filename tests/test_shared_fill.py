@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,14 +30,6 @@ OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
 PROCESSES = 4
 BATCH_SIZE = 50
 CONCURRENCY = 4
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.close()
 
 
 def overlapping_corpora(seed: int) -> list[list[str]]:
