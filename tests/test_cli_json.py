@@ -63,7 +63,7 @@ def rows(*names: str) -> Callable[[Any], None]:
 PREWARM = ("texts", "unique", "cached", "to_fetch", "estimated_tokens", "estimated_cost_usd",
            "dry_run", "fetched", "requests", "tokens_spent", "cost_usd", "seconds",
            "price_per_million_tokens")  # fmt: skip
-STATS = ("directory", "entries", "damaged", "bytes_on_disk", "size_limit", "groups",
+STATS = ("directory", "entries", "bytes_on_disk", "size_limit", "groups",
          "lifetime", "estimated_usd_saved", "price_per_million_tokens", "shared")  # fmt: skip
 
 #: Each command's arguments after its name (``{out}``: a path in scratch space) and the

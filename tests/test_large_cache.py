@@ -129,6 +129,17 @@ def test_prune_selection_reads_no_vector(store: Store, cache_dir: Path) -> None:
     assert {entry.key for entry in chosen} == set(keys[:200])  # the oldest two batches
 
 
+def test_stats_reads_the_index_only_not_a_vector(store: Store, cache_dir: Path) -> None:
+    fill(store, 300)
+    fill(store, 5, dim=16, seed=1)
+    for path in (cache_dir / "segments").iterdir():
+        path.write_bytes(b"")  # every vector unreadable: only the index is left
+    summary = inventory.summarize(store)
+    assert summary.entries == 305
+    groups = {dims: (count, tokens) for (_, _, dims), (count, tokens) in summary.groups.items()}
+    assert groups == {DIM: (300, 300.0), 16: (5, 5.0)}  # 1 token recorded for each
+
+
 def test_delete_many_commits_in_pages_of_bounded_size(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

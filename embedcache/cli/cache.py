@@ -42,7 +42,8 @@ __all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"
 @pass_cli
 def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     """Entries, size, breakdown by model/task/dimensions, and lifetime savings; with a Redis
-    URL, also the shared tier's entries and size."""
+    URL, also the shared tier's entries and size. Reads the index only, so it is quick on
+    any size of cache; `embedcache verify` reads and checks every vector."""
     from ..maintenance import inventory
 
     parts = cli.open(shared_strict=True)
@@ -60,7 +61,6 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
             {
                 "directory": summary.directory,
                 "entries": summary.entries,
-                "damaged": summary.damaged,
                 "bytes_on_disk": summary.bytes_on_disk,
                 "size_limit": summary.size_limit,
                 "groups": [
@@ -76,8 +76,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         return
     limit = format_bytes(summary.size_limit) if summary.size_limit else "none (never evicts)"
     click.echo(f"cache        {summary.directory}")
-    click.echo(f"entries      {summary.entries:,}" + (f" ({summary.damaged} damaged)" * bool(
-        summary.damaged)))  # fmt: skip
+    click.echo(f"entries      {summary.entries:,}")
     click.echo(f"on disk      {format_bytes(summary.bytes_on_disk)}")
     click.echo(f"size limit   {limit}")
     if tier is not None:

@@ -120,39 +120,30 @@ def entries(store: Store, filters: Filters = Filters()) -> Iterator[Entry]:
 
 @dataclass
 class Summary:
-    """Totals for ``embedcache stats``."""
+    """Totals for ``embedcache stats``, from the index alone (``verify`` reads the vectors)."""
 
     directory: str
     entries: int = 0
     bytes_on_disk: int = 0
     size_limit: int | None = None
-    damaged: int = 0
     #: ``(model, task, dimensions)`` → ``[entries, tokens recorded]``.
     groups: dict[tuple[str, str | None, int], list[float]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
 def summarize(store: Store) -> Summary:
-    """Count entries by model, task and dimensions, with the lifetime counters."""
+    """Count entries by model, task and dimensions, with the lifetime counters: one
+    aggregate query over the index, so its cost does not follow the vectors' size."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
-    # Counted by fingerprint id and dimension, named once at the end: no Entry per row.
-    counted: dict[tuple[int, int], list[float]] = {}
-    for _, found in store.scan():
-        if not isinstance(found, Record):
-            summary.damaged += 1
-            continue
-        group = counted.setdefault((found.fingerprint_id, len(found.vector)), [0, 0.0])
-        group[0] += 1
-        group[1] += found.tokens
-        summary.entries += 1
     settings = store.fingerprints()
-    for (fp_id, dim), (count, tokens) in counted.items():
+    for fp_id, dim, count, tokens in store.groups():
         fields = settings.get(fp_id, {})
         task = fields.get("task")
         name = (str(fields.get("model", "?")), str(task) if task is not None else None, dim)
         group = summary.groups.setdefault(name, [0, 0.0])
         group[0] += count
         group[1] += tokens
+        summary.entries += count
     summary.bytes_on_disk = store.volume()
     summary.counters = store.counters()
     return summary

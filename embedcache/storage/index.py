@@ -196,6 +196,15 @@ class Index:
         with self._read_lock, self._errors("read"):
             return int(self._reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
+    def groups(self) -> list[tuple[int, int, int, int]]:
+        """``(fingerprint id, dimension, entries, millitokens)`` of each kind of entry: one
+        aggregate query over the index, no row read into Python."""
+        with self._read_lock, self._errors("read"):
+            rows = self._reader.execute(
+                "SELECT fp, dim, COUNT(*), SUM(millitokens) FROM entries GROUP BY fp, dim"
+            ).fetchall()
+        return [(int(fp), int(dim), int(n), int(milli or 0)) for fp, dim, n, milli in rows]
+
     def vector_bytes(self) -> int:
         """Bytes the entries count for against a size limit (:func:`entry_bytes` each)."""
         with self._read_lock, self._errors("read"):

@@ -387,6 +387,14 @@ class Store:
         """Number of cached vectors."""
         return self._index.count()
 
+    def groups(self) -> list[tuple[int, int, int, float]]:
+        """``(fingerprint id, dimension, entries, tokens recorded)`` of each kind of entry,
+        from the index alone: no vector is read (so damaged vectors count too; see
+        :meth:`scan`)."""
+        return [
+            (fp_id, dim, count, milli / 1000.0) for fp_id, dim, count, milli in self._index.groups()
+        ]
+
     def vector_bytes(self) -> int:
         """Bytes the entries count for against :attr:`size_limit`: :func:`entry_bytes` each
         (less than :meth:`volume`, which also counts the index and dead rows)."""
