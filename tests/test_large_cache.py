@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -251,3 +252,36 @@ def test_a_sparse_read_of_a_large_segment_reads_rows_and_a_dense_one_maps_it(
         dense = reader.read_many(keys[::4], DIM)  # 20,000 rows
         assert dense.vectors.tobytes() == matrix[::4].tobytes()
         assert len(_mapped_files()) == 1
+
+
+@pytest.mark.parametrize("job", ["compact", "delete"])
+def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_in(
+    store: Store, monkeypatch: pytest.MonkeyPatch, job: str
+) -> None:
+    # SQLite takes no turns: a job that began its next transaction at once would take the
+    # lock back before a fill waiting for it woke (measured in bench/RESULTS.md).
+    keys = fill(store, 400)
+    monkeypatch.setattr(store_module, "COMPACT_ROWS", 20)
+    monkeypatch.setattr(store_module, "DELETE_PAGE", 20)
+    if job == "compact":
+        store.delete_many(keys[::2])  # every segment half dead: 200 rows to move
+    transactions: list[str] = []
+    pauses: list[float] = []
+    write = store._index.write
+
+    def counted() -> Any:
+        transactions.append(job)
+        return write()
+
+    monkeypatch.setattr(store._index, "write", counted)
+    monkeypatch.setattr(time, "sleep", pauses.append)  # the store's only sleep
+    if job == "compact":
+        store.compact()
+        moves = 200 // 20 + 1  # and the last, which finds nothing left, drops and rebuilds
+        assert len(transactions) == 1 + moves  # the first reads the segments' usage
+        assert pauses == [store_module.LOCK_PAUSE_SECONDS] * (moves - 1)
+    else:
+        assert store.delete_many(keys[1::2]) == 200
+        assert len(transactions) == 200 // 20 + 1  # and the snapshot rebuilt once
+        assert pauses == [store_module.LOCK_PAUSE_SECONDS] * (200 // 20 - 1)
+    assert store_module.LOCK_PAUSE_SECONDS > 0.1  # SQLite's longest busy-handler sleep

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import sqlite3
 import threading
@@ -84,6 +85,7 @@ __all__ = [
     "COUNTERS",
     "DELETE_PAGE",
     "FORMAT_VERSION",
+    "LOCK_PAUSE_SECONDS",
     "MARKER_NAME",
     "Found",
     "KeyedVectors",
@@ -110,6 +112,11 @@ _SIZE_LIMIT = "size_limit"
 #: holds at most this many vectors in memory, however large the cache.
 DELETE_PAGE = 10_000
 COMPACT_ROWS = 16_384
+#: The pause between two of those transactions. SQLite wakes a writer that waits for the
+#: lock at most every 100 ms, and takes no turns: a job that begins its next transaction at
+#: once would take the lock back each time, and a fill waiting on it could wait out its busy
+#: timeout (and fail to commit a batch it paid for). A longer pause lets it in first.
+LOCK_PAUSE_SECONDS = 0.11
 
 
 @dataclass(frozen=True)
@@ -477,10 +484,11 @@ class Store:
         between leaves them readable until the next rebuild, never wrong).
         """
         removed = 0
-        for keys in pages:
-            if keys:
-                with self._index.write():
-                    removed += self._index.delete(split_keys(keys))
+        for count, keys in enumerate(page for page in pages if page):
+            if count:
+                time.sleep(LOCK_PAUSE_SECONDS)
+            with self._index.write():
+                removed += self._index.delete(split_keys(keys))
         if removed:
             with self._index.write():
                 self._index.rebuild_snapshot()
@@ -512,7 +520,9 @@ class Store:
         # at a complete copy (the old files stay until the end), so readers and other
         # writers go on. The last transaction moves what writers added meanwhile, drops
         # the old segments and rebuilds the snapshot once.
-        while True:
+        for count in itertools.count():
+            if count:
+                time.sleep(LOCK_PAUSE_SECONDS)
             with self._index.write():
                 if not self._move_some(doomed):
                     for seg in doomed:
