@@ -127,6 +127,31 @@ def test_a_cancelled_call_commits_every_batch_in_flight_at_once(
     assert not _cached(emulator, cache_dir, TEXTS[2:3])
 
 
+def test_a_cancelled_call_does_not_send_batches_still_queued_behind_other_calls(
+    make_ef: MakeEF, emulator: JinaEmulator
+) -> None:
+    ef = make_ef(batch_size=1, max_concurrency=2)
+    gate = emulator.hold(times=2)
+    with gate:
+        # Another caller's two requests take both worker threads and are held there.
+        other = threading.Thread(target=ef.encode_documents, args=(["x1", "x2"],))
+        other.start()
+        assert gate.arrived(2)
+
+        async def cancel_queued() -> None:
+            task = asyncio.ensure_future(ef.aencode_documents(TEXTS[:2]))
+            # Its batches are drawn at once and queue for a thread (no wait to observe).
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(cancel_queued())
+    other.join()
+    ef.close()
+    assert sorted(t for r in emulator.requests for t in r.texts) == ["x1", "x2"]
+
+
 def test_the_core_stops_drawing_batches_once_told_to(
     emulator: JinaEmulator, cache_dir: Path
 ) -> None:

@@ -166,6 +166,32 @@ def test_bad_arguments_fail_at_construction_before_any_request(
     assert emulator.requests == []
 
 
+def test_llama_indexs_own_text_keyed_cache_is_refused(make_li: MakeLI) -> None:
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    # It would hand a query the document vector of the same text.
+    with pytest.raises(InvalidInputError, match="embeddings_cache"):
+        make_li(embeddings_cache=SimpleKVStore())
+
+
+def test_llama_indexs_to_dict_and_from_dict_give_the_same_model(
+    make_li: MakeLI, emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    model = make_li(dimensions=64, task="retrieval.passage")
+    saved = model.to_dict()
+    assert API_KEY not in str(saved)
+    again = JinaEmbedding.from_dict(
+        {**saved, "api_key": API_KEY, "base_url": emulator.url, "cache_dir": cache_dir}
+    )
+    try:
+        assert (again.model, again.task, again.query_task, again.dimensions) == (
+            model.model, model.task, model.query_task, model.dimensions
+        )  # fmt: skip
+        assert again.get_text_embedding("x") == model.get_text_embedding("x")
+    finally:
+        again.close()
+
+
 def test_without_llama_index_core_the_import_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['llama_index'] = None\n"

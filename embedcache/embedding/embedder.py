@@ -449,6 +449,9 @@ class CachedEmbedder:
                 if not waiting:
                     break
                 assert self._inflight is not None  # only claims leave misses to others
+                if call.stop is not None and call.stop.is_set():
+                    # Cancelled: not waiting on other callers' fetches either.
+                    raise CancelledError("the call was cancelled; batches sent were committed")
                 # _fetch has released this call's claims: it never waits holding one.
                 self._inflight.wait([held for held, _ in waiting])
                 # Whatever the other calls' fetches did not store, this call fetches itself.
@@ -472,6 +475,10 @@ class CachedEmbedder:
         )
 
         def send(batch: list[Miss]) -> UpstreamResult:
+            if call.stop is not None and call.stop.is_set():
+                # Drawn before the cancel but still queued for a worker thread (behind other
+                # calls' batches): not sent, so nothing is spent after the cancel.
+                raise CancelledError("the call was cancelled before this batch was sent")
             result = call.upstream.embed([miss.text for miss in batch], call.options)
             self._count(call, requests=1, tokens_spent=result.total_tokens)
             return result

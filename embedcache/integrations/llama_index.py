@@ -3,8 +3,9 @@ extra).
 
 Unlike ``llama_index.embeddings.jinaai.JinaEmbedding`` it takes a base URL, embeds queries
 with the query task and texts with the document task (one ``task`` for both there), and
-sends only what the cache does not hold, batched and deduplicated, instead of every text
-(or, with LlamaIndex's ``embeddings_cache``, every miss one at a time).
+sends only what the cache does not hold, batched and deduplicated, instead of every text.
+LlamaIndex's own ``embeddings_cache`` is refused: it keys an embedding by its text alone,
+so a query would get the document vector of the same text (and another model's or size's).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = ["JinaEmbedding"]
 #: whole lists to the cache, which batches misses by the model's limits itself.
 _MAX_EMBED_BATCH_SIZE = 2048
 #: The ``BaseEmbedding`` fields a caller may set through keyword arguments.
-_BASE_FIELDS = frozenset({"num_workers", "embeddings_cache", "rate_limiter"})
+_BASE_FIELDS = frozenset({"num_workers", "rate_limiter"})
 
 
 class JinaEmbedding(BaseEmbedding):
@@ -59,8 +60,9 @@ class JinaEmbedding(BaseEmbedding):
     :param cache_dir: cache directory; else ``EMBEDCACHE_DIR``, else the user cache dir.
     :param base_url: API root; else ``EMBEDCACHE_BASE_URL``, else ``https://api.jina.ai``.
     :param offline: raise :class:`~embedcache.CacheMissError` on any miss.
-    :param kwargs: ``BaseEmbedding``'s ``num_workers``, ``embeddings_cache``,
-        ``rate_limiter``; else any keyword-only option of ``JinaEmbeddingFunction``
+    :param kwargs: ``BaseEmbedding``'s ``num_workers`` and ``rate_limiter`` (its
+        ``embeddings_cache`` is refused: keyed by text alone, it would mix the tasks); else
+        any keyword-only option of ``JinaEmbeddingFunction``
         (``batch_size``, ``max_concurrency``, ``redis_url``, ``tier``, ``upstream``, ...).
     :raises InvalidInputError: for a task, size or encoding the model does not take,
         before any request.
@@ -100,6 +102,16 @@ class JinaEmbedding(BaseEmbedding):
                 raise InvalidInputError(
                     f"{name}={encoding!r}: embedcache caches float embeddings only"
                 )
+        if kwargs.get("embeddings_cache") is not None:
+            raise InvalidInputError(
+                "embeddings_cache: LlamaIndex's cache keys an embedding by its text alone, so "
+                "a query would get the document vector of the same text; embedcache's disk "
+                "cache already keeps every embedding, under its task, model and size"
+            )
+        kwargs.pop("embeddings_cache", None)
+        # LlamaIndex's to_dict() writes model_name beside model (from_dict passes both back).
+        if kwargs.pop("model_name", model) != model:
+            raise InvalidInputError("model_name and model differ: give model only")
         base = {name: kwargs.pop(name) for name in _BASE_FIELDS & set(kwargs)}
         settings = settings_of(type(self).__name__, kwargs)
         document_task, query_task = paired_tasks(model, task, query_task)
