@@ -286,6 +286,39 @@ def test_a_multiprocessing_child_records_its_hits_as_it_ends(
     assert lifetime(cache_dir)["hits"] == 1 + len(TEXTS)
 
 
+# The usual worker pattern: the parent makes no embedder, each child makes its own.
+OWN_EMBEDDER_CHILD = """
+import json, multiprocessing, sys
+from embedcache import JinaEmbeddingFunction
+
+def work(cache_dir, texts):
+    JinaEmbeddingFunction(cache_dir=cache_dir).encode_documents(texts)
+
+if __name__ == "__main__":
+    for method in ("fork", "spawn"):
+        child = multiprocessing.get_context(method).Process(
+            target=work, args=(sys.argv[1], json.loads(sys.argv[2]))
+        )
+        child.start()
+        child.join()
+        assert child.exitcode == 0, (method, child.exitcode)
+"""
+
+
+def test_a_multiprocessing_child_with_its_own_embedder_records_its_hits_as_it_ends(
+    emulator: JinaEmulator, cache_dir: Path, tmp_path: Path
+) -> None:
+    fill(cache_dir, emulator)
+    script = tmp_path / "own_embedder_child.py"  # a file: spawn imports the main module
+    script.write_text(OWN_EMBEDDER_CHILD, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), str(cache_dir), json.dumps(TEXTS)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert lifetime(cache_dir)["hits"] == 2 * len(TEXTS)
+
+
 def test_forked_proxy_workers_record_each_hit_once(make_proxy: MakeProxy, cache_dir: Path) -> None:
     served = make_proxy()  # two forked workers on one port
     body = {"model": "jina-embeddings-v3", "input": [TEXTS[0]]}

@@ -204,6 +204,9 @@ class Autoflush:
                 # A multiprocessing child ends with os._exit, after its own exit hooks but
                 # not atexit's: it is given the exit flush there too.
                 multiprocessing.util.register_after_fork(self, Autoflush._in_multiprocessing)
+                if multiprocessing.parent_process() is not None:
+                    # Already such a child (its parent had no embedder to hook it): now.
+                    self._in_multiprocessing()
             self._recorders.add(recorder)
             self._start()
 
@@ -214,11 +217,16 @@ class Autoflush:
 
     def orphan(self, recorder: Recorder) -> None:
         """``recorder``'s embedder was collected without close(): have the thread flush it
-        one last time and let it go. Takes no lock but this one's (see ``__init__``)."""
+        one last time and let it go. Never waits for a lock: a collection can run in any
+        thread at any allocation, even in a thread being started while the lock is held;
+        if the lock is busy, the thread finds the orphan at its next flush."""
         recorder.orphaned = True
-        with self._wake:
-            self._orphans = True
-            self._wake.notify_all()
+        self._orphans = True
+        if self._wake.acquire(blocking=False):
+            try:
+                self._wake.notify_all()
+            finally:
+                self._wake.release()
 
     def flush_all(self) -> None:
         """Flush every registered recorder that has something to record (what the thread

@@ -102,16 +102,16 @@ class _Workers:
     async def run(self, call: Callable[[threading.Event], _T]) -> _T:
         """Await ``call(stop)`` run in a worker thread (with the caller's context vars)."""
         stop = threading.Event()
-        with self._lock:
+        work = functools.partial(contextvars.copy_context().run, call, stop)
+        with self._lock:  # submitted under it: close() cannot shut the pool down in between
             if not self._closed and self._pool is None:
                 self._pool = ThreadPoolExecutor(thread_name_prefix="embedcache-async")
-            pool = self._pool
-        if pool is None:
+            future = self._pool.submit(work) if self._pool is not None else None
+        if future is None:
             # The object is closed: fail as its sync call does, without a new thread.
             return call(stop)
-        work = functools.partial(contextvars.copy_context().run, call, stop)
         try:
-            return await asyncio.wrap_future(pool.submit(work))
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             # A call not yet started never starts; a running one stops drawing batches.
             stop.set()
