@@ -103,3 +103,15 @@ def test_nothing_is_taken_or_sent_for_no_misses() -> None:
     assert list(Packer([], OPTIONS, 10, 50).batches(take)) == []
     assert list(Packer([], LATE, 10, 50).batches(take)) == []
     assert take.chunks == []
+
+
+def test_a_text_over_the_budget_that_is_set_aside_leaves_its_room_to_the_next_ones() -> None:
+    # After the first chunk the request holds 0, 1 and 3 (2 was set aside); 4 alone would
+    # go over the budget, but it is fetched elsewhere too, so 5 still joins this request
+    # instead of opening another.
+    words = [9, 9, 1, 500, 500, 67]
+    texts = misses(len(words), lambda i: "word " * words[i])
+    assert sum(estimate_tokens(texts[i].text) for i in (0, 1, 3, 4)) > 1000
+    take = Taking(lambda miss: miss.slot not in (2, 4))
+    packed = list(Packer(texts, OPTIONS, 4, 1000).batches(take))
+    assert numbers(packed) == [[0, 1, 3, 5]]

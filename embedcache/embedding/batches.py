@@ -163,7 +163,8 @@ class Packer:
     def _chunk(self, count: int, tokens: int) -> tuple[list[Miss], list[int]]:
         """The next queued misses to take, with their estimated tokens: those that fit the
         room left, then more in proportion to the share ``take`` has been setting aside;
-        none when the room left takes not even the next one (the request is full)."""
+        the next one alone when it looks over the budget (``take`` may set it aside);
+        none when the request is full or the queue is empty."""
         queue, start = self._queue, self._next
         costs: list[int] = []
         stop, end = start, min(len(queue), start + self.size - count)
@@ -176,7 +177,13 @@ class Packer:
             stop += 1
         fit = stop - start
         if not fit:
-            return [], []
+            if count >= self.size or start >= len(queue):
+                return [], []  # the request is full, or nothing is left
+            # The next text would go over the budget, but ``take`` may set it aside and
+            # leave room for the ones after it: it is asked about, and if it is kept it
+            # opens the next request.
+            self._next = start + 1
+            return queue[start : start + 1], [estimate_tokens(queue[start].text)]
         share = max(self._given / self._asked, 1 / self.MAX_SCALE) if self._asked else 1.0
         want = max(math.ceil(fit / share), min(self.MIN_CHUNK, self.size))
         stop = min(len(queue), start + max(fit, want))
