@@ -144,11 +144,15 @@ def test_stats_reads_the_index_only_not_a_vector(store: Store, cache_dir: Path) 
 def test_delete_many_commits_in_pages_of_bounded_size(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)  # a snapshot at this size
     keys = fill(store, 1000)
     monkeypatch.setattr(store_module, "DELETE_PAGE", 64)
     assert store.delete_many([*keys[:500], b"\x00" * 16]) == 500
     assert store.contains_many(keys) == [False] * 500 + [True] * 500
     with Store(cache_dir) as reopened:  # the snapshot was rebuilt: no deleted key in it
+        snapshot = reopened._index.snapshot()
+        assert snapshot is not None
+        assert snapshot.shape[1] == 500
         assert reopened.read_many(keys[:500]).present.sum() == 0
 
 
@@ -285,3 +289,25 @@ def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_
         assert len(transactions) == 200 // 20 + 1  # and the snapshot rebuilt once
         assert pauses == [store_module.LOCK_PAUSE_SECONDS] * (200 // 20 - 1)
     assert store_module.LOCK_PAUSE_SECONDS > 0.1  # SQLite's longest busy-handler sleep
+
+
+def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
+    store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)  # a snapshot at this size
+    keys = fill(store, 400)
+    assert store._index.snapshot() is not None
+
+    def pages() -> Iterator[list[bytes]]:
+        yield keys[:50]
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) before the last page
+
+    with pytest.raises(KeyboardInterrupt):
+        store.delete_pages(pages())
+    with Store(cache_dir) as reopened:
+        for opened in (store, reopened):
+            assert opened.contains_many(keys) == [False] * 50 + [True] * 350
+            assert opened.read_many(keys, dim=DIM).present.tolist() == [False] * 50 + [True] * 350
+    fill(store, 1, seed=9)  # the next write that adds entries rebuilds the snapshot
+    assert store._index.snapshot() is not None
+    assert store.contains_many(keys) == [False] * 50 + [True] * 350

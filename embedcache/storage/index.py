@@ -337,6 +337,17 @@ class Index:
         else:
             self._set_state(since_snapshot=since)
 
+    def drop_snapshot(self) -> None:
+        """(In a write transaction, before deleting entries.) Readers stop using the snapshot,
+        which would still list the deleted entries, and look in SQL until the next rebuild;
+        the next insert rebuilds it if the deleter cannot (it was interrupted, or killed)."""
+        old = self._state("snapshot")
+        if old is None:
+            return
+        due = max(_SNAPSHOT_MIN_ROWS, self._state("snapshot_rows") or 0)
+        self._set_state(snapshot=None, since_snapshot=due)
+        self._stale_snapshots.append(old)
+
     def rebuild_snapshot(self) -> None:
         """Write a snapshot of the index as it is in this write transaction.
 

@@ -479,17 +479,21 @@ class Store:
         the write lock a page at a time, and the keys need not all be in memory at once);
         returns how many existed.
 
-        The snapshot is rebuilt once, after the last page: until then reads may still find
-        deleted entries, whose vectors are intact until :meth:`compact` (a crash in
-        between leaves them readable until the next rebuild, never wrong).
+        The first page's transaction sets the snapshot aside, so no reader finds a deleted
+        entry in it (reads look in SQL meanwhile), and it is rebuilt once, after the last
+        page; if the deletion stops before that (an error, a kill), the next write that
+        adds entries rebuilds it.
         """
         removed = 0
+        deleted_any = False
         for count, keys in enumerate(page for page in pages if page):
             if count:
                 time.sleep(LOCK_PAUSE_SECONDS)
             with self._index.write():
+                self._index.drop_snapshot()
                 removed += self._index.delete(split_keys(keys))
-        if removed:
+            deleted_any = True
+        if deleted_any:
             with self._index.write():
                 self._index.rebuild_snapshot()
         return removed
