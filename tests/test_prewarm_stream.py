@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +179,26 @@ def test_scattered_group_fails_before_any_request(
 def test_standard_input_is_read_in_windows_twice(run: Invoke, emulator: JinaEmulator) -> None:
     stdin = "".join(f"piped {i % 7}\n" for i in range(20))
     report = as_json(run("prewarm", "-", "--json", "--window", "3", stdin=stdin))
+    assert (report["texts"], report["unique"], report["fetched"]) == (20, 7, 7)
+    assert sorted(emulator.received_texts()) == sorted(f"piped {i}" for i in range(7))
+
+
+def test_a_named_pipe_is_read_once_and_both_passes_read_its_copy(
+    run: Invoke, emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    # What `embedcache prewarm <(zcat corpus.gz)` hands over: opened a second time, a pipe
+    # would wait for a writer that is gone.
+    pipe = tmp_path / "corpus.pipe"
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        with open(pipe, "w", encoding="utf-8") as writer:
+            writer.write("".join(f"piped {i % 7}\n" for i in range(20)))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    report = as_json(run("prewarm", str(pipe), "--json", "--window", "3"))
+    writer.join()
     assert (report["texts"], report["unique"], report["fetched"]) == (20, 7, 7)
     assert sorted(emulator.received_texts()) == sorted(f"piped {i}" for i in range(7))
 

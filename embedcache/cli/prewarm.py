@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -107,23 +109,33 @@ class Progress:
 
 
 class _Spool:
-    """Standard input copied to a temporary file, so both passes can read it (in bounded
-    memory: the copy is on disk)."""
+    """Inputs that cannot be read twice (standard input, a pipe, ``<(zcat corpus.gz)``),
+    each copied to a temporary file on its first reading, so both passes read the copy (in
+    bounded memory: the copy is on disk)."""
 
     def __init__(self) -> None:
-        self.handle: TextIO | None = None
+        self._copies: dict[str, TextIO] = {}
 
-    def rewound(self) -> TextIO:
-        if self.handle is None:
+    def rewound(self, path: str) -> TextIO | None:
+        """The copy of ``path`` to read, rewound; ``None`` for a regular file (opened again)."""
+        if path != "-" and stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        copy = self._copies.get(path)
+        if copy is None:
             handle = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
-            self.handle = cast(TextIO, handle)
-            shutil.copyfileobj(sys.stdin, self.handle)
-        self.handle.seek(0)
-        return self.handle
+            copy = self._copies[path] = cast(TextIO, handle)
+            if path == "-":
+                shutil.copyfileobj(sys.stdin, copy)
+            else:
+                with open(path, encoding="utf-8", newline="") as source:
+                    shutil.copyfileobj(source, copy)
+        copy.seek(0)
+        return copy
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+        for copy in self._copies.values():
+            copy.close()
+        self._copies.clear()
 
 
 def _windows(
@@ -256,7 +268,7 @@ def prewarm(
                 field=field,
                 column=column,
                 group_field=group_field,
-                stdin=spool.rewound() if path == "-" else None,
+                stdin=spool.rewound(path),
             )
         )
         return _windows(items, window, late_chunking)

@@ -55,7 +55,8 @@ def read_items(
     group_field: str | None = None,
     stdin: TextIO | None = None,
 ) -> Iterator[SourceItem]:
-    """Yield the texts of one file (``-`` for standard input).
+    """Yield the texts of one file (``-`` for standard input); ``stdin``, when given, is
+    read in its place (a copy of standard input or of a pipe, for a second reading).
 
     - txt: one text per line; blank lines are skipped.
     - jsonl: one JSON object per line, the text under ``field``; blank lines are skipped.
@@ -70,7 +71,7 @@ def read_items(
     if group_field is not None and kind != "jsonl":
         raise InvalidInputError("group fields are read from JSON Lines files only")
     name = "<stdin>" if path == "-" else path
-    if path == "-":
+    if path == "-" or stdin is not None:
         yield from _read(stdin or sys.stdin, name, kind, field, column, group_field)
         return
     with open(path, encoding="utf-8", newline="") as handle:
