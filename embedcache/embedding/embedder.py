@@ -144,14 +144,17 @@ class _Call:
     stats: Stats = field(default_factory=Stats)
     stop: threading.Event | None = None
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the caller has cancelled the call (``stop`` is set)."""
+        return self.stop is not None and self.stop.is_set()
 
-def _until_stopped(
-    batches: Iterator[list[Miss]], stop: threading.Event | None
-) -> Iterator[list[Miss]]:
-    """``batches``, each drawn (and so claimed) only while ``stop`` is unset; once it is set,
-    drawing raises ``CancelledError``, which the scheduler raises after committing the
+
+def _until_stopped(batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
+    """``batches``, each drawn (and so claimed) only while ``call`` is not stopped; once it
+    is, drawing raises ``CancelledError``, which the scheduler raises after committing the
     batches already in flight: a cancelled call keeps what it paid for and sends no more."""
-    while stop is None or not stop.is_set():
+    while not call.stopped:
         batch = next(batches, None)
         if batch is None:
             return
@@ -449,7 +452,7 @@ class CachedEmbedder:
                 if not waiting:
                     break
                 assert self._inflight is not None  # only claims leave misses to others
-                if call.stop is not None and call.stop.is_set():
+                if call.stopped:
                     # Cancelled: not waiting on other callers' fetches either.
                     raise CancelledError("the call was cancelled; batches sent were committed")
                 # _fetch has released this call's claims: it never waits holding one.
@@ -471,11 +474,11 @@ class CachedEmbedder:
         holds = _Holds()
         packer = Packer(misses, call.options, self.batch_size, self.max_batch_tokens)
         batches = _until_stopped(
-            packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call)), call.stop
+            packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call)), call
         )
 
         def send(batch: list[Miss]) -> UpstreamResult:
-            if call.stop is not None and call.stop.is_set():
+            if call.stopped:
                 # Drawn before the cancel but still queued for a worker thread (behind other
                 # calls' batches): not sent, so nothing is spent after the cancel.
                 raise CancelledError("the call was cancelled before this batch was sent")

@@ -53,7 +53,7 @@ import time
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 import numpy as np
@@ -102,6 +102,8 @@ COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_s
 
 #: New entries as the stores take them: ``(key, vector, tokens)`` each.
 KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
+
+_T = TypeVar("_T")
 
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
@@ -171,6 +173,15 @@ def _page_keys(rows: NDArray[np.int64]) -> list[bytes]:
     """The 16-byte keys of a page of index rows: each row's two halves, little-endian."""
     raw = np.ascontiguousarray(rows[:, [K, LO]], dtype="<i8").tobytes()
     return [raw[i : i + 16] for i in range(0, len(raw), 16)]
+
+
+def _paced(steps: Iterable[_T]) -> Iterator[_T]:
+    """``steps``, with :data:`LOCK_PAUSE_SECONDS` between two of them: a maintenance job
+    runs each step in a write transaction of its own, and waiting writers get in between."""
+    for count, step in enumerate(steps):
+        if count:
+            time.sleep(LOCK_PAUSE_SECONDS)
+        yield step
 
 
 @contextlib.contextmanager
@@ -486,9 +497,7 @@ class Store:
         """
         removed = 0
         deleted_any = False
-        for count, keys in enumerate(page for page in pages if page):
-            if count:
-                time.sleep(LOCK_PAUSE_SECONDS)
+        for keys in _paced(page for page in pages if page):
             with self._index.write():
                 self._index.drop_snapshot()
                 removed += self._index.delete(split_keys(keys))
@@ -524,9 +533,7 @@ class Store:
         # at a complete copy (the old files stay until the end), so readers and other
         # writers go on. The last transaction moves what writers added meanwhile, drops
         # the old segments and rebuilds the snapshot once.
-        for count in itertools.count():
-            if count:
-                time.sleep(LOCK_PAUSE_SECONDS)
+        for _ in _paced(itertools.count()):
             with self._index.write():
                 if not self._move_some(doomed):
                     for seg in doomed:
