@@ -12,10 +12,10 @@ import json
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import spec_for
 from ..storage.store import DELETE_PAGE, Record, Store, Stored, entry_bytes
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Entry",
@@ -32,6 +34,7 @@ __all__ = [
     "dimension_problem",
     "entries",
     "export",
+    "pages",
     "prune_pages",
     "select_for_prune",
     "summarize",
@@ -291,7 +294,7 @@ def _write_export(
         parquet = _ParquetPages(paths[2]) if len(paths) > 2 else None
         if parquet is not None:
             stack.callback(parquet.close)
-        for chunk in _chunks(scanned, page):
+        for chunk in pages(scanned, page):
             for entry, _ in chunk:
                 dims[entry.dimensions] += 1
             dim = dim or chunk[0][0].dimensions
@@ -307,11 +310,11 @@ def _write_export(
     return dims
 
 
-def _chunks(
-    items: Iterator[tuple[Entry, Record]], size: int
-) -> Iterator[list[tuple[Entry, Record]]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
+def pages(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), drawn lazily."""
+    iterator = iter(items)
+    while page := list(itertools.islice(iterator, size)):
+        yield page
 
 
 class _ParquetPages:

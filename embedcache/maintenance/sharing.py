@@ -10,7 +10,7 @@ a time: one existence check and one write per fingerprint and page, never one pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,14 +21,13 @@ from ..cache_keys import Fingerprint
 from ..storage.formats import check_entry
 from ..storage.shared import RedisStore
 from ..storage.store import Record, Store
-from .inventory import VerifyReport, dimension_problem
+from .inventory import VerifyReport, dimension_problem, pages
 
 __all__ = ["SharedVerifyReport", "SyncReport", "pull", "push", "verify_shared"]
 
 #: Entries per page: one ``EXISTS`` pipeline and one write per fingerprint each.
 DEFAULT_BATCH = 1000
 
-_T = TypeVar("_T")
 _S = TypeVar("_S")  # what a source page holds per key: a local Record, or Redis bytes
 _Entry = tuple[bytes, NDArray[np.float32], float]
 #: An entry to copy and its fingerprint, or the SyncReport counter saying why not.
@@ -86,17 +85,6 @@ class SharedVerifyReport(VerifyReport):
     prefix: str = ""
 
 
-def _pages(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    page: list[_T] = []
-    for item in items:
-        page.append(item)
-        if len(page) >= size:
-            yield page
-            page = []
-    if page:
-        yield page
-
-
 class _SharedFingerprints:
     """The fingerprints recorded in Redis, read once and again when an unknown id turns up
     (an entry written after the first read), at most once per id."""
@@ -135,8 +123,8 @@ def push(
         return "unknown_fingerprint" if fp is None else ((key, record.vector, record.tokens), fp)
 
     report = SyncReport("up", dry_run=dry_run)
-    pages = _pages(store.scan(batch), batch)
-    return _copy(report, pages, shared.contains_many, decode, shared.put_many, on_page)
+    paged = pages(store.scan(batch), batch)
+    return _copy(report, paged, shared.contains_many, decode, shared.put_many, on_page)
 
 
 def pull(
@@ -163,8 +151,8 @@ def pull(
         return "unknown_fingerprint" if fp is None else ((key, vector, tokens), fp)
 
     report = SyncReport("down", dry_run=dry_run)
-    pages = _pages(shared.scan(batch), batch)
-    return _copy(report, pages, store.contains_many, decode, store.put_many, on_page)
+    paged = pages(shared.scan(batch), batch)
+    return _copy(report, paged, store.contains_many, decode, store.put_many, on_page)
 
 
 def _copy(
