@@ -8,6 +8,8 @@ Requests are held at the emulator's gate, so "in flight" is known, not hoped for
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -24,6 +26,7 @@ from embedcache import (
     resolve_options,
 )
 from embedcache.assembly import Assembly, CacheSettings
+from embedcache.storage.claims import CLAIMS_DB
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
@@ -127,8 +130,14 @@ def test_a_cancelled_call_commits_every_batch_in_flight_at_once(
     assert not _cached(emulator, cache_dir, TEXTS[2:3])
 
 
+def _claimed(cache_dir: Path) -> int:
+    """Entries claimed in the cache directory (a claim is taken as its batch is drawn)."""
+    with contextlib.closing(sqlite3.connect(cache_dir / CLAIMS_DB)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM claims").fetchone()[0])
+
+
 def test_a_cancelled_call_does_not_send_batches_still_queued_behind_other_calls(
-    make_ef: MakeEF, emulator: JinaEmulator
+    make_ef: MakeEF, emulator: JinaEmulator, cache_dir: Path
 ) -> None:
     ef = make_ef(batch_size=1, max_concurrency=2)
     gate = emulator.hold(times=2)
@@ -140,8 +149,11 @@ def test_a_cancelled_call_does_not_send_batches_still_queued_behind_other_calls(
 
         async def cancel_queued() -> None:
             task = asyncio.ensure_future(ef.aencode_documents(TEXTS[:2]))
-            # Its batches are drawn at once and queue for a thread (no wait to observe).
-            await asyncio.sleep(0.5)
+            # Its two batches are drawn (claimed) and queue for a worker thread.
+            deadline = asyncio.get_running_loop().time() + 10
+            while _claimed(cache_dir) < 4:
+                assert asyncio.get_running_loop().time() < deadline, "never drawn"
+                await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
