@@ -159,7 +159,8 @@ def test_a_cancelled_call_does_not_send_batches_still_queued_behind_other_calls(
                 await task
 
         asyncio.run(cancel_queued())
-    other.join()
+    other.join(30)
+    assert not other.is_alive()
     ef.close()
     assert sorted(t for r in emulator.requests for t in r.texts) == ["x1", "x2"]
 

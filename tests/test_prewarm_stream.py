@@ -198,7 +198,8 @@ def test_a_named_pipe_is_read_once_and_both_passes_read_its_copy(
     writer = threading.Thread(target=write)
     writer.start()
     report = as_json(run("prewarm", str(pipe), "--json", "--window", "3"))
-    writer.join()
+    writer.join(10)
+    assert not writer.is_alive(), "the pipe was never read to its end"
     assert (report["texts"], report["unique"], report["fetched"]) == (20, 7, 7)
     assert sorted(emulator.received_texts()) == sorted(f"piped {i}" for i in range(7))
 
