@@ -120,6 +120,19 @@ def resolve_base_url(explicit: str | None) -> str:
     return url.rstrip("/")
 
 
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown (messages, logs, banners, metrics, files): any
+    ``user:password@`` replaced by ``***@``, so no credential in a URL is ever printed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    if "@" not in authority:
+        return url
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}{slash}{tail}"
+
+
 def resolve_offline(explicit: bool | None) -> bool:
     """Return whether misses must raise instead of reaching the network."""
     if explicit is not None:

@@ -108,6 +108,13 @@ class ProxySettings:
     :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
     :param tei_model: the model TEI's ``POST /embed`` is answered with (TEI names none).
     :param tei_task: the task of a TEI text without a ``<task>: `` prefix.
+    :param max_inputs: most inputs in one request (the API takes at most 2048).
+    :param max_answer_bytes: largest answer body one request may ask for, estimated from
+        its inputs, dimensions and encoding before any work.
+    :param verify_interval: with ``verify_keys``, a given key is verified at most once per
+        this many seconds, whatever the outcome.
+    :param verify_rate: with ``verify_keys``, most verifications started per second by one
+        worker; over it a new key gets a 429.
     """
 
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -120,6 +127,10 @@ class ProxySettings:
     admin_token: str | None = field(default=None, repr=False)
     tei_model: str = DEFAULT_MODEL
     tei_task: str | None = "retrieval.passage"
+    max_inputs: int = 2048
+    max_answer_bytes: int = 64 * 1024 * 1024
+    verify_interval: float = 10.0
+    verify_rate: float = 10.0
 
 
 class _Upstreams:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -31,9 +32,12 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_PIPELINED",
+    "Connections",
     "Handlers",
     "HttpConnection",
+    "Refusal",
     "Request",
+    "ServerLimits",
     "response_bytes",
 ]
 
@@ -62,7 +66,7 @@ class Request:
 
     __slots__ = (
         "authorization", "body", "body_size", "chunks", "expects_continue", "header_bytes",
-        "headers", "keep_alive", "method", "target",
+        "headers", "hits", "keep_alive", "method", "target", "texts",
     )  # fmt: skip
 
     def __init__(
@@ -82,10 +86,58 @@ class Request:
         self.header_bytes = 0
         self.chunks: list[bytes] = []  # the body as it arrives, joined when it is complete
         self.body_size = 0
+        # Filled in by whoever answers the request, for its access line (-1: not known).
+        self.texts = -1
+        self.hits = -1
 
     @property
     def path(self) -> bytes:
         return self.target.partition(b"?")[0]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer given as soon as a request's headers are in, before its body is read; the
+    connection closes after it."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
+
+
+#: Decides a request from its method, target and headers (no body yet): ``None`` to read
+#: its body and serve it, a :class:`Refusal`, or an awaitable of either when the decision
+#: needs work off the event loop (the connection stops reading meanwhile).
+Admit = Callable[[Request], "Refusal | Awaitable[Refusal | None] | None"]
+#: Told of every answered request: the request (``texts`` and ``hits`` as the answerer set
+#: them), the status written, and the seconds from its last byte read to its answer written.
+LogAccess = Callable[[Request, int, float], None]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Every bound a worker puts on its clients (each an option of ``embedcache serve``).
+
+    :param idle_timeout: seconds a kept-alive connection may wait for its next request
+        (and a new one for its first byte).
+    :param header_timeout: seconds from a request's first byte to its last header.
+    :param body_timeout: seconds from a request's last header to its last body byte.
+    :param send_timeout: seconds answers may wait unread (writes paused) before the
+        connection is closed.
+    :param max_connections: open connections per worker; over it the oldest idle one is
+        closed to make room, else the new one gets a 503.
+    :param max_body: the largest request body accepted, in bytes.
+    :param max_body_memory: request body bytes held at once by one worker, over all its
+        connections; a body that would pass it gets a 503.
+    """
+
+    idle_timeout: float = 15.0
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    send_timeout: float = 30.0
+    max_connections: int = 1024
+    max_body: int = 64 * 1024 * 1024
+    max_body_memory: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,12 +146,18 @@ class Handlers:
 
     :param fast: answers a request from memory: the JSON body and extra headers of a 200,
         or ``None`` to hand it to ``app``. Runs on the event loop: it must not block.
-    :param app: the ASGI application for everything else.
-    :param max_body: the largest request body accepted, in bytes.
+    :param app: the ASGI application for everything else; the scope carries the
+        :class:`Request` as ``scope["embedcache.request"]`` (to set ``texts`` and ``hits``).
+    :param admit: decides each request once its headers are in (``None``: all are read).
+    :param log_access: told of every answered request (``None``: no access log).
+    :param max_body: the largest request body accepted, in bytes (superseded by
+        :attr:`ServerLimits.max_body` when the server is built with limits).
     """
 
     fast: Callable[[Request], tuple[bytes, list[tuple[bytes, bytes]]] | None]
     app: ASGIApp
+    admit: Admit | None = None
+    log_access: LogAccess | None = None
     max_body: int = 64 * 1024 * 1024
 
 
@@ -355,3 +413,39 @@ class _TooLarge(Exception):
         super().__init__(detail.decode())
         self.status = status
         self.detail = detail
+
+
+class Connections:
+    """A worker's open connections and the limits they are held to: the protocol factory
+    for ``loop.create_server``, the once-a-second sweep of their deadlines, and draining
+    on shutdown.
+
+    :param handlers: what requests are answered with.
+    :param limits: the bounds (:class:`ServerLimits`).
+    """
+
+    def __init__(self, handlers: Handlers, limits: ServerLimits | None = None) -> None:
+        self.limits = limits or ServerLimits(max_body=handlers.max_body)
+        self.handlers = handlers
+        self._open: set[HttpConnection] = set()
+
+    def __call__(self) -> HttpConnection:
+        """A new connection's protocol (``loop.create_server``'s factory)."""
+        return HttpConnection(self.handlers, self._open)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def watch(self) -> None:
+        """Close connections past their deadlines, once a second, until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+
+    async def drain(self, seconds: float) -> None:
+        """Stop: answer what has been read, close idle connections now, and close every
+        connection still open after ``seconds``."""
+        for connection in list(self._open):
+            connection.shut_down()
+        deadline = time.monotonic() + seconds
+        while self._open and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)

@@ -22,12 +22,11 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 
 from ..errors import InvalidInputError
 from .app import Proxy
-from .http import Handlers, HttpConnection
+from .http import Connections, Handlers, ServerLimits
 from .metrics import Board
 
 __all__ = ["DRAIN_SECONDS", "MakeProxy", "serve_forever"]
@@ -162,11 +161,9 @@ async def _run(proxy: Proxy, sock: socket.socket) -> int:
     stop: asyncio.Future[int] = loop.create_future()
     for number in _SIGNALS:
         loop.add_signal_handler(number, _settle, stop, int(number))
-    connections: set[HttpConnection] = set()
     handlers = Handlers(fast=proxy.answer_hit, app=proxy.app)
-    server = await loop.create_server(
-        lambda: HttpConnection(handlers, connections), sock=sock, backlog=_BACKLOG
-    )
+    connections = Connections(handlers, ServerLimits())
+    server = await loop.create_server(connections, sock=sock, backlog=_BACKLOG)
     proxy.start()
     # Everything made so far (modules, the proxy, the store) lives as long as the process:
     # frozen, no collection walks it again. A request's objects die young by reference
@@ -178,11 +175,7 @@ async def _run(proxy: Proxy, sock: socket.socket) -> int:
     gc.set_threshold(50_000, 50, 100)
     stopped_by = await stop
     server.close()
-    for connection in list(connections):
-        connection.shut_down()
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await connections.drain(DRAIN_SECONDS)
     for number in _SIGNALS:
         loop.remove_signal_handler(number)
     return stopped_by
