@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -47,6 +47,7 @@ from ..upstream.jina import JinaClient
 from . import tei
 from .access import Access, Decision, KeyRefused, KeyUnverifiable, digest, matches
 from .floats import UpstreamFloatStyle
+from .http import Refusal
 from .http import Request as HttpRequest
 from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers, variant
@@ -231,6 +232,11 @@ class Proxy:
         """Start the background work of a serving proxy (call on its event loop)."""
         loop = asyncio.get_running_loop()
         self._publisher = loop.create_task(self._publish_now_and_then())
+
+    def admit(self, request: HttpRequest) -> Refusal | Awaitable[Refusal | None] | None:
+        """Whether to read ``request``'s body at all, decided from its headers
+        (:attr:`~embedcache.proxy.http.Handlers.admit`)."""
+        return None
 
     def answer_hit(self, request: HttpRequest) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """The body and extra headers of a ``POST /v1/embeddings`` whose every input has

@@ -161,7 +161,7 @@ async def _run(proxy: Proxy, sock: socket.socket) -> int:
     stop: asyncio.Future[int] = loop.create_future()
     for number in _SIGNALS:
         loop.add_signal_handler(number, _settle, stop, int(number))
-    handlers = Handlers(fast=proxy.answer_hit, app=proxy.app)
+    handlers = Handlers(fast=proxy.answer_hit, app=proxy.app, admit=proxy.admit)
     connections = Connections(handlers, ServerLimits())
     server = await loop.create_server(connections, sock=sock, backlog=_BACKLOG)
     proxy.start()

@@ -576,6 +576,12 @@ class Store:
 
     # Metadata
 
+    def removals(self) -> int:
+        """A number that changes whenever any process removes entries from this directory
+        (``clear``, ``prune``, ``verify --repair``, a delete): cheap enough to poll every
+        second, so a long-lived reader (the proxy) can drop what it holds in memory."""
+        return 0
+
     def add_counters(self, deltas: dict[str, int]) -> None:
         """Add to the lifetime counters in one transaction."""
         if not any(deltas.values()):
