@@ -424,6 +424,8 @@ class Index:
             "DELETE FROM entries WHERE k = ? AND lo = ?",
             [(int(hi), int(lo)) for hi, lo in split],
         )
+        if cursor.rowcount:
+            self._count_removal()
         return cursor.rowcount
 
     def evict(self, limit: int | None) -> bool:
@@ -441,6 +443,8 @@ class Index:
             doomed.append((k,))
             used -= entry_bytes(dim)
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
+        # Not counted in ``removals``: an evicted entry is still a right answer, and a full
+        # cache evicts on every fill, so readers would forget what they hold every second.
         return True
 
     def clear(self) -> tuple[int, list[int]]:
@@ -450,7 +454,19 @@ class Index:
         self._db.execute("DELETE FROM entries")
         segments = [row[0] for row in self._db.execute("SELECT id FROM segments")]
         self._db.execute("DELETE FROM segments")
+        self._count_removal()  # even of nothing: whoever clears wants every reader to forget
         return removed, segments
+
+    def _count_removal(self) -> None:
+        """(In the write transaction that removes entries.) Count it in ``removals``,
+        committed with the removal itself, so no reader sees one without the other."""
+        self._set_state(removals=(self._state("removals") or 0) + 1)
+
+    def removals(self) -> int:
+        """The ``removals`` count (see :meth:`Store.removals`): one indexed row read."""
+        with self._read_lock, self._errors("read"):
+            row = self._reader.execute("SELECT value FROM state WHERE name = 'removals'").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     # Segments
 

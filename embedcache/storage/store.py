@@ -3,7 +3,8 @@
 A cache directory holds::
 
     embedcache.json     format and key versions it was written with
-    index.db            SQLite (WAL): one row per vector, and the list of segment files
+    index.db            SQLite (WAL): one row per vector, the list of segment files, and
+                        the ``state`` of the snapshot and of ``removals`` (below)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
     meta/               a diskcache with the small values: request settings, counters and
@@ -31,6 +32,14 @@ which :meth:`Store.compact` copies away into new segment files. Reads never writ
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
+
+Every transaction that deletes entries (:meth:`Store.delete_pages` and
+:meth:`Store.delete_many`, so ``prune`` and ``verify --repair``; :meth:`Store.clear`, even
+of an empty cache) also adds one to the ``removals`` row of ``index.db``'s ``state`` table,
+in the same commit: a process holding entries in memory (the proxy's answers) polls
+:meth:`Store.removals` and forgets them when it changes. A deletion stopped part-way has
+counted every page it committed. Eviction under a size limit is not counted: an evicted
+entry is still a right answer, and a full cache evicts on every fill.
 
 :class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
 :mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
@@ -579,8 +588,17 @@ class Store:
     def removals(self) -> int:
         """A number that changes whenever any process removes entries from this directory
         (``clear``, ``prune``, ``verify --repair``, a delete): cheap enough to poll every
-        second, so a long-lived reader (the proxy) can drop what it holds in memory."""
-        return 0
+        second, so a long-lived reader (the proxy) can drop what it holds in memory.
+
+        It is the ``removals`` row of ``index.db``'s ``state`` table, counted in the very
+        transaction that deletes (see the module's description), so once a deletion is
+        visible to this store's reads the number has changed too. Neither eviction under a
+        size limit nor :meth:`compact` (which moves entries, never drops one) changes it.
+        A single-row read (a few microseconds); 0 for a cache no process ever deleted from.
+
+        :raises CacheError: the index cannot be read.
+        """
+        return self._index.removals()
 
     def add_counters(self, deltas: dict[str, int]) -> None:
         """Add to the lifetime counters in one transaction."""
