@@ -11,7 +11,9 @@ Precedence everywhere is: explicit argument, then environment variable, then def
 from __future__ import annotations
 
 import os
+import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 from .errors import AuthenticationError
@@ -120,17 +122,73 @@ def resolve_base_url(explicit: str | None) -> str:
     return url.rstrip("/")
 
 
+# What the URL functions below take apart, as RFC 3986 does: the authority starts after
+# "scheme://" (or "//", or at once without a scheme) and ends at the first "/", "?" or "#";
+# its userinfo is everything before its last "@". An "@" in a path or query is no userinfo.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: Query parameters whose values are credentials (redis-py reads ``?password=``, for one).
+_SECRET_PARAMS = re.compile(
+    r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|access_token|api_key|apikey|key)=)"
+    r"([^&;#]*)"
+)
+
+
+def _split_url(url: str) -> tuple[str, str, str]:
+    """``url`` as ``(scheme and "://" or "//" or "", authority, path query and fragment)``."""
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 2 if url.startswith("//") else 0
+    ends = [at for at in (url.find(mark, start) for mark in "/?#") if at >= 0]
+    end = min(ends, default=len(url))
+    return url[:start], url[start:end], url[end:]
+
+
 def redact_url(url: str) -> str:
     """``url`` as it may be shown (messages, logs, banners, metrics, files): any
-    ``user:password@`` replaced by ``***@``, so no credential in a URL is ever printed."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, tail = rest.partition("/")
-    if "@" not in authority:
-        return url
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}{slash}{tail}"
+    ``user:password@`` (or ``token@``) replaced by ``***@``, and the values of query
+    parameters that hold credentials (``password=``, ``token=``, ``key=``...) by ``***``,
+    so no credential in a URL is ever printed. The rest (host, IPv6 literal, port, path)
+    stays as given."""
+    head, authority, tail = _split_url(url)
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return head + authority + _SECRET_PARAMS.sub(r"\1***", tail)
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@``, if it has one (the query is kept)."""
+    head, authority, tail = _split_url(url)
+    return head + authority.rpartition("@")[2] + tail
+
+
+def url_secrets(url: str) -> frozenset[str]:
+    """The credentials ``url`` holds, as written and percent-decoded: its userinfo, the
+    password in it, and the values of credential query parameters (see :func:`redact_url`).
+    A user name beside a password is not one of them; a userinfo without a password (a
+    token) is."""
+    _, authority, tail = _split_url(url)
+    found: set[str] = set()
+    if "@" in authority:
+        userinfo = authority.rpartition("@")[0]
+        found.add(userinfo)
+        _, colon, password = userinfo.partition(":")
+        if colon:
+            found.add(password)
+    found.update(match.group(2) for match in _SECRET_PARAMS.finditer(tail))
+    found |= {urllib.parse.unquote(secret) for secret in found}
+    return frozenset(found - {""})
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error message, a library's exception text) with ``url`` shown as
+    :func:`redact_url` shows it and every credential of ``url`` replaced by ``***``
+    wherever else it appears."""
+    secrets = url_secrets(url)
+    if not secrets:
+        return text
+    text = text.replace(url, redact_url(url))
+    for secret in sorted(secrets, key=len, reverse=True):  # "user:pw" before "pw"
+        text = text.replace(secret, "***")
+    return text
 
 
 def resolve_offline(explicit: bool | None) -> bool:

@@ -25,7 +25,6 @@ import functools
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -37,7 +36,10 @@ from ..config import (
     DEFAULT_REDIS_PREFIX,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     KEY_VERSION,
+    redact_url,
     resolve_redis_url,
+    url_secrets,
+    without_userinfo,
 )
 from ..errors import InvalidInputError, SharedCacheError
 from ..extras import requires
@@ -70,17 +72,6 @@ def _glob_escape(text: bytes) -> bytes:
     return b"".join(b"\\" + bytes([c]) if c in _GLOB_SPECIAL else bytes([c]) for c in text)
 
 
-def _display(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "localhost"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # not a number: the client rejects the URL, with this location shown
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 class RedisStore:
     """Cached vectors in Redis, under ``<prefix>:<key version>.<format version>:<key hex>``.
 
@@ -107,13 +98,13 @@ class RedisStore:
             import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
-        self.location = _display(url)
+        # Shown without its userinfo at all, as always: a Redis URL's userinfo is credentials.
+        self.location = redact_url(without_userinfo(url))
         self.prefix = prefix
         self.ttl = ttl
         self.retry_after = retry_after
         self.strict = strict
-        password = urllib.parse.urlsplit(url).password or ""
-        self._secrets = {password, urllib.parse.unquote(password)} - {""}
+        self._secrets = url_secrets(url)
         try:
             self._client = redis.Redis.from_url(
                 url,
