@@ -8,12 +8,18 @@ first misses are asked for as float text), and it is kept in the cache directory
 upstream URL. So every worker process on the directory, and every restart, writes the same
 style from its first answer, even a pure hit before it ever fetched; until anything is
 learned, the default (:data:`~embedcache.upstream.floats.DEFAULT_FLOAT_STYLE`).
+
+The URL it is kept under is the one shown (:func:`~embedcache.config.redact_url`), so no
+credential reaches the disk. A style an older version kept under a URL with credentials is
+not read (such an upstream rarely answered: it got HTTP Basic auth in place of the key):
+it is learned again from the first miss.
 """
 
 from __future__ import annotations
 
 import logging
 
+from ..config import redact_url
 from ..errors import CacheError
 from ..storage.store import Store
 from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
@@ -27,8 +33,9 @@ log = logging.getLogger("embedcache")
 
 def setting_name(base_url: str) -> str:
     """The cache directory's setting that holds the float style of the upstream at
-    ``base_url``."""
-    return f"float_style {base_url}"
+    ``base_url``: named after the URL without its credentials, which never reach the disk
+    (the same name for the URL as given and as shown)."""
+    return f"float_style {redact_url(base_url)}"
 
 
 class UpstreamFloatStyle:

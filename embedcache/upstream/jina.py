@@ -2,7 +2,8 @@
 
 This is the one boundary where httpx exceptions and HTTP statuses become
 :class:`~embedcache.errors.EmbedcacheError`, for embedding requests and for the proxy's
-passthrough (:meth:`JinaClient.forward`) alike. Batching and caching live in the embedder.
+passthrough (:meth:`JinaClient.forward`) alike; success answers are decoded by
+:mod:`~embedcache.upstream.answers`. Batching and caching live in the embedder.
 
 Vectors are asked for as base64 (the float32 bytes themselves), except while the client is
 learning how the upstream writes float text (:meth:`JinaClient.learn_float_style`, for the
@@ -11,8 +12,6 @@ proxy's float answers; see :mod:`~embedcache.upstream.floats`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.utils
 import logging
 import random
@@ -23,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
-from numpy.typing import NDArray
 
 from ..config import (
     DEFAULT_BACKOFF_BASE_SECONDS,
@@ -35,20 +32,23 @@ from ..config import (
     EMBEDDINGS_PATH,
     MAX_RETRY_AFTER_SECONDS,
     VERSION,
+    redact_text,
+    redact_url,
     resolve_api_key,
     resolve_base_url,
+    without_userinfo,
 )
 from ..errors import (
     APIError,
     AuthenticationError,
     InvalidInputError,
     RateLimitError,
-    ResponseFormatError,
     TransportError,
 )
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
-from .floats import FloatStyleLearner, classify_floats
+from .answers import learn_from, no_usage, parse, usage
+from .floats import FloatStyleLearner
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
@@ -78,6 +78,9 @@ class JinaClient:
 
     :param api_key: Jina API key; never logged, stored on disk or shown in ``repr``.
     :param base_url: API root; default ``EMBEDCACHE_BASE_URL`` or ``https://api.jina.ai``.
+        Credentials in it (``user:password@``) are neither sent nor shown: every request
+        carries its API key as a Bearer token, which HTTP Basic auth from the URL would
+        replace (httpx's way), and :attr:`base_url` holds it redacted.
     :param timeout: seconds to wait for a response.
     :param max_attempts: attempts per batch, the first included, for 429, 5xx, timeouts and
         broken connections.
@@ -114,7 +117,11 @@ class JinaClient:
             if not seconds >= 0:
                 raise InvalidInputError(f"{name} must not be negative, got {seconds}")
         self._api_key = api_key
-        self.base_url = resolve_base_url(base_url)
+        #: As given, for the clients of :meth:`for_key` and to scrub messages with; never shown.
+        self._given = resolve_base_url(base_url)
+        self._url = without_userinfo(self._given) + EMBEDDINGS_PATH
+        #: The API root as it may be shown: any credentials in it replaced by ``***``.
+        self.base_url = redact_url(self._given)
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -159,7 +166,7 @@ class JinaClient:
         """
         child = JinaClient(
             api_key,
-            base_url=self.base_url,
+            base_url=self._given,
             timeout=self._timeout,
             max_attempts=self.max_attempts if max_attempts is None else max_attempts,
             backoff_base=self.backoff_base,
@@ -211,7 +218,7 @@ class JinaClient:
         parsed: list[UpstreamResult] = []
 
         def charge(response: httpx.Response) -> int:
-            parsed.append(_parse(response, len(texts), floats))
+            parsed.append(parse(response, len(texts), floats))
             return parsed[0].total_tokens
 
         response, attempts = self._post(key, {"json": body}, estimate, charge)
@@ -239,10 +246,10 @@ class JinaClient:
         key = resolve_api_key(self._api_key)
         headers = {"Content-Type": "application/json"}
         # Only the limiter needs a forwarded answer's usage: without one, it is not parsed.
-        charge = _usage if self.limiter is not None else _no_usage
+        charge = usage if self.limiter is not None else no_usage
         response, _ = self._post(key, {"content": content, "headers": headers}, 0, charge)
         if self._floats.active and response.is_success:
-            _learn_from(response, self._floats)
+            learn_from(response, self._floats)
         kind = response.headers.get("content-type", "application/json")
         return Forwarded(response.status_code, response.content, kind)
 
@@ -259,7 +266,7 @@ class JinaClient:
 
         :raises TransportError: no HTTP response after the last attempt.
         """
-        url = self.base_url + EMBEDDINGS_PATH
+        url, shown = self._url, self.base_url + EMBEDDINGS_PATH
         headers = {"Authorization": f"Bearer {key}", **request.pop("headers", {})}
         http = self._client()
         for attempt in range(1, self.max_attempts + 1):
@@ -270,16 +277,17 @@ class JinaClient:
                 try:
                     response = http.post(url, headers=headers, **request)
                 except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                    message = self._scrub(f"cannot send to {url}: {exc}", key)
+                    message = self._clean(f"cannot send to {shown}: {exc}", key)
                     raise TransportError(message) from None
                 except httpx.TransportError as exc:
                     charged = None  # it may have reached the API: keep the estimate
-                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    # httpx's text may hold the URL: shown, like ours, without credentials.
+                    reason = type(exc).__name__
+                    if str(exc):
+                        reason = self._clean(f"{reason}: {exc}", key)
                     if last:
                         raise TransportError(
-                            self._scrub(
-                                f"no response from {url} after {attempt} attempts ({reason})", key
-                            )
+                            f"no response from {shown} after {attempt} attempts ({reason})"
                         ) from None
                     self._wait(attempt, None, reason)
                     continue
@@ -324,25 +332,9 @@ class JinaClient:
     def _scrub(text: str, key: str) -> str:
         return text.replace(key, "***") if key else text
 
-
-def _usage(response: httpx.Response) -> int:
-    """The tokens a forwarded success says it charged (0 when it does not say)."""
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        return 0
-    return _total_tokens(payload)
-
-
-def _no_usage(response: httpx.Response) -> int:
-    return 0
-
-
-def _total_tokens(payload: object) -> int:
-    """``usage.total_tokens`` of a decoded answer, or 0 when it has none that makes sense."""
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return tokens if isinstance(tokens, int) and tokens >= 0 else 0
+    def _clean(self, text: str, key: str) -> str:
+        """``text`` without the API key or the base URL's credentials."""
+        return redact_text(self._scrub(text, key), self._given)
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:
@@ -405,101 +397,3 @@ def _api_error(response: httpx.Response, key: str) -> APIError:
     auth = status == 401 or (status == 403 and (code or "").startswith("AUTH_"))
     cls = AuthenticationError if auth else APIError
     return cls(message, status=status, code=code, detail=detail, request_id=request_id)
-
-
-def _learn_from(response: httpx.Response, floats: FloatStyleLearner) -> None:
-    """Learn the float style from a passthrough answer's float embeddings, if it has any
-    (lists of JSON floats, alone or as the ``float`` of several encodings); an answer that
-    does not tell, or whose floats are not float32 values, teaches nothing."""
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        return
-    data = payload.get("data") if isinstance(payload, dict) else None
-    rows: list[NDArray[np.float64]] = []
-    for item in data if isinstance(data, list) else ():
-        value = item.get("embedding") if isinstance(item, dict) else None
-        if isinstance(value, dict):
-            value = value.get("float")
-        # Only JSON floats: binary and ubinary embeddings are lists of integers.
-        if isinstance(value, list) and value and all(isinstance(x, float) for x in value):
-            rows.append(np.asarray(value, dtype=np.float64))
-    try:
-        style = classify_floats(rows)
-    except ResponseFormatError:
-        return
-    if style is not None:
-        floats.learned(style)
-
-
-def _parse(
-    response: httpx.Response, expected: int, floats: FloatStyleLearner | None = None
-) -> UpstreamResult:
-    """Decode a success response into rows ordered by ``index``; reject anything off.
-
-    With ``floats`` (float text was asked for, to learn from), list embeddings must be
-    float32 values; the style their text shows is passed to ``floats``.
-    """
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        raise ResponseFormatError(
-            f"HTTP {response.status_code} response is not valid JSON "
-            f"({len(response.content)} bytes)"
-        ) from None
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise ResponseFormatError("response has no 'data' list")
-    if len(data) != expected:
-        raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
-    rows: list[NDArray[Any] | None] = [None] * expected
-    for item in data:
-        index = item.get("index") if isinstance(item, dict) else None
-        if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
-            raise ResponseFormatError(f"response indexes do not cover 0..{expected - 1} once each")
-        rows[index] = _decode_embedding(item.get("embedding"), index, floats is not None)
-    if floats is not None:
-        rows = _narrowed(rows, floats)
-    dims = {len(row) for row in rows if row is not None}
-    if len(dims) > 1:
-        raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
-    vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
-    request_id = payload.get("request_id") or response.headers.get("x-request-id")
-    return UpstreamResult(vectors, _total_tokens(payload), request_id)
-
-
-def _narrowed(
-    rows: list[NDArray[Any] | None], floats: FloatStyleLearner
-) -> list[NDArray[Any] | None]:
-    """Float text read as float64 (``_decode_embedding(..., wide=True)``), checked to be
-    float32 values, then as float32; its style is taught to ``floats``."""
-    wide = [row for row in rows if row is not None and row.dtype == np.float64]
-    try:
-        style = classify_floats(wide)
-    except ResponseFormatError as exc:
-        floats.give_up(str(exc))
-        raise
-    if style is not None:
-        floats.learned(style)
-    with np.errstate(over="ignore"):  # nothing beyond float32's range among the checked
-        return [row.astype(np.float32, copy=False) if row is not None else None for row in rows]
-
-
-def _decode_embedding(value: object, index: int, wide: bool = False) -> NDArray[Any]:
-    """One embedding as float32; ``wide``: float text as float64, as a JSON parser read it
-    (to be checked by :func:`_narrowed`)."""
-    if isinstance(value, str):
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ResponseFormatError(f"embedding {index} is not valid base64") from None
-        if len(raw) % 4:
-            raise ResponseFormatError(
-                f"embedding {index} has {len(raw)} bytes, not a whole number of float32"
-            )
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
-    if isinstance(value, list) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
-    ):
-        return np.asarray(value, dtype=np.float64 if wide else np.float32)
-    raise ResponseFormatError(f"embedding {index} is neither base64 nor a list of numbers")

@@ -1,0 +1,140 @@
+"""The API's success answers, decoded: rows ordered by ``index`` and checked, the tokens
+charged, and what float answers show of the upstream's float style (see
+:mod:`~embedcache.upstream.floats`). Anything off is a :class:`ResponseFormatError`: a bad
+answer is never cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import ResponseFormatError
+from .floats import FloatStyleLearner, classify_floats
+from .protocol import UpstreamResult
+
+__all__ = ["learn_from", "no_usage", "parse", "total_tokens", "usage"]
+
+
+def usage(response: httpx.Response) -> int:
+    """The tokens a forwarded success says it charged (0 when it does not say)."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        return 0
+    return total_tokens(payload)
+
+
+def no_usage(response: httpx.Response) -> int:
+    """0, without reading the answer: for a forwarded answer whose usage nothing needs."""
+    return 0
+
+
+def total_tokens(payload: object) -> int:
+    """``usage.total_tokens`` of a decoded answer, or 0 when it has none that makes sense."""
+    spent = payload.get("usage") if isinstance(payload, dict) else None
+    tokens = spent.get("total_tokens") if isinstance(spent, dict) else None
+    return tokens if isinstance(tokens, int) and tokens >= 0 else 0
+
+
+def learn_from(response: httpx.Response, floats: FloatStyleLearner) -> None:
+    """Learn the float style from a passthrough answer's float embeddings, if it has any
+    (lists of JSON floats, alone or as the ``float`` of several encodings); an answer that
+    does not tell, or whose floats are not float32 values, teaches nothing."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        return
+    data = payload.get("data") if isinstance(payload, dict) else None
+    rows: list[NDArray[np.float64]] = []
+    for item in data if isinstance(data, list) else ():
+        value = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(value, dict):
+            value = value.get("float")
+        # Only JSON floats: binary and ubinary embeddings are lists of integers.
+        if isinstance(value, list) and value and all(isinstance(x, float) for x in value):
+            rows.append(np.asarray(value, dtype=np.float64))
+    try:
+        style = classify_floats(rows)
+    except ResponseFormatError:
+        return
+    if style is not None:
+        floats.learned(style)
+
+
+def parse(
+    response: httpx.Response, expected: int, floats: FloatStyleLearner | None = None
+) -> UpstreamResult:
+    """Decode a success response into rows ordered by ``index``; reject anything off.
+
+    With ``floats`` (float text was asked for, to learn from), list embeddings must be
+    float32 values; the style their text shows is passed to ``floats``.
+    """
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        raise ResponseFormatError(
+            f"HTTP {response.status_code} response is not valid JSON "
+            f"({len(response.content)} bytes)"
+        ) from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ResponseFormatError("response has no 'data' list")
+    if len(data) != expected:
+        raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
+    rows: list[NDArray[Any] | None] = [None] * expected
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
+            raise ResponseFormatError(f"response indexes do not cover 0..{expected - 1} once each")
+        rows[index] = _decode_embedding(item.get("embedding"), index, floats is not None)
+    if floats is not None:
+        rows = _narrowed(rows, floats)
+    dims = {len(row) for row in rows if row is not None}
+    if len(dims) > 1:
+        raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
+    vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+    request_id = payload.get("request_id") or response.headers.get("x-request-id")
+    return UpstreamResult(vectors, total_tokens(payload), request_id)
+
+
+def _narrowed(
+    rows: list[NDArray[Any] | None], floats: FloatStyleLearner
+) -> list[NDArray[Any] | None]:
+    """Float text read as float64 (``_decode_embedding(..., wide=True)``), checked to be
+    float32 values, then as float32; its style is taught to ``floats``."""
+    wide = [row for row in rows if row is not None and row.dtype == np.float64]
+    try:
+        style = classify_floats(wide)
+    except ResponseFormatError as exc:
+        floats.give_up(str(exc))
+        raise
+    if style is not None:
+        floats.learned(style)
+    with np.errstate(over="ignore"):  # nothing beyond float32's range among the checked
+        return [row.astype(np.float32, copy=False) if row is not None else None for row in rows]
+
+
+def _decode_embedding(value: object, index: int, wide: bool = False) -> NDArray[Any]:
+    """One embedding as float32; ``wide``: float text as float64, as a JSON parser read it
+    (to be checked by :func:`_narrowed`)."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ResponseFormatError(f"embedding {index} is not valid base64") from None
+        if len(raw) % 4:
+            raise ResponseFormatError(
+                f"embedding {index} has {len(raw)} bytes, not a whole number of float32"
+            )
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+    if isinstance(value, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    ):
+        return np.asarray(value, dtype=np.float64 if wide else np.float32)
+    raise ResponseFormatError(f"embedding {index} is neither base64 nor a list of numbers")
