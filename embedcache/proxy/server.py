@@ -315,8 +315,9 @@ async def _run(
     gc.set_threshold(50_000, 50, 100)
     stopped_by = await stop
     server.close()
-    # This process's descriptor of the shared socket: once every worker has closed its
-    # own, the port refuses connections rather than queueing them for no one.
+    # This process's descriptor of the shared socket (server.close() has already let go of
+    # it on uvloop and asyncio alike; said here because it matters): once every worker has
+    # closed its own, the port refuses connections rather than queueing them for no one.
     sock.close()
     try:
         await connections.drain(drain_seconds)
