@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class ProxyProcess:
     :param argv: the command line after ``embedcache``, instead of the usual
         ``--cache-dir DIR serve --port 0 --upstream URL ARGS`` (for tests of where options
         go; it must still bind with ``--port 0``: the port is read from the banner).
+    :param preexec_fn: run in the child before ``embedcache`` starts (to set a resource
+        limit, say).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class ProxyProcess:
         *args: str,
         env: dict[str, str] | None = None,
         argv: Sequence[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
@@ -59,7 +62,7 @@ class ProxyProcess:
             command = [sys.executable, "-m", "embedcache", *argv]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=environ
+                command, stdout=log, stderr=subprocess.STDOUT, env=environ, preexec_fn=preexec_fn
             )
         self.url = f"http://127.0.0.1:{self._wait_for_port()}"
         self.http = httpx.Client(base_url=self.url, timeout=30.0)

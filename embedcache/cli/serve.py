@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +15,7 @@ from ..config import (
     DEFAULT_MODEL,
     EMBEDDINGS_PATH,
     PROXY_TOKEN_ENV,
+    redact_url,
     resolve_offline,
 )
 from ..errors import InvalidInputError
@@ -24,6 +26,28 @@ from .options import CliContext, Command, echo_json, parse_size, pass_cli
 __all__ = ["serve"]
 
 DEFAULT_PORT = 8787
+
+
+class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 on, not 8.2
+    """A byte size like ``64MiB`` (:func:`parse_size`); a bad one is an error naming its
+    option."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+        if not size:
+            self.fail(f"{value!r} must be more than 0 bytes", param, ctx)
+        return size
+
+
+_SIZE = _Size()
+_SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 def _read_keys(path: Path) -> tuple[str, ...]:
@@ -111,7 +135,7 @@ def _is_loopback(host: str) -> bool:
     type=click.IntRange(min=1),
     default=lambda: os.cpu_count() or 1,
     show_default="the number of cores",
-    help="Processes serving the port (SO_REUSEPORT) on the one cache directory.",
+    help="Processes serving the port's one listening socket, on the one cache directory.",
 )
 @click.option(
     "--tei-model",
@@ -126,10 +150,105 @@ def _is_loopback(host: str) -> bool:
     help="Task for a TEI text without a '<task>: ' prefix (e.g. 'retrieval.query: ').",
 )
 @click.option(
+    "--idle-timeout",
+    default=15.0,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds a kept-alive connection may wait for its next request.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds from a request's first byte to the end of its headers.",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds from the end of a request's headers to the end of its body.",
+)
+@click.option(
+    "--send-timeout",
+    default=30.0,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds answers may wait unread by their client before its connection is closed.",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open connections per worker; over it the oldest idle one is closed, else the new "
+    "one gets a 503. Lowered to fit the open-file limit (ulimit -n).",
+)
+@click.option(
+    "--max-body",
+    default="64MiB",
+    show_default=True,
+    type=_SIZE,
+    help="Largest request body; a larger one gets a 413.",
+)
+@click.option(
+    "--max-body-memory",
+    default="256MiB",
+    show_default=True,
+    type=_SIZE,
+    help="Request body bytes held at once per worker, over all its connections; a body "
+    "that would pass it gets a 503.",
+)
+@click.option(
+    "--max-inputs",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most inputs in one request (the API takes at most 2048).",
+)
+@click.option(
+    "--max-answer",
+    default="64MiB",
+    show_default=True,
+    type=_SIZE,
+    help="Largest answer one request may ask for, estimated before any work.",
+)
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="On SIGTERM or Ctrl-C, seconds given to requests still being read or answered "
+    "before their connections are closed (fills already running still commit).",
+)
+@click.option(
+    "--verify-interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --verify-keys, a given unknown key is checked at most once per this many seconds.",
+)
+@click.option(
+    "--verify-rate",
+    default=10.0,
+    show_default=True,
+    type=_SECONDS,
+    help="With --verify-keys, most key checks started per second per worker; over it a new "
+    "key gets a 429.",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Least severe log lines written to stderr; info adds one access line per request "
+    "(caller's key shown only as an 8-digit hash).",
+)
+@click.option(
+    "--access-log",
+    metavar="FILE",
+    help="Append one access line per request to FILE ('-': stderr), whatever --log-level.",
 )
 @click.option(
     "--json",
@@ -157,7 +276,20 @@ def serve(
     workers: int,
     tei_model: str,
     tei_task: str,
+    idle_timeout: float,
+    header_timeout: float,
+    body_timeout: float,
+    send_timeout: float,
+    max_connections: int,
+    max_body: int,
+    max_body_memory: int,
+    max_inputs: int,
+    max_answer: int,
+    drain_timeout: float,
+    verify_interval: float,
+    verify_rate: float,
     log_level: str,
+    access_log: str | None,
     as_json: bool,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
@@ -174,6 +306,7 @@ def serve(
     # No ClickException here: cli.main turns a MissingDependencyError into its one-line error.
     with requires("serve"):
         from ..proxy.app import Proxy, ProxySettings
+        from ..proxy.http import ServerLimits
         from ..proxy.metrics import Board
         from ..proxy.server import serve_forever
     from ..assembly import Assembly
@@ -182,6 +315,12 @@ def serve(
         resolve_options(tei_model, tei_task)
     except InvalidInputError as exc:
         raise click.BadParameter(str(exc), param_hint="--tei-model/--tei-task") from None
+    if max_body_memory < max_body:
+        raise click.BadParameter(
+            f"{max_body_memory} bytes is less than --max-body ({max_body}): no body that "
+            "large could ever be read",
+            param_hint="--max-body-memory",
+        )
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
@@ -206,11 +345,25 @@ def serve(
         admin_token=admin_token or None,
         tei_model=tei_model,
         tei_task=tei_task,
+        max_inputs=max_inputs,
+        max_answer_bytes=max_answer,
+        verify_interval=verify_interval,
+        verify_rate=verify_rate,
+    )
+    limits = ServerLimits(
+        idle_timeout=idle_timeout,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        send_timeout=send_timeout,
+        max_connections=max_connections,
+        max_body=max_body,
+        max_body_memory=max_body_memory,
     )
     # Opened here, and closed before any worker starts: a cache directory that cannot be
     # used is a one-line error now, not a worker dying later.
     with Assembly(cache) as parts:
-        upstream_url, directory = parts.client.base_url, parts.store.directory
+        # Shown without any user:password the URL carries (banner, --json).
+        upstream_url, directory = redact_url(parts.client.base_url), parts.store.directory
         shared = parts.shared.location if parts.shared is not None else None
     where = f"{upstream_url} (cache {directory}" + (f", shared {shared}" if shared else "")
 
@@ -235,5 +388,13 @@ def serve(
             )  # fmt: skip
 
     serve_forever(
-        make_proxy, host=host, port=port, workers=workers, log_level=log_level, on_bound=announce
+        make_proxy,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        limits=limits,
+        drain_seconds=drain_timeout,
+        access_log=access_log,
+        on_bound=announce,
     )

@@ -1,14 +1,21 @@
-"""Running the proxy: one process, or several sharing one port, until SIGINT or SIGTERM.
+"""Running the proxy: one process, or several sharing one listening socket, until SIGINT
+or SIGTERM.
 
-Each worker process serves :class:`~embedcache.proxy.http.HttpConnection`\\ s on its own
-event loop (uvloop when installed) with its own :class:`~embedcache.proxy.app.Proxy` on the
-shared cache directory, which several processes may use at once. With several workers the
-parent reserves the port, forks the workers (each listens on the port with
-``SO_REUSEPORT``, so the kernel spreads connections over them), and gives them one
-:class:`~embedcache.proxy.metrics.Board` so that any of them reports the whole server.
+The process binds and listens on the port itself, without ``SO_REUSEPORT``: a port in use
+(another ``embedcache serve`` on it, say) is an error at once, and no other process can
+join this server's port. With several workers it then forks them, and each serves that one
+inherited socket on its own event loop (uvloop when installed) with its own
+:class:`~embedcache.proxy.app.Proxy` on the shared cache directory, which several
+processes may use at once; they share one :class:`~embedcache.proxy.metrics.Board` so that
+any of them reports the whole server. With one worker the process serves the socket itself.
 
-On SIGINT or SIGTERM a worker stops accepting, answers what it has read (fills finish and
-commit), closes idle connections, closes the proxy and exits; the parent passes the signal
+Each worker logs to stderr (:mod:`.accesslog`), holds its connections to
+:class:`~embedcache.proxy.http.ServerLimits`, and keeps its connection cap within the
+process's open-file limit so the cap, which is logged, is met before ``accept`` fails.
+
+On SIGINT or SIGTERM a worker stops accepting, answers what it has read, closes idle
+connections, gives the others up to ``drain_seconds`` and then closes them, closes the
+proxy (fills already running finish and commit) and exits; the parent passes the signal
 on, waits for every worker, and then ends by the same signal, so its exit status says how
 it was stopped. A worker that dies on its own stops the server (exit status 1).
 """
@@ -17,24 +24,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from ..errors import InvalidInputError
+from .accesslog import access_logger, install_handler, open_access_log
 from .app import Proxy
 from .http import Connections, Handlers, ServerLimits
 from .metrics import Board
 
 __all__ = ["DRAIN_SECONDS", "MakeProxy", "serve_forever"]
 
-#: How long a stopping server waits for in-flight requests before closing anyway.
-DRAIN_SECONDS = 120.0
+#: How long a stopping server waits, by default, for requests still being read or
+#: answered before closing their connections (``--drain-timeout``).
+DRAIN_SECONDS = 30.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _BACKLOG = 2048
+# Descriptors a worker keeps for everything but client connections: the cache's files,
+# upstream connections, the event loop's own, logs. The connection cap is lowered to fit
+# the open-file limit less these, so a full worker refuses (and says so) rather than
+# having accept() fail unseen.
+_RESERVED_FILES = 128
+# Accept errors that mean "out of descriptors or memory": warned about once per worker.
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 log = logging.getLogger("embedcache")
 
@@ -50,65 +69,95 @@ def serve_forever(
     port: int,
     workers: int = 1,
     log_level: str = "warning",
+    limits: ServerLimits | None = None,
+    drain_seconds: float = DRAIN_SECONDS,
+    access_log: str | None = None,
     on_bound: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then end the process by that signal.
 
-    :param make_proxy: builds each worker's proxy, in the worker, once its socket is bound.
+    :param make_proxy: builds each worker's proxy, in the worker, once the socket is bound.
     :param port: 0 picks a free port; ``on_bound`` is told which one before serving.
     :param workers: processes serving the port; 1 serves in this process.
-    :raises InvalidInputError: ``workers`` below 1, or several on a platform without
-        ``SO_REUSEPORT`` or ``fork``.
+    :param log_level: the ``embedcache`` logger's level; at ``info``, one access line per
+        request goes to stderr.
+    :param limits: what each worker holds its clients to (default :class:`ServerLimits`).
+    :param drain_seconds: on SIGINT or SIGTERM, how long connections still being read or
+        answered are given before they are closed.
+    :param access_log: a file to append access lines to, whatever ``log_level`` (``-``:
+        stderr); ``None``: access lines only at ``info``, on stderr.
+    :raises InvalidInputError: ``workers`` below 1, several on a platform without ``fork``,
+        the address cannot be listened on (a port in use), or the access log cannot be opened.
     """
     if workers < 1:
         raise InvalidInputError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and not (hasattr(socket, "SO_REUSEPORT") and hasattr(os, "fork")):
-        raise InvalidInputError("several workers need SO_REUSEPORT and fork (Linux, BSD, macOS)")
-    logging.getLogger("embedcache").setLevel(log_level.upper())
-    board = Board(workers)
-    if workers == 1:
-        sock = _socket(host, port, reuse_port=False)
-        sock.listen(_BACKLOG)
-        if on_bound is not None:
-            on_bound(sock.getsockname()[1])
-        _end_by(_serve(make_proxy, board, 0, sock))
-        return
-    # Bound, never listening: it holds the port for the workers and is given no connections.
-    reserved = _socket(host, port, reuse_port=True)
-    port = reserved.getsockname()[1]
+    if workers > 1 and not hasattr(os, "fork"):
+        raise InvalidInputError("several workers need fork (Linux, BSD, macOS): use --workers 1")
+    install_handler(log_level, None)
+    # Here, not in each worker: the limit raised is inherited, and a warning is said once.
+    limits = _fit_to_open_files(limits or ServerLimits())
+    try:
+        access_fd = open_access_log(access_log) if access_log is not None else None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot open the access log {access_log}: {exc.strerror or exc}: "
+            "choose another --access-log"
+        ) from None
+    sock = _listen(host, port)
     if on_bound is not None:
-        on_bound(port)
-    _end_by(_supervise(make_proxy, board, host, port))
+        on_bound(sock.getsockname()[1])
+    board = Board(workers)
+    worker = _Worker(make_proxy, board, limits, drain_seconds, access_fd, log_level)
+    if workers == 1:
+        _end_by(worker.serve(0, sock))
+        return
+    _end_by(_supervise(worker, sock))
 
 
-def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's one listening socket; a port in use is an error now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        # SO_REUSEADDR only lets a restart bind over connections of a previous run still in
+        # TIME_WAIT; on a port another socket listens on, bind fails all the same. No
+        # SO_REUSEPORT: it would let a second server share the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise InvalidInputError(
+                f"{shown} is already in use (another embedcache serve?): choose another --port"
+            ) from None
+        raise InvalidInputError(
+            f"cannot listen on {shown}: {exc.strerror or exc}: choose another --host or --port"
+        ) from None
     sock.setblocking(False)
     return sock
 
 
-def _supervise(make_proxy: MakeProxy, board: Board, host: str, port: int) -> int:
-    """Fork the workers and wait for them; returns the signal that stopped the server."""
+def _supervise(worker: _Worker, sock: socket.socket) -> int:
+    """Fork the workers on ``sock`` and wait for them; returns the signal that stopped the
+    server."""
     children: dict[int, int] = {}  # pid: worker
-    for worker in range(board.workers):
+    for number in range(worker.board.workers):
         pid = os.fork()
         if pid == 0:  # the worker: serve, and never return into the caller's code
             status = 1
             try:
-                sock = _socket(host, port, reuse_port=True)
-                sock.listen(_BACKLOG)
-                _serve(make_proxy, board, worker, sock)
+                worker.serve(number, sock)
                 status = 0
             except BaseException:
-                log.exception("embedcache proxy: worker %d failed", worker)
+                log.exception("embedcache proxy: worker %d failed", number)
             finally:
                 os._exit(status)
-        children[pid] = worker
+        children[pid] = number
+    # The workers hold the socket now. Closed here, so that once every worker has stopped
+    # accepting the port refuses connections instead of queueing them unanswered.
+    sock.close()
     stopped_by = 0
 
     def pass_on(number: int, frame: object) -> None:
@@ -126,9 +175,9 @@ def _supervise(make_proxy: MakeProxy, board: Board, host: str, port: int) -> int
             pid, status = os.wait()
         except ChildProcessError:
             break
-        worker = children.pop(pid, -1)
-        if worker >= 0 and not stopped_by:
-            log.error("embedcache proxy: worker %d ended (status %d); stopping", worker, status)
+        number = children.pop(pid, -1)
+        if number >= 0 and not stopped_by:
+            log.error("embedcache proxy: worker %d ended (status %d); stopping", number, status)
             failed = True
             pass_on(signal.SIGTERM, None)
     if failed or not stopped_by:
@@ -144,26 +193,117 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _serve(make_proxy: MakeProxy, board: Board, worker: int, sock: socket.socket) -> int:
-    """Run one worker on ``sock``; returns the signal that stopped it."""
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    proxy = make_proxy(board, worker)
+class _Worker:
+    """What every worker is made of, given before forking; :meth:`serve` runs one."""
+
+    def __init__(
+        self,
+        make_proxy: MakeProxy,
+        board: Board,
+        limits: ServerLimits,
+        drain_seconds: float,
+        access_fd: int | None,
+        log_level: str,
+    ) -> None:
+        self.make_proxy = make_proxy
+        self.board = board
+        self.limits = limits
+        self.drain_seconds = drain_seconds
+        self.access_fd = access_fd
+        self.log_level = log_level
+
+    def serve(self, number: int, sock: socket.socket) -> int:
+        """Run worker ``number`` on ``sock``; returns the signal that stopped it."""
+        install_handler(self.log_level, number)
+        limits = self.limits
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(_LoopErrors().handle)
+        proxy = self.make_proxy(self.board, number)
+        try:
+            handlers = Handlers(
+                fast=proxy.answer_hit,
+                app=proxy.app,
+                admit=proxy.admit,
+                log_access=access_logger(self.access_fd, number),
+                max_body=limits.max_body,
+            )
+            return loop.run_until_complete(_run(proxy, sock, handlers, limits, self.drain_seconds))
+        finally:
+            proxy.close()  # fills already running finish and commit first
+            loop.close()
+
+
+def _fit_to_open_files(limits: ServerLimits) -> ServerLimits:
+    """``limits`` with the connection cap within this process's open-file limit: the soft
+    limit raised toward the hard one as far as the cap needs, and the cap lowered (with a
+    warning) when even the hard one is too low."""
     try:
-        return loop.run_until_complete(_run(proxy, sock))
-    finally:
-        proxy.close()
-        loop.close()
+        import resource
+    except ImportError:  # Windows: no such limit to fit
+        return limits
+    wanted = limits.max_connections + _RESERVED_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return limits
+    fitted = max(soft - _RESERVED_FILES, soft // 2, 1)
+    log.warning(
+        "embedcache proxy: at most %d connections per worker, not %d: the open-file limit "
+        "is %d (raise it with ulimit -n)",
+        fitted,
+        limits.max_connections,
+        soft,
+    )
+    return replace(limits, max_connections=fitted)
 
 
-async def _run(proxy: Proxy, sock: socket.socket) -> int:
+class _LoopErrors:
+    """The event loop's exception handler: what the loop reports (an ``accept`` failing for
+    want of descriptors, a callback's error) goes to our log instead of nowhere, a resource
+    shortage once per kind so a flood of failed accepts is one line."""
+
+    def __init__(self) -> None:
+        self._warned: set[int] = set()
+
+    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = context.get("message", "event loop error")
+        if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRORS:
+            if exc.errno not in self._warned:
+                self._warned.add(exc.errno)
+                log.warning(
+                    "embedcache proxy: %s: %s (new connections fail until descriptors "
+                    "free up; raise the open-file limit, ulimit -n)",
+                    message,
+                    exc.strerror or exc,
+                )
+            return
+        if isinstance(exc, BaseException):
+            log.error("embedcache proxy: %s", message, exc_info=exc)
+        else:
+            log.error("embedcache proxy: %s", message)
+
+
+async def _run(
+    proxy: Proxy,
+    sock: socket.socket,
+    handlers: Handlers,
+    limits: ServerLimits,
+    drain_seconds: float,
+) -> int:
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[int] = loop.create_future()
     for number in _SIGNALS:
         loop.add_signal_handler(number, _settle, stop, int(number))
-    handlers = Handlers(fast=proxy.answer_hit, app=proxy.app, admit=proxy.admit)
-    connections = Connections(handlers, ServerLimits())
+    connections = Connections(handlers, limits)
     server = await loop.create_server(connections, sock=sock, backlog=_BACKLOG)
+    watcher = loop.create_task(connections.watch())
     proxy.start()
     # Everything made so far (modules, the proxy, the store) lives as long as the process:
     # frozen, no collection walks it again. A request's objects die young by reference
@@ -175,7 +315,16 @@ async def _run(proxy: Proxy, sock: socket.socket) -> int:
     gc.set_threshold(50_000, 50, 100)
     stopped_by = await stop
     server.close()
-    await connections.drain(DRAIN_SECONDS)
+    # This process's descriptor of the shared socket (server.close() has already let go of
+    # it on uvloop and asyncio alike; said here because it matters): once every worker has
+    # closed its own, the port refuses connections rather than queueing them for no one.
+    sock.close()
+    try:
+        await connections.drain(drain_seconds)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     for number in _SIGNALS:
         loop.remove_signal_handler(number)
     return stopped_by
