@@ -3,9 +3,10 @@
 open connections, the sweep that closes connections past their deadlines, the count of
 request body bytes in flight, and draining on shutdown.
 
-Deadlines are judged on a coarse clock the sweep updates (every ``sweep_seconds``), so
-reading and answering a request makes no time call; a timeout is therefore honoured to
-within one sweep.
+Deadlines are judged by the sweep (every ``sweep_seconds``) on a coarse clock of its own,
+from the progress it sees (:meth:`~embedcache.proxy.answers.Answers.overdue`): reading
+and answering a request makes no time call and sets no deadline, and a timeout is
+honoured to within one sweep.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Connections:
         #: The cap on open connections: ``limits.max_connections`` fitted to the
         #: process's limit on open files.
         self.max_connections = _fit_open_files(limits.max_connections)
-        #: The coarse clock (``time.monotonic``) deadlines are set and judged by.
+        #: The coarse clock (``time.monotonic``) the sweep judges deadlines by.
         self.clock = time.monotonic()
         #: Request body bytes held by this worker's connections (read or queued).
         self.body_bytes = 0
@@ -110,10 +111,10 @@ class Connections:
                     "ones get a 503",
                     self.max_connections,
                 )
-            # The one idle the longest: its deadline is the nearest of the idle ones.
+            # The one idle the longest (oldest first among equals, as dicts keep order).
             victim = min(
                 (each for each in connections if each.idle),
-                key=lambda each: each.deadline,
+                key=lambda each: each.idle_since,
                 default=None,
             )
             if victim is None:
@@ -147,7 +148,7 @@ class Connections:
         self.clock = now = time.monotonic()
         if not self._open:
             return
-        for connection in [each for each in self._open if each.deadline <= now]:
+        for connection in [each for each in self._open if each.overdue(now)]:
             self.timed_out += 1
             connection.expire()
 

@@ -49,7 +49,7 @@ class Request:
 
     __slots__ = (
         "admitting", "authorization", "body", "body_size", "chunks", "expects_continue",
-        "header_bytes", "headers", "held", "hits", "keep_alive", "method", "received",
+        "header_bytes", "headers", "hits", "keep_alive", "method", "received",
         "target", "texts",
     )  # fmt: skip
 
@@ -73,8 +73,6 @@ class Request:
         self.header_bytes = 0
         self.chunks: list[bytes] = []  # the body as it arrives, joined when it is complete
         self.body_size = 0
-        # Body bytes counted against the worker's budget until the request is answered.
-        self.held = 0
         # Its admission is still being decided (the connection's own bookkeeping).
         self.admitting = False
         # Filled in by whoever answers the request, for its access line (-1: not known).
