@@ -81,6 +81,15 @@ class Site:
         return Handlers(fast=self.fast, app=self.app, admit=self.admit, log_access=self.log_access)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """The loop the proxy serves on: uvloop's where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def refuse(status: int) -> Refusal:
     return Refusal(status, b'{"detail":"refused"}')
 
@@ -95,7 +104,7 @@ class BareServer:
         site: Site | None = None,
     ) -> None:
         self.site = site or Site()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self.connections = Connections(handlers, limits, sweep_seconds=SWEEP_SECONDS)
         started = threading.Event()
         bound: list[int] = []

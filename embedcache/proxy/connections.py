@@ -35,7 +35,7 @@ class Connections:
     for ``loop.create_server``, the sweep of their deadlines, and draining on shutdown.
 
     The sweep starts with the first connection (or run :meth:`watch` yourself); it stops
-    at the end of :meth:`drain`. Figures for metrics: ``len()`` (open connections),
+    at the end of :meth:`drain`. Figures for metrics: :attr:`open` (connections),
     :attr:`refused`, :attr:`evicted`, :attr:`timed_out`, :attr:`body_bytes`.
 
     :param handlers: what requests are answered with.
@@ -88,6 +88,11 @@ class Connections:
         return HttpConnection(self)
 
     def __len__(self) -> int:
+        return len(self._open)
+
+    @property
+    def open(self) -> int:
+        """Connections open now (as ``len()``)."""
         return len(self._open)
 
     def __iter__(self) -> Iterator[HttpConnection]:
