@@ -313,9 +313,16 @@ class Answers(asyncio.Protocol):
         if self.idle and not self._shut:
             self._close()
 
-    def close(self) -> None:
-        """Close once what is written is sent (an idle connection making room)."""
-        if not self._shut:
+    def evict(self) -> None:
+        """Close an idle connection to make room: at once, unless what it has written is
+        still being sent (then once it is). The owner stops sweeping it, so it must not
+        linger: a connection already closing, or with answers unsent, is aborted."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._shut or transport.get_write_buffer_size():
+            transport.abort()
+        else:
             self._close()
 
     def abort(self) -> None:

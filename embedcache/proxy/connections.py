@@ -73,7 +73,7 @@ class Connections:
         self.refused = 0
         #: Idle connections closed to make room for new ones at the cap.
         self.evicted = 0
-        #: Connections closed past a deadline.
+        #: Deadlines passed (each closed a connection, or aborted one that was closing).
         self.timed_out = 0
         #: Set by :meth:`drain`: new connections are closed at once.
         self.draining = False
@@ -129,7 +129,7 @@ class Connections:
                 return False
             del connections[victim]
             self.evicted += 1
-            victim.close()
+            victim.evict()
         connections[connection] = None
         if not self._sweeping:
             self._sweeping = True  # at once: others may connect before the sweep starts
