@@ -4,16 +4,14 @@ answers one path, and a tiny ASGI app for the rest."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
 
-from embedcache.proxy.http import MAX_HEADERS, Handlers, HttpConnection, Request
+from embedcache.proxy.http import MAX_HEADERS, Handlers, Request
 
-DEADLINE = 10.0
+from .bare_server import BareServer, connect, exchange, post
 
 
 def fast(request: Request) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
@@ -40,69 +38,9 @@ async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture
 def port() -> Iterator[int]:
     """The server on a free loopback port, on its own event loop thread."""
-    loop = asyncio.new_event_loop()
-    handlers = Handlers(fast=fast, app=app, max_body=1000)
-    started = threading.Event()
-    bound: list[int] = []
-    connections: set[HttpConnection] = set()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(
-            loop.create_server(lambda: HttpConnection(handlers, connections), "127.0.0.1", 0)
-        )
-        bound.append(server.sockets[0].getsockname()[1])
-        started.set()
-        loop.run_forever()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(DEADLINE)
-    yield bound[0]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
-    loop.close()
-
-
-Answer = tuple[bytes, dict[bytes, bytes], bytes]
-
-
-def exchange(port: int, raw: bytes, responses: int) -> list[Answer]:
-    """Send ``raw`` on one connection and read ``responses`` answers (status line, headers,
-    body), or fewer if the server closes first."""
-    out: list[Answer] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
-        sock.sendall(raw)
-        buffer = b""
-        while len(out) < responses:
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return out
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            status, *lines = head.split(b"\r\n")
-            headers = dict(line.split(b": ", 1) for line in lines)
-            length = int(headers.get(b"content-length", b"0"))
-            while len(buffer) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-            out.append((status, headers, buffer[:length]))
-            buffer = buffer[length:]
-    return out
-
-
-def post(path: bytes, body: bytes = b"{}", extra: bytes = b"") -> bytes:
-    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        path,
-        len(body),
-        extra,
-        body,
-    )
+    server = BareServer(Handlers(fast=fast, app=app, max_body=1000))
+    yield server.port
+    server.close()
 
 
 def test_a_fast_answer_is_a_200_with_its_headers_and_length(port: int) -> None:
@@ -146,7 +84,7 @@ def test_http_1_0_closes_unless_asked_to_keep_alive(port: int) -> None:
 
 
 def test_expect_100_continue_gets_an_interim_answer_first(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+    with connect(port) as sock:
         sock.sendall(
             b"POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
         )
