@@ -39,7 +39,7 @@ ACCESS = re.compile(
     r"texts=(?P<texts>-|\d+) hits=(?P<hits>-|\d+) ms=\d+\.\d\d key=(?P<key>-|[0-9a-f]{8})$"
 )
 # How the server says a worker's connection cap was reached.
-CAP_REACHED = re.compile(r"connection cap|--max-connections", re.IGNORECASE)
+CAP_REACHED = re.compile(r"open connections, the most this worker takes")
 
 
 def access_lines(text: str) -> list[re.Match[str]]:

@@ -157,6 +157,7 @@ class HttpConnection(Answers):
         request.method = parser.get_method()
         if self._log_access is not None:
             request.received = perf_counter()
+            request.client = self._scope_base["client"]
         request.headers = headers = [(name.lower(), value) for name, value in request.headers]
         hosts = 0
         for name, value in headers:

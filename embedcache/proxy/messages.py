@@ -48,13 +48,15 @@ class Request:
     is the path and query, also when the client sent the absolute form)."""
 
     __slots__ = (
-        "admitting", "authorization", "body", "body_size", "chunks", "expects_continue",
+        "admitting", "authorization", "body", "body_size", "chunks", "client", "expects_continue",
         "header_bytes", "headers", "hits", "keep_alive", "method", "received",
         "target", "texts",
     )  # fmt: skip
 
     #: When its last byte was read (``time.perf_counter``), set only with an access log.
     received: float
+    #: The peer's ``(host, port)``, set only with an access log.
+    client: tuple[str, int]
 
     def __init__(
         self,

@@ -10,8 +10,9 @@ processes may use at once; they share one :class:`~embedcache.proxy.metrics.Boar
 any of them reports the whole server. With one worker the process serves the socket itself.
 
 Each worker logs to stderr (:mod:`.accesslog`), holds its connections to
-:class:`~embedcache.proxy.http.ServerLimits`, and keeps its connection cap within the
-process's open-file limit so the cap, which is logged, is met before ``accept`` fails.
+:class:`~embedcache.proxy.http.ServerLimits` (its :class:`~embedcache.proxy.connections.Connections`
+keep the connection cap within the open-file limit, so the logged cap is met before
+``accept`` fails).
 
 On SIGINT or SIGTERM a worker stops accepting, answers what it has read, closes idle
 connections, gives the others up to ``drain_seconds`` and then closes them, closes the
@@ -31,7 +32,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -47,11 +47,6 @@ __all__ = ["DRAIN_SECONDS", "MakeProxy", "serve_forever"]
 DRAIN_SECONDS = 30.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _BACKLOG = 2048
-# Descriptors a worker keeps for everything but client connections: the cache's files,
-# upstream connections, the event loop's own, logs. The connection cap is lowered to fit
-# the open-file limit less these, so a full worker refuses (and says so) rather than
-# having accept() fail unseen.
-_RESERVED_FILES = 128
 # Accept errors that mean "out of descriptors or memory": warned about once per worker.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -95,7 +90,7 @@ def serve_forever(
         raise InvalidInputError("several workers need fork (Linux, BSD, macOS): use --workers 1")
     install_handler(log_level, None)
     # Here, not in each worker: the limit raised is inherited, and a warning is said once.
-    limits = _fit_to_open_files(limits or ServerLimits())
+    limits = limits or ServerLimits()
     try:
         access_fd = open_access_log(access_log) if access_log is not None else None
     except OSError as exc:
@@ -234,35 +229,6 @@ class _Worker:
             loop.close()
 
 
-def _fit_to_open_files(limits: ServerLimits) -> ServerLimits:
-    """``limits`` with the connection cap within this process's open-file limit: the soft
-    limit raised toward the hard one as far as the cap needs, and the cap lowered (with a
-    warning) when even the hard one is too low."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit to fit
-        return limits
-    wanted = limits.max_connections + _RESERVED_FILES
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if raised > soft:
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-                soft = raised
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return limits
-    fitted = max(soft - _RESERVED_FILES, soft // 2, 1)
-    log.warning(
-        "embedcache proxy: at most %d connections per worker, not %d: the open-file limit "
-        "is %d (raise it with ulimit -n)",
-        fitted,
-        limits.max_connections,
-        soft,
-    )
-    return replace(limits, max_connections=fitted)
-
-
 class _LoopErrors:
     """The event loop's exception handler: what the loop reports (an ``accept`` failing for
     want of descriptors, a callback's error) goes to our log instead of nowhere, a resource
@@ -303,7 +269,6 @@ async def _run(
         loop.add_signal_handler(number, _settle, stop, int(number))
     connections = Connections(handlers, limits)
     server = await loop.create_server(connections, sock=sock, backlog=_BACKLOG)
-    watcher = loop.create_task(connections.watch())
     proxy.start()
     # Everything made so far (modules, the proxy, the store) lives as long as the process:
     # frozen, no collection walks it again. A request's objects die young by reference
@@ -319,12 +284,7 @@ async def _run(
     # it on uvloop and asyncio alike; said here because it matters): once every worker has
     # closed its own, the port refuses connections rather than queueing them for no one.
     sock.close()
-    try:
-        await connections.drain(drain_seconds)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+    await connections.drain(drain_seconds)  # also stops the deadline sweep
     for number in _SIGNALS:
         loop.remove_signal_handler(number)
     return stopped_by
