@@ -27,7 +27,7 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Filler
 from .gate import Gate, bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .keys import Upstreams
-from .limits import RequestLimits, answer_bytes
+from .limits import RequestLimits, answer_bytes, refuse_overlong
 from .metrics import ProxyMetrics
 from .responses import json_response as _json
 from .responses import note_access
@@ -115,7 +115,7 @@ class EmbeddingsRoute:
         upstream = self._upstreams.get(decision.key)
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            outcome = self._read(raw)
+            outcome = self._read(raw, big=False)
             if isinstance(outcome, _Answer):
                 return outcome
             read = outcome
@@ -133,7 +133,7 @@ class EmbeddingsRoute:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
-            outcome = self._read(raw)
+            outcome = self._read(raw, big=True)
             if isinstance(outcome, _Answer):
                 return outcome
             read = outcome
@@ -150,8 +150,9 @@ class EmbeddingsRoute:
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 
-    def _read(self, raw: bytes) -> _Read | _Answer:
-        """The body parsed and checked against the limits, or the error answer."""
+    def _read(self, raw: bytes, *, big: bool) -> _Read | _Answer:
+        """The body parsed and checked against the limits, or the error answer; a ``big``
+        one's texts are checked for length too, a slice at a time (in a fill thread)."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -174,6 +175,11 @@ class EmbeddingsRoute:
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
             return _Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
+        if big and parsed is not None:
+            try:
+                refuse_overlong(parsed.texts, parsed.options)
+            except EmbedcacheError as exc:
+                return _failure(exc, dialect)
         return _Read(dialect, parsed)
 
     def _embed(

@@ -23,7 +23,7 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Filler
 from .gate import Gate, bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .keys import Upstreams
-from .limits import RequestLimits, answer_bytes
+from .limits import RequestLimits, answer_bytes, refuse_overlong
 from .metrics import ProxyMetrics
 from .responses import json_response, note_access
 from .wire import EmbeddingsRequest, redact_urls
@@ -115,7 +115,7 @@ class TeiRoutes:
         upstream = self._upstreams.get(decision.key)
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            read = self._read(raw)
+            read = self._read(raw, big=False)
             if isinstance(read, _Answer):
                 return read
             work = read
@@ -132,7 +132,7 @@ class TeiRoutes:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
-            read = self._read(raw)
+            read = self._read(raw, big=True)
             if isinstance(read, _Answer):
                 return read
             work = read
@@ -143,8 +143,9 @@ class TeiRoutes:
             return _failure(exc)
         return _assembled(work)
 
-    def _read(self, raw: bytes) -> _Work | _Answer:
-        """The body parsed and checked against the limits, or the error answer."""
+    def _read(self, raw: bytes, *, big: bool) -> _Work | _Answer:
+        """The body parsed and checked against the limits, or the error answer; a ``big``
+        one's texts are checked for length too, a slice at a time (in a fill thread)."""
         try:
             parsed = tei.parse_embed(raw, self._model, self._task)
         except tei.TeiInputError as exc:
@@ -160,6 +161,11 @@ class TeiRoutes:
         if problem:
             body = tei.render_error(problem, "validation")
             return _Answer(json_response(413, body), "error", parsed.count)
+        try:
+            for group in parsed.groups if big else ():
+                refuse_overlong(group.texts, group.options)
+        except EmbedcacheError as exc:
+            return _failure(exc)
         groups = [
             EmbeddingsRequest(group.options.model, group.texts, group.options, "float")
             for group in parsed.groups
