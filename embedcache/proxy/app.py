@@ -96,7 +96,7 @@ class ProxySettings:
     :param verify_interval: with ``verify_keys``, a given key is verified at most once per
         this many seconds, whatever the outcome.
     :param verify_rate: with ``verify_keys``, most verifications started per second by one
-        worker; over it a new key gets a 429.
+        worker (0: no bound); over it a new key gets a 429 with ``Retry-After``.
     """
 
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -142,6 +142,7 @@ class Proxy:
             verdict_ttl=settings.verdict_ttl,
             verify_interval=settings.verify_interval,
         )
+        self._open = self.access.open
         self.metrics = ProxyMetrics(board, worker)
         self._float_style = UpstreamFloatStyle(self.store, self.parts.client, self.metrics.board)
         self._flushes_seen = self.metrics.board.flushes
@@ -216,7 +217,7 @@ class Proxy:
     def admit(self, request: HttpRequest) -> Refusal | Awaitable[Refusal | None] | None:
         """Whether to read ``request``'s body at all, decided from its headers
         (:attr:`~embedcache.proxy.http.Handlers.admit`, :meth:`.gate.Gate.admit`)."""
-        if self.access.open:
+        if self._open:  # nothing to decide: no cost per request beyond this call
             return None
         return self.gate.admit(request)
 
