@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-from ..config import redact_url
 from ..errors import CacheError
 from ..storage.store import Store
 from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
@@ -28,8 +27,8 @@ log = logging.getLogger("embedcache")
 
 def setting_name(base_url: str) -> str:
     """The cache directory's setting that holds the float style of the upstream at
-    ``base_url`` (named by the URL without credentials: no secret on disk)."""
-    return f"float_style {redact_url(base_url)}"
+    ``base_url``."""
+    return f"float_style {base_url}"
 
 
 class UpstreamFloatStyle:
