@@ -112,7 +112,9 @@ def test_with_an_allowlist_a_cached_vector_is_not_served_to_an_unlisted_key(
 def test_verified_keys_are_asked_about_once_and_refused_keys_stay_refused(
     emulator: JinaEmulator, make_proxy: MakeProxy
 ) -> None:
-    proxy = make_proxy("--verify-keys")
+    # One worker: verdicts are each worker's own (a refusal closes its connection, so the
+    # next request may reach another worker, which would verify the key once itself).
+    proxy = make_proxy("--verify-keys", "--workers", "1")
     first = proxy.embed(BODY, API_KEY)
     assert first.status_code == 200
     probes = len(emulator.requests) - 1  # the fill of BODY is the other request
