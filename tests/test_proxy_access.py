@@ -52,20 +52,43 @@ def test_a_verdict_is_asked_once_and_remembered_for_its_ttl() -> None:
     assert asked == ["good", "bad", "good"]
 
 
-def test_an_unverifiable_key_is_refused_and_asked_about_again_next_time() -> None:
+def test_an_unverifiable_key_is_refused_and_asked_about_again_only_after_the_interval() -> None:
     calls = 0
+    now = 100.0
 
     def verify(key: str) -> None:
         nonlocal calls
         calls += 1
         raise KeyUnverifiable("upstream down")
 
-    access = Access(verify=verify)
-    for _ in range(2):
+    access = Access(verify=verify, verify_interval=10, clock=lambda: now)
+    for _ in range(3):
         decision = access.decide("key")
         assert decision is not None
         assert decision.status == 503
+    assert calls == 1  # remembered: a stream of requests is not a stream of probes
+    now += 11
+    decision = access.decide("key")
+    assert decision is not None
+    assert decision.status == 503
     assert calls == 2
+
+
+def test_a_verdict_stands_for_the_interval_even_with_a_shorter_ttl() -> None:
+    calls = 0
+    now = 0.0
+
+    def verify(key: str) -> None:
+        nonlocal calls
+        calls += 1
+
+    access = Access(verify=verify, verdict_ttl=0, verify_interval=5, clock=lambda: now)
+    assert access.decide("key") == Decision(0, key="key")
+    now += 4
+    assert access.decide("key", verify=False) == Decision(0, key="key")
+    assert calls == 1
+    now += 2
+    assert access.decide("key", verify=False) is None  # to be asked again
 
 
 # Through a running proxy
@@ -89,7 +112,9 @@ def test_with_an_allowlist_a_cached_vector_is_not_served_to_an_unlisted_key(
 def test_verified_keys_are_asked_about_once_and_refused_keys_stay_refused(
     emulator: JinaEmulator, make_proxy: MakeProxy
 ) -> None:
-    proxy = make_proxy("--verify-keys")
+    # One worker: verdicts are each worker's own (a refusal closes its connection, so the
+    # next request may reach another worker, which would verify the key once itself).
+    proxy = make_proxy("--verify-keys", "--workers", "1")
     first = proxy.embed(BODY, API_KEY)
     assert first.status_code == 200
     probes = len(emulator.requests) - 1  # the fill of BODY is the other request

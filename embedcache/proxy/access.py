@@ -8,7 +8,9 @@ The policies, from :class:`Access`'s settings:
 - **allowlist**: only listed client keys are served; each pays for its own misses.
 - **verify**: a client key not listed is checked against the upstream once (one tiny
   embedding request), and the verdict is remembered for ``verdict_ttl`` seconds. If the
-  upstream cannot say (down, rate-limited), the request is refused: fail closed.
+  upstream cannot say (down, rate-limited), the request is refused with a 503: fail closed.
+  Whatever the outcome, a key is asked about at most once per ``verify_interval`` seconds
+  (so a stream of requests with a key the upstream cannot judge is not a stream of probes).
 - **open** (none of the above): any client is served; its key, else the server's, pays.
 
 Keys are compared and remembered by their SHA-256 only, never kept in the clear here.
@@ -23,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest", "matches"]
 
@@ -55,11 +58,22 @@ class Decision:
     :ivar status: 0 to serve it, else the HTTP status to refuse it with.
     :ivar detail: the refusal's message (never containing the key).
     :ivar key: the key that pays for misses; ``None``: the server's.
+    :ivar retry_after: for a 429, the seconds after which asking again may succeed.
     """
 
     status: int
     detail: str = ""
     key: str | None = None
+    retry_after: int = 0
+
+
+class _Verdict(NamedTuple):
+    """What the upstream said of a key (0: accepted, else the refusal's status and
+    detail), and until when it stands."""
+
+    status: int
+    detail: str
+    until: float
 
 
 class Access:
@@ -71,6 +85,10 @@ class Access:
         accepts it and raising :class:`KeyRefused` or :class:`KeyUnverifiable` otherwise;
         ``None`` refuses every key not listed (when a list is given).
     :param verdict_ttl: seconds a verification's verdict is remembered.
+    :param verify_interval: a key is asked about at most once per this many seconds,
+        whatever the outcome: an accepted or refused verdict stands at least this long, and
+        an unverifiable one (answered 503) exactly this long.
+    :param clock: the monotonic clock verdicts are timed with (a test's own).
     """
 
     def __init__(
@@ -80,12 +98,16 @@ class Access:
         allowed_keys: Iterable[str] = (),
         verify: Callable[[str], None] | None = None,
         verdict_ttl: float = 300.0,
+        verify_interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token = digest(token) if token else None
         self._allowed = frozenset(digest(key) for key in allowed_keys)
         self._verify = verify
         self.verdict_ttl = verdict_ttl
-        self._verdicts: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
+        self.verify_interval = verify_interval
+        self._clock = clock
+        self._verdicts: OrderedDict[bytes, _Verdict] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -117,37 +139,50 @@ class Access:
             return Decision(401, "this API key is not on the proxy's list")
         verdict = self._remembered(key_digest)
         if verdict is None:
-            return self._verified(bearer, key_digest) if verify else None
-        return Decision(0, key=bearer) if verdict else _REFUSED
+            return self.verify(bearer) if verify else None
+        return (
+            Decision(0, key=bearer)
+            if not verdict.status
+            else Decision(verdict.status, verdict.detail)
+        )
+
+    def verify(self, bearer: str) -> Decision:
+        """Ask the upstream about ``bearer`` now (blocking: run it off the event loop) and
+        remember its verdict; the decision it gives."""
+        assert self._verify is not None
+        try:
+            self._verify(bearer)
+        except KeyRefused:
+            decision = _REFUSED
+        except KeyUnverifiable as exc:
+            detail = f"cannot verify this API key with the upstream now ({exc})"
+            decision = Decision(503, detail)
+        else:
+            decision = Decision(0, key=bearer)
+        self._remember(digest(bearer), decision)
+        return decision
 
     def forget(self) -> None:
         """Drop every remembered verdict (keys are verified again on next use)."""
         with self._lock:
             self._verdicts.clear()
 
-    def _remembered(self, key_digest: bytes) -> bool | None:
-        """The upstream's verdict on a key, while remembered."""
+    def _remembered(self, key_digest: bytes) -> _Verdict | None:
+        """The upstream's verdict on a key, while it stands."""
         with self._lock:
             verdict = self._verdicts.get(key_digest)
-        if verdict is None or verdict[1] < time.monotonic():
+        if verdict is None or verdict.until < self._clock():
             return None
-        return verdict[0]
+        return verdict
 
-    def _verified(self, bearer: str, key_digest: bytes) -> Decision:
-        assert self._verify is not None
-        try:
-            self._verify(bearer)
-        except KeyRefused:
-            self._remember(key_digest, False)
-            return _REFUSED
-        except KeyUnverifiable as exc:
-            return Decision(503, f"cannot verify this API key with the upstream now ({exc})")
-        self._remember(key_digest, True)
-        return Decision(0, key=bearer)
-
-    def _remember(self, key_digest: bytes, allowed: bool) -> None:
+    def _remember(self, key_digest: bytes, decision: Decision) -> None:
+        # Never the key itself: an accepted verdict is given back with the bearer it is for.
+        seconds = self.verify_interval
+        if decision.status != 503:
+            seconds = max(seconds, self.verdict_ttl)
+        verdict = _Verdict(decision.status, decision.detail, self._clock() + seconds)
         with self._lock:
-            self._verdicts[key_digest] = (allowed, time.monotonic() + self.verdict_ttl)
+            self._verdicts[key_digest] = verdict
             self._verdicts.move_to_end(key_digest)
             while len(self._verdicts) > _MAX_VERDICTS:
                 self._verdicts.popitem(last=False)

@@ -24,7 +24,7 @@ import orjson
 from ..config import VERSION
 from ..errors import APIError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options, spec_for
-from .wire import error_status
+from .wire import error_status, redact_urls
 
 __all__ = [
     "INFO_PATH",
@@ -216,8 +216,9 @@ def render_embed(embeddings: Sequence[bytes]) -> bytes:
 
 
 def render_error(message: str, error_type: str = "validation") -> bytes:
-    """An error body in TEI's shape, its message on one line."""
-    return orjson.dumps({"error": " ".join(message.split()), "error_type": error_type})
+    """An error body in TEI's shape, its message on one line (any URL in it without
+    credentials)."""
+    return orjson.dumps({"error": " ".join(redact_urls(message).split()), "error_type": error_type})
 
 
 def render_failure(exc: EmbedcacheError | TeiInputError) -> tuple[int, bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +35,11 @@ __all__ = [
     "dialect_of",
     "error_status",
     "parse_request",
+    "redact_urls",
     "render_body",
     "render_embeddings",
     "render_error",
+    "render_refusal",
     "render_vector",
 ]
 
@@ -275,24 +278,47 @@ def error_status(exc: EmbedcacheError) -> int:
 def render_error(exc: EmbedcacheError | str, dialect: str = "jina", status: int = 0) -> bytes:
     """An error body in the client's dialect. Jina's: always ``detail``, plus ``code`` and
     ``request_id`` when the upstream gave them. OpenAI's: ``{"error": {"message", "type",
-    "param", "code"}}``, its ``type`` following ``status``."""
+    "param", "code"}}``, its ``type`` following ``status``. A URL in the message is shown
+    without credentials (:func:`redact_urls`)."""
     if dialect == "openai":
-        message = exc if isinstance(exc, str) else _message(exc)
+        message = redact_urls(exc if isinstance(exc, str) else _message(exc))
         code = exc.code if isinstance(exc, APIError) else None
-        kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
         return orjson.dumps(
-            {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        )
+            {"error": {"message": message, "type": _openai_type(status), "param": None,
+                       "code": code}}
+        )  # fmt: skip
     if isinstance(exc, str):
-        return orjson.dumps({"detail": exc})
-    body: dict[str, str] = {"detail": str(exc)}
+        return orjson.dumps({"detail": redact_urls(exc)})
+    body: dict[str, str] = {"detail": redact_urls(str(exc))}
     if isinstance(exc, APIError):
-        body["detail"] = exc.detail or str(exc)
+        body["detail"] = redact_urls(exc.detail or str(exc))
         if exc.code:
             body["code"] = exc.code
         if exc.request_id:
             body["request_id"] = exc.request_id
     return orjson.dumps(body)
+
+
+def render_refusal(message: str, status: int) -> bytes:
+    """An error body both dialects read, for a refusal made before the request's body (and
+    so its dialect) is known: Jina's ``detail`` and OpenAI's ``error`` side by side."""
+    error = {"message": message, "type": _openai_type(status), "param": None, "code": None}
+    return orjson.dumps({"detail": message, "error": error})
+
+
+# A URL's user:password@, wherever it stands in a message.
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL's ``user:password@`` shown as ``***@`` (as
+    :func:`embedcache.config.redact_url` does for one URL): error text may quote the
+    upstream's URL."""
+    return _CREDENTIALS.sub("***@", text) if "@" in text else text
+
+
+def _openai_type(status: int) -> str:
+    return _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
 def _message(exc: EmbedcacheError) -> str:

@@ -1,0 +1,84 @@
+"""Requests the hit path could not answer, through the caching core: each text's embedding
+written as JSON text in the upstream's float style, and kept for the hit path.
+
+Small all-hit requests are answered on the event loop (a thread hop would cost more than
+the work, :data:`INLINE_TEXTS` and :data:`INLINE_BODY_BYTES`); anything else runs in one of
+the fill threads, so one big or slow request never stalls the worker's other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..embedding.counters import Stats
+from ..embedding.embedder import CachedEmbedder
+from ..upstream.jina import JinaClient
+from .floats import UpstreamFloatStyle
+from .rendered import RenderedAnswers, variant
+from .wire import EmbeddingsRequest, render_vector
+
+__all__ = ["INLINE_BODY_BYTES", "INLINE_TEXTS", "Filler"]
+
+#: Most texts of a request tried on the event loop, from memory and local disk only.
+INLINE_TEXTS = 32
+#: Largest request body parsed on the event loop: a bigger one is parsed, checked and
+#: keyed in a fill thread (parsing 50 MB takes about a second).
+INLINE_BODY_BYTES = 64 * 1024
+
+_T = TypeVar("_T")
+
+
+class Filler:
+    """The caching core as the routes use it, and the threads its fills run in.
+
+    :param embedder: the caching core.
+    :param rendered: where answers' text is kept for the hit path.
+    :param float_style: how ``float`` answers are written.
+    :param threads: most requests filling at once.
+    """
+
+    def __init__(
+        self,
+        embedder: CachedEmbedder,
+        rendered: RenderedAnswers,
+        float_style: UpstreamFloatStyle,
+        threads: int,
+    ) -> None:
+        self.embedder = embedder
+        self.rendered = rendered
+        self._float_style = float_style
+        self._threads = ThreadPoolExecutor(threads, "embedcache-fill")
+
+    @property
+    def float_style(self) -> str:
+        """``"float64"`` or ``"float32"``: how ``float`` answers are written now."""
+        return self._float_style.style
+
+    def render(
+        self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False
+    ) -> tuple[list[bytes], Stats] | None:
+        """Each text's embedding as JSON text, in the upstream's float style and kept for
+        the hit path, and what the caching core found and spent; ``None`` when
+        ``cached_only`` and something is missing (blocking unless ``cached_only``)."""
+        result = self.embedder.embed_detailed(
+            parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
+        )
+        if result is None:
+            return None
+        style = self.float_style
+        kind = variant(parsed.embedding_type, style)
+        texts = [render_vector(row, parsed.embedding_type, style) for row in result.vectors]
+        if not parsed.options.late_chunking:  # the hit path answers single texts only
+            self.rendered.put(result.keys, kind, texts, result.tokens.tolist())
+        return texts, result.stats
+
+    async def in_thread(self, work: Callable[[], _T]) -> _T:
+        """``work()``, run in a fill thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
+
+    def close(self) -> None:
+        """Wait for the fills in flight (each batch is committed), then stop the threads."""
+        self._threads.shutdown(wait=True)

@@ -1,0 +1,136 @@
+"""The hit path: a ``POST /v1/embeddings`` whose every input was answered before, answered
+from memory on the event loop, before any framework sees it
+(:attr:`~embedcache.proxy.http.Handlers.fast`).
+
+Per request: a lookup of the body among the bodies read before (the same query text comes
+back again and again), else a parse and the entry keys; then each key's JSON text from
+:class:`~.rendered.RenderedAnswers` and one join. Anything else (a miss, an error, a body
+over :data:`~.filling.INLINE_BODY_BYTES`, a request over a limit) is ``None``: the
+application answers it, errors and limits included.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from ..config import EMBEDDINGS_PATH
+from ..embedding.embedder import CachedEmbedder
+from ..errors import EmbedcacheError, InvalidInputError
+from .access import Access
+from .filling import INLINE_BODY_BYTES
+from .floats import UpstreamFloatStyle
+from .gate import bearer_value
+from .http import Request
+from .limits import RequestLimits, answer_bytes
+from .metrics import ProxyMetrics
+from .rendered import RenderedAnswers, variant
+from .wire import parse_request, render_body
+
+__all__ = ["CACHED_HEADER", "HitPath"]
+
+#: Response header: how many of the request's distinct inputs came from the cache
+#: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
+CACHED_HEADER = "X-Embedcache-Cached"
+_CACHED_HEADER = CACHED_HEADER.lower().encode()
+_EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
+# Request bodies whose parse the hit path remembers: at most this many, of at most this
+# size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
+# reads exactly as it would again.
+_KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 8192
+
+
+class HitPath:
+    """Answers repeat requests from the answers' text already written.
+
+    :param embedder: keys texts, and counts the hits answered here.
+    :param rendered: the answers' text.
+    :param access: who may be served (checked again here: a hit is still a read).
+    :param float_style: the style ``float`` answers are written in.
+    :param metrics: where each hit is counted.
+    :param limits: a request over them is left to the application, which says why.
+    """
+
+    def __init__(
+        self,
+        embedder: CachedEmbedder,
+        rendered: RenderedAnswers,
+        access: Access,
+        float_style: UpstreamFloatStyle,
+        metrics: ProxyMetrics,
+        limits: RequestLimits,
+    ) -> None:
+        self.embedder = embedder
+        self.rendered = rendered
+        self.access = access
+        self.metrics = metrics
+        self._float_style = float_style
+        self._limits = limits
+        self._known_bodies: dict[bytes, tuple[str, str, list[bytes]]] = {}
+
+    def answer(self, request: Request) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """The body and extra headers of a ``POST /v1/embeddings`` whose every input has
+        been answered before, from the texts already written; ``None`` for anything else,
+        which the application then answers in full. Runs on the event loop, so it only
+        ever looks at memory, and at small bodies."""
+        if request.method != b"POST" or request.path != _EMBEDDINGS_PATH:
+            return None
+        started = time.perf_counter()
+        if not self.access.open:
+            decision = self.access.decide(bearer_value(request.authorization), verify=False)
+            if decision is None or decision.status:
+                return None
+        body = request.body
+        if len(body) > INLINE_BODY_BYTES:
+            return None  # parsed in a fill thread: it would stall every other client here
+        known = self._known_bodies.get(body) or self._read_body(body)
+        if known is None:
+            return None
+        model, embedding_type, keys = known
+        found = self.rendered.get_all(keys, variant(embedding_type, self._float_style.style))
+        if found is None:
+            return None
+        if len(keys) == 1:
+            distinct, saved = 1, found[0][1]
+        else:
+            costs = {key: cost for key, (_, cost) in zip(keys, found, strict=True)}
+            distinct, saved = len(costs), sum(costs.values())
+        self.embedder.count_hits(distinct, saved)
+        answer = render_body(model, [text for text, _ in found], 0)
+        self.metrics.observe_hits(distinct, saved, time.perf_counter() - started)
+        request.texts = len(keys)
+        request.hits = distinct
+        return answer, [(_CACHED_HEADER, b"%d" % distinct)]
+
+    def forget(self) -> None:
+        """Drop the bodies remembered."""
+        self._known_bodies.clear()
+
+    def _read_body(self, body: bytes) -> tuple[str, str, list[bytes]] | None:
+        """The model, encoding and entry keys of a request body the hit path can answer,
+        remembered for small bodies: the same query text comes back again and again."""
+        try:
+            parsed = parse_request(orjson.loads(body))
+        except (orjson.JSONDecodeError, EmbedcacheError):
+            return None  # the application answers with the error
+        if parsed is None or parsed.options.late_chunking:
+            return None
+        count = len(parsed.texts)
+        estimate = answer_bytes(
+            count, parsed.options.expected_dim, parsed.embedding_type, self._float_style.style
+        )
+        limits = self._limits
+        if limits.inputs_problem(count) or limits.answer_problem(estimate):
+            return None  # the application says which limit (never remembered: no cost here)
+        try:
+            keys = self.embedder.keys(parsed.texts, parsed.options)
+        except InvalidInputError:
+            return None  # a text that cannot be keyed: the application says why
+        known = (parsed.model, parsed.embedding_type, keys)
+        if len(body) <= _KNOWN_BODY_BYTES:
+            bodies = self._known_bodies
+            if len(bodies) >= _KNOWN_BODIES:
+                del bodies[next(iter(bodies))]  # the oldest: dicts keep insertion order
+            bodies[body] = known
+        return known
