@@ -300,3 +300,17 @@ def body_prefix(total: int) -> bytes:
     """The start of a JSON body declared ``total`` bytes long: one long text, never ended."""
     start = b'{"model":"jina-embeddings-v3","input":["'
     return start + b"a" * (total - len(start))
+
+
+def closed_by_peer(sock: socket.socket, seconds: float = 2.0) -> bool:
+    """Whether the server has closed ``sock`` (end of stream or reset) within ``seconds``."""
+    sock.setblocking(True)
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset: closed with our unsent body unread
+    return True

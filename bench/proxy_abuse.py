@@ -5,31 +5,27 @@ Usage (or ``tox -e bench-abuse``)::
     python bench/proxy_abuse.py                     # about 5 minutes; writes RESULTS.md
     python bench/proxy_abuse.py --baseline 02a92bb  # also the server as it was (twice as long)
     python bench/proxy_abuse.py --quick             # smaller cases, to check the script
-    python bench/proxy_abuse.py --serve-args "--idle-timeout 5"   # extra options (today's code)
 
 Each case runs alone against a fresh ``embedcache serve --workers 1`` (so the worker is the
 serve process itself and its ``VmHWM`` is the case's own peak) on a copy of a prewarmed cache,
 in front of the bundled Jina emulator (``embedcache.testing``, in its own process):
 
 - *pipelining*: one connection sends 12,000 cached-hit requests and never reads;
-- *100,000 inputs*: one request of 100,000 copies of a cached text, then (fresh server) one of
-  100,000 distinct short texts, while a normal client makes hits;
+- *100,000 inputs*: one request of 100,000 copies of a cached text, then one of distinct
+  short texts, while a normal client makes hits;
 - *stalled bodies*: against a ``--token`` proxy, 8 connections without credentials each send
   60 MiB of a body they never finish, then stall;
-- *aborted uploads*: 20 uploads one after another, each 32 MiB of an unfinished body, closed;
-- *slowhttptest -H* and *-B* (Debian's ``slowhttptest``) for 20 s with 500 connections, while
-  a normal client makes hits;
-- *idle*: how long the server keeps a kept-alive connection idle after one answer, a
-  connection that sent nothing, and one that sent headers without the final CRLF.
+- *aborted uploads*: 20 uploads in turn, each 32 MiB of an unfinished body, then closed;
+- *slowhttptest -H* and *-B* (Debian's) for 20 s, 500 connections, during normal hits;
+- *idle*: how long idle connections stay open (after an answer; silent; head unfinished).
 
-The *normal client* is a thread of this script making one cached hit at a time (a pause of
-5 ms between them) on one kept-alive connection. Worker RSS is read from
-``/proc/PID/status`` (``VmRSS``; ``VmHWM`` for peaks). Bounds: RSS growth under 64 MiB in every
-case; the normal client's p99 under 50 ms with no failed request during the 100,000-input and
-slow attacks; idle connections closed before the wait's cap. Every client loop is bounded in
-count and time, and a worker above ``--rss-cap`` is killed (the old code's distinct-input peak
-was 7.4 GB). Options of ``--serve-args`` go to today's code only. The clients and the
-server handle are in ``bench/abuseclients.py``.
+The *normal client* makes one cached hit at a time (5 ms apart) on a kept-alive
+connection. Worker RSS: ``/proc/PID/status`` (``VmRSS``; ``VmHWM`` for peaks). Bounds: RSS
+growth under 64 MiB in every case; the normal client's p99 under 50 ms with no failed
+request during the 100,000-input and slow attacks; idle connections closed before the
+wait's cap. Every client loop is bounded in count and time; a worker above ``--rss-cap``
+is killed (the old code's peak was 7.4 GB).
+Clients and the server handle: ``bench/abuseclients.py``.
 """
 
 from __future__ import annotations
@@ -60,6 +56,7 @@ from abuseclients import (
     Proxy,
     Wire,
     body_prefix,
+    closed_by_peer,
     growth,
     head,
     mib,
@@ -230,6 +227,9 @@ class Bench:
                         except (OSError, ValueError, IndexError):
                             closed.add(i)
                             sel.unregister(sock)
+            for i in answered:  # did the server close after its answer?
+                if closed_by_peer(socks[i]):
+                    closed.add(i)
             time.sleep(self.sizes.settle)  # stalling
             during, top = proxy.rss(), proxy.top
             for sock in socks:

@@ -209,10 +209,11 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option(
     "--max-answer",
-    default="64MiB",
+    default="96MiB",
     show_default=True,
     type=_SIZE,
-    help="Largest answer one request may ask for, estimated before any work.",
+    help="Largest answer one request may ask for, estimated before any work (the default "
+    "fits the API's largest: 2048 float answers of 1536 dimensions).",
 )
 @click.option(
     "--drain-timeout",

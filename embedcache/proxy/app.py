@@ -110,7 +110,7 @@ class ProxySettings:
     tei_model: str = DEFAULT_MODEL
     tei_task: str | None = "retrieval.passage"
     max_inputs: int = 2048
-    max_answer_bytes: int = 64 * 1024 * 1024
+    max_answer_bytes: int = 96 * 1024 * 1024
     verify_interval: float = 10.0
     verify_rate: float = 10.0
 

@@ -9,10 +9,10 @@ inherited socket on its own event loop (uvloop when installed) with its own
 processes may use at once; they share one :class:`~embedcache.proxy.metrics.Board` so that
 any of them reports the whole server. With one worker the process serves the socket itself.
 
-Each worker logs to stderr (:mod:`.accesslog`), holds its connections to
-:class:`~embedcache.proxy.http.ServerLimits` (its :class:`~embedcache.proxy.connections.Connections`
-keep the connection cap within the open-file limit, so the logged cap is met before
-``accept`` fails).
+Each worker logs to stderr (:mod:`.accesslog`) and holds its connections to
+:class:`~embedcache.proxy.http.ServerLimits`; its
+:class:`~embedcache.proxy.http.Connections` keep the connection cap within the open-file
+limit, so the logged cap is met before ``accept`` fails.
 
 On SIGINT or SIGTERM a worker stops accepting, answers what it has read, closes idle
 connections, gives the others up to ``drain_seconds`` and then closes them, closes the

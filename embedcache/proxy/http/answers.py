@@ -1,5 +1,5 @@
 """The answering half of a connection of the proxy's HTTP/1.1 server (the reading half is
-:class:`~embedcache.proxy.connection.HttpConnection`, built on this): the queue of read
+:class:`~embedcache.proxy.http.connection.HttpConnection`, built on this): the queue of read
 requests answered strictly in order, the last answer (an error or a refusal) written
 after them, how a connection ends, and how long it may stay in the phase it is in.
 

@@ -17,9 +17,9 @@ request line and headers (:data:`MAX_HEADER_BYTES`, :data:`MAX_HEADERS`), on one
 on the body bytes a worker holds at once. Over a limit the answer is a 4xx or 503 and the
 connection closes.
 
-The parts: :mod:`.messages` (what is shared), :mod:`.connection` (one connection),
-:mod:`.connections` (all of a worker's), :mod:`.asgi` (the bridge); this module gathers
-their public names.
+The parts: :mod:`.messages` (what is shared), :mod:`.connection` (reading one connection),
+:mod:`.answers` (answering it), :mod:`.connections` (all of a worker's), :mod:`.asgi` (the
+bridge); this package gathers their public names.
 """
 
 from __future__ import annotations

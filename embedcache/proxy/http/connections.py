@@ -4,7 +4,7 @@ open connections, the sweep that closes connections past their deadlines, the co
 request body bytes in flight, and draining on shutdown.
 
 Deadlines are judged by the sweep (every ``sweep_seconds``) on a coarse clock of its own,
-from the progress it sees (:meth:`~embedcache.proxy.answers.Answers.overdue`): reading
+from the progress it sees (:meth:`~embedcache.proxy.http.answers.Answers.overdue`): reading
 and answering a request makes no time call and sets no deadline, and a timeout is
 honoured to within one sweep.
 """

@@ -1,6 +1,6 @@
 """One client connection of the proxy's HTTP/1.1 server (re-exported by
 :mod:`embedcache.proxy.http`): the asyncio protocol, parsing with httptools, and deciding
-each request's admission; answering is :class:`~embedcache.proxy.answers.Answers`'.
+each request's admission; answering is :class:`~embedcache.proxy.http.answers.Answers`'.
 
 Reading stops (the transport is paused) while answers are not being read (writes paused),
 while an admission is decided, while :data:`MAX_PIPELINED` requests wait, and for good
@@ -58,7 +58,7 @@ _DEAD_PARSER = httptools.HttpRequestParser(object())
 class HttpConnection(Answers):
     """One client connection: parsing, the queue of its pipelined requests, and writing.
 
-    :param owner: the worker's :class:`~embedcache.proxy.connections.Connections` (its
+    :param owner: the worker's :class:`~embedcache.proxy.http.connections.Connections` (its
         handlers, limits, clock and body-memory count).
     """
 
