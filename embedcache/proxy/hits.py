@@ -5,7 +5,7 @@ from memory on the event loop, before any framework sees it
 Per request: a lookup of the body among the bodies read before (the same query text comes
 back again and again), else a parse and the entry keys; then each key's JSON text from
 :class:`~.rendered.RenderedAnswers` and one join. Anything else (a miss, an error, a body
-over :data:`~.filling.INLINE_BODY_BYTES`, a request over a limit) is ``None``: the
+over :data:`HIT_BODY_BYTES`, a request over a limit) is ``None``: the
 application answers it, errors and limits included.
 """
 
@@ -19,7 +19,6 @@ from ..config import EMBEDDINGS_PATH
 from ..embedding.embedder import CachedEmbedder
 from ..errors import EmbedcacheError, InvalidInputError
 from .access import Access
-from .filling import INLINE_BODY_BYTES
 from .floats import UpstreamFloatStyle
 from .gate import bearer_value
 from .http import Request
@@ -29,6 +28,11 @@ from .rendered import RenderedAnswers, variant
 from .wire import parse_request, render_body
 
 __all__ = ["CACHED_HEADER", "HitPath"]
+
+#: Largest body the hit path parses on the event loop: at most about half a millisecond
+#: (parse and keys), and room for 64 texts of 1,000 characters (69 KB); a bigger body is
+#: parsed in a fill thread, hit or not.
+HIT_BODY_BYTES = 256 * 1024
 
 #: Response header: how many of the request's distinct inputs came from the cache
 #: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
@@ -82,7 +86,7 @@ class HitPath:
             if decision is None or decision.status:
                 return None
         body = request.body
-        if len(body) > INLINE_BODY_BYTES:
+        if len(body) > HIT_BODY_BYTES:
             return None  # parsed in a fill thread: it would stall every other client here
         known = self._known_bodies.get(body) or self._read_body(body)
         if known is None:
