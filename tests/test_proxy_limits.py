@@ -25,6 +25,7 @@ from embedcache.assembly import CacheSettings
 from embedcache.models import resolve_options
 from embedcache.proxy.app import Proxy, ProxySettings
 from embedcache.proxy.http import Request
+from embedcache.proxy.hits import HIT_BODY_BYTES
 from embedcache.proxy.rendered import variant
 from embedcache.testing import JinaEmulator
 
@@ -410,7 +411,8 @@ def test_the_hit_path_gives_the_access_log_its_texts_and_hits(tmp_path: Path) ->
         request = Request(b"POST", b"/v1/embeddings", body)
         assert proxy.answer_hit(request) is not None
         assert (request.texts, request.hits) == (3, 2)
-        big = Request(b"POST", b"/v1/embeddings", body + b" " * 70_000)  # left to the app
+        padding = b" " * HIT_BODY_BYTES
+        big = Request(b"POST", b"/v1/embeddings", body + padding)  # left to the app
         assert proxy.answer_hit(big) is None
     finally:
         proxy.close()

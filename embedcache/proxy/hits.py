@@ -27,7 +27,7 @@ from .metrics import ProxyMetrics
 from .rendered import RenderedAnswers, variant
 from .wire import parse_request, render_body
 
-__all__ = ["CACHED_HEADER", "HitPath"]
+__all__ = ["CACHED_HEADER", "HIT_BODY_BYTES", "HitPath"]
 
 #: Largest body the hit path parses on the event loop: at most about half a millisecond
 #: (parse and keys), and room for 64 texts of 1,000 characters (69 KB); a bigger body is
