@@ -24,8 +24,8 @@ import pytest
 from embedcache.assembly import CacheSettings
 from embedcache.models import resolve_options
 from embedcache.proxy.app import Proxy, ProxySettings
-from embedcache.proxy.http import Request
 from embedcache.proxy.hits import HIT_BODY_BYTES
+from embedcache.proxy.http import Request
 from embedcache.proxy.rendered import variant
 from embedcache.testing import JinaEmulator
 
