@@ -135,7 +135,8 @@ def _is_loopback(host: str) -> bool:
     type=click.IntRange(min=1),
     default=lambda: os.cpu_count() or 1,
     show_default="the number of cores",
-    help="Processes serving the port's one listening socket, on the one cache directory.",
+    help="Processes serving the port (connections spread evenly over them), on the one "
+    "cache directory.",
 )
 @click.option(
     "--tei-model",
