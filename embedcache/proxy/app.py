@@ -55,7 +55,7 @@ from .keys import Upstreams
 from .limits import RequestLimits
 from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers
-from .responses import json_response
+from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .wire import render_error
 
@@ -157,7 +157,7 @@ class Proxy:
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
-        embeddings = EmbeddingsRoute(
+        parts = RouteParts(
             gate=self.gate,
             upstreams=self.upstreams,
             filler=self.filler,
@@ -165,17 +165,8 @@ class Proxy:
             metrics=self.metrics,
             publish=self.publish,
         )
-        teis = TeiRoutes(
-            settings.tei_model,
-            settings.tei_task,
-            settings.fill_threads,
-            gate=self.gate,
-            upstreams=self.upstreams,
-            filler=self.filler,
-            limits=limits,
-            metrics=self.metrics,
-            publish=self.publish,
-        )
+        embeddings = EmbeddingsRoute(parts)
+        teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
         admin = AdminRoutes(
             settings.admin_token,
             store=self.store,

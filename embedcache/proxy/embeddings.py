@@ -11,11 +11,9 @@ everything else runs in a fill thread, so no request stalls the worker's other c
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -23,14 +21,12 @@ from starlette.responses import Response
 
 from ..errors import EmbedcacheError
 from ..upstream.jina import JinaClient
-from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Filler
-from .gate import Gate, bearer_of, refusal_response
+from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
+from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
-from .keys import Upstreams
-from .limits import RequestLimits, answer_bytes, refuse_overlong
-from .metrics import ProxyMetrics
+from .limits import answer_bytes, refuse_overlong
+from .responses import Answer, RouteParts, counted
 from .responses import json_response as _json
-from .responses import note_access
 from .wire import (
     EmbeddingsRequest,
     dialect_of,
@@ -46,15 +42,6 @@ __all__ = ["EmbeddingsRoute"]
 log = logging.getLogger("embedcache")
 
 
-class _Answer(NamedTuple):
-    """A route's answer, its outcome for the metrics, and its access-log figures."""
-
-    response: Response
-    outcome: str
-    texts: int = -1
-    hits: int = -1
-
-
 @dataclass(frozen=True)
 class _Read:
     """A request body as read: its dialect, and the request (``None``: pass it through)."""
@@ -64,59 +51,30 @@ class _Read:
 
 
 class EmbeddingsRoute:
-    """The ``/v1/embeddings`` endpoint (:meth:`handle`).
+    """The ``/v1/embeddings`` endpoint (:meth:`handle`), built from ``parts``."""
 
-    :param gate: the access decisions.
-    :param upstreams: each client key's upstream client.
-    :param filler: the caching core and its threads.
-    :param limits: the request limits.
-    :param metrics: where requests are counted and timed.
-    :param publish: puts this worker's counters on the board (before each answer).
-    """
-
-    def __init__(
-        self,
-        *,
-        gate: Gate,
-        upstreams: Upstreams,
-        filler: Filler,
-        limits: RequestLimits,
-        metrics: ProxyMetrics,
-        publish: Callable[[], None],
-    ) -> None:
-        self._gate = gate
-        self._upstreams = upstreams
-        self._filler = filler
-        self._limits = limits
-        self._metrics = metrics
-        self._publish = publish
+    def __init__(self, parts: RouteParts) -> None:
+        self._parts = parts
+        self._gate = parts.gate
+        self._upstreams = parts.upstreams
+        self._filler = parts.filler
+        self._limits = parts.limits
+        self._failure = _json(500, render_error("internal error in the embedcache proxy"))
 
     async def handle(self, request: Request) -> Response:
         """Answer one request: counted, timed and published."""
-        started = time.perf_counter()
-        self._metrics.begin()
-        answer = _Answer(
-            _json(500, render_error("internal error in the embedcache proxy")), "error"
-        )
-        try:
-            answer = await self._answer(request)
-        except Exception:
-            log.exception("embedcache proxy: unexpected error")
-        self._metrics.observe(answer.outcome, time.perf_counter() - started)
-        note_access(request, answer.texts, answer.hits)
-        self._publish()  # before the answer: a report asked of any worker after it includes it
-        return answer.response
+        return await counted(self._parts, request, self._answer(request), self._failure)
 
-    async def _answer(self, request: Request) -> _Answer:
+    async def _answer(self, request: Request) -> Answer:
         decision = await self._gate.decision(bearer_of(request))
         if decision.status:
-            return _Answer(refusal_response(decision), "error")
+            return Answer(refusal_response(decision), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             outcome = self._read(raw, big=False)
-            if isinstance(outcome, _Answer):
+            if isinstance(outcome, Answer):
                 return outcome
             read = outcome
             parsed = read.parsed
@@ -129,12 +87,12 @@ class EmbeddingsRoute:
                     return inline
         return await self._filler.in_thread(partial(self._answer_fully, raw, read, upstream))
 
-    def _answer_fully(self, raw: bytes, read: _Read | None, upstream: JinaClient) -> _Answer:
+    def _answer_fully(self, raw: bytes, read: _Read | None, upstream: JinaClient) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
             outcome = self._read(raw, big=True)
-            if isinstance(outcome, _Answer):
+            if isinstance(outcome, Answer):
                 return outcome
             read = outcome
         parsed = read.parsed
@@ -143,20 +101,20 @@ class EmbeddingsRoute:
                 sent = upstream.forward(raw)
                 headers = {CACHED_HEADER: "0"}
                 response = Response(sent.content, sent.status, headers, sent.content_type)
-                return _Answer(response, "passthrough")
+                return Answer(response, "passthrough")
             answer = self._embed(read, parsed, upstream)
         except EmbedcacheError as exc:
             return _failure(exc, read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 
-    def _read(self, raw: bytes, *, big: bool) -> _Read | _Answer:
+    def _read(self, raw: bytes, *, big: bool) -> _Read | Answer:
         """The body parsed and checked against the limits, or the error answer; a ``big``
         one's texts are checked for length too, a slice at a time (in a fill thread)."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return _Answer(_json(422, render_error("the request body is not valid JSON")), "error")
+            return Answer(_json(422, render_error("the request body is not valid JSON")), "error")
         dialect = dialect_of(body)  # errors are answered in the client's own shape
         try:
             parsed = parse_request(body)
@@ -174,7 +132,7 @@ class EmbeddingsRoute:
             )
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
-            return _Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
+            return Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
         if big and parsed is not None:
             try:
                 refuse_overlong(parsed.texts, parsed.options)
@@ -188,7 +146,7 @@ class EmbeddingsRoute:
         parsed: EmbeddingsRequest,
         upstream: JinaClient,
         cached_only: bool = False,
-    ) -> _Answer | None:
+    ) -> Answer | None:
         """The answer from the caching core; ``None`` when ``cached_only`` and something
         is missing."""
         rendered = self._filler.render(parsed, upstream, cached_only)
@@ -199,7 +157,7 @@ class EmbeddingsRoute:
         cached = stats.hits + stats.coalesced
         response = _json(200, body, {CACHED_HEADER: str(cached)})
         outcome = "fetched" if stats.misses else "cached"
-        return _Answer(response, outcome, len(parsed.texts), cached)
+        return Answer(response, outcome, len(parsed.texts), cached)
 
 
 def _count(body: Any) -> int:
@@ -208,8 +166,8 @@ def _count(body: Any) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
-def _failure(exc: EmbedcacheError, dialect: str) -> _Answer:
+def _failure(exc: EmbedcacheError, dialect: str) -> Answer:
     status = error_status(exc)
     if status >= 500:
         log.warning("embedcache proxy: %s: %s", type(exc).__name__, redact_urls(str(exc)))
-    return _Answer(_json(status, render_error(exc, dialect, status)), "error")
+    return Answer(_json(status, render_error(exc, dialect, status)), "error")

@@ -1,14 +1,78 @@
-"""What the application's routes share in answering: a JSON response, and the request's
-figures for the server's access line."""
+"""What the application's embedding routes share in answering: the parts they are built
+from, a JSON response, and the bookkeeping around each answer (counted, timed, the
+request's figures for the server's access line, the board published)."""
 
 from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["json_response", "note_access"]
+if TYPE_CHECKING:
+    from .filling import Filler
+    from .gate import Gate
+    from .keys import Upstreams
+    from .limits import RequestLimits
+    from .metrics import ProxyMetrics
+
+__all__ = ["Answer", "RouteParts", "counted", "json_response", "note_access"]
 
 _JSON = "application/json"
+
+log = logging.getLogger("embedcache")
+
+
+@dataclass(frozen=True)
+class RouteParts:
+    """What an embedding route (Jina's, TEI's) is built from.
+
+    :param gate: access decisions, settled at the headers.
+    :param upstreams: each client key's upstream client.
+    :param filler: the caching core and its threads.
+    :param limits: the request limits.
+    :param metrics: where requests are counted and timed.
+    :param publish: puts this worker's counters on the board (before each answer).
+    """
+
+    gate: Gate
+    upstreams: Upstreams
+    filler: Filler
+    limits: RequestLimits
+    metrics: ProxyMetrics
+    publish: Callable[[], None]
+
+
+class Answer(NamedTuple):
+    """A route's answer, its outcome for the metrics, and its access-log figures."""
+
+    response: Response
+    outcome: str
+    texts: int = -1
+    hits: int = -1
+
+
+async def counted(
+    parts: RouteParts, request: Request, answer: Awaitable[Answer], failure: Response
+) -> Response:
+    """Await ``answer`` to ``request``: counted and timed, its figures noted for the access
+    line, and the board published before it is sent (a report asked of any worker after it
+    includes it). An unexpected error is logged and answered with ``failure``."""
+    started = time.perf_counter()
+    parts.metrics.begin()
+    result = Answer(failure, "error")
+    try:
+        result = await answer
+    except Exception:
+        log.exception("embedcache proxy: unexpected error")
+    parts.metrics.observe(result.outcome, time.perf_counter() - started)
+    note_access(request, result.texts, result.hits)
+    parts.publish()
+    return result.response
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:

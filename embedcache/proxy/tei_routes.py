@@ -6,11 +6,8 @@ call of the caching core per task of the request, errors in TEI's shape.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,25 +16,16 @@ from ..embedding.counters import Stats
 from ..errors import EmbedcacheError
 from ..upstream.jina import JinaClient
 from . import tei
-from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Filler
-from .gate import Gate, bearer_of, refusal_response
+from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
+from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
-from .keys import Upstreams
-from .limits import RequestLimits, answer_bytes, refuse_overlong
-from .metrics import ProxyMetrics
-from .responses import json_response, note_access
+from .limits import answer_bytes, refuse_overlong
+from .responses import Answer, RouteParts, counted, json_response
 from .wire import EmbeddingsRequest, redact_urls
 
 __all__ = ["TeiRoutes"]
 
 log = logging.getLogger("embedcache")
-
-
-class _Answer(NamedTuple):
-    response: Response
-    outcome: str
-    texts: int = -1
-    hits: int = -1
 
 
 @dataclass
@@ -56,67 +44,40 @@ class TeiRoutes:
     :param model: the model TEI requests are answered with (they name none).
     :param task: the task of a text without a ``<task>: `` prefix.
     :param concurrency: what ``/info`` reports as the most concurrent requests.
-    :param gate: the access decisions.
-    :param upstreams: each client key's upstream client.
-    :param filler: the caching core and its threads.
-    :param limits: the request limits.
-    :param metrics: where requests are counted and timed.
-    :param publish: puts this worker's counters on the board (before each answer).
+    :param parts: what the route is built from, as ``/v1/embeddings``.
     """
 
-    def __init__(
-        self,
-        model: str,
-        task: str | None,
-        concurrency: int,
-        *,
-        gate: Gate,
-        upstreams: Upstreams,
-        filler: Filler,
-        limits: RequestLimits,
-        metrics: ProxyMetrics,
-        publish: Callable[[], None],
-    ) -> None:
+    def __init__(self, model: str, task: str | None, concurrency: int, parts: RouteParts) -> None:
         self._model = model
         self._task = task
         self._concurrency = concurrency
-        self._gate = gate
-        self._upstreams = upstreams
-        self._filler = filler
-        self._limits = limits
-        self._metrics = metrics
-        self._publish = publish
+        self._parts = parts
+        self._gate = parts.gate
+        self._upstreams = parts.upstreams
+        self._filler = parts.filler
+        self._limits = parts.limits
+        message = "internal error in the embedcache proxy"
+        self._failure = json_response(500, tei.render_error(message, "backend"))
 
     async def embed(self, request: Request) -> Response:
         """TEI's ``POST /embed``: counted, timed and published like a Jina request."""
-        started = time.perf_counter()
-        self._metrics.begin()
-        message = "internal error in the embedcache proxy"
-        answer = _Answer(json_response(500, tei.render_error(message, "backend")), "error")
-        try:
-            answer = await self._answer(request)
-        except Exception:
-            log.exception("embedcache proxy: unexpected error")
-        self._metrics.observe(answer.outcome, time.perf_counter() - started)
-        note_access(request, answer.texts, answer.hits)
-        self._publish()
-        return answer.response
+        return await counted(self._parts, request, self._answer(request), self._failure)
 
     async def info(self, request: Request) -> Response:
         """TEI's ``GET /info``: the model served (settings only, nothing from the cache, so
         open like ``/health``)."""
         return json_response(200, tei.render_info(self._model, self._task, self._concurrency))
 
-    async def _answer(self, request: Request) -> _Answer:
+    async def _answer(self, request: Request) -> Answer:
         decision = await self._gate.decision(bearer_of(request))
         if decision.status:
-            return _Answer(refusal_response(decision, on_tei=True), "error")
+            return Answer(refusal_response(decision, on_tei=True), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             read = self._read(raw, big=False)
-            if isinstance(read, _Answer):
+            if isinstance(read, Answer):
                 return read
             work = read
             if work.parsed.count <= INLINE_TEXTS:
@@ -128,12 +89,12 @@ class TeiRoutes:
                     return _assembled(work)
         return await self._filler.in_thread(partial(self._answer_fully, raw, work, upstream))
 
-    def _answer_fully(self, raw: bytes, work: _Work | None, upstream: JinaClient) -> _Answer:
+    def _answer_fully(self, raw: bytes, work: _Work | None, upstream: JinaClient) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
             read = self._read(raw, big=True)
-            if isinstance(read, _Answer):
+            if isinstance(read, Answer):
                 return read
             work = read
         try:
@@ -143,7 +104,7 @@ class TeiRoutes:
             return _failure(exc)
         return _assembled(work)
 
-    def _read(self, raw: bytes, *, big: bool) -> _Work | _Answer:
+    def _read(self, raw: bytes, *, big: bool) -> _Work | Answer:
         """The body parsed and checked against the limits, or the error answer; a ``big``
         one's texts are checked for length too, a slice at a time (in a fill thread)."""
         try:
@@ -160,7 +121,7 @@ class TeiRoutes:
             problem = self._limits.answer_problem(estimate)
         if problem:
             body = tei.render_error(problem, "validation")
-            return _Answer(json_response(413, body), "error", parsed.count)
+            return Answer(json_response(413, body), "error", parsed.count)
         try:
             for group in parsed.groups if big else ():
                 refuse_overlong(group.texts, group.options)
@@ -180,7 +141,7 @@ class TeiRoutes:
                 work.done[index] = self._filler.render(group, upstream, cached_only)
 
 
-def _assembled(work: _Work) -> _Answer:
+def _assembled(work: _Work) -> Answer:
     """The answer of a request whose every group is answered: in input order."""
     answers: list[bytes] = [b""] * work.parsed.count
     cached, fetched = 0, False
@@ -192,11 +153,11 @@ def _assembled(work: _Work) -> _Answer:
         cached += stats.hits + stats.coalesced
         fetched = fetched or bool(stats.misses)
     response = json_response(200, tei.render_embed(answers), {CACHED_HEADER: str(cached)})
-    return _Answer(response, "fetched" if fetched else "cached", work.parsed.count, cached)
+    return Answer(response, "fetched" if fetched else "cached", work.parsed.count, cached)
 
 
-def _failure(exc: EmbedcacheError | tei.TeiInputError) -> _Answer:
+def _failure(exc: EmbedcacheError | tei.TeiInputError) -> Answer:
     status, body = tei.render_failure(exc)
     if status >= 500:
         log.warning("embedcache proxy: %s: %s", type(exc).__name__, redact_urls(str(exc)))
-    return _Answer(json_response(status, body), "error")
+    return Answer(json_response(status, body), "error")
