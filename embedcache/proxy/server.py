@@ -115,8 +115,9 @@ def _listen(host: str, port: int, count: int) -> list[socket.socket]:
     """The server's listening sockets, one per worker; a port in use is an error now.
 
     One worker: one plain socket. Several: one socket each in one ``SO_REUSEPORT`` group,
-    so the kernel spreads connections evenly over the workers (a socket they all shared
-    left one worker with most of them: 0.83x the hits/s in one run). ``SO_REUSEPORT`` alone
+    so the kernel spreads connections evenly over the workers (with one socket they all
+    shared, the busiest of two took 61% of 32 connections on average, at times all of
+    them: whichever woke first accepted them). ``SO_REUSEPORT`` alone
     would also let a second server join the port, so the port is first claimed by a socket
     without it (failing if anything listens there), and once the group listens, any
     listener on the port that is not one of ours (a server started at the same instant)
