@@ -35,6 +35,10 @@ class _Group(Group):
             return super().invoke(ctx)
         except EmbedcacheError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except BrokenPipeError:
+            # The reader went away (`embedcache ls | head -1`): click stops quietly, as git
+            # does, where a message would only say "Broken pipe".
+            raise
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}") from None
 

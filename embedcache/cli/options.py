@@ -242,7 +242,10 @@ class Group(click.Group):
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click.Group.format_options is where the list of commands is written: replacing
+        # it must write that list too, or `embedcache --help` names no command.
         _format_options(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
 
 
 def _format_options(
