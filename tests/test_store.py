@@ -218,3 +218,23 @@ def test_named_settings_are_shared_by_every_store_on_the_directory(cache_dir: Pa
     with Store(cache_dir) as reopened:
         assert reopened.setting("float_style http://upstream") == "float64"
         assert reopened.fingerprints() == {}  # settings are not request fingerprints
+
+
+def test_groups_name_fingerprints_as_the_settings_do_whatever_their_top_bit(
+    cache_dir: Path,
+) -> None:
+    # Eight kinds of entry: ids are hashes, so some have the top bit set (checked below),
+    # which SQLite holds as a negative integer.
+    kinds = [
+        RequestOptions("jina-embeddings-v3", task=task, dimensions=dims)
+        for task in ("retrieval.passage", "retrieval.query")
+        for dims in (32, 64, 128, 256)
+    ]
+    with Store(cache_dir) as store:
+        for options in kinds:
+            fp = fingerprint(options)
+            vector = np.ones(options.dimensions or 8, np.float32)
+            store.put_many(fp, [(text_keys(fp, ["a"])[0], vector, 1.0)])
+        ids = [fp_id for fp_id, _, _, _ in store.groups()]
+        assert any(fp_id >= 1 << 63 for fp_id in ids)
+        assert sorted(ids) == sorted(store.fingerprints())

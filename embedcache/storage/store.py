@@ -418,8 +418,11 @@ class Store:
         """``(fingerprint id, dimension, entries, tokens recorded)`` of each kind of entry,
         from the index alone: no vector is read (so damaged vectors count too; see
         :meth:`scan`)."""
+        # The index stores ids as SQLite's signed integers; everything above it (the
+        # settings of fingerprints() among them) knows them unsigned.
         return [
-            (fp_id, dim, count, milli / 1000.0) for fp_id, dim, count, milli in self._index.groups()
+            (unsigned(fp_id), dim, count, milli / 1000.0)
+            for fp_id, dim, count, milli in self._index.groups()
         ]
 
     def vector_bytes(self) -> int:
