@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -740,3 +741,20 @@ def test_module_runs_the_emulator_until_interrupted() -> None:
         out, err = process.communicate(timeout=10)
     assert process.returncode == 0
     assert API_KEY not in out + err
+
+
+def test_the_emulator_on_a_port_in_use_fails_in_one_line_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "embedcache.testing", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"python -m embedcache.testing: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

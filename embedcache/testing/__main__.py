@@ -52,19 +52,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM too, so a supervisor (or a test) stops it as cleanly as Ctrl-C does.
         previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
-        with JinaEmulator(
+        emulator = JinaEmulator(
             api_key=args.api_key,
             host=args.host,
             port=args.port,
             latency=args.latency,
             rate_limits=limits if limited else None,
             float_style=args.float_style,
-        ) as emulator:
+        )
+        try:
+            emulator.start()
+        except OSError as exc:
+            shown = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+            parser.exit(1, f"{parser.prog}: cannot listen on {shown}: {exc.strerror or exc}\n")
+        try:
             print(emulator.url, flush=True)  # alone on stdout, so scripts can read it
             print("Jina emulator running; press Ctrl-C to stop", file=sys.stderr, flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while not done.wait(0.5):
                     pass
+        finally:
+            emulator.stop()
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

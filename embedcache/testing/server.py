@@ -95,10 +95,11 @@ class EmulatorServer(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
         # serve_forever polls for shutdown, so every stop() would cost a poll interval; this
-        # pair wakes the accept loop at once instead.
+        # pair wakes the accept loop at once instead. Made before binding: a failed bind
+        # (a port in use) calls server_close, which closes it.
         self._wake_reader, self._wake_writer = socket.socketpair()
+        super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN (a DNS lookup); plain TCP bind
