@@ -75,6 +75,7 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
     """
     if not isinstance(body, dict):
         raise InvalidInputError("the request body must be a JSON object")
+    _refuse_token_ids(body.get("input"))  # in either dialect: no Jina model takes them
     if dialect_of(body) == "openai":
         _check_openai(body)  # nothing of it can be forwarded: Jina speaks another dialect
     if not body.keys() <= _KNOWN_FIELDS:
@@ -124,13 +125,18 @@ def _check_openai(body: Mapping[str, Any]) -> None:
     if isinstance(value, list) and not value:
         raise InvalidInputError("input is empty: send a string or a list of strings")
     items = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and any(isinstance(item, (int, list)) for item in items):
-        raise InvalidInputError("input holds token ids; Jina embeds text: send the strings")
     if not all(isinstance(item, str) for item in items):
         raise InvalidInputError("input must be a string or a list of strings")
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in CACHEABLE_EMBEDDING_TYPES:
         raise InvalidInputError(f"encoding_format must be float or base64, got {encoding!r}")
+
+
+def _refuse_token_ids(value: object) -> None:
+    """Token ids (``[1, 2, 3]`` or ``[[1, 2], [3]]``, as OpenAI's API takes them) are no
+    input of any Jina model: refused here rather than forwarded to be refused upstream."""
+    if isinstance(value, list) and any(isinstance(item, (int, list)) for item in value):
+        raise InvalidInputError("input holds token ids; Jina embeds text: send the strings")
 
 
 def _model_and_task(model: str, task: object) -> tuple[str, object]:
