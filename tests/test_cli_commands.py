@@ -127,7 +127,8 @@ def test_unusable_cache_dir_is_a_one_line_error(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = invoke("stats", cache_dir=blocker / "cache", base_url=emulator.url)
+    # A command that may create the cache (stats and the other readers refuse a missing one).
+    result = invoke("clear", "--yes", cache_dir=blocker / "cache", base_url=emulator.url)
     assert "CacheError: cannot prepare cache" in one_line_error(result)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from embedcache.cache_keys import fingerprint, text_keys
@@ -45,3 +46,20 @@ def test_ls_into_a_reader_that_stops_early_ends_quietly(cache_dir: Path) -> None
         errors = process.stderr.read()
         process.wait(timeout=60)
     assert errors == b""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["stats"], ["ls"], ["inspect", "x"], ["verify"], ["export", "--out", "exported"]],
+    ids=["stats", "ls", "inspect", "verify", "export"],
+)
+def test_a_reading_command_at_a_missing_cache_fails_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    typo = tmp_path / "cahce"
+    result = CliRunner().invoke(main, ["--cache-dir", str(typo), *args])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: CacheError: no embedcache cache at {typo}"
+    ]
+    assert not typo.exists()

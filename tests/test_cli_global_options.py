@@ -17,7 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from embedcache import JinaEmbeddingFunction
+from embedcache import JinaEmbeddingFunction, Store
 from embedcache.cli import main
 from embedcache.cli.options import GLOBAL_OPTION_NAMES, Command
 from embedcache.testing import JinaEmulator
@@ -203,6 +203,7 @@ def test_a_value_given_before_the_name_is_not_undone_by_a_default_after_it(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # --redis-prefix has a default; `stats` not being given one must not reset it.
+    Store(tmp_path / "c").close()  # stats reads only an existing cache
     argv = ["--redis-prefix", "team", "stats", "--cache-dir", str(tmp_path / "c")]
     result = CliRunner().invoke(main, [*argv, "--redis-url", redis_server.url, "--json"])
     assert as_json(result)["shared"]["prefix"] == "team"
@@ -210,6 +211,7 @@ def test_a_value_given_before_the_name_is_not_undone_by_a_default_after_it(
 
 def test_the_value_after_the_command_name_wins(tmp_path: Path) -> None:
     before, after = tmp_path / "before", tmp_path / "after"
+    Store(after).close()  # stats reads only an existing cache
     argv = ["--cache-dir", str(before), "stats", "--cache-dir", str(after), "--json"]
     assert as_json(CliRunner().invoke(main, argv))["directory"] == str(after)
     assert not before.exists()

@@ -111,6 +111,7 @@ def test_cli_redis_url_without_redis_is_aone_line_error(
     monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
     _missing(monkeypatch, "redis", "redis.backoff", "redis.retry")
+    Store(cache_dir).close()  # stats reads only an existing cache
     args = ["--cache-dir", str(cache_dir), "--redis-url", "redis://127.0.0.1:1/0", "stats"]
     line = one_line_error(CliRunner().invoke(main, args))
     assert line.endswith("pip install 'embedcache[redis]'")

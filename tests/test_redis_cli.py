@@ -162,6 +162,7 @@ def test_stats_shows_the_shared_tier(
     cli: Invoke,
 ) -> None:
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    ok(cli("bob", "clear", "--yes"))  # bob's empty cache: stats reads only an existing one
     assert as_json(cli("bob", "stats", "--json"))["shared"] is None
     stats = as_json(cli("bob", "stats", "--json", url=redis_server.url))
     assert stats["entries"] == 0  # bob's own disk
@@ -278,8 +279,9 @@ def test_maintenance_calls_walk_the_namespace_a_page_per_round_trip(
 
 
 def test_a_malformed_redis_url_is_a_one_line_error_without_the_password(
-    cli: Invoke,
+    cli: Invoke, tmp_path: Path
 ) -> None:
+    Store(tmp_path / "alice").close()  # stats reads only an existing cache
     result = cli("alice", "stats", url="redis://:hunter2secret@127.0.0.1:notaport/0")
     assert "InvalidInputError: bad Redis URL" in one_line_error(result)
     assert "hunter2secret" not in result.output

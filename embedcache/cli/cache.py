@@ -46,7 +46,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     any size of cache; `embedcache verify` reads and checks every vector."""
     from ..maintenance import inventory
 
-    parts = cli.open(shared_strict=True)
+    parts = cli.open(existing=True, shared_strict=True)
     summary = inventory.summarize(parts.store)
     shared = parts.shared
     tier: dict[str, Any] | None = None
@@ -116,7 +116,8 @@ def ls(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    page = itertools.islice(inventory.entries(cli.open().store, filters), offset, offset + limit)
+    store = cli.open(existing=True).store
+    page = itertools.islice(inventory.entries(store, filters), offset, offset + limit)
     # Streamed as found, JSON too (the same text as echo_json of the whole list): a large
     # LIMIT costs no memory, and the first line comes at once.
     shown = 0
@@ -169,7 +170,7 @@ def inspect(
         options = build_options(model, task, dimensions, late_chunking, truncate)
         fp = fingerprint(options)
         key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
-    store = cli.open().store
+    store = cli.open(existing=True).store
     record = store.get_many([key])[0]
     settings = store.fingerprints().get(record.fingerprint_id, {}) if record else {}
     info = {
@@ -277,7 +278,7 @@ def export(
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since)
-    written = inventory.export(cli.open().store, filters, out, parquet=parquet)
+    written = inventory.export(cli.open(existing=True).store, filters, out, parquet=parquet)
     if as_json:
         echo_json({"files": [str(p) for p in written]})
     else:
@@ -382,7 +383,7 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
     from ..maintenance import inventory
     from ..maintenance.sharing import verify_shared
 
-    parts = cli.open(shared_strict=True)
+    parts = cli.open(existing=True, shared_strict=True)
     store, shared = parts.store, parts.shared
     report = inventory.verify(store)
     remote = verify_shared(shared) if shared is not None else None

@@ -28,8 +28,9 @@ from ..config import (
     DEFAULT_REDIS_PREFIX,
     DEFAULT_TASK,
     PRICE_ENV,
+    resolve_cache_dir,
 )
-from ..errors import EmbedcacheError
+from ..errors import CacheError, EmbedcacheError
 from ..models import RequestOptions, resolve_options
 from ..upstream.limiter import TIERS, Limits, resolve_limits
 
@@ -168,12 +169,21 @@ class CliContext:
         }
         return CacheSettings(**{**given, **overrides})
 
-    def open(self, **overrides: Any) -> Assembly:
+    def open(self, *, existing: bool = False, **overrides: Any) -> Assembly:
         """The cache's parts (see :class:`~embedcache.assembly.Assembly`) built from
-        :meth:`settings`; closed when the command ends."""
-        from ..assembly import Assembly
+        :meth:`settings`; closed when the command ends.
 
-        parts = Assembly(self.settings(**overrides))
+        :param existing: the command only reads the cache: a directory that holds none (a
+            mistyped ``--cache-dir``) is an error, and nothing is created there.
+        :raises CacheError: with ``existing``, no cache at the directory.
+        """
+        from ..assembly import Assembly
+        from ..storage.store import Store
+
+        settings = self.settings(**overrides)
+        if existing and not Store.exists(settings.cache_dir):
+            raise CacheError(f"no embedcache cache at {resolve_cache_dir(settings.cache_dir)}")
+        parts = Assembly(settings)
         click.get_current_context().call_on_close(parts.close)
         return parts
 

@@ -244,6 +244,12 @@ class Store:
             self._meta.set(_SIZE_LIMIT, size_limit or None)
         restrict_permissions(self.directory)
 
+    @staticmethod
+    def exists(directory: str | os.PathLike[str] | None = None) -> bool:
+        """Whether ``directory`` (resolved as the constructor does) holds a cache, without
+        creating anything."""
+        return (resolve_cache_dir(directory) / MARKER_NAME).is_file()
+
     def _open_parts(self) -> None:
         """Open the claims, segments, index and metadata (errors as :class:`CacheError`)."""
         try:
