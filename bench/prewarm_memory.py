@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import write_section
+from results import baseline_tree, write_section
 
 SECTION = "prewarm-memory"
 HERE = Path(__file__).resolve().parent
@@ -77,17 +77,6 @@ def corpus(path: Path, lines: int) -> None:
                 if len(fresh) < 100_000:  # repeats come from the first 100,000 lines
                     fresh.append(line)
             handle.write(line + "\n")
-
-
-def checkout(root: Path, rev: str) -> Path:
-    """A work tree of this repository at ``rev`` (the code as it was, for comparison)."""
-    tree = root / f"baseline-{rev}"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
-        check=True,
-        capture_output=True,
-    )
-    return tree
 
 
 def measured(command: list[str], source: Path, log: Path) -> tuple[float, float, str]:
@@ -290,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         emulator = Emulator(root / "emulator.log")
         try:
             if args.baseline is not None:
-                trees[f"baseline {args.baseline}"] = checkout(root, args.baseline)
+                trees[f"baseline {args.baseline}"] = baseline_tree(root, args.baseline)
             rows = list(prewarm_runs(root, sizes, trees, emulator, fills))
             rows += rebuild_runs(root, rebuilds, trees)
         finally:

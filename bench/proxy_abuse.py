@@ -66,7 +66,7 @@ from abuseclients import (
 )  # fmt: skip
 from loadclient import HOST, KEY, body_of
 from loadservers import Emulator, child_setup
-from results import write_section
+from results import baseline_tree, write_section
 
 SECTION = "proxy-abuse"
 HERE = Path(__file__).resolve().parent
@@ -403,17 +403,6 @@ def code_at(label: str, tree: Path, args: Sequence[str]) -> Code:
     return Code(label, tree, tuple(args), tuple(o for o in HARDENING if o in helptext))
 
 
-def checkout(root: Path, rev: str) -> Path:
-    """A work tree of this repository at ``rev`` (the server as it was, for comparison)."""
-    tree = root / f"baseline-{rev}"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
-        check=True,
-        capture_output=True,
-    )
-    return tree
-
-
 def report(
     command: str, codes: list[Code], found: dict[str, list[Figure]], notes: list[str], load: float
 ) -> str:
@@ -479,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             codes = [code_at("today", ROOT, shlex.split(args.serve_args))]
             if args.baseline:
-                codes.append(code_at(f"at {args.baseline}", checkout(root, args.baseline), ()))
+                codes.append(code_at(f"at {args.baseline}", baseline_tree(root, args.baseline), ()))
             bench = Bench(root, sizes, emulator, args.rss_cap, {})
             for code in codes:
                 prewarm(bench, code)

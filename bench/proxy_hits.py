@@ -59,7 +59,7 @@ from loadservers import (
     start_floor,
     wrk_script,
 )
-from results import write_section
+from results import baseline_tree, write_section
 
 SECTION = "proxy-hits"
 HERE = Path(__file__).resolve().parent
@@ -133,17 +133,6 @@ def start_proxy(
     return Server(name, command, port, log, env=env, **where)
 
 
-def checkout(root: Path, rev: str) -> Path:
-    """A work tree of this repository at ``rev`` (the proxy as it was, for comparison)."""
-    tree = root / f"baseline-{rev}"
-    subprocess.run(
-        ["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(tree), rev],
-        check=True,
-        capture_output=True,
-    )
-    return tree
-
-
 def prewarm(server: Server, bodies: Sequence[bytes], counts: Sequence[int]) -> None:
     """Send every body once (the misses are fetched and cached) and check the answers:
     ``counts[i]`` embeddings for ``bodies[i]``."""
@@ -189,7 +178,7 @@ def run(root: Path, seconds: int, baseline: str | None) -> tuple[list[Row], dict
             start_proxy(root, emulator, "embedcache serve --workers 1", "--workers", "1"),
         ]
         if baseline is not None:
-            tree = checkout(root, baseline)
+            tree = baseline_tree(root, baseline)
             servers.append(
                 start_proxy(root, emulator, f"embedcache serve at {baseline}", source=tree)
             )

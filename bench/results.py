@@ -5,14 +5,19 @@
 lines. Each writer keeps what it does not own: :func:`write_section` replaces (or appends)
 one section and leaves the rest of the file alone; :func:`write_report` replaces the main
 report and carries every marked section of the old file over, after it.
+:func:`baseline_tree` gives a script the code of an older revision to measure beside
+today's in the same run (``--baseline REV``).
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
-__all__ = ["RESULTS", "replace_section", "sections", "write_report", "write_section"]
+__all__ = [
+    "RESULTS", "baseline_tree", "replace_section", "sections", "write_report", "write_section",
+]  # fmt: skip
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 _SECTION = re.compile(r"<!-- ([\w-]+):start -->\n.*?<!-- \1:end -->\n?", re.DOTALL)
@@ -49,3 +54,15 @@ def write_report(report: str, path: Path = RESULTS) -> None:
     for section in sections(old).values():
         text += "\n" + section
     path.write_text(text, encoding="utf-8")
+
+
+def baseline_tree(root: Path, rev: str) -> Path:
+    """A work tree of this repository at ``rev`` under ``root`` (the code as it was, for
+    comparison); the caller prunes work trees (``git worktree prune``) once ``root`` is gone."""
+    tree = root / f"baseline-{rev}"
+    subprocess.run(
+        ["git", "-C", str(RESULTS.parent.parent), "worktree", "add", "--detach", str(tree), rev],
+        check=True,
+        capture_output=True,
+    )
+    return tree
