@@ -23,6 +23,7 @@ from .config import (
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
+    resolve_upstream_id,
 )
 from .embedding.embedder import CachedEmbedder
 from .storage.shared import RedisStore, open_shared
@@ -43,6 +44,9 @@ class CacheSettings:
     :param cache_dir: cache directory (``None``: ``EMBEDCACHE_DIR`` or the user cache dir).
     :param size_limit: see :class:`~embedcache.storage.store.Store`.
     :param base_url: API root (``None``: ``EMBEDCACHE_BASE_URL`` or Jina's).
+    :param upstream_as: cache the answers as this upstream's (a URL, or a name), declaring
+        the base URL equivalent to it, e.g. a gateway in front of ``https://api.jina.ai``
+        (``None``: ``EMBEDCACHE_UPSTREAM_AS``, else the base URL itself).
     :param api_key: the key misses are paid with (``None``: ``JINAAI_API_KEY`` /
         ``JINA_API_KEY``, read at the first miss). Never shown in ``repr``.
     :param timeout: seconds to wait for each response.
@@ -65,6 +69,7 @@ class CacheSettings:
     cache_dir: str | os.PathLike[str] | None = None
     size_limit: int | None = None
     base_url: str | None = None
+    upstream_as: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -128,6 +133,12 @@ class Assembly:
         return self._given_upstream if self._given_upstream is not None else self.client
 
     @functools.cached_property
+    def upstream_id(self) -> str:
+        """The upstream this cache's entries are fetched from and looked up as: part of every
+        key, so one upstream's vectors are never another's hits."""
+        return resolve_upstream_id(self.settings.base_url, self.settings.upstream_as)
+
+    @functools.cached_property
     def shared(self) -> RedisStore | None:
         """The shared Redis tier, or ``None`` when no URL is configured."""
         s = self.settings
@@ -158,6 +169,7 @@ class Assembly:
             coalesce=s.coalesce,
             memory_bytes=s.memory_bytes,
             shared=self.shared,
+            upstream_id=self.upstream_id,
         )
         return self._opened(embedder, CachedEmbedder.close)
 

@@ -4,6 +4,12 @@ The fingerprint is derived from :meth:`RequestOptions.body_fields`, the very dic
 sent upstream, so a field that reaches the API cannot be missing from the key. Absent fields
 are absent from the fingerprint, which keeps "not sent" apart from any explicit value.
 
+The upstream that answers is part of the fingerprint too (:func:`~embedcache.config.upstream_id`),
+so a vector from the emulator, a staging server or a self-hosted model is never a hit for
+another upstream. Jina's API is the exception that keeps old caches whole: its fingerprint
+has no upstream field, exactly as every fingerprint had before upstreams were recorded, so
+entries written then are read as Jina's.
+
 * Ordinary request: ``key = xxh3_128(fingerprint || utf-8 text)``. The fingerprint is JSON
   ending in a NUL byte, which neither JSON nor the separator can contain elsewhere, so the
   boundary between fingerprint and text is unambiguous.
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .config import KEY_VERSION
+from .config import DEFAULT_UPSTREAM_ID, KEY_VERSION
 from .errors import InvalidInputError
 from .models import RequestOptions
 
@@ -35,7 +41,8 @@ _POSITION = struct.Struct("<I")
 class Fingerprint:
     """The canonical encoding of everything but the input that shapes a vector.
 
-    :ivar canonical: compact, key-sorted JSON of the key version and request fields.
+    :ivar canonical: compact, key-sorted JSON of the key version, the request fields and
+        (unless it is Jina's API) the upstream.
     :ivar prefix: ``canonical`` as UTF-8 plus a NUL separator; hashed in front of every text.
     :ivar id: 64-bit hash of ``canonical``; stored with each entry so entries can be grouped
         by request settings without the text.
@@ -64,11 +71,20 @@ class Fingerprint:
         fields: dict[str, object] = json.loads(self.canonical)["request"]
         return fields
 
+    @property
+    def upstream(self) -> str:
+        """The upstream whose answers these entries are (Jina's API when none is recorded)."""
+        return str(json.loads(self.canonical).get("upstream", DEFAULT_UPSTREAM_ID))
 
-def fingerprint(options: RequestOptions) -> Fingerprint:
-    """Fingerprint the request fields of ``options`` under the current key version."""
+
+def fingerprint(options: RequestOptions, upstream: str = DEFAULT_UPSTREAM_ID) -> Fingerprint:
+    """Fingerprint the request fields of ``options`` under the current key version, as
+    answered by ``upstream`` (an :func:`~embedcache.config.upstream_id`)."""
+    described: dict[str, object] = {"key_version": KEY_VERSION, "request": options.body_fields()}
+    if upstream != DEFAULT_UPSTREAM_ID:
+        described["upstream"] = upstream
     canonical = json.dumps(
-        {"key_version": KEY_VERSION, "request": options.body_fields()},
+        described,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,

@@ -16,7 +16,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from .errors import AuthenticationError
+from .errors import AuthenticationError, InvalidInputError
 
 VERSION = "0.1.0"
 
@@ -73,6 +73,7 @@ CONCURRENT_REQUESTS_ENV = "EMBEDCACHE_CONCURRENT_REQUESTS"
 OLD_CONCURRENT_REQUESTS_ENV = "EMBEDCACHE_MAX_CONCURRENCY"
 PROXY_TOKEN_ENV = "EMBEDCACHE_PROXY_TOKEN"  # noqa: S105
 ADMIN_TOKEN_ENV = "EMBEDCACHE_ADMIN_TOKEN"  # noqa: S105
+UPSTREAM_AS_ENV = "EMBEDCACHE_UPSTREAM_AS"
 
 #: Every variable of embedcache's own, and what it sets: the one list the tests scrub, and
 #: the README's configuration table.
@@ -91,6 +92,7 @@ ENVIRONMENT: dict[str, str] = {
     OLD_CONCURRENT_REQUESTS_ENV: f"old name of {CONCURRENT_REQUESTS_ENV} (read, with a warning)",
     PROXY_TOKEN_ENV: "embedcache serve: the bearer token clients must send",
     ADMIN_TOKEN_ENV: "embedcache serve: the bearer token of /metrics and /admin",
+    UPSTREAM_AS_ENV: "cache as if answered by this upstream (a gateway in front of it)",
 }
 #: Platform conventions read only for the default cache directory; tests point them at a
 #: temporary directory rather than scrub them.
@@ -158,6 +160,42 @@ def without_userinfo(url: str) -> str:
     """``url`` without its ``user:password@``, if it has one (the query is kept)."""
     head, authority, tail = _split_url(url)
     return head + authority.rpartition("@")[2] + tail
+
+
+def upstream_id(url: str) -> str:
+    """The name under which entries fetched from ``url`` are cached: the URL without
+    credentials, query or fragment, its scheme and host in lower case, a default port and a
+    trailing slash dropped (``https://API.jina.ai:443/`` is ``https://api.jina.ai``). A
+    value without a scheme (a name given to ``--upstream-as``) is kept as written."""
+    url = url.strip()
+    if not _SCHEME.match(url):
+        return url
+    parts = urllib.parse.urlsplit(without_userinfo(url))
+    scheme, host = parts.scheme.lower(), parts.netloc.lower()
+    default_port = {"https": ":443", "http": ":80"}.get(scheme)
+    if default_port and host.endswith(default_port):
+        host = host[: -len(default_port)]
+    return f"{scheme}://{host}{parts.path}".rstrip("/")
+
+
+#: The upstream whose entries carry no upstream in their key: Jina's API, the default, so
+#: every entry written before upstreams were recorded keeps its key (and is read as Jina's).
+DEFAULT_UPSTREAM_ID = upstream_id(DEFAULT_BASE_URL)
+
+
+def resolve_upstream_id(base_url: str | None, upstream_as: str | None = None) -> str:
+    """The upstream entries are cached under: ``upstream_as`` (else ``EMBEDCACHE_UPSTREAM_AS``),
+    a declared equivalence such as a gateway in front of Jina's API, else the base URL's
+    own (:func:`upstream_id`).
+
+    :raises InvalidInputError: ``upstream_as`` is blank.
+    """
+    declared = upstream_as if upstream_as is not None else os.environ.get(UPSTREAM_AS_ENV)
+    if declared is not None and declared.strip():
+        return upstream_id(declared)
+    if upstream_as is not None:
+        raise InvalidInputError("the upstream to cache as is empty")
+    return upstream_id(resolve_base_url(base_url))
 
 
 def url_secrets(url: str) -> frozenset[str]:

@@ -68,7 +68,14 @@ def global_options() -> list[click.Option]:
         click.Option(
             ["--base-url"],
             metavar="URL",
-            help="Jina API root (default: $EMBEDCACHE_BASE_URL or api.jina.ai).",
+            help="Jina API root (default: $EMBEDCACHE_BASE_URL or api.jina.ai). Part of "
+            "every cache key: another upstream's vectors are never hits.",
+        ),
+        click.Option(
+            ["--upstream-as"],
+            metavar="URL",
+            help="Cache as if --base-url were this upstream, to share its entries (a "
+            "gateway in front of https://api.jina.ai) (default: $EMBEDCACHE_UPSTREAM_AS).",
         ),
         click.Option(
             ["--redis-url"],
@@ -131,6 +138,7 @@ class CliContext:
 
     cache_dir: Path | None
     base_url: str | None
+    upstream_as: str | None = None
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_ttl: int | None = None
@@ -144,6 +152,7 @@ class CliContext:
         return cls(
             cache_dir=given.get("cache_dir"),
             base_url=given.get("base_url"),
+            upstream_as=given.get("upstream_as"),
             redis_url=given.get("redis_url"),
             redis_prefix=given.get("redis_prefix", DEFAULT_REDIS_PREFIX),
             redis_ttl=given.get("redis_ttl"),
@@ -162,6 +171,7 @@ class CliContext:
         given = {
             "cache_dir": self.cache_dir,
             "base_url": self.base_url,
+            "upstream_as": self.upstream_as,
             "limits": self.limits,
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,

@@ -17,6 +17,7 @@ from ..config import (
     PROXY_TOKEN_ENV,
     redact_url,
     resolve_offline,
+    upstream_id,
 )
 from ..errors import InvalidInputError
 from ..extras import requires
@@ -367,7 +368,12 @@ def serve(
         # Shown without any user:password the URL carries (banner, --json).
         upstream_url, directory = redact_url(parts.client.base_url), parts.store.directory
         shared = parts.shared.location if parts.shared is not None else None
-    where = f"{upstream_url} (cache {directory}" + (f", shared {shared}" if shared else "")
+        cached_as = parts.upstream_id
+    where = (
+        f"{upstream_url} (cache {directory}"
+        + (f", cached as {cached_as}" if cached_as != upstream_id(upstream_url) else "")
+        + (f", shared {shared}" if shared else "")
+    )
 
     def make_proxy(board: Board, worker: int) -> Proxy:
         return Proxy(settings, board=board, worker=worker)
@@ -384,8 +390,8 @@ def serve(
         if as_json:  # echoed and flushed before any worker is forked: printed once
             echo_json(
                 {"url": url, "host": host, "port": port, "upstream": upstream_url,
-                 "cache_dir": str(directory), "shared": shared, "offline": cache.offline,
-                 "workers": workers},
+                 "cached_as": cached_as, "cache_dir": str(directory), "shared": shared,
+                 "offline": cache.offline, "workers": workers},
                 compact=True,
             )  # fmt: skip
 

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint, fingerprint, group_keys, text_keys
-from ..config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY
+from ..config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY, DEFAULT_UPSTREAM_ID
 from ..errors import CacheError, CacheMissError, InvalidInputError
 from ..models import RequestOptions
 from ..storage.shared import RedisStore
@@ -201,6 +201,8 @@ class CachedEmbedder:
         repeated small requests skip the store (see :mod:`embedcache.storage.memory`); 0: none.
     :param shared: a Redis tier shared with other machines, read after the local store and
         written with it (see :mod:`embedcache.storage.tiers`).
+    :param upstream_id: the upstream ``upstream``'s answers are cached as, part of every key
+        (:func:`~embedcache.config.resolve_upstream_id`; default: Jina's API).
     """
 
     def __init__(
@@ -215,10 +217,12 @@ class CachedEmbedder:
         coalesce: bool = True,
         memory_bytes: int = 0,
         shared: RedisStore | None = None,
+        upstream_id: str = DEFAULT_UPSTREAM_ID,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
         self.upstream = upstream
+        self.upstream_id = upstream_id
         self.offline = offline
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -409,7 +413,7 @@ class CachedEmbedder:
     def _fingerprint(self, options: RequestOptions) -> Fingerprint:
         fp = self._fingerprints.get(options)
         if fp is None:
-            fp = self._fingerprints[options] = fingerprint(options)
+            fp = self._fingerprints[options] = fingerprint(options, self.upstream_id)
         return fp
 
     @staticmethod

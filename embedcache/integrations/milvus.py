@@ -146,6 +146,10 @@ class JinaEmbeddingFunction:
         cached under the whole ordered list, so only the same list in the same order hits.
     :param cache_dir: cache directory; else ``EMBEDCACHE_DIR``, else the user cache dir.
     :param base_url: API root; else ``EMBEDCACHE_BASE_URL``, else ``https://api.jina.ai``.
+        The upstream is part of every cache key: another base URL's vectors are never hits.
+    :param upstream_as: cache as if ``base_url`` were this upstream, to share entries with
+        it (a gateway or proxy in front of ``https://api.jina.ai``); else
+        ``EMBEDCACHE_UPSTREAM_AS``.
     :param batch_size: most texts per request (default: the model's limit, 2048 or 512).
     :param max_batch_tokens: most estimated tokens per request.
     :param max_concurrency: most requests in flight.
@@ -188,6 +192,7 @@ class JinaEmbeddingFunction:
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         base_url: str | None = None,
+        upstream_as: str | None = None,
         batch_size: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -226,6 +231,7 @@ class JinaEmbeddingFunction:
                 cache_dir=cache_dir,
                 size_limit=size_limit,
                 base_url=base_url,
+                upstream_as=upstream_as,
                 api_key=api_key,
                 timeout=timeout,
                 max_attempts=max_attempts,

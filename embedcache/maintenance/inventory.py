@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..cache_keys import Fingerprint
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import spec_for
@@ -53,6 +54,8 @@ class Entry:
     late_chunking: bool
     tokens: float
     created: float
+    #: where the vector came from (:func:`~embedcache.config.upstream_id`); "?" unrecorded.
+    upstream: str = "?"
 
     @property
     def size(self) -> int:
@@ -69,6 +72,7 @@ class Entry:
             "late_chunking": self.late_chunking,
             "tokens": round(self.tokens, 3),
             "created": self.created,
+            "upstream": self.upstream,
         }
 
 
@@ -81,10 +85,12 @@ class Filters:
     dimensions: int | None = None
     since: float | None = None
     before: float | None = None
+    upstream: str | None = None
 
     def match(self, entry: Entry) -> bool:
         return (
             (self.model is None or entry.model == self.model)
+            and (self.upstream is None or entry.upstream == self.upstream)
             and (self.task is None or entry.task == self.task)
             and (self.dimensions is None or entry.dimensions == self.dimensions)
             and (self.since is None or entry.created >= self.since)
@@ -92,8 +98,9 @@ class Filters:
         )
 
 
-def _entry(key: bytes, record: Record | Stored, settings: dict[int, dict[str, object]]) -> Entry:
-    fields = settings.get(record.fingerprint_id, {})
+def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]) -> Entry:
+    fp = settings.get(record.fingerprint_id)
+    fields = fp.fields if fp is not None else {}
     task = fields.get("task")
     return Entry(
         key=key,
@@ -103,11 +110,12 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, dict[str, ob
         late_chunking=bool(fields.get("late_chunking", False)),
         tokens=record.tokens,
         created=record.created,
+        upstream=fp.upstream if fp is not None else "?",
     )
 
 
 def _scan(store: Store, filters: Filters, batch: int = 2048) -> Iterator[tuple[Entry, Record]]:
-    settings = store.fingerprints()
+    settings = store.fingerprint_objects()
     for key, found in store.scan(batch):
         if isinstance(found, Record):
             entry = _entry(key, found, settings)
@@ -129,8 +137,8 @@ class Summary:
     entries: int = 0
     bytes_on_disk: int = 0
     size_limit: int | None = None
-    #: ``(model, task, dimensions)`` → ``[entries, tokens recorded]``.
-    groups: dict[tuple[str, str | None, int], list[float]] = field(default_factory=dict)
+    #: ``(model, task, dimensions, upstream)`` → ``[entries, tokens recorded]``.
+    groups: dict[tuple[str, str | None, int, str], list[float]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -138,11 +146,17 @@ def summarize(store: Store) -> Summary:
     """Count entries by model, task and dimensions, with the lifetime counters: one
     aggregate query over the index, so its cost does not follow the vectors' size."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
-    settings = store.fingerprints()
+    settings = store.fingerprint_objects()
     for fp_id, dim, count, tokens in store.groups():
-        fields = settings.get(fp_id, {})
+        fp = settings.get(fp_id)
+        fields = fp.fields if fp is not None else {}
         task = fields.get("task")
-        name = (str(fields.get("model", "?")), str(task) if task is not None else None, dim)
+        name = (
+            str(fields.get("model", "?")),
+            str(task) if task is not None else None,
+            dim,
+            fp.upstream if fp is not None else "?",
+        )
         group = summary.groups.setdefault(name, [0, 0.0])
         group[0] += count
         group[1] += tokens
@@ -169,7 +183,7 @@ def prune_pages(
     entry is chosen like an intact one (removing it costs a refetch at most). The walk is
     lazy, so deleting each page before taking the next is safe and holds one page in memory.
     """
-    settings = store.fingerprints()
+    settings = store.fingerprint_objects()
     total = store.vector_bytes() if max_size is not None else 0
     chosen: list[Entry] = []
     for key, stored in store.listing(page, oldest_first=max_size is not None):
