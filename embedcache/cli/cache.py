@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..cache_keys import fingerprint, group_keys, text_keys
+from ..config import resolve_upstream_id
 from .options import (
     CliContext,
     Command,
@@ -64,8 +65,15 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "bytes_on_disk": summary.bytes_on_disk,
                 "size_limit": summary.size_limit,
                 "groups": [
-                    {"model": m, "task": t, "dimensions": d, "entries": int(n), "tokens": tok}
-                    for (m, t, d), (n, tok) in sorted(summary.groups.items(), key=str)
+                    {
+                        "model": m,
+                        "task": t,
+                        "dimensions": d,
+                        "upstream": u,
+                        "entries": int(n),
+                        "tokens": tok,
+                    }
+                    for (m, t, d, u), (n, tok) in sorted(summary.groups.items(), key=str)
                 ],
                 "lifetime": counters,
                 "estimated_usd_saved": saved_usd,
@@ -83,9 +91,9 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
         click.echo(f"shared size  {tier['entries']:,} entries, {format_bytes(tier['bytes'])}")
     if summary.groups:
-        click.echo("\n  entries  model / task / dimensions")
-        for (model, task, dims), (count, _) in sorted(summary.groups.items(), key=str):
-            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}")
+        click.echo("\n  entries  model / task / dimensions  (from upstream)")
+        for (model, task, dims, source), (count, _) in sorted(summary.groups.items(), key=str):
+            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}  ({source})")
     click.echo(
         f"\nlifetime     {counters['hits']:,} hits, {counters['misses']:,} misses, "
         f"{counters['requests']:,} requests"
@@ -168,17 +176,19 @@ def inspect(
     else:
         assert text is not None
         options = build_options(model, task, dimensions, late_chunking, truncate)
-        fp = fingerprint(options)
+        fp = fingerprint(options, resolve_upstream_id(cli.base_url, cli.upstream_as))
         key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
     store = cli.open(existing=True).store
     record = store.get_many([key])[0]
-    settings = store.fingerprints().get(record.fingerprint_id, {}) if record else {}
+    fp_of = store.fingerprint_objects().get(record.fingerprint_id) if record else None
+    settings = fp_of.fields if fp_of is not None else {}
     info = {
         "key": key.hex(),
         "cached": record is not None,
         **(
             {
                 "request": settings,
+                "upstream": fp_of.upstream if fp_of is not None else "?",
                 "dimensions": len(record.vector),
                 "tokens": round(record.tokens, 3),
                 "created": record.created,
@@ -196,6 +206,7 @@ def inspect(
         return
     click.echo("cached   yes")
     click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
+    click.echo(f"upstream {fp_of.upstream if fp_of is not None else '?'}")
     click.echo(f"vector   {len(record.vector)} float32, {record.tokens:.1f} tokens attributed")
     click.echo(f"created  {format_time(record.created)}")
 
