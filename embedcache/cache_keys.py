@@ -20,6 +20,7 @@ entries written then are read as Jina's.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Sequence
@@ -71,7 +72,7 @@ class Fingerprint:
         fields: dict[str, object] = json.loads(self.canonical)["request"]
         return fields
 
-    @property
+    @functools.cached_property
     def upstream(self) -> str:
         """The upstream whose answers these entries are (Jina's API when none is recorded)."""
         return str(json.loads(self.canonical).get("upstream", DEFAULT_UPSTREAM_ID))

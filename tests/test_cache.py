@@ -263,9 +263,14 @@ def test_offline_mode_from_environment(
     assert emulator.requests == []
 
 
-def test_fully_cached_run_needs_no_key_and_no_network(make_ef: MakeEF, cache_dir: Path) -> None:
+def test_fully_cached_run_needs_no_key_and_no_network(
+    make_ef: MakeEF, cache_dir: Path, emulator: JinaEmulator
+) -> None:
     first = make_ef().embed(TEXTS)
-    ef = JinaEmbeddingFunction(cache_dir=cache_dir, base_url="http://127.0.0.1:9")
+    # Nothing listens at port 9; declared the emulator, it shares the emulator's entries.
+    ef = JinaEmbeddingFunction(
+        cache_dir=cache_dir, base_url="http://127.0.0.1:9", upstream_as=emulator.url
+    )
     try:
         assert ef.embed(TEXTS).tobytes() == first.tobytes()
     finally:

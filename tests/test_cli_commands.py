@@ -348,7 +348,8 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
     assert "run the same command again" in err
 
     with Store(cache_dir) as store:
-        committed = {t for t, ok in zip(texts, store_contains(store, texts), strict=True) if ok}
+        present = store_contains(store, texts, emulator.url)
+        committed = {t for t, ok in zip(texts, present, strict=True) if ok}
     assert 0 < len(committed) < len(texts)
     # The killed process's last request is still being answered (and logged) by the
     # emulator: let it finish before clearing the log.
@@ -360,12 +361,14 @@ def test_interrupted_prewarm_resumes_sending_only_the_remainder(
     assert sorted(emulator.received_texts()) == sorted(set(texts) - committed)
 
 
-def store_contains(store: Store, texts: list[str]) -> list[bool]:
+def store_contains(store: Store, texts: list[str], upstream: str) -> list[bool]:
+    """Whether each text is cached with the default settings, as ``upstream`` answered it."""
     from embedcache.cache_keys import fingerprint, text_keys
+    from embedcache.config import upstream_id
     from embedcache.models import resolve_options
 
     options = resolve_options("jina-embeddings-v3", "retrieval.passage")
-    return store.contains_many(text_keys(fingerprint(options), texts))
+    return store.contains_many(text_keys(fingerprint(options, upstream_id(upstream)), texts))
 
 
 def test_api_errors_reach_the_user_as_one_line(

@@ -176,6 +176,7 @@ def test_serve_json_prints_one_line_once_bound_with_the_port_it_picked(
             "host": "127.0.0.1",
             "port": info["port"],
             "upstream": emulator.url,
+            "cached_as": emulator.url,
             "cache_dir": str(cache_dir),
             "shared": None,
             "offline": False,

@@ -23,6 +23,7 @@ from embedcache.testing import JinaEmulator
 from .cli_helpers import as_json, invoke
 from .conftest import API_KEY, MakeProxy, wait_for
 
+JINA = "https://api.jina.ai"
 TEXTS = ["the first cached text", "a second one", "and the third, a little longer"]
 OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage", 8)
 
@@ -36,8 +37,11 @@ def interval() -> Iterator[None]:
 
 
 def fill(cache_dir: Path, emulator: JinaEmulator) -> None:
-    """Cache :data:`TEXTS` (misses only; closed, so its counters are recorded)."""
-    with JinaEmbeddingFunction(api_key=API_KEY, base_url=emulator.url, cache_dir=cache_dir) as ef:
+    """Cache :data:`TEXTS` (misses only; closed, so its counters are recorded), as Jina's
+    API's entries: the readers below use the defaults, as the README's example does."""
+    with JinaEmbeddingFunction(
+        api_key=API_KEY, base_url=emulator.url, cache_dir=cache_dir, upstream_as=JINA
+    ) as ef:
         ef.encode_documents(TEXTS)
 
 

@@ -71,8 +71,9 @@ def test_export_streams_a_page_at_a_time_and_writes_every_row(store: Store, tmp_
     keys = fill(store)
     prefix = tmp_path / "out"
     peak = peak_bytes(lambda: inventory.export(store, Filters(), prefix, parquet=True, page=64))
-    # A whole-cache export holds the vectors (1 MB) at least once, stacked.
-    assert peak < VECTOR_BYTES / 4, peak
+    # A whole-cache export holds the vectors (1 MB) at least once, stacked; a streamed one
+    # holds a page and fixed costs (the Parquet writer, a page of metadata: ~260 KB).
+    assert peak < VECTOR_BYTES * 0.3, peak
     matrix = np.load(prefix.with_suffix(".npy"))
     rows = [json.loads(line) for line in prefix.with_suffix(".jsonl").read_text().splitlines()]
     assert matrix.shape == (N, DIM)
@@ -137,7 +138,7 @@ def test_stats_reads_the_index_only_not_a_vector(store: Store, cache_dir: Path) 
         path.write_bytes(b"")  # every vector unreadable: only the index is left
     summary = inventory.summarize(store)
     assert summary.entries == 305
-    groups = {dims: (count, tokens) for (_, _, dims), (count, tokens) in summary.groups.items()}
+    groups = {dims: (count, tokens) for (_, _, dims, _), (count, tokens) in summary.groups.items()}
     assert groups == {DIM: (300, 300.0), 16: (5, 5.0)}  # 1 token recorded for each
 
 

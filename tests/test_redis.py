@@ -14,7 +14,7 @@ import redis
 
 from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
 from embedcache.cache_keys import fingerprint, text_keys
-from embedcache.config import DEFAULT_REDIS_TIMEOUT_SECONDS
+from embedcache.config import DEFAULT_REDIS_TIMEOUT_SECONDS, upstream_id
 from embedcache.storage.formats import decode_entry, encode_entry
 from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
@@ -241,7 +241,8 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
 
     monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
-    name = b"embedcache:1.2:" + text_keys(fingerprint(OPTIONS), [TEXTS[1]])[0].hex().encode()
+    fp = fingerprint(OPTIONS, upstream_id(emulator.url))
+    name = b"embedcache:1.2:" + text_keys(fp, [TEXTS[1]])[0].hex().encode()
     stored = raw.get(name)
     assert isinstance(stored, bytes)
     value = bytearray(stored)

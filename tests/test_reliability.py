@@ -27,9 +27,10 @@ OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
 
 
 def prewarm_command(cache_dir: Path, url: str, corpus: Path, *extra: str) -> list[str]:
+    # Cached as Jina's API's entries, which the checks below (and READER) key them as.
     return [
         sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir), "--base-url", url,
-        "prewarm", str(corpus), "--json", *extra,
+        "--upstream-as", "https://api.jina.ai", "prewarm", str(corpus), "--json", *extra,
     ]  # fmt: skip
 
 
@@ -267,7 +268,8 @@ def test_read_only_cache_serves_hits_and_refuses_misses_before_sending(
 
     def on_read_only_mount(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "embedcache", "--cache-dir", str(mount),
-                   "--base-url", emulator.url, *args]  # fmt: skip
+                   "--base-url", emulator.url, "--upstream-as", "https://api.jina.ai",
+                   *args]  # fmt: skip
         script = f"{setup} && exec {shlex.join(command)}"
         return subprocess.run(["unshare", "-m", "sh", "-c", script], env=environment(),
                               capture_output=True, text=True, check=False)  # fmt: skip

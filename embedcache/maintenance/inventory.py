@@ -346,7 +346,7 @@ class _ParquetPages:
         schema = pa.schema([
             ("key", pa.string()), ("model", pa.string()), ("task", pa.string()),
             ("dimensions", pa.int64()), ("late_chunking", pa.bool_()),
-            ("tokens", pa.float64()), ("created", pa.float64()),
+            ("tokens", pa.float64()), ("created", pa.float64()), ("upstream", pa.string()),
             ("embedding", pa.list_(pa.float32(), dim)),
         ])  # fmt: skip
         dicts = [row.as_dict() for row in rows]

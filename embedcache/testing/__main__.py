@@ -6,12 +6,33 @@ import argparse
 import contextlib
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from .emulator import JinaEmulator
 from .limits import RateLimits
 from .vectors import FLOAT_STYLES
+
+
+def _banner(url: str, api_key: str | None) -> str:
+    """What a person starting the emulator needs next: the variables that point embedcache
+    at it, and a scratch cache so its random vectors stay out of the real one."""
+    # Not the real cache: the emulator's vectors are random (never Jina's hits, as entries
+    # record their upstream, but a scratch directory keeps the real one clean).
+    scratch = Path(tempfile.gettempdir()) / "embedcache-emulator-cache"
+    return "\n".join(
+        [
+            f"Jina API emulator at {url}; press Ctrl-C to stop. In another shell:",
+            f"  export EMBEDCACHE_BASE_URL={url}",
+            # The key given to --api-key is not echoed: keys stay out of output and logs.
+            "  export JINAAI_API_KEY="
+            + ("<the key given to --api-key>" if api_key else "any-key-works"),
+            f"  export EMBEDCACHE_DIR={scratch}",
+            "Its vectors are random per text: good for trying embedcache, not for search.",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(1, f"{parser.prog}: cannot listen on {shown}: {exc.strerror or exc}\n")
         try:
             print(emulator.url, flush=True)  # alone on stdout, so scripts can read it
-            print("Jina emulator running; press Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(_banner(emulator.url, args.api_key), file=sys.stderr, flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while not done.wait(0.5):
                     pass
