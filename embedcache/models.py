@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import DEFAULT_TASK
 from .errors import InvalidInputError
 
-__all__ = ["MODELS", "ModelSpec", "RequestOptions", "resolve_options", "spec_for"]
+__all__ = [
+    "MODELS",
+    "MODEL_DEFAULT_TASK",
+    "ModelSpec",
+    "RequestOptions",
+    "default_task",
+    "resolve_options",
+    "spec_for",
+]
+
+#: The ``task`` that stands for the model's own (see :func:`default_task`): the default of
+#: ``JinaEmbeddingFunction``'s ``task``. Not a task name: none of Jina's models has a task
+#: of that name, and it is never sent.
+MODEL_DEFAULT_TASK = "default"
 
 #: The only wire encoding embedcache asks the API for: raw float32, exact and 4x smaller
 #: than JSON floats.
@@ -111,6 +125,21 @@ MODELS: dict[str, ModelSpec] = {
 def spec_for(model: str) -> ModelSpec | None:
     """The spec of a known model, or ``None`` for a model embedcache does not know."""
     return MODELS.get(model)
+
+
+def default_task(model: str) -> str | None:
+    """The task sent for ``model`` when none is chosen: its document task
+    (``retrieval.passage`` on v3, v4 and v5, ``nl2code.passage`` on the code models); none
+    for a model without tasks (v2, jina-clip-v1) or whose only task is for queries
+    (jina-clip-v2); ``retrieval.passage`` for a model embedcache does not know (what it
+    sent before models were told apart, so such caches keep their entries).
+
+    >>> default_task("jina-embeddings-v3"), default_task("jina-clip-v2")
+    ('retrieval.passage', None)
+    """
+    # A model name that is no string is refused by resolve_options, with its message.
+    spec = spec_for(model) if isinstance(model, str) else None
+    return spec.passage_task if spec is not None else DEFAULT_TASK
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,16 @@ from .conftest import API_KEY
 MakeEF = Callable[..., JinaEmbeddingFunction]
 
 
-def test_constructor_matches_pymilvus_arguments_and_defaults() -> None:
+def test_constructor_matches_pymilvus_arguments_and_defaults(make_ef: MakeEF) -> None:
     params = list(inspect.signature(JinaEmbeddingFunction.__init__).parameters.values())[1:6]
     assert [(p.name, p.default) for p in params] == [
         ("model_name", "jina-embeddings-v3"),
         ("api_key", None),
-        ("task", "retrieval.passage"),
+        ("task", "default"),  # the model's own: pymilvus's retrieval.passage on v3
         ("dimensions", None),
         ("late_chunking", False),
     ]
+    assert make_ef().task == "retrieval.passage"
 
 
 def body(emulator: JinaEmulator, index: int = -1) -> dict[str, object]:

@@ -14,7 +14,8 @@ def test_format_follows_the_file_name_unless_given() -> None:
     assert detect_format("a.JSONL") == "jsonl"
     assert detect_format("a.ndjson") == "jsonl"
     assert detect_format("a.tsv") == "tsv"
-    assert detect_format("notes.md") == "txt"
+    assert detect_format("notes.md") is None  # told by its first line
+    assert detect_format("-") is None
     assert detect_format("a.csv", "txt") == "txt"
 
 
@@ -67,7 +68,7 @@ def test_group_field_is_read_from_jsonl(tmp_path: Path) -> None:
 def test_group_field_outside_jsonl_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "a.txt"
     path.write_text("a\n", encoding="utf-8")
-    with pytest.raises(InvalidInputError, match="JSON Lines files only"):
+    with pytest.raises(InvalidInputError, match=r"a\.txt: --group-field needs JSON Lines"):
         list(read_items(str(path), group_field="doc"))
 
 

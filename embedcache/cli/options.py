@@ -26,12 +26,11 @@ from ..config import (
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_MILLION_TOKENS,
     DEFAULT_REDIS_PREFIX,
-    DEFAULT_TASK,
     PRICE_ENV,
     resolve_cache_dir,
 )
 from ..errors import CacheError, EmbedcacheError
-from ..models import RequestOptions, resolve_options
+from ..models import RequestOptions, default_task, resolve_options
 from ..upstream.limiter import TIERS, Limits, resolve_limits
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
@@ -299,9 +298,8 @@ request_options = _stack(
     click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Jina model id."),
     click.option(
         "--task",
-        default=DEFAULT_TASK,
-        show_default=True,
-        help="Task adapter (v3 also takes Milvus's name 'clustering').",
+        help="Task adapter; default: the model's own (retrieval.passage on v3, none on "
+        "jina-clip-v2); '' sends none. v3 also takes Milvus's name 'clustering'.",
     ),
     click.option(
         "--dimensions",
@@ -316,12 +314,13 @@ request_options = _stack(
 
 
 def build_options(
-    model: str, task: str, dimensions: int | None, late_chunking: bool, truncate: bool
+    model: str, task: str | None, dimensions: int | None, late_chunking: bool, truncate: bool
 ) -> RequestOptions:
-    """The request settings given by :data:`request_options`."""
+    """The request settings given by :data:`request_options` (``--task`` not given: the
+    model's own, see :func:`~embedcache.models.default_task`; ``--task ''``: none)."""
     return resolve_options(
         model,
-        task or None,
+        default_task(model) if task is None else task or None,
         dimensions,
         late_chunking=late_chunking,
         truncate=True if truncate else None,

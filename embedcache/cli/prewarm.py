@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import shutil
-import stat
+import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,7 +28,8 @@ from .options import (
     price_option,
     request_options,
 )
-from .sources import FORMATS, SourceItem, read_items
+from .progress import StatusLine, fit_line
+from .sources import FORMATS, SourceItem, Spool, read_items, within_limit
 
 if TYPE_CHECKING:
     from ..embedding.embedder import WarmReport
@@ -45,97 +43,95 @@ WINDOW = 20_480
 
 
 class Progress:
-    """Progress over distinct texts: a bar on a terminal, a plain line every few seconds
-    otherwise. Written to stderr so ``--json`` output stays clean.
+    """Progress over distinct texts, on stderr so ``--json`` output stays clean: on a
+    terminal, one line redrawn in place within its width; otherwise a plain line every few
+    seconds (for logs); nothing with ``quiet``.
 
     :param pace: seconds the rate limits need for a number of texts still to fetch; when
         given, the ETA follows it (a paced fill's early burst would mislead a rate-based one).
     """
 
-    def __init__(self, total: int, cached: int, pace: Callable[[int], float] | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        cached: int,
+        pace: Callable[[int], float] | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None:
         self.total, self.cached = total, cached
         self.pace = pace
+        self.quiet = quiet
+        #: Texts this run fetched, and the tokens it paid for them.
         self.fetched = self.tokens = 0
+        #: Texts missing when planned that another process stored meanwhile.
+        self.elsewhere = 0
         self.start = self.last_line = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.bar: Any = None
-        if self.tty:
-            self.bar = click.progressbar(
-                length=total, label="prewarm", file=sys.stderr, show_pos=True,
-                show_eta=pace is None, item_show_func=lambda _: self.describe(),
-            )  # fmt: skip
-            self.bar.__enter__()
-            self.bar.update(cached)
+        self.status = StatusLine(sys.stderr) if not quiet and sys.stderr.isatty() else None
+        if self.status is not None:
+            self.status.show(self.render(self.status.width), force=True)
 
-    def describe(self) -> str:
+    @property
+    def done(self) -> int:
+        return self.cached + self.fetched + self.elsewhere
+
+    def parts(self) -> list[tuple[float, str]]:
+        """What the line says after the count, each with its rank (the highest ranks are
+        dropped first when the line must be shortened)."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.fetched / elapsed
-        text = (
-            f"{self.cached:,} hits, {self.fetched:,} fetched, {self.tokens:,} tokens, "
-            f"{rate:,.0f} texts/s"
-        )
-        if self.pace is not None:
-            text += f", ETA {format_duration(self.eta())} at the rate limits"
-        return text
+        parts: list[tuple[float, str]] = [(1, f"{self.fetched:,} fetched")]
+        if self.elsewhere:
+            parts.append((2, f"{self.elsewhere:,} by another process"))
+        parts += [(3, f"{self.tokens:,} tokens"), (4, f"{self.fetched / elapsed:,.0f} texts/s")]
+        eta = self.eta()
+        if not math.isnan(eta) and self.done < self.total:
+            paced = " at the rate limits" if self.pace is not None else ""
+            parts.append((0, f"ETA {format_duration(eta)}{paced}"))
+        return parts
+
+    def render(self, width: int) -> str:
+        """The terminal line, within ``width`` characters."""
+        head = f"prewarm {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})"
+        return fit_line(head, self.parts(), width, self.done / max(self.total, 1))
 
     def eta(self) -> float:
-        remaining = self.total - self.cached - self.fetched
+        """Seconds still needed (``nan`` while no rate is known)."""
+        remaining = self.total - self.done
         if self.pace is not None:
             return self.pace(remaining)
         rate = self.fetched / max(time.monotonic() - self.start, 1e-9)
         return remaining / rate if rate else float("nan")
 
     def advance(self, texts: int, tokens: int) -> None:
+        """This run committed a batch of ``texts``, charged ``tokens``."""
         self.fetched += texts
         self.tokens += tokens
-        if self.bar is not None:
-            self.bar.update(texts)
-        elif time.monotonic() - self.last_line >= _LINE_INTERVAL_SECONDS:
+        self._tick()
+
+    def found(self, texts: int) -> None:
+        """``texts`` still missing when planned were stored meanwhile by another process."""
+        self.elsewhere += texts
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.status is not None:
+            if self.status.due():
+                self.status.show(self.render(self.status.width))
+        elif not self.quiet and time.monotonic() - self.last_line >= _LINE_INTERVAL_SECONDS:
             self.line()
 
     def line(self) -> None:
+        """The plain line written off a terminal."""
         self.last_line = time.monotonic()
-        done = self.cached + self.fetched
-        eta = "" if self.pace is not None else f", ETA {self.eta():,.0f}s"
-        click.echo(
-            f"prewarm: {done:,}/{self.total:,} texts ({done / max(self.total, 1):.0%}), "
-            f"{self.describe()}{eta}",
-            err=True,
-        )
+        text = f"{self.done:,}/{self.total:,} texts ({self.done / max(self.total, 1):.0%})"
+        parts = ", ".join(part for _, part in self.parts())
+        click.echo(f"prewarm: {text}, {self.cached:,} hits, {parts}", err=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-
-
-class _Spool:
-    """Inputs that cannot be read twice (standard input, a pipe, ``<(zcat corpus.gz)``),
-    each copied to a temporary file on its first reading, so both passes read the copy (in
-    bounded memory: the copy is on disk)."""
-
-    def __init__(self) -> None:
-        self._copies: dict[str, TextIO] = {}
-
-    def rewound(self, path: str) -> TextIO | None:
-        """The copy of ``path`` to read, rewound; ``None`` for a regular file (opened again)."""
-        if path != "-" and stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        copy = self._copies.get(path)
-        if copy is None:
-            handle = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115
-            copy = self._copies[path] = cast(TextIO, handle)
-            if path == "-":
-                shutil.copyfileobj(sys.stdin, copy)
-            else:
-                with open(path, encoding="utf-8", newline="") as source:
-                    shutil.copyfileobj(source, copy)
-        copy.seek(0)
-        return copy
-
-    def close(self) -> None:
-        for copy in self._copies.values():
-            copy.close()
-        self._copies.clear()
+        """Leave the final count on the terminal."""
+        if self.status is not None:
+            self.status.show(self.render(self.status.width), force=True)
+            self.status.finish()
 
 
 def _windows(
@@ -192,12 +188,18 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True)
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: by file name)."
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Input format of every file (default: by file name; standard input and other "
+    "names by their first line: a JSON object is jsonl, a header naming --column csv/tsv).",
 )
 @click.option("--field", default="text", show_default=True, help="JSON Lines field holding text.")
 @click.option("--column", default="text", show_default=True, help="CSV/TSV column holding text.")
 @click.option(
-    "--group-field", help="JSON Lines field naming each text's late-chunking group (in order)."
+    "--group-field",
+    help="JSON Lines field naming each text's late-chunking group (in order); "
+    "needs --late-chunking.",
 )
 @request_options
 @click.option("--batch-size", type=click.IntRange(min=1), help="Most texts per request.")
@@ -216,6 +218,9 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
     help="Texts read, hashed, looked up and filled at a time: memory follows it, not the corpus.",
 )
 @click.option("--dry-run", is_flag=True, help="Read and hash only: report what would be sent.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress on stderr (errors and the summary remain)."
+)
 @price_option
 @json_option
 @pass_cli
@@ -229,7 +234,7 @@ def prewarm(
     column: str,
     group_field: str | None,
     model: str,
-    task: str,
+    task: str | None,
     dimensions: int | None,
     late_chunking: bool,
     truncate: bool,
@@ -237,14 +242,17 @@ def prewarm(
     max_concurrency: int,
     window: int,
     dry_run: bool,
+    quiet: bool,
     price_per_million: float,
     as_json: bool,
 ) -> None:
     """Embed the texts of FILES through the cache, so later runs are free.
 
     FILES are .txt (one text per line), .jsonl (--field), .csv/.tsv (--column), or - for
-    standard input. Only texts not cached yet are sent. Interrupted or killed, a re-run sends
-    only what is still missing: every batch is committed as it arrives.
+    standard input (its format told by its first line, or --format). Only texts not cached
+    yet are sent. Interrupted or killed, a re-run sends only what is still missing: every
+    batch is committed as it arrives. Processes prewarming one cache at once share the
+    work: each reports what it fetched, and what another process stored meanwhile.
 
     The input is read twice, a --window of texts at a time, so memory stays bounded however
     large the corpus: first to check every line and count what is cached and what is not
@@ -254,12 +262,27 @@ def prewarm(
     """
     if late_chunking and group_field is None:
         raise click.UsageError("--late-chunking needs --group-field to know the groups")
+    if group_field is not None and not late_chunking:
+        # Groups mean nothing to a plain fill: say so rather than ignore the option.
+        raise click.UsageError("--group-field names late-chunking groups: add --late-chunking")
     options = build_options(model, task, dimensions, late_chunking, truncate)
-    spool = _Spool()
+    spool = Spool()
     ctx.call_on_close(spool.close)
+    checking = StatusLine(sys.stderr) if not quiet and sys.stderr.isatty() else None
+    told: set[str] = set()
 
-    def windows() -> Iterator[list[list[str]]]:
-        items = (
+    def sniffed(name: str, kind: str) -> None:
+        if kind != "txt" and name not in told and not quiet:
+            told.add(name)
+            if checking is not None:
+                checking.clear()
+            click.echo(
+                f"prewarm: reading {name} as {kind} (its first line says so; --format to choose)",
+                err=True,
+            )
+
+    def windows(first: bool = False) -> Iterator[list[list[str]]]:
+        items: Iterable[SourceItem] = (
             item
             for path in files
             for item in read_items(
@@ -269,8 +292,11 @@ def prewarm(
                 column=column,
                 group_field=group_field,
                 stdin=spool.rewound(path),
+                on_sniffed=sniffed,
             )
         )
+        if first:  # the second reading reads what the first has checked
+            items = within_limit(items, options)
         return _windows(items, window, late_chunking)
 
     from ..embedding.distinct import DistinctKeys
@@ -280,24 +306,29 @@ def prewarm(
     seen = DistinctKeys()
     plan: dict[str, Any] = {}
     last_line = time.monotonic()
-    for part in windows():
+    for part in windows(first=True):
         for texts in part:
             _add(plan, embedder.warm(texts, options, dry_run=True, seen=seen))
-        if time.monotonic() - last_line >= _LINE_INTERVAL_SECONDS:
-            # Reading a large corpus takes minutes before anything is sent: say so.
+        # Reading a large corpus takes minutes before anything is sent: say so.
+        said = (
+            f"{plan['texts']:,} texts read, {plan['unique']:,} distinct, "
+            f"{plan['to_fetch']:,} to fetch"
+        )
+        if checking is not None:
+            if checking.due():
+                checking.show(fit_line("prewarm: checking the input", [(0, said)], checking.width))
+        elif not quiet and time.monotonic() - last_line >= _LINE_INTERVAL_SECONDS:
             last_line = time.monotonic()
-            click.echo(
-                f"prewarm (checking the input): {plan['texts']:,} texts read, "
-                f"{plan['unique']:,} distinct, {plan['to_fetch']:,} to fetch",
-                err=True,
-            )
+            click.echo(f"prewarm (checking the input): {said}", err=True)
+    if checking is not None:
+        checking.clear()
     if not plan:
         _add(plan, WarmReport(0, 0, 0, 0, 0))
     del plan["tokens_spent"]  # filled in by fetching, below
     plan["window"] = window
     plan["distinct_set_bytes"] = seen.nbytes
     del seen  # the fill needs no count of its own: what an earlier window stored is cached
-    plan["estimated_cost_usd"] = dollars(plan["estimated_tokens"], price_per_million)
+    plan["estimated_cost_usd"] = _usd(plan["estimated_tokens"], price_per_million)
     plan["estimated_seconds"] = (
         None
         if cli.limits.unlimited
@@ -307,32 +338,51 @@ def prewarm(
         _report({**plan, "dry_run": True}, price_per_million, as_json)
         return
     start = time.monotonic()
-    progress = Progress(plan["unique"], plan["cached"], _pace_of(cli.limits, plan))
+    progress = Progress(plan["unique"], plan["cached"], _pace_of(cli.limits, plan), quiet=quiet)
     try:
         if plan["to_fetch"]:  # a fully cached corpus needs no second reading, key or network
             for part in windows():
                 for texts in part:
-                    embedder.warm(texts, options, on_batch=progress.advance)
+                    embedder.warm(
+                        texts, options, on_batch=progress.advance, on_found=progress.found
+                    )
     except KeyboardInterrupt:
         progress.close()
+        elsewhere = (
+            f" ({progress.elsewhere:,} more were stored by another process meanwhile)"
+            if progress.elsewhere
+            else ""
+        )
         click.echo(
-            f"\ninterrupted: {progress.fetched:,} texts were committed; run the same command "
-            "again to fetch only what is still missing",
+            f"\ninterrupted: this run committed {_count(progress.fetched, 'text')}{elsewhere}; "
+            "run the same command again to fetch only what is still missing",
             err=True,
         )
         ctx.exit(130)
     progress.close()
-    stats = embedder.stats
+    stats = embedder.stats  # this process's own: another's requests and tokens are not ours
     result = {
         **plan,
         "dry_run": False,
         "fetched": progress.fetched,
+        "filled_elsewhere": progress.elsewhere,
         "requests": stats.requests,
         "tokens_spent": stats.tokens_spent,
-        "cost_usd": dollars(stats.tokens_spent, price_per_million),
+        "cost_usd": _usd(stats.tokens_spent, price_per_million),
         "seconds": round(time.monotonic() - start, 3),
     }
     _report(result, price_per_million, as_json)
+
+
+def _usd(tokens: float, price_per_million: float) -> float:
+    """Dollars for ``tokens`` to 8 decimals: exact at the default price ($0.05 per million
+    tokens is 5e-8 a token), without the float noise of ``0.0051030500000000005``."""
+    return round(dollars(tokens, price_per_million), 8)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 text``, ``3,000 texts``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _pace_of(limits: Limits, plan: dict[str, Any]) -> Callable[[int], float] | None:
@@ -351,13 +401,13 @@ def _pace(result: dict[str, Any]) -> str:
         return "no rate limits set (--tier, --rpm, --tpm)"
     return (
         f"at least {format_duration(seconds)} at the configured limits "
-        f"({result['estimated_requests']:,} requests; plus the API's own latency)"
+        f"({_count(result['estimated_requests'], 'request')}; plus the API's own latency)"
     )
 
 
 def _memory(result: dict[str, Any]) -> str:
     return (
-        f"windows of {result['window']:,} texts; distinct texts counted in "
+        f"windows of {_count(result['window'], 'text')}; distinct texts counted in "
         f"{result['distinct_set_bytes'] / 2**20:,.1f} MiB (16 bytes each)"
     )
 
@@ -366,25 +416,51 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
     if as_json:
         echo_json({**result, "price_per_million_tokens": price})
         return
-    title = "Dry run: nothing sent" if result["dry_run"] else "Prewarm done"
+    if not result["to_fetch"]:
+        # Nothing to fetch is the answer: one line, not a table of zeros.
+        read = f"of {result['texts']:,} read"
+        if not result["unique"]:
+            click.echo(f"Nothing to embed: no text in the input ({read}).")
+            return
+        cached = (
+            f"The 1 distinct text ({read}) is"
+            if result["unique"] == 1
+            else f"All {result['unique']:,} distinct texts ({read}) are"
+        )
+        sent = "nothing would be sent" if result["dry_run"] else "nothing sent"
+        click.echo(f"{cached} cached already: {sent}.")
+        return
+    estimate = f"(estimate at ${price}/1M tokens)"
     rows = [
-        ("texts", f"{result['texts']:,}"),
-        ("distinct texts", f"{result['unique']:,}"),
+        ("texts", f"{result['texts']:,} read, {result['unique']:,} distinct"),
         ("already cached", f"{result['cached']:,}"),
-        ("to fetch", f"{result['to_fetch']:,}"),
-        ("estimated tokens", f"{result['estimated_tokens']:,}"),
-        ("estimated cost", f"${result['estimated_cost_usd']:.4f} (estimate at ${price}/1M tokens)"),
-        ("estimated time", _pace(result)),
-        ("memory", _memory(result)),
     ]
-    if not result["dry_run"]:
+    if result["dry_run"]:
+        title = "Dry run: nothing sent"
         rows += [
-            ("fetched", f"{result['fetched']:,}"),
-            ("requests", f"{result['requests']:,}"),
-            ("tokens spent", f"{result['tokens_spent']:,} (reported by the API)"),
-            ("cost", f"${result['cost_usd']:.4f} (estimate at ${price}/1M tokens)"),
-            ("time", f"{result['seconds']:.1f} s"),
+            ("to fetch", f"{result['to_fetch']:,}"),
+            ("estimated tokens", f"{result['estimated_tokens']:,}"),
+            ("estimated cost", f"${result['estimated_cost_usd']:.4f} {estimate}"),
+            ("estimated time", _pace(result)),
+            ("memory", _memory(result)),
         ]
+    else:
+        title = "Prewarm done"
+        rows.append(
+            ("fetched", f"{result['fetched']:,} by this run, in "
+                        f"{_count(result['requests'], 'request')}")
+        )  # fmt: skip
+        if result["filled_elsewhere"]:
+            rows.append(
+                ("stored elsewhere", f"{result['filled_elsewhere']:,} by another process "
+                                     "meanwhile (not paid for by this run)")
+            )  # fmt: skip
+        rows += [
+            ("tokens spent", f"{result['tokens_spent']:,} (reported by the API; "
+                             f"{result['estimated_tokens']:,} estimated)"),
+            ("cost", f"${result['cost_usd']:.4f} {estimate}"),
+            ("time", f"{result['seconds']:.1f} s"),
+        ]  # fmt: skip
     click.echo(f"{title}:")
     for label, value in rows:
         click.echo(f"  {label:<17}{value}")

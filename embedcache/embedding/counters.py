@@ -40,7 +40,9 @@ class Stats:
     count distinct entries.
 
     :ivar hits: entries found in the cache.
-    :ivar misses: entries this embedder fetched (or tried to) from the upstream.
+    :ivar misses: entries this embedder fetched from the upstream, counted as each answer
+        arrives: entries planned but never sent (an interrupted call) or stored meanwhile by
+        another process (counted as hits or coalesced) are not misses.
     :ivar requests: upstream requests sent (retries not counted).
     :ivar tokens_spent: tokens the upstream charged for them.
     :ivar tokens_saved: tokens recorded for the hit entries when they were fetched; an

@@ -143,6 +143,8 @@ class _Call:
     on_batch: Callable[[int, int], None] | None = None
     stats: Stats = field(default_factory=Stats)
     stop: threading.Event | None = None
+    #: Called with a number of entries stored meanwhile by another call or process.
+    on_found: Callable[[int], None] | None = None
 
     @property
     def stopped(self) -> bool:
@@ -325,6 +327,7 @@ class CachedEmbedder:
         dry_run: bool = False,
         on_batch: Callable[[int, int], None] | None = None,
         seen: DistinctKeys | None = None,
+        on_found: Callable[[int], None] | None = None,
     ) -> WarmReport:
         """Make sure every text is cached, without reading or returning vectors.
 
@@ -332,7 +335,10 @@ class CachedEmbedder:
         (``embedcache prewarm`` does so); ``seen`` then counts each entry once over them all.
 
         :param dry_run: only hash and check presence; send nothing.
-        :param on_batch: called with ``(texts, tokens)`` after each batch is committed.
+        :param on_batch: called with ``(texts, tokens)`` after each batch this call sent
+            is committed.
+        :param on_found: called with a number of entries that were missing when this call
+            looked but were then stored by another call or process (not sent here).
         :param seen: the entries counted by earlier calls: those are left out of every count
             but ``texts`` (and neither looked up nor fetched here), and this call's entries
             are added to it.
@@ -362,7 +368,7 @@ class CachedEmbedder:
         )
         if dry_run or not misses:
             return report
-        call = _Call(options, fp, self.upstream, None, on_batch)
+        call = _Call(options, fp, self.upstream, None, on_batch, on_found=on_found)
         self._fill(misses, len(unique), call)
         return replace(report, tokens_spent=call.stats.tokens_spent)
 
@@ -449,7 +455,9 @@ class CachedEmbedder:
                 f"{self._tiers.store.directory} is read-only"
             )
         check_lengths(misses, call.options)
-        self._count(call, misses=len(misses))
+        # Misses are counted as their answers arrive (in send), not as planned: an
+        # interrupted call, or entries another process stores meanwhile, must not leave
+        # misses in the lifetime counters that were never fetched.
         try:
             while misses:
                 waiting = self._fetch(misses, call)
@@ -487,7 +495,7 @@ class CachedEmbedder:
                 # calls' batches): not sent, so nothing is spent after the cancel.
                 raise CancelledError("the call was cancelled before this batch was sent")
             result = call.upstream.embed([miss.text for miss in batch], call.options)
-            self._count(call, requests=1, tokens_spent=result.total_tokens)
+            self._count(call, requests=1, tokens_spent=result.total_tokens, misses=len(batch))
             return result
 
         def commit(batch: list[Miss], result: UpstreamResult) -> None:
@@ -557,9 +565,9 @@ class CachedEmbedder:
         if rows is not None and found is not None:
             rows.put([m.slot for m, ok in zip(misses, usable, strict=True) if ok],
                      found.vectors[usable], found.tokens[usable])  # fmt: skip
-        self._count(call, misses=-done, **{counted_as: done})
-        if call.on_batch is not None:
-            call.on_batch(done, 0)
+        self._count(call, **{counted_as: done})
+        if call.on_found is not None:
+            call.on_found(done)
         return [m for m, ok in zip(misses, usable, strict=True) if not ok]
 
     def _commit(self, batch: list[Miss], result: UpstreamResult, call: _Call) -> None:

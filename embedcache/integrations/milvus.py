@@ -27,12 +27,11 @@ from ..config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
     DEFAULT_REDIS_PREFIX,
-    DEFAULT_TASK,
     DEFAULT_TIMEOUT_SECONDS,
     resolve_offline,
 )
 from ..embedding.counters import Stats
-from ..models import RequestOptions, resolve_options, spec_for
+from ..models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
 from ..upstream.limiter import resolve_limits
 from ..upstream.protocol import Upstream
 
@@ -46,8 +45,9 @@ def paired_tasks(
 ) -> tuple[str | None, str | None]:
     """The document and query tasks of a LangChain or LlamaIndex class over ``model``.
 
-    ``task`` ``None`` is the model's document task (what :meth:`JinaEmbeddingFunction.
-    encode_documents` sends: ``retrieval.passage`` on v3 and v4, none on v2). ``query_task``
+    ``task`` ``None`` (or ``"default"``) is the model's document task (what
+    :meth:`JinaEmbeddingFunction.encode_documents` sends: ``retrieval.passage`` on v3 and
+    v4, none on v2 and jina-clip-v2; see :func:`~embedcache.models.default_task`). ``query_task``
     ``None`` is the query side of ``task``: ``X.passage`` becomes ``X.query``, the model's
     document task its query task; any other task (``text-matching``, ``classification``)
     is symmetric and used for both.
@@ -62,8 +62,8 @@ def paired_tasks(
     (None, None)
     """
     spec = spec_for(model)
-    if task is None:
-        task = spec.passage_task if spec is not None else "retrieval.passage"
+    if task is None or task == MODEL_DEFAULT_TASK:
+        task = default_task(model)
     if query_task is None:
         if task is not None and task.endswith(".passage"):
             query_task = task.removesuffix(".passage") + ".query"
@@ -137,10 +137,14 @@ class JinaEmbeddingFunction:
     ``separation`` (the API's name) and shares its cache entries. Models without a task
     field (v2, clip-v1) get no task. Unknown models pass through unvalidated.
 
+    ``task`` defaults to the model's own document task (``"default"``): ``retrieval.passage``
+    on v3 (pymilvus's default), none on jina-clip-v2, whose one task is for queries.
+
     :param model_name: Jina model id.
     :param api_key: Jina API key; else ``JINAAI_API_KEY``, else ``JINA_API_KEY``. Never
         written to disk, logs or ``repr``.
-    :param task: task for ``__call__`` and :meth:`embed` (``None``: none sent).
+    :param task: task for ``__call__`` and :meth:`embed`; ``"default"``: the model's
+        document task (see :func:`~embedcache.models.default_task`); ``None``: none sent.
     :param dimensions: Matryoshka size; ``None`` sends none (the model's native size).
     :param late_chunking: embed each call's list as one late-chunking group; its vectors are
         cached under the whole ordered list, so only the same list in the same order hits.
@@ -186,7 +190,7 @@ class JinaEmbeddingFunction:
         self,
         model_name: str = DEFAULT_MODEL,
         api_key: str | None = None,
-        task: str | None = DEFAULT_TASK,
+        task: str | None = MODEL_DEFAULT_TASK,
         dimensions: int | None = None,
         late_chunking: bool | None = False,
         *,
@@ -218,6 +222,9 @@ class JinaEmbeddingFunction:
                 stacklevel=2,
             )
         self.model_name = model_name
+        if task == MODEL_DEFAULT_TASK:
+            task = default_task(model_name)
+        #: The task of ``__call__`` and :meth:`embed`, the model's default resolved.
         self.task = task
         self._dimensions = dimensions
         self._late_chunking = bool(late_chunking)
@@ -358,8 +365,7 @@ class JinaEmbeddingFunction:
         return await self._workers.run(functools.partial(self._embed, texts, options))
 
     def _document_options(self) -> RequestOptions:
-        spec = self._call_options.spec
-        return self._options_for(spec.passage_task if spec else "retrieval.passage")
+        return self._options_for(default_task(self.model_name))
 
     def _query_options(self) -> RequestOptions:
         spec = self._call_options.spec
