@@ -4,10 +4,10 @@ The limit lives in the cache directory (``Store(size_limit=...)`` records it), s
 writer honours it: the library, ``prewarm``, ``get`` and the proxy. A store evicts only
 when it writes; a limit set here below what the cache holds evicts the excess at once
 instead, oldest stored first (what the next write would evict, chosen as ``prune
---max-size`` chooses). So ``stats`` agrees with the limit as soon as it is set, the disk
-space comes back now, and a cache that only serves hits (a proxy on a warm cache) does not
-stay over its limit until a write comes. Evicting most of the cache asks first, unless
-``--yes``.
+--max-size`` chooses). So ``stats`` agrees with the limit as soon as it is set, segment
+files left mostly dead are compacted now (as ``prune`` does), and a cache that only serves
+hits (a proxy on a warm cache) does not stay over its limit until a write comes. Evicting
+most of the cache asks first, unless ``--yes``.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def _set(store: Store, size: int, yes: bool, as_json: bool) -> None:
     if evicted:
         click.echo(
             f"evicted      {_entries(evicted)}, the oldest ({format_bytes(held - left)} of "
-            f"vectors); {format_bytes(freed)} of disk freed"
+            "vectors)" + (f"; {format_bytes(freed)} of disk freed" if freed else "")
         )
     click.echo(f"holds        {_entries(entries - evicted)}, {format_bytes(left)} of vectors")
 
