@@ -112,6 +112,19 @@ def _demo(world: World, result: Result) -> None:
     assert (world.cache_dir / "embedcache.json").exists()  # kept, not a temporary directory
 
 
+def _doctor(world: World, result: Result) -> None:
+    report = as_json(result)
+    assert (report["cache"]["directory"], report["cache"]["entries"]) == (
+        str(world.cache_dir), len(TEXTS))  # fmt: skip
+    assert report["upstream"]["url"] == world.emulator.url
+    assert world.sent == 0  # named, never contacted
+
+
+def _limit(world: World, result: Result) -> None:
+    report = as_json(result)
+    assert (report["directory"], report["entries"]) == (str(world.cache_dir), len(TEXTS))
+
+
 #: Each command's arguments after its name (``{out}``: a path in scratch space) and the
 #: check of what it did; ``serve`` runs as a subprocess, in its own test below.
 CASES: dict[str, tuple[tuple[str, ...], Callable[[World, Result], None]]] = {
@@ -126,6 +139,8 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[World, Result], None]]] = {
     "verify": (("--json",), _verify),
     "sync": (("--json",), _sync),
     "demo": ((), _demo),
+    "doctor": (("--json",), _doctor),
+    "limit": (("--json",), _limit),
 }
 
 
@@ -244,6 +259,7 @@ def test_limits_given_in_both_places_merge_option_by_option(tmp_path: Path) -> N
         (["--tier", "bogus"], "Invalid value for '--tier'"),
         (["--rpm", "0"], "Invalid value for '--rpm'"),
         (["--redis-ttl", "x"], "Invalid value for '--redis-ttl'"),
+        (["--size-limit", "6"], "Invalid value for '--size-limit': '6' is not a size"),
     ],
 )
 def test_a_bad_global_value_is_a_usage_error_in_either_place(

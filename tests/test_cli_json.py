@@ -29,8 +29,9 @@ TEXTS = ["cached before the run", "a second cached text", "and a third"]
 NEW_TEXT = "not cached yet"
 V3 = "jina-embeddings-v3"
 COMMANDS = sorted(main.list_commands(click.Context(main)))
-#: Commands whose --json is checked by their own tests (another module's owner).
-CHECKED_ELSEWHERE = {"demo"}
+#: Commands whose --json is checked by their own tests (another module's owner; doctor's
+#: failing checks are its report, printed on stdout with exit code 1).
+CHECKED_ELSEWHERE = {"demo", "doctor"}
 
 
 def fill(cache_dir: Path, emulator: JinaEmulator) -> None:
@@ -78,6 +79,7 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[Any], None]]] = {
     "prune": (("--model", V3, "--dry-run"), keys("dry_run", "selected", "removed", "bytes")),
     "clear": (("--yes",), keys("directory", "removed")),
     "verify": ((), keys("checked", "bad", "removed", "shared")),
+    "limit": ((), keys("directory", "size_limit", "entries", "vector_bytes")),
     "sync": ((), keys("direction", "copied", "present", "skipped", "location", "prefix")),
 }
 

@@ -21,6 +21,8 @@ from ..config import VERSION
 from ..errors import EmbedcacheError
 from .cache import clear, export, get, inspect, ls, prune, stats, verify
 from .demo import demo
+from .doctor import doctor
+from .limit import limit
 from .options import Group
 from .prewarm import prewarm
 from .serve import serve
@@ -61,3 +63,5 @@ for _command in (
     prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, sync, demo
 ):  # fmt: skip
     main.add_command(_command)
+main.add_command(doctor)
+main.add_command(limit)

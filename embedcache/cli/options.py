@@ -50,6 +50,15 @@ def _non_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _size_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def global_options() -> list[click.Option]:
     """The global options, as new :class:`click.Option` objects (a parameter belongs to
     one command, so the group and each command get their own).
@@ -63,6 +72,14 @@ def global_options() -> list[click.Option]:
             ["--cache-dir"],
             type=click.Path(file_okay=False, path_type=Path),
             help="Cache directory (default: $EMBEDCACHE_DIR or the user cache directory).",
+        ),
+        click.Option(
+            ["--size-limit"],
+            metavar="SIZE",
+            callback=_size_limit,
+            help="Set the cache's size limit, kept in the cache directory for every writer, "
+            "when this command writes entries (prewarm, get, serve): 10GB, 512MiB; none "
+            "removes it. `embedcache limit` shows and sets it alone.",
         ),
         click.Option(
             ["--base-url"],
@@ -142,6 +159,8 @@ class CliContext:
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     redis_ttl: int | None = None
     limits: Limits = field(default_factory=Limits)
+    #: ``--size-limit`` in bytes (0: remove the limit); ``None``: keep the stored one.
+    size_limit: int | None = None
 
     @classmethod
     def from_options(cls, given: Mapping[str, Any]) -> CliContext:
@@ -155,6 +174,7 @@ class CliContext:
             redis_url=given.get("redis_url"),
             redis_prefix=given.get("redis_prefix", DEFAULT_REDIS_PREFIX),
             redis_ttl=given.get("redis_ttl"),
+            size_limit=given.get("size_limit"),
             # Resolved from the merged values, so `--tier free stats --rpm 10` is the free
             # tier's limits with 10 requests a minute, as if both were given in one place.
             limits=resolve_limits(
@@ -175,6 +195,7 @@ class CliContext:
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,
             "redis_ttl": self.redis_ttl,
+            "size_limit": self.size_limit,
         }
         return CacheSettings(**{**given, **overrides})
 
@@ -190,10 +211,23 @@ class CliContext:
         from ..storage.store import Store
 
         settings = self.settings(**overrides)
+        if existing and self.size_limit is not None:  # reading never writes, a limit neither
+            raise click.UsageError(
+                "--size-limit is set by commands that write entries (prewarm, get, serve); "
+                "`embedcache limit SIZE` sets it alone"
+            )
         if existing and not Store.exists(settings.cache_dir):
             raise CacheError(f"no embedcache cache at {resolve_cache_dir(settings.cache_dir)}")
         parts = Assembly(settings)
         click.get_current_context().call_on_close(parts.close)
+        held = parts.store.vector_bytes() if self.size_limit else 0
+        if self.size_limit and held > self.size_limit:
+            click.echo(
+                f"warning: --size-limit {format_bytes(self.size_limit)} is below the "
+                f"{format_bytes(held)} of vectors in {parts.store.directory}: "
+                "the next write evicts the oldest entries down to it",
+                err=True,
+            )
         return parts
 
 
@@ -361,6 +395,31 @@ def parse_size(value: str | None) -> int | None:
     number, unit, binary = match.groups()
     scale = 1024 ** list(_UNITS).index(unit) if binary else _UNITS[unit]
     return int(float(number) * scale)
+
+
+_LIMIT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?|b)")
+
+
+def parse_size_limit(value: str) -> int:
+    """A size limit as bytes: a size with its unit (``10GB``, ``512MiB``, ``64kb``; a bare
+    number is refused, as ``6`` could mean anything), or ``none`` / ``0``, returned as 0
+    (no limit, as :class:`~embedcache.storage.store.Store` takes it).
+
+    :raises ValueError: anything else, with a message for the user.
+    """
+    text = value.strip().lower()
+    if text in ("none", "0"):
+        return 0
+    match = _LIMIT.fullmatch(text)
+    if not match:
+        hint = f": say {text}GB, {text}MiB or none" if re.fullmatch(r"\d+", text) else ""
+        raise ValueError(f"{value!r} is not a size with its unit like 10GB or 512MiB{hint}")
+    number, unit, binary = match.groups()
+    scale = 1 if unit is None else 1024 ** list(_UNITS).index(unit) if binary else _UNITS[unit]
+    size = int(float(number) * scale)
+    if size < 1:
+        raise ValueError(f"{value!r} is less than a byte: say none to remove the limit")
+    return size
 
 
 def format_bytes(size: float) -> str:
