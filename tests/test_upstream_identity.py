@@ -62,9 +62,9 @@ def test_declared_upstream_wins_over_the_base_url_and_environment(
     assert resolve_upstream_id("http://10.0.0.5:4000", "gw") == "gw"
 
 
-def _fill(emulator: JinaEmulator, cache_dir: Path, **kwargs: object) -> None:
+def _fill(emulator: JinaEmulator, cache_dir: Path, upstream_as: str | None = None) -> None:
     with JinaEmbeddingFunction(
-        api_key=API_KEY, base_url=emulator.url, cache_dir=cache_dir, **kwargs
+        api_key=API_KEY, base_url=emulator.url, cache_dir=cache_dir, upstream_as=upstream_as
     ) as ef:
         ef.encode_documents(TEXTS)
 
