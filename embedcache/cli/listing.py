@@ -45,24 +45,34 @@ def _oldest_first(store: Store, filters: Filters) -> Iterator[Entry]:
     return itertools.chain.from_iterable(inventory.prune_pages(store, filters, 0))
 
 
-def _page(walk: Iterable[Entry], sort: str, offset: int, limit: int) -> tuple[list[Entry], int]:
-    """The ``limit`` entries from ``offset`` on in ``sort`` order, and how many matched in
-    all (for "50 of 3,000 entries shown"). Memory follows the page, not the cache."""
-    seen = 0
+class _Counted:
+    """A walk that counts what it yields, for "50 of 3,000 entries shown"."""
 
-    def counted() -> Iterator[Entry]:
-        nonlocal seen
-        for entry in walk:
-            seen += 1
-            yield entry
+    def __init__(self, walk: Iterable[Entry]) -> None:
+        self._walk = iter(walk)
+        self.seen = 0
 
+    def __iter__(self) -> Iterator[Entry]:
+        return self
+
+    def __next__(self) -> Entry:
+        entry = next(self._walk)
+        self.seen += 1
+        return entry
+
+    def total(self) -> int:
+        """How many the whole walk yields (walked to its end)."""
+        collections.deque(self, maxlen=0)
+        return self.seen
+
+
+def _page(walk: Iterator[Entry], sort: str, offset: int, limit: int) -> list[Entry]:
+    """The ``limit`` entries from ``offset`` on in ``sort`` order. Memory follows the page,
+    not the cache; oldest first, the walk stops after the page."""
     if sort == "newest":  # the walk goes oldest first: the newest are its last ones
-        newest_last = collections.deque(counted(), maxlen=offset + limit)
-        return list(reversed(newest_last))[offset:], seen
-    entries = counted()
-    page = list(itertools.islice(entries, offset, offset + limit))
-    collections.deque(entries, maxlen=0)  # counted to the end
-    return page, seen
+        newest_last = collections.deque(walk, maxlen=offset + limit)
+        return list(reversed(newest_last))[offset:]
+    return list(itertools.islice(walk, offset, offset + limit))
 
 
 def _row(entry: Entry) -> list[str]:
@@ -107,13 +117,15 @@ def ls(
     """
     filters = build_filters(model, task, dimensions, since)
     store = cli.open(existing=True).store
-    page, total = _page(_oldest_first(store, filters), sort, offset, limit)
+    walk = _Counted(_oldest_first(store, filters))
+    page = _page(walk, sort, offset, limit)
     if as_json:
         # The same text as echo_json of the list: each entry's object, indented in the array.
         items = [json.dumps(entry.as_dict(), indent=2).replace("\n", "\n  ") for entry in page]
         click.echo("[\n  " + ",\n  ".join(items) + "\n]" if items else "[]")
         return
     if not page:
+        total = walk.total()
         click.echo(
             f"no entries from --offset {offset} ({plural(total, 'entry', 'entries')} match)"
             if total
@@ -123,6 +135,7 @@ def ls(
         return
     for line in format_table(_HEADER, [_row(entry) for entry in page], right=_NUMBERS):
         click.echo(line)
+    total = walk.total()  # after the table: its lines need not wait for the count
     first, last = offset + 1, offset + len(page)
     if not offset:
         shown = f"{last:,} of {plural(total, 'entry', 'entries')}"
