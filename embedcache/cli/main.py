@@ -55,7 +55,7 @@ def _in_cli_terms(exc: EmbedcacheError) -> str:
 
 #: Shell completion, as click generates it (shown at the end of `embedcache --help`).
 COMPLETION_HELP = """\b
-Shell completion (commands, options, choices), for bash; zsh and fish alike:
+Shell completion of commands, options and choices:
   eval "$(_EMBEDCACHE_COMPLETE=bash_source embedcache)"    # in ~/.bashrc
   eval "$(_EMBEDCACHE_COMPLETE=zsh_source embedcache)"     # in ~/.zshrc
   _EMBEDCACHE_COMPLETE=fish_source embedcache > ~/.config/fish/completions/embedcache.fish
