@@ -112,8 +112,11 @@ def resolve_api_key(explicit: str | None) -> str:
         value = os.environ.get(name, "").strip()
         if value:
             return value
+    # The library's words (a Python caller can pass api_key=); the CLI and the proxy word
+    # it for their users from `variables`.
     raise AuthenticationError(
-        "no Jina API key: pass api_key= or set " + " or ".join(API_KEY_ENV_VARS)
+        "no Jina API key: pass api_key= or set " + " or ".join(API_KEY_ENV_VARS),
+        variables=API_KEY_ENV_VARS,
     )
 
 

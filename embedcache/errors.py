@@ -70,7 +70,25 @@ class APIError(EmbedcacheError):
 
 
 class AuthenticationError(APIError):
-    """No API key was available, or the API refused the one given."""
+    """No API key was available, or the API refused the one given.
+
+    :ivar variables: when no key was available, the environment variables one is read from
+        (the message names them and ``api_key=``; the CLI and the proxy say it in their
+        users' terms from this); empty when the API refused a key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        request_id: str | None = None,
+        variables: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, status=status, code=code, detail=detail, request_id=request_id)
+        self.variables = variables
 
 
 class RateLimitError(APIError):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from embedcache.cli import main
+from embedcache.cli import main, output
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
@@ -136,7 +136,7 @@ def test_no_api_key_with_misses_names_both_variables(
     run: Invoke, emulator: JinaEmulator, corpus: dict[str, Path]
 ) -> None:
     error = one_line_error(run("prewarm", str(corpus["txt"]), key=None))
-    assert "JINAAI_API_KEY or JINA_API_KEY" in error
+    assert "set JINAAI_API_KEY (or JINA_API_KEY)" in error
     assert emulator.requests == []
 
 
@@ -287,14 +287,17 @@ def test_prune_dry_run_then_by_filter_age_and_size(
     assert pruned["removed"] == 3
     assert pruned["bytes_freed"] == 3 * 16 * 4  # the 16-d segment was all dead: deleted
     assert sum(p.stat().st_size for p in segments.iterdir()) == before - 3 * 16 * 4
-    shrink = as_json(run("prune", "--max-size", "5KB", "--json"))
+    shrink = as_json(run("prune", "--max-size", "5KB", "--yes", "--json"))
     assert shrink["removed"] == 2  # three 4 KiB vectors: keep one
     with Store(cache_dir) as store:
         assert len(store) == 1
     assert run("prune", "--max-size", "lots").exit_code == 2
 
 
-def test_clear_asks_first_unless_yes(run: Invoke, corpus: dict[str, Path]) -> None:
+def test_clear_asks_first_unless_yes(
+    run: Invoke, corpus: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(output, "stdin_is_terminal", lambda: True)  # someone to ask
     ok(run("prewarm", str(corpus["txt"])))
     refused = run("clear", stdin="n\n")
     assert refused.exit_code == 1

@@ -197,12 +197,17 @@ def test_sync_both_ways_holds_one_page_at_a_time(
         shared.close()
 
 
-def test_ls_json_streams_the_same_text_as_one_json_dump(store: Store, cache_dir: Path) -> None:
+def test_ls_json_is_one_json_dump_newest_first(store: Store, cache_dir: Path) -> None:
     keys = fill(store, 300)
     listed = invoke("ls", "--json", "--limit", "1000", cache_dir=cache_dir)
-    entries = [e.as_dict() for e in inventory.entries(store)]
+    entries = json.loads(listed.output)
     assert listed.output == json.dumps(entries, indent=2) + "\n"
-    assert {bytes.fromhex(e["key"]) for e in json.loads(listed.output)} == set(keys)
+    assert sorted(entries, key=str) == sorted(
+        (e.as_dict() for e in inventory.entries(store)), key=str
+    )
+    created = [entry["created"] for entry in entries]
+    assert created == sorted(created, reverse=True)  # newest first
+    assert {bytes.fromhex(e["key"]) for e in entries} == set(keys)
     assert invoke("ls", "--json", "--offset", "300", cache_dir=cache_dir).output == "[]\n"
 
 

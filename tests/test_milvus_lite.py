@@ -136,7 +136,7 @@ def test_demo_milvus_indexes_searches_and_rebuilds_for_free(tmp_path: Path) -> N
     assert "2 requests, " in first
     assert "0 hits and 5 misses" in first
     assert "0 requests, 0 tokens upstream; 5 hits and 0 misses" in second
-    assert "Second pass served from disk: the same hits, 0 requests, 0 tokens." in second
+    assert "Second pass served from disk: the same hits, 0 requests, 0 tokens (" in second
     shown = first.partition("Milvus Lite search")[2]
     assert shown
     assert shown == second.partition("Milvus Lite search")[2].partition("\n\n")[0] + "\n\n"
@@ -151,7 +151,9 @@ def test_demo_milvus_json_reports_the_counts_and_the_search_results() -> None:
     summary = as_json(invoke("demo", "--milvus", "--json"))
     assert (summary["requests"], summary["hits"]) == (2, 5)
     assert summary["tokens"] == summary["passes"][0]["tokens"] > 0
-    assert summary["passes"][1] == {"requests": 0, "tokens": 0, "hits": 5, "misses": 0}
+    second = summary["passes"][1]
+    assert second.pop("seconds") >= 0  # measured: the time taken is not asserted
+    assert second == {"requests": 0, "tokens": 0, "hits": 5, "misses": 0}
     results = summary["milvus"]["results"]
     assert [r["query"] for r in results] == MILVUS_QUERIES
     ranking = [[hit["id"] for hit in r["hits"]] for r in results]

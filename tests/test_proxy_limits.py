@@ -358,7 +358,7 @@ def test_entries_removed_by_another_process_stop_being_served(
     if command == "clear":
         run_cli(cache_dir, "clear", "--yes")
     elif command == "prune":
-        run_cli(cache_dir, "prune", "--model", V3)
+        run_cli(cache_dir, "prune", "--model", V3, "--yes")
     else:
         damage_entry(cache_dir)
         run_cli(cache_dir, "verify", "--repair")

@@ -80,8 +80,10 @@ def test_sync_up_then_pull_on_another_machine_gives_the_same_bits_with_no_reques
             r.tokens for r in alice.get_many(keys) if r
         ]
         assert bob.fingerprints() == alice.fingerprints()
-    listed = ok(cli("bob", "ls")).output
-    assert listed.count("jina-embeddings-v3  retrieval.passage  1024d") == 3
+    listed = as_json(cli("bob", "ls", "--json"))
+    assert [(e["model"], e["task"], e["dimensions"]) for e in listed] == [
+        ("jina-embeddings-v3", "retrieval.passage", 1024)
+    ] * 3
 
 
 def test_sync_is_idempotent_both_ways_and_a_dry_run_copies_nothing(

@@ -66,7 +66,7 @@ def test_clearing_an_empty_cache_still_changes_removals(cache_dir: Path) -> None
 
 def test_prune_by_another_process_changes_removals(cache_dir: Path, watcher: Store) -> None:
     before = watcher.removals()
-    cli(cache_dir, "prune", "--dimensions", "16")
+    cli(cache_dir, "prune", "--dimensions", "16", "--yes")
     assert len(watcher) == 4
     assert watcher.removals() != before
 

@@ -60,14 +60,11 @@ def test_prune_max_size_removes_what_the_size_limit_evicts(tmp_path: Path) -> No
 
     with Store(pruned) as store:  # no limit: the last write keeps everything
         _write(store, len(BATCHES), *LAST)
-    dry = CliRunner().invoke(
-        main, ["--cache-dir", str(pruned), "prune", "--max-size", str(LIMIT), "--dry-run", "--json"]
-    )
+    prune = ["--cache-dir", str(pruned), "prune", "--max-size", f"{LIMIT}B"]  # bytes: a unit
+    dry = CliRunner().invoke(main, [*prune, "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     planned = json.loads(dry.stdout)
-    result = CliRunner().invoke(
-        main, ["--cache-dir", str(pruned), "prune", "--max-size", str(LIMIT), "--json"]
-    )
+    result = CliRunner().invoke(main, [*prune, "--yes", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
 

@@ -1,12 +1,13 @@
-"""Commands that look into and look after a cache: stats, ls, inspect, get, export, prune,
-clear, verify. With a Redis URL, ``stats`` and ``verify`` cover the shared tier too (and fail
-with a one-line error when it cannot be reached); the others are about local disk only."""
+"""Commands that look into and look after a cache: stats, inspect, get, export, prune,
+clear, verify (``ls`` is in :mod:`.listing`). With a Redis URL, ``stats`` and ``verify``
+cover the shared tier too (and fail with a one-line error when it cannot be reached); the
+others are about local disk only."""
 
 from __future__ import annotations
 
 import collections
-import itertools
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import click
 from ..cache_keys import fingerprint, group_keys, text_keys
 from ..config import resolve_upstream_id
 from .options import (
+    LOCAL_ONLY,
+    SENDS_NOTHING,
     CliContext,
     Command,
     build_filters,
@@ -33,11 +36,26 @@ from .options import (
     price_option,
     request_options,
 )
+from .output import confirm, plural, yes_option
 
-__all__ = ["clear", "export", "get", "inspect", "ls", "prune", "stats", "verify"]
+__all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
+
+# The global options each command has no use for (hidden from its --help, refused after
+# its name; see options.Command).
+_DISK_ONLY = {**SENDS_NOTHING, **LOCAL_ONLY}
+_NO_API = {**SENDS_NOTHING, "base_url": "it sends no request to the API"}
 
 
-@click.command(cls=Command)
+def _entries(count: int) -> str:
+    return plural(count, "entry", "entries")
+
+
+def _money(dollars_: float) -> str:
+    """``$0.0075``; a sum under a tenth of a cent with six decimals, not as ``$0.0000``."""
+    return f"${dollars_:,.4f}" if dollars_ == 0 or dollars_ >= 0.001 else f"${dollars_:.6f}"
+
+
+@click.command(cls=Command, ignores=SENDS_NOTHING)
 @price_option
 @json_option
 @pass_cli
@@ -89,63 +107,22 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     click.echo(f"size limit   {limit}")
     if tier is not None:
         click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
-        click.echo(f"shared size  {tier['entries']:,} entries, {format_bytes(tier['bytes'])}")
+        click.echo(f"shared size  {_entries(tier['entries'])}, {format_bytes(tier['bytes'])}")
     if summary.groups:
         click.echo("\n  entries  model / task / dimensions  (from upstream)")
         for (model, task, dims, source), (count, _) in sorted(summary.groups.items(), key=str):
             click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}  ({source})")
     click.echo(
-        f"\nlifetime     {counters['hits']:,} hits, {counters['misses']:,} misses, "
-        f"{counters['requests']:,} requests"
+        f"\nlifetime     {plural(counters['hits'], 'hit')}, "
+        f"{plural(counters['misses'], 'miss')}, {plural(counters['requests'], 'request')}"
     )
     click.echo(
         f"tokens       {counters['tokens_spent']:,} spent, {counters['tokens_saved']:,} saved "
-        f"(saved is an estimate: ~${saved_usd:.4f} at ${price_per_million}/1M tokens)"
+        f"(saved is an estimate: ~{_money(saved_usd)} at ${price_per_million:g}/1M tokens)"
     )
 
 
-@click.command(cls=Command)
-@filter_options
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
-@json_option
-@pass_cli
-def ls(
-    cli: CliContext,
-    model: str | None,
-    task: str | None,
-    dimensions: int | None,
-    since: str | None,
-    limit: int,
-    offset: int,
-    as_json: bool,
-) -> None:
-    """List cached entries, LIMIT at a time from OFFSET, in key order."""
-    from ..maintenance import inventory
-
-    filters = build_filters(model, task, dimensions, since)
-    store = cli.open(existing=True).store
-    page = itertools.islice(inventory.entries(store, filters), offset, offset + limit)
-    # Streamed as found, JSON too (the same text as echo_json of the whole list): a large
-    # LIMIT costs no memory, and the first line comes at once.
-    shown = 0
-    for shown, entry in enumerate(page, 1):
-        if as_json:
-            item = json.dumps(entry.as_dict(), indent=2).replace("\n", "\n  ")
-            click.echo(("[\n  " if shown == 1 else ",\n  ") + item, nl=False)
-            continue
-        click.echo(
-            f"{entry.key.hex()}  {format_time(entry.created)}  {entry.model}  "
-            f"{entry.task or '-'}  {entry.dimensions}d  {entry.tokens:.1f} tokens"
-            + ("  late-chunking" if entry.late_chunking else "")
-        )
-    if as_json:
-        click.echo("\n]" if shown else "[]")
-    elif not shown:
-        click.echo("no entries" + (" on this page" if offset else ""), err=True)
-
-
-@click.command(cls=Command)
+@click.command(cls=Command, ignores=_DISK_ONLY)
 @click.argument("text", required=False)
 @click.option("--key", "key_hex", help="Look up a key (32 hex digits) instead of a text.")
 @request_options
@@ -212,7 +189,7 @@ def inspect(
 
 
 @click.command(cls=Command)
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1, required=True, metavar="TEXT... | -")
 @request_options
 @click.option("--offline", is_flag=True, help="Fail on misses instead of fetching them.")
 @click.option(
@@ -238,12 +215,17 @@ def get(
     npy: Path | None,
     as_json: bool,
 ) -> None:
-    """Print the vectors of TEXTS, one JSON object per line ({"text", "embedding"}),
-    fetching misses (unless --offline)."""
+    """Print the vector of each TEXT, one JSON object per line ({"text", "embedding"}) in
+    the order given, fetching misses (unless --offline).
+
+    `-` reads the texts from standard input, one per line (blank lines skipped):
+    `cut -f2 queries.tsv | embedcache get - --task retrieval.query`.
+    """
     import numpy as np
 
+    given = _texts(texts)
     options = build_options(model, task, dimensions, late_chunking, truncate)
-    vectors = cli.open(offline=offline).embedder.embed(list(texts), options)
+    vectors = cli.open(offline=offline).embedder.embed(given, options)
     if npy is not None:
         np.save(npy, vectors)
         rows, dims = vectors.shape
@@ -254,7 +236,7 @@ def get(
         return
     answers = [
         {"text": text, "embedding": vector.tolist()}
-        for text, vector in zip(texts, vectors, strict=True)
+        for text, vector in zip(given, vectors, strict=True)
     ]
     if as_json:
         echo_json(answers, compact=True)  # vectors are long: one line, not one per number
@@ -264,7 +246,26 @@ def get(
         echo_json(row, compact=True)
 
 
-@click.command(cls=Command)
+def _texts(arguments: tuple[str, ...]) -> list[str]:
+    """The texts of ``get``'s arguments, ``-`` standing for standard input's lines."""
+    if arguments.count("-") > 1:
+        raise click.UsageError("give - (standard input) once")
+    texts: list[str] = []
+    for argument in arguments:
+        if argument != "-":
+            texts.append(argument)
+            continue
+        # One text per line, as `prewarm`'s .txt files: a line's end is not part of it, and
+        # a blank line is no text (the API refuses empty input).
+        read = [line.rstrip("\r\n") for line in sys.stdin]
+        lines = [line for line in read if line.strip()]
+        if not lines:
+            raise click.UsageError("- (standard input) holds no text: one text per line")
+        texts += lines
+    return texts
+
+
+@click.command(cls=Command, ignores=_DISK_ONLY)
 @click.option(
     "--out",
     required=True,
@@ -296,15 +297,18 @@ def export(
         click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, ignores=_DISK_ONLY)
 @filter_options
 @click.option("--older-than", help="Only entries stored longer ago than this: 30d, 12h, 2w.")
 @click.option(
     "--max-size",
+    metavar="SIZE",
+    callback=lambda _ctx, _param, value: parse_size(value),  # a bad size is bad usage
     help="Remove the oldest (matching) entries until the rest's vectors fit, counted as a "
-    "size limit counts them (4 bytes per dimension): 2GB.",
+    "size limit counts them (4 bytes per dimension). With a unit: 2GB, 512MiB.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@yes_option
 @json_option
 @pass_cli
 def prune(
@@ -314,21 +318,35 @@ def prune(
     dimensions: int | None,
     since: str | None,
     older_than: str | None,
-    max_size: str | None,
+    max_size: int | None,
     dry_run: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
-    """Remove entries by model/task/dimensions/age, or down to a size."""
+    """Remove entries by model/task/dimensions/age, or down to a size.
+
+    Asks first when that is more than half of the cache's entries (refused without a
+    terminal to ask on): --yes to go ahead, --dry-run to see how many.
+    """
     from ..maintenance import inventory
 
-    if not any((model, task, dimensions, since, older_than, max_size)):
+    if max_size is None and not any((model, task, dimensions, since, older_than)):
         raise click.UsageError("say what to prune (filters, --older-than or --max-size)")
     age = parse_duration(older_than)
     filters = build_filters(
         model, task, dimensions, since, before=None if age is None else time.time() - age
     )
-    limit = parse_size(max_size)
-    store = cli.open().store
+    limit = max_size
+    store = cli.open(existing=True).store
+    if not dry_run and not yes:
+        # Counted from the index first (no vector read): a mistyped filter or size must not
+        # empty a cache unasked.
+        planned = sum(len(page) for page in inventory.prune_pages(store, filters, limit))
+        total = len(store)
+        if planned * 2 > total:
+            confirm(
+                f"remove {planned:,} of the {total:,} entries in {store.directory}", err=as_json
+            )
     selected = size = removed = freed = 0
 
     def chosen() -> Iterator[list[bytes]]:
@@ -352,35 +370,36 @@ def prune(
              "bytes_freed": freed}
         )  # fmt: skip
     elif dry_run:
-        click.echo(f"would remove {selected:,} entries (~{format_bytes(size)}); nothing removed")
+        click.echo(f"would remove {_entries(selected)} (~{format_bytes(size)}); nothing removed")
     else:
         click.echo(
-            f"removed {removed:,} entries (~{format_bytes(size)}); "
+            f"removed {_entries(removed)} (~{format_bytes(size)}); "
             f"{format_bytes(freed)} of disk freed"
         )
 
 
-@click.command(cls=Command)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.command(cls=Command, ignores={**_DISK_ONLY, **_NO_API})
+@yes_option
 @json_option
 @pass_cli
 def clear(cli: CliContext, yes: bool, as_json: bool) -> None:
-    """Remove every entry (lifetime counters are kept)."""
+    """Remove every entry (lifetime counters are kept).
+
+    Asks first (refused without a terminal to ask on): --yes to go ahead.
+    """
     store = cli.open().store
     count = len(store)
     if not yes:
         # With --json the question goes to stderr, so stdout stays one JSON object.
-        click.confirm(
-            f"Remove all {count:,} entries from {store.directory}?", abort=True, err=as_json
-        )
+        confirm(f"remove all {count:,} entries from {store.directory}", err=as_json)
     removed = store.clear()
     if as_json:
         echo_json({"directory": str(store.directory), "removed": removed})
     else:
-        click.echo(f"removed {removed:,} entries")
+        click.echo(f"removed {_entries(removed)}")
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, ignores=_NO_API)
 @click.option("--repair", is_flag=True, help="Remove the bad entries found (they refetch).")
 @json_option
 @pass_cli
@@ -426,7 +445,7 @@ def verify(ctx: click.Context, cli: CliContext, repair: bool, as_json: bool) -> 
         for key, reason in report.bad:
             click.echo(f"bad {key}: {reason}")
         click.echo(
-            f"checked {report.checked:,} entries: {len(report.bad):,} bad"
+            f"checked {_entries(report.checked)}: {len(report.bad):,} bad"
             + (f", {removed:,} removed" if repair else "")
         )
         if remote is not None:

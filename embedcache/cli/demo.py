@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import DEFAULT_MODEL
-from .options import CliContext, Command, echo_json, json_option, pass_cli
+from .options import (
+    GLOBAL_OPTION_NAMES,
+    CliContext,
+    Command,
+    echo_json,
+    json_option,
+    pass_cli,
+)
+from .output import plural
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,10 +45,25 @@ DEMO_DOCUMENTS = [
 ]
 # Not a real key: the emulator accepts only this one, and it proves keys stay off disk.
 DEMO_API_KEY = "jina_demo_key_for_the_bundled_emulator_only"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+#: Seconds each emulator request takes, about what a small request to the real API does, so
+#: the timings show what the cache saves (the emulator alone answers in a millisecond).
+DEMO_LATENCY = 0.2
+# The demo runs its own emulator with a cache of its own: of the global options it uses
+# --cache-dir only (hidden from its --help and refused after its name, options.Command).
+_IGNORED = {
+    name: "the demo runs against its bundled emulator, on local disk, unpaced"
+    for name in GLOBAL_OPTION_NAMES
+    if name != "cache_dir"
+}
+_NEXT_STEP = """\
+Next, the real API: get a key at https://jina.ai/embeddings, then
+    export JINAAI_API_KEY=jina_...
+and in Python (the cache is your user cache directory; `embedcache stats` shows it):
+    from embedcache import JinaEmbeddingFunction
+    ef = JinaEmbeddingFunction("jina-embeddings-v3")
+    vectors = ef.encode_documents(["Milvus is a vector database."])
+or `embedcache get "Milvus is a vector database."`. The README has the proxy, LangChain,
+LlamaIndex and Milvus."""
 
 
 @dataclass
@@ -50,15 +74,32 @@ class _Pass:
     sent: list[RecordedRequest]
     stats: Stats
     vectors: np.ndarray[Any, Any]
+    seconds: float
     results: list[QueryResult] | None = None
 
     @property
     def tokens(self) -> int:
         return sum(r.tokens for r in self.sent)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {"requests": len(self.sent), "tokens": self.tokens,
-                "hits": self.stats.hits, "misses": self.stats.misses}  # fmt: skip
+                "hits": self.stats.hits, "misses": self.stats.misses,
+                "seconds": round(self.seconds, 4)}  # fmt: skip
+
+
+def _first_title(first: _Pass) -> str:
+    """The first pass's title, by what it found: a kept --cache-dir may be warm already."""
+    hits, misses = first.stats.hits, first.stats.misses
+    if not hits:
+        return "First pass (cold cache)"
+    if not misses:
+        return "First pass (all cached already, from an earlier run in this --cache-dir)"
+    return f"First pass ({hits} of {hits + misses} cached already, from an earlier run)"
+
+
+def _seconds(value: float) -> str:
+    """``0.43 s``, ``0.0021 s``: two significant digits below a second is enough to show."""
+    return f"{value:.2f} s" if value >= 0.1 else f"{value:.2g} s"
 
 
 def _echo_pass(title: str, done: _Pass) -> None:
@@ -71,9 +112,9 @@ def _echo_pass(title: str, done: _Pass) -> None:
             f"({fields}) -> HTTP {request.status}, {request.tokens} tokens"
         )
     click.echo(
-        f"  {_count(len(done.sent), 'request')}, {_count(done.tokens, 'token')} upstream; "
-        f"{_count(done.stats.hits, 'hit')} and {_count(done.stats.misses, 'miss')} "
-        "(distinct texts)"
+        f"  {plural(len(done.sent), 'request')}, {plural(done.tokens, 'token')} upstream; "
+        f"{plural(done.stats.hits, 'hit')} and {plural(done.stats.misses, 'miss')} "
+        f"(distinct texts), in {_seconds(done.seconds)}"
     )
     click.echo(f"  vectors: {done.vectors.shape[0]} x {done.vectors.shape[1]} float32")
     if done.results is not None:
@@ -87,6 +128,7 @@ def _echo_pass(title: str, done: _Pass) -> None:
 
 @click.command(
     cls=Command,
+    ignores=_IGNORED,
     # The global option, with the demo's own default: a configured cache is left alone.
     global_help={
         "cache_dir": "Cache directory to use and keep (default: a temporary one, removed "
@@ -105,10 +147,11 @@ def _echo_pass(title: str, done: _Pass) -> None:
 def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
     """Show the cache at work, offline, against the bundled Jina API emulator.
 
-    Embeds a few documents twice: the first pass goes to the emulator, the second is
-    served from disk with no request and no tokens. With --milvus, each pass also builds a
-    Milvus Lite collection from the vectors and searches it, and the second pass must find
-    the same hits.
+    Embeds a few documents twice: the first pass goes to the emulator (which takes 0.2 s a
+    request, as the real API might), the second is served from disk with no request and no
+    tokens; each pass is timed. With --milvus, each pass also builds a Milvus Lite
+    collection from the vectors and searches it, and the second pass must find the same
+    hits. With a kept --cache-dir, a re-run finds the first pass cached already.
     """
     from . import demo_milvus as lite
 
@@ -122,7 +165,7 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
     documents = lite.MILVUS_DOCUMENTS if milvus else DEMO_DOCUMENTS
     with (
         tempfile.TemporaryDirectory(prefix="embedcache-demo-") as tmp,
-        JinaEmulator(api_key=DEMO_API_KEY) as emulator,
+        JinaEmulator(api_key=DEMO_API_KEY, latency=DEMO_LATENCY) as emulator,
     ):
         directory = cli.cache_dir or Path(tmp) / "cache"
         database = Path(tmp) / "milvus.db"
@@ -140,6 +183,7 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
 
         def run(client: Any) -> _Pass:
             before = len(emulator.requests)
+            started = time.perf_counter()
             with JinaEmbeddingFunction(
                 DEFAULT_MODEL, api_key=DEMO_API_KEY, base_url=emulator.url, cache_dir=directory
             ) as ef:
@@ -150,12 +194,13 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
                     queries = lite.MILVUS_QUERIES
                     results = lite.search(client, queries, ef.encode_queries(queries))
                 stats = ef.stats
-            return _Pass(emulator.requests[before:], stats, np.stack(vectors), results)
+            seconds = time.perf_counter() - started
+            return _Pass(emulator.requests[before:], stats, np.stack(vectors), seconds, results)
 
         with lite.milvus_lite(database) if milvus else contextlib.nullcontext() as client:
             first = run(client)
             if not as_json:
-                _echo_pass("First pass (cold cache):", first)
+                _echo_pass(_first_title(first) + ":", first)
             second = run(client)
             if not as_json:
                 title = "Second pass (a fresh JinaEmbeddingFunction"
@@ -163,17 +208,22 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
         _check(first, second)
         if as_json:
             echo_json(_summary(directory, documents, first, second))
-        elif milvus:
+            return
+        timing = f"first pass {_seconds(first.seconds)}, second {_seconds(second.seconds)}"
+        if milvus:
+            requests, tokens = plural(len(second.sent), "request"), plural(second.tokens, "token")
             click.echo(
-                f"Second pass served from disk: the same hits, {len(second.sent)} requests, "
-                f"{second.tokens} tokens.\nThe emulator's vectors are random per text, so "
-                "these hits carry no meaning; with the real API the same code ranks by meaning."
+                f"Second pass served from disk: the same hits, {requests}, {tokens} "
+                f"({timing}).\nThe emulator's vectors are random per text, so these hits "
+                "carry no meaning; with the real API the same code ranks by meaning."
             )
         else:
             click.echo(
                 "Second pass served from disk: bit-identical vectors, "
-                f"{len(second.sent)} requests, {second.tokens} tokens."
+                f"{plural(len(second.sent), 'request')}, {plural(second.tokens, 'token')} "
+                f"({timing})."
             )
+        click.echo("\n" + _NEXT_STEP)
 
 
 def _summary(directory: Path, documents: list[str], first: _Pass, second: _Pass) -> dict[str, Any]:
@@ -186,6 +236,7 @@ def _summary(directory: Path, documents: list[str], first: _Pass, second: _Pass)
         "hits": first.stats.hits + second.stats.hits,
         "tokens": first.tokens + second.tokens,
         "passes": [first.as_dict(), second.as_dict()],
+        "seconds": round(first.seconds + second.seconds, 4),
         "identical": True,  # else _check failed the demo
     }
     if first.results is not None:

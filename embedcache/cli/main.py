@@ -18,11 +18,12 @@ from typing import Any
 import click
 
 from ..config import VERSION
-from ..errors import EmbedcacheError
-from .cache import clear, export, get, inspect, ls, prune, stats, verify
+from ..errors import AuthenticationError, EmbedcacheError
+from .cache import clear, export, get, inspect, prune, stats, verify
 from .demo import demo
 from .doctor import doctor
 from .limit import limit
+from .listing import ls
 from .options import Group
 from .prewarm import prewarm
 from .serve import serve
@@ -36,7 +37,7 @@ class _Group(Group):
         try:
             return super().invoke(ctx)
         except EmbedcacheError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise click.ClickException(f"{type(exc).__name__}: {_in_cli_terms(exc)}") from None
         except BrokenPipeError:
             # The reader went away (`embedcache ls | head -1`): click stops quietly, as git
             # does, where a message would only say "Broken pipe".
@@ -45,8 +46,31 @@ class _Group(Group):
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}") from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(VERSION, prog_name="embedcache")
+def _in_cli_terms(exc: EmbedcacheError) -> str:
+    """``exc``'s message as a CLI user acts on it: the library's names a Python argument
+    (``api_key=``) the command line does not have."""
+    if isinstance(exc, AuthenticationError) and exc.variables:
+        first, *others = exc.variables
+        return f"no Jina API key: set {first}" + (f" (or {' or '.join(others)})" if others else "")
+    return str(exc)
+
+
+#: Shell completion, as click generates it (shown at the end of `embedcache --help`).
+COMPLETION_HELP = """\b
+Shell completion of commands, options and choices:
+  eval "$(_EMBEDCACHE_COMPLETE=bash_source embedcache)"    # in ~/.bashrc
+  eval "$(_EMBEDCACHE_COMPLETE=zsh_source embedcache)"     # in ~/.zshrc
+  _EMBEDCACHE_COMPLETE=fish_source embedcache > ~/.config/fish/completions/embedcache.fish
+"""
+
+
+# -h is --help in every command: the child contexts inherit help_option_names.
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=COMPLETION_HELP,
+)
+@click.version_option(VERSION, "-V", "--version", prog_name="embedcache")
 def main() -> None:
     """A disk cache in front of the Jina AI embeddings API.
 

@@ -42,6 +42,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+# A number, then a unit: a prefix (k, m, g, t; i for powers of 1024) with an optional "b",
+# or "b" alone.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*(?:([kmgt])(i?)b?|(b))?\s*")
 
 
 def _non_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -133,6 +136,14 @@ def global_options() -> list[click.Option]:
 
 
 GLOBAL_OPTION_NAMES: tuple[str, ...] = tuple(str(o.name) for o in global_options())
+#: For :class:`Command`'s ``ignores``: the global options of a command that sends nothing to
+#: the API, and of one that works on the local cache only.
+SENDS_NOTHING: Mapping[str, str] = dict.fromkeys(
+    ("tier", "rpm", "tpm"), "it sends no request to the API"
+)
+LOCAL_ONLY: Mapping[str, str] = dict.fromkeys(
+    ("redis_url", "redis_prefix", "redis_ttl"), "it works on the local cache only"
+)
 _GIVEN_BEFORE = "embedcache.global_options_before_the_command"
 
 
@@ -240,10 +251,18 @@ class Command(click.Command):
 
     :param global_help: help texts to show instead of the usual ones, by parameter name, for
         a command that gives a global option another default (``demo``'s ``--cache-dir``).
+    :param ignores: the global options the command has no use for, by parameter name, each
+        with why (``"it sends no request to the API"``): left out of its ``--help``, and a
+        usage error after its name. Before the name they stay accepted, as global options
+        (a shell alias fixing ``--tier`` serves every command).
     """
 
     def __init__(
-        self, *args: Any, global_help: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        global_help: Mapping[str, str] | None = None,
+        ignores: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         shared = global_options()
@@ -257,12 +276,23 @@ class Command(click.Command):
         help_texts = dict(global_help or {})
         if set(help_texts) - set(GLOBAL_OPTION_NAMES):
             raise TypeError(f"{self.name}: global_help names no global option: {help_texts}")
+        self.ignores = dict(ignores or {})
+        if set(self.ignores) - set(GLOBAL_OPTION_NAMES):
+            raise TypeError(f"{self.name}: ignores names no global option: {self.ignores}")
         for option in shared:
             option.help = help_texts.get(str(option.name), option.help)
+            option.hidden = option.name in self.ignores
         self.params += shared
 
     def invoke(self, ctx: click.Context) -> Any:
-        given = {**ctx.meta.get(_GIVEN_BEFORE, {}), **_take_given(ctx)}
+        after = _take_given(ctx)
+        for name in after:
+            if name in self.ignores:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(
+                    f"{ctx.command_path} does not use {flag}: {self.ignores[name]}", ctx
+                )
+        given = {**ctx.meta.get(_GIVEN_BEFORE, {}), **after}
         try:
             ctx.obj = CliContext.from_options(given)
         except EmbedcacheError as exc:  # a bad tier or limit is bad usage, as at parse time
@@ -386,13 +416,22 @@ def parse_time(value: str | None) -> float | None:
 
 
 def parse_size(value: str | None) -> int | None:
-    """``500MB`` / ``2GiB`` / ``1e9`` / ``10k`` as bytes."""
+    """``500MB`` / ``2GiB`` / ``1e9B`` / ``10k`` as bytes; ``0`` needs no unit.
+
+    A bare number is refused: ``--max-size 6`` meant 6 GB far more often than 6 bytes, and
+    taken as bytes it empties a cache.
+    """
     if value is None:
         return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmgt]?)(i?)b?\s*", value.lower())
+    match = _SIZE.fullmatch(value.lower())
     if not match:
         raise click.BadParameter(f"{value!r} is not a size like 500MB or 2GiB")
-    number, unit, binary = match.groups()
+    number, unit, binary, plain_bytes = match.groups()
+    if unit is None and plain_bytes is None and float(number) != 0:
+        raise click.BadParameter(
+            f"{value!r} has no unit: say {number}GB, {number}MiB or {number}B (bytes)"
+        )
+    unit = unit or ""
     scale = 1024 ** list(_UNITS).index(unit) if binary else _UNITS[unit]
     return int(float(number) * scale)
 
@@ -482,4 +521,7 @@ def echo_json(data: object, *, compact: bool = False) -> None:
 
 
 def dollars(tokens: float, price_per_million: float) -> float:
-    return tokens * price_per_million / 1_000_000
+    """An estimated cost in dollars, to 6 significant digits: a float's tail
+    (0.0051030500000000005) is noise in an estimate, and rounding to decimal places instead
+    would show the few tokens a small run saves as $0."""
+    return float(f"{tokens * price_per_million / 1_000_000:.6g}")

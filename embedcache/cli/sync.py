@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import REDIS_URL_ENV
-from .options import CliContext, Command, echo_json, json_option, pass_cli
+from .options import SENDS_NOTHING, CliContext, Command, echo_json, json_option, pass_cli
 
 if TYPE_CHECKING:
     from ..assembly import Assembly
@@ -63,7 +63,9 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
-@click.command(cls=Command)
+@click.command(  # the global options it has no use for (see options.Command)
+    cls=Command, ignores={**SENDS_NOTHING, "base_url": "it sends no request to the API"}
+)
 @click.option("--pull", is_flag=True, help="Copy Redis entries down to the local cache instead.")
 @click.option("--dry-run", is_flag=True, help="Count what would be copied; copy nothing.")
 @json_option

@@ -116,6 +116,12 @@ class Access:
         return bool(self._allowed) or self._verify is not None
 
     @property
+    def takes_token(self) -> bool:
+        """Whether clients present the proxy's own token (the *token* policy), so the
+        server's key pays for every miss and a client has no Jina key to send."""
+        return self._token is not None
+
+    @property
     def open(self) -> bool:
         """Whether every request is served, whatever it sends (no token, no key checks)."""
         return self._token is None and not self.checks_keys
@@ -131,7 +137,11 @@ class Access:
         if not self.checks_keys:
             return Decision(0, key=bearer or None)
         if not bearer:
-            return Decision(401, "this proxy serves only known API keys: send yours as a bearer")
+            return Decision(
+                401,
+                "this proxy serves only known Jina API keys: send yours in the "
+                "Authorization: Bearer header",
+            )
         key_digest = digest(bearer)
         if key_digest in self._allowed:
             return Decision(0, key=bearer)

@@ -82,7 +82,7 @@ class EmbeddingsRoute:
                 try:
                     inline = self._embed(read, parsed, upstream, cached_only=True)
                 except EmbedcacheError as exc:
-                    return _failure(exc, read.dialect)
+                    return _failure(self._gate.in_clients_terms(exc), read.dialect)
                 if inline is not None:
                     return inline
         return await self._filler.in_thread(partial(self._answer_fully, raw, read, upstream))
@@ -104,7 +104,7 @@ class EmbeddingsRoute:
                 return Answer(response, "passthrough")
             answer = self._embed(read, parsed, upstream)
         except EmbedcacheError as exc:
-            return _failure(exc, read.dialect)
+            return _failure(self._gate.in_clients_terms(exc), read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 

@@ -23,6 +23,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..errors import AuthenticationError, EmbedcacheError
 from . import tei
 from .access import Access, Decision, digest
 from .http import Refusal
@@ -70,6 +71,27 @@ class Gate:
         if isinstance(found, Decision):
             return _refusal(found, on_tei) if found.status else None
         return self._admit_when_verified(found, on_tei)
+
+    def in_clients_terms(self, exc: EmbedcacheError) -> EmbedcacheError:
+        """``exc`` worded for this proxy's clients: the library's "no Jina API key" names a
+        Python argument (``api_key=``), where a client acts on the ``Authorization: Bearer``
+        header, and the proxy's operator on its environment. Any other error as it is."""
+        if not (isinstance(exc, AuthenticationError) and exc.variables):
+            return exc
+        variables = " or ".join(exc.variables)
+        if self.access.takes_token:  # the bearer is the proxy's token: only the server pays
+            detail = (
+                "this proxy has no Jina API key to fetch what it has not cached: start "
+                f"embedcache serve with {variables} set (clients send the proxy's token in "
+                "the Authorization: Bearer header, not a Jina key)"
+            )
+        else:
+            detail = (
+                "no Jina API key to fetch what this proxy has not cached: send yours in the "
+                f"Authorization: Bearer header (the proxy has none of its own: {variables} "
+                "is not set where embedcache serve runs)"
+            )
+        return AuthenticationError(detail, variables=exc.variables)
 
     async def decision(self, bearer: str) -> Decision:
         """The decision for a route's request (``bearer`` as sent): from memory when

@@ -84,7 +84,7 @@ class TeiRoutes:
                 try:
                     self._fill(work, upstream, cached_only=True)
                 except EmbedcacheError as exc:
-                    return _failure(exc)
+                    return _failure(self._gate.in_clients_terms(exc))
                 if None not in work.done:
                     return _assembled(work)
         return await self._filler.in_thread(partial(self._answer_fully, raw, work, upstream))
@@ -101,7 +101,7 @@ class TeiRoutes:
             # Only the groups not answered inline: each group's hits are counted once.
             self._fill(work, upstream)
         except EmbedcacheError as exc:
-            return _failure(exc)
+            return _failure(self._gate.in_clients_terms(exc))
         return _assembled(work)
 
     def _read(self, raw: bytes, *, big: bool) -> _Work | Answer:

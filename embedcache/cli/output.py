@@ -1,0 +1,61 @@
+"""How the commands talk to a person: aligned tables, counted nouns, and the question asked
+before removing much of a cache."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+__all__ = ["confirm", "format_table", "plural", "stdin_is_terminal", "yes_option"]
+
+
+def stdin_is_terminal() -> bool:
+    """Whether standard input is a terminal someone can answer a question on."""
+    return sys.stdin.isatty()
+
+
+def confirm(action: str, *, err: bool = False) -> None:
+    """Ask whether to ``action`` (``"remove 3,000 of the 3,000 entries in DIR"``), and
+    abort on no. Standard input that is not a terminal (a script, cron, a pipe) is not
+    asked, and the command refused: an answer read from a stream meant for something else
+    must not empty a cache. ``--yes`` (``-y``) is for scripts.
+
+    :param err: ask on stderr (a ``--json`` command keeps stdout for its document).
+    :raises click.ClickException: not asked.
+    """
+    if not stdin_is_terminal():
+        raise click.ClickException(
+            f"not asked to {action}: standard input is not a terminal; pass --yes (-y) to go ahead"
+        )
+    click.confirm(action[:1].upper() + action[1:] + "?", abort=True, err=err)
+
+
+yes_option = click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
+def plural(count: float, noun: str, many: str | None = None) -> str:
+    """``1 request``, ``2 requests``, ``1,000 misses`` (``many``: the plural, when not
+    ``noun`` + s/es)."""
+    if many is None:
+        many = noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+    return f"{count:,} {noun if count == 1 else many}"
+
+
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> list[str]:
+    """``header`` and ``rows`` as lines of columns two spaces apart, each as wide as its
+    widest cell; the columns numbered in ``right`` (numbers) aligned right. The last column
+    is not padded, so no line ends in spaces."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    last = len(header) - 1
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(width) if i in right else cell if i == last else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+    return lines
