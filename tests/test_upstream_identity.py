@@ -15,6 +15,7 @@ from embedcache.config import DEFAULT_UPSTREAM_ID, resolve_upstream_id, upstream
 from embedcache.models import RequestOptions
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import as_json, invoke, ok, one_line_error
 from .conftest import API_KEY, MakeProxy
 
 TEXTS = ["the emulator's vector is random", "and must never pass for Jina's"]
@@ -114,3 +115,56 @@ def test_proxy_in_front_of_another_upstream_does_not_serve_the_first_ones_vector
         )
         assert answer.status_code == 200
         assert sum(r.inputs for r in other.requests) == len(TEXTS)
+
+
+def test_cli_get_offline_at_the_jina_api_misses_what_the_emulator_filled(
+    emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    ok(invoke("get", TEXTS[0], cache_dir=cache_dir, base_url=emulator.url, key=API_KEY))
+    assert "CacheMissError" in one_line_error(
+        invoke("get", "--offline", TEXTS[0], cache_dir=cache_dir)
+    )
+
+
+def test_ls_stats_and_inspect_show_where_each_entry_came_from(
+    emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    ok(invoke("get", TEXTS[0], cache_dir=cache_dir, base_url=emulator.url, key=API_KEY))
+    _fill(emulator, cache_dir, upstream_as="https://api.jina.ai")
+    listed = as_json(invoke("ls", "--json", cache_dir=cache_dir))
+    assert {entry["upstream"] for entry in listed} == {emulator.url, "https://api.jina.ai"}
+    table = ok(invoke("ls", cache_dir=cache_dir)).stdout
+    assert "UPSTREAM" in table.splitlines()[0]
+    assert emulator.url in table
+    groups = as_json(invoke("stats", "--json", cache_dir=cache_dir))["groups"]
+    assert sorted((g["upstream"], g["entries"]) for g in groups) == [
+        (emulator.url, 1),
+        ("https://api.jina.ai", 2),
+    ]
+    assert f"({emulator.url})" in ok(invoke("stats", cache_dir=cache_dir)).stdout
+    seen = as_json(
+        invoke("inspect", TEXTS[0], "--json", cache_dir=cache_dir, base_url=emulator.url)
+    )
+    assert seen["cached"] is True
+    assert seen["upstream"] == emulator.url
+
+
+def test_prune_upstream_removes_one_upstreams_entries_only(
+    emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    ok(invoke("get", TEXTS[0], cache_dir=cache_dir, base_url=emulator.url, key=API_KEY))
+    _fill(emulator, cache_dir, upstream_as="https://api.jina.ai")
+    report = as_json(
+        invoke("prune", "--upstream", emulator.url + "/", "--yes", "--json", cache_dir=cache_dir)
+    )
+    assert report["removed"] == 1
+    left = as_json(invoke("ls", "--json", cache_dir=cache_dir))
+    assert {entry["upstream"] for entry in left} == {"https://api.jina.ai"}
+
+
+def test_a_kept_demo_cache_is_warm_on_the_next_run(tmp_path: Path) -> None:
+    # Each run's emulator listens on another port; the demo declares them one upstream.
+    first = as_json(invoke("demo", "--cache-dir", str(tmp_path / "kept"), "--json"))
+    again = as_json(invoke("demo", "--cache-dir", str(tmp_path / "kept"), "--json"))
+    assert first["passes"][0]["requests"] > 0
+    assert again["requests"] == 0

@@ -19,6 +19,7 @@ from ..cache_keys import fingerprint, group_keys, text_keys
 from ..config import resolve_upstream_id
 from .options import (
     LOCAL_ONLY,
+    NO_UPSTREAM,
     SENDS_NOTHING,
     CliContext,
     Command,
@@ -43,7 +44,7 @@ __all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
 # The global options each command has no use for (hidden from its --help, refused after
 # its name; see options.Command).
 _DISK_ONLY = {**SENDS_NOTHING, **LOCAL_ONLY}
-_NO_API = {**SENDS_NOTHING, "base_url": "it sends no request to the API"}
+_NO_API = {**SENDS_NOTHING, **NO_UPSTREAM}
 
 
 def _entries(count: int) -> str:
@@ -55,7 +56,7 @@ def _money(dollars_: float) -> str:
     return f"${dollars_:,.4f}" if dollars_ == 0 or dollars_ >= 0.001 else f"${dollars_:.6f}"
 
 
-@click.command(cls=Command, ignores=SENDS_NOTHING)
+@click.command(cls=Command, ignores={**SENDS_NOTHING, **NO_UPSTREAM})
 @price_option
 @json_option
 @pass_cli
@@ -265,7 +266,7 @@ def _texts(arguments: tuple[str, ...]) -> list[str]:
     return texts
 
 
-@click.command(cls=Command, ignores=_DISK_ONLY)
+@click.command(cls=Command, ignores={**_DISK_ONLY, **NO_UPSTREAM})
 @click.option(
     "--out",
     required=True,
@@ -283,13 +284,14 @@ def export(
     task: str | None,
     dimensions: int | None,
     since: str | None,
+    upstream: str | None,
     parquet: bool,
     as_json: bool,
 ) -> None:
     """Write selected vectors to OUT.npy with their keys and metadata in OUT.jsonl."""
     from ..maintenance import inventory
 
-    filters = build_filters(model, task, dimensions, since)
+    filters = build_filters(model, task, dimensions, since, upstream=upstream)
     written = inventory.export(cli.open(existing=True).store, filters, out, parquet=parquet)
     if as_json:
         echo_json({"files": [str(p) for p in written]})
@@ -297,7 +299,7 @@ def export(
         click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-@click.command(cls=Command, ignores=_DISK_ONLY)
+@click.command(cls=Command, ignores={**_DISK_ONLY, **NO_UPSTREAM})
 @filter_options
 @click.option("--older-than", help="Only entries stored longer ago than this: 30d, 12h, 2w.")
 @click.option(
@@ -317,6 +319,7 @@ def prune(
     task: str | None,
     dimensions: int | None,
     since: str | None,
+    upstream: str | None,
     older_than: str | None,
     max_size: int | None,
     dry_run: bool,
@@ -330,11 +333,16 @@ def prune(
     """
     from ..maintenance import inventory
 
-    if max_size is None and not any((model, task, dimensions, since, older_than)):
+    if max_size is None and not any((model, task, dimensions, since, upstream, older_than)):
         raise click.UsageError("say what to prune (filters, --older-than or --max-size)")
     age = parse_duration(older_than)
     filters = build_filters(
-        model, task, dimensions, since, before=None if age is None else time.time() - age
+        model,
+        task,
+        dimensions,
+        since,
+        before=None if age is None else time.time() - age,
+        upstream=upstream,
     )
     limit = max_size
     store = cli.open(existing=True).store

@@ -45,6 +45,8 @@ DEMO_DOCUMENTS = [
 ]
 # Not a real key: the emulator accepts only this one, and it proves keys stay off disk.
 DEMO_API_KEY = "jina_demo_key_for_the_bundled_emulator_only"
+#: The upstream the demo's entries are cached as: the bundled emulator, whatever its port.
+DEMO_UPSTREAM = "embedcache-emulator"
 #: Seconds each emulator request takes, about what a small request to the real API does, so
 #: the timings show what the cache saves (the emulator alone answers in a millisecond).
 DEMO_LATENCY = 0.2
@@ -185,7 +187,13 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
             before = len(emulator.requests)
             started = time.perf_counter()
             with JinaEmbeddingFunction(
-                DEFAULT_MODEL, api_key=DEMO_API_KEY, base_url=emulator.url, cache_dir=directory
+                DEFAULT_MODEL,
+                api_key=DEMO_API_KEY,
+                base_url=emulator.url,
+                # Every run's emulator has another port but gives the same vectors: a kept
+                # --cache-dir is warm on the next run.
+                upstream_as=DEMO_UPSTREAM,
+                cache_dir=directory,
             ) as ef:
                 vectors = ef.encode_documents(documents)
                 results = None

@@ -37,12 +37,15 @@ from ..config import (
     RPM_ENV,
     TIER_ENV,
     TPM_ENV,
+    UPSTREAM_AS_ENV,
     VERSION,
     redact_url,
     resolve_base_url,
     resolve_cache_dir,
     resolve_offline,
     resolve_redis_url,
+    resolve_upstream_id,
+    upstream_id,
 )
 from ..errors import EmbedcacheError
 from ..extras import EXTRAS
@@ -220,7 +223,8 @@ def _upstream(cli: CliContext, findings: list[Finding]) -> dict[str, Any]:
                     f"fix {'--base-url' if cli.base_url else '$' + BASE_URL_ENV}")
         )  # fmt: skip
     # Shown, never contacted: a doctor must work on a machine with no network.
-    return {"url": redact_url(url), "source": source}
+    cached_as = resolve_upstream_id(cli.base_url, cli.upstream_as)
+    return {"url": redact_url(url), "source": source, "cached_as": cached_as}
 
 
 def _api_key(findings: list[Finding]) -> dict[str, Any]:
@@ -350,6 +354,8 @@ def _echo(report: dict[str, Any], findings: list[Finding]) -> None:
             "command writes (doctor does not)")  # fmt: skip
     upstream = report["upstream"]
     row("upstream", f"{upstream['url']} ({upstream['source']}; not contacted)")
+    if upstream["cached_as"] != upstream_id(upstream["url"]):
+        row("cached as", f"{upstream['cached_as']} (--upstream-as, ${UPSTREAM_AS_ENV})")
     key = report["api_key"]
     row("api key", f"{key['variable']} = {key['masked']}" if key["variable"] else "none set")
     offline = report["offline"]

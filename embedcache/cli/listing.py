@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..config import DEFAULT_UPSTREAM_ID
 from .options import (
     LOCAL_ONLY,
+    NO_UPSTREAM,
     SENDS_NOTHING,
     CliContext,
     Command,
@@ -86,7 +88,7 @@ def _row(entry: Entry) -> list[str]:
     ]
 
 
-@click.command(cls=Command, ignores={**SENDS_NOTHING, **LOCAL_ONLY})
+@click.command(cls=Command, ignores={**SENDS_NOTHING, **LOCAL_ONLY, **NO_UPSTREAM})
 @filter_options
 @click.option(
     "--sort",
@@ -105,6 +107,7 @@ def ls(
     task: str | None,
     dimensions: int | None,
     since: str | None,
+    upstream: str | None,
     sort: str,
     limit: int,
     offset: int,
@@ -115,7 +118,7 @@ def ls(
     Reads the index only (no vector: `embedcache verify` checks those). Under the table, on
     stderr, how many of how many matching entries it shows.
     """
-    filters = build_filters(model, task, dimensions, since)
+    filters = build_filters(model, task, dimensions, since, upstream=upstream)
     store = cli.open(existing=True).store
     walk = _Counted(_oldest_first(store, filters))
     page = _page(walk, sort, offset, limit)
@@ -133,7 +136,13 @@ def ls(
             err=True,
         )
         return
-    for line in format_table(_HEADER, [_row(entry) for entry in page], right=_NUMBERS):
+    rows = [_row(entry) for entry in page]
+    header: tuple[str, ...] = _HEADER
+    if any(entry.upstream != DEFAULT_UPSTREAM_ID for entry in page):
+        # Only then: a cache of Jina's API's entries alone keeps its narrower table.
+        rows = [[*row, entry.upstream] for row, entry in zip(rows, page, strict=True)]
+        header = (*_HEADER, "UPSTREAM")
+    for line in format_table(header, rows, right=_NUMBERS):
         click.echo(line)
     total = walk.total()  # after the table: its lines need not wait for the count
     first, last = offset + 1, offset + len(page)

@@ -28,6 +28,7 @@ from ..config import (
     DEFAULT_REDIS_PREFIX,
     PRICE_ENV,
     resolve_cache_dir,
+    upstream_id,
 )
 from ..errors import CacheError, EmbedcacheError
 from ..models import RequestOptions, default_task, resolve_options
@@ -140,6 +141,10 @@ GLOBAL_OPTION_NAMES: tuple[str, ...] = tuple(str(o.name) for o in global_options
 #: the API, and of one that works on the local cache only.
 SENDS_NOTHING: Mapping[str, str] = dict.fromkeys(
     ("tier", "rpm", "tpm"), "it sends no request to the API"
+)
+NO_UPSTREAM: Mapping[str, str] = dict.fromkeys(
+    ("base_url", "upstream_as"),
+    "it sends no request to the API (--upstream picks one upstream's entries)",
 )
 LOCAL_ONLY: Mapping[str, str] = dict.fromkeys(
     ("redis_url", "redis_prefix", "redis_ttl"), "it works on the local cache only"
@@ -489,6 +494,12 @@ filter_options = _stack(
     click.option("--task", help="Only entries of this task."),
     click.option("--dimensions", type=click.IntRange(min=1), help="Only vectors of this size."),
     click.option("--since", help="Only entries stored since: 7d, 12h, or an ISO date."),
+    click.option(
+        "--upstream",
+        metavar="URL",
+        help="Only entries fetched from this upstream, as ls shows it "
+        "(https://api.jina.ai for Jina's API).",
+    ),
 )
 
 
@@ -498,10 +509,18 @@ def build_filters(
     dimensions: int | None,
     since: str | None,
     before: float | None = None,
+    upstream: str | None = None,
 ) -> Filters:
     from ..maintenance.inventory import Filters
 
-    return Filters(model, task, dimensions, parse_time(since), before)
+    return Filters(
+        model,
+        task,
+        dimensions,
+        parse_time(since),
+        before,
+        upstream=upstream_id(upstream) if upstream else None,
+    )
 
 
 price_option = click.option(
