@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .config import DEFAULT_TASK
 from .errors import InvalidInputError
+from .tokens import estimate_tokens
 
 __all__ = [
     "MODELS",
@@ -189,6 +190,23 @@ class RequestOptions:
     def max_items(self) -> int:
         spec = self.spec
         return spec.max_items if spec else DEFAULT_MAX_ITEMS
+
+    @property
+    def input_limit(self) -> int | None:
+        """The most tokens one input may hold, ``None`` when none applies (the model's
+        limit is unknown, or the API truncates)."""
+        spec = self.spec
+        return None if self.truncate or spec is None else spec.max_input_tokens
+
+    def too_long(self, text: str) -> int | None:
+        """``text``'s estimated tokens when over :attr:`input_limit`, else ``None``: the one
+        rule the caching core, the CLI's per-line check and the proxy share."""
+        limit = self.input_limit
+        # Every estimated token spans at least one character: most texts need no estimate.
+        if limit is None or len(text) <= limit:
+            return None
+        tokens = estimate_tokens(text)
+        return tokens if tokens > limit else None
 
 
 def resolve_options(

@@ -19,7 +19,7 @@ from .cli_helpers import Invoke, as_json, invoke, ok, one_line_error
 from .conftest import API_KEY
 
 TEXTS = ["oldest text", "middle text", "newest text"]
-LS_KEYS = {"key", "model", "task", "dimensions", "late_chunking", "tokens", "created"}
+LS_KEYS = {"key", "model", "task", "dimensions", "late_chunking", "tokens", "created", "upstream"}
 
 
 @pytest.fixture
@@ -163,13 +163,14 @@ def test_ls_is_a_table_with_a_header_newest_first_and_a_count_under_it(
 ) -> None:
     result = ok(run("ls"))
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["KEY", "CREATED", "MODEL", "TASK", "DIMS", "TOKENS"]
+    # UPSTREAM too: the entries came from the emulator, not Jina's API.
+    assert header.split() == ["KEY", "CREATED", "MODEL", "TASK", "DIMS", "TOKENS", "UPSTREAM"]
     assert [row.split()[0] for row in rows] == filled[::-1]
     # Aligned: each column starts where its heading does, on every row.
     for heading in ("CREATED", "MODEL", "TASK"):
         column = header.index(heading)
         assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows)
-    assert all(row.endswith("0.0") or re.search(r"\d\.\d$", row) for row in rows)
+    assert all(re.search(r"\d\.\d  http://127\.0\.0\.1:\d+$", row) for row in rows)
     assert result.stderr == "3 of 3 entries shown, newest first\n"
 
 

@@ -62,7 +62,9 @@ def test_a_demo_rerun_on_a_kept_cache_dir_is_not_titled_cold(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("option", [o for o in GLOBAL_OPTION_NAMES if o != "cache_dir"])
 def test_demo_refuses_a_global_option_it_does_not_use_and_hides_it(option: str) -> None:
-    value = {"tier": "free", "rpm": "5", "tpm": "5", "redis_ttl": "5"}.get(option, "x")
+    value = {"tier": "free", "rpm": "5", "tpm": "5", "redis_ttl": "5", "size_limit": "1GB"}.get(
+        option, "x"
+    )
     result = invoke("demo", flag(option), value)
     assert result.exit_code == 2
     assert f" demo does not use {flag(option)}: the demo runs against" in result.output

@@ -154,7 +154,9 @@ def test_doctor_sends_nothing_upstream_and_redacts_the_base_url(
                env={"JINA_API_KEY": API_KEY})
     )  # fmt: skip
     assert report["upstream"] == {"url": emulator.url.replace("http://", "http://***@"),
-                                  "source": "--base-url"}  # fmt: skip
+                                  "source": "--base-url",
+                                  "cached_as": emulator.url}  # fmt: skip
+    assert "pa55word" not in json.dumps(report)
     assert emulator.requests == []
 
 

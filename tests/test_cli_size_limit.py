@@ -35,8 +35,9 @@ def limit_of(cache_dir: Path) -> int | None:
         return store.size_limit
 
 
-def cached(cache_dir: Path, text: str) -> bool:
-    return bool(as_json(cli(cache_dir, "inspect", text, "--json"))["cached"])
+def cached(cache_dir: Path, text: str, url: str) -> bool:
+    """Whether ``text`` is cached as the upstream at ``url`` answered it."""
+    return bool(as_json(cli(cache_dir, "inspect", text, "--json", url=url))["cached"])
 
 
 def fill(make_ef: Callable[..., JinaEmbeddingFunction], texts: list[str]) -> None:
@@ -144,11 +145,11 @@ def test_get_with_size_limit_records_it_and_evicts_past_it(
     for text in TEXTS:  # the global option before or after the command name
         ok(cli(cache_dir, "get", text, "--size-limit", TWO_ENTRIES, url=emulator.url))
     assert limit_of(cache_dir) == 2 * ENTRY
-    assert [cached(cache_dir, text) for text in TEXTS] == [False, True, True]
+    assert [cached(cache_dir, text, emulator.url) for text in TEXTS] == [False, True, True]
 
 
 def test_a_limit_below_the_cache_evicts_the_oldest_now_after_asking(
-    make_ef: Callable[..., JinaEmbeddingFunction], cache_dir: Path
+    make_ef: Callable[..., JinaEmbeddingFunction], cache_dir: Path, emulator: JinaEmulator
 ) -> None:
     fill(make_ef, [*TEXTS, "a fourth"])
 
@@ -165,16 +166,18 @@ def test_a_limit_below_the_cache_evicts_the_oldest_now_after_asking(
     assert report["entries"] == 1
     assert report["vector_bytes"] == ENTRY
     assert limit_of(cache_dir) == ENTRY
-    assert [cached(cache_dir, text) for text in [*TEXTS, "a fourth"]] == [False] * 3 + [True]
+    assert [cached(cache_dir, text, emulator.url) for text in [*TEXTS, "a fourth"]] == [
+        False
+    ] * 3 + [True]
 
 
 def test_a_limit_that_evicts_less_than_half_does_not_ask(
-    make_ef: Callable[..., JinaEmbeddingFunction], cache_dir: Path
+    make_ef: Callable[..., JinaEmbeddingFunction], cache_dir: Path, emulator: JinaEmulator
 ) -> None:
     fill(make_ef, TEXTS)
     text = ok(cli(cache_dir, "limit", TWO_ENTRIES)).stdout  # no input: it must not ask
     assert "evicted      1 entry, the oldest" in text
-    assert [cached(cache_dir, t) for t in TEXTS] == [False, True, True]
+    assert [cached(cache_dir, t, emulator.url) for t in TEXTS] == [False, True, True]
 
 
 def test_limit_dry_run_changes_nothing_and_creates_no_cache(

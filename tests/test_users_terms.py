@@ -98,3 +98,43 @@ def test_an_allowlisting_proxys_401_without_a_key_names_the_authorization_header
     answer = proxy.embed({"model": V3, "input": ["who are you?"]})
     assert answer.status_code == 401
     assert "send yours in the Authorization: Bearer header" in answer.json()["detail"]
+
+
+LONG = "word " * 20_000  # about 20,000 tokens: over jina-embeddings-v3's 8,192
+
+
+def test_get_names_a_too_long_text_by_its_argument_and_the_flag(cache_dir: Path) -> None:
+    line = one_line_error(invoke("get", "fine", LONG, cache_dir=cache_dir))
+    assert "TEXT 2: about 20,000 tokens" in line
+    assert "--truncate" in line
+    assert "truncate=True" not in line
+    assert "texts[" not in line
+
+
+def test_get_names_a_too_long_stdin_text_by_its_line(cache_dir: Path) -> None:
+    line = one_line_error(invoke("get", "-", cache_dir=cache_dir, stdin=f"a\n\n{LONG}\n"))
+    assert "<stdin>:3: about" in line
+    assert "--truncate" in line
+
+
+@pytest.mark.parametrize("dialect", ["jina", "openai", "tei"])
+def test_the_proxy_names_a_too_long_text_by_its_request_field(
+    make_proxy: MakeProxy, emulator: JinaEmulator, dialect: str
+) -> None:
+    proxy = make_proxy()
+    if dialect == "tei":
+        answer = proxy.http.post("/embed", json={"inputs": ["fine", LONG]})
+        message = answer.json()["error"]
+    else:
+        body: dict[str, object] = {"model": V3, "input": ["fine", LONG]}
+        if dialect == "openai":
+            body["encoding_format"] = "float"
+        answer = proxy.embed(body, API_KEY)
+        got = answer.json()
+        message = got["error"]["message"] if dialect == "openai" else got["detail"]
+    assert answer.status_code in (400, 413, 422)
+    assert ("inputs[1]" if dialect == "tei" else "input[1]") in message
+    assert "truncate" in message
+    assert "texts[" not in message
+    assert "truncate=True" not in message
+    assert emulator.requests == []

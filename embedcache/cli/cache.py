@@ -38,6 +38,7 @@ from .options import (
     request_options,
 )
 from .output import confirm, plural, yes_option
+from .sources import SourceItem, within_limit
 
 __all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
 
@@ -224,8 +225,9 @@ def get(
     """
     import numpy as np
 
-    given = _texts(texts)
     options = build_options(model, task, dimensions, late_chunking, truncate)
+    # Checked here by argument and line: the caching core would name a Python parameter.
+    given = [item.text for item in within_limit(_texts(texts), options)]
     vectors = cli.open(offline=offline).embedder.embed(given, options)
     if npy is not None:
         np.save(npy, vectors)
@@ -247,19 +249,23 @@ def get(
         echo_json(row, compact=True)
 
 
-def _texts(arguments: tuple[str, ...]) -> list[str]:
-    """The texts of ``get``'s arguments, ``-`` standing for standard input's lines."""
+def _texts(arguments: tuple[str, ...]) -> list[SourceItem]:
+    """The texts of ``get``'s arguments, ``-`` standing for standard input's lines, each
+    with where it came from (``TEXT 2``, ``<stdin>:3``) for messages."""
     if arguments.count("-") > 1:
         raise click.UsageError("give - (standard input) once")
-    texts: list[str] = []
-    for argument in arguments:
+    texts: list[SourceItem] = []
+    for number, argument in enumerate(arguments, 1):
         if argument != "-":
-            texts.append(argument)
+            texts.append(SourceItem(argument, None, f"TEXT {number}"))
             continue
         # One text per line, as `prewarm`'s .txt files: a line's end is not part of it, and
         # a blank line is no text (the API refuses empty input).
-        read = [line.rstrip("\r\n") for line in sys.stdin]
-        lines = [line for line in read if line.strip()]
+        lines = [
+            SourceItem(line.rstrip("\r\n"), None, f"<stdin>:{line_number}")
+            for line_number, line in enumerate(sys.stdin, 1)
+            if line.strip()
+        ]
         if not lines:
             raise click.UsageError("- (standard input) holds no text: one text per line")
         texts += lines

@@ -50,8 +50,16 @@ from ..config import (
 from ..errors import EmbedcacheError
 from ..extras import EXTRAS
 from ..upstream.limiter import Limits, resolve_limits
-from .options import _GIVEN_BEFORE, CliContext, Command, echo_json, format_bytes, json_option
-from .options import _take_given as take_given
+from .options import (
+    GIVEN_BEFORE,
+    CliContext,
+    Command,
+    echo_json,
+    format_bytes,
+    json_option,
+    take_given,
+)
+from .output import plural
 
 __all__ = ["doctor", "mask_key"]
 
@@ -98,7 +106,7 @@ class _Doctor(Command):
     is one of doctor's findings, where every other command stops at it."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        given = {**ctx.meta.get(_GIVEN_BEFORE, {}), **take_given(ctx)}
+        given = {**ctx.meta.get(GIVEN_BEFORE, {}), **take_given(ctx)}
         names = {f.name for f in dataclasses.fields(CliContext)} - {"limits"}
         fields = {"cache_dir": None, "base_url": None, **given}
         ctx.obj = CliContext(**{name: fields[name] for name in names if name in fields})
@@ -129,7 +137,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         "redis": _redis(cli, findings),
         "rate_limits": _rate_limits(given, findings),
         "extras": _extras(),
-        "environment": sorted(name for name in ENVIRONMENT if os.environ.get(name)),
+        "environment": _set_variables(),
     }
     if report["api_key"]["variable"] is None and not report["offline"]["enabled"]:
         findings.append(
@@ -145,6 +153,11 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         _echo(report, findings)
     if failed:
         ctx.exit(1)
+
+
+# As tuples of names, so a check of every variable read can tell which ones these are.
+_VARIABLES = tuple(ENVIRONMENT)
+_CONCURRENCY_VARIABLES = (CONCURRENT_REQUESTS_ENV, OLD_CONCURRENT_REQUESTS_ENV)
 
 
 def _source(given: object, env: str) -> str:
@@ -227,9 +240,20 @@ def _upstream(cli: CliContext, findings: list[Finding]) -> dict[str, Any]:
     return {"url": redact_url(url), "source": source, "cached_as": cached_as}
 
 
+def _set_variables() -> list[str]:
+    """embedcache's variables that are set (names only)."""
+    found = []
+    for name in _VARIABLES:
+        if os.environ.get(name):
+            found.append(name)
+    return sorted(found)
+
+
 def _api_key(findings: list[Finding]) -> dict[str, Any]:
-    found = [(name, os.environ.get(name, "").strip()) for name in API_KEY_ENV_VARS]
-    found = [(name, value) for name, value in found if value]
+    found: list[tuple[str, str]] = []
+    for name in API_KEY_ENV_VARS:
+        if value := os.environ.get(name, "").strip():
+            found.append((name, value))
     if not found:
         return {"variable": None, "masked": None}
     (name, value), ignored = found[0], found[1:]
@@ -281,11 +305,13 @@ def _redis(cli: CliContext, findings: list[Finding]) -> dict[str, Any]:
 
 def _rate_limits(given: Mapping[str, Any], findings: list[Finding]) -> dict[str, Any]:
     sources = [
-        _source(given.get(name), env)
-        for name, env in (("tier", TIER_ENV), ("rpm", RPM_ENV), ("tpm", TPM_ENV))
+        _source(given.get("tier"), TIER_ENV),
+        _source(given.get("rpm"), RPM_ENV),
+        _source(given.get("tpm"), TPM_ENV),
     ]
-    sources += [f"${env}" for env in (CONCURRENT_REQUESTS_ENV, OLD_CONCURRENT_REQUESTS_ENV)
-                if os.environ.get(env, "").strip()]  # fmt: skip
+    for env in _CONCURRENCY_VARIABLES:
+        if os.environ.get(env, "").strip():
+            sources.append(f"${env}")
     if os.environ.get(OLD_CONCURRENT_REQUESTS_ENV, "").strip():
         findings.append(
             Finding("rate limits", "warn", f"${OLD_CONCURRENT_REQUESTS_ENV} is an old name",
@@ -343,8 +369,9 @@ def _echo(report: dict[str, Any], findings: list[Finding]) -> None:
     row("cache dir", f"{cache['directory']} ({cache['source']})")
     if cache["entries"] is not None:
         limit = format_bytes(cache["size_limit"]) if cache["size_limit"] else "none"
-        row("cache", f"{cache['entries']:,} entries, {format_bytes(cache['bytes_on_disk'])} on "
-            f"disk, format {cache.get('format_version')}, key version {cache.get('key_version')}"
+        entries = plural(cache["entries"], "entry", "entries")
+        row("cache", f"{entries}, {format_bytes(cache['bytes_on_disk'])} on disk, format "
+            f"{cache.get('format_version')}, key version {cache.get('key_version')}"
             + ("" if cache["writable"] else ", read-only"))  # fmt: skip
         row("size limit", f"{limit} ({format_bytes(cache['vector_bytes'])} of vectors held)")
     elif not cache["exists"]:

@@ -149,10 +149,10 @@ NO_UPSTREAM: Mapping[str, str] = dict.fromkeys(
 LOCAL_ONLY: Mapping[str, str] = dict.fromkeys(
     ("redis_url", "redis_prefix", "redis_ttl"), "it works on the local cache only"
 )
-_GIVEN_BEFORE = "embedcache.global_options_before_the_command"
+GIVEN_BEFORE = "embedcache.global_options_before_the_command"
 
 
-def _take_given(ctx: click.Context) -> dict[str, Any]:
+def take_given(ctx: click.Context) -> dict[str, Any]:
     """Remove the global options from ``ctx.params`` (no callback takes them) and return the
     ones the user gave: a default must not override a value given in the other position."""
     given: dict[str, Any] = {}
@@ -290,14 +290,14 @@ class Command(click.Command):
         self.params += shared
 
     def invoke(self, ctx: click.Context) -> Any:
-        after = _take_given(ctx)
+        after = take_given(ctx)
         for name in after:
             if name in self.ignores:
                 flag = "--" + name.replace("_", "-")
                 raise click.UsageError(
                     f"{ctx.command_path} does not use {flag}: {self.ignores[name]}", ctx
                 )
-        given = {**ctx.meta.get(_GIVEN_BEFORE, {}), **after}
+        given = {**ctx.meta.get(GIVEN_BEFORE, {}), **after}
         try:
             ctx.obj = CliContext.from_options(given)
         except EmbedcacheError as exc:  # a bad tier or limit is bad usage, as at parse time
@@ -326,7 +326,7 @@ class Group(click.Group):
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        ctx.meta[_GIVEN_BEFORE] = _take_given(ctx)  # meta is shared with the command's context
+        ctx.meta[GIVEN_BEFORE] = take_given(ctx)  # meta is shared with the command's context
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

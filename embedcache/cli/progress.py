@@ -9,6 +9,7 @@ parts first, and a bar takes only the room that is left.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -25,12 +26,10 @@ _ERASE_TO_END = "\x1b[K"
 
 
 def terminal_columns(stream: TextIO) -> int:
-    """The width to draw in: ``$COLUMNS`` when set (as ``shutil.get_terminal_size`` does),
-    else the terminal ``stream`` writes to, else 80."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
+    """The width to draw in: ``$COLUMNS`` or standard output's terminal (as
+    ``shutil.get_terminal_size`` finds them), else the terminal ``stream`` writes to (standard
+    output may be a file while the progress goes to a terminal), else 80."""
+    columns = shutil.get_terminal_size((0, 0)).columns
     if columns > 0:
         return columns
     try:

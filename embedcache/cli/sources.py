@@ -25,7 +25,6 @@ from typing import TextIO, cast
 
 from ..errors import InvalidInputError
 from ..models import RequestOptions
-from ..tokens import estimate_tokens
 
 __all__ = [
     "FORMATS",
@@ -237,17 +236,12 @@ def within_limit(items: Iterable[SourceItem], options: RequestOptions) -> Iterat
 
     :raises InvalidInputError: naming the line and ``--truncate``.
     """
-    spec = options.spec
-    limit = spec.max_input_tokens if spec is not None else None
-    if limit is None or options.truncate:
-        yield from items
-        return
     for item in items:
-        # Every estimated token spans at least one character: most texts need no estimate.
-        if len(item.text) > limit and (tokens := estimate_tokens(item.text)) > limit:
+        if (tokens := options.too_long(item.text)) is not None:
             raise InvalidInputError(
-                f"{item.origin}: about {tokens:,} tokens, over the {limit:,}-token limit of "
-                f"{options.model}; shorten it or use --truncate"
+                f"{item.origin}: about {tokens:,} tokens, over the "
+                f"{options.input_limit or 0:,}-token limit of {options.model}; shorten it "
+                "or use --truncate"
             )
         yield item
 

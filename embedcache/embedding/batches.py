@@ -37,17 +37,11 @@ def check_lengths(misses: list[Miss], options: RequestOptions) -> None:
 
     :raises InvalidInputError: naming the text's position and its estimated length.
     """
-    spec = options.spec
-    limit = spec.max_input_tokens if spec else None
-    if limit is None or options.truncate:
-        return
     for miss in misses:
-        # Every estimated token spans at least one character: skip the estimate when the
-        # text cannot exceed the limit.
-        if len(miss.text) > limit and (tokens := estimate_tokens(miss.text)) > limit:
+        if (tokens := options.too_long(miss.text)) is not None:
             raise InvalidInputError(
-                f"texts[{miss.index}] is about {tokens} tokens, over the {limit}-token "
-                f"limit of {options.model}; shorten it or pass truncate=True"
+                f"texts[{miss.index}] is about {tokens} tokens, over the {options.input_limit}"
+                f"-token limit of {options.model}; shorten it or pass truncate=True"
             )
 
 

@@ -73,7 +73,7 @@ class EmbeddingsRoute:
         upstream = self._upstreams.get(decision.key)
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            outcome = self._read(raw, big=False)
+            outcome = self._read(raw)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
@@ -91,7 +91,7 @@ class EmbeddingsRoute:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
-            outcome = self._read(raw, big=True)
+            outcome = self._read(raw)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
@@ -108,9 +108,9 @@ class EmbeddingsRoute:
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 
-    def _read(self, raw: bytes, *, big: bool) -> _Read | Answer:
-        """The body parsed and checked against the limits, or the error answer; a ``big``
-        one's texts are checked for length too, a slice at a time (in a fill thread)."""
+    def _read(self, raw: bytes) -> _Read | Answer:
+        """The body parsed and checked against the limits, its texts' lengths included (a
+        long one estimated a slice at a time), or the error answer."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -133,7 +133,9 @@ class EmbeddingsRoute:
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
             return Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
-        if big and parsed is not None:
+        # Every body, not only big ones: a text over the limit is named by its field here,
+        # where the caching core would name a Python list (`texts[3]`).
+        if parsed is not None:
             try:
                 refuse_overlong(parsed.texts, parsed.options)
             except EmbedcacheError as exc:

@@ -9,7 +9,7 @@ made a worker hold gigabytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
@@ -73,18 +73,20 @@ class RequestLimits:
         )
 
 
-def refuse_overlong(texts: Sequence[str], options: RequestOptions) -> None:
+def refuse_overlong(
+    texts: Sequence[str], options: RequestOptions, field: Callable[[int], str] = "input[{}]".format
+) -> None:
     """Refuse a request holding a text over its model's token limit, estimated a slice at
     a time and stopping as soon as the limit is passed: for a huge text, in microseconds
     rather than the seconds the library's own check (one estimate of the whole text, the
     GIL held throughout) would stall the worker. Texts it does not refuse are checked again
     by the library, exactly.
 
-    :raises InvalidInputError: naming the first text over the limit.
+    :param field: the request field ``texts[i]`` came from, as the client wrote it.
+    :raises InvalidInputError: naming the first text over the limit by its field.
     """
-    spec = options.spec
-    limit = spec.max_input_tokens if spec else None
-    if limit is None or options.truncate:
+    limit = options.input_limit
+    if limit is None:
         return
     for index, text in enumerate(texts):
         if len(text) <= limit:
@@ -96,7 +98,7 @@ def refuse_overlong(texts: Sequence[str], options: RequestOptions) -> None:
                 counted -= 1  # a lower bound: a boundary splits at most one run in two
             if counted > limit:
                 raise InvalidInputError(
-                    f"texts[{index}] is over the {limit}-token limit of {options.model} "
+                    f"{field(index)} is over the {limit}-token limit of {options.model} "
                     f"(more than {limit} tokens by estimate); shorten it or send "
                     f"truncate: true"
                 )

@@ -6,6 +6,7 @@ call of the caching core per task of the request, errors in TEI's shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -76,7 +77,7 @@ class TeiRoutes:
         upstream = self._upstreams.get(decision.key)
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            read = self._read(raw, big=False)
+            read = self._read(raw)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -93,7 +94,7 @@ class TeiRoutes:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
-            read = self._read(raw, big=True)
+            read = self._read(raw)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -104,9 +105,9 @@ class TeiRoutes:
             return _failure(self._gate.in_clients_terms(exc))
         return _assembled(work)
 
-    def _read(self, raw: bytes, *, big: bool) -> _Work | Answer:
-        """The body parsed and checked against the limits, or the error answer; a ``big``
-        one's texts are checked for length too, a slice at a time (in a fill thread)."""
+    def _read(self, raw: bytes) -> _Work | Answer:
+        """The body parsed and checked against the limits, its texts' lengths included (a
+        long one estimated a slice at a time), or the error answer."""
         try:
             parsed = tei.parse_embed(raw, self._model, self._task)
         except tei.TeiInputError as exc:
@@ -123,8 +124,9 @@ class TeiRoutes:
             body = tei.render_error(problem, "validation")
             return Answer(json_response(413, body), "error", parsed.count)
         try:
-            for group in parsed.groups if big else ():
-                refuse_overlong(group.texts, group.options)
+            # Every body: a text over the limit is named by its place in `inputs` here.
+            for group in parsed.groups:
+                refuse_overlong(group.texts, group.options, _inputs_field(group.positions))
         except EmbedcacheError as exc:
             return _failure(exc)
         groups = [
@@ -161,3 +163,8 @@ def _failure(exc: EmbedcacheError | tei.TeiInputError) -> Answer:
     if status >= 500:
         log.warning("embedcache proxy: %s: %s", type(exc).__name__, redact_urls(str(exc)))
     return Answer(json_response(status, body), "error")
+
+
+def _inputs_field(positions: list[int]) -> Callable[[int], str]:
+    """How a group's ``i``-th text is named to the client: by its place in ``inputs``."""
+    return lambda index: f"inputs[{positions[index]}]"
