@@ -413,7 +413,7 @@ def test_progress_prints_plain_lines_when_not_on_a_terminal(
         (["get", "x", "--dimensions", "0"], 2, "0 is not in the range x>=1"),
         (["get", "x", "--dimensions", "-3"], 2, "-3 is not in the range x>=1"),
         (["get", "x", "--model", ""], 1, "model must be a non-empty string"),
-        (["get", "x " * 9000], 1, "over the 8192-token limit"),
+        (["get", "x " * 9000], 1, "TEXT 1: about 9,000 tokens, over the 8,192-token limit"),
         (["get", "x", "--model", "jina-embeddings-v5-text-small", "--late-chunking"], 1,
          "does not support late_chunking"),
         (["prewarm", "-", "--format", "jsonl"], 1, "<stdin>:1: not valid JSON"),

@@ -46,7 +46,7 @@ def test_an_overlong_text_is_refused_by_slices_and_a_text_the_library_takes_is_n
     near = "abcdef " * 8000  # 8000 estimated tokens in 56,000 characters: under the limit
     assert estimate_tokens(near) == 8000
     refuse_overlong([near], options)
-    with pytest.raises(InvalidInputError, match=r"texts\[1\] is over the 8192-token limit"):
+    with pytest.raises(InvalidInputError, match=r"input\[1\] is over the 8192-token limit"):
         refuse_overlong(["short", "word " * 10_000_000], options)
     refuse_overlong(["word " * 10_000], resolve_options(V3, truncate=True))  # the API cuts it
 

@@ -37,7 +37,7 @@ from .options import (
     price_option,
     request_options,
 )
-from .output import confirm, plural, yes_option
+from .output import confirm, money, plural, yes_option
 from .sources import SourceItem, within_limit
 
 __all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
@@ -50,11 +50,6 @@ _NO_API = {**SENDS_NOTHING, **NO_UPSTREAM}
 
 def _entries(count: int) -> str:
     return plural(count, "entry", "entries")
-
-
-def _money(dollars_: float) -> str:
-    """``$0.0075``; a sum under a tenth of a cent with six decimals, not as ``$0.0000``."""
-    return f"${dollars_:,.4f}" if dollars_ == 0 or dollars_ >= 0.001 else f"${dollars_:.6f}"
 
 
 @click.command(cls=Command, ignores={**SENDS_NOTHING, **NO_UPSTREAM})
@@ -120,7 +115,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     )
     click.echo(
         f"tokens       {counters['tokens_spent']:,} spent, {counters['tokens_saved']:,} saved "
-        f"(saved is an estimate: ~{_money(saved_usd)} at ${price_per_million:g}/1M tokens)"
+        f"(saved is an estimate: ~{money(saved_usd)} at ${price_per_million:g}/1M tokens)"
     )
 
 

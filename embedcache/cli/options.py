@@ -540,7 +540,8 @@ def echo_json(data: object, *, compact: bool = False) -> None:
 
 
 def dollars(tokens: float, price_per_million: float) -> float:
-    """An estimated cost in dollars, to 6 significant digits: a float's tail
-    (0.0051030500000000005) is noise in an estimate, and rounding to decimal places instead
-    would show the few tokens a small run saves as $0."""
-    return float(f"{tokens * price_per_million / 1_000_000:.6g}")
+    """An estimated cost in dollars, to 6 significant digits and at most 8 decimals (exact
+    at the default price, 5e-8 a token): a float's tail (0.0051030500000000005) is noise in
+    an estimate, and rounding to fewer decimals would show the few tokens a small run saves
+    as $0."""
+    return round(float(f"{tokens * price_per_million / 1_000_000:.6g}"), 8)

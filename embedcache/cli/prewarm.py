@@ -28,6 +28,7 @@ from .options import (
     price_option,
     request_options,
 )
+from .output import money, plural
 from .progress import StatusLine, fit_line
 from .sources import FORMATS, SourceItem, Spool, read_items, within_limit
 
@@ -328,7 +329,7 @@ def prewarm(
     plan["window"] = window
     plan["distinct_set_bytes"] = seen.nbytes
     del seen  # the fill needs no count of its own: what an earlier window stored is cached
-    plan["estimated_cost_usd"] = _usd(plan["estimated_tokens"], price_per_million)
+    plan["estimated_cost_usd"] = dollars(plan["estimated_tokens"], price_per_million)
     plan["estimated_seconds"] = (
         None
         if cli.limits.unlimited
@@ -354,7 +355,7 @@ def prewarm(
             else ""
         )
         click.echo(
-            f"\ninterrupted: this run committed {_count(progress.fetched, 'text')}{elsewhere}; "
+            f"\ninterrupted: this run committed {plural(progress.fetched, 'text')}{elsewhere}; "
             "run the same command again to fetch only what is still missing",
             err=True,
         )
@@ -368,21 +369,10 @@ def prewarm(
         "filled_elsewhere": progress.elsewhere,
         "requests": stats.requests,
         "tokens_spent": stats.tokens_spent,
-        "cost_usd": _usd(stats.tokens_spent, price_per_million),
+        "cost_usd": dollars(stats.tokens_spent, price_per_million),
         "seconds": round(time.monotonic() - start, 3),
     }
     _report(result, price_per_million, as_json)
-
-
-def _usd(tokens: float, price_per_million: float) -> float:
-    """Dollars for ``tokens`` to 8 decimals: exact at the default price ($0.05 per million
-    tokens is 5e-8 a token), without the float noise of ``0.0051030500000000005``."""
-    return round(dollars(tokens, price_per_million), 8)
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 text``, ``3,000 texts``."""
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _pace_of(limits: Limits, plan: dict[str, Any]) -> Callable[[int], float] | None:
@@ -401,13 +391,13 @@ def _pace(result: dict[str, Any]) -> str:
         return "no rate limits set (--tier, --rpm, --tpm)"
     return (
         f"at least {format_duration(seconds)} at the configured limits "
-        f"({_count(result['estimated_requests'], 'request')}; plus the API's own latency)"
+        f"({plural(result['estimated_requests'], 'request')}; plus the API's own latency)"
     )
 
 
 def _memory(result: dict[str, Any]) -> str:
     return (
-        f"windows of {_count(result['window'], 'text')}; distinct texts counted in "
+        f"windows of {plural(result['window'], 'text')}; distinct texts counted in "
         f"{result['distinct_set_bytes'] / 2**20:,.1f} MiB (16 bytes each)"
     )
 
@@ -440,7 +430,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
         rows += [
             ("to fetch", f"{result['to_fetch']:,}"),
             ("estimated tokens", f"{result['estimated_tokens']:,}"),
-            ("estimated cost", f"${result['estimated_cost_usd']:.4f} {estimate}"),
+            ("estimated cost", f"{money(result['estimated_cost_usd'])} {estimate}"),
             ("estimated time", _pace(result)),
             ("memory", _memory(result)),
         ]
@@ -448,7 +438,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
         title = "Prewarm done"
         rows.append(
             ("fetched", f"{result['fetched']:,} by this run, in "
-                        f"{_count(result['requests'], 'request')}")
+                        f"{plural(result['requests'], 'request')}")
         )  # fmt: skip
         if result["filled_elsewhere"]:
             rows.append(
@@ -458,7 +448,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
         rows += [
             ("tokens spent", f"{result['tokens_spent']:,} (reported by the API; "
                              f"{result['estimated_tokens']:,} estimated)"),
-            ("cost", f"${result['cost_usd']:.4f} {estimate}"),
+            ("cost", f"{money(result['cost_usd'])} {estimate}"),
             ("time", f"{result['seconds']:.1f} s"),
         ]  # fmt: skip
     click.echo(f"{title}:")
