@@ -267,7 +267,7 @@ def test_limits_given_in_both_places_merge_option_by_option(tmp_path: Path) -> N
         (["--tier", "bogus"], "Invalid value for '--tier'"),
         (["--rpm", "0"], "Invalid value for '--rpm'"),
         (["--redis-ttl", "x"], "Invalid value for '--redis-ttl'"),
-        (["--size-limit", "6"], "Invalid value for '--size-limit': '6' is not a size"),
+        (["--size-limit", "6"], "Invalid value for '--size-limit': '6' has no unit: say 6GB"),
     ],
 )
 def test_a_bad_global_value_is_a_usage_error_in_either_place(

@@ -66,7 +66,7 @@ def test_limit_sets_shows_and_removes_the_limit_kept_in_the_directory(cache_dir:
 def test_a_size_without_its_unit_is_refused_by_limit_and_by_size_limit(cache_dir: Path) -> None:
     for args in (["limit", "6"], ["--size-limit", "6", "get", "x"]):
         error = one_line_error(cli(cache_dir, *args), code=2)
-        assert "'6' is not a size with its unit like 10GB or 512MiB: say 6GB, 6MiB" in error
+        assert "'6' has no unit: say 6GB, 6MiB or 6B (bytes)" in error
     assert not cache_dir.exists()
 
 

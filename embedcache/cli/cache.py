@@ -25,20 +25,16 @@ from .options import (
     Command,
     build_filters,
     build_options,
-    dollars,
     echo_json,
     filter_options,
-    format_bytes,
-    format_time,
     json_option,
-    parse_duration,
-    parse_size,
     pass_cli,
     price_option,
     request_options,
 )
-from .output import confirm, money, plural, yes_option
+from .output import confirm, plural, yes_option
 from .sources import SourceItem, within_limit
+from .units import dollars, format_bytes, format_time, money, parse_duration, parse_size
 
 __all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
 

@@ -50,16 +50,9 @@ from ..config import (
 from ..errors import EmbedcacheError
 from ..extras import EXTRAS
 from ..upstream.limiter import Limits, resolve_limits
-from .options import (
-    GIVEN_BEFORE,
-    CliContext,
-    Command,
-    echo_json,
-    format_bytes,
-    json_option,
-    take_given,
-)
+from .options import GIVEN_BEFORE, CliContext, Command, echo_json, json_option, take_given
 from .output import plural
+from .units import format_bytes
 
 __all__ = ["doctor", "mask_key"]
 

@@ -18,15 +18,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import resolve_cache_dir
-from .options import (
-    CliContext,
-    Command,
-    echo_json,
-    format_bytes,
-    json_option,
-    parse_size_limit,
-    pass_cli,
-)
+from .options import CliContext, Command, echo_json, json_option, pass_cli
+from .output import plural
+from .units import format_bytes, parse_size_limit
 
 if TYPE_CHECKING:
     from ..storage.store import Store
@@ -34,17 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["limit"]
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size_limit(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else parse_size_limit(value)
 
 
 def _entries(count: int) -> str:
-    return f"{count:,} {'entry' if count == 1 else 'entries'}"
+    return plural(count, "entry", "entries")
 
 
 def _shown(size_limit: int | None) -> str:

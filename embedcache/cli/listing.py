@@ -20,11 +20,11 @@ from .options import (
     Command,
     build_filters,
     filter_options,
-    format_time,
     json_option,
     pass_cli,
 )
 from .output import format_table, plural
+from .units import format_time
 
 if TYPE_CHECKING:
     from ..maintenance.inventory import Entry, Filters

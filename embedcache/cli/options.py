@@ -1,5 +1,5 @@
-"""What the CLI commands share: the global options and the context they build, common
-options, value parsers, output.
+"""What the CLI commands share: the global options and the context they build, and common
+options (their values are parsed by :mod:`.units`).
 
 The global options (``--cache-dir``, ``--base-url``, the Redis and rate-limit options) are
 defined once, in :func:`global_options`, and taken both before the command name (by
@@ -11,11 +11,8 @@ twice, and what lets a shell alias that fixes ``--cache-dir`` be overridden for 
 from __future__ import annotations
 
 import json
-import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,19 +30,13 @@ from ..config import (
 from ..errors import CacheError, EmbedcacheError
 from ..models import RequestOptions, default_task, resolve_options
 from ..upstream.limiter import TIERS, Limits, resolve_limits
+from .units import format_bytes, parse_size_limit, parse_time
 
 if TYPE_CHECKING:  # imported where used, so `embedcache --help` skips numpy and httpx
     from ..assembly import Assembly, CacheSettings
     from ..maintenance.inventory import Filters
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
-# A number, then a unit: a prefix (k, m, g, t; i for powers of 1024) with an optional "b",
-# or "b" alone.
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*(?:([kmgt])(i?)b?|(b))?\s*")
 
 
 def _non_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -54,13 +45,8 @@ def _non_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _size_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size_limit(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+def _size_limit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else parse_size_limit(value)
 
 
 def global_options() -> list[click.Option]:
@@ -396,99 +382,6 @@ def build_options(
     )
 
 
-def parse_duration(value: str | None) -> float | None:
-    """Seconds in ``90s`` / ``30m`` / ``12h`` / ``7d`` / ``2w``; ``None`` passes through."""
-    if value is None:
-        return None
-    match = _DURATION.fullmatch(value.lower())
-    if not match:
-        raise click.BadParameter(f"{value!r} is not a duration like 30d, 12h or 2w")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
-
-
-def parse_time(value: str | None) -> float | None:
-    """A moment: a duration ago (``7d``), or an ISO date or datetime."""
-    if value is None:
-        return None
-    if _DURATION.fullmatch(value.lower()):
-        return time.time() - (parse_duration(value) or 0.0)
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither a duration like 7d / 12h nor an ISO date"
-        ) from None
-
-
-def parse_size(value: str | None) -> int | None:
-    """``500MB`` / ``2GiB`` / ``1e9B`` / ``10k`` as bytes; ``0`` needs no unit.
-
-    A bare number is refused: ``--max-size 6`` meant 6 GB far more often than 6 bytes, and
-    taken as bytes it empties a cache.
-    """
-    if value is None:
-        return None
-    match = _SIZE.fullmatch(value.lower())
-    if not match:
-        raise click.BadParameter(f"{value!r} is not a size like 500MB or 2GiB")
-    number, unit, binary, plain_bytes = match.groups()
-    if unit is None and plain_bytes is None and float(number) != 0:
-        raise click.BadParameter(
-            f"{value!r} has no unit: say {number}GB, {number}MiB or {number}B (bytes)"
-        )
-    unit = unit or ""
-    scale = 1024 ** list(_UNITS).index(unit) if binary else _UNITS[unit]
-    return int(float(number) * scale)
-
-
-_LIMIT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?|b)")
-
-
-def parse_size_limit(value: str) -> int:
-    """A size limit as bytes: a size with its unit (``10GB``, ``512MiB``, ``64kb``; a bare
-    number is refused, as ``6`` could mean anything), or ``none`` / ``0``, returned as 0
-    (no limit, as :class:`~embedcache.storage.store.Store` takes it).
-
-    :raises ValueError: anything else, with a message for the user.
-    """
-    text = value.strip().lower()
-    if text in ("none", "0"):
-        return 0
-    match = _LIMIT.fullmatch(text)
-    if not match:
-        hint = f": say {text}GB, {text}MiB or none" if re.fullmatch(r"\d+", text) else ""
-        raise ValueError(f"{value!r} is not a size with its unit like 10GB or 512MiB{hint}")
-    number, unit, binary = match.groups()
-    scale = 1 if unit is None else 1024 ** list(_UNITS).index(unit) if binary else _UNITS[unit]
-    size = int(float(number) * scale)
-    if size < 1:
-        raise ValueError(f"{value!r} is less than a byte: say none to remove the limit")
-    return size
-
-
-def format_bytes(size: float) -> str:
-    """A human-readable byte count."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-def format_duration(seconds: float) -> str:
-    """``12 s``, ``3 min 20 s``, ``2 h 05 min``."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-
-
-def format_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
-
-
 filter_options = _stack(
     click.option("--model", help="Only entries of this model."),
     click.option("--task", help="Only entries of this task."),
@@ -537,11 +430,3 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 def echo_json(data: object, *, compact: bool = False) -> None:
     click.echo(json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=2))
-
-
-def dollars(tokens: float, price_per_million: float) -> float:
-    """An estimated cost in dollars, to 6 significant digits and at most 8 decimals (exact
-    at the default price, 5e-8 a token): a float's tail (0.0051030500000000005) is noise in
-    an estimate, and rounding to fewer decimals would show the few tokens a small run saves
-    as $0."""
-    return round(float(f"{tokens * price_per_million / 1_000_000:.6g}"), 8)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import click
 
-__all__ = ["confirm", "format_table", "money", "plural", "stdin_is_terminal", "yes_option"]
+__all__ = ["confirm", "format_table", "plural", "stdin_is_terminal", "yes_option"]
 
 
 def stdin_is_terminal() -> bool:
@@ -41,14 +41,6 @@ def plural(count: float, noun: str, many: str | None = None) -> str:
     if many is None:
         many = noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
     return f"{count:,} {noun if count == 1 else many}"
-
-
-def money(amount: float) -> str:
-    """``$0.0075``; an amount under a tenth of a cent with its digits (``$0.00000065``), not
-    as ``$0.0000``."""
-    if amount == 0 or amount >= 0.001:
-        return f"${amount:,.4f}"
-    return "$" + f"{amount:.8f}".rstrip("0")
 
 
 def format_table(

@@ -20,17 +20,16 @@ from .options import (
     CliContext,
     Command,
     build_options,
-    dollars,
     echo_json,
-    format_duration,
     json_option,
     pass_cli,
     price_option,
     request_options,
 )
-from .output import money, plural
+from .output import plural
 from .progress import StatusLine, fit_line
 from .sources import FORMATS, SourceItem, Spool, read_items, within_limit
+from .units import dollars, format_duration, money
 
 if TYPE_CHECKING:
     from ..embedding.embedder import WarmReport

@@ -22,7 +22,8 @@ from ..config import (
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import resolve_options
-from .options import CliContext, Command, echo_json, parse_size, pass_cli
+from .options import CliContext, Command, echo_json, pass_cli
+from .units import parse_size
 
 __all__ = ["serve"]
 
