@@ -14,6 +14,7 @@ from embedcache.testing import JinaEmulator
 
 from .cli_helpers import invoke, one_line_error
 from .conftest import API_KEY, MakeProxy
+from .serving import ProxyProcess
 
 V3 = "jina-embeddings-v3"
 VARIABLES = ("JINAAI_API_KEY", "JINA_API_KEY")
@@ -57,17 +58,8 @@ def test_the_proxys_401_without_any_key_names_the_authorization_header(
     make_proxy: MakeProxy, emulator: JinaEmulator, dialect: str
 ) -> None:
     proxy = make_proxy()  # no server key, open policy: the client's key would pay
-    if dialect == "tei":
-        answer = proxy.http.post("/embed", json={"inputs": ["no key anywhere"]})
-        message = answer.json()["error"]
-    else:
-        body: dict[str, object] = {"model": V3, "input": ["no key anywhere"]}
-        if dialect == "openai":
-            body["encoding_format"] = "float"
-        answer = proxy.embed(body)
-        got = answer.json()
-        message = got["error"]["message"] if dialect == "openai" else got["detail"]
-    assert answer.status_code == 401
+    status, message = _refused(proxy, dialect, ["no key anywhere"])
+    assert status == 401
     assert "send yours in the Authorization: Bearer header" in message
     assert "JINAAI_API_KEY or JINA_API_KEY is not set where embedcache serve runs" in message
     assert "api_key" not in message
@@ -122,19 +114,29 @@ def test_the_proxy_names_a_too_long_text_by_its_request_field(
     make_proxy: MakeProxy, emulator: JinaEmulator, dialect: str
 ) -> None:
     proxy = make_proxy()
-    if dialect == "tei":
-        answer = proxy.http.post("/embed", json={"inputs": ["fine", LONG]})
-        message = answer.json()["error"]
-    else:
-        body: dict[str, object] = {"model": V3, "input": ["fine", LONG]}
-        if dialect == "openai":
-            body["encoding_format"] = "float"
-        answer = proxy.embed(body, API_KEY)
-        got = answer.json()
-        message = got["error"]["message"] if dialect == "openai" else got["detail"]
-    assert answer.status_code in (400, 413, 422)
+    status, message = _refused(proxy, dialect, ["fine", LONG], API_KEY)
+    assert status in (400, 413, 422)
     assert ("inputs[1]" if dialect == "tei" else "input[1]") in message
     assert "truncate" in message
     assert "texts[" not in message
     assert "truncate=True" not in message
     assert emulator.requests == []
+
+
+def _refused(
+    proxy: ProxyProcess, dialect: str, texts: list[str], key: str | None = None
+) -> tuple[int, str]:
+    """The status and message of the proxy's answer to ``texts`` in ``dialect``: TEI's
+    ``/embed``, or ``/v1/embeddings`` as Jina's or OpenAI's clients send it."""
+    if dialect == "tei":
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        answer = proxy.http.post("/embed", json={"inputs": texts}, headers=headers)
+        return answer.status_code, str(answer.json()["error"])
+    body: dict[str, object] = {"model": V3, "input": texts}
+    if dialect == "openai":
+        body["encoding_format"] = "float"
+    answer = proxy.embed(body, key)
+    got = answer.json()
+    return answer.status_code, str(
+        got["error"]["message"] if dialect == "openai" else got["detail"]
+    )
