@@ -7,7 +7,7 @@ prewarm line drops its least useful parts first and keeps the ETA. For each widt
 prints both lines and whether each keeps the count, the ETA and whole words, and writes the
 table to its section of bench/RESULTS.md.
 
-    python bench/progress_line.py
+    python bench/progress_line.py      (or: tox -e bench-progress)
 """
 
 from __future__ import annotations
