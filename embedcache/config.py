@@ -169,11 +169,17 @@ def upstream_id(url: str) -> str:
     """The name under which entries fetched from ``url`` are cached: the URL without
     credentials, query or fragment, its scheme and host in lower case, a default port and a
     trailing slash dropped (``https://API.jina.ai:443/`` is ``https://api.jina.ai``). A
-    value without a scheme (a name given to ``--upstream-as``) is kept as written."""
+    value without a scheme (a name given to ``--upstream-as``) is kept as written.
+
+    :raises InvalidInputError: ``url`` cannot be parsed (an unclosed ``[`` of an IPv6 host).
+    """
     url = url.strip()
     if not _SCHEME.match(url):
         return url
-    parts = urllib.parse.urlsplit(without_userinfo(url))
+    try:
+        parts = urllib.parse.urlsplit(without_userinfo(url))
+    except ValueError as exc:  # "http://[bad": no host can be made of it
+        raise InvalidInputError(f"{redact_url(url)!r} is not a valid URL ({exc})") from None
     scheme, host = parts.scheme.lower(), parts.netloc.lower()
     default_port = {"https": ":443", "http": ":80"}.get(scheme)
     if default_port and host.endswith(default_port):
@@ -198,7 +204,12 @@ def resolve_upstream_id(base_url: str | None, upstream_as: str | None = None) ->
         return upstream_id(declared)
     if upstream_as is not None:
         raise InvalidInputError("the upstream to cache as is empty")
-    return upstream_id(resolve_base_url(base_url))
+    try:
+        return upstream_id(resolve_base_url(base_url))
+    except InvalidInputError as exc:
+        if base_url:
+            raise
+        raise InvalidInputError(f"{BASE_URL_ENV}: {exc}") from None
 
 
 def url_secrets(url: str) -> frozenset[str]:

@@ -43,11 +43,11 @@ from ..errors import (
     AuthenticationError,
     InvalidInputError,
     RateLimitError,
-    TransportError,
 )
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
 from .answers import learn_from, no_usage, parse, usage
+from .failures import HTTPX_EXCEPTIONS, failure_of
 from .floats import FloatStyleLearner
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
@@ -276,17 +276,16 @@ class JinaClient:
             try:
                 try:
                     response = http.post(url, headers=headers, **request)
-                except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                    message = self._clean(f"cannot send to {shown}: {exc}", key)
-                    raise TransportError(message) from None
-                except httpx.TransportError as exc:
-                    charged = None  # it may have reached the API: keep the estimate
+                except HTTPX_EXCEPTIONS as exc:  # every one httpx has: see failures.py
+                    failure = failure_of(exc)
                     # httpx's text may hold the URL: shown, like ours, without credentials.
-                    reason = type(exc).__name__
-                    if str(exc):
-                        reason = self._clean(f"{reason}: {exc}", key)
+                    reason = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+                    reason = self._clean(reason, key)
+                    if not failure.retry:
+                        raise failure.error(f"{failure.doing} {shown}: {reason}") from None
+                    charged = None  # it may have reached the API: keep the estimate
                     if last:
-                        raise TransportError(
+                        raise failure.error(
                             f"no response from {shown} after {attempt} attempts ({reason})"
                         ) from None
                     self._wait(attempt, None, reason)

@@ -1,0 +1,85 @@
+"""Every exception httpx can raise reaches a caller as one of ours, retried or not as the
+table in ``upstream/failures.py`` says. The faults here (an answer that cannot be decoded, a
+request httpx refuses to send) are ones the emulator cannot make: ``httpx.MockTransport``."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from embedcache import JinaClient
+from embedcache.errors import EmbedcacheError, ResponseFormatError, TransportError
+from embedcache.models import RequestOptions
+from embedcache.upstream.failures import HTTPX_FAILURES, failure_of
+
+OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
+KEY = "jina_failures_test_key_0123456789"
+
+
+def _httpx_exceptions() -> list[type[Exception]]:
+    return [
+        value
+        for name in httpx.__all__
+        if isinstance(value := getattr(httpx, name), type) and issubclass(value, Exception)
+    ]
+
+
+def test_every_exception_httpx_exports_is_mapped_to_one_of_ours() -> None:
+    covered = [kind for kind, _ in HTTPX_FAILURES]
+    unmapped = [e.__name__ for e in _httpx_exceptions() if not issubclass(e, tuple(covered))]
+    assert unmapped == []
+    assert all(issubclass(failure.error, EmbedcacheError) for _, failure in HTTPX_FAILURES)
+
+
+def test_each_httpx_exception_is_decided_by_its_most_specific_entry() -> None:
+    # No entry is shadowed by a more general one listed before it.
+    kinds = [kind for kind, _ in HTTPX_FAILURES]
+    for index, kind in enumerate(kinds):
+        assert not any(issubclass(kind, earlier) for earlier in kinds[:index]), kind
+    assert failure_of(httpx.ReadTimeout("slow")).retry
+    assert not failure_of(httpx.LocalProtocolError("bad header")).retry
+
+
+def _client(handler: httpx.MockTransport, attempts: list[int]) -> JinaClient:
+    def counted(request: httpx.Request) -> httpx.Response:
+        attempts.append(1)
+        return handler.handle_request(request)
+
+    return JinaClient(
+        KEY,
+        base_url="http://upstream.test",
+        transport=httpx.MockTransport(counted),
+        max_attempts=3,
+        sleep=lambda _seconds: None,
+    )
+
+
+def test_an_answer_that_cannot_be_decoded_is_a_format_error_not_retried() -> None:
+    def garbled(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    attempts: list[int] = []
+    with pytest.raises(ResponseFormatError, match="cannot decode the answer of http://"):
+        _client(httpx.MockTransport(garbled), attempts).embed(["x"], OPTIONS)
+    assert len(attempts) == 1
+
+
+def test_a_request_httpx_refuses_to_send_fails_once_without_the_key() -> None:
+    def refuse(_request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError(f"illegal header value b'Bearer {KEY}'")
+
+    attempts: list[int] = []
+    with pytest.raises(TransportError, match=r"cannot send to http://upstream\.test") as caught:
+        _client(httpx.MockTransport(refuse), attempts).embed(["x"], OPTIONS)
+    assert len(attempts) == 1
+    assert KEY not in str(caught.value)
+
+
+def test_a_dropped_connection_is_retried_until_the_last_attempt() -> None:
+    def drop(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    attempts: list[int] = []
+    with pytest.raises(TransportError, match="after 3 attempts"):
+        _client(httpx.MockTransport(drop), attempts).embed(["x"], OPTIONS)
+    assert len(attempts) == 3
