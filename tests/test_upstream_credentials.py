@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from embedcache import JinaClient
+from embedcache.config import upstream_id
 from embedcache.errors import TransportError
 from embedcache.models import RequestOptions
 from embedcache.proxy.floats import setting_name
@@ -98,8 +99,9 @@ def test_the_float_style_learned_through_an_upstream_with_credentials_is_kept_wi
     answer = proxy.embed({"model": "jina-embeddings-v3", "input": ["filled"]}, API_KEY)
     assert answer.status_code == 200, answer.text
     with Store(cache_dir) as store:
-        wait_for(lambda: store.setting(setting_name(upstream)) == "float32", "style not kept")
-    assert "***@" in setting_name(upstream)
+        name = setting_name(upstream_id(upstream))
+        wait_for(lambda: store.setting(name) == "float32", "style not kept")
+    assert name == f"float_style {emulator.url}"  # kept under the upstream, not its secrets
     proxy.stop()
     assert_no_credentials(proxy.output())
     for path in cache_dir.rglob("*"):

@@ -9,14 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from embedcache import CacheMissError, JinaEmbeddingFunction
+from embedcache import CacheMissError, JinaEmbeddingFunction, Store
 from embedcache.cache_keys import fingerprint
 from embedcache.config import DEFAULT_UPSTREAM_ID, resolve_upstream_id, upstream_id
 from embedcache.models import RequestOptions
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import as_json, invoke, ok, one_line_error
-from .conftest import API_KEY, MakeProxy
+from .conftest import API_KEY, MakeProxy, wait_for
 
 TEXTS = ["the emulator's vector is random", "and must never pass for Jina's"]
 
@@ -168,3 +168,14 @@ def test_a_kept_demo_cache_is_warm_on_the_next_run(tmp_path: Path) -> None:
     again = as_json(invoke("demo", "--cache-dir", str(tmp_path / "kept"), "--json"))
     assert first["passes"][0]["requests"] > 0
     assert again["requests"] == 0
+
+
+def test_the_float_style_is_kept_for_the_upstream_the_entries_are_cached_as(
+    emulator: JinaEmulator, cache_dir: Path, make_proxy: MakeProxy
+) -> None:
+    emulator.float_style = "float32"
+    proxy = make_proxy("--upstream-as", "team-gateway")
+    answer = proxy.embed({"model": "jina-embeddings-v3", "input": ["learned"]}, API_KEY)
+    assert answer.status_code == 200, answer.text
+    with Store(cache_dir) as store:
+        wait_for(lambda: store.setting("float_style team-gateway") == "float32", "not kept")

@@ -144,7 +144,9 @@ class Proxy:
         )
         self._open = self.access.open
         self.metrics = ProxyMetrics(board, worker)
-        self._float_style = UpstreamFloatStyle(self.store, self.parts.client, self.metrics.board)
+        self._float_style = UpstreamFloatStyle(
+            self.store, self.parts.client, self.metrics.board, self.parts.upstream_id
+        )
         self._flushes_seen = self.metrics.board.flushes
         self._removals_seen = self._removals()
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).

@@ -9,17 +9,17 @@ upstream URL. So every worker process on the directory, and every restart, write
 style from its first answer, even a pure hit before it ever fetched; until anything is
 learned, the default (:data:`~embedcache.upstream.floats.DEFAULT_FLOAT_STYLE`).
 
-The URL it is kept under is the one shown (:func:`~embedcache.config.redact_url`), so no
-credential reaches the disk. A style an older version kept under a URL with credentials is
-not read (such an upstream rarely answered: it got HTTP Basic auth in place of the key):
-it is learned again from the first miss.
+It is kept under the upstream's name as the cache keys its entries
+(:func:`~embedcache.config.upstream_id`: no credentials, so none reaches the disk; and an
+upstream declared with ``--upstream-as`` shares the style of the one it stands for). A style
+an older version kept under a URL with ``***@`` credentials is not read: it is learned
+again from the first miss.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ..config import redact_url
 from ..errors import CacheError
 from ..storage.store import Store
 from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
@@ -31,15 +31,15 @@ __all__ = ["UpstreamFloatStyle", "setting_name"]
 log = logging.getLogger("embedcache")
 
 
-def setting_name(base_url: str) -> str:
-    """The cache directory's setting that holds the float style of the upstream at
-    ``base_url``: named after the URL without its credentials, which never reach the disk
-    (the same name for the URL as given and as shown)."""
-    return f"float_style {redact_url(base_url)}"
+def setting_name(upstream: str) -> str:
+    """The cache directory's setting that holds the float style of ``upstream`` (an
+    :func:`~embedcache.config.upstream_id`, as the entries it answered are keyed)."""
+    return f"float_style {upstream}"
 
 
 class UpstreamFloatStyle:
-    """The float style to write, for one store and the client that fills it.
+    """The float style to write, for one store and the client that fills it from
+    ``upstream`` (its :func:`~embedcache.config.upstream_id`).
 
     Starts the client learning. :attr:`style` is what this process learned, else what the
     directory holds (read until some process has stored one, then kept: the store is not
@@ -47,11 +47,11 @@ class UpstreamFloatStyle:
     upstream that changed its style is followed from each process's first miss on.
     """
 
-    def __init__(self, store: Store, client: JinaClient, board: Board) -> None:
+    def __init__(self, store: Store, client: JinaClient, board: Board, upstream: str) -> None:
         self._store = store
         self._client = client
         self._board = board
-        self._name = setting_name(client.base_url)
+        self._name = setting_name(upstream)
         self._stored: str | None = None
         client.learn_float_style(self._remember)
 
