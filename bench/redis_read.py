@@ -327,8 +327,10 @@ def header(args: argparse.Namespace, n: int) -> str:
         "characters, all cached; each read in a fresh process, reads interleaved, median of "
         f"{args.repeats}. Redis only is timed twice: to the return of `embed` and to the end "
         "of `close()`, by which every vector served is copied to local disk (the old code "
-        "copies before `embed` returns). This VM is shared and slow at first-touching memory "
-        "(a new 400 MB array costs 0.05-1 s): compare within the run.",
+        "copies before `embed` returns). The floor writes into an array touched before its "
+        "clock, where every embedcache read allocates its result inside the call (at 1024-d, "
+        "400 MB of fresh pages); this VM is shared and slow at first-touching memory (a new "
+        "400 MB array costs 0.05-1 s): compare within the run.",
         "",
     ]
     return "\n".join(lines) + "\n"

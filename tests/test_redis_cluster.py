@@ -149,6 +149,10 @@ def test_a_cluster_url_is_checked_at_once_and_connects_only_when_first_used() ->
     assert nowhere.location == "redis+cluster://127.0.0.1:1,127.0.0.1:2"
     assert not nowhere.read_many([b"k" * 16]).present.any()  # unreachable: nothing found
     nowhere.close()
+    strict = RedisStore("redis+cluster://:hunter2secret@127.0.0.1:1", strict=True)
+    with pytest.raises(SharedCacheError, match="failed while trying to scan") as failed:
+        strict.count()  # maintenance: a one-line error, not a traceback
+    assert "hunter2secret" not in str(failed.value)
     with pytest.raises(InvalidInputError) as caught:
         RedisStore("redis+cluster://:hunter2secret@127.0.0.1:notaport")
     assert "hunter2secret" not in str(caught.value)

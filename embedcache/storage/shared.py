@@ -310,8 +310,10 @@ class RedisStore:
         deleted meanwhile may or may not show, and one may show twice if Redis resizes its
         table during the walk.
         """
-        nodes = self._call("scan", self._client.get_primaries, []) if self.cluster else [None]
-        for node in nodes:  # a cluster's every primary holds part of the namespace
+        nodes: list[Any] = [None]  # the only node
+        if self.cluster:  # every primary holds part of the namespace
+            nodes = self._call("scan", lambda: list(self._client.get_primaries()), [])
+        for node in nodes:
             yield from self._node_pages(batch, node)
 
     def _node_pages(self, batch: int, node: Any) -> Iterator[tuple[list[bytes], list[bytes]]]:
