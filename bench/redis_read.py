@@ -294,14 +294,14 @@ def main() -> None:
     n = 5_000 if args.quick else 100_000
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so `finally` stops the server
     parts = []
-    with tempfile.TemporaryDirectory(prefix="embedcache-bench-redis-") as tmp:
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="embedcache-bench-redis-") as tmp:
             old = str(baseline_tree(Path(tmp), args.baseline))
             for dim in (int(d) for d in args.dims.split(",")):
                 (Path(tmp) / f"d{dim}").mkdir()
                 parts.append(measure(args, n, dim, old, Path(tmp) / f"d{dim}"))
-        finally:
-            subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).parent, check=False)
+    finally:  # the old code's work tree is gone with the directory: forget it
+        subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).parent, check=False)
     report = header(args, n) + "\n".join(parts)
     print(report)
     if not args.quick:
