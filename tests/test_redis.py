@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,10 +59,13 @@ def test_a_second_machine_is_served_what_the_first_fetched_with_no_upstream_requ
 ) -> None:
     first = ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     before = len(emulator.requests)
-    second = ef_on("bob", redis_url=redis_server.url).embed(TEXTS)
+    bob = ef_on("bob", redis_url=redis_server.url)
+    second = bob.embed(TEXTS)
     assert len(emulator.requests) == before
     assert second.tobytes() == first.tobytes() == expected(emulator, TEXTS).tobytes()
-    # The Redis hits were copied to bob's disk: an offline run without Redis has them.
+    # The Redis hits were copied to bob's disk (finished by close at the latest): an
+    # offline run without Redis has them.
+    bob.close()
     assert ef_on("bob", offline=True).embed(TEXTS).tobytes() == first.tobytes()
 
 
@@ -239,7 +246,7 @@ def test_a_damaged_shared_entry_is_fetched_again_and_the_rest_still_come_from_re
 ) -> None:
     from embedcache.storage import shared as redis_store
 
-    monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", 2)  # two round trips for three texts
+    monkeypatch.setattr(redis_store, "_ROUND_TRIP_KEYS", (2, 2))  # two round trips, three texts
     ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
     fp = fingerprint(OPTIONS, upstream_id(emulator.url))
     name = b"embedcache:1.2:" + text_keys(fp, [TEXTS[1]])[0].hex().encode()
@@ -296,3 +303,70 @@ def test_a_damaged_fingerprint_record_is_replaced_by_the_next_writer(
     assert store.fingerprints() == {fp.id: fp}
     assert raw.hget("embedcache:fingerprints", f"{fp.id:016x}") == fp.canonical.encode()
     store.close()
+
+
+def _block_copies(monkeypatch: pytest.MonkeyPatch, released: threading.Event) -> None:
+    """Make every copy to local disk wait for ``released``, failing if it is not set soon:
+    a copy made inside the read would wait for a release that comes after the read."""
+    original = Store.put_matrix
+
+    def put(self: Store, *args: Any) -> None:
+        assert released.wait(5), "the copy to local disk ran inside the read"
+        original(self, *args)
+
+    monkeypatch.setattr(Store, "put_matrix", put)
+
+
+def test_a_read_from_redis_returns_before_its_copy_to_disk_which_close_finishes(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    released = threading.Event()
+    _block_copies(monkeypatch, released)
+    bob = ef_on("bob", redis_url=redis_server.url)
+    before = len(emulator.requests)
+    assert bob.embed(TEXTS).tobytes() == expected(emulator, TEXTS).tobytes()
+    assert len(emulator.requests) == before
+    released.set()
+    bob.close()  # waits for the copy
+    assert ef_on("bob", offline=True).embed(TEXTS).tobytes() == expected(emulator, TEXTS).tobytes()
+
+
+_NEVER_CLOSES = """
+import sys, threading
+from embedcache import JinaEmbeddingFunction
+from embedcache.storage.store import Store
+
+returned = threading.Event()
+original = Store.put_matrix
+
+def put(self, *args):
+    assert returned.wait(5), "the copy to local disk ran inside the read"
+    original(self, *args)
+
+Store.put_matrix = put
+cache_dir, base_url, redis_url, *texts = sys.argv[1:]
+ef = JinaEmbeddingFunction(cache_dir=cache_dir, base_url=base_url, redis_url=redis_url,
+                           offline=True)
+ef.embed(texts)
+returned.set()  # and exit without close()
+"""
+
+
+def test_a_process_that_never_closes_still_copies_what_redis_served_to_disk(
+    emulator: JinaEmulator,
+    redis_server: RedisServer,
+    ef_on: Callable[..., JinaEmbeddingFunction],
+    tmp_path: Path,
+) -> None:
+    ef_on("alice", redis_url=redis_server.url).embed(TEXTS)
+    done = subprocess.run(
+        [sys.executable, "-c", _NEVER_CLOSES, str(tmp_path / "bob"), emulator.url,
+         redis_server.url, *TEXTS],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ef_on("bob", offline=True).embed(TEXTS).tobytes() == expected(emulator, TEXTS).tobytes()

@@ -260,6 +260,7 @@ class CachedEmbedder:
         AUTOFLUSH.discard(self._recorder)
         self.flush_counters()
         self._scheduler.close()
+        self._tiers.close()  # copies of shared hits to local disk still queued
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
         """Return a ``(len(texts), d)`` float32 array, row ``i`` for ``texts[i]``.

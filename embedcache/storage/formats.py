@@ -29,6 +29,8 @@ __all__ = [
     "signed",
     "split_keys",
     "unsigned",
+    "value_records",
+    "value_size",
     "vector_checksum",
 ]
 
@@ -110,37 +112,63 @@ def _value_layout(dim: int) -> np.dtype[Any]:
     )  # fmt: skip
 
 
+def value_size(dim: int) -> int:
+    """Bytes of a stored value of dimension ``dim``."""
+    return _HEADER.size + 4 * dim
+
+
+def value_records(
+    values: Sequence[bytes | None], dim: int, scratch: NDArray[Any] | None = None
+) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+    """``values`` as records of :func:`_value_layout` (fields ``vector``, ``millitokens``,
+    ``checksum``...), and which of them are intact values of dimension ``dim``.
+
+    No Python object per value: numpy copies them all into one buffer (``scratch`` when it
+    has room: a buffer reused from one round trip to the next costs no fresh pages, which
+    cost more than the copy on some VMs), and a checksum is one call per row of it. A value
+    that is absent, of another length or damaged is marked not intact.
+    """
+    count, size = len(values), value_size(dim)
+    if None in values:
+        values = [b"" if value is None else value for value in values]
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=count)  # type: ignore[arg-type]
+    fits = scratch is not None and scratch.dtype.itemsize == size and len(scratch) >= count
+    raw = cast("NDArray[Any]", scratch)[:count] if fits else np.empty(count, dtype=f"S{size}")
+    # A longer value is cut and a shorter one padded with zeros here: ``lengths`` tells them.
+    raw[:] = values
+    records = raw.view(_value_layout(dim))
+    sums = np.fromiter(
+        map(xxhash.xxh3_64_intdigest, records["vector"]), dtype=np.uint64, count=count
+    )
+    ok = (
+        (lengths == size) & (records["magic"] == _MAGIC) & (records["dim"] == dim)
+        & (sums == records["checksum"])
+    )  # fmt: skip
+    return records, ok
+
+
 def decode_into(
     values: Sequence[bytes | None],
     dim: int,
     start: int,
-    vectors: NDArray[np.float32],
-    present: NDArray[np.bool_],
-    tokens: NDArray[np.float64],
-) -> None:
-    """Check and copy ``values`` (rows ``start...``) into the outputs, all at once: one
-    join, one record view, one checksum per value; damaged ones stay absent."""
-    size = _HEADER.size + 4 * dim
-    rows = [i for i, value in enumerate(values) if value is not None and len(value) == size]
-    if not rows:
-        return
-    joined = b"".join(cast(bytes, values[i]) for i in rows)
-    records = np.frombuffer(joined, dtype=_value_layout(dim))
-    view = memoryview(joined)
-    digest = xxhash.xxh3_64_intdigest
-    sums = np.fromiter(
-        (digest(view[j * size + _HEADER.size : (j + 1) * size]) for j in range(len(rows))),
-        dtype=np.uint64, count=len(rows),
-    )  # fmt: skip
-    ok = (records["magic"] == _MAGIC) & (records["dim"] == dim) & (sums == records["checksum"])
-    if not ok.all():
-        log.warning("ignoring %d damaged shared cache entries", int((~ok).sum()))
-    if ok.all() and len(rows) == len(values):  # the usual case: one contiguous copy
-        at: slice | NDArray[np.intp] = slice(start, start + len(rows))
+    out: tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float64]],
+    scratch: NDArray[Any] | None = None,
+) -> NDArray[np.bool_]:
+    """Check and copy ``values`` into rows ``start...`` of ``out`` (vectors, present,
+    tokens) with :func:`value_records`; returns which were intact (damaged ones, logged,
+    stay absent)."""
+    vectors, present, tokens = out
+    records, ok = value_records(values, dim, scratch)
+    damaged = len(values) - int(np.count_nonzero(ok)) - values.count(None)
+    if damaged:
+        log.warning("ignoring %d damaged shared cache entries", damaged)
+    if ok.all():  # the usual case: one contiguous copy
+        at: slice | NDArray[np.intp] = slice(start, start + len(values))
         vectors[at] = records["vector"]
         tokens[at] = records["millitokens"] / 1000.0
     else:
-        at = start + np.asarray(rows, dtype=np.intp)[ok]
+        at = start + np.flatnonzero(ok)
         vectors[at] = records["vector"][ok]
         tokens[at] = records["millitokens"][ok] / 1000.0
     present[at] = True
+    return ok

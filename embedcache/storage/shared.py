@@ -4,8 +4,11 @@ A team, a CI fleet or several proxy replicas each keep their own disk cache and 
 tier, so a text fetched by one is a hit for all. Keys are the disk store's keys; a value is
 a 32-byte header (magic, dimension, millitokens, fingerprint id, checksum) followed by the
 vector as raw little-endian float32, the same bytes and checks as a disk entry. Batches are
-read with pipelined ``MGET`` (one round trip per call, never one per text) and written with
-one pipeline.
+read with pipelined ``MGET`` (a round trip per few megabytes of values, never one per text)
+and written with one pipeline. A Redis Cluster is named by its own URL scheme,
+``redis+cluster://host:port[,host:port...]`` (:mod:`~embedcache.storage.redis_clients`):
+keys spread over its slots, a batch's reads are split by slot, and everything else works
+the same.
 
 Redis is an optimisation, never a dependency of correctness: when it is down or slow, every
 call returns "nothing found" or skips the write after a bounded timeout, one warning is
@@ -26,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,20 +46,38 @@ from ..config import (
 )
 from ..errors import InvalidInputError, SharedCacheError
 from ..extras import requires
-from .formats import decode_into, encode_entry, first_dim
+from .formats import decode_into, encode_entry, first_dim, value_size
+from .redis_clients import check_url, connect, is_cluster_url
 from .store import FORMAT_VERSION, Found, KeyedVectors
 
-__all__ = ["RedisStore", "Usage", "open_shared"]
+__all__ = ["RedisStore", "Served", "Usage", "open_shared"]
 
 _MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
-# Keys per round trip: ~40 MB of 1024-d replies held at once, decoded before the next.
-_ROUND_TRIP_KEYS = 10_000
+# Values per round trip: a few MB, decoded before the next is asked for, so memory stays
+# bounded and the same memory is used again (fresh pages cost more than the copy on some
+# VMs); between these bounds of keys, so small vectors still come in few round trips.
+_ROUND_TRIP_BYTES = 16 << 20
+_ROUND_TRIP_KEYS = (1000, 10_000)
 _RETRY_SECONDS = 5.0  # after a failure, calls skip Redis this long before trying again
 _SCAN_BATCH = 1000  # names per SCAN page in maintenance calls
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 _T = TypeVar("_T")
 
 log = logging.getLogger("embedcache")
+
+
+class Served(Protocol):
+    """Told of each round trip's intact values (for copying them to local disk)."""
+
+    def __call__(
+        self, keys: Sequence[bytes], values: list[bytes | None], ok: NDArray[np.bool_], dim: int
+    ) -> None: ...
+
+
+def _trip_keys(dim: int | None) -> int:
+    """Keys per round trip for values of ``dim`` dimensions (the fewest when unknown)."""
+    low, high = _ROUND_TRIP_KEYS
+    return low if dim is None else max(low, min(high, _ROUND_TRIP_BYTES // value_size(dim)))
 
 
 class Usage(NamedTuple):
@@ -75,7 +96,9 @@ def _glob_escape(text: bytes) -> bytes:
 class RedisStore:
     """Cached vectors in Redis, under ``<prefix>:<key version>.<format version>:<key hex>``.
 
-    :param url: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+    :param url: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``), or
+        a Redis Cluster's ``redis+cluster://[:password@]host:port[,host:port...]`` (or
+        ``rediss+cluster://``).
     :param prefix: namespace, so one Redis can hold several teams' caches.
     :param ttl: seconds each entry lives after it is written; ``None``: until Redis evicts it.
     :param timeout: seconds to wait for Redis on every call (connect and reply).
@@ -96,8 +119,6 @@ class RedisStore:
     ) -> None:
         with requires("redis"):
             import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
         # Shown without its userinfo at all, as always: a Redis URL's userinfo is credentials.
         self.location = redact_url(without_userinfo(url))
         self.prefix = prefix
@@ -105,18 +126,27 @@ class RedisStore:
         self.retry_after = retry_after
         self.strict = strict
         self._secrets = url_secrets(url)
+        #: A Redis Cluster: reads split by slot, the namespace walked node by node.
+        self.cluster = is_cluster_url(url)
+        self._connect = functools.partial(connect, url, timeout)
+        self._connected: Any = None
         try:
-            self._client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),  # the outage logic below decides when to retry
-            )
+            check_url(url)
+            if not self.cluster:  # a cluster client connects as it is made: on first use
+                self._connected = self._connect()
         except ValueError as exc:  # a malformed URL; its text may hold the password
             raise InvalidInputError(
                 f"bad Redis URL {self.location!r}: {type(exc).__name__}"
             ) from None
-        self._failures: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        # RedisClusterException: a cluster client's own (no node reachable, no slot map).
+        self._failures: tuple[type[Exception], ...] = (
+            redis.RedisError, redis.exceptions.RedisClusterException, OSError
+        )  # fmt: skip
+        # What a cluster node answers a client that is not a cluster client.
+        self._cluster_replies: tuple[type[Exception], ...] = (
+            () if self.cluster
+            else (redis.exceptions.MovedError, redis.exceptions.ClusterCrossSlotError)
+        )  # fmt: skip
         self._namespace = f"{prefix}:{KEY_VERSION}.{FORMAT_VERSION}:".encode()
         self._lock = threading.Lock()
         self._down_until = 0.0
@@ -134,7 +164,18 @@ class RedisStore:
         return time.monotonic() >= self._down_until
 
     def close(self) -> None:
-        self._client.close()
+        if self._connected is not None:
+            self._connected.close()
+
+    @property
+    def _client(self) -> Any:
+        """The redis-py client, made on first use (inside :meth:`_call`: a cluster's client
+        connects as it is made, and may fail)."""
+        if self._connected is None:
+            with self._lock:
+                if self._connected is None:
+                    self._connected = self._connect()
+        return self._connected
 
     def _name(self, key: bytes) -> bytes:
         return self._namespace + key.hex().encode()
@@ -146,10 +187,13 @@ class RedisStore:
         try:
             result = work()
         except self._failures as exc:
+            hint = ""
+            if isinstance(exc, self._cluster_replies):
+                hint = " (a Redis Cluster node: name the cluster as redis+cluster://host:port)"
             if self.strict:
                 raise SharedCacheError(
                     f"shared cache {self.location} failed while trying to {action}: "
-                    f"{type(exc).__name__}: {self._redact(str(exc))}"
+                    f"{type(exc).__name__}: {self._redact(str(exc))}{hint}"
                 ) from None
             with self._lock:
                 first = not self._outage
@@ -157,9 +201,9 @@ class RedisStore:
                 self._down_until = time.monotonic() + self.retry_after
             if first:
                 log.warning(
-                    "shared cache %s unavailable (%s while trying to %s): serving from local "
-                    "disk and the API, retrying every %.0f s",
-                    self.location, type(exc).__name__, action, self.retry_after,
+                    "shared cache %s unavailable (%s while trying to %s%s): serving from "
+                    "local disk and the API, retrying every %.0f s",
+                    self.location, type(exc).__name__, action, hint, self.retry_after,
                 )  # fmt: skip
             return fallback
         if self._outage:
@@ -175,31 +219,45 @@ class RedisStore:
             line = line.replace(secret, "***")
         return line
 
-    def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
-        """Look up every key; like :meth:`Store.read_many`. Each round trip carries
-        :data:`_ROUND_TRIP_KEYS` keys (pipelined ``MGET``s), decoded as it arrives, so
-        memory stays bounded and an outage mid-read keeps what already came."""
+    def read_many(
+        self, keys: Sequence[bytes], dim: int | None = None, served: Served | None = None
+    ) -> Found:
+        """Look up every key; like :meth:`Store.read_many`. Each round trip carries a few MB
+        of values (pipelined ``MGET``s; on a cluster, one per slot), decoded into the result
+        as it arrives with no Python object per value, so memory stays bounded and an outage
+        mid-read keeps what already came.
+
+        :param served: told of each round trip's intact values, which it may keep (the
+            values are immutable; the result's rows are the caller's).
+        """
         names = [self._name(key) for key in keys]
         present = np.zeros(len(keys), dtype=bool)
         tokens = np.zeros(len(keys), dtype=np.float64)
         vectors: NDArray[np.float32] | None = None
-        for start in range(0, len(names), _ROUND_TRIP_KEYS):
-            values = self._call(
-                "read", functools.partial(self._mget, names[start : start + _ROUND_TRIP_KEYS]), None
-            )
+        scratch: NDArray[Any] | None = None  # one buffer for every round trip's values
+        start = 0
+        while start < len(names):
+            stop = start + _trip_keys(dim)
+            values = self._call("read", functools.partial(self._mget, names[start:stop]), None)
             if values is None:
                 break  # Redis went away: misses from here on
             dim = dim or first_dim(values)
-            if dim is None:
-                continue
-            if vectors is None:
-                vectors = np.zeros((len(keys), dim), dtype=np.float32)
-            decode_into(values, dim, start, vectors, present, tokens)
+            if dim is not None:
+                if vectors is None:
+                    vectors = np.zeros((len(keys), dim), dtype=np.float32)
+                if scratch is None:
+                    scratch = np.empty(_trip_keys(dim), dtype=f"S{value_size(dim)}")
+                ok = decode_into(values, dim, start, (vectors, present, tokens), scratch)
+                if served is not None and ok.any():
+                    served(keys[start:stop], values, ok, dim)
+            start = stop
         if vectors is None:
             vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
         return Found(present, vectors, tokens)
 
     def _mget(self, names: list[bytes]) -> list[bytes | None]:
+        if self.cluster:  # split by slot: one MGET per slot, a pipeline per node
+            return cast("list[bytes | None]", self._client.mget_nonatomic(names))
         pipe = self._client.pipeline(transaction=False)
         for start in range(0, len(names), _MGET_CHUNK):
             pipe.mget(names[start : start + _MGET_CHUNK])
@@ -252,11 +310,22 @@ class RedisStore:
         deleted meanwhile may or may not show, and one may show twice if Redis resizes its
         table during the walk.
         """
+        nodes: list[Any] = [None]  # the only node
+        if self.cluster:  # every primary holds part of the namespace
+            nodes = self._call("scan", lambda: list(self._client.get_primaries()), [])
+        for node in nodes:
+            yield from self._node_pages(batch, node)
+
+    def _node_pages(self, batch: int, node: Any) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """:meth:`_pages` of one node (``None``: the only one)."""
         pattern = _glob_escape(self._namespace) + b"*"
         skip = len(self._namespace)
+        where = {} if node is None else {"target_nodes": node}
 
         def scan_from(cursor: int) -> tuple[int, list[bytes]]:
-            after, names = self._client.scan(cursor, match=pattern, count=batch)
+            after, names = self._client.scan(cursor, match=pattern, count=batch, **where)
+            if isinstance(after, dict):  # a cluster's: the cursor of each node asked
+                after = next(iter(after.values()), 0)
             return int(after), cast("list[bytes]", names)  # bytes: no decode_responses
 
         cursor = 0
@@ -293,12 +362,9 @@ class RedisStore:
         :func:`check_entry`): one ``SCAN`` and one ``MGET`` round trip per page of
         ``batch`` names."""
 
-        def fetch(names: list[bytes]) -> list[bytes | None]:
-            return cast("list[bytes | None]", self._client.mget(names))
-
         for names, keys in self._pages(batch):
             nothing: list[bytes | None] = [None] * len(names)
-            values = self._call("read", functools.partial(fetch, names), nothing)
+            values = self._call("read", functools.partial(self._mget, names), nothing)
             for key, value in zip(keys, values, strict=True):
                 if value is not None:  # gone since the SCAN (deleted, expired)
                     yield key, value

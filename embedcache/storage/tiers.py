@@ -1,26 +1,25 @@
 """Where the embedder looks for a vector, nearest first: memory, local disk, shared Redis.
 
-A vector found in Redis is written back to local disk, so the next read is local; a vector
-fetched from the API goes to both. Each tier is optional except the disk store.
+A vector found in Redis is written back to local disk, so the next read is local: off the
+read path, by :class:`~embedcache.storage.writeback.WriteBack`, finished by :meth:`Tiers.close`
+(and at exit); a presence check (a prewarm) waits for its copy. A vector fetched from the API
+goes to both. Each tier is optional except the disk store.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
-from ..errors import CacheError
 from .memory import MemoryTier
 from .shared import RedisStore
 from .store import Found, KeyedVectors, Store
+from .writeback import WriteBack
 
 __all__ = ["Tiers"]
-
-
-log = logging.getLogger("embedcache")
 
 
 class Tiers:
@@ -36,6 +35,13 @@ class Tiers:
         self.store = store
         self.shared = shared
         self._memory = MemoryTier(memory_bytes) if memory_bytes > 0 else None
+        self._writeback = WriteBack(store) if shared is not None and not store.read_only else None
+
+    def close(self) -> None:
+        """Finish copying what the shared tier served to local disk (the tiers themselves
+        belong to the caller)."""
+        if self._writeback is not None:
+            self._writeback.flush()
 
     @property
     def read_only(self) -> bool:
@@ -66,7 +72,7 @@ class Tiers:
         present = np.array(self.store.contains_many(keys), dtype=bool)
         if self.shared is not None and not present.all():
             absent = np.flatnonzero(~present)
-            pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim)
+            pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim, wait=True)
             present[absent[pulled.present]] = True
         return present
 
@@ -95,20 +101,19 @@ class Tiers:
         found.tokens[got] = pulled.tokens[pulled.present]
         return found
 
-    def _pull_absent(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> Found:
-        """The shared tier's vectors for ``keys``, written back to local disk."""
+    def _pull_absent(
+        self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, wait: bool = False
+    ) -> Found:
+        """The shared tier's vectors for ``keys``, queued to be written to local disk.
+
+        :param wait: return only once they are written (or their copy failed).
+        """
         assert self.shared is not None
-        pulled = self.shared.read_many(keys, dim)
-        rows = np.flatnonzero(pulled.present)
-        if len(rows) and not self.store.read_only:
-            whole = len(rows) == len(keys)  # all found: write the array as it is, no gather
-            try:
-                self.store.put_matrix(
-                    fp,
-                    keys if whole else [keys[i] for i in rows.tolist()],
-                    pulled.vectors if whole else pulled.vectors[rows],
-                    (pulled.tokens if whole else pulled.tokens[rows]).tolist(),
-                )
-            except CacheError as exc:  # a hit is still a hit without its local copy
-                log.warning("could not copy shared entries to local disk: %s", exc)
+        if self._writeback is None:
+            return self.shared.read_many(keys, dim)
+        served = functools.partial(self._writeback.offer, fp, read_entries=len(keys))
+        with self._writeback.reading():
+            pulled = self.shared.read_many(keys, dim, served=served)
+        if wait:
+            self._writeback.flush()
         return pulled
