@@ -86,8 +86,9 @@ def global_options() -> list[click.Option]:
         click.Option(
             ["--redis-url"],
             metavar="URL",
-            help="A Redis/Valkey cache shared with other machines, read after the local one "
-            "(default: $EMBEDCACHE_REDIS_URL; needs the redis extra).",
+            help="A Redis/Valkey cache shared with other machines, read after the local one; "
+            "a cluster as redis+cluster://host:port[,host:port...] (default: "
+            "$EMBEDCACHE_REDIS_URL; needs the redis extra).",
         ),
         click.Option(
             ["--redis-prefix"],
