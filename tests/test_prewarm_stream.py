@@ -21,7 +21,6 @@ from embedcache.cli import prewarm as cli_prewarm
 from embedcache.cli.sources import SourceItem
 from embedcache.embedding.distinct import DistinctKeys
 from embedcache.models import resolve_options
-from embedcache.storage import index as index_module
 from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage.rows import READ_COLUMNS
 from embedcache.storage.store import Store
@@ -284,7 +283,7 @@ def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
     with Store(tmp_path / "cache") as store:
         keys = fill(store, 40)
         store._index.refresh_snapshot()  # the snapshot readers will be using
-        monkeypatch.setattr(index_module, "write_snapshot", write_while_reading)
+        monkeypatch.setattr(snapshot_module, "write_snapshot", write_while_reading)
         store._index.refresh_snapshot()
         assert store.read_many(keys, 1).present.all()
     assert seen == [True, True]

@@ -24,7 +24,7 @@ from . import counts
 from .counts import keep_counts
 from .databases import BUSY_SECONDS, open_wal
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
-from .snapshot import WIDTH, RebuildGuard, View, write_snapshot
+from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 
 __all__ = ["Index", "entry_bytes"]
 
@@ -58,22 +58,6 @@ def entry_bytes(dim: int) -> int:
     and log) are not counted: a limit bounds the vectors, which it can count exactly.
     """
     return 4 * dim
-
-
-def _join(
-    high: NDArray[np.int64], low: NDArray[np.int64], split: NDArray[np.int64]
-) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """For each key of ``split``, its position among keys sorted by ``high`` (with their
-    ``low`` halves), and whether it is really there: one vectorized search, not a dict.
-
-    The keys are searched in sorted order: each search then starts where the last one
-    ended and walks memory the last ones brought into the CPU's caches (a third of the
-    time of random order, over a 10M-row snapshot)."""
-    order = np.argsort(split[:, 0])
-    at = np.empty(len(split), dtype=np.intp)
-    at[order] = np.searchsorted(high, split[order, 0])
-    np.minimum(at, len(high) - 1, out=at)
-    return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
 
 
 def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
@@ -199,7 +183,7 @@ class Index:
         present = np.zeros(len(split), dtype=bool)
         view = self.view() if use_snapshot else None
         if view is not None and view.columns.shape[1]:
-            at, present = _join(view.columns[K], view.columns[LO], split)
+            at, present = join(view.columns[K], view.columns[LO], split)
             present &= ~view.removed_mask(split[:, 0])
             matched = np.ascontiguousarray(view.columns[:, at].T)
         todo = np.flatnonzero(~present)
@@ -207,7 +191,7 @@ class Index:
             rows = self.lookup(split[todo, 0], READ_COLUMNS)
             if len(rows):
                 rows = rows[np.argsort(rows[:, K], kind="stable")]
-                at, hit = _join(rows[:, K], rows[:, LO], split[todo])
+                at, hit = join(rows[:, K], rows[:, LO], split[todo])
                 matched[todo[hit]] = rows[at[hit]]
                 present[todo[hit]] = True
         return matched, present, view is not None
@@ -219,14 +203,14 @@ class Index:
         present = np.zeros(len(split), dtype=bool)
         view = self.view()
         if view is not None and view.columns.shape[1]:
-            present = _join(view.columns[K], view.columns[LO], split)[1]
+            present = join(view.columns[K], view.columns[LO], split)[1]
             present &= ~view.removed_mask(split[:, 0])
         todo = np.flatnonzero(~present)
         if len(todo):
             rows = self.lookup(split[todo, 0], "k, lo")
             if len(rows):
                 rows = rows[np.argsort(rows[:, K], kind="stable")]
-                present[todo[_join(rows[:, K], rows[:, LO], split[todo])[1]]] = True
+                present[todo[join(rows[:, K], rows[:, LO], split[todo])[1]]] = True
         return present
 
     def lookup(self, high: NDArray[np.int64], columns: str = COLUMNS) -> NDArray[np.int64]:
@@ -282,8 +266,8 @@ class Index:
     def _snapshot_path(self, generation: int) -> Path:
         return self.directory / f"snapshot-{generation}.npy"
 
-    def _state(self, name: str, db: sqlite3.Connection | None = None) -> int | None:
-        row = (db or self._db).execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+    def _state(self, name: str) -> int | None:
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def _set_state(self, **values: int | None) -> None:
@@ -291,18 +275,19 @@ class Index:
             "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", list(values.items())
         )
 
-    def note_changes(self, changed: int) -> bool:
-        """(In the write transaction that stored or removed ``changed`` entries.) Count them
-        against the snapshot; returns whether it lags enough to take a new one
-        (:meth:`refresh_snapshot`, after the commit)."""
-        since = (self._state("index_since") or 0) + changed
-        self._set_state(index_since=since)
+    def note_changes(self, stored: int, removed: int = 0) -> bool:
+        """(In the write transaction that stored, evicted or deleted entries.) Count them
+        against the snapshot; returns whether it lags enough for this writer to take a new
+        one after the commit (:meth:`refresh_snapshot`). Deletions count only for whoever
+        deletes: a fill must not take a snapshot because a prune runs beside it."""
+        since = (self._state("index_since") or 0) + stored
+        gone = (self._state("index_removed") or 0) + removed
+        self._set_state(index_since=since, index_removed=gone)
         if self._state("index_snapshot") is None:
             # Nobody reads removed keys without a snapshot: they need not pile up.
             self._db.execute("DELETE FROM removed")
-        return since >= max(
-            _SNAPSHOT_MIN_ROWS, (self._state("index_rows") or 0) // _SNAPSHOT_GROWTH
-        )
+        held = self._state("index_rows") or 0
+        return since + (gone if removed else 0) >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH)
 
     def refresh_snapshot(self, wait: bool = False) -> bool:
         """Take a new snapshot: written from a read transaction of its own, so writers go on
@@ -330,35 +315,35 @@ class Index:
         db = _connect(self.directory / "index.db", read_only=False)
         try:
             with self._errors("write"):
-                db.execute("BEGIN")  # the read transaction the snapshot is taken from
-                generation = self._state("generation", db) or 0
-                since = self._state("index_since", db) or 0
-                top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM removed").fetchone()[0])
-                rows = sum(entries for _, _, entries, _ in counts.groups(db))
-                write_snapshot(tmp, db, rows)
-                db.execute("COMMIT")
+                taken = take_snapshot(tmp, db)
         finally:
             db.close()
         with self.write():
-            if (self._state("generation") or 0) != generation:
+            if (self._state("generation") or 0) != taken.generation:
                 return False  # another was installed (or the cache cleared) meanwhile
-            new = generation + 1
+            new = taken.generation + 1
             os.chmod(tmp, 0o600)
             os.replace(tmp, self._snapshot_path(new))
             old = self._state("index_snapshot")
             if old is not None:
                 self._stale_snapshots.append(old)
-            self._db.execute("DELETE FROM removed WHERE id <= ?", (top,))
+            self._db.execute("DELETE FROM removed WHERE id <= ?", (taken.top,))
             # Versions that know no removed keys may use it only while there are none.
             clean = self._db.execute("SELECT 1 FROM removed LIMIT 1").fetchone() is None
             self._set_state(
-                generation=new, index_snapshot=new, index_rows=rows,
-                index_since=max(0, (self._state("index_since") or 0) - since),
-                snapshot=new if clean else None, snapshot_rows=rows, since_snapshot=0,
+                generation=new, index_snapshot=new, index_rows=taken.rows,
+                index_since=max(0, (self._state("index_since") or 0) - taken.since),
+                index_removed=max(0, (self._state("index_removed") or 0) - taken.removed),
+                snapshot=new if clean else None, snapshot_rows=taken.rows, since_snapshot=0,
             )  # fmt: skip
         return True
 
     # Writing
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The write connection: for use inside :meth:`write` only."""
+        return self._db
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
@@ -436,7 +421,7 @@ class Index:
         old = self._state("index_snapshot")
         # A new generation: a snapshot being taken meanwhile is not installed.
         self._set_state(
-            index_snapshot=None, snapshot=None, index_rows=0, index_since=0,
+            index_snapshot=None, snapshot=None, index_rows=0, index_since=0, index_removed=0,
             generation=(self._state("generation") or 0) + 1,
         )  # fmt: skip
         if old is not None:
@@ -496,26 +481,6 @@ class Index:
         finally:
             db.close()
         return [(seg, dim, rows, int(live.get(seg, 0))) for seg, dim, rows in segments]
-
-    def live_rows_after(self, segs: list[int], after: int, limit: int) -> list[tuple[int, ...]]:
-        """``(k, seg, row)`` of at most ``limit`` entries stored in ``segs`` with keys above
-        ``after``, in key order (in a write transaction). Compaction walks the table this
-        way: the rows it then moves sit together in the table, so a transaction rewrites a
-        few pages of it, not one page per row as rows taken segment by segment would."""
-        marks = ",".join("?" * len(segs))
-        # "+seg": walk the table by key, never a sort of a segment's entries by key.
-        return self._db.execute(
-            f"SELECT k, seg, row FROM entries WHERE k > ? AND +seg IN ({marks}) "  # noqa: S608
-            "ORDER BY k LIMIT ?",
-            (after, *segs, limit),
-        ).fetchall()
-
-    def some_live_rows(self, seg: int, limit: int) -> list[tuple[int, int]]:
-        """``(k, row)`` of at most ``limit`` entries still stored in ``seg`` (any order):
-        what compaction's walk missed (written there by others meanwhile)."""
-        return self._db.execute(
-            "SELECT k, row FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
-        ).fetchall()
 
     def move(self, keys: list[int], seg: int, start: int) -> None:
         """Point the entries of primary keys ``keys`` at rows ``start...`` of ``seg``."""

@@ -21,15 +21,13 @@ from numpy.typing import NDArray
 __all__ = ["Segments", "fits"]
 
 _SEGMENT_BYTES = 1 << 30
-# Rows are read through a map of their segment, kept for the process's life: a sparse read
-# faults in the pages it touches (a 10k-row read of a 1 GB segment costs about what 10k
-# positioned reads do, the first time), and pages stay mapped, so a long-lived reader's
-# next reads find them there (positioned reads cost the same every time). A dense read
-# populates the whole map at once instead: faulting in a 400 MB map page by page costs
-# ~10x the copy. Populating costs per page of the file, so it is worth it only when
-# reading at least one row per this many pages (measured on a 1 GB segment, 262,144
-# pages: 10,000 random rows took 26 ms by row and 70 ms through a new populated map,
-# 100,000 rows 343 ms and 180 ms).
+# Up to this many rows, read them one by one; beyond, map the segment with its page
+# tables populated at once: faulting in a 400 MB map page by page costs ~10x the copy.
+_PREAD_MAX_ROWS = 256
+# ... unless the rows are sparse in a large file: populating a map costs per page of the
+# file, reading per row. Measured on a 1 GB segment (262,144 pages), reading 10,000 random
+# rows took 26 ms by row and 70 ms through a new map, 100,000 rows 343 ms and 180 ms: so
+# map only when reading at least one row per this many pages (or the map is there already).
 _PAGES_PER_MAPPED_ROW = 8
 
 log = logging.getLogger("embedcache")
@@ -52,7 +50,6 @@ class Segments:
         # not wait for another thread's write transaction.
         self._lock = threading.Lock()
         self._maps: dict[int, NDArray[np.float32]] = {}
-        self._populated: set[int] = set()  # segments whose map has every page mapped
         # Read-only descriptors kept open: opening a file costs more than reading a row.
         self._fds: dict[int, int] = {}
         directory.mkdir(mode=0o700, exist_ok=True)
@@ -61,7 +58,6 @@ class Segments:
         """Drop the file maps and descriptors."""
         with self._lock:
             self._maps.clear()
-            self._populated.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
@@ -88,19 +84,23 @@ class Segments:
 
     def _read(self, seg: int, dim: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         try:
-            mapped = self.mapped(seg, dim, int(rows.max()), self._worth_populating(seg, rows))
-            return np.asarray(mapped[rows], dtype=np.float32)
+            if not self._worth_mapping(seg, dim, rows):
+                return self.read_rows(seg, dim, rows)
+            return np.asarray(self.mapped(seg, dim, int(rows.max()))[rows], dtype=np.float32)
         except (OSError, IndexError, ValueError) as exc:
             # Unreadable rows come back as zeros, which fail their checksum: they refetch.
             log.warning("cannot read segment %d: %s", seg, exc)
             return np.zeros((len(rows), dim), dtype=np.float32)
 
-    def _worth_populating(self, seg: int, rows: NDArray[np.int64]) -> bool:
-        """Whether to map all of a segment's pages at once for ``rows``: many rows, dense
-        enough in the file (see :data:`_PAGES_PER_MAPPED_ROW`), and not mapped so yet."""
+    def _worth_mapping(self, seg: int, dim: int, rows: NDArray[np.int64]) -> bool:
+        """Whether to gather ``rows`` through a map of the segment rather than row by row:
+        many rows, dense enough in the file (see :data:`_PAGES_PER_MAPPED_ROW`)."""
+        if len(rows) <= _PREAD_MAX_ROWS:
+            return False
         with self._lock:
-            if seg in self._populated:
-                return False
+            mapped = self._maps.get(seg)
+        if mapped is not None and int(rows.max()) < len(mapped):
+            return True
         pages = os.fstat(self._descriptor(seg)).st_size // mmap.PAGESIZE
         return len(rows) * _PAGES_PER_MAPPED_ROW >= pages
 
@@ -121,29 +121,20 @@ class Segments:
                 fd = self._fds[seg] = os.open(self.path(seg), os.O_RDONLY | os.O_CLOEXEC)
             return fd
 
-    def mapped(
-        self, seg: int, dim: int, need_row: int = -1, populate: bool = False
-    ) -> NDArray[np.float32]:
-        """A read-only map of a segment file, remapped when it has grown past ``need_row``;
-        with ``populate``, its pages all mapped at once (else as rows are read)."""
+    def mapped(self, seg: int, dim: int, need_row: int = -1) -> NDArray[np.float32]:
+        """A read-only map of a segment file, remapped when it has grown past ``need_row``."""
         with self._lock:
             mapped = self._maps.get(seg)
-            if (
-                mapped is None
-                or need_row >= len(mapped)
-                or (populate and seg not in self._populated)
-            ):
+            if mapped is None or need_row >= len(mapped):
                 with open(self.path(seg), "rb") as handle:
                     size = os.fstat(handle.fileno()).st_size // (4 * dim) * (4 * dim)
-                    if populate and hasattr(mmap, "MAP_POPULATE"):
+                    if hasattr(mmap, "MAP_POPULATE"):
                         view = mmap.mmap(
                             handle.fileno(), size, prot=mmap.PROT_READ,
                             flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
                         )  # fmt: skip
-                        self._populated.add(seg)
                     else:
                         view = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)
-                        self._populated.discard(seg)
                 mapped = np.frombuffer(view, dtype="<f4").reshape(-1, dim)
                 self._maps[seg] = mapped
             return mapped
@@ -163,7 +154,6 @@ class Segments:
         with self._lock:
             for seg in segments:
                 self._maps.pop(seg, None)
-                self._populated.discard(seg)
                 fd = self._fds.pop(seg, None)
                 if fd is not None:
                     os.close(fd)

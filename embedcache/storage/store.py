@@ -3,9 +3,12 @@
 A cache directory holds::
 
     embedcache.json     format and key versions it was written with
-    index.db            SQLite (WAL): one row per vector, the list of segment files, and
+    index.db            SQLite (WAL): one row per vector, the list of segment files, the
+                        totals kept by triggers (entries per settings, vector bytes, keys
+                        removed since the snapshot: :mod:`~embedcache.storage.counts`), and
                         the ``state`` of the snapshot and of ``removals`` (below)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
+    snapshot.lock       empty; locked (``flock``) by the process taking a new snapshot
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
     meta/               a diskcache with the small values: request settings, counters and
                         named settings (:meth:`Store.setting`)
@@ -15,7 +18,8 @@ A cache directory holds::
 Why not one diskcache entry per vector: a warm read is then one SQL statement per text, 10-15x
 the floor of hashing and copying (shared/docs/perf-baseline.md). Here a read is one
 ``np.searchsorted`` over the snapshot for all keys (an ``IN (...)`` query per 500 keys only
-for those newer than it), one numpy gather per segment and one checksum per vector.
+for those newer than it or deleted since), one numpy gather per segment and one checksum per
+vector. The snapshot is taken outside the write lock (:mod:`~embedcache.storage.snapshot`).
 
 An index row holds the key (as two signed 64-bit integers: the high half is the primary key),
 the segment and row of the vector, its dimension, the tokens attributed to it when fetched,
@@ -28,7 +32,9 @@ processes can share a directory. The claims files, created by the first fetch, l
 processes send at most one request per entry at a time (:mod:`~embedcache.storage.claims`:
 a claim counts only while its process lives, so a crash leaves none behind; reading or
 writing vectors never touches them). Nothing is rewritten in place: deleting leaves dead rows,
-which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
+which :meth:`Store.compact` copies away into new segment files. Deleting and compacting run
+in short transactions with pauses between (:mod:`~embedcache.storage.upkeep`), so writers
+sharing the directory wait a fraction of a second at most. Reads never write. Nothing is
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
@@ -42,7 +48,9 @@ counted every page it committed. Eviction under a size limit is not counted: an 
 entry is still a right answer, and a full cache evicts on every fill.
 
 :class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
-:mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
+:mod:`~embedcache.storage.index` (``index.db``; its snapshots in
+:mod:`~embedcache.storage.snapshot`, its totals in :mod:`~embedcache.storage.counts`),
+:mod:`~embedcache.storage.upkeep` (deleting and compacting in short transactions),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
 (the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions);
 :attr:`Store.claims` hands out the directory's :mod:`~embedcache.storage.claims`.

@@ -100,7 +100,7 @@ def delete_pages(index: Index, pages: Iterable[Sequence[bytes]], most: int) -> i
         start = time.perf_counter()
         with index.write():
             gone = index.delete(split_keys(list(keys)))
-            due = index.note_changes(gone)
+            due = index.note_changes(0, removed=gone)
         budget.took(len(keys), time.perf_counter() - start)
         removed += gone
     if due:
@@ -116,7 +116,7 @@ def compact(
 
     Between transactions every entry points at a complete copy (the old files stay until the
     end), so readers and writers go on. Rows are taken in key order over all the segments
-    being emptied (:meth:`Index.live_rows_after`), then whatever others wrote to them
+    being emptied (:func:`_rows_after`), then whatever others wrote to them
     meanwhile; a new snapshot is taken before the old segments are dropped, in the
     transaction that finds none of their rows left, and their files deleted after it.
     """
@@ -135,7 +135,7 @@ def compact(
         start = time.perf_counter()
         with index.write():
             if not walked:
-                rows = index.live_rows_after(segs, after, budget.size)
+                rows = _rows_after(index, segs, after, budget.size)
                 walked = len(rows) < budget.size
                 if rows:
                     after = int(rows[-1][0])
@@ -162,11 +162,33 @@ def compact(
     return freed
 
 
+def _rows_after(index: Index, segs: list[int], after: int, limit: int) -> list[tuple[int, ...]]:
+    """``(k, seg, row)`` of at most ``limit`` entries stored in ``segs`` with keys above
+    ``after``, in key order (in a write transaction). Compaction walks the table this way:
+    the rows it then moves sit together in the table, so a transaction rewrites a few pages
+    of it, not one page per row as rows taken segment by segment would."""
+    marks = ",".join("?" * len(segs))
+    # "+seg": walk the table by key, never a sort of a segment's entries by key.
+    return index.db.execute(
+        f"SELECT k, seg, row FROM entries WHERE k > ? AND +seg IN ({marks}) "  # noqa: S608
+        "ORDER BY k LIMIT ?",
+        (after, *segs, limit),
+    ).fetchall()
+
+
+def _rows_in(index: Index, seg: int, limit: int) -> list[tuple[int, int]]:
+    """``(k, row)`` of at most ``limit`` entries still stored in ``seg`` (any order): what
+    the walk missed (written there by others meanwhile). In a write transaction."""
+    return index.db.execute(
+        "SELECT k, row FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
+    ).fetchall()
+
+
 def _stragglers(index: Index, segs: list[int], most: int) -> list[tuple[int, ...]]:
     """``(k, seg, row)`` of at most ``most`` entries still in ``segs``."""
     found: list[tuple[int, ...]] = []
     for seg in segs:
-        found += [(k, seg, row) for k, row in index.some_live_rows(seg, most - len(found))]
+        found += [(k, seg, row) for k, row in _rows_in(index, seg, most - len(found))]
         if len(found) >= most:
             break
     return found
