@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from children import RSS, Emulator, reap_hook
 from large_report import report
 from results import baseline_tree, write_section
 
@@ -272,30 +273,11 @@ def run_child(argv: list[str], stdout: Any = subprocess.PIPE) -> dict[str, Any]:
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=_env())
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    rss = _RSS.pop(proc.pid, float("nan"))
+    rss = RSS.pop(proc.pid, float("nan"))
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {err.decode()[-2000:]}")
     last = (out or b"").decode().strip().splitlines()
     return {"wall": wall, "rss_mb": rss, "out": last[-1] if last else "", "rc": proc.returncode}
-
-
-_RSS: dict[int, float] = {}
-
-
-def _reap_hook() -> None:
-    """Record each child's own ru_maxrss: wait4 on it before subprocess does."""
-    original = subprocess.Popen._try_wait  # type: ignore[attr-defined]
-
-    def try_wait(self: subprocess.Popen[bytes], wait_flags: int) -> tuple[int, int]:
-        try:
-            pid, status, usage = os.wait4(self.pid, wait_flags)
-        except ChildProcessError:
-            return original(self, wait_flags)  # type: ignore[no-any-return]
-        if pid:
-            _RSS[pid] = usage.ru_maxrss / 1024
-        return pid, status
-
-    subprocess.Popen._try_wait = try_wait  # type: ignore[attr-defined]
 
 
 def worker(name: str, *args: object) -> dict[str, Any]:
@@ -319,26 +301,6 @@ def first_line(cache: Path, *args: str) -> float:
     proc.kill()
     proc.wait()
     return seconds
-
-
-class Emulator:
-    """The bundled emulator (``python -m embedcache.testing``) in its own process, for the
-    writer's misses."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedcache.testing", "--api-key", KEY],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("http"):
-            raise RuntimeError("the emulator did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 #: The groups of operations ``--ops`` can pick; each run records its command per group.
@@ -478,7 +440,7 @@ def main() -> None:
         converted = [int(a) if a.isdigit() else a for a in rest]
         print(json.dumps(WORKERS[name](*converted)))
         return
-    _reap_hook()
+    reap_hook()
     ROOT.mkdir(exist_ok=True)
     log = functools_print("large")
     sizes = sorted(args.entries)
@@ -494,7 +456,7 @@ def main() -> None:
     trees = Path(tempfile.mkdtemp(dir=ROOT, prefix="trees-"))
     if args.baseline:
         codes[f"old {args.baseline}"] = str(baseline_tree(trees, args.baseline))
-    emulator = Emulator()
+    emulator = Emulator(KEY)
     load_before = os.getloadavg()
     try:
         # Sizes outside, codes inside: the two codes of a size measured minutes apart.
