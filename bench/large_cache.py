@@ -1,27 +1,33 @@
-"""How the cache behaves at 10 million entries against 100,000, in the same run.
+"""How the cache behaves at 10 million entries against 100,000, today's code beside an
+older revision's in the same run.
 
 Usage (or ``tox -e bench-large``)::
 
-    python bench/large_cache.py                          # 100k and 10M; writes RESULTS.md
-    python bench/large_cache.py --entries 100000 1000000 # other sizes
+    python bench/large_cache.py --baseline 02a92bb        # 100k and 10M; writes RESULTS.md
+    python bench/large_cache.py --entries 100000 3000000 --baseline 02a92bb --ops read,stats,change
     python bench/large_cache.py --build-only --entries 1000000  # just build (build rate)
 
 Each cache holds N synthetic texts (``large-cache text <i>``) at 64-d, written through the
 store's public write API (``Store.put_matrix``, 200,000 entries a call) under the keys
 ``cache_keys.text_keys`` gives them, so a read through ``JinaEmbeddingFunction`` finds them.
-Caches are kept under ``/tmp/embedcache-large/<N>`` and reused when complete.
+Caches are kept under ``/tmp/embedcache-large/<N>`` and reused when complete; each code
+(today's, and ``--baseline REV``'s from ``results.baseline_tree``) works on its own copy,
+made afresh from that pristine cache (today's first open of it adds what this version keeps
+in ``index.db``, and is timed).
 
 Every measured operation runs in its own process; its wall time and peak RSS (the child's
-``ru_maxrss``) are recorded. Prune and compact change the cache, so they run on a copy.
+``ru_maxrss``) are recorded.
 
 - open: a bare ``Store(dir)`` plus ``len()``, timed inside a fresh process
 - warm read: 10,000 random existing texts through ``JinaEmbeddingFunction(offline=True)``,
-  against the floor of ``bench/run.py`` (xxh3-128 of each text, a dict lookup, one gather)
-- ``embedcache stats``, ``ls`` (time to the first line), ``verify``, ``export``
+  then another 10,000 in the same process, against the floor of ``bench/run.py`` (xxh3-128
+  of each text, a dict lookup, one gather)
+- ``embedcache stats --json`` (median of 3); with ``--ops scan``: ``verify``, ``ls``, ``export``
 - ``prune --max-size`` dropping the oldest 10%, then ``Store.compact(0.05)`` (every segment
   with 5% dead rows or more is rewritten)
 - while prune and compact run: a reader process reading 100 random surviving texts at a
-  time (max latency), and a writer storing one entry at a time (max latency)
+  time (worst latency), and a writer storing one new text per call through the public API
+  (``JinaEmbeddingFunction.embed([text])`` against the bundled emulator: worst wait)
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import write_section
+from children import RSS, Emulator, reap_hook
+from large_report import report
+from results import baseline_tree, write_section
 
 DIM = 64
 MODEL, TASK = "jina-embeddings-v3", "retrieval.passage"
@@ -49,6 +57,7 @@ ROOT = Path("/tmp/embedcache-large")
 FIGURES = ROOT / "figures.json"
 BUILD_BATCH = 200_000  # at most; n // 50 for smaller caches, so the oldest 10% are whole batches
 READS = 10_000
+KEY = "jina_large_cache_bench_key"
 REPEATS = 3
 #: ``ls --json`` of the whole cache only up to this size (it is the slowest whole-cache
 #: command: ``--ls-all`` raises it).
@@ -197,6 +206,7 @@ def work_reader(cache: str, n: int, stop: str) -> dict[str, float]:
     ef = JinaEmbeddingFunction(cache_dir=cache, dimensions=DIM, offline=True)
     rng = np.random.default_rng(1)
     low = n // 5  # prune drops the oldest 10% (the first 5 of 50 batches): read above them
+    ef.embed([text(low)])  # the first call's set-up is not a read's latency
     latencies = []
     while not os.path.exists(stop):
         texts = [text(int(i)) for i in rng.integers(low, n, 100)]
@@ -207,22 +217,22 @@ def work_reader(cache: str, n: int, stop: str) -> dict[str, float]:
     return _latencies(latencies)
 
 
-def work_writer(cache: str, stop: str) -> dict[str, float]:
-    """Store one new entry at a time until ``stop`` exists (as a fill would)."""
-    from embedcache.cache_keys import text_keys
-    from embedcache.storage.store import Store
+def work_writer(cache: str, url: str, stop: str) -> dict[str, float]:
+    """Embed one new text per call through the public API until ``stop`` exists (a fill
+    against the emulator at ``url``): each call's latency, the wait for the lock included."""
+    from embedcache import JinaEmbeddingFunction
 
-    the_fp = fp()
+    ef = JinaEmbeddingFunction(api_key=KEY, dimensions=DIM, cache_dir=cache, base_url=url)
+    ef.embed([f"writer {os.getpid()} warm-up"])  # the first call's set-up is not a wait
     latencies = []
-    with Store(cache) as store:
-        i = 0
-        while not os.path.exists(stop):
-            key = text_keys(the_fp, [f"writer {os.getpid()} {i}"])
-            start = time.perf_counter()
-            store.put_matrix(the_fp, key, np.ones((1, DIM), np.float32), [1.0])
-            latencies.append(time.perf_counter() - start)
-            i += 1
-            time.sleep(0.01)
+    i = 0
+    while not os.path.exists(stop):
+        start = time.perf_counter()
+        ef.embed([f"writer {os.getpid()} {i}"])
+        latencies.append(time.perf_counter() - start)
+        i += 1
+        time.sleep(0.01)
+    ef.close()
     return _latencies(latencies)
 
 
@@ -246,7 +256,7 @@ WORKERS = {
 # Running children
 
 
-#: The checkout whose embedcache the measured processes import (``--code``).
+#: The checkout whose embedcache the measured processes import (today's, or a baseline's).
 CODE = str(Path(__file__).resolve().parents[1])
 
 
@@ -263,34 +273,11 @@ def run_child(argv: list[str], stdout: Any = subprocess.PIPE) -> dict[str, Any]:
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=_env())
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    rss = _child_rss(proc.pid)
+    rss = RSS.pop(proc.pid, float("nan"))
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {err.decode()[-2000:]}")
     last = (out or b"").decode().strip().splitlines()
     return {"wall": wall, "rss_mb": rss, "out": last[-1] if last else "", "rc": proc.returncode}
-
-
-_RSS: dict[int, float] = {}
-
-
-def _child_rss(pid: int) -> float:
-    return _RSS.pop(pid, float("nan"))
-
-
-def _reap_hook() -> None:
-    """Record each child's own ru_maxrss: wait4 on it before subprocess does."""
-    original = subprocess.Popen._try_wait  # type: ignore[attr-defined]
-
-    def try_wait(self: subprocess.Popen[bytes], wait_flags: int) -> tuple[int, int]:
-        try:
-            pid, status, usage = os.wait4(self.pid, wait_flags)
-        except ChildProcessError:
-            return original(self, wait_flags)  # type: ignore[no-any-return]
-        if pid:
-            _RSS[pid] = usage.ru_maxrss / 1024
-        return pid, status
-
-    subprocess.Popen._try_wait = try_wait  # type: ignore[attr-defined]
 
 
 def worker(name: str, *args: object) -> dict[str, Any]:
@@ -317,45 +304,65 @@ def first_line(cache: Path, *args: str) -> float:
 
 
 #: The groups of operations ``--ops`` can pick; each run records its command per group.
-OPS = ("read", "scan", "change")
+OPS = ("read", "stats", "scan", "change")
 GROUP_ROWS = {
-    "read": ("open", "warm read", "floor"),
-    "scan": ("stats", "verify", "ls", "export"),
+    "read": ("open", "warm reads", "floor"),
+    "stats": ("stats",),
+    "scan": ("verify", "ls", "export"),
     "change": ("put", "prune", "compact", "concurrent reader and writer"),
 }
 
 
-def measure(n: int, log: Any, ops: set[str]) -> dict[str, Any]:
-    """The figures of the ``ops`` groups for the cache of ``n`` entries."""
+def measure(n: int, code: str, log: Any, ops: set[str], url: str) -> dict[str, Any]:
+    """The figures of the ``ops`` groups for the cache of ``n`` entries, measured with the
+    embedcache of checkout ``code`` on a fresh copy of the pristine cache."""
+    global CODE
+    CODE = code
     base = build(n)
-    cache = base / "cache"
+    cache = base / "work"
+    if cache.exists():
+        shutil.rmtree(cache)
+    shutil.copytree(base / "cache", cache)
     got: dict[str, Any] = {"entries": n}
     got["build_rate"] = n / json.loads((base / "built.json").read_text())["seconds"]
-    worker("open", cache)  # a cache built before the index kept its byte total gets it now
-    if "read" in ops:
-        opens = [worker("open", cache) for _ in range(REPEATS)]
-        got["open_only_s"] = statistics.median(o["open"] for o in opens)
-        got["len_s"] = statistics.median(o["len"] for o in opens)
-        got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
-        reads, floors = [], []
-        for seed in range(REPEATS):
-            floors.append(worker("floor", n, seed)["seconds"])
-            reads.append(worker("read", cache, n, seed))
-        got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
-        got["read_again_us"] = statistics.median(r["again"] for r in reads) / READS * 1e6
-        got["floor_us"] = statistics.median(floors) / READS * 1e6
-        got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
-        log(f"{n:,}: open and reads done")
-    if "scan" in ops:
-        _scans(n, cache, got, log)
-    if "change" in ops:
-        _changes(n, base, got, log)
+    # The first open by this code: today's adds the tables and triggers it keeps (once).
+    got["first_open_s"] = worker("open", cache)["open"]
+    try:
+        if "read" in ops:
+            _reads(n, cache, got, log)
+        if "stats" in ops:
+            runs = [cli(cache, "stats", "--json") for _ in range(REPEATS)]
+            got["stats_s"] = statistics.median(r["wall"] for r in runs)
+            got["stats_rss_mb"] = max(r["rss_mb"] for r in runs)
+            log(f"{n:,}: stats {got['stats_s']:.2f} s")
+        if "scan" in ops:
+            _scans(n, cache, got, log)
+        if "change" in ops:
+            _changes(n, cache, got, log, url)
+    finally:
+        shutil.rmtree(cache)
     return got
 
 
+def _reads(n: int, cache: Path, got: dict[str, Any], log: Any) -> None:
+    opens = [worker("open", cache) for _ in range(REPEATS)]
+    got["open_only_s"] = statistics.median(o["open"] for o in opens)
+    got["len_s"] = statistics.median(o["len"] for o in opens)
+    got["open_wall_s"] = statistics.median(o["wall"] for o in opens)
+    reads, floors = [], []
+    for seed in range(REPEATS):
+        floors.append(worker("floor", n, seed)["seconds"])
+        reads.append(worker("read", cache, n, seed))
+    got["read_us"] = statistics.median(r["seconds"] for r in reads) / READS * 1e6
+    got["read_again_us"] = statistics.median(r["again"] for r in reads) / READS * 1e6
+    got["floor_us"] = statistics.median(floors) / READS * 1e6
+    got["read_rss_mb"] = max(r["rss_mb"] for r in reads)
+    log(f"{n:,}: reads {got['read_us']:.2f} then {got['read_again_us']:.2f} µs/text")
+
+
 def _scans(n: int, cache: Path, got: dict[str, Any], log: Any) -> None:
-    """Whole-cache reads: stats, verify, ls and export."""
-    commands = [("stats", ("stats", "--json")), ("verify", ("verify", "--json"))]
+    """Whole-cache reads: verify, ls and export."""
+    commands = [("verify", ("verify", "--json"))]
     if n <= LS_ALL_MAX:
         commands.append(("ls_all", ("ls", "--json", "--limit", str(n))))
     for name, args in commands:
@@ -371,41 +378,32 @@ def _scans(n: int, cache: Path, got: dict[str, Any], log: Any) -> None:
     log(f"{n:,}: export {got['export_s']:.1f} s, {got['export_rss_mb']:.0f} MB")
 
 
-def _changes(n: int, base: Path, got: dict[str, Any], log: Any) -> None:
-    """Writes on a copy: a put, prune and compact, with a reader and a writer running."""
-    cache = base / "cache"
-    # Prune and compact change the cache: on a copy, with a reader and a writer running.
-    copy = base / "copy"
-    if copy.exists():
-        shutil.rmtree(copy)
-    shutil.copytree(cache, copy)
-    vector_bytes = n * DIM * 4
-    stop = base / "stop"
-    stop.unlink(missing_ok=True)
-    idle = _with_load(copy, n, stop, lambda: time.sleep(5))
+def _changes(n: int, cache: Path, got: dict[str, Any], log: Any, url: str) -> None:
+    """A put, then prune and compact with a reader and a writer running (on the copy)."""
+    stop = cache.parent / "stop"
+    idle = _with_load(cache, n, stop, url, lambda: time.sleep(5))
     got["idle_read_max_ms"], got["idle_write_max_ms"] = idle["read_max_ms"], idle["write_max_ms"]
-    got["put_ms"] = worker("put", copy, 0)["seconds"] * 1e3
-    got["put_limited_ms"] = worker("put", copy, 1)["seconds"] * 1e3
+    got["put_ms"] = worker("put", cache, 0)["seconds"] * 1e3
+    got["put_limited_ms"] = worker("put", cache, 1)["seconds"] * 1e3
     log(f"{n:,}: put {got['put_ms']:.1f} ms, with a size limit {got['put_limited_ms']:.1f} ms")
-    keep = int(vector_bytes * 0.9)
+    keep = int(n * DIM * 4 * 0.9)
     loaded = _with_load(
-        copy, n, stop, lambda: cli(copy, "prune", "--max-size", f"{keep}B", "--json")
+        cache, n, stop, url, lambda: cli(cache, "prune", "--max-size", f"{keep}B", "--json")
     )
     got.update({f"prune_{k}": v for k, v in loaded.items()})
     log(f"{n:,}: prune {loaded}")
-    loaded = _with_load(copy, n, stop, lambda: worker("compact", copy))
+    loaded = _with_load(cache, n, stop, url, lambda: worker("compact", cache))
     got.update({f"compact_{k}": v for k, v in loaded.items()})
     log(f"{n:,}: compact {loaded}")
-    shutil.rmtree(copy)
 
 
-def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
-    """Run ``action`` while a reader and a writer work on ``cache``; their max latencies."""
+def _with_load(cache: Path, n: int, stop: Path, url: str, action: Any) -> dict[str, Any]:
+    """Run ``action`` while a reader and a writer work on ``cache``; their worst latencies."""
     stop.unlink(missing_ok=True)
     argv = [sys.executable, __file__, "--worker"]
     reader = subprocess.Popen([*argv, "reader", str(cache), str(n), str(stop)],
                               stdout=subprocess.PIPE, env=_env())  # fmt: skip
-    writer = subprocess.Popen([*argv, "writer", str(cache), str(stop)],
+    writer = subprocess.Popen([*argv, "writer", str(cache), url, str(stop)],
                               stdout=subprocess.PIPE, env=_env())  # fmt: skip
     time.sleep(3)  # both opened and reading
     result = action()
@@ -414,7 +412,8 @@ def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
     write = json.loads(writer.communicate()[0].decode().strip().splitlines()[-1])
     stop.unlink()
     out = {"read_max_ms": read["max"] * 1e3, "reads": read["count"],
-           "write_max_ms": write["max"] * 1e3, "writes": write["count"]}  # fmt: skip
+           "read_p50_ms": read["p50"] * 1e3, "write_max_ms": write["max"] * 1e3,
+           "writes": write["count"], "write_p50_ms": write["p50"] * 1e3}  # fmt: skip
     if isinstance(result, dict):
         out.update({"s": result["wall"], "rss_mb": result["rss_mb"]})
         if result.get("out"):
@@ -422,81 +421,13 @@ def _with_load(cache: Path, n: int, stop: Path, action: Any) -> dict[str, Any]:
     return out
 
 
-def report(runs: list[dict[str, Any]], provenance: dict[str, dict[str, str]]) -> str:
-    small, large = runs[0], runs[-1]
-    rows = [
-        ("open: `Store(dir)` (in-process)", "open_only_s", 1e3, "ms", "1x"),
-        ("`len(store)` (a COUNT over the index)", "len_s", 1e3, "ms", "100x"),
-        ("open: new process, import + open", "open_wall_s", 1e3, "ms", "1x"),
-        ("warm read, 10k random texts, new process, µs/text", "read_us", 1, "µs", "1x"),
-        ("another 10k random texts in that process, µs/text", "read_again_us", 1, "µs", "1x"),
-        ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs", "1x"),
-        ("store one entry (a fill), no size limit", "put_ms", 1, "ms", "1x"),
-        ("store one entry, with a size limit set", "put_limited_ms", 1, "ms", "1x"),
-        ("`stats --json`", "stats_s", 1, "s", "100x"),
-        ("`ls` first line", "ls_first_s", 1e3, "ms", "1x"),
-        ("`ls --json --limit N` (all) > /dev/null", "ls_all_s", 1, "s", "100x"),
-        ("`verify --json`", "verify_s", 1, "s", "100x"),
-        ("`export --out X`", "export_s", 1, "s", "100x"),
-        ("`prune --max-size` (drops oldest 10%)", "prune_s", 1, "s", "100x"),
-        ("`Store.compact(0.05)` after it", "compact_s", 1, "s", "100x"),
-    ]
-    lines = [
-        f"## Large caches: {large['entries']:,} entries against {small['entries']:,} "
-        f"(`bench/large_cache.py`)",
-        "",
-        "Commands (each group of rows from the run that last measured it):",
-        "",
-        *(
-            f"- {group} ({', '.join(GROUP_ROWS[group])}): `{run['command']}`, {run['load']}"
-            for group, run in sorted(provenance.items())
-        ),
-        "",
-        "64-d vectors, synthetic texts, one cache per size built through "
-        f"`Store.put_matrix`; each operation a fresh process. Built at "
-        f"{small['build_rate']:,.0f} entries/s ({small['entries']:,}) and "
-        f"{large['build_rate']:,.0f} entries/s ({large['entries']:,}), with the code before "
-        "the fixes below.",
-        "",
-        f"| operation | {small['entries']:,} | {large['entries']:,} | ratio | linear |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for label, key, scale, unit, linear in rows:
-        a, b = small.get(key), large.get(key)
-        if a is None or b is None:
-            continue
-        lines.append(f"| {label} | {a * scale:.2f} {unit} | {b * scale:.2f} {unit} | "
-                     f"{b / a:.1f}x | {linear} |")  # fmt: skip
-    lines += ["", "Peak RSS of each command (MB, the child's `ru_maxrss`):", "",
-              f"| command | {small['entries']:,} | {large['entries']:,} |",
-              "|---|---:|---:|"]  # fmt: skip
-    for key in ("read_rss_mb", "stats_rss_mb", "ls_all_rss_mb", "verify_rss_mb",
-                "export_rss_mb", "prune_rss_mb", "compact_rss_mb"):  # fmt: skip
-        if key in small and key in large:
-            lines.append(f"| {key[:-7]} | {small[key]:.0f} | {large[key]:.0f} |")
-    lines += ["", "Latency of a concurrent reader (100 surviving texts per read) and writer "
-              "(one entry per put), max over the operation (ms):", "",
-              "| while | size | reads | read max | writes | write max |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for run in runs:
-        for what, prefix in (("idle (5 s)", "idle_"), ("prune", "prune_"), ("compact", "compact_")):
-            if what.startswith("idle"):
-                lines.append(f"| {what} | {run['entries']:,} | | {run['idle_read_max_ms']:.1f} "
-                             f"| | {run['idle_write_max_ms']:.1f} |")  # fmt: skip
-            else:
-                lines.append(f"| {what} | {run['entries']:,} | {run[prefix + 'reads']} | "
-                             f"{run[prefix + 'read_max_ms']:.1f} | {run[prefix + 'writes']} | "
-                             f"{run[prefix + 'write_max_ms']:.1f} |")  # fmt: skip
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 10_000_000])
+    parser.add_argument("--baseline", help="also measure this revision's code (e.g. 02a92bb)")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     parser.add_argument("--ls-all", action="store_true", help="full `ls --json` at every size")
-    parser.add_argument("--code", help="measure the embedcache of another checkout (before/after)")
     parser.add_argument(
         "--ops",
         help=f"comma-separated groups to measure: {', '.join(OPS)} (default all; the "
@@ -506,39 +437,52 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         name, *rest = args.worker
-        fn = WORKERS[name]
         converted = [int(a) if a.isdigit() else a for a in rest]
-        print(json.dumps(fn(*converted)))
+        print(json.dumps(WORKERS[name](*converted)))
         return
-    _reap_hook()
+    reap_hook()
     ROOT.mkdir(exist_ok=True)
     log = functools_print("large")
     sizes = sorted(args.entries)
-    global LS_ALL_MAX, CODE
+    global LS_ALL_MAX
     if args.ls_all:
         LS_ALL_MAX = max(sizes)
-    if args.code:
-        CODE = str(Path(args.code).resolve())
     for n in sizes:
         build(n)
     if args.build_only:
         return
     ops = set(args.ops.split(",")) if args.ops else set(OPS)
+    codes = {"today": CODE}
+    trees = Path(tempfile.mkdtemp(dir=ROOT, prefix="trees-"))
+    if args.baseline:
+        codes[f"old {args.baseline}"] = str(baseline_tree(trees, args.baseline))
+    emulator = Emulator(KEY)
     load_before = os.getloadavg()
-    measured = [measure(n, log, ops) for n in sizes]
+    try:
+        # Sizes outside, codes inside: the two codes of a size measured minutes apart.
+        measured = [
+            {**measure(n, code, log, ops, emulator.url), "code": label}
+            for n in sizes
+            for label, code in codes.items()
+        ]
+    finally:
+        emulator.stop()
+        shutil.rmtree(trees)
+        subprocess.run(["git", "-C", str(Path(__file__).parent), "worktree", "prune"], check=False)
     load_after = os.getloadavg()
     load = (f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
             f"on {os.cpu_count()} cores shared with other work")  # fmt: skip
     command = ("python bench/large_cache.py " + " ".join(sys.argv[1:])).strip()
     # Figures of groups not measured now come from the run that last measured them.
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {"sizes": {}, "runs": {}}
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    if "codes" not in figures:
+        figures = {"codes": {}, "runs": {}}
     for got in measured:
-        figures["sizes"].setdefault(str(got["entries"]), {}).update(got)
+        figures["codes"].setdefault(got["code"], {}).setdefault(str(got["entries"]), {}).update(got)
     for group in ops:
         figures["runs"][group] = {"command": command, "load": load}
     FIGURES.write_text(json.dumps(figures, indent=1))
-    runs = [figures["sizes"][str(n)] for n in sizes]
-    body = report(runs, figures["runs"])
+    body = report(figures, sizes, list(codes))
     print(body)
     print(json.dumps(measured, indent=1), file=sys.stderr)
     if not args.no_write:

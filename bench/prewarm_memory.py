@@ -173,8 +173,11 @@ from embedcache.storage.store import Store
 store = Store(sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.monotonic()
-with store._index.write():
-    store._index.rebuild_snapshot()
+if hasattr(store._index, "refresh_snapshot"):  # taken outside the write lock since i23
+    store._index.refresh_snapshot(wait=True)
+else:
+    with store._index.write():
+        store._index.rebuild_snapshot()
 print(before, time.monotonic() - start)
 """
 

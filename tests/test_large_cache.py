@@ -24,6 +24,7 @@ from embedcache.maintenance import inventory, sharing
 from embedcache.maintenance.inventory import Filters
 from embedcache.models import RequestOptions
 from embedcache.storage import index as index_module
+from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage import store as store_module
 from embedcache.storage.shared import RedisStore
 from embedcache.storage.store import Store
@@ -103,7 +104,7 @@ def test_prune_selection_holds_one_page_and_each_page_is_committed_before_the_ne
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The snapshot rebuilt after the last page is paged too, and not what this measures.
-    monkeypatch.setattr(index_module, "_SNAPSHOT_PAGE", 50)
+    monkeypatch.setattr(snapshot_module, "_PAGE", 50)
     keys = fill(store)
     keep = (N // 2) * DIM * 4
     seen: list[int] = []
@@ -151,9 +152,9 @@ def test_delete_many_commits_in_pages_of_bounded_size(
     assert store.delete_many([*keys[:500], b"\x00" * 16]) == 500
     assert store.contains_many(keys) == [False] * 500 + [True] * 500
     with Store(cache_dir) as reopened:  # the snapshot was rebuilt: no deleted key in it
-        snapshot = reopened._index.snapshot()
-        assert snapshot is not None
-        assert snapshot.shape[1] == 500
+        view = reopened._index.view()
+        assert view is not None
+        assert view.columns.shape[1] == 500
         assert reopened.read_many(keys[:500]).present.sum() == 0
 
 
@@ -287,12 +288,14 @@ def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_
     monkeypatch.setattr(time, "sleep", pauses.append)  # the store's only sleep
     if job == "compact":
         store.compact()
-        moves = 200 // 20 + 1  # and the last, which finds nothing left, drops and rebuilds
-        assert len(transactions) == 1 + moves  # the first reads the segments' usage
-        assert pauses == [store_module.LOCK_PAUSE_SECONDS] * (moves - 1)
+        # The segments' usage is read without the write lock; then 10 moves, the one that
+        # finds nothing left, the new snapshot's install and the drop of the old segments.
+        moves = 200 // 20
+        assert len(transactions) == moves + 3
+        assert pauses == [store_module.LOCK_PAUSE_SECONDS] * moves
     else:
         assert store.delete_many(keys[1::2]) == 200
-        assert len(transactions) == 200 // 20 + 1  # and the snapshot rebuilt once
+        assert len(transactions) == 200 // 20  # too few changes to take a new snapshot
         assert pauses == [store_module.LOCK_PAUSE_SECONDS] * (200 // 20 - 1)
     assert store_module.LOCK_PAUSE_SECONDS > 0.1  # SQLite's longest busy-handler sleep
 
@@ -302,7 +305,7 @@ def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
 ) -> None:
     monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)  # a snapshot at this size
     keys = fill(store, 400)
-    assert store._index.snapshot() is not None
+    assert store._index.view() is not None
 
     def pages() -> Iterator[list[bytes]]:
         yield keys[:50]
@@ -314,6 +317,8 @@ def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
         for opened in (store, reopened):
             assert opened.contains_many(keys) == [False] * 50 + [True] * 350
             assert opened.read_many(keys, dim=DIM).present.tolist() == [False] * 50 + [True] * 350
-    fill(store, 1, seed=9)  # the next write that adds entries rebuilds the snapshot
-    assert store._index.snapshot() is not None
-    assert store.contains_many(keys) == [False] * 50 + [True] * 350
+    # Readers kept the snapshot all along: the deleted keys are listed beside it.
+    view = store._index.view()
+    assert view is not None
+    assert view.columns.shape[1] == 400
+    assert len(view.removed) == 50

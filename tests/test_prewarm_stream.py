@@ -21,7 +21,7 @@ from embedcache.cli import prewarm as cli_prewarm
 from embedcache.cli.sources import SourceItem
 from embedcache.embedding.distinct import DistinctKeys
 from embedcache.models import resolve_options
-from embedcache.storage import index as index_module
+from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage.rows import READ_COLUMNS
 from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
@@ -217,16 +217,15 @@ def fill(store: Store, count: int) -> list[bytes]:
 def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_PAGE", 7)
+    monkeypatch.setattr(snapshot_module, "_PAGE", 7)
     with Store(tmp_path / "cache") as store:
         keys = fill(store, 100)
         index = store._index
-        with index.write():
-            index.rebuild_snapshot()
-        snapshot = index.snapshot()
+        index.refresh_snapshot()
+        snapshot = index.view()
         rows = index._db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k").fetchall()
         assert snapshot is not None
-        assert np.array_equal(snapshot, np.array(rows, dtype=np.int64).T)
+        assert np.array_equal(snapshot.columns, np.array(rows, dtype=np.int64).T)
         found = store.read_many(keys, 1)
         assert found.present.all()
         assert found.vectors[:, 0].tolist() == list(range(100))
@@ -235,20 +234,19 @@ def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
 def test_snapshot_rebuild_memory_does_not_follow_the_index_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_PAGE", 1000)
+    monkeypatch.setattr(snapshot_module, "_PAGE", 1000)
     with Store(tmp_path / "cache") as store:
         fill(store, 60_000)  # 60,000 rows x 7 columns: 3.4 MB, twice over before
         index = store._index
         tracemalloc.start()
         try:
-            with index.write():
-                index.rebuild_snapshot()
+            index.refresh_snapshot()
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        snapshot = index.snapshot()
+        snapshot = index.view()
         assert snapshot is not None
-        assert snapshot.shape == (7, 60_000)
+        assert snapshot.columns.shape == (7, 60_000)
     assert peak < 1_500_000
 
 
@@ -269,8 +267,8 @@ def test_reading_the_input_reports_progress_before_anything_is_sent(
 def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_PAGE", 5)
-    write = index_module._write_snapshot
+    monkeypatch.setattr(snapshot_module, "_PAGE", 5)
+    write = snapshot_module.write_snapshot
     seen: list[bool] = []
 
     def write_while_reading(path: Path, *args: object) -> None:
@@ -284,10 +282,8 @@ def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
 
     with Store(tmp_path / "cache") as store:
         keys = fill(store, 40)
-        with store._index.write():
-            store._index.rebuild_snapshot()  # the snapshot readers will be using
-        monkeypatch.setattr(index_module, "_write_snapshot", write_while_reading)
-        with store._index.write():
-            store._index.rebuild_snapshot()
+        store._index.refresh_snapshot()  # the snapshot readers will be using
+        monkeypatch.setattr(snapshot_module, "write_snapshot", write_while_reading)
+        store._index.refresh_snapshot()
         assert store.read_many(keys, 1).present.all()
     assert seen == [True, True]

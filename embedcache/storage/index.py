@@ -9,8 +9,6 @@ described in :mod:`embedcache.storage.store`.
 from __future__ import annotations
 
 import contextlib
-import io
-import itertools
 import os
 import sqlite3
 import threading
@@ -22,8 +20,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from . import counts
+from .counts import keep_counts
 from .databases import BUSY_SECONDS, open_wal
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
+from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 
 __all__ = ["Index", "entry_bytes"]
 
@@ -39,12 +40,14 @@ CREATE INDEX IF NOT EXISTS entries_created ON entries(created_us);
 CREATE INDEX IF NOT EXISTS entries_seg ON entries(seg);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 """
-# The snapshot: every index row's read columns, sorted by key, one contiguous int64 array
-# per column, so a warm read finds all its keys with one np.searchsorted instead of SQL.
+# When to take a new snapshot: once the entries stored or removed since the last one come to
+# 1/_SNAPSHOT_GROWTH of those it holds (and at least _SNAPSHOT_MIN_ROWS).
 _SNAPSHOT_MIN_ROWS = 4096
-_SNAPSHOT_GROWTH = 8  # rebuild once rows added since exceed 1/8 of those it holds
-# Rows a rebuild reads and writes at a time: its memory (a few MB), whatever the index holds.
-_SNAPSHOT_PAGE = 16384
+_SNAPSHOT_GROWTH = 8
+# What a reader asks on every lookup: the snapshot to use and the newest removed key.
+_VIEW_STATE = (
+    "SELECT (SELECT value FROM state WHERE name = 'index_snapshot'), (SELECT MAX(id) FROM removed)"
+)
 
 
 def entry_bytes(dim: int) -> int:
@@ -55,79 +58,6 @@ def entry_bytes(dim: int) -> int:
     and log) are not counted: a limit bounds the vectors, which it can count exactly.
     """
     return 4 * dim
-
-
-# The entries' total entry_bytes, kept up to date by triggers inside each writer's own
-# transaction, so a size-limited put reads one row instead of counting every entry (which
-# took 80 ms a put at 100k entries, growing with the cache). 4 bytes per dimension, as
-# entry_bytes says; an entry replaced (INSERT OR REPLACE on its key) is taken off first.
-_VECTOR_BYTES = """
-BEGIN IMMEDIATE;
-CREATE TRIGGER IF NOT EXISTS entries_bytes_in BEFORE INSERT ON entries BEGIN
-    UPDATE state SET value = value + 4 * NEW.dim
-        - COALESCE((SELECT 4 * dim FROM entries WHERE k = NEW.k), 0)
-    WHERE name = 'vector_bytes';
-END;
-CREATE TRIGGER IF NOT EXISTS entries_bytes_out AFTER DELETE ON entries BEGIN
-    UPDATE state SET value = value - 4 * OLD.dim WHERE name = 'vector_bytes';
-END;
-INSERT OR IGNORE INTO state (name, value) SELECT 'vector_bytes', COALESCE(SUM(4 * dim), 0)
-    FROM entries WHERE NOT EXISTS (SELECT 1 FROM state WHERE name = 'vector_bytes');
-COMMIT;
-"""
-
-
-def _vector_bytes(db: sqlite3.Connection) -> int:
-    """The :func:`entry_bytes` of every entry, summed."""
-    kept = db.execute("SELECT value FROM state WHERE name = 'vector_bytes'").fetchone()
-    if kept is not None and kept[0] is not None:
-        return int(kept[0])
-    # A read-only cache written before the total was kept: count.
-    groups = db.execute("SELECT dim, COUNT(*) FROM entries GROUP BY dim").fetchall()
-    return sum(count * entry_bytes(dim) for dim, count in groups)
-
-
-def _join(
-    high: NDArray[np.int64], low: NDArray[np.int64], split: NDArray[np.int64]
-) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """For each key of ``split``, its position among keys sorted by ``high`` (with their
-    ``low`` halves), and whether it is really there: one vectorized search, not a dict."""
-    at = np.minimum(np.searchsorted(high, split[:, 0]), len(high) - 1)
-    return at, (high[at] == split[:, 0]) & (low[at] == split[:, 1])
-
-
-def _write_snapshot(path: Path, db: sqlite3.Connection, width: int, rows: int) -> None:
-    """Write the ``(width, rows)`` int64 ``.npy`` of every index row's read columns, in key
-    order, a page of rows at a time: what ``np.save`` of the whole array writes."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<i8", "fortran_order": False, "shape": (width, rows)}
-    )
-    start = len(header.getvalue())
-    cursor = db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
-    with open(path, "wb") as handle:
-        handle.write(header.getvalue())
-        handle.truncate(start + width * rows * 8)
-        handle.flush()
-        fd, done = handle.fileno(), 0
-        # Values straight from the cursor into an int64 page: no page of row tuples is held.
-        values = itertools.chain.from_iterable(cursor)
-        while done < rows:
-            count = min(_SNAPSHOT_PAGE, rows - done)
-            try:
-                page = np.fromiter(values, dtype="<i8", count=count * width)
-            except ValueError:
-                raise sqlite3.DatabaseError(
-                    "the index shrank while its snapshot was written"
-                ) from None
-            columns = page.reshape(count, width).T
-            for column in range(width):
-                data = np.ascontiguousarray(columns[column])
-                if os.pwrite(fd, data.data, start + (column * rows + done) * 8) != data.nbytes:
-                    raise OSError(f"short write to {path}")
-            done += count
-        if next(values, None) is not None:
-            raise sqlite3.DatabaseError("the index grew while its snapshot was written")
 
 
 def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
@@ -149,7 +79,7 @@ def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.
 
 
 class Index:
-    """The SQLite connection of a cache directory, and its snapshot.
+    """The SQLite connections of a cache directory, and its snapshot.
 
     Rows come back as int64 arrays, columns as in :mod:`embedcache.storage.rows`. Methods that
     change the index must run inside :meth:`write`.
@@ -168,16 +98,16 @@ class Index:
         read_only: bool = False,
     ) -> None:
         self.directory = directory
+        self.read_only = read_only
         self._lock = lock
         self._errors = errors
-        self._snapshot_cache: tuple[int, NDArray[np.int64]] | None = None
+        self._view: View | None = None
         self._stale_snapshots: list[int] = []
+        self._guard = RebuildGuard(directory / "snapshot.lock")
         path = directory / "index.db"
         self._db = _connect(path, read_only, None if read_only else _SCHEMA)
         if not read_only:
-            kept = "SELECT 1 FROM state WHERE name = 'vector_bytes'"
-            if self._db.execute(kept).fetchone() is None:  # set with its triggers, once
-                self._db.executescript(_VECTOR_BYTES)
+            keep_counts(self._db)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
         self._reader = _connect(path, read_only)
@@ -187,28 +117,25 @@ class Index:
         """Close the connections (call with the store's lock held)."""
         with self._read_lock:
             self._reader.close()
+            self._view = None
         self._db.close()
 
     # Reading
 
     def count(self) -> int:
-        """Number of entries."""
-        with self._read_lock, self._errors("read"):
-            return int(self._reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        """Number of entries: the ``groups`` totals, a few rows at any size."""
+        return sum(entries for _, _, entries, _ in self.groups())
 
     def groups(self) -> list[tuple[int, int, int, int]]:
-        """``(fingerprint id, dimension, entries, millitokens)`` of each kind of entry: one
-        aggregate query over the index, no row read into Python."""
+        """``(fingerprint id, dimension, entries, millitokens)`` of each kind of entry, as
+        :mod:`~embedcache.storage.counts` keeps them: no scan of the index."""
         with self._read_lock, self._errors("read"):
-            rows = self._reader.execute(
-                "SELECT fp, dim, COUNT(*), SUM(millitokens) FROM entries GROUP BY fp, dim"
-            ).fetchall()
-        return [(int(fp), int(dim), int(n), int(milli or 0)) for fp, dim, n, milli in rows]
+            return counts.groups(self._reader)
 
     def vector_bytes(self) -> int:
         """Bytes the entries count for against a size limit (:func:`entry_bytes` each)."""
         with self._read_lock, self._errors("read"):
-            return _vector_bytes(self._reader)
+            return counts.vector_bytes(self._reader)
 
     def pages(self, batch: int) -> Iterator[NDArray[np.int64]]:
         """Every index row in key order, ``batch`` rows at a time (all columns)."""
@@ -252,36 +179,38 @@ class Index:
     ) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
         """Read columns of the index row of each key, whether it has one, and whether the
         snapshot answered any of them."""
-        matched = np.zeros((len(split), READ_COLUMNS.count(",") + 1), dtype=np.int64)
+        matched = np.zeros((len(split), WIDTH), dtype=np.int64)
         present = np.zeros(len(split), dtype=bool)
-        snapshot = self.snapshot() if use_snapshot else None
-        if snapshot is not None and snapshot.shape[1]:
-            at, present = _join(snapshot[K], snapshot[LO], split)
-            matched = np.ascontiguousarray(snapshot[:, at].T)
+        view = self.view() if use_snapshot else None
+        if view is not None and view.columns.shape[1]:
+            at, present = join(view.columns[K], view.columns[LO], split)
+            present &= ~view.removed_mask(split[:, 0])
+            matched = np.ascontiguousarray(view.columns[:, at].T)
         todo = np.flatnonzero(~present)
         if len(todo):
             rows = self.lookup(split[todo, 0], READ_COLUMNS)
             if len(rows):
                 rows = rows[np.argsort(rows[:, K], kind="stable")]
-                at, hit = _join(rows[:, K], rows[:, LO], split[todo])
+                at, hit = join(rows[:, K], rows[:, LO], split[todo])
                 matched[todo[hit]] = rows[at[hit]]
                 present[todo[hit]] = True
-        return matched, present, snapshot is not None
+        return matched, present, view is not None
 
     def contains(self, split: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Whether each key has an index row: :meth:`find` without gathering the rows, so
         only the snapshot's two key columns are read (a fill checking millions of keys
         keeps 16 bytes of the map per entry in memory, not all its columns)."""
         present = np.zeros(len(split), dtype=bool)
-        snapshot = self.snapshot()
-        if snapshot is not None and snapshot.shape[1]:
-            present = _join(snapshot[K], snapshot[LO], split)[1]
+        view = self.view()
+        if view is not None and view.columns.shape[1]:
+            present = join(view.columns[K], view.columns[LO], split)[1]
+            present &= ~view.removed_mask(split[:, 0])
         todo = np.flatnonzero(~present)
         if len(todo):
             rows = self.lookup(split[todo, 0], "k, lo")
             if len(rows):
                 rows = rows[np.argsort(rows[:, K], kind="stable")]
-                present[todo[_join(rows[:, K], rows[:, LO], split[todo])[1]]] = True
+                present[todo[join(rows[:, K], rows[:, LO], split[todo])[1]]] = True
         return present
 
     def lookup(self, high: NDArray[np.int64], columns: str = COLUMNS) -> NDArray[np.int64]:
@@ -298,23 +227,41 @@ class Index:
                 ).fetchall()
         return np.array(found, dtype=np.int64).reshape(-1, columns.count(",") + 1)
 
-    # The snapshot
+    # The snapshot (see embedcache.storage.snapshot)
 
-    def snapshot(self) -> NDArray[np.int64] | None:
-        """The current snapshot (memory-mapped), or ``None`` when there is none."""
+    def view(self) -> View | None:
+        """The current snapshot (memory-mapped) with the keys removed since it was taken,
+        or ``None`` when there is none: one row read when nothing changed."""
         with self._read_lock, self._errors("read"):
-            row = self._reader.execute("SELECT value FROM state WHERE name = 'snapshot'").fetchone()
-        if row is None or row[0] is None:
-            return None
-        generation = int(row[0])
-        if self._snapshot_cache is not None and self._snapshot_cache[0] == generation:
-            return self._snapshot_cache[1]
-        try:
-            snapshot: NDArray[np.int64] = np.load(self._snapshot_path(generation), mmap_mode="r")
-        except (OSError, ValueError):
-            return None  # replaced by a writer since we read its generation: use SQL
-        self._snapshot_cache = (generation, snapshot)
-        return snapshot
+            generation, top = self._reader.execute(_VIEW_STATE).fetchone()
+            view = self._view
+            if generation is None:
+                self._view = None
+                return None
+            if view is None or view.generation != generation or (top or 0) < view.seen:
+                try:
+                    mapped = np.load(self._snapshot_path(generation), mmap_mode="r")
+                    # A plain array over the map: np.memmap's indexing costs more.
+                    columns: NDArray[np.int64] = np.asarray(mapped)
+                except (OSError, ValueError):
+                    return None  # replaced by a writer since we read its generation: use SQL
+                view = View(int(generation), columns)
+            if (top or 0) > view.seen:
+                # In one read transaction with the generation: an install that dropped
+                # these rows would have changed it.
+                self._reader.execute("BEGIN")
+                try:
+                    generation, top = self._reader.execute(_VIEW_STATE).fetchone()
+                    if generation != view.generation:
+                        return None  # a new snapshot this instant: SQL, this once
+                    removed = self._reader.execute(
+                        "SELECT k FROM removed WHERE id > ? AND id <= ?", (view.seen, top)
+                    ).fetchall()
+                finally:
+                    self._reader.execute("COMMIT")
+                view.add_removed([k for (k,) in removed], int(top or 0))
+            self._view = view
+            return view
 
     def _snapshot_path(self, generation: int) -> Path:
         return self.directory / f"snapshot-{generation}.npy"
@@ -328,55 +275,75 @@ class Index:
             "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", list(values.items())
         )
 
-    def maybe_snapshot(self, added: int) -> None:
-        """After inserting (in a write transaction): rebuild the snapshot when it lags."""
-        since = (self._state("since_snapshot") or 0) + added
-        held = self._state("snapshot_rows") or 0
-        if since >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH):
-            self.rebuild_snapshot()
-        else:
-            self._set_state(since_snapshot=since)
+    def note_changes(self, stored: int, removed: int = 0) -> bool:
+        """(In the write transaction that stored, evicted or deleted entries.) Count them
+        against the snapshot; returns whether it lags enough for this writer to take a new
+        one after the commit (:meth:`refresh_snapshot`). Deletions count only for whoever
+        deletes: a fill must not take a snapshot because a prune runs beside it."""
+        since = (self._state("index_since") or 0) + stored
+        gone = (self._state("index_removed") or 0) + removed
+        self._set_state(index_since=since, index_removed=gone)
+        if self._state("index_snapshot") is None:
+            # Nobody reads removed keys without a snapshot: they need not pile up.
+            self._db.execute("DELETE FROM removed")
+        held = self._state("index_rows") or 0
+        return since + (gone if removed else 0) >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH)
 
-    def drop_snapshot(self) -> None:
-        """(In a write transaction, before deleting entries.) Readers stop using the snapshot,
-        which would still list the deleted entries, and look in SQL until the next rebuild;
-        the next insert rebuilds it if the deleter cannot (it was interrupted, or killed)."""
-        old = self._state("snapshot")
-        if old is None:
-            return
-        due = max(_SNAPSHOT_MIN_ROWS, self._state("snapshot_rows") or 0)
-        self._set_state(snapshot=None, since_snapshot=due)
-        self._stale_snapshots.append(old)
+    def refresh_snapshot(self, wait: bool = False) -> bool:
+        """Take a new snapshot: written from a read transaction of its own, so writers go on
+        meanwhile, then installed in a short write transaction (the keys removed before it
+        was taken are dropped from ``removed`` then). Outside any write transaction.
 
-    def rebuild_snapshot(self) -> None:
-        """Write a snapshot of the index as it is in this write transaction.
-
-        In bounded memory, whatever the index holds: rows are read in key order a page at a
-        time and each page's columns are written straight to their places in the file
-        (positioned writes, not a map, so the file's pages never count in this process's
-        memory). Readers keep the snapshot they have until the new one is committed.
+        One process rebuilds at a time (:class:`~embedcache.storage.snapshot.RebuildGuard`):
+        unless ``wait``, this returns ``False`` at once when another is at it. A snapshot
+        taken before another was installed is thrown away (it might list rows a compaction
+        has moved since). Returns whether this one was installed.
         """
-        old = self._state("snapshot")
-        generation = (self._state("generation") or 0) + 1
-        width = READ_COLUMNS.count(",") + 1
-        rows = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-        path = self._snapshot_path(generation)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if self.read_only:
+            return False
+        with self._guard.hold(wait) as mine:
+            if not mine:
+                return False
+            tmp = self.directory / f".snapshot.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                return self._take_snapshot(tmp)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def _take_snapshot(self, tmp: Path) -> bool:
+        db = _connect(self.directory / "index.db", read_only=False)
         try:
-            _write_snapshot(tmp, self._db, width, rows)
+            with self._errors("write"):
+                taken = take_snapshot(tmp, db)
+        finally:
+            db.close()
+        with self.write():
+            if (self._state("generation") or 0) != taken.generation:
+                return False  # another was installed (or the cache cleared) meanwhile
+            new = taken.generation + 1
             os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        self._set_state(
-            generation=generation, snapshot=generation, snapshot_rows=rows, since_snapshot=0
-        )
-        if old is not None:
-            self._stale_snapshots.append(old)
+            os.replace(tmp, self._snapshot_path(new))
+            old = self._state("index_snapshot")
+            if old is not None:
+                self._stale_snapshots.append(old)
+            self._db.execute("DELETE FROM removed WHERE id <= ?", (taken.top,))
+            # Versions that know no removed keys may use it only while there are none.
+            clean = self._db.execute("SELECT 1 FROM removed LIMIT 1").fetchone() is None
+            self._set_state(
+                generation=new, index_snapshot=new, index_rows=taken.rows,
+                index_since=max(0, (self._state("index_since") or 0) - taken.since),
+                index_removed=max(0, (self._state("index_removed") or 0) - taken.removed),
+                snapshot=new if clean else None, snapshot_rows=taken.rows, since_snapshot=0,
+            )  # fmt: skip
+        return True
 
     # Writing
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The write connection: for use inside :meth:`write` only."""
+        return self._db
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
@@ -428,14 +395,14 @@ class Index:
             self._count_removal()
         return cursor.rowcount
 
-    def evict(self, limit: int | None) -> bool:
+    def evict(self, limit: int | None) -> int:
         """Delete the oldest stored entries (by key within the same microsecond) until the
-        rest count ``limit`` bytes or fewer (:func:`entry_bytes`); returns whether any went."""
+        rest count ``limit`` bytes or fewer (:func:`entry_bytes`); returns how many went."""
         if limit is None:
-            return False
-        used = _vector_bytes(self._db)
+            return 0
+        used = counts.vector_bytes(self._db)
         if used <= limit:
-            return False
+            return 0
         doomed = []
         for k, dim in self._db.execute("SELECT k, dim FROM entries ORDER BY created_us, k"):
             if used <= limit:
@@ -445,13 +412,22 @@ class Index:
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
         # Not counted in ``removals``: an evicted entry is still a right answer, and a full
         # cache evicts on every fill, so readers would forget what they hold every second.
-        return True
+        return len(doomed)
 
     def clear(self) -> tuple[int, list[int]]:
-        """Delete every entry and segment; returns how many entries there were and the ids
-        of the segments."""
-        removed = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        """Delete every entry and segment, and set the snapshot aside; returns how many
+        entries there were and the ids of the segments."""
+        removed = sum(entries for _, _, entries, _ in counts.groups(self._db))
+        old = self._state("index_snapshot")
+        # A new generation: a snapshot being taken meanwhile is not installed.
+        self._set_state(
+            index_snapshot=None, snapshot=None, index_rows=0, index_since=0, index_removed=0,
+            generation=(self._state("generation") or 0) + 1,
+        )  # fmt: skip
+        if old is not None:
+            self._stale_snapshots.append(old)
         self._db.execute("DELETE FROM entries")
+        self._db.execute("DELETE FROM removed")
         segments = [row[0] for row in self._db.execute("SELECT id FROM segments")]
         self._db.execute("DELETE FROM segments")
         self._count_removal()  # even of nothing: whoever clears wants every reader to forget
@@ -492,18 +468,19 @@ class Index:
         self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (rows, seg))
 
     def segment_usage(self) -> list[tuple[int, int, int, int]]:
-        """``(id, dim, rows, live rows)`` of every segment."""
-        return self._db.execute(
-            "SELECT s.id, s.dim, s.rows, COUNT(e.k) FROM segments s "
-            "LEFT JOIN entries e ON e.seg = s.id GROUP BY s.id"
-        ).fetchall()
-
-    def some_live_rows(self, seg: int, limit: int) -> list[tuple[int, int]]:
-        """``(k, row)`` of at most ``limit`` entries still stored in ``seg`` (any order):
-        compaction takes them a bounded chunk at a time until none is left."""
-        return self._db.execute(
-            "SELECT k, row FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
-        ).fetchall()
+        """``(id, dim, rows, live rows)`` of every segment. A pass over the ``entries_seg``
+        index (seconds at 10M entries), on a connection of its own and without the write
+        lock: nobody waits for it."""
+        db = _connect(self.directory / "index.db", self.read_only)
+        try:
+            with self._errors("read"):
+                db.execute("BEGIN")
+                segments = db.execute("SELECT id, dim, rows FROM segments").fetchall()
+                live = dict(db.execute("SELECT seg, COUNT(*) FROM entries GROUP BY seg"))
+                db.execute("COMMIT")
+        finally:
+            db.close()
+        return [(seg, dim, rows, int(live.get(seg, 0))) for seg, dim, rows in segments]
 
     def move(self, keys: list[int], seg: int, start: int) -> None:
         """Point the entries of primary keys ``keys`` at rows ``start...`` of ``seg``."""

@@ -70,7 +70,9 @@ class Segments:
     ) -> NDArray[np.float32]:
         """The vectors at ``(segs[i], rows[i])`` where ``present``, zeros elsewhere and where
         they cannot be read."""
-        segments = np.unique(segs[present])
+        # Sorted and compared, not np.unique: its first call imports numpy.ma (20 ms).
+        ordered = np.sort(segs[present])
+        segments = ordered[np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1))]
         if len(segments) == 1 and present.all():
             # The common warm read: one gather straight into the result.
             return self._read(int(segments[0]), dim, rows)

@@ -3,9 +3,12 @@
 A cache directory holds::
 
     embedcache.json     format and key versions it was written with
-    index.db            SQLite (WAL): one row per vector, the list of segment files, and
+    index.db            SQLite (WAL): one row per vector, the list of segment files, the
+                        totals kept by triggers (entries per settings, vector bytes, keys
+                        removed since the snapshot: :mod:`~embedcache.storage.counts`), and
                         the ``state`` of the snapshot and of ``removals`` (below)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
+    snapshot.lock       empty; locked (``flock``) by the process taking a new snapshot
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
     meta/               a diskcache with the small values: request settings, counters and
                         named settings (:meth:`Store.setting`)
@@ -15,7 +18,8 @@ A cache directory holds::
 Why not one diskcache entry per vector: a warm read is then one SQL statement per text, 10-15x
 the floor of hashing and copying (shared/docs/perf-baseline.md). Here a read is one
 ``np.searchsorted`` over the snapshot for all keys (an ``IN (...)`` query per 500 keys only
-for those newer than it), one numpy gather per segment and one checksum per vector.
+for those newer than it or deleted since), one numpy gather per segment and one checksum per
+vector. The snapshot is taken outside the write lock (:mod:`~embedcache.storage.snapshot`).
 
 An index row holds the key (as two signed 64-bit integers: the high half is the primary key),
 the segment and row of the vector, its dimension, the tokens attributed to it when fetched,
@@ -28,7 +32,9 @@ processes can share a directory. The claims files, created by the first fetch, l
 processes send at most one request per entry at a time (:mod:`~embedcache.storage.claims`:
 a claim counts only while its process lives, so a crash leaves none behind; reading or
 writing vectors never touches them). Nothing is rewritten in place: deleting leaves dead rows,
-which :meth:`Store.compact` copies away into new segment files. Reads never write. Nothing is
+which :meth:`Store.compact` copies away into new segment files. Deleting and compacting run
+in short transactions with pauses between (:mod:`~embedcache.storage.upkeep`), so writers
+sharing the directory wait a fraction of a second at most. Reads never write. Nothing is
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
@@ -42,7 +48,9 @@ counted every page it committed. Eviction under a size limit is not counted: an 
 entry is still a right answer, and a full cache evicts on every fill.
 
 :class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
-:mod:`~embedcache.storage.index` (``index.db`` and its snapshots),
+:mod:`~embedcache.storage.index` (``index.db``; its snapshots in
+:mod:`~embedcache.storage.snapshot`, its totals in :mod:`~embedcache.storage.counts`),
+:mod:`~embedcache.storage.upkeep` (deleting and compacting in short transactions),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
 (the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions);
 :attr:`Store.claims` hands out the directory's :mod:`~embedcache.storage.claims`.
@@ -54,7 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -62,7 +70,7 @@ import time
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import diskcache
 import numpy as np
@@ -71,6 +79,7 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
+from . import upkeep
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
 from .formats import signed, split_keys, unsigned, vector_checksum
@@ -88,6 +97,7 @@ from .rows import (
     verify,
 )
 from .segments import Segments, fits
+from .upkeep import LOCK_PAUSE_SECONDS
 
 __all__ = [
     "COMPACT_ROWS",
@@ -112,22 +122,18 @@ COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_s
 #: New entries as the stores take them: ``(key, vector, tokens)`` each.
 KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
 
-_T = TypeVar("_T")
-
 _FINGERPRINT_PREFIX = "fingerprint:"
 _COUNTER_PREFIX = "counter:"
 _SETTING_PREFIX = "setting:"
 _SIZE_LIMIT = "size_limit"
-#: Keys deleted per write transaction, and rows moved per compaction transaction: each
-#: holds the write lock (other processes' fills wait) for a bounded time, and compaction
+
+log = logging.getLogger("embedcache")
+#: Keys deleted per write transaction, and rows moved per compaction transaction, at most:
+#: each holds the write lock (other processes' fills wait) for a bounded time (less, when
+#: :mod:`~embedcache.storage.upkeep` sees them go slower than its target), and compaction
 #: holds at most this many vectors in memory, however large the cache.
 DELETE_PAGE = 10_000
 COMPACT_ROWS = 16_384
-#: The pause between two of those transactions. SQLite wakes a writer that waits for the
-#: lock at most every 100 ms, and takes no turns: a job that begins its next transaction at
-#: once would take the lock back each time, and a fill waiting on it could wait out its busy
-#: timeout (and fail to commit a batch it paid for). A longer pause lets it in first.
-LOCK_PAUSE_SECONDS = 0.11
 
 
 @dataclass(frozen=True)
@@ -182,15 +188,6 @@ def _page_keys(rows: NDArray[np.int64]) -> list[bytes]:
     """The 16-byte keys of a page of index rows: each row's two halves, little-endian."""
     raw = np.ascontiguousarray(rows[:, [K, LO]], dtype="<i8").tobytes()
     return [raw[i : i + 16] for i in range(0, len(raw), 16)]
-
-
-def _paced(steps: Iterable[_T]) -> Iterator[_T]:
-    """``steps``, with :data:`LOCK_PAUSE_SECONDS` between two of them: a maintenance job
-    runs each step in a write transaction of its own, and waiting writers get in between."""
-    for count, step in enumerate(steps):
-        if count:
-            time.sleep(LOCK_PAUSE_SECONDS)
-        yield step
 
 
 @contextlib.contextmanager
@@ -491,10 +488,14 @@ class Store:
                     [vector_checksum(row) for row in matrix],
                     now_us, fp_id,
                 )  # fmt: skip
-            if self._index.evict(self.size_limit):
-                self._index.rebuild_snapshot()
-            else:
-                self._index.maybe_snapshot(sum(len(keys) for keys, _, _ in groups))
+            evicted = self._index.evict(self.size_limit)
+            due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
+        if due:
+            # After the commit, outside the lock: other writers go on while it is written.
+            try:
+                self._index.refresh_snapshot()
+            except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
+                log.warning("%s", exc)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries, :data:`DELETE_PAGE` keys per transaction; returns how many
@@ -504,79 +505,32 @@ class Store:
         )
 
     def delete_pages(self, pages: Iterable[Sequence[bytes]]) -> int:
-        """Delete the keys of each page in a transaction of its own (so a large prune holds
-        the write lock a page at a time, and the keys need not all be in memory at once);
-        returns how many existed.
+        """Delete the keys of each page (drawn lazily, so the keys need not all be in memory
+        at once) in short transactions of their own, at most :data:`DELETE_PAGE` keys each
+        (:func:`~embedcache.storage.upkeep.delete_pages`): a large prune holds the write lock
+        a fraction of a second at a time. Returns how many existed.
 
-        The first page's transaction sets the snapshot aside, so no reader finds a deleted
-        entry in it (reads look in SQL meanwhile), and it is rebuilt once, after the last
-        page; if the deletion stops before that (an error, a kill), the next write that
-        adds entries rebuilds it.
+        Readers keep the snapshot, with the deleted keys listed for them; a deletion stopped
+        part-way (an error, a kill) has removed and counted what it committed.
         """
-        removed = 0
-        deleted_any = False
-        for keys in _paced(page for page in pages if page):
-            with self._index.write():
-                self._index.drop_snapshot()
-                removed += self._index.delete(split_keys(keys))
-            deleted_any = True
-        if deleted_any:
-            with self._index.write():
-                self._index.rebuild_snapshot()
-        return removed
+        return upkeep.delete_pages(self._index, pages, DELETE_PAGE)
 
     def clear(self) -> int:
         """Delete every entry and segment file; returns how many entries were removed.
         Lifetime counters stay."""
         with self._index.write():
             removed, segments = self._index.clear()
-            self._index.rebuild_snapshot()
         self._segments.unlink(segments)
         return removed
 
     def compact(self, min_dead_fraction: float = 0.5) -> int:
         """Copy the live rows of segments that are at least ``min_dead_fraction`` dead into
-        new segments and delete the old files. Returns the bytes freed."""
-        freed = 0
-        with self._index.write():
-            usage = self._index.segment_usage()
-        doomed: dict[int, int] = {}  # segment -> dimension
-        for seg, dim, rows, live in usage:
-            if rows and (rows - live) / rows >= min_dead_fraction:
-                doomed[seg] = dim
-                freed += (rows - live) * dim * 4
-        if not doomed:
-            return 0
-        # Moved COMPACT_ROWS at a time, a transaction each: between them every entry points
-        # at a complete copy (the old files stay until the end), so readers and other
-        # writers go on. The last transaction moves what writers added meanwhile, drops
-        # the old segments and rebuilds the snapshot once.
-        for _ in _paced(itertools.count()):
-            with self._index.write():
-                if not self._move_some(doomed):
-                    for seg in doomed:
-                        self._index.drop_segment(seg)
-                    self._index.rebuild_snapshot()
-                    break
-        self._segments.unlink(list(doomed))
-        return freed
-
-    def _move_some(self, doomed: dict[int, int]) -> bool:
-        """Copy up to :data:`COMPACT_ROWS` live rows out of the ``doomed`` segments (in a
-        write transaction); returns whether there were any."""
-        for seg, dim in doomed.items():
-            moved = self._index.some_live_rows(seg, COMPACT_ROWS)
-            if moved:
-                # In key order, as the index hands them out: the UPDATEs then walk the
-                # entries table in order, which costs far more than reading rows at random.
-                rows = np.array([row for _, row in moved], dtype=np.int64)
-                # Positioned reads, not a map: a map of the whole file would count its
-                # gigabyte in this process's memory; this holds only the chunk.
-                matrix = self._segments.read_rows(seg, dim, rows)
-                new, start = self._append(dim, matrix, avoid=doomed)
-                self._index.move([k for k, _ in moved], new, start)
-                return True
-        return False
+        new segments and delete the old files, in short transactions, at most
+        :data:`COMPACT_ROWS` rows each (:func:`~embedcache.storage.upkeep.compact`).
+        Returns the bytes freed."""
+        return upkeep.compact(
+            self._index, self._segments, self._append, min_dead_fraction, COMPACT_ROWS
+        )
 
     def _append(
         self, dim: int, matrix: NDArray[np.float32], avoid: Container[int] = ()
