@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +50,7 @@ from .formats import decode_into, encode_entry, first_dim, value_size
 from .redis_clients import check_url, connect, is_cluster_url
 from .store import FORMAT_VERSION, Found, KeyedVectors
 
-__all__ = ["RedisStore", "Served", "Usage", "open_shared"]
+__all__ = ["RedisStore", "Usage", "open_shared"]
 
 _MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
 # Values per round trip: a few MB, decoded before the next is asked for, so memory stays
@@ -66,12 +66,10 @@ _T = TypeVar("_T")
 log = logging.getLogger("embedcache")
 
 
-class Served(Protocol):
-    """Told of each round trip's intact values (for copying them to local disk)."""
-
-    def __call__(
-        self, keys: Sequence[bytes], values: list[bytes | None], ok: NDArray[np.bool_], dim: int
-    ) -> None: ...
+#: Told of each round trip's intact values (for copying them to local disk): its keys, the
+#: values Redis sent, which of them are intact, and their dimension. A plain callable type,
+#: so the public ``read_many`` names no type of the package's insides.
+Served = Callable[[Sequence[bytes], list[bytes | None], NDArray[np.bool_], int], None]
 
 
 def _trip_keys(dim: int | None) -> int:
