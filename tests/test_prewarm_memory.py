@@ -1,6 +1,7 @@
-"""What a prewarm holds in memory does not grow with the index: SQLite's page cache on
-``index.db`` stays within its budget, however many rows the lookups of a run after a kill
-(every key newer than the snapshot, in SQL) and a snapshot rebuild walk through.
+"""What a prewarm holds in memory does not grow with the index nor the corpus: SQLite's
+page cache on ``index.db`` stays within its budget, however many rows the lookups of a run
+after a kill (every key newer than the snapshot, in SQL) and a snapshot rebuild walk
+through; adding a window to the distinct set costs that window, not a share of the set.
 
 The budget, 16 MiB per connection and two connections, is measured with SQLite's own
 counter of the memory it holds (``sqlite3_memory_used``, from the library Python's
@@ -14,11 +15,13 @@ import _sqlite3
 import ctypes
 import shutil
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from embedcache.embedding.distinct import DistinctKeys
 from embedcache.storage.formats import split_keys
 from embedcache.storage.store import Store
 
@@ -119,3 +122,26 @@ def test_a_snapshot_rebuild_after_those_lookups_keeps_both_connections_to_their_
         assert snapshot.shape[1] == ROWS
         held = memory.highest() - before
     assert held < 2 * BUDGET + SLACK, f"SQLite held {held / MIB:.1f} MiB"
+
+
+def test_adding_a_window_to_the_distinct_set_needs_memory_for_that_window_not_the_set() -> None:
+    # Windows of 2,048 new keys up to 300,000 (a set of 4.8 MB). With one bucket its merges
+    # held a third of the set twice over, and a realloc that could not grow a run in place
+    # copied all of it (over 1 MB here at times); now a window costs its own keys.
+    distinct = DistinctKeys()
+    rng = np.random.default_rng(5)
+    windows = [rng.bytes(16 * 2048) for _ in range(300_000 // 2048)]
+    extras = []
+    tracemalloc.start()
+    try:
+        for raw in windows:
+            keys = [raw[i : i + 16] for i in range(0, len(raw), 16)]
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            assert distinct.add(keys).all()
+            extras.append(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+    assert len(distinct) == 2048 * len(windows)
+    worst = max(extras[8:])  # after the first windows (numpy's own first allocations)
+    assert worst < 16 * 2048 + 768 * 1024, f"{worst:,} bytes to add a window"
