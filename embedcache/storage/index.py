@@ -48,12 +48,10 @@ _SNAPSHOT_GROWTH = 8
 _VIEW_STATE = (
     "SELECT (SELECT value FROM state WHERE name = 'index_snapshot'), (SELECT MAX(id) FROM removed)"
 )
-# SQLite's page cache per connection (KiB), of which a store opens two on ``index.db``:
-# 32 MiB at most for the index, whatever it holds. Random keys touch every leaf page in
-# time, so a cache fills to its bound once the table outgrows it: at 64 MiB a connection,
-# a 2M-entry fill held 127 MiB here. The interior pages a lookup walks (under 2 MiB at
-# 10M entries) fit many times over; each leaf read past the bound comes from the OS's
-# file cache (about 0.6 us more per key looked up in SQL at 1M entries).
+# SQLite's page cache per connection (KiB; a store opens two on index.db): random keys fill
+# a cache to its bound (at 64 MiB a connection a 2M-entry fill held 127 MiB). The interior
+# pages a lookup walks (under 2 MiB at 10M entries) fit; a leaf read past the bound comes
+# from the OS's file cache (about 0.6 us more per key looked up in SQL at 1M entries).
 _PAGE_CACHE_KIB = 16384
 
 
