@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,12 @@ _STOP_SECONDS = 30.0
 # Variables a developer's shell may hold that would change what the server does: every one
 # embedcache reads. (The platform's cache variables stay: conftest points them at tmp_path.)
 _SCRUBBED = tuple(ENVIRONMENT)
+# Set RLIMIT_NOFILE to argv[1], then run the rest of argv as the Python command line.
+_UNDER_FILE_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
 _numbers = itertools.count()
 
 
@@ -35,8 +41,10 @@ class ProxyProcess:
     :param argv: the command line after ``embedcache``, instead of the usual
         ``--cache-dir DIR serve --port 0 --upstream URL ARGS`` (for tests of where options
         go; it must still bind with ``--port 0``: the port is read from the banner).
-    :param preexec_fn: run in the child before ``embedcache`` starts (to set a resource
-        limit, say).
+    :param file_limit: start the server under this ``ulimit -n`` (soft and hard), set by a
+        small Python program that then becomes ``embedcache``: not by a ``preexec_fn``, which
+        makes the child a plain fork of this process, running the fork handlers of what the
+        suite has loaded (gRPC's, from Milvus Lite, broke such a child's start).
     """
 
     def __init__(
@@ -46,7 +54,7 @@ class ProxyProcess:
         *args: str,
         env: dict[str, str] | None = None,
         argv: Sequence[str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
+        file_limit: int | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
@@ -60,9 +68,11 @@ class ProxyProcess:
         command += ["serve", "--port", "0", "--upstream", upstream, *workers, *args]
         if argv is not None:
             command = [sys.executable, "-m", "embedcache", *argv]
+        if file_limit is not None:
+            command = [sys.executable, "-c", _UNDER_FILE_LIMIT, str(file_limit), *command[1:]]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=environ, preexec_fn=preexec_fn
+                command, stdout=log, stderr=subprocess.STDOUT, env=environ
             )
         self.url = f"http://127.0.0.1:{self._wait_for_port()}"
         self.http = httpx.Client(base_url=self.url, timeout=30.0)

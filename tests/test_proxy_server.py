@@ -173,12 +173,6 @@ def test_upstream_credentials_are_shown_in_neither_the_banner_nor_json(
     assert [line["upstream"] for line in shown] == [f"http://***@127.0.0.1:{port}"]
 
 
-def _few_open_files() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-
 @pytest.fixture
 def idle_sockets() -> Iterator[list[socket.socket]]:
     """Sockets the test opens (closed after it), with room for 400 of them."""
@@ -199,7 +193,7 @@ def test_a_new_client_is_answered_despite_400_idle_sockets_under_a_256_file_limi
     emulator: JinaEmulator, cache_dir: Path, idle_sockets: list[socket.socket]
 ) -> None:
     args = ("--workers", "1", "--idle-timeout", "600", "--header-timeout", "600")
-    with ProxyProcess(emulator.url, cache_dir, *args, preexec_fn=_few_open_files) as proxy:
+    with ProxyProcess(emulator.url, cache_dir, *args, file_limit=256) as proxy:
         assert proxy.embed({"model": V3, "input": ["cached"]}, API_KEY).status_code == 200
         host, port = "127.0.0.1", int(proxy.url.rpartition(":")[2])
         for _ in range(400):
