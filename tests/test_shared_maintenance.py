@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,21 @@ def _no_wait(store: Store) -> Store:
     """``store`` with no busy timeout: a write while another holds the lock fails at once."""
     store._index._db.execute("PRAGMA busy_timeout = 0")
     return store
+
+
+def _putter(writer: Store, puts: list[str]) -> Callable[[str], None]:
+    """``put(when)``: ``writer`` stores one new entry now, noting ``when`` in ``puts`` (a
+    write refused because the lock is held raises: ``writer`` has no busy timeout)."""
+
+    def put(when: str) -> None:
+        if when == "snapshot" and "busy" in puts:
+            return  # the writer's own put taking a snapshot
+        puts.append("busy")
+        key = text_keys(FP, [f"writer {len(puts)}"])
+        writer.put_matrix(FP, key, np.ones((1, DIM), np.float32), [1.0])  # or "locked"
+        puts[puts.index("busy")] = when
+
+    return put
 
 
 def _snapshot_now(store: Store) -> None:
@@ -170,14 +185,7 @@ def test_a_writer_gets_in_between_prune_pages_and_while_the_snapshot_is_written(
     # Its own puts take no snapshot: the prune's is the one watched.
     monkeypatch.setattr(writer._index, "refresh_snapshot", lambda wait=False: False, raising=False)
     puts: list[str] = []
-
-    def put(when: str) -> None:
-        if when == "snapshot" and "busy" in puts:
-            return  # the writer's own put taking a snapshot
-        puts.append("busy")
-        key = text_keys(FP, [f"writer {len(puts)}"])
-        writer.put_matrix(FP, key, np.ones((1, DIM), np.float32), [1.0])  # or "locked"
-        puts[puts.index("busy")] = when
+    put = _putter(writer, puts)
 
     monkeypatch.setattr(time, "sleep", lambda seconds: put("pause"))
     fromiter = np.fromiter
@@ -208,14 +216,7 @@ def test_a_writer_gets_in_while_compaction_reads_usage_moves_and_writes_its_snap
     store.delete_many(keys[::2])
     writer = _no_wait(Store(cache_dir))
     puts: list[str] = []
-
-    def put(when: str) -> None:
-        if when == "snapshot" and "busy" in puts:
-            return  # the writer's own put taking a snapshot
-        puts.append("busy")
-        key = text_keys(FP, [f"writer {len(puts)}"])
-        writer.put_matrix(FP, key, np.ones((1, DIM), np.float32), [1.0])  # or "locked"
-        puts[puts.index("busy")] = when
+    put = _putter(writer, puts)
 
     def traced(statement: str) -> None:
         if "GROUP BY seg" in statement:
