@@ -18,11 +18,13 @@ from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.config import ENVIRONMENT, PLATFORM_ENVIRONMENT
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import Invoke, invoke
 from .redis_server import RedisServer, server_binary
 from .serving import ProxyProcess
 
 if TYPE_CHECKING:
     import redis
+    from click.testing import Result
 
     from .claimers import Worker  # claimers imports this module
 
@@ -274,3 +276,17 @@ def client_module(name: str) -> ModuleType:
             return importlib.import_module(name)
         module: ModuleType = pytest.importorskip(name)  # typed as Any by pytest
         return module
+
+
+@pytest.fixture
+def machine_cli(emulator: JinaEmulator, tmp_path: Path) -> Invoke:
+    """``machine_cli(MACHINE, ARGS, url=REDIS)``: ``embedcache --cache-dir <tmp>/MACHINE
+    --base-url <emulator> [--redis-url REDIS] ARGS``, a machine of its own sharing Redis."""
+
+    def bound(machine: str, *args: str, url: str | None = None) -> Result:
+        redis_args = ["--redis-url", url] if url else []
+        return invoke(
+            *redis_args, *args, cache_dir=tmp_path / machine, base_url=emulator.url, key=API_KEY
+        )
+
+    return bound

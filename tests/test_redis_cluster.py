@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 
 from embedcache import JinaEmbeddingFunction, SharedCacheError
 from embedcache.storage.shared import RedisStore
 from embedcache.testing import JinaEmulator
 
-from .cli_helpers import Invoke, as_json, invoke
-from .conftest import API_KEY
+from .cli_helpers import Invoke, as_json
 from .redis_server import RedisCluster, client_binary, server_binary
 
 # Enough texts that every node holds some: keys spread over the slots by their whole name.
@@ -45,17 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     made.stop()
 
 
-@pytest.fixture
-def cli(emulator: JinaEmulator, tmp_path: Path) -> Invoke:
-    def bound(machine: str, *args: str, url: str | None = None) -> Result:
-        redis_args = ["--redis-url", url] if url else []
-        return invoke(
-            *redis_args, *args, cache_dir=tmp_path / machine, base_url=emulator.url, key=API_KEY
-        )
-
-    return bound
-
-
 def test_a_cluster_url_spreads_entries_over_every_node_and_another_machine_reads_them(
     emulator: JinaEmulator,
     cluster: RedisCluster,
@@ -79,18 +66,18 @@ def test_sync_stats_and_verify_work_against_a_cluster(
     emulator: JinaEmulator,
     cluster: RedisCluster,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Invoke,
+    machine_cli: Invoke,
 ) -> None:
     fetched = ef_on("alice").embed(TEXTS)  # without Redis, then shared with sync
     prefix = ("--redis-prefix", "maint")
-    up = as_json(cli("alice", *prefix, "sync", "--json", url=cluster.url))
+    up = as_json(machine_cli("alice", *prefix, "sync", "--json", url=cluster.url))
     assert (up["copied"], up["present"], up["skipped"]) == (len(TEXTS), 0, 0)
-    stats = as_json(cli("alice", *prefix, "stats", "--json", url=cluster.url))
+    stats = as_json(machine_cli("alice", *prefix, "stats", "--json", url=cluster.url))
     assert stats["shared"]["entries"] == len(TEXTS)  # counted on every node
-    checked = as_json(cli("alice", *prefix, "verify", "--json", url=cluster.url))
+    checked = as_json(machine_cli("alice", *prefix, "verify", "--json", url=cluster.url))
     assert (checked["shared"]["checked"], checked["shared"]["bad"]) == (len(TEXTS), [])
     requests = len(emulator.requests)
-    down = as_json(cli("bob", *prefix, "sync", "--pull", "--json", url=cluster.url))
+    down = as_json(machine_cli("bob", *prefix, "sync", "--pull", "--json", url=cluster.url))
     assert (down["copied"], down["skipped"]) == (len(TEXTS), 0)
     assert ef_on("bob", offline=True).embed(TEXTS).tobytes() == fetched.tobytes()
     assert len(emulator.requests) == requests
@@ -99,7 +86,7 @@ def test_sync_stats_and_verify_work_against_a_cluster(
 def test_a_cluster_node_killed_mid_use_stays_exact_falls_back_to_disk_and_loses_nothing(
     emulator: JinaEmulator,
     ef_on: Callable[..., JinaEmbeddingFunction],
-    cli: Invoke,
+    machine_cli: Invoke,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -120,7 +107,7 @@ def test_a_cluster_node_killed_mid_use_stays_exact_falls_back_to_disk_and_loses_
         )
         own.nodes[1].start()  # back, empty, with its slots
         own.wait_ok()
-        up = as_json(cli("alice", "sync", "--json", url=own.url))  # what the outage skipped
+        up = as_json(machine_cli("alice", "sync", "--json", url=own.url))  # what the outage skipped
         assert up["checked"] == len(TEXTS)
         assert up["skipped"] == 0
         assert up["copied"] + up["present"] == len(TEXTS)
