@@ -16,6 +16,7 @@ ROWS = [
     ("warm read, 10k random texts, new process, µs/text", "read_us", 1, "µs"),
     ("another 10k random texts in that process, µs/text", "read_again_us", 1, "µs"),
     ("floor (xxh3-128 + dict + gather), µs/text", "floor_us", 1, "µs"),
+    ("floor from disk (xxh3-128 + dict + one `pread` a vector), µs/text", "floor_disk_us", 1, "µs"),
     ("store one entry (a fill), no size limit", "put_ms", 1, "ms"),
     ("store one entry, with a size limit set", "put_limited_ms", 1, "ms"),
     ("`stats --json` (new process, median of 3)", "stats_s", 1, "s"),
