@@ -108,6 +108,21 @@ def test_damaged_entry_reads_as_missing(cache_dir: Path) -> None:
         assert dict(store.scan())[damaged] == "entry checksum mismatch"
 
 
+def test_rows_past_the_end_of_a_cut_short_segment_read_as_missing(cache_dir: Path) -> None:
+    # As after a disk filled up under an older version: the index lists rows the file lacks.
+    with Store(cache_dir) as store:
+        keys = fill(store, 300)  # past the row-by-row limit of a read, and under it below
+        (segment,) = (cache_dir / "segments").iterdir()
+        with open(segment, "r+b") as handle:
+            handle.truncate(100 * 8 * 4 + 5)  # rows 0-99 whole, row 100 cut, none after
+        many = store.read_many(keys, dim=8)
+        few = store.read_many(keys[98:102], dim=8)
+    assert many.present.tolist() == [True] * 100 + [False] * 200
+    assert many.vectors[100:].any() == False  # noqa: E712
+    assert many.vectors[:100].tobytes() == vectors(300)[:100].tobytes()
+    assert few.present.tolist() == [True, True, False, False]
+
+
 def test_no_eviction_by_default(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         assert store.size_limit is None

@@ -88,9 +88,14 @@ class Segments:
                 return self.read_rows(seg, dim, rows)
             return np.asarray(self.mapped(seg, dim, int(rows.max()))[rows], dtype=np.float32)
         except (OSError, IndexError, ValueError) as exc:
-            # Unreadable rows come back as zeros, which fail their checksum: they refetch.
             log.warning("cannot read segment %d: %s", seg, exc)
-            return np.zeros((len(rows), dim), dtype=np.float32)
+        # Row by row, so only the unreadable rows (a file cut short) come back as zeros,
+        # which fail their checksum and are refetched: the rest of the batch still hits.
+        out = np.zeros((len(rows), dim), dtype=np.float32)
+        for i in range(len(rows)):
+            with contextlib.suppress(OSError, ValueError):
+                out[i] = self.read_rows(seg, dim, rows[i : i + 1])[0]
+        return out
 
     def _worth_mapping(self, seg: int, dim: int, rows: NDArray[np.int64]) -> bool:
         """Whether to gather ``rows`` through a map of the segment rather than row by row:
@@ -105,14 +110,19 @@ class Segments:
         return len(rows) * _PAGES_PER_MAPPED_ROW >= pages
 
     def read_rows(self, seg: int, dim: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-        """Read a few rows with positioned reads: no mapping to set up."""
-        out = np.empty((len(rows), dim), dtype="<f4")
+        """Read rows with one positioned read each: no mapping to set up (a writable array)."""
         fd = self._descriptor(seg)
         size = dim * 4
-        for i, row in enumerate(rows.tolist()):
-            if os.preadv(fd, [out[i]], row * size) != size:
-                raise ValueError(f"row {row} of segment {seg} is past its end")
-        return out.astype(np.float32, copy=False)
+        pread = os.pread
+        # One pread a row, joined: a fifth less than preadv into each row of an array (the
+        # row views and lists cost about as much as the syscall's own work here).
+        chunks = [pread(fd, size, offset) for offset in (rows * size).tolist()]
+        raw = bytearray().join(chunks)  # a bytearray: the array over it is writable
+        if len(raw) != len(rows) * size:
+            short = next(i for i, chunk in enumerate(chunks) if len(chunk) != size)
+            raise ValueError(f"row {int(rows[short])} of segment {seg} is past its end")
+        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), dim)
+        return vectors.astype(np.float32, copy=False)
 
     def _descriptor(self, seg: int) -> int:
         with self._lock:
