@@ -322,3 +322,22 @@ def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
     assert view is not None
     assert view.columns.shape[1] == 400
     assert len(view.removed) == 50
+
+
+def test_keys_removed_page_by_page_are_all_known_to_a_reader_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(snapshot_module, "_RUN_KEYS", 64)  # many runs, at this size
+    rng = np.random.default_rng(3)
+    view = snapshot_module.View(1, np.empty((snapshot_module.WIDTH, 0), np.int64))
+    removed: list[int] = []
+    for page in range(40):
+        high = rng.integers(-(2**63), 2**63 - 1, int(rng.integers(1, 30))).tolist()
+        removed += high
+        view.add_removed(high, page)
+        others = rng.integers(-(2**63), 2**63 - 1, 20)
+        mask = view.removed_mask(np.concatenate([np.array(removed, np.int64), others]))
+        assert mask[: len(removed)].all()
+        assert not mask[len(removed) :].any()
+    assert view.removed.tolist() == sorted(removed)
+    assert all(len(run) <= 64 for run in view.runs)

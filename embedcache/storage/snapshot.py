@@ -38,6 +38,8 @@ __all__ = ["WIDTH", "RebuildGuard", "Taken", "View", "join", "take_snapshot", "w
 WIDTH = READ_COLUMNS.count(",") + 1
 # Rows a rebuild reads and writes at a time: its memory (a few MB), whatever the index holds.
 _PAGE = 16384
+# Removed keys merged into one sorted run at most (see View.add_removed).
+_RUN_KEYS = 1 << 16
 
 
 def write_snapshot(path: Path, db: sqlite3.Connection, rows: int) -> None:
@@ -131,27 +133,46 @@ class View:
     of the keys removed since it was taken (as far as ``removed`` row ``seen``).
 
     A key listed there may have been stored again since: the reader asks SQL about it.
+    The removed keys are kept as a few sorted runs, not one: a prune adds thousands of keys
+    a page while readers poll between pages, and re-sorting all of them on every poll cost
+    a reader more, the larger the prune, than the read it was polling for.
     """
 
     generation: int
     columns: NDArray[np.int64]
-    removed: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    runs: list[NDArray[np.int64]] = field(default_factory=list)
     seen: int = 0
 
     def add_removed(self, high: list[int], seen: int) -> None:
         """Take in newly removed keys (``removed`` rows up to ``seen``)."""
         if high:
-            # Two sorted runs: the stable sort (a merge) costs about their length, once.
-            joined = np.concatenate([self.removed, np.sort(np.array(high, dtype=np.int64))])
-            self.removed = np.sort(joined, kind="stable")
+            self.runs.append(np.sort(np.array(high, dtype=np.int64)))
+            # Merge a run into the one before it while that one is at most twice its size
+            # (each key is merged about log2 of their count times in all), up to runs of
+            # _RUN_KEYS: no poll sorts more than that, and a search of a few more runs
+            # costs a reader little.
+            while (
+                len(self.runs) > 1
+                and len(self.runs[-2]) <= 2 * len(self.runs[-1])
+                and len(self.runs[-2]) + len(self.runs[-1]) <= _RUN_KEYS
+            ):
+                last = self.runs.pop()
+                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
         self.seen = seen
+
+    @property
+    def removed(self) -> NDArray[np.int64]:
+        """Every removed key's high half, sorted."""
+        if not self.runs:
+            return np.empty(0, np.int64)
+        return np.sort(np.concatenate(self.runs))
 
     def removed_mask(self, high: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Whether each key's high half was removed since the snapshot was taken."""
-        if not len(self.removed):
-            return np.zeros(len(high), dtype=bool)
-        at = np.minimum(np.searchsorted(self.removed, high), len(self.removed) - 1)
-        found: NDArray[np.bool_] = self.removed[at] == high
+        found = np.zeros(len(high), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, high), len(run) - 1)
+            found |= run[at] == high
         return found
 
 
