@@ -324,12 +324,10 @@ def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
     assert len(view.removed) == 50
 
 
-def test_keys_removed_page_by_page_are_all_known_to_a_reader_and_no_others(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(snapshot_module, "_RUN_KEYS", 64)  # many runs, at this size
+def test_keys_removed_page_by_page_are_all_known_to_a_reader_and_no_others() -> None:
     rng = np.random.default_rng(3)
-    view = snapshot_module.View(1, np.empty((snapshot_module.WIDTH, 0), np.int64))
+    empty = np.empty((snapshot_module.WIDTH, 0), np.int64)
+    view = snapshot_module.View(1, empty, run_keys=64)  # many runs, at this size
     removed: list[int] = []
     for page in range(40):
         high = rng.integers(-(2**63), 2**63 - 1, int(rng.integers(1, 30))).tolist()

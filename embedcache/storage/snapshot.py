@@ -32,14 +32,14 @@ from numpy.typing import NDArray
 from . import counts
 from .rows import READ_COLUMNS
 
-__all__ = ["WIDTH", "RebuildGuard", "Taken", "View", "join", "take_snapshot", "write_snapshot"]
+__all__ = ["RUN_KEYS", "WIDTH", "RebuildGuard", "Taken", "View", "join", "take_snapshot", "write_snapshot"]
 
 #: Columns of a snapshot.
 WIDTH = READ_COLUMNS.count(",") + 1
 # Rows a rebuild reads and writes at a time: its memory (a few MB), whatever the index holds.
 _PAGE = 16384
-# Removed keys merged into one sorted run at most (see View.add_removed).
-_RUN_KEYS = 1 << 16
+#: Removed keys merged into one sorted run at most (see :meth:`View.add_removed`).
+RUN_KEYS = 1 << 16
 
 
 def write_snapshot(path: Path, db: sqlite3.Connection, rows: int) -> None:
@@ -142,6 +142,7 @@ class View:
     columns: NDArray[np.int64]
     runs: list[NDArray[np.int64]] = field(default_factory=list)
     seen: int = 0
+    run_keys: int = RUN_KEYS
 
     def add_removed(self, high: list[int], seen: int) -> None:
         """Take in newly removed keys (``removed`` rows up to ``seen``)."""
@@ -149,12 +150,12 @@ class View:
             self.runs.append(np.sort(np.array(high, dtype=np.int64)))
             # Merge a run into the one before it while that one is at most twice its size
             # (each key is merged about log2 of their count times in all), up to runs of
-            # _RUN_KEYS: no poll sorts more than that, and a search of a few more runs
+            # ``run_keys``: no poll sorts more than that, and a search of a few more runs
             # costs a reader little.
             while (
                 len(self.runs) > 1
                 and len(self.runs[-2]) <= 2 * len(self.runs[-1])
-                and len(self.runs[-2]) + len(self.runs[-1]) <= _RUN_KEYS
+                and len(self.runs[-2]) + len(self.runs[-1]) <= self.run_keys
             ):
                 last = self.runs.pop()
                 self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
