@@ -32,7 +32,16 @@ from numpy.typing import NDArray
 from . import counts
 from .rows import READ_COLUMNS
 
-__all__ = ["RUN_KEYS", "WIDTH", "RebuildGuard", "Taken", "View", "join", "take_snapshot", "write_snapshot"]
+__all__ = [
+    "RUN_KEYS",
+    "WIDTH",
+    "RebuildGuard",
+    "Taken",
+    "View",
+    "join",
+    "take_snapshot",
+    "write_snapshot",
+]
 
 #: Columns of a snapshot.
 WIDTH = READ_COLUMNS.count(",") + 1
