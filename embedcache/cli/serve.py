@@ -314,6 +314,7 @@ def serve(
         from ..proxy.metrics import Board
         from ..proxy.server import serve_forever
     from ..assembly import Assembly
+    from ..upstream.float_style import FloatStyle
 
     try:  # a TEI model or task the API would refuse is an error now, not on every request
         resolve_options(tei_model, tei_task)
@@ -376,8 +377,11 @@ def serve(
         + (f", shared {shared}" if shared else "")
     )
 
+    # Made before the workers fork: what one learns of the upstream's float style, all write.
+    float_style = FloatStyle(across_fork=True)
+
     def make_proxy(board: Board, worker: int) -> Proxy:
-        return Proxy(settings, board=board, worker=worker)
+        return Proxy(settings, board=board, worker=worker, float_style=float_style)
 
     def announce(port: int) -> None:
         shown = f"[{host}]" if ":" in host else host

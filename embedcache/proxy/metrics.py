@@ -21,7 +21,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..embedding.counters import Stats
-from ..upstream.floats import FLOAT_STYLES
 
 __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "STAT_FIELDS", "Board", "ProxyMetrics"]
 
@@ -60,9 +59,8 @@ class Board:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        # Two cells at the end, for the whole server: the flush generation (see ``flushes``)
-        # and the upstream's float style once any worker has learned it.
-        self._memory = mmap.mmap(-1, (workers * _COLUMNS + 2) * 8)
+        # One cell at the end, for the whole server: the flushes asked (see ``flushes``).
+        self._memory = mmap.mmap(-1, (workers * _COLUMNS + 1) * 8)
         cells: NDArray[np.float64] = np.frombuffer(self._memory, dtype=np.float64)
         self._rows = cells[: workers * _COLUMNS].reshape(workers, _COLUMNS)
         self._flushes = cells[workers * _COLUMNS :]
@@ -91,16 +89,6 @@ class Board:
 
     def count_flush(self) -> None:
         self._flushes[0] += 1
-
-    @property
-    def float_style(self) -> str | None:
-        """The upstream's float style as a worker learned it (``None``: not yet)."""
-        code = int(self._flushes[1])
-        return FLOAT_STYLES[code - 1] if code else None
-
-    @float_style.setter
-    def float_style(self, style: str) -> None:
-        self._flushes[1] = FLOAT_STYLES.index(style) + 1
 
 
 class ProxyMetrics:

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options, spec_for
-from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
+from ..upstream.float_style import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
 
 __all__ = [
     "CACHEABLE_EMBEDDING_TYPES",
