@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import COUNTER_FLUSH_SECONDS
 
-__all__ = ["AUTOFLUSH", "Autoflush", "Counters", "Recorder", "Stats"]
+__all__ = ["AUTOFLUSH", "Counters", "Recorder", "Stats"]
 
 log = logging.getLogger("embedcache")
 

@@ -54,7 +54,7 @@ from .admin import AdminRoutes
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
 from .gate import Gate
-from .hits import CACHED_HEADER, HitPath
+from .hits import HitPath
 from .http import Refusal
 from .http import Request as HttpRequest
 from .keys import Upstreams
@@ -65,7 +65,7 @@ from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .wire import render_error
 
-__all__ = ["CACHED_HEADER", "DEFAULT_RENDERED_BYTES", "Proxy", "ProxySettings"]
+__all__ = ["Proxy", "ProxySettings"]
 
 #: Default memory for served embeddings' text: about 12,000 1024-d float answers.
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024

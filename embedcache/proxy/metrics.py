@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from ..embedding.counters import Stats
 
-__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "STAT_FIELDS", "Board", "ProxyMetrics"]
+__all__ = ["Board", "ProxyMetrics"]
 
 #: Upper bounds, in seconds, of the request latency histogram.
 LATENCY_BUCKETS = (

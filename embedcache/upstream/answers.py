@@ -18,7 +18,7 @@ from ..errors import ResponseFormatError
 from .float_style import FloatStyle, classify_floats
 from .protocol import UpstreamResult
 
-__all__ = ["learn_from", "no_usage", "parse", "total_tokens", "usage"]
+__all__ = ["learn_from", "no_usage", "parse", "usage"]
 
 
 def usage(response: httpx.Response) -> int:

@@ -52,7 +52,7 @@ from .float_style import FloatStyle
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
-__all__ = ["RETRYABLE_STATUSES", "Forwarded", "JinaClient"]
+__all__ = ["JinaClient"]
 
 #: Statuses worth another attempt; 400/401/402/403/422 and the rest are final.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
