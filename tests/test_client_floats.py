@@ -12,6 +12,7 @@ from embedcache import JinaClient
 from embedcache.errors import ResponseFormatError
 from embedcache.models import RequestOptions
 from embedcache.testing import Fault, JinaEmulator
+from embedcache.upstream.float_style import FloatStyle
 
 from .conftest import API_KEY
 
@@ -27,11 +28,9 @@ def style(request: pytest.FixtureRequest, emulator: JinaEmulator) -> str:
 
 
 @pytest.fixture
-def learning(client: JinaClient) -> list[str]:
-    """Start the client learning; the styles it reports learning are appended here."""
-    told: list[str] = []
-    client.learn_float_style(told.append)
-    return told
+def learning(client: JinaClient) -> FloatStyle:
+    """Start the client learning; what it learns into."""
+    return client.learn_float_style()
 
 
 def sent_types(emulator: JinaEmulator) -> list[str]:
@@ -49,11 +48,11 @@ def float_answer(*vectors: list[float]) -> bytes:
 
 
 def test_a_learning_client_asks_for_float_text_once_then_goes_back_to_base64(
-    client: JinaClient, emulator: JinaEmulator, style: str, learning: list[str]
+    client: JinaClient, emulator: JinaEmulator, style: str, learning: FloatStyle
 ) -> None:
     first = client.embed(["alpha", "beta"], V3)
-    assert client.float_style == style
-    assert learning == [style]
+    assert client.float_style is learning
+    assert learning.learned_here == style
     second = client.embed(["alpha", "gamma"], V3)
     assert sent_types(emulator) == ["float", "base64"]
     expected = emulator.expected_embedding("alpha", task="retrieval.passage")
@@ -72,17 +71,17 @@ def test_a_client_not_asked_to_learn_always_asks_for_base64(
 
 
 def test_per_key_clients_share_what_any_of_them_learned(
-    client: JinaClient, emulator: JinaEmulator, style: str, learning: list[str]
+    client: JinaClient, emulator: JinaEmulator, style: str, learning: FloatStyle
 ) -> None:
     before = client.for_key(API_KEY)  # made before anything was learned
     before.embed(["a"], V3)
-    assert client.float_style == style
+    assert learning.current == style
     client.embed(["b"], V3)
     after = client.for_key(API_KEY, max_attempts=2)
     after.embed(["c"], V3)
-    assert after.float_style == before.float_style == style
+    assert after.float_style is before.float_style is learning
     assert sent_types(emulator) == ["float", "base64", "base64"]
-    assert learning == [style]
+    assert learning.learned_here == style
 
 
 @pytest.mark.parametrize("types", ["float", ["float", "base64"]], ids=["float", "several"])
@@ -90,44 +89,44 @@ def test_a_passthrough_answer_with_float_embeddings_teaches_the_style(
     client: JinaClient,
     emulator: JinaEmulator,
     style: str,
-    learning: list[str],
+    learning: FloatStyle,
     types: str | list[str],
 ) -> None:
     body = {"model": V3.model, "input": ["x"], "embedding_type": types, "dimensions": 32}
     assert client.forward(json.dumps(body).encode()).status == 200
-    assert learning == [style]
+    assert learning.learned_here == style
     client.embed(["y"], V3)
     assert sent_types(emulator)[-1] == "base64"
 
 
 @pytest.mark.parametrize("types", ["binary", "ubinary", "base64"])
 def test_a_passthrough_answer_without_float_embeddings_teaches_nothing(
-    client: JinaClient, emulator: JinaEmulator, style: str, learning: list[str], types: str
+    client: JinaClient, emulator: JinaEmulator, style: str, learning: FloatStyle, types: str
 ) -> None:
     body = {"model": V3.model, "input": ["x"], "embedding_type": types}
     assert client.forward(json.dumps(body).encode()).status == 200
-    assert client.float_style is None
+    assert learning.learned_here is None
     client.embed(["y"], V3)
     assert sent_types(emulator)[-1] == "float"
-    assert learning == [style]
+    assert learning.learned_here == style
 
 
 def test_an_answer_that_does_not_tell_the_style_keeps_the_client_learning(
-    client: JinaClient, emulator: JinaEmulator, learning: list[str]
+    client: JinaClient, emulator: JinaEmulator, learning: FloatStyle
 ) -> None:
     emulator.float_style = "float32"
     emulator.inject(Fault(body=float_answer([0.5, -0.25, 0.0, 1.0])))
     assert client.embed(["x"], V3).vectors.tolist() == [[0.5, -0.25, 0.0, 1.0]]
-    assert client.float_style is None
+    assert learning.learned_here is None
     client.embed(["x"], V3)
-    assert client.float_style == "float32"
+    assert learning.learned_here == "float32"
     assert sent_types(emulator) == ["float", "float"]
 
 
 def test_float_text_that_is_not_float32_values_is_refused_and_learning_stops(
     client: JinaClient,
     emulator: JinaEmulator,
-    learning: list[str],
+    learning: FloatStyle,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # An upstream whose floats carry more than float32 holds: no cache of float32 vectors
@@ -141,5 +140,5 @@ def test_float_text_that_is_not_float32_values_is_refused_and_learning_stops(
     assert "stopped learning" in caplog.text
     client.embed(["x"], V3)
     assert sent_types(emulator)[-1] == "base64"
-    assert client.float_style is None
-    assert learning == []
+    assert learning.learned_here is None
+    assert learning.current == "float64"  # the default: nothing was learned

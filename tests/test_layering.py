@@ -30,6 +30,7 @@ LAYERS = {
     "proxy": 6,
     "cli": 7,
     "testing": 3,  # the emulator: models and tokens only, never the cache itself
+    "function": 6,  # JinaEmbeddingFunction, the front door
     "__init__": 8,
     "__main__": 8,
     # The public faces of integrations/langchain.py and llama_index.py: never imported by

@@ -13,9 +13,9 @@ from embedcache import JinaClient
 from embedcache.config import upstream_id
 from embedcache.errors import TransportError
 from embedcache.models import RequestOptions
-from embedcache.proxy.floats import setting_name
 from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
+from embedcache.upstream.float_style import setting_name
 
 from .conftest import API_KEY, MakeProxy, wait_for
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ..config import (
     ADMIN_TOKEN_ENV,
@@ -126,12 +127,15 @@ def _is_loopback(host: str) -> bool:
 )
 @click.option("--no-coalesce", is_flag=True, help="Do not let concurrent requests share one fetch.")
 @click.option(
-    "--memory",
+    "--rendered-memory",
     default="256MiB",
     show_default=True,
     help="Memory per worker for served embeddings' JSON text, so a repeat hit is answered "
-    "without reading or rendering a vector (0: none). /metrics reports what is held.",
+    "without reading or rendering a vector (0: none). /metrics reports what is held "
+    "(embedcache_rendered_bytes).",
 )
+# The flag's old name, which said nothing of what the memory holds: still taken, not shown.
+@click.option("--memory", "old_memory", hidden=True)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -276,7 +280,8 @@ def serve(
     batch_size: int | None,
     max_concurrency: int,
     no_coalesce: bool,
-    memory: str,
+    rendered_memory: str,
+    old_memory: str | None,
     workers: int,
     tei_model: str,
     tei_task: str,
@@ -314,6 +319,7 @@ def serve(
         from ..proxy.metrics import Board
         from ..proxy.server import serve_forever
     from ..assembly import Assembly
+    from ..upstream.float_style import FloatStyle
 
     try:  # a TEI model or task the API would refuse is an error now, not on every request
         resolve_options(tei_model, tei_task)
@@ -325,6 +331,20 @@ def serve(
             "large could ever be read",
             param_hint="--max-body-memory",
         )
+    memory_flag = "--rendered-memory"
+    if old_memory is not None:
+        source = click.get_current_context().get_parameter_source("rendered_memory")
+        if source is not ParameterSource.DEFAULT:
+            raise click.UsageError("--memory is the old name of --rendered-memory: give one")
+        click.echo(
+            "warning: --memory is now --rendered-memory (the old name still works)",
+            err=True,
+        )
+        rendered_memory, memory_flag = old_memory, "--memory"
+    try:
+        rendered_bytes = parse_size(rendered_memory) or 0
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint=memory_flag) from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
@@ -342,7 +362,7 @@ def serve(
     settings = ProxySettings(
         cache=cache,
         token=token or None,
-        rendered_bytes=parse_size(memory) or 0,
+        rendered_bytes=rendered_bytes,
         allowed_keys=allowed,
         verify_keys=verify_keys,
         verdict_ttl=verdict_ttl,
@@ -376,8 +396,11 @@ def serve(
         + (f", shared {shared}" if shared else "")
     )
 
+    # Made before the workers fork: what one learns of the upstream's float style, all write.
+    float_style = FloatStyle(across_fork=True)
+
     def make_proxy(board: Board, worker: int) -> Proxy:
-        return Proxy(settings, board=board, worker=worker)
+        return Proxy(settings, board=board, worker=worker, float_style=float_style)
 
     def announce(port: int) -> None:
         shown = f"[{host}]" if ":" in host else host

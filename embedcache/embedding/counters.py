@@ -18,12 +18,12 @@ import multiprocessing.util
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 
 from ..config import COUNTER_FLUSH_SECONDS
 
-__all__ = ["AUTOFLUSH", "Autoflush", "Counters", "Recorder", "Stats"]
+__all__ = ["AUTOFLUSH", "COUNTERS", "Counters", "Recorder", "Stats"]
 
 log = logging.getLogger("embedcache")
 
@@ -59,6 +59,20 @@ class Stats:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float]) -> Stats:
+        """Stats from one number per counter (a missing one is 0): the counts whole, the
+        token estimate as it is."""
+        whole = {name: round(values.get(name, 0)) for name in COUNTERS if name != "tokens_saved"}
+        stats = cls(**whole)
+        stats.tokens_saved = values.get("tokens_saved", 0.0)
+        return stats
+
+
+#: The counters' names, written once (:class:`Stats`' fields): the metrics board's columns
+#: and the proxy's reports follow them, and so must the cache's lifetime counters.
+COUNTERS: tuple[str, ...] = tuple(field.name for field in fields(Stats))
 
 
 class Counters:

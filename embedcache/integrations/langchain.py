@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from ..config import DEFAULT_MODEL
 from ..embedding.counters import Stats
 from ..extras import requires
-from .milvus import JinaEmbeddingFunction, paired_tasks, settings_of
+from ..function import JinaEmbeddingFunction, paired_tasks, settings_of
 
 with requires("langchain"):
     from langchain_core.embeddings import Embeddings
@@ -35,7 +35,7 @@ class JinaEmbeddings(Embeddings):
     :meth:`embed_documents` embeds with the document task, :meth:`embed_query` with the
     query task, and the two never share an entry. The async methods run the same calls in
     worker threads; a cancelled await sends no new batch and keeps those in flight (see
-    :class:`~embedcache.integrations.milvus.JinaEmbeddingFunction`).
+    :class:`~embedcache.function.JinaEmbeddingFunction`).
 
     :param model_name: Jina model id (embedcache's default, jina-embeddings-v3, not
         langchain-community's v2: v2 takes no task).

@@ -17,7 +17,7 @@ from ..config import DEFAULT_MODEL
 from ..embedding.counters import Stats
 from ..errors import InvalidInputError
 from ..extras import requires
-from .milvus import JinaEmbeddingFunction, paired_tasks, settings_of
+from ..function import JinaEmbeddingFunction, paired_tasks, settings_of
 
 with requires("llama-index"):
     from llama_index.core.base.embeddings.base import BaseEmbedding

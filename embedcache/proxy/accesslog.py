@@ -24,15 +24,7 @@ import time
 
 from .http import LogAccess, Request
 
-__all__ = [
-    "STDERR",
-    "AccessLog",
-    "access_line",
-    "access_logger",
-    "install_handler",
-    "key_hash",
-    "open_access_log",
-]
+__all__ = ["access_logger", "install_handler", "key_hash", "open_access_log"]
 
 log = logging.getLogger("embedcache")
 access_log = logging.getLogger("embedcache.access")

@@ -23,6 +23,12 @@ must present the token and the server's key pays. Keys live only in memory.
 What another process removes from the cache directory (``clear``, ``prune``, ``verify
 --repair``) stops being served: once a second the proxy compares the store's removal count
 with the last one seen and, on a change, drops what it holds in memory.
+
+Float answers are written in the upstream's own style (:mod:`~embedcache.upstream.float_style`):
+the client learns it into a :class:`~embedcache.upstream.float_style.FloatStyle` that every
+answer reads from memory. The cache directory keeps it per upstream for later servers: in
+the same once-a-second look, the proxy records the style this process learned, and reads
+the directory's until one is known (another server on the directory may have learned it).
 """
 
 from __future__ import annotations
@@ -41,14 +47,14 @@ from starlette.routing import Route
 from ..assembly import Assembly, CacheSettings
 from ..config import DEFAULT_MODEL, EMBEDDINGS_PATH
 from ..errors import CacheError
+from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
 from .admin import AdminRoutes
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
-from .floats import UpstreamFloatStyle
 from .gate import Gate
-from .hits import CACHED_HEADER, HitPath
+from .hits import HitPath
 from .http import Refusal
 from .http import Request as HttpRequest
 from .keys import Upstreams
@@ -59,15 +65,15 @@ from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .wire import render_error
 
-__all__ = ["CACHED_HEADER", "DEFAULT_RENDERED_BYTES", "Proxy", "ProxySettings"]
+__all__ = ["Proxy", "ProxySettings"]
 
 #: Default memory for served embeddings' text: about 12,000 1024-d float answers.
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
 _PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Every this many publications (once a second), the store is asked whether another process
-# removed entries: never on a request.
-_REMOVALS_EVERY = 4
+# removed entries, and the float style is kept or looked for: never on a request.
+_DIRECTORY_EVERY = 4
 
 log = logging.getLogger("embedcache")
 
@@ -120,10 +126,21 @@ class Proxy:
 
     The store is opened here, so a bad cache directory fails before the server starts; the
     app's shutdown finishes in-flight fills (each batch committed) and closes everything.
+
+    :param board: the server's metrics board (default: one of its own).
+    :param worker: this worker's row on it.
+    :param float_style: what the client learns the upstream's float style into; a server of
+        several workers makes one before they fork, so each writes what any learned at once
+        (default: one of this process's own).
     """
 
     def __init__(
-        self, settings: ProxySettings, *, board: Board | None = None, worker: int = 0
+        self,
+        settings: ProxySettings,
+        *,
+        board: Board | None = None,
+        worker: int = 0,
+        float_style: FloatStyle | None = None,
     ) -> None:
         self.settings = settings
         self.parts = Assembly(settings.cache)
@@ -144,9 +161,10 @@ class Proxy:
         )
         self._open = self.access.open
         self.metrics = ProxyMetrics(board, worker)
-        self._float_style = UpstreamFloatStyle(
-            self.store, self.parts.client, self.metrics.board, self.parts.upstream_id
-        )
+        self._float_style = self.parts.client.learn_float_style(float_style)
+        self._float_setting = setting_name(self.parts.upstream_id)
+        self._float_style_kept: str | None = None
+        self.keep_float_style()
         self._flushes_seen = self.metrics.board.flushes
         self._removals_seen = self._removals()
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
@@ -197,8 +215,9 @@ class Proxy:
     def float_style(self) -> str:
         """How ``float`` answers are written (see
         :func:`~embedcache.proxy.wire.render_vector`): the upstream's own style, as learned
-        by this process or another on the same cache directory (:mod:`.floats`)."""
-        return self._float_style.style
+        by this process or another on the same cache directory
+        (:mod:`~embedcache.upstream.float_style`)."""
+        return self._float_style.current
 
     @property
     def answer_hit(self) -> Callable[[HttpRequest], tuple[bytes, list[tuple[bytes, bytes]]] | None]:
@@ -222,6 +241,7 @@ class Proxy:
         if self._publisher is not None:
             self._publisher.cancel()
         self.filler.close()
+        self.keep_float_style()  # a style learned in the last second is not lost
         self.parts.close()
 
     def start(self) -> None:
@@ -247,14 +267,29 @@ class Proxy:
             self._removals_seen = removals
             self._forget()
 
+    def keep_float_style(self) -> None:
+        """Record the float style this process learned in the cache directory (once), or,
+        until any is known, read the directory's (another server on it may have learned it):
+        never on a request, so no answer waits for the disk."""
+        learned = self._float_style.learned_here
+        try:
+            if learned is not None and learned != self._float_style_kept:
+                self.store.set_setting(self._float_setting, learned)
+                self._float_style_kept = learned
+            elif not self._float_style.known:
+                self._float_style.adopt(self.store.setting(self._float_setting))
+        except CacheError as exc:  # tried again next second; answers keep the current style
+            log.warning("embedcache proxy: cannot keep the upstream's float style: %s", exc)
+
     async def _publish_now_and_then(self) -> None:
         ticks = 0
         while True:
             await asyncio.sleep(_PUBLISH_SECONDS)
             self.publish()
             ticks += 1
-            if ticks % _REMOVALS_EVERY == 0:
+            if ticks % _DIRECTORY_EVERY == 0:
                 self.follow_removals()
+                self.keep_float_style()
 
     def _removals(self) -> int | None:
         try:

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from ..embedding.counters import Stats
 from ..embedding.embedder import CachedEmbedder
+from ..upstream.float_style import FloatStyle
 from ..upstream.jina import JinaClient
-from .floats import UpstreamFloatStyle
 from .rendered import RenderedAnswers, variant
 from .wire import EmbeddingsRequest, render_vector
 
@@ -44,7 +44,7 @@ class Filler:
         self,
         embedder: CachedEmbedder,
         rendered: RenderedAnswers,
-        float_style: UpstreamFloatStyle,
+        float_style: FloatStyle,
         threads: int,
     ) -> None:
         self.embedder = embedder
@@ -55,7 +55,7 @@ class Filler:
     @property
     def float_style(self) -> str:
         """``"float64"`` or ``"float32"``: how ``float`` answers are written now."""
-        return self._float_style.style
+        return self._float_style.current
 
     def render(
         self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False

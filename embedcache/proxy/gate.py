@@ -31,7 +31,7 @@ from .http import Request as HttpRequest
 from .keys import VerifyBudget
 from .wire import render_refusal
 
-__all__ = ["EXEMPT_PATHS", "Gate", "bearer_of", "bearer_value", "refusal_response"]
+__all__ = ["Gate", "bearer_of", "bearer_value", "refusal_response"]
 
 #: Paths admitted whatever the credentials (each answers by its own rules).
 EXEMPT_PATHS = frozenset({b"/health", b"/metrics", b"/admin/stats", b"/admin/flush", b"/info"})

@@ -18,8 +18,8 @@ import orjson
 from ..config import EMBEDDINGS_PATH
 from ..embedding.embedder import CachedEmbedder
 from ..errors import EmbedcacheError, InvalidInputError
+from ..upstream.float_style import FloatStyle
 from .access import Access
-from .floats import UpstreamFloatStyle
 from .gate import bearer_value
 from .http import Request
 from .limits import RequestLimits, answer_bytes
@@ -61,7 +61,7 @@ class HitPath:
         embedder: CachedEmbedder,
         rendered: RenderedAnswers,
         access: Access,
-        float_style: UpstreamFloatStyle,
+        float_style: FloatStyle,
         metrics: ProxyMetrics,
         limits: RequestLimits,
     ) -> None:
@@ -92,7 +92,7 @@ class HitPath:
         if known is None:
             return None
         model, embedding_type, keys = known
-        found = self.rendered.get_all(keys, variant(embedding_type, self._float_style.style))
+        found = self.rendered.get_all(keys, variant(embedding_type, self._float_style.current))
         if found is None:
             return None
         if len(keys) == 1:
@@ -122,7 +122,7 @@ class HitPath:
             return None
         count = len(parsed.texts)
         estimate = answer_bytes(
-            count, parsed.options.expected_dim, parsed.embedding_type, self._float_style.style
+            count, parsed.options.expected_dim, parsed.embedding_type, self._float_style.current
         )
         limits = self._limits
         if limits.inputs_problem(count) or limits.answer_problem(estimate):

@@ -20,7 +20,7 @@ from ..models import resolve_options
 from ..upstream.jina import JinaClient
 from .access import KeyRefused, KeyUnverifiable, digest
 
-__all__ = ["MAX_CLIENTS", "Upstreams", "VerifyBudget"]
+__all__ = ["Upstreams", "VerifyBudget"]
 
 #: Most per-key clients kept (the least recently used goes first).
 MAX_CLIENTS = 1024

@@ -16,7 +16,7 @@ from ..errors import InvalidInputError
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
 
-__all__ = ["FALLBACK_DIMENSIONS", "RequestLimits", "answer_bytes", "refuse_overlong"]
+__all__ = ["RequestLimits", "answer_bytes", "refuse_overlong"]
 
 #: The vector length assumed for a model embedcache does not know.
 FALLBACK_DIMENSIONS = 1024

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..embedding.counters import Stats
-from ..upstream.floats import FLOAT_STYLES
+from ..embedding.counters import COUNTERS, Stats
 
-__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "STAT_FIELDS", "Board", "ProxyMetrics"]
+__all__ = ["Board", "ProxyMetrics"]
 
 #: Upper bounds, in seconds, of the request latency histogram.
 LATENCY_BUCKETS = (
@@ -32,8 +31,6 @@ LATENCY_BUCKETS = (
 #: What became of a request: answered from the cache alone, filled misses, forwarded
 #: uncached, or failed.
 OUTCOMES = ("cached", "fetched", "passthrough", "error")
-#: The embedder's counters, as each worker publishes them.
-STAT_FIELDS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
 
 # A row's columns, in order.
 _OUTCOME = 0
@@ -41,12 +38,12 @@ _BUCKET = _OUTCOME + len(OUTCOMES)
 _LATENCY_SUM = _BUCKET + len(LATENCY_BUCKETS) + 1
 _IN_FLIGHT = _LATENCY_SUM + 1
 _STATS = _IN_FLIGHT + 1
-_WAITING = _STATS + len(STAT_FIELDS)
+_WAITING = _STATS + len(COUNTERS)
 _RENDERED_BYTES = _WAITING + 1
 _RESIDENT_BYTES = _RENDERED_BYTES + 1
 _COLUMNS = _RESIDENT_BYTES + 1
 _OUTCOME_COLUMN = {name: _OUTCOME + i for i, name in enumerate(OUTCOMES)}
-_HITS, _TOKENS_SAVED = STAT_FIELDS.index("hits"), STAT_FIELDS.index("tokens_saved")
+_HITS, _TOKENS_SAVED = COUNTERS.index("hits"), COUNTERS.index("tokens_saved")
 _CACHED = _OUTCOME_COLUMN["cached"]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -60,9 +57,8 @@ class Board:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        # Two cells at the end, for the whole server: the flush generation (see ``flushes``)
-        # and the upstream's float style once any worker has learned it.
-        self._memory = mmap.mmap(-1, (workers * _COLUMNS + 2) * 8)
+        # One cell at the end, for the whole server: the flushes asked (see ``flushes``).
+        self._memory = mmap.mmap(-1, (workers * _COLUMNS + 1) * 8)
         cells: NDArray[np.float64] = np.frombuffer(self._memory, dtype=np.float64)
         self._rows = cells[: workers * _COLUMNS].reshape(workers, _COLUMNS)
         self._flushes = cells[workers * _COLUMNS :]
@@ -91,16 +87,6 @@ class Board:
 
     def count_flush(self) -> None:
         self._flushes[0] += 1
-
-    @property
-    def float_style(self) -> str | None:
-        """The upstream's float style as a worker learned it (``None``: not yet)."""
-        code = int(self._flushes[1])
-        return FLOAT_STYLES[code - 1] if code else None
-
-    @float_style.setter
-    def float_style(self, style: str) -> None:
-        self._flushes[1] = FLOAT_STYLES.index(style) + 1
 
 
 class ProxyMetrics:
@@ -147,7 +133,7 @@ class ProxyMetrics:
         """Copy this worker's cache counters and memory into its row."""
         cells, at = self._cells, self._at
         with self._lock:
-            for i, name in enumerate(STAT_FIELDS):
+            for i, name in enumerate(COUNTERS):
                 cells[at + _STATS + i] = getattr(stats, name)
             cells[at + _WAITING] = waiting
             cells[at + _RENDERED_BYTES] = rendered_bytes
@@ -156,16 +142,8 @@ class ProxyMetrics:
     def totals(self) -> tuple[Stats, int]:
         """The whole server's cache counters, and its calls waiting on others' fetches."""
         total = self.board.total()
-        values = {f: float(total[_STATS + i]) for i, f in enumerate(STAT_FIELDS)}
-        stats = Stats(
-            hits=int(values["hits"]),
-            misses=int(values["misses"]),
-            coalesced=int(values["coalesced"]),
-            requests=int(values["requests"]),
-            tokens_spent=int(values["tokens_spent"]),
-            tokens_saved=values["tokens_saved"],
-        )
-        return stats, int(total[_WAITING])
+        values = {name: float(total[_STATS + i]) for i, name in enumerate(COUNTERS)}
+        return Stats.from_values(values), int(total[_WAITING])
 
     def _per_worker(self, name: str) -> list[tuple[str, float]]:
         return [(f'worker="{i}"', int(v)) for i, v in enumerate(self.board.column(name))]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .limits import RequestLimits
     from .metrics import ProxyMetrics
 
-__all__ = ["Answer", "RouteParts", "counted", "json_response", "note_access"]
+__all__ = ["Answer", "RouteParts", "counted", "json_response"]
 
 _JSON = "application/json"
 

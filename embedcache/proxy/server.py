@@ -42,7 +42,7 @@ from .app import Proxy
 from .http import Connections, Handlers, ServerLimits
 from .metrics import Board
 
-__all__ = ["DRAIN_SECONDS", "MakeProxy", "serve_forever"]
+__all__ = ["MakeProxy", "serve_forever"]
 
 #: How long a stopping server waits, by default, for requests still being read or
 #: answered before closing their connections (``--drain-timeout``).

@@ -30,7 +30,6 @@ __all__ = [
     "INFO_PATH",
     "MAX_BODY_BYTES",
     "TEI_PATH",
-    "TeiGroup",
     "TeiInputError",
     "TeiRequest",
     "parse_embed",

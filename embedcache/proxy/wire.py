@@ -25,12 +25,9 @@ from numpy.typing import NDArray
 
 from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
 from ..models import RequestOptions, resolve_options, spec_for
-from ..upstream.floats import DEFAULT_FLOAT_STYLE, FLOAT_STYLES
+from ..upstream.float_style import DEFAULT_FLOAT_STYLE
 
 __all__ = [
-    "CACHEABLE_EMBEDDING_TYPES",
-    "DEFAULT_FLOAT_STYLE",
-    "FLOAT_STYLES",
     "EmbeddingsRequest",
     "dialect_of",
     "error_status",

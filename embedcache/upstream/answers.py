@@ -1,6 +1,6 @@
 """The API's success answers, decoded: rows ordered by ``index`` and checked, the tokens
 charged, and what float answers show of the upstream's float style (see
-:mod:`~embedcache.upstream.floats`). Anything off is a :class:`ResponseFormatError`: a bad
+:mod:`~embedcache.upstream.float_style`). Anything off is a :class:`ResponseFormatError`: a bad
 answer is never cached.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ResponseFormatError
-from .floats import FloatStyleLearner, classify_floats
+from .float_style import FloatStyle, classify_floats
 from .protocol import UpstreamResult
 
-__all__ = ["learn_from", "no_usage", "parse", "total_tokens", "usage"]
+__all__ = ["learn_from", "no_usage", "parse", "usage"]
 
 
 def usage(response: httpx.Response) -> int:
@@ -42,7 +42,7 @@ def total_tokens(payload: object) -> int:
     return tokens if isinstance(tokens, int) and tokens >= 0 else 0
 
 
-def learn_from(response: httpx.Response, floats: FloatStyleLearner) -> None:
+def learn_from(response: httpx.Response, floats: FloatStyle) -> None:
     """Learn the float style from a passthrough answer's float embeddings, if it has any
     (lists of JSON floats, alone or as the ``float`` of several encodings); an answer that
     does not tell, or whose floats are not float32 values, teaches nothing."""
@@ -68,7 +68,7 @@ def learn_from(response: httpx.Response, floats: FloatStyleLearner) -> None:
 
 
 def parse(
-    response: httpx.Response, expected: int, floats: FloatStyleLearner | None = None
+    response: httpx.Response, expected: int, floats: FloatStyle | None = None
 ) -> UpstreamResult:
     """Decode a success response into rows ordered by ``index``; reject anything off.
 
@@ -103,9 +103,7 @@ def parse(
     return UpstreamResult(vectors, total_tokens(payload), request_id)
 
 
-def _narrowed(
-    rows: list[NDArray[Any] | None], floats: FloatStyleLearner
-) -> list[NDArray[Any] | None]:
+def _narrowed(rows: list[NDArray[Any] | None], floats: FloatStyle) -> list[NDArray[Any] | None]:
     """Float text read as float64 (``_decode_embedding(..., wide=True)``), checked to be
     float32 values, then as float32; its style is taught to ``floats``."""
     wide = [row for row in rows if row is not None and row.dtype == np.float64]

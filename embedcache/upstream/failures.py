@@ -14,7 +14,7 @@ import httpx
 
 from ..errors import EmbedcacheError, InvalidInputError, ResponseFormatError, TransportError
 
-__all__ = ["HTTPX_EXCEPTIONS", "HTTPX_FAILURES", "Failure", "failure_of"]
+__all__ = ["HTTPX_EXCEPTIONS", "HTTPX_FAILURES", "failure_of"]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ passthrough (:meth:`JinaClient.forward`) alike; success answers are decoded by
 
 Vectors are asked for as base64 (the float32 bytes themselves), except while the client is
 learning how the upstream writes float text (:meth:`JinaClient.learn_float_style`, for the
-proxy's float answers; see :mod:`~embedcache.upstream.floats`).
+proxy's float answers; see :mod:`~embedcache.upstream.float_style`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from ..models import RequestOptions
 from ..tokens import estimate_tokens
 from .answers import learn_from, no_usage, parse, usage
 from .failures import HTTPX_EXCEPTIONS, failure_of
-from .floats import FloatStyleLearner
+from .float_style import FloatStyle
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
-__all__ = ["RETRYABLE_STATUSES", "Forwarded", "JinaClient"]
+__all__ = ["JinaClient"]
 
 #: Statuses worth another attempt; 400/401/402/403/422 and the rest are final.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -133,7 +133,7 @@ class JinaClient:
         self._http_lock = threading.Lock()
         self._pool_owner: JinaClient | None = None
         self.limiter = limiter
-        self._floats = FloatStyleLearner()
+        self._float_style: FloatStyle | None = None  # learning nothing
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -176,27 +176,32 @@ class JinaClient:
         )
         child._pool_owner = self
         child._owns_http = False
-        child._floats = self._floats  # one upstream, one float style: learned by any of them
         return child
 
     @property
-    def float_style(self) -> str | None:
-        """How the upstream writes ``float`` embeddings (``"float64"`` or ``"float32"``, see
-        :mod:`~embedcache.upstream.floats`), once learned; ``None`` until then."""
-        return self._floats.style
+    def float_style(self) -> FloatStyle | None:
+        """What this client learns the upstream's float text style into (shared with the
+        clients of :meth:`for_key`, made before or after): ``None`` until
+        :meth:`learn_float_style`."""
+        root = self._pool_owner if self._pool_owner is not None else self
+        return root._float_style
 
-    def learn_float_style(self, on_learned: Callable[[str], None] | None = None) -> None:
+    def learn_float_style(self, into: FloatStyle | None = None) -> FloatStyle:
         """Ask for ``float`` text instead of base64 until an answer shows how the upstream
         writes floats, then go back to base64; passthrough answers with float embeddings
-        (:meth:`forward`) teach it too. Shared with the clients of :meth:`for_key`.
+        (:meth:`forward`) teach it too, and so do the answers of every client
+        :meth:`for_key` made. Returns the object it is learned into.
 
         The vectors are the same float32 values either way (each value is checked to be
         one as it is read), so what is stored under a key that says base64 is unchanged.
 
-        :param on_learned: called with the style, once, in the thread whose answer taught
-            it; it must not raise.
+        :param into: where to keep it (the proxy's, made before its workers fork, so each
+            reads what any learned); default: a new :class:`FloatStyle`.
         """
-        self._floats.start(on_learned)
+        root = self._pool_owner if self._pool_owner is not None else self
+        style = root._float_style = into if into is not None else FloatStyle()
+        style.start()
+        return style
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
         """Embed one batch, retrying transient failures.
@@ -210,9 +215,8 @@ class JinaClient:
         key = resolve_api_key(self._api_key)
         body = options.body_fields()
         body["input"] = list(texts)
-        floats = None
-        if self._floats.active and body["embedding_type"] == "base64":
-            floats = self._floats
+        floats = self._learning() if body["embedding_type"] == "base64" else None
+        if floats is not None:
             body["embedding_type"] = "float"  # the same values, as text in the upstream's style
         estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
         parsed: list[UpstreamResult] = []
@@ -248,10 +252,16 @@ class JinaClient:
         # Only the limiter needs a forwarded answer's usage: without one, it is not parsed.
         charge = usage if self.limiter is not None else no_usage
         response, _ = self._post(key, {"content": content, "headers": headers}, 0, charge)
-        if self._floats.active and response.is_success:
-            learn_from(response, self._floats)
+        floats = self._learning()
+        if floats is not None and response.is_success:
+            learn_from(response, floats)
         kind = response.headers.get("content-type", "application/json")
         return Forwarded(response.status_code, response.content, kind)
+
+    def _learning(self) -> FloatStyle | None:
+        """The float style to learn from the next answer, if one is being learned."""
+        style = self.float_style
+        return style if style is not None and style.active else None
 
     def _post(
         self,

@@ -31,17 +31,7 @@ from ..config import CONCURRENT_REQUESTS_ENV, RPM_ENV, TIER_ENV, TPM_ENV
 from ..config import OLD_CONCURRENT_REQUESTS_ENV as _OLD_CONCURRENT_REQUESTS_ENV
 from ..errors import InvalidInputError
 
-__all__ = [
-    "MONOTONIC",
-    "TIERS",
-    "Clock",
-    "Limits",
-    "MonotonicClock",
-    "Permit",
-    "RateLimiter",
-    "resolve_limits",
-    "shared_limiter",
-]
+__all__ = ["TIERS", "Clock", "Limits", "RateLimiter", "resolve_limits", "shared_limiter"]
 
 log = logging.getLogger("embedcache")
 

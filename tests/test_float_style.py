@@ -1,16 +1,22 @@
 """Telling the upstream's float text style from the float64 values a JSON parser reads, and
-the learner a client and its per-key children share."""
+the one object a client learns it into and the proxy reads it from."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
 
 from embedcache.errors import ResponseFormatError
-from embedcache.upstream.floats import SAMPLE_VALUES, FloatStyleLearner, classify_floats
+from embedcache.upstream.float_style import (
+    DEFAULT_FLOAT_STYLE,
+    SAMPLE_VALUES,
+    FloatStyle,
+    classify_floats,
+)
 
 VALUES = np.random.default_rng(14).standard_normal(1024).astype(np.float32)
 
@@ -94,28 +100,53 @@ def test_both_styles_read_back_as_the_same_float32_values() -> None:
     assert float32_text(VALUES).astype(np.float32).tobytes() == VALUES.tobytes()
 
 
-def test_the_learner_learns_once_and_tells_once() -> None:
-    told: list[str] = []
-    learner = FloatStyleLearner()
-    assert not learner.active  # off until asked
-    learner.learned("float32")
-    assert learner.style is None
-    learner.start(told.append)
-    assert learner.active
-    learner.learned("float32")
-    learner.learned("float64")  # a concurrent answer, arriving second
-    assert (learner.style, learner.active, told) == ("float32", False, ["float32"])
-    learner.start(told.append)
-    assert not learner.active  # nothing left to learn
+def test_the_style_is_learned_once_while_learning_and_the_first_answer_decides() -> None:
+    style = FloatStyle()
+    assert not style.active  # off until asked
+    style.learned("float32")
+    assert (style.learned_here, style.current) == (None, DEFAULT_FLOAT_STYLE)
+    style.start()
+    assert style.active
+    style.learned("float32")
+    style.learned("float64")  # a concurrent answer, arriving second
+    assert (style.learned_here, style.current, style.active) == ("float32", "float32", False)
+    style.start()
+    assert not style.active  # nothing left to learn
     with pytest.raises(ValueError, match="float16"):
-        learner.learned("float16")
+        style.learned("float16")
 
 
 def test_giving_up_stops_learning_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    learner = FloatStyleLearner()
-    learner.start()
+    style = FloatStyle()
+    style.start()
     with caplog.at_level(logging.WARNING, logger="embedcache"):
-        learner.give_up("not float32 values")
-        learner.give_up("again")
-    assert (learner.style, learner.active) == (None, False)
+        style.give_up("not float32 values")
+        style.give_up("again")
+    assert (style.learned_here, style.active, style.current) == (None, False, "float64")
     assert [record.getMessage().count("not float32 values") for record in caplog.records] == [1]
+
+
+def test_an_adopted_style_is_written_until_this_process_learns_its_own() -> None:
+    style = FloatStyle()
+    assert not style.known
+    style.adopt(None)  # the directory holds none
+    style.adopt("float16")  # nor anything this version writes
+    assert (style.current, style.known) == (DEFAULT_FLOAT_STYLE, False)
+    style.adopt("float32")
+    assert (style.current, style.known, style.learned_here) == ("float32", True, None)
+    style.start()
+    style.learned("float64")
+    assert style.current == "float64"
+
+
+def test_what_one_forked_process_learns_the_others_write_at_once() -> None:
+    shared, own = FloatStyle(across_fork=True), FloatStyle()
+    pid = os.fork()
+    if pid == 0:  # the other worker: learns, and leaves at once
+        for style in (shared, own):
+            style.start()
+            style.learned("float32")
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert (shared.current, shared.known, shared.learned_here) == ("float32", True, None)
+    assert (own.current, own.known) == (DEFAULT_FLOAT_STYLE, False)

@@ -1,4 +1,5 @@
-"""How the upstream writes ``float`` embeddings as text, learned from its own answers.
+"""How the upstream writes ``float`` embeddings as text: :class:`FloatStyle`, the one object
+the client learns it into and whoever writes float answers (the proxy) reads it from.
 
 Every ``float`` value the API sends is a float32 value, but the JSON text can carry it in
 two styles (reference §12): ``float64``, the digits that read back as the same float64
@@ -10,13 +11,21 @@ cache that writes float answers must write them in its upstream's style.
 Both styles are told apart by the float64 values a JSON parser makes of the text, which is
 exactly what a float client sees: no need for the text itself (a longer spelling of the
 same float64, ``0.0980642000``, is the same answer to every such client).
+
+The proxy makes one :class:`FloatStyle` before its workers fork (``across_fork=True``), hands
+it to its client (:meth:`~embedcache.upstream.jina.JinaClient.learn_float_style`: the first
+misses are asked for as float text, then base64 again), and reads :attr:`FloatStyle.current`
+for every float answer: a memory read, never the disk. What the cache directory keeps of
+the style (for later servers, and other servers on the directory) is the proxy's to read
+and write, off the request path (:func:`setting_name`; :meth:`FloatStyle.adopt`).
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,8 +36,9 @@ __all__ = [
     "DEFAULT_FLOAT_STYLE",
     "FLOAT_STYLES",
     "SAMPLE_VALUES",
-    "FloatStyleLearner",
+    "FloatStyle",
     "classify_floats",
+    "setting_name",
 ]
 
 #: How ``float`` embeddings can be written as text: float64 round-trip digits of each
@@ -98,50 +108,92 @@ def _is_shortest(narrow: np.float32, wide: np.float64) -> bool:
     return bool(np.isfinite(narrow)) and float(str(narrow)) == float(wide)
 
 
-class FloatStyleLearner:
-    """What one upstream's float text looks like, learned from its answers; shared by a
-    client and its per-key children (:meth:`~embedcache.upstream.jina.JinaClient.for_key`).
+def setting_name(upstream: str) -> str:
+    """The cache directory's setting that keeps the float style of ``upstream``: its
+    :func:`~embedcache.config.upstream_id`, as the entries it answered are keyed (no
+    credentials, so none reaches the disk; an upstream declared with ``--upstream-as``
+    shares the style of the one it stands for)."""
+    return f"float_style {upstream}"
+
+
+class FloatStyle:
+    """How one upstream writes ``float`` text: learned by a client (and its per-key
+    children, :meth:`~embedcache.upstream.jina.JinaClient.for_key`) from its answers, read
+    by whoever writes float answers.
 
     Learning is off until :meth:`start`; it ends when an answer tells the style
     (:meth:`learned`), or when the upstream's float text turns out not to be float32 values
-    (:meth:`give_up`: asking for float text again would only fail again).
+    (:meth:`give_up`: asking for float text again would only fail again). Each process
+    learns once for itself, so an upstream that changed its style is followed from each
+    process's first miss on.
+
+    :param across_fork: keep what is learned in anonymous shared memory too, so processes
+        forked after this object is made (a server's workers) read at once what any of them
+        learned.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, across_fork: bool = False) -> None:
         self._lock = threading.Lock()
         self._style: str | None = None
         self._active = False
-        self._on_learned: Callable[[str], None] | None = None
+        self._adopted: str | None = None
+        # One byte, 0 until a process learns: 1 + the style's index in FLOAT_STYLES.
+        self._shared: mmap.mmap | None = mmap.mmap(-1, 1) if across_fork else None
 
     @property
-    def style(self) -> str | None:
-        """The style learned in this process; ``None`` until then."""
+    def learned_here(self) -> str | None:
+        """The style this process learned from its own answers; ``None`` until then."""
         return self._style
+
+    @property
+    def current(self) -> str:
+        """``"float64"`` or ``"float32"``: the style to write ``float`` answers in now.
+
+        What this process learned, else what another process forked from the same object
+        learned, else what was :meth:`adopt`-ed (the cache directory's), else
+        :data:`DEFAULT_FLOAT_STYLE`. Read for every float answer: memory only.
+        """
+        if self._style is not None:
+            return self._style
+        code = self._shared[0] if self._shared is not None else 0
+        if code:
+            return FLOAT_STYLES[code - 1]
+        return self._adopted or DEFAULT_FLOAT_STYLE
+
+    @property
+    def known(self) -> bool:
+        """Whether :attr:`current` is more than the default: learned or adopted."""
+        shared = self._shared is not None and self._shared[0] != 0
+        return self._style is not None or shared or self._adopted is not None
 
     @property
     def active(self) -> bool:
         """Whether requests should ask for float text, to learn from the answer."""
         return self._active
 
-    def start(self, on_learned: Callable[[str], None] | None = None) -> None:
-        """Learn from the next float answers; ``on_learned(style)`` is called once, in the
-        thread whose answer taught it, so it must not raise."""
+    def adopt(self, style: str | None) -> None:
+        """Write ``style`` until this process or a sibling learns one (what the cache
+        directory keeps, read by the proxy off the request path); ``None`` or a value that
+        is no style is ignored."""
+        if style in FLOAT_STYLES:
+            self._adopted = style
+
+    def start(self) -> None:
+        """Learn from the next float answers (nothing to do once learned)."""
         with self._lock:
-            self._on_learned = on_learned
             self._active = self._style is None
 
     def learned(self, style: str) -> None:
-        """An answer showed ``style``: stop asking for float text, and tell ``on_learned``
-        (only the first of several concurrent answers does)."""
+        """An answer showed ``style``: stop asking for float text (the first of several
+        concurrent answers decides)."""
         if style not in FLOAT_STYLES:
             raise ValueError(f"unknown float style {style!r}")
         with self._lock:
             if not self._active:
                 return
             self._style, self._active = style, False
-            callback = self._on_learned
-        if callback is not None:
-            callback(style)
+            if self._shared is not None:
+                self._shared[0] = FLOAT_STYLES.index(style) + 1
 
     def give_up(self, reason: str) -> None:
         """Stop learning: the upstream's float text cannot be given back exactly."""

@@ -1,0 +1,396 @@
+"""``JinaEmbeddingFunction``, the library's front door: pymilvus's class of the same name, with
+a disk cache in front (``from embedcache import JinaEmbeddingFunction``; the old path
+``embedcache.integrations.milvus`` still imports it).
+
+Its async methods run the one sync core in worker threads (:class:`_Workers`): there is no
+second code path to keep in step, and the core's own threads do the sending either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import os
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .assembly import Assembly, CacheSettings
+from .config import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MODEL,
+    DEFAULT_REDIS_PREFIX,
+    DEFAULT_TIMEOUT_SECONDS,
+    resolve_offline,
+)
+from .embedding.counters import Stats
+from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
+from .upstream.limiter import resolve_limits
+from .upstream.protocol import Upstream
+
+__all__ = ["JinaEmbeddingFunction", "paired_tasks", "settings_of"]
+
+_T = TypeVar("_T")
+
+
+def paired_tasks(
+    model: str, task: str | None, query_task: str | None
+) -> tuple[str | None, str | None]:
+    """The document and query tasks of a LangChain or LlamaIndex class over ``model``.
+
+    ``task`` ``None`` (or ``"default"``) is the model's document task (what
+    :meth:`JinaEmbeddingFunction.encode_documents` sends: ``retrieval.passage`` on v3 and
+    v4, none on v2 and jina-clip-v2; see :func:`~embedcache.models.default_task`). ``query_task``
+    ``None`` is the query side of ``task``: ``X.passage`` becomes ``X.query``, the model's
+    document task its query task; any other task (``text-matching``, ``classification``)
+    is symmetric and used for both.
+
+    >>> paired_tasks("jina-embeddings-v3", None, None)
+    ('retrieval.passage', 'retrieval.query')
+    >>> paired_tasks("jina-code-embeddings-0.5b", "qa.passage", None)
+    ('qa.passage', 'qa.query')
+    >>> paired_tasks("jina-embeddings-v3", "text-matching", None)
+    ('text-matching', 'text-matching')
+    >>> paired_tasks("jina-embeddings-v2-base-en", None, None)
+    (None, None)
+    """
+    spec = spec_for(model)
+    if task is None or task == MODEL_DEFAULT_TASK:
+        task = default_task(model)
+    if query_task is None:
+        if task is not None and task.endswith(".passage"):
+            query_task = task.removesuffix(".passage") + ".query"
+        elif spec is not None and task == spec.passage_task:
+            query_task = spec.query_task
+        else:
+            query_task = task
+    return task, query_task
+
+
+def settings_of(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options``, checked to be keyword-only options of :class:`JinaEmbeddingFunction`
+    (``cache_dir``, ``base_url``, ``offline``, ``batch_size``, ``redis_url``, ...).
+
+    :raises TypeError: naming the first unknown one, as Python does for a bad keyword.
+    """
+    unknown = sorted(set(options) - _EF_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    return dict(options)
+
+
+class _Workers:
+    """Runs one object's sync calls in worker threads for its async methods.
+
+    A cancelled await returns at once; its call is told to stop (``threading.Event``): it
+    sends no new batch, and the batches already in flight are still committed, in the
+    worker thread, as they arrive. :meth:`close` waits for those.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    async def run(self, call: Callable[[threading.Event], _T]) -> _T:
+        """Await ``call(stop)`` run in a worker thread (with the caller's context vars)."""
+        stop = threading.Event()
+        work = functools.partial(contextvars.copy_context().run, call, stop)
+        with self._lock:  # submitted under it: close() cannot shut the pool down in between
+            if not self._closed and self._pool is None:
+                self._pool = ThreadPoolExecutor(thread_name_prefix="embedcache-async")
+            future = self._pool.submit(work) if self._pool is not None else None
+        if future is None:
+            # The object is closed: fail as its sync call does, without a new thread.
+            return call(stop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A call not yet started never starts; a running one stops drawing batches.
+            stop.set()
+            raise
+
+    def close(self) -> None:
+        """Wait for the calls still running (cancelled ones committing what is in flight)."""
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+class JinaEmbeddingFunction:
+    """A drop-in for ``pymilvus.model.dense.JinaEmbeddingFunction`` that caches on disk.
+
+    The first five parameters and their defaults are pymilvus's; so are ``encode_documents``
+    (task ``retrieval.passage``), ``encode_queries`` (``retrieval.query``), ``__call__`` (the
+    configured task) and ``dim``. Unlike pymilvus it returns float32 arrays (what the API
+    computes), batches and retries, and needs an API key only when something is not cached.
+
+    For jina-embeddings-v3, ``task="clustering"`` (the Milvus docs' name) is sent as
+    ``separation`` (the API's name) and shares its cache entries. Models without a task
+    field (v2, clip-v1) get no task. Unknown models pass through unvalidated.
+
+    ``task`` defaults to the model's own document task (``"default"``): ``retrieval.passage``
+    on v3 (pymilvus's default), none on jina-clip-v2, whose one task is for queries.
+
+    :param model_name: Jina model id.
+    :param api_key: Jina API key; else ``JINAAI_API_KEY``, else ``JINA_API_KEY``. Never
+        written to disk, logs or ``repr``.
+    :param task: task for ``__call__`` and :meth:`embed`; ``"default"``: the model's
+        document task (see :func:`~embedcache.models.default_task`); ``None``: none sent.
+    :param dimensions: Matryoshka size; ``None`` sends none (the model's native size).
+    :param late_chunking: embed each call's list as one late-chunking group; its vectors are
+        cached under the whole ordered list, so only the same list in the same order hits.
+    :param cache_dir: cache directory; else ``EMBEDCACHE_DIR``, else the user cache dir.
+    :param base_url: API root; else ``EMBEDCACHE_BASE_URL``, else ``https://api.jina.ai``.
+        The upstream is part of every cache key: another base URL's vectors are never hits.
+    :param upstream_as: cache as if ``base_url`` were this upstream, to share entries with
+        it (a gateway or proxy in front of ``https://api.jina.ai``); else
+        ``EMBEDCACHE_UPSTREAM_AS``.
+    :param batch_size: most texts per request (default: the model's limit, 2048 or 512).
+    :param max_batch_tokens: most estimated tokens per request.
+    :param max_concurrency: most requests in flight.
+    :param offline: raise :class:`~embedcache.CacheMissError` on any miss; default from
+        ``EMBEDCACHE_OFFLINE``.
+    :param normalized: send ``normalized`` (``None``: leave it to the API, which normalises).
+    :param truncate: send ``truncate`` (``None``: leave it out; too-long texts are errors).
+    :param size_limit: evict oldest-stored entries above this many bytes of vectors, from now
+        on for every user of the directory; ``0`` removes the limit; ``None`` (the default)
+        keeps the directory's setting (a new cache has none).
+    :param timeout: seconds to wait for each response.
+    :param max_attempts: attempts per request for retryable failures.
+    :param upstream: embed misses with this instead of the Jina API (tests, proxies).
+    :param redis_url: a Redis (or Valkey) cache shared with other machines, read after the
+        local cache and written with it; else ``EMBEDCACHE_REDIS_URL``, else none. Needs the
+        ``redis`` extra.
+    :param redis_prefix: key namespace in that Redis, so several teams can share one.
+    :param redis_ttl: seconds each shared entry lives; ``None``: until Redis evicts it.
+    :param tier: pace requests to a Jina account tier's limits (``"free"``, ``"1"``,
+        ``"2"``); else ``EMBEDCACHE_TIER``, else no pacing. Every client of the process
+        configured alike shares one limiter.
+    :param rpm: requests per minute to stay under (overrides the tier; ``EMBEDCACHE_RPM``).
+    :param tpm: tokens per minute to stay under (overrides the tier; ``EMBEDCACHE_TPM``).
+    :raises InvalidInputError: for options the model does not take, before any request.
+
+    Every embedding method has an async twin (``aencode_documents``, ``aencode_queries``,
+    ``aembed``, ``aembed_documents``, ``aembed_queries``) running the same sync call in a
+    worker thread. Cancelling one (``task.cancel()``, ``asyncio.timeout``) returns at once
+    and sends no new batch; the batches already in flight are committed as they arrive, so
+    nothing paid for is lost, and a re-run sends only what is still missing.
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        api_key: str | None = None,
+        task: str | None = MODEL_DEFAULT_TASK,
+        dimensions: int | None = None,
+        late_chunking: bool | None = False,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        base_url: str | None = None,
+        upstream_as: str | None = None,
+        batch_size: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        offline: bool | None = None,
+        normalized: bool | None = None,
+        truncate: bool | None = None,
+        size_limit: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        upstream: Upstream | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = DEFAULT_REDIS_PREFIX,
+        redis_ttl: int | None = None,
+        tier: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        if kwargs:
+            # pymilvus accepts and ignores extra keyword arguments; say so instead of hiding it.
+            warnings.warn(
+                f"JinaEmbeddingFunction ignores unknown arguments: {', '.join(sorted(kwargs))}",
+                stacklevel=2,
+            )
+        self.model_name = model_name
+        if task == MODEL_DEFAULT_TASK:
+            task = default_task(model_name)
+        #: The task of ``__call__`` and :meth:`embed`, the model's default resolved.
+        self.task = task
+        self._dimensions = dimensions
+        self._late_chunking = bool(late_chunking)
+        self._normalized = normalized
+        self._truncate = truncate
+        self._options: dict[str | None, RequestOptions] = {}
+        self._call_options = self._options_for(task)
+        self._workers = _Workers()
+        self._parts = Assembly(
+            CacheSettings(
+                cache_dir=cache_dir,
+                size_limit=size_limit,
+                base_url=base_url,
+                upstream_as=upstream_as,
+                api_key=api_key,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                limits=resolve_limits(tier=tier, rpm=rpm, tpm=tpm),
+                redis_url=redis_url,
+                redis_prefix=redis_prefix,
+                redis_ttl=redis_ttl,
+                offline=resolve_offline(offline),
+                batch_size=batch_size,
+                max_batch_tokens=max_batch_tokens,
+                max_concurrency=max_concurrency,
+            ),
+            upstream=upstream,
+        )
+        try:
+            self._embedder = self._parts.embedder
+        except BaseException:
+            self._parts.close()
+            raise
+
+    def __repr__(self) -> str:
+        options = self._call_options
+        return (
+            f"JinaEmbeddingFunction(model_name={self.model_name!r}, task={self.task!r}, "
+            f"dimensions={options.dimensions!r}, late_chunking={options.late_chunking!r}, "
+            f"cache_dir={str(self._parts.store.directory)!r})"
+        )
+
+    def __enter__(self) -> JinaEmbeddingFunction:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release threads, the connection pool and the database connection, once the
+        calls still running have finished (a cancelled async call commits its batches in
+        flight first)."""
+        self._workers.close()
+        self._parts.close()
+
+    @property
+    def stats(self) -> Stats:
+        """Hits, misses, requests and tokens since this object was created."""
+        return self._embedder.stats
+
+    @property
+    def cache_dir(self) -> str:
+        """The cache directory in use."""
+        return str(self._parts.store.directory)
+
+    @property
+    def dim(self) -> int:
+        """The configured ``dimensions``, else the model's native size. For a model
+        embedcache does not know, one empty text is embedded (once; then cached)."""
+        known = self._call_options.expected_dim
+        return known if known is not None else int(self.embed([""]).shape[1])
+
+    def options(self, task: str | None = None) -> RequestOptions:
+        """The validated options a call with ``task`` (``None``: the configured task)
+        sends, as :meth:`embed` uses them.
+
+        :raises InvalidInputError: for a task the model does not take.
+        """
+        return self._call_options if task is None else self._options_for(task)
+
+    def embed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+        """Embed with the configured task (or ``task``) into one ``(len(texts), d)``
+        float32 array."""
+        return self._embed(texts, self.options(task))
+
+    def embed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed documents (task ``retrieval.passage``) into one ``(n, d)`` array."""
+        return self._embed(texts, self._document_options())
+
+    def embed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed queries (task ``retrieval.query``) into one ``(n, d)`` array."""
+        return self._embed(texts, self._query_options())
+
+    async def aembed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+        """:meth:`embed`, awaited (see the class docstring for what a cancel does)."""
+        return await self._aembed(texts, self.options(task))
+
+    async def aembed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """:meth:`embed_documents`, awaited."""
+        return await self._aembed(texts, self._document_options())
+
+    async def aembed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """:meth:`embed_queries`, awaited."""
+        return await self._aembed(texts, self._query_options())
+
+    async def aencode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
+        """:meth:`encode_documents`, awaited."""
+        return list(await self.aembed_documents(documents))
+
+    async def aencode_queries(self, queries: list[str]) -> list[NDArray[np.float32]]:
+        """:meth:`encode_queries`, awaited."""
+        return list(await self.aembed_queries(queries))
+
+    def encode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
+        """pymilvus API: one 1-D float32 array per document, in input order."""
+        return list(self.embed_documents(documents))
+
+    def encode_queries(self, queries: list[str]) -> list[NDArray[np.float32]]:
+        """pymilvus API: one 1-D float32 array per query, in input order."""
+        return list(self.embed_queries(queries))
+
+    def __call__(self, texts: list[str]) -> list[NDArray[np.float32]]:
+        """pymilvus API: embed with the configured task."""
+        return list(self.embed(texts))
+
+    def _embed(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        stop: threading.Event | None = None,
+    ) -> NDArray[np.float32]:
+        result = self._embedder.embed_detailed(texts, options, stop=stop)
+        assert result is not None  # only cached_only calls come back empty-handed
+        return result.vectors
+
+    async def _aembed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+        # Options are resolved on the caller's thread: bad ones fail before any thread.
+        return await self._workers.run(functools.partial(self._embed, texts, options))
+
+    def _document_options(self) -> RequestOptions:
+        return self._options_for(default_task(self.model_name))
+
+    def _query_options(self) -> RequestOptions:
+        spec = self._call_options.spec
+        return self._options_for(spec.query_task if spec else "retrieval.query")
+
+    def _options_for(self, task: str | None) -> RequestOptions:
+        options = self._options.get(task)
+        if options is None:
+            options = self._options[task] = resolve_options(
+                self.model_name,
+                task,
+                self._dimensions,
+                late_chunking=self._late_chunking,
+                normalized=self._normalized,
+                truncate=self._truncate,
+            )
+        return options
+
+
+#: The keyword-only options of :class:`JinaEmbeddingFunction`, which the LangChain and
+#: LlamaIndex classes pass on as they are.
+_EF_OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(JinaEmbeddingFunction.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
