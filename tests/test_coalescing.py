@@ -12,6 +12,7 @@ import pytest
 from numpy.typing import NDArray
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store, UpstreamResult
+from embedcache.assembly import build_embedder
 from embedcache.embedding.coalescing import Elsewhere, Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
@@ -59,7 +60,7 @@ def test_concurrent_identical_calls_send_one_request(
     store: Store, client: JinaClient, emulator: JinaEmulator
 ) -> None:
     leader, follower = Gated(client), Gated(client)
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -83,7 +84,7 @@ def test_overlapping_calls_fetch_only_what_nobody_else_is_fetching(
 ) -> None:
     leader, follower = Gated(client), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, ["alpha", "beta"], leader)
         assert leader.entered.wait(10)
@@ -104,7 +105,7 @@ def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(
     refused = AuthenticationError("HTTP 401: invalid key", status=401)
     leader, follower = Gated(None, error=refused), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -124,7 +125,7 @@ def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(
 def test_coalescing_can_be_turned_off(store: Store, client: JinaClient) -> None:
     leader, follower = Gated(client), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client, coalesce=False)
+    embedder = build_embedder(store, client, coalesce=False)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -141,7 +142,7 @@ def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
     assert (owned, held, len(inflight)) == ([0, 1], Elsewhere(), 2)
     other, owned2, held2 = inflight.claim([b"b", b"c"])
     assert owned2 == [1]
-    assert (len(held2.events), held2.fetches) == (1, [])
+    assert (len(held2.events), held2.other_bytes) == (1, [])
     assert not held2.events[0].is_set()
     claim.release()
     claim.release()  # idempotent
@@ -154,7 +155,7 @@ def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
 def test_cached_only_returns_none_without_counting_when_anything_is_missing(
     store: Store, client: JinaClient, emulator: JinaEmulator
 ) -> None:
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     embedder.embed(TEXTS[:2], OPTIONS)
     assert embedder.embed_detailed(TEXTS, OPTIONS, cached_only=True) is None
     hit = embedder.embed_detailed(TEXTS[:2], OPTIONS, cached_only=True)

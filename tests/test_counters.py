@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction
+from embedcache import JinaClient, JinaEmbeddingFunction
+from embedcache.assembly import build_embedder
 from embedcache.embedding.counters import AUTOFLUSH, Counters, Recorder
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
@@ -100,7 +101,7 @@ def test_many_hits_make_no_store_write_until_the_timer_flushes_once(
             record(deltas)
 
         monkeypatch.setattr(store, "add_counters", counted)
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         try:
             embedder.embed(TEXTS, OPTIONS)  # a fill records its counters as it ends
             assert len(writes) == 1
@@ -124,7 +125,7 @@ def test_the_timer_records_the_hits_of_an_embedder_left_open(
     client: JinaClient, cache_dir: Path, interval: None
 ) -> None:
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         try:
             embedder.embed(TEXTS, OPTIONS)
             embedder.embed(TEXTS, OPTIONS)
@@ -143,7 +144,7 @@ def test_an_embedder_dropped_without_close_is_collected_and_its_hits_still_recor
 ) -> None:
     AUTOFLUSH.interval = 3600.0
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         embedder.embed(TEXTS, OPTIONS)
         embedder.embed(TEXTS, OPTIONS)
         recorder = embedder._recorder  # only to see it let go, below
@@ -164,7 +165,7 @@ def test_a_closed_embedder_leaves_the_autoflush(
     with Store(cache_dir) as store:
         writes: list[dict[str, int]] = []
         monkeypatch.setattr(store, "add_counters", writes.append)
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         embedder.embed(TEXTS, OPTIONS)
         embedder.close()
         writes.clear()
@@ -203,11 +204,12 @@ def test_a_failing_flush_warns_once_keeps_its_counts_and_the_next_one_records_th
 # never closed: the exit flush cannot record them, and must say so without raising.
 GONE_AT_EXIT = """
 import shutil, sys
-from embedcache import CachedEmbedder, JinaClient
+from embedcache import JinaClient
+from embedcache.assembly import build_embedder
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 store = Store(sys.argv[1])
-embedder = CachedEmbedder(store, JinaClient("unused", base_url="http://127.0.0.1:1"))
+embedder = build_embedder(store, JinaClient("unused", base_url="http://127.0.0.1:1"))
 embedder.embed([sys.argv[2]], resolve_options("jina-embeddings-v3", "retrieval.passage", 8))
 store.close()
 shutil.rmtree(sys.argv[1])
@@ -218,7 +220,7 @@ def test_the_exit_flush_into_a_closed_and_removed_store_warns_instead_of_raising
     client: JinaClient, cache_dir: Path
 ) -> None:
     with Store(cache_dir) as store:
-        filler = CachedEmbedder(store, client)
+        filler = build_embedder(store, client)
         filler.embed(TEXTS[:1], OPTIONS)
         filler.close()
     done = run_python(GONE_AT_EXIT, str(cache_dir), TEXTS[0])
