@@ -16,7 +16,7 @@ import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.assembly import build_embedder
-from embedcache.embedding.counters import AUTOFLUSH, Counters, Recorder
+from embedcache.embedding.counters import AUTOFLUSH, Autoflush, Counters, Recorder
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
@@ -172,6 +172,44 @@ def test_a_closed_embedder_leaves_the_autoflush(
         embedder.count_hits(1, 1.0)  # counted after close: not AUTOFLUSH's to record
         AUTOFLUSH.flush_all()
         assert writes == []
+
+
+def test_an_embedder_joins_the_autoflush_it_is_handed_not_the_process_one(
+    client: JinaClient, cache_dir: Path, interval: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AUTOFLUSH.interval = 3600.0
+    own = Autoflush(interval=3600.0)  # asleep too: the test plays its ticks
+    with Store(cache_dir) as store:
+        writes: list[dict[str, int]] = []
+        monkeypatch.setattr(store, "add_counters", writes.append)
+        embedder = build_embedder(store, client, autoflush=own)
+        embedder.embed(TEXTS, OPTIONS)
+        writes.clear()
+        embedder.count_hits(2, 3.0)
+        AUTOFLUSH.flush_all()
+        assert writes == []  # not the process's to record
+        own.flush_all()
+        assert [w["hits"] for w in writes] == [2]
+        embedder.close()
+        embedder.count_hits(1, 1.0)
+        own.flush_all()
+        assert len(writes) == 1  # closed: it left the autoflush it joined
+
+
+def test_without_an_autoflush_counters_are_recorded_after_each_fill_and_on_close(
+    client: JinaClient, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(cache_dir) as store:
+        writes: list[dict[str, int]] = []
+        monkeypatch.setattr(store, "add_counters", writes.append)
+        embedder = build_embedder(store, client, autoflush=None)
+        embedder.embed(TEXTS, OPTIONS)
+        assert [w["misses"] for w in writes] == [len(TEXTS)]
+        embedder.embed(TEXTS, OPTIONS)  # all hits: no fill, nothing recorded yet
+        AUTOFLUSH.flush_all()
+        assert len(writes) == 1
+        embedder.close()
+        assert [w["hits"] for w in writes] == [0, len(TEXTS)]
 
 
 def test_a_failing_flush_warns_once_keeps_its_counts_and_the_next_one_records_them(
