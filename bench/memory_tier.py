@@ -98,16 +98,15 @@ def main() -> None:
             "today, disk": (ROOT, 0),
         }
         runs: dict[str, list[dict[str, float]]] = {label: [] for label in codes}
-        try:
-            # Rounds, each code once per round in a rotating order, so a change in the
-            # machine's load falls on every code alike.
-            for turn in range(args.rounds):
-                labels = list(codes)
-                for label in labels[turn % 3 :] + labels[: turn % 3]:
-                    code, memory = codes[label]
-                    runs[label].append(measure(code, args.sizes, args.repeats, memory))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+        # Rounds, each code once per round in a rotating order, so a change in the
+        # machine's load falls on every code alike.
+        for turn in range(args.rounds):
+            labels = list(codes)
+            for label in labels[turn % 3 :] + labels[: turn % 3]:
+                code, memory = codes[label]
+                runs[label].append(measure(code, args.sizes, args.repeats, memory))
+    # The baseline's work tree is gone with its directory: forget it.
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     rows = {
         label: {str(n): statistics.median(run[str(n)] for run in found) for n in args.sizes}
         for label, found in runs.items()
