@@ -5,6 +5,10 @@ command and the proxy describe what they want as :class:`CacheSettings` and get 
 :class:`Assembly`: the disk store, the shared tier, the Jina client (paced by the process's
 rate limiter) and the caching core on top. The assembly owns what it opened and closes it
 in reverse order; an upstream passed in belongs to the caller and is left open.
+
+Nothing else in the package builds the caching core's parts (``tests/test_layering.py``
+checks it): :func:`build_embedder` makes the tiers, the coalescing registry, the scheduler
+and the counters, and joins the process's :data:`~embedcache.embedding.counters.AUTOFLUSH`.
 """
 
 from __future__ import annotations
@@ -22,17 +26,25 @@ from .config import (
     DEFAULT_REDIS_PREFIX,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_UPSTREAM_ID,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
     resolve_upstream_id,
 )
+from .embedding.batches import Miss
+from .embedding.coalescing import Inflight
+from .embedding.counters import AUTOFLUSH, Autoflush, Counters, Recorder
 from .embedding.embedder import CachedEmbedder
+from .embedding.fetching import Fetcher
+from .embedding.scheduler import BatchScheduler
 from .storage.shared import RedisStore, open_shared
 from .storage.store import Store
+from .storage.tiers import Tiers
+from .storage.writeback import WriteBack
 from .upstream.jina import JinaClient
 from .upstream.limiter import Limits, shared_limiter
-from .upstream.protocol import Upstream
+from .upstream.protocol import Upstream, UpstreamResult
 
-__all__ = ["Assembly", "CacheSettings"]
+__all__ = ["Assembly", "CacheSettings", "build_embedder"]
 
 _P = TypeVar("_P")
 
@@ -63,7 +75,6 @@ class CacheSettings:
     :param max_batch_tokens: most estimated tokens per request.
     :param max_concurrency: most requests one embedder has in flight at once.
     :param coalesce: let concurrent calls share one fetch of the same entries.
-    :param memory_bytes: memory for recently read vectors (0: none).
     """
 
     cache_dir: str | os.PathLike[str] | None = None
@@ -83,7 +94,6 @@ class CacheSettings:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     coalesce: bool = True
-    memory_bytes: int = 0
 
 
 class Assembly:
@@ -159,17 +169,16 @@ class Assembly:
     def embedder(self) -> CachedEmbedder:
         """The caching core over the store, the shared tier and the upstream."""
         s = self.settings
-        embedder = CachedEmbedder(
+        embedder = build_embedder(
             self.store,
             self.upstream,
+            shared=self.shared,
+            upstream_id=self.upstream_id,
             offline=s.offline,
             batch_size=s.batch_size,
             max_batch_tokens=s.max_batch_tokens,
             max_concurrency=s.max_concurrency,
             coalesce=s.coalesce,
-            memory_bytes=s.memory_bytes,
-            shared=self.shared,
-            upstream_id=self.upstream_id,
         )
         return self._opened(embedder, CachedEmbedder.close)
 
@@ -185,3 +194,52 @@ class Assembly:
     def _opened(self, part: _P, close: Callable[[_P], None]) -> _P:
         self._closers.append(functools.partial(close, part))
         return part
+
+
+def build_embedder(
+    store: Store,
+    upstream: Upstream,
+    *,
+    shared: RedisStore | None = None,
+    upstream_id: str = DEFAULT_UPSTREAM_ID,
+    offline: bool = False,
+    batch_size: int | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    coalesce: bool = True,
+    autoflush: Autoflush | None = AUTOFLUSH,
+) -> CachedEmbedder:
+    """A :class:`~embedcache.embedding.embedder.CachedEmbedder` over ``store`` (and
+    ``shared``), sending misses to ``upstream``, its parts built here. Close it when done
+    (the store, the shared tier and the upstream stay the caller's).
+
+    :param shared: a Redis tier shared with other machines, read after the local store and
+        written with it; what it serves is copied to ``store`` unless that is read-only.
+    :param upstream_id: the upstream ``upstream``'s answers are cached as, part of every key.
+    :param offline: raise :class:`~embedcache.errors.CacheMissError` instead of fetching.
+    :param batch_size: most texts per request (``None``: the model's limit).
+    :param max_batch_tokens: most estimated tokens per request.
+    :param max_concurrency: most upstream requests in flight at once, shared by all calls.
+    :param coalesce: let concurrent calls, in this process and others sharing the
+        directory, wait for each other's fetches of the same entries; off, no claims.
+    :param autoflush: records the counters now and then and at exit without ``close()``
+        (the process's own by default); ``None``: only after each fill and on close.
+    :raises InvalidInputError: ``batch_size`` or ``max_concurrency`` below 1.
+    """
+    writeback = WriteBack(store) if shared is not None and not store.read_only else None
+    tiers = Tiers(store, shared, writeback)
+    scheduler: BatchScheduler[list[Miss], UpstreamResult] = BatchScheduler(max_concurrency)
+    counters = Counters()
+    fetcher = Fetcher(
+        tiers,
+        scheduler,
+        counters,
+        inflight=Inflight(store.claims) if coalesce else None,
+        offline=offline,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+    )
+    recorder = Recorder(counters, store.add_counters)
+    return CachedEmbedder(
+        tiers, fetcher, recorder, upstream, autoflush=autoflush, upstream_id=upstream_id
+    )

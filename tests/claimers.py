@@ -19,7 +19,8 @@ from .conftest import API_KEY
 EMBED = r"""
 import json, os, sys, threading, time
 import numpy as np
-from embedcache import CachedEmbedder, JinaClient, Store
+from embedcache import JinaClient, Store
+from embedcache.assembly import build_embedder
 from embedcache.models import resolve_options
 
 config = json.loads(sys.argv[1])
@@ -56,7 +57,7 @@ def report(embedder):
 threading.Thread(target=listen, daemon=True).start()
 client = JinaClient(os.environ["JINA_API_KEY"], base_url=config["url"])
 with Store(config["cache_dir"]) as store:
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     threading.Thread(target=report, args=(embedder,), daemon=True).start()
     result = embedder.embed_detailed(config["texts"], options, upstream=Gate(client))
     finished.set()
@@ -73,14 +74,15 @@ say("done", json.dumps(counts, separators=(",", ":")))
 #: together), and says ``done STATS`` last.
 FILL = r"""
 import json, os, sys
-from embedcache import CachedEmbedder, JinaClient, Store
+from embedcache import JinaClient, Store
+from embedcache.assembly import build_embedder
 from embedcache.models import resolve_options
 
 config = json.loads(sys.argv[1])
 options = resolve_options("jina-embeddings-v3", "retrieval.passage")
 client = JinaClient(os.environ["JINA_API_KEY"], base_url=config["url"])
 with Store(config["cache_dir"]) as store:
-    embedder = CachedEmbedder(store, client, batch_size=config["batch_size"],
+    embedder = build_embedder(store, client, batch_size=config["batch_size"],
                               max_concurrency=config["max_concurrency"])
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
@@ -121,7 +123,7 @@ for line in sys.stdin:
     command, *args = line.split()
     if command == "take":
         taken = claims.take([bytes.fromhex(arg) for arg in args])
-        say("taken", taken.ticket, listed(taken.owned), listed(taken.elsewhere))
+        say("taken", taken.byte, listed(taken.owned), listed(taken.other_bytes))
     elif command == "release":
         claims.release(int(args[0]))
         say("released")

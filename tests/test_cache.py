@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from embedcache import (
-    CachedEmbedder,
     CacheMissError,
     JinaClient,
     JinaEmbeddingFunction,
@@ -18,6 +17,7 @@ from embedcache import (
     Store,
     UpstreamResult,
 )
+from embedcache.assembly import build_embedder
 from embedcache.errors import APIError, AuthenticationError, InvalidInputError
 from embedcache.testing import Fault, JinaEmulator
 
@@ -221,13 +221,13 @@ def test_each_batch_is_committed_as_it_arrives_and_a_rerun_sends_only_the_rest(
 ) -> None:
     texts = [f"t{i}" for i in range(10)]
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, Flaky(client, {3}), batch_size=3, max_concurrency=1)
+        embedder = build_embedder(store, Flaky(client, {3}), batch_size=3, max_concurrency=1)
         with pytest.raises(APIError, match="injected"):
             embedder.embed(texts, RequestOptions("jina-embeddings-v3"))
         assert len(store) == 6
     emulator.reset()
     with Store(cache_dir) as store:
-        CachedEmbedder(store, client, batch_size=3).embed(
+        build_embedder(store, client, batch_size=3).embed(
             texts, RequestOptions("jina-embeddings-v3")
         )
     assert sorted(sent_inputs(emulator)) == [["t6", "t7", "t8"], ["t9"]]
@@ -237,7 +237,7 @@ def test_a_failed_batch_does_not_discard_concurrent_successes(
     client: JinaClient, emulator: JinaEmulator, cache_dir: Path
 ) -> None:
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, Flaky(client, {1}), batch_size=2, max_concurrency=4)
+        embedder = build_embedder(store, Flaky(client, {1}), batch_size=2, max_concurrency=4)
         with pytest.raises(APIError):
             embedder.embed([f"t{i}" for i in range(8)], RequestOptions("jina-embeddings-v3"))
         embedder.close()
@@ -373,11 +373,11 @@ def test_a_batch_another_writer_committed_meanwhile_is_not_fetched_again(
             self.calls += 1
             if self.calls == 1:
                 with Store(cache_dir) as other:
-                    CachedEmbedder(other, client).embed(texts[5:10], opts)
+                    build_embedder(other, client).embed(texts[5:10], opts)
             return client.embed(batch, opts)
 
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, Racing(), batch_size=5, max_concurrency=1)
+        embedder = build_embedder(store, Racing(), batch_size=5, max_concurrency=1)
         out = embedder.embed(texts, options)
         assert embedder.stats.hits == 5
         assert embedder.stats.misses == 10

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
+from embedcache import JinaClient, RequestOptions, Store
+from embedcache.assembly import build_embedder
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.errors import CacheError
 from embedcache.storage.claims import CLAIMS_DB, CLAIMS_LOCK
@@ -85,7 +86,7 @@ def test_a_process_killed_holding_a_claim_leaves_the_fetch_to_the_others(
     holder = embedding(workers, cache_dir, emulator, TEXTS[:4], tmp_path / "never.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(1) as pool:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         result = pool.submit(embedder.embed_detailed, TEXTS[:4], OPTIONS)
         wait_for(lambda: embedder.waiting == 1)
         holder.kill()  # its claim ends with it, mid-fetch: nothing of it was ever sent
@@ -116,7 +117,7 @@ def test_a_key_whose_claim_points_at_an_unrelated_fetch_only_waits_for_it(
         db.execute("INSERT INTO claims (k, byte) VALUES (?, ?)", (other, byte))
     db.close()
     with Store(cache_dir) as store, ThreadPoolExecutor(1) as pool:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         result = pool.submit(embedder.embed_detailed, ["other"], OPTIONS)
         wait_for(lambda: embedder.waiting == 1)
         holder.send("go")
@@ -138,7 +139,7 @@ def test_threads_of_one_process_and_another_process_share_one_fetch(
     workers: list[Worker],
 ) -> None:
     with Store(cache_dir) as store, ThreadPoolExecutor(2) as pool:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         leader = Gated(client)
         first = pool.submit(embedder.embed_detailed, TEXTS[:3], OPTIONS, upstream=leader)
         assert leader.entered.wait(10)
@@ -170,7 +171,7 @@ def test_two_threads_wait_on_one_fetch_of_another_process(
     holder = embedding(workers, cache_dir, emulator, TEXTS[:3], tmp_path / "h.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(2) as pool:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         calls = [pool.submit(embedder.embed_detailed, TEXTS[:3], OPTIONS) for _ in range(2)]
         wait_for(lambda: embedder.waiting == 2)  # both on the same byte of the other process
         holder.send("go")
@@ -191,13 +192,13 @@ def test_a_fetch_stored_between_looking_and_claiming_is_not_paid_again(
     # Another user of the directory (a second store, as another process would be) fetches,
     # commits and releases in the gap between this call's look-up and its claim.
     with Store(cache_dir) as store, Store(cache_dir) as elsewhere:
-        embedder = CachedEmbedder(store, client)
-        inflight = embedder._inflight
+        embedder = build_embedder(store, client)
+        inflight = embedder._fetcher.inflight
         assert inflight is not None
         real_claim = inflight.claim
 
         def claim_after_another_fetch(keys: list[bytes]) -> object:
-            CachedEmbedder(elsewhere, client).embed(TEXTS[:3], OPTIONS)
+            build_embedder(elsewhere, client).embed(TEXTS[:3], OPTIONS)
             return real_claim(keys)
 
         inflight.claim = claim_after_another_fetch  # type: ignore[assignment,method-assign]
@@ -217,7 +218,7 @@ def test_without_coalescing_no_claims_are_taken_or_waited_for(
 ) -> None:
     fresh = tmp_path / "fresh"
     with Store(fresh) as store:
-        CachedEmbedder(store, client, coalesce=False).embed(TEXTS[:2], OPTIONS)
+        build_embedder(store, client, coalesce=False).embed(TEXTS[:2], OPTIONS)
     assert not (fresh / CLAIMS_DB).exists()
     assert not (fresh / CLAIMS_LOCK).exists()
 
@@ -225,7 +226,7 @@ def test_without_coalescing_no_claims_are_taken_or_waited_for(
     holder = embedding(workers, cache_dir, emulator, TEXTS[:2], tmp_path / "h.npy")
     holder.expect("sending")
     with Store(cache_dir) as store, ThreadPoolExecutor(1) as pool:
-        embedder = CachedEmbedder(store, client, coalesce=False)
+        embedder = build_embedder(store, client, coalesce=False)
         # Were it to wait for the held claim, this would time out: the holder's gate opens
         # only after it has returned.
         got = pool.submit(embedder.embed_detailed, TEXTS[:2], OPTIONS).result(30)
@@ -248,6 +249,6 @@ def test_a_read_only_cache_takes_no_claims(
         assert store.read_only
         assert store.claims is None
         with pytest.raises(CacheError, match="read-only"):
-            CachedEmbedder(store, client).embed(TEXTS[:2], OPTIONS)
+            build_embedder(store, client).embed(TEXTS[:2], OPTIONS)
     assert emulator.requests == []
     assert not (cache_dir / CLAIMS_DB).exists()

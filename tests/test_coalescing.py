@@ -12,7 +12,9 @@ import pytest
 from numpy.typing import NDArray
 
 from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store, UpstreamResult
-from embedcache.embedding.coalescing import Elsewhere, Inflight
+from embedcache.assembly import build_embedder
+from embedcache.embedding.batches import Miss
+from embedcache.embedding.coalescing import Elsewhere, FetchClaims, Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
 from embedcache.testing import JinaEmulator
@@ -59,7 +61,7 @@ def test_concurrent_identical_calls_send_one_request(
     store: Store, client: JinaClient, emulator: JinaEmulator
 ) -> None:
     leader, follower = Gated(client), Gated(client)
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -83,7 +85,7 @@ def test_overlapping_calls_fetch_only_what_nobody_else_is_fetching(
 ) -> None:
     leader, follower = Gated(client), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, ["alpha", "beta"], leader)
         assert leader.entered.wait(10)
@@ -104,7 +106,7 @@ def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(
     refused = AuthenticationError("HTTP 401: invalid key", status=401)
     leader, follower = Gated(None, error=refused), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -124,7 +126,7 @@ def test_a_failed_leader_leaves_each_waiter_to_fetch_with_its_own_upstream(
 def test_coalescing_can_be_turned_off(store: Store, client: JinaClient) -> None:
     leader, follower = Gated(client), Gated(client)
     follower.go.set()
-    embedder = CachedEmbedder(store, client, coalesce=False)
+    embedder = build_embedder(store, client, coalesce=False)
     with ThreadPoolExecutor(2) as pool:
         first = embed_in_thread(pool, embedder, TEXTS, leader)
         assert leader.entered.wait(10)
@@ -141,7 +143,7 @@ def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
     assert (owned, held, len(inflight)) == ([0, 1], Elsewhere(), 2)
     other, owned2, held2 = inflight.claim([b"b", b"c"])
     assert owned2 == [1]
-    assert (len(held2.events), held2.fetches) == (1, [])
+    assert (len(held2.events), held2.other_bytes) == (1, [])
     assert not held2.events[0].is_set()
     claim.release()
     claim.release()  # idempotent
@@ -151,10 +153,96 @@ def test_a_released_claim_wakes_waiters_and_frees_its_keys() -> None:
     assert len(inflight) == 0
 
 
+def misses(*keys: bytes) -> list[Miss]:
+    return [Miss(key, key.decode(), i, i) for i, key in enumerate(keys)]
+
+
+def test_a_fetch_claim_packed_into_two_requests_ends_once_both_are_sent() -> None:
+    inflight = Inflight()
+    fetch = FetchClaims(inflight)
+    chunk = misses(b"a", b"b", b"c")
+    assert fetch.take(chunk, lambda owned: owned) == chunk
+    _, _, held = inflight.claim([b"a"])
+    assert len(held.events) == 1
+    fetch.sent(chunk[:2])  # the first request: "c" is still to be sent under the claim
+    assert not held.events[0].is_set()
+    assert len(inflight) == 3  # a claim ends whole
+    fetch.sent(chunk[2:])
+    assert held.events[0].is_set()
+    assert len(inflight) == 0
+
+
+def test_entries_found_stored_under_the_claim_stay_claimed_until_the_rest_is_sent() -> None:
+    inflight = Inflight()
+    fetch = FetchClaims(inflight)
+    chunk = misses(b"a", b"b")
+    sending = fetch.take(chunk, lambda owned: owned[1:])  # "a" was stored meanwhile
+    assert sending == chunk[1:]
+    assert len(inflight) == 2
+    fetch.sent(sending)
+    assert len(inflight) == 0
+
+
+def test_a_chunk_with_nothing_left_to_send_holds_no_claim() -> None:
+    inflight = Inflight()
+    fetch = FetchClaims(inflight)
+    assert fetch.take(misses(b"a", b"b"), lambda owned: []) == []
+    assert len(inflight) == 0
+
+
+def test_what_others_hold_is_set_aside_and_waited_for_after_the_fetchs_own_claims_end() -> None:
+    inflight = Inflight()
+    other, _, _ = inflight.claim([b"b"])
+    fetch = FetchClaims(inflight)
+    chunk = misses(b"a", b"b")
+    assert fetch.take(chunk, lambda owned: owned) == chunk[:1]
+    assert fetch.left_to_others
+    looked_at: list[list[Miss]] = []
+    waited = threading.Event()
+
+    def wait() -> None:
+        looked_at.append(fetch.wait_for_others())
+        waited.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_for(lambda: inflight.waiting == 1)
+    assert len(inflight) == 1  # the fetch's own claim on "a" ended before it waited
+    assert not waited.is_set()
+    other.release()
+    waiter.join(10)
+    assert looked_at == [chunk[1:]]
+    assert not fetch.left_to_others
+
+
+def test_a_late_chunking_group_partly_held_elsewhere_is_not_claimed_at_all() -> None:
+    inflight = Inflight()
+    other, _, _ = inflight.claim([b"b"])
+    fetch = FetchClaims(inflight, whole=True)
+    chunk = misses(b"a", b"b", b"c")
+    assert fetch.take(chunk, lambda owned: owned) == []
+    assert len(inflight) == 1  # only the other's claim
+    assert fetch.left_to_others
+    other.release()
+    assert fetch.wait_for_others() == chunk
+
+
+def test_a_failed_look_under_the_claim_ends_the_claim() -> None:
+    inflight = Inflight()
+    fetch = FetchClaims(inflight)
+
+    def failing(owned: list[Miss]) -> list[Miss]:
+        raise OSError("the store could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        fetch.take(misses(b"a"), failing)
+    assert len(inflight) == 0
+
+
 def test_cached_only_returns_none_without_counting_when_anything_is_missing(
     store: Store, client: JinaClient, emulator: JinaEmulator
 ) -> None:
-    embedder = CachedEmbedder(store, client)
+    embedder = build_embedder(store, client)
     embedder.embed(TEXTS[:2], OPTIONS)
     assert embedder.embed_detailed(TEXTS, OPTIONS, cached_only=True) is None
     hit = embedder.embed_detailed(TEXTS[:2], OPTIONS, cached_only=True)

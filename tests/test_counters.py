@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction
-from embedcache.embedding.counters import AUTOFLUSH, Counters, Recorder
+from embedcache import JinaClient, JinaEmbeddingFunction
+from embedcache.assembly import build_embedder
+from embedcache.embedding.counters import AUTOFLUSH, Autoflush, Counters, Recorder
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
@@ -100,7 +101,7 @@ def test_many_hits_make_no_store_write_until_the_timer_flushes_once(
             record(deltas)
 
         monkeypatch.setattr(store, "add_counters", counted)
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         try:
             embedder.embed(TEXTS, OPTIONS)  # a fill records its counters as it ends
             assert len(writes) == 1
@@ -124,7 +125,7 @@ def test_the_timer_records_the_hits_of_an_embedder_left_open(
     client: JinaClient, cache_dir: Path, interval: None
 ) -> None:
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         try:
             embedder.embed(TEXTS, OPTIONS)
             embedder.embed(TEXTS, OPTIONS)
@@ -143,7 +144,7 @@ def test_an_embedder_dropped_without_close_is_collected_and_its_hits_still_recor
 ) -> None:
     AUTOFLUSH.interval = 3600.0
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         embedder.embed(TEXTS, OPTIONS)
         embedder.embed(TEXTS, OPTIONS)
         recorder = embedder._recorder  # only to see it let go, below
@@ -164,13 +165,51 @@ def test_a_closed_embedder_leaves_the_autoflush(
     with Store(cache_dir) as store:
         writes: list[dict[str, int]] = []
         monkeypatch.setattr(store, "add_counters", writes.append)
-        embedder = CachedEmbedder(store, client)
+        embedder = build_embedder(store, client)
         embedder.embed(TEXTS, OPTIONS)
         embedder.close()
         writes.clear()
         embedder.count_hits(1, 1.0)  # counted after close: not AUTOFLUSH's to record
         AUTOFLUSH.flush_all()
         assert writes == []
+
+
+def test_an_embedder_joins_the_autoflush_it_is_handed_not_the_process_one(
+    client: JinaClient, cache_dir: Path, interval: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AUTOFLUSH.interval = 3600.0
+    own = Autoflush(interval=3600.0)  # asleep too: the test plays its ticks
+    with Store(cache_dir) as store:
+        writes: list[dict[str, int]] = []
+        monkeypatch.setattr(store, "add_counters", writes.append)
+        embedder = build_embedder(store, client, autoflush=own)
+        embedder.embed(TEXTS, OPTIONS)
+        writes.clear()
+        embedder.count_hits(2, 3.0)
+        AUTOFLUSH.flush_all()
+        assert writes == []  # not the process's to record
+        own.flush_all()
+        assert [w["hits"] for w in writes] == [2]
+        embedder.close()
+        embedder.count_hits(1, 1.0)
+        own.flush_all()
+        assert len(writes) == 1  # closed: it left the autoflush it joined
+
+
+def test_without_an_autoflush_counters_are_recorded_after_each_fill_and_on_close(
+    client: JinaClient, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(cache_dir) as store:
+        writes: list[dict[str, int]] = []
+        monkeypatch.setattr(store, "add_counters", writes.append)
+        embedder = build_embedder(store, client, autoflush=None)
+        embedder.embed(TEXTS, OPTIONS)
+        assert [w["misses"] for w in writes] == [len(TEXTS)]
+        embedder.embed(TEXTS, OPTIONS)  # all hits: no fill, nothing recorded yet
+        AUTOFLUSH.flush_all()
+        assert len(writes) == 1
+        embedder.close()
+        assert [w["hits"] for w in writes] == [0, len(TEXTS)]
 
 
 def test_a_failing_flush_warns_once_keeps_its_counts_and_the_next_one_records_them(
@@ -203,11 +242,12 @@ def test_a_failing_flush_warns_once_keeps_its_counts_and_the_next_one_records_th
 # never closed: the exit flush cannot record them, and must say so without raising.
 GONE_AT_EXIT = """
 import shutil, sys
-from embedcache import CachedEmbedder, JinaClient
+from embedcache import JinaClient
+from embedcache.assembly import build_embedder
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 store = Store(sys.argv[1])
-embedder = CachedEmbedder(store, JinaClient("unused", base_url="http://127.0.0.1:1"))
+embedder = build_embedder(store, JinaClient("unused", base_url="http://127.0.0.1:1"))
 embedder.embed([sys.argv[2]], resolve_options("jina-embeddings-v3", "retrieval.passage", 8))
 store.close()
 shutil.rmtree(sys.argv[1])
@@ -218,7 +258,7 @@ def test_the_exit_flush_into_a_closed_and_removed_store_warns_instead_of_raising
     client: JinaClient, cache_dir: Path
 ) -> None:
     with Store(cache_dir) as store:
-        filler = CachedEmbedder(store, client)
+        filler = build_embedder(store, client)
         filler.embed(TEXTS[:1], OPTIONS)
         filler.close()
     done = run_python(GONE_AT_EXIT, str(cache_dir), TEXTS[0])

@@ -145,3 +145,72 @@ def test_the_milvus_class_loads_neither_langchain_nor_llama_index() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+#: The caching core's parts, each built only by the composition root (or by its own module:
+#: the process's one ``AUTOFLUSH``), so how a cache is put together is read in one place.
+PARTS = {
+    "CachedEmbedder": "embedding.embedder",
+    "Fetcher": "embedding.fetching",
+    "Inflight": "embedding.coalescing",
+    "BatchScheduler": "embedding.scheduler",
+    "Counters": "embedding.counters",
+    "Recorder": "embedding.counters",
+    "Autoflush": "embedding.counters",
+    "Tiers": "storage.tiers",
+    "WriteBack": "storage.writeback",
+}
+COMPOSITION_ROOT = "assembly"
+
+
+def _calls_and_names(path: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(name called, line) for every call of a plain or dotted name, and (name, line) for
+    every name or attribute read, in ``path``."""
+    calls, names = [], []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name):
+                calls.append((func.id, node.lineno))
+            elif isinstance(func, ast.Attribute):
+                calls.append((func.attr, node.lineno))
+        elif isinstance(node, ast.Name):
+            names.append((node.id, node.lineno))
+        elif isinstance(node, ast.Attribute):
+            names.append((node.attr, node.lineno))
+    return calls, names
+
+
+def test_the_parts_are_defined_where_the_seam_test_looks() -> None:
+    for part, module in PARTS.items():
+        assert f"class {part}" in MODULES[module].read_text(encoding="utf-8"), (part, module)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_composition_root_builds_the_caching_cores_parts(module: str) -> None:
+    calls, _ = _calls_and_names(MODULES[module])
+    built = [
+        f"line {line}: {name}()"
+        for name, line in calls
+        if name in PARTS and module not in (COMPOSITION_ROOT, PARTS[name])
+    ]
+    assert not built, f"{module} builds parts that embedcache/assembly.py hands in: {built}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_composition_root_joins_the_process_autoflush(module: str) -> None:
+    _, names = _calls_and_names(MODULES[module])
+    named = [f"line {line}" for name, line in names if name == "AUTOFLUSH"]
+    allowed = (COMPOSITION_ROOT, PARTS["Autoflush"])
+    assert module in allowed or not named, f"{module} names AUTOFLUSH: {named}"
+
+
+def test_the_caching_core_reaches_storage_only_through_tiers_and_claims() -> None:
+    reached = {
+        target.removeprefix("embedcache.")
+        for module in MODULES
+        if _part(module) == "embedding"
+        for target, _ in _imports(module, MODULES[module])
+        if target.startswith("embedcache.storage")
+    }
+    assert reached == {"storage.tiers", "storage.claims"}

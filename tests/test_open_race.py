@@ -141,8 +141,8 @@ def open_store_and_use_it(directory: Path, i: int) -> None:
         assert claims is not None
         claimed = claims.take([key])
         store.put_many(FP, [(key, vector(i), 1.0)])
-        if claimed.ticket is not None:
-            claims.release(claimed.ticket)
+        if claimed.byte is not None:
+            claims.release(claimed.byte)
         found = store.read_many([key], dim=DIM)
         assert found.present.all()
         assert found.vectors[0].tobytes() == vector(i).tobytes()
@@ -236,8 +236,8 @@ def test_new_claims_another_process_is_switching_to_wal_are_waited_for_not_given
             (key,) = text_keys(FP, ["claimed"])
             with write_locked(cache_dir / CLAIMS_DB):
                 claimed = store.claims.take([key])
-            assert claimed.ticket is not None
-            store.claims.release(claimed.ticket)
+            assert claimed.byte is not None
+            store.claims.release(claimed.byte)
     finally:
         logging.getLogger("embedcache").removeHandler(warned)
     assert warned.messages == []  # no "concurrent processes may fetch the same texts"

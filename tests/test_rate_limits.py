@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
+from embedcache import JinaClient, RequestOptions, Store
+from embedcache.assembly import build_embedder
 from embedcache.testing import JinaEmulator, RateLimits
 from embedcache.tokens import estimate_tokens
 from embedcache.upstream.limiter import Limits, RateLimiter
@@ -47,7 +48,7 @@ def fill(emulator: JinaEmulator, cache: Path, limiter: RateLimiter | None) -> fl
         API_KEY, base_url=emulator.url, limiter=limiter, max_attempts=30, backoff_base=0.05
     )
     with Store(cache) as store:
-        embedder = CachedEmbedder(store, client, batch_size=BATCH)
+        embedder = build_embedder(store, client, batch_size=BATCH)
         started = time.monotonic()
         report = embedder.warm(corpus(), OPTIONS)
         elapsed = time.monotonic() - started

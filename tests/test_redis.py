@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import redis
 
-from embedcache import CachedEmbedder, JinaClient, JinaEmbeddingFunction, RequestOptions, Store
+from embedcache import JinaClient, JinaEmbeddingFunction, RequestOptions, Store
+from embedcache.assembly import build_embedder
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.config import DEFAULT_REDIS_TIMEOUT_SECONDS, upstream_id
 from embedcache.storage.formats import decode_entry, encode_entry
@@ -127,7 +128,7 @@ def test_killing_redis_mid_run_keeps_results_correct_warns_once_and_writes_resum
 ) -> None:
     shared = RedisStore(redis_server.url, retry_after=0.2)
     with Store(tmp_path / "local") as store:
-        embedder = CachedEmbedder(store, client, shared=shared)
+        embedder = build_embedder(store, client, shared=shared)
         embedder.embed(TEXTS[:1], OPTIONS)
         redis_server.kill()
         with caplog.at_level(logging.WARNING, logger="embedcache"):

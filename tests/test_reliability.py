@@ -213,7 +213,8 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
 ) -> None:
     import errno
 
-    from embedcache import CachedEmbedder, JinaClient
+    from embedcache import JinaClient
+    from embedcache.assembly import build_embedder
     from embedcache.errors import CacheError
     from embedcache.storage.segments import Segments
 
@@ -231,7 +232,7 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
     monkeypatch.setattr(Segments, "write", write)
     client = JinaClient(API_KEY, base_url=emulator.url)
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client, batch_size=5, max_concurrency=1)
+        embedder = build_embedder(store, client, batch_size=5, max_concurrency=1)
         with pytest.raises(CacheError, match="No space left on device"):
             embedder.embed(texts, OPTIONS)
         embedder.close()
@@ -240,7 +241,7 @@ def test_full_disk_stops_with_a_cache_error_and_keeps_committed_batches(
     assert_cache_is_exact(cache_dir, emulator, texts)
     emulator.reset()
     with Store(cache_dir) as store:
-        CachedEmbedder(store, client, batch_size=5).embed(texts, OPTIONS)
+        build_embedder(store, client, batch_size=5).embed(texts, OPTIONS)
     client.close()
     assert sorted(emulator.received_texts()) == sorted(texts[10:])
 

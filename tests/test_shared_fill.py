@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, RequestOptions, UpstreamResult
+from embedcache import JinaClient, RequestOptions, UpstreamResult
+from embedcache.assembly import build_embedder
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
@@ -101,7 +102,7 @@ def test_entries_claimed_in_one_chunk_stay_claimed_until_the_request_sending_the
     texts = [f"chunked {i} " + "word " * 20 for i in range(4)]
     budget = 2 * estimate_tokens(texts[0])
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client, max_batch_tokens=budget, max_concurrency=1)
+        embedder = build_embedder(store, client, max_batch_tokens=budget, max_concurrency=1)
         first, other = HoldSecond(client), HoldSecond(client)
         with ThreadPoolExecutor(2) as pool:
             filling = pool.submit(embedder.embed_detailed, texts, OPTIONS, upstream=first)
@@ -124,7 +125,7 @@ def test_a_failure_looking_up_a_chunk_keeps_what_is_in_flight_and_holds_no_claim
 ) -> None:
     texts = [f"looked up {i}" for i in range(6)]
     with Store(cache_dir) as store:
-        embedder = CachedEmbedder(store, client, batch_size=2, max_concurrency=2)
+        embedder = build_embedder(store, client, batch_size=2, max_concurrency=2)
         tiers = embedder._tiers
         read, reads = tiers.read, []
 
@@ -139,8 +140,8 @@ def test_a_failure_looking_up_a_chunk_keeps_what_is_in_flight_and_holds_no_claim
             embedder.embed(texts, OPTIONS)
         assert sorted(emulator.received_texts()) == texts[:2]  # in flight: committed
         # A claim left held by the failed lookup would keep the next call waiting forever.
-        assert embedder._inflight is not None
-        assert len(embedder._inflight) == 0
+        assert embedder._fetcher.inflight is not None
+        assert len(embedder._fetcher.inflight) == 0
         monkeypatch.setattr(tiers, "read", read)
         again = embedder.embed_detailed(texts, OPTIONS)
         embedder.close()

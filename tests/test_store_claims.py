@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from embedcache import CachedEmbedder, JinaClient, RequestOptions, Store
+from embedcache import JinaClient, RequestOptions, Store
+from embedcache.assembly import build_embedder
 from embedcache.storage import claims as claims_module
 from embedcache.storage.claims import CLAIMS_DB, CLAIMS_LOCK, Claims, claims_for
 
@@ -62,11 +63,11 @@ def rows(cache_dir: Path) -> list[tuple[bytes, int]]:
 
 def test_a_claim_owns_free_keys_until_released(cache_dir: Path, directory: Claims) -> None:
     taken = directory.take([A, B])
-    assert taken.ticket is not None
-    assert (taken.owned, taken.elsewhere) == ([0, 1], [])
-    assert rows(cache_dir) == [(A, taken.ticket), (B, taken.ticket)]
-    directory.release(taken.ticket)
-    directory.release(taken.ticket)  # idempotent
+    assert taken.byte is not None
+    assert (taken.owned, taken.other_bytes) == ([0, 1], [])
+    assert rows(cache_dir) == [(A, taken.byte), (B, taken.byte)]
+    directory.release(taken.byte)
+    directory.release(taken.byte)  # idempotent
     assert rows(cache_dir) == []
 
 
@@ -77,25 +78,25 @@ def test_another_processs_live_claim_is_elsewhere_until_it_ends(
     assert ticket is not None
     assert owned == [0, 1]
     taken = directory.take([B, C])
-    assert (taken.owned, taken.elsewhere) == ([1], [ticket])
-    assert taken.ticket is not None
+    assert (taken.owned, taken.other_bytes) == ([1], [ticket])
+    assert taken.byte is not None
     waited = threading.Event()
 
     def wait() -> None:
-        directory.wait(taken.elsewhere)
+        directory.wait(taken.other_bytes)
         waited.set()
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    assert directory.take([A]).elsewhere == [ticket]  # still held: the waiter still waits
+    assert directory.take([A]).other_bytes == [ticket]  # still held: the waiter still waits
     assert not waited.is_set()
     other.send(f"release {ticket}")
     other.expect("released")
     waiter.join(10)
     assert waited.is_set()
     again = directory.take([A, B])
-    assert (again.owned, again.elsewhere) == ([0, 1], [])
-    for mine in (taken.ticket, again.ticket):
+    assert (again.owned, again.other_bytes) == ([0, 1], [])
+    for mine in (taken.byte, again.byte):
         assert mine is not None
         directory.release(mine)
 
@@ -104,24 +105,24 @@ def test_the_claims_of_a_killed_process_count_for_nothing(
     cache_dir: Path, directory: Claims, other: Worker
 ) -> None:
     keep = directory.take([C])  # holds this process's files open across the kill
-    assert keep.ticket is not None
+    assert keep.byte is not None
     ticket, _, _ = take(other, A, B)
     assert ticket is not None
     other.kill()
-    assert sorted(byte for _, byte in rows(cache_dir)) == sorted([keep.ticket, ticket, ticket])
+    assert sorted(byte for _, byte in rows(cache_dir)) == sorted([keep.byte, ticket, ticket])
     taken = directory.take([A])  # its row is found dead and taken over, with no wait
-    assert taken.ticket is not None
-    assert (taken.owned, taken.elsewhere) == ([0], [])
+    assert taken.byte is not None
+    assert (taken.owned, taken.other_bytes) == ([0], [])
     directory.wait([ticket])  # returns at once: nobody holds that byte any more
     assert (B, ticket) in rows(cache_dir)
-    directory.release(taken.ticket)
-    directory.release(keep.ticket)
+    directory.release(taken.byte)
+    directory.release(keep.byte)
     directory.detach()  # nothing held, nobody attached: the files close
     directory.attach()
     later = directory.take([C])  # opening them again sweeps the dead claim's last row
-    assert later.ticket is not None
-    assert rows(cache_dir) == [(C, later.ticket)]
-    directory.release(later.ticket)
+    assert later.byte is not None
+    assert rows(cache_dir) == [(C, later.byte)]
+    directory.release(later.byte)
 
 
 def test_this_processs_own_claims_are_left_to_the_in_process_registry(
@@ -131,13 +132,13 @@ def test_this_processs_own_claims_are_left_to_the_in_process_registry(
     # its process holds): the directory never makes a process wait on itself.
     first = directory.take([A])
     second = directory.take([A, B])
-    assert first.ticket is not None
-    assert second.ticket is not None
-    assert first.ticket != second.ticket
-    assert (second.owned, second.elsewhere) == ([0, 1], [])
-    directory.release(first.ticket)  # its row for A was taken over: the second's stays
-    assert rows(cache_dir) == [(A, second.ticket), (B, second.ticket)]
-    directory.release(second.ticket)
+    assert first.byte is not None
+    assert second.byte is not None
+    assert first.byte != second.byte
+    assert (second.owned, second.other_bytes) == ([0, 1], [])
+    directory.release(first.byte)  # its row for A was taken over: the second's stays
+    assert rows(cache_dir) == [(A, second.byte), (B, second.byte)]
+    directory.release(second.byte)
 
 
 def test_a_byte_held_by_another_claim_is_never_shared(
@@ -148,8 +149,8 @@ def test_a_byte_held_by_another_claim_is_never_shared(
     choices = iter([held, held, 12345])
     monkeypatch.setattr(claims_module, "_random_byte", lambda: next(choices))
     taken = directory.take([B])
-    assert taken.ticket == 12345
-    directory.release(taken.ticket)
+    assert taken.byte == 12345
+    directory.release(taken.byte)
 
 
 def test_with_no_free_byte_a_claim_is_left_to_the_process(
@@ -163,7 +164,7 @@ def test_with_no_free_byte_a_claim_is_left_to_the_process(
     assert held is not None
     monkeypatch.setattr(claims_module, "_random_byte", lambda: held)
     taken = directory.take([B, C])
-    assert (taken.ticket, taken.owned, taken.elsewhere) == (None, [0, 1], [])
+    assert (taken.byte, taken.owned, taken.other_bytes) == (None, [0, 1], [])
     assert "no free claim byte" in caplog.text
 
 
@@ -179,8 +180,8 @@ def test_a_cycle_of_waiting_processes_is_polled_not_refused(
     theirs, _, _ = take(other, A)
     mine = directory.take([B])
     assert theirs is not None
-    assert mine.ticket is not None
-    other.send(f"wait {mine.ticket}")
+    assert mine.byte is not None
+    other.send(f"wait {mine.byte}")
     wait_for(
         lambda: any("->" in line and f" {other.process.pid} " in line
                     for line in locks.read_text().splitlines()),
@@ -189,7 +190,7 @@ def test_a_cycle_of_waiting_processes_is_polled_not_refused(
     waiter = threading.Thread(target=directory.wait, args=([theirs],))
     waiter.start()
     wait_for(lambda: "EDEADLK" in caplog.text, "the kernel saw no cycle")
-    directory.release(mine.ticket)  # the other's wait ends, then it lets go of its own
+    directory.release(mine.byte)  # the other's wait ends, then it lets go of its own
     other.expect("waited")
     other.send(f"release {theirs}")
     other.expect("released")
@@ -225,8 +226,8 @@ def test_the_files_are_private_and_closed_when_unused(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         assert store.claims is not None
         taken = store.claims.take([A])
-        assert taken.ticket is not None
-        store.claims.release(taken.ticket)
+        assert taken.byte is not None
+        store.claims.release(taken.byte)
     for name in (CLAIMS_DB, CLAIMS_LOCK):
         assert stat.S_IMODE((cache_dir / name).stat().st_mode) == 0o600
     fds = Path("/proc/self/fd")
@@ -248,17 +249,17 @@ def test_a_forked_child_does_not_take_its_parents_claims_for_its_own(
     cache_dir: Path, directory: Claims
 ) -> None:
     taken = directory.take([A])
-    assert taken.ticket is not None
+    assert taken.byte is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
         pid = os.fork()
     if pid == 0:  # the child: its view must be a stranger's
         child = claims_for(cache_dir)
         seen = child.take([A]) if child is not None else None
-        os._exit(0 if seen is not None and seen.elsewhere == [taken.ticket] else 1)
+        os._exit(0 if seen is not None and seen.other_bytes == [taken.byte] else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    directory.release(taken.ticket)
+    directory.release(taken.byte)
 
 
 def test_without_fcntl_there_are_no_directory_claims(
@@ -267,6 +268,6 @@ def test_without_fcntl_there_are_no_directory_claims(
     monkeypatch.setattr(claims_module, "fcntl", None)
     with Store(cache_dir) as store:
         assert store.claims is None
-        embedder = CachedEmbedder(store, client)  # threads are still coalesced
+        embedder = build_embedder(store, client)  # threads are still coalesced
         assert embedder.embed(["a"], RequestOptions("jina-embeddings-v3")).shape == (1, 1024)
     assert not (cache_dir / CLAIMS_DB).exists()

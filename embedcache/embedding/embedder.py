@@ -3,43 +3,36 @@
 It knows nothing of HTTP or bytes on disk: it reads and writes through
 :class:`~embedcache.storage.tiers.Tiers` and sends through an
 :class:`~embedcache.upstream.protocol.Upstream`, so the library, the CLI and the proxy share
-it, and tests drive it with faulty upstreams. Sending is the
-:class:`~embedcache.embedding.scheduler.BatchScheduler`'s job, counting the
-:class:`~embedcache.embedding.counters.Counters`'.
+it, and tests drive it with faulty upstreams. This module keys texts, looks them up and
+answers; fetching the misses is the :class:`~embedcache.embedding.fetching.Fetcher`'s job,
+counting the :class:`~embedcache.embedding.counters.Counters`'. Its parts are built and
+handed in by the composition root (:mod:`embedcache.assembly`).
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint, fingerprint, group_keys, text_keys
-from ..config import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_CONCURRENCY, DEFAULT_UPSTREAM_ID
-from ..errors import CacheError, CacheMissError, InvalidInputError
+from ..config import DEFAULT_UPSTREAM_ID
+from ..errors import InvalidInputError
 from ..models import RequestOptions
-from ..storage.shared import RedisStore
-from ..storage.store import Store
 from ..storage.tiers import Tiers
 from ..tokens import estimate_tokens
-from ..upstream.protocol import Upstream, UpstreamResult
-from .batches import Miss, Packer, check_lengths, plan_batches, validated
-from .coalescing import Claim, Elsewhere, Inflight
-from .counters import AUTOFLUSH, Counters, Recorder, Stats
+from ..upstream.protocol import Upstream
+from .batches import Miss
+from .counters import Autoflush, Recorder, Stats
 from .distinct import DistinctKeys
-from .scheduler import BatchScheduler
+from .fetching import Call, Fetcher, Rows
 
 __all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
-
-log = logging.getLogger("embedcache")
 
 
 @dataclass(frozen=True)
@@ -71,99 +64,6 @@ class Embedded:
     keys: list[bytes]
 
 
-class _Rows:
-    """The vectors of a call's distinct texts; sized on the first batch when the model's
-    dimension is not known beforehand."""
-
-    def __init__(self, matrix: NDArray[np.float32], tokens: NDArray[np.float64]) -> None:
-        self.matrix = matrix
-        self.tokens = tokens
-
-    @property
-    def dim(self) -> int | None:
-        return self.matrix.shape[1] or None
-
-    def put(
-        self, slots: list[int], vectors: NDArray[np.float32], tokens: NDArray[np.float64]
-    ) -> None:
-        if not self.matrix.shape[1]:
-            self.matrix = np.zeros((len(self.matrix), vectors.shape[1]), dtype=np.float32)
-        self.matrix[slots] = vectors
-        self.tokens[slots] = tokens
-
-
-#: Misses left to other calls' fetches, with what ends those fetches.
-_Waiting = tuple[Elsewhere, list[Miss]]
-
-
-class _Holds:
-    """The claims of one fetch, each ended once every entry it holds that is still to be
-    sent has been committed: a claimed chunk may be packed into two requests."""
-
-    def __init__(self) -> None:
-        self._owner: dict[bytes, Claim] = {}
-        self._left: dict[Claim, int] = {}  # the claims not yet ended: entries to send
-
-    def add(self, claim: Claim, sending: list[Miss]) -> None:
-        """Keep ``claim`` until ``sending``, what it holds that is still missing, is sent
-        (entries found stored stay claimed with the rest until then)."""
-        if not sending:
-            claim.release()
-            return
-        self._left[claim] = len(sending)
-        for miss in sending:
-            self._owner[miss.key] = claim
-
-    def sent(self, batch: list[Miss]) -> None:
-        """``batch`` is committed (or failed): end the claims nothing else waits on."""
-        for miss in batch:
-            claim = self._owner.pop(miss.key, None)
-            if claim is not None:
-                self._left[claim] -= 1
-                if not self._left[claim]:
-                    del self._left[claim]
-                    claim.release()
-
-    def release(self) -> None:
-        """End every claim still held, whatever happened to its entries."""
-        for claim in self._left:
-            claim.release()
-        self._left.clear()
-        self._owner.clear()
-
-
-@dataclass
-class _Call:
-    """The state of one embed or warm call, handed down its fetch loop."""
-
-    options: RequestOptions
-    fp: Fingerprint
-    upstream: Upstream
-    rows: _Rows | None
-    on_batch: Callable[[int, int], None] | None = None
-    stats: Stats = field(default_factory=Stats)
-    stop: threading.Event | None = None
-    #: Called with a number of entries stored meanwhile by another call or process.
-    on_found: Callable[[int], None] | None = None
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the caller has cancelled the call (``stop`` is set)."""
-        return self.stop is not None and self.stop.is_set()
-
-
-def _until_stopped(batches: Iterator[list[Miss]], call: _Call) -> Iterator[list[Miss]]:
-    """``batches``, each drawn (and so claimed) only while ``call`` is not stopped; once it
-    is, drawing raises ``CancelledError``, which the scheduler raises after committing the
-    batches already in flight: a cancelled call keeps what it paid for and sends no more."""
-    while not call.stopped:
-        batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
-    raise CancelledError("the call was cancelled; batches already sent were committed")
-
-
 def check_texts(texts: object) -> Sequence[str]:
     """Return ``texts`` if it is a list or tuple of ``str``.
 
@@ -186,66 +86,60 @@ class CachedEmbedder:
 
     Safe to share between threads: concurrent calls that miss the same entries send one
     request for them, whether they are threads of this process or other processes using the
-    same cache directory (see :mod:`embedcache.embedding.coalescing`), unless ``coalesce``
-    is off.
+    same cache directory (see :mod:`embedcache.embedding.coalescing`), unless the fetcher
+    was built without coalescing.
 
-    :param store: the local disk cache.
+    Build one with :func:`embedcache.assembly.build_embedder` (or get one from an
+    :class:`~embedcache.assembly.Assembly`), which makes the parts below.
+
+    :param tiers: where vectors are looked up: local disk, then a shared tier, if any.
+    :param fetcher: fetches and stores the misses; :meth:`close` closes it.
+    :param recorder: the counters of every call, and how they reach the cache's lifetime
+        counters (after each fill, on close, and through ``autoflush``).
     :param upstream: embeds one batch per call; only misses reach it. A call may pass its
         own (the proxy forwards each client's credentials).
-    :param offline: raise :class:`CacheMissError` instead of fetching.
-    :param batch_size: most texts per request (capped by the model's limit).
-    :param max_batch_tokens: most estimated tokens per request.
-    :param max_concurrency: most upstream requests in flight at once, shared by all calls
-        (concurrent calls queue for the same worker threads).
-    :param coalesce: let concurrent calls, in this process and others, wait for each other's
-        fetches of the same entries; off, no claims are taken at all.
-    :param memory_bytes: keep up to this many bytes of recently read vectors in memory, so
-        repeated small requests skip the store (see :mod:`embedcache.storage.memory`); 0: none.
-    :param shared: a Redis tier shared with other machines, read after the local store and
-        written with it (see :mod:`embedcache.storage.tiers`).
+    :param autoflush: also records the counters now and then and at exit, while this
+        embedder is open (and once more if it is collected unclosed); ``None``: only after
+        each fill and on close.
     :param upstream_id: the upstream ``upstream``'s answers are cached as, part of every key
         (:func:`~embedcache.config.resolve_upstream_id`; default: Jina's API).
     """
 
     def __init__(
         self,
-        store: Store,
+        tiers: Tiers,
+        fetcher: Fetcher,
+        recorder: Recorder,
         upstream: Upstream,
         *,
-        offline: bool = False,
-        batch_size: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        coalesce: bool = True,
-        memory_bytes: int = 0,
-        shared: RedisStore | None = None,
+        autoflush: Autoflush | None = None,
         upstream_id: str = DEFAULT_UPSTREAM_ID,
     ) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
         self.upstream = upstream
         self.upstream_id = upstream_id
-        self.offline = offline
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self._scheduler: BatchScheduler[list[Miss], UpstreamResult]
-        self._scheduler = BatchScheduler(max_concurrency)
-        self._inflight = Inflight(store.claims) if coalesce else None
-        self._tiers = Tiers(store, shared, memory_bytes)
-        self._counters = Counters()
+        self._tiers = tiers
+        self._fetcher = fetcher
+        self._recorder = recorder
+        self._counters = recorder.counters
         self._fingerprints: dict[RequestOptions, Fingerprint] = {}
-        # Counters reach the lifetime totals without close(): now and then, and at exit.
-        # The recorder holds the store, not the embedder, which can still be collected
-        # unclosed (AUTOFLUSH's thread then gives it its last flush).
-        self._recorder = Recorder(self._counters, store.add_counters)
-        AUTOFLUSH.add(self._recorder)
-        self._finalizer = weakref.finalize(self, AUTOFLUSH.orphan, self._recorder)
-        self._finalizer.atexit = False  # AUTOFLUSH's own exit flush covers it
+        self._autoflush = autoflush
+        if autoflush is not None:
+            # The recorder holds the store, not the embedder, which can still be collected
+            # unclosed (the autoflush thread then gives it its last flush).
+            autoflush.add(recorder)
+            self._finalizer = weakref.finalize(self, autoflush.orphan, recorder)
+            self._finalizer.atexit = False  # the autoflush's own exit flush covers it
+
+    @property
+    def offline(self) -> bool:
+        """Whether a miss raises :class:`~embedcache.errors.CacheMissError` instead of
+        being fetched."""
+        return self._fetcher.offline
 
     @property
     def waiting(self) -> int:
         """Calls blocked right now on another call's fetch of the same entries."""
-        return self._inflight.waiting if self._inflight is not None else 0
+        return self._fetcher.waiting
 
     @property
     def stats(self) -> Stats:
@@ -256,10 +150,11 @@ class CachedEmbedder:
         """Record this session's counters in the cache's lifetime totals and stop the worker
         threads (the store and upstream belong to the caller). Not needed for the counters:
         they are also recorded now and then, and at exit."""
-        self._finalizer.detach()
-        AUTOFLUSH.discard(self._recorder)
+        if self._autoflush is not None:
+            self._finalizer.detach()
+            self._autoflush.discard(self._recorder)
         self.flush_counters()
-        self._scheduler.close()
+        self._fetcher.close()
         self._tiers.close()  # copies of shared hits to local disk still queued
 
     def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
@@ -289,7 +184,7 @@ class CachedEmbedder:
 
         :param upstream: send this call's misses here instead of to the embedder's upstream.
         :param cached_only: return ``None``, without counting or fetching anything, unless
-            every text is in memory or on local disk (a cheap first try for callers that
+            every text is on local disk (a cheap first try for callers that
             must not block: the shared tier is not asked).
         :param stop: once set (by another thread), send no new batch: the ones in flight
             are committed, then ``concurrent.futures.CancelledError`` is raised.
@@ -300,8 +195,8 @@ class CachedEmbedder:
             return Embedded(empty, Stats(), np.empty(0, np.float64), [])
         unique = list(position)
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
-        rows = _Rows(found.vectors, found.tokens)
-        call = _Call(options, fp, upstream or self.upstream, rows, stop=stop)
+        rows = Rows(found.vectors, found.tokens)
+        call = Call(options, fp, upstream or self.upstream, rows, stop=stop)
         if found.present.all():  # the common case, kept short: nothing to fetch
             self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
         elif cached_only:
@@ -361,15 +256,11 @@ class CachedEmbedder:
             cached=len(unique) - len(misses),
             to_fetch=len(misses),
             estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
-            estimated_requests=sum(
-                1 for _ in plan_batches(misses, options, self.batch_size, self.max_batch_tokens)
-            )
-            if dry_run
-            else 0,
+            estimated_requests=self._fetcher.planned_requests(misses, options) if dry_run else 0,
         )
         if dry_run or not misses:
             return report
-        call = _Call(options, fp, self.upstream, None, on_batch, on_found=on_found)
+        call = Call(options, fp, self.upstream, None, on_batch, on_found=on_found)
         self._fill(misses, len(unique), call)
         return replace(report, tokens_spent=call.stats.tokens_spent)
 
@@ -377,10 +268,6 @@ class CachedEmbedder:
         """Count hits a caller answered from its own copy of what this embedder returned
         (the proxy's rendered answers), so the counters cover every hit."""
         self._counters.add_hits(entries, tokens_saved)
-
-    def forget_memory(self) -> None:
-        """Drop the recently read vectors held in memory (``memory_bytes``)."""
-        self._tiers.forget_memory()
 
     def flush_counters(self) -> None:
         """Add what was counted since the last flush to the cache's lifetime counters.
@@ -440,145 +327,11 @@ class CachedEmbedder:
             for j in slots.tolist()
         ]
 
-    def _count(self, call: _Call, **deltas: float) -> None:
+    def _count(self, call: Call, **deltas: float) -> None:
         self._counters.add(call.stats, **deltas)
 
-    def _fill(self, misses: list[Miss], distinct: int, call: _Call) -> None:
-        if self.offline:
-            raise CacheMissError(
-                f"offline: {len(misses)} of {distinct} distinct texts are not cached",
-                misses=len(misses),
-            )
-        if self._tiers.read_only:
-            # Fetching would spend tokens on vectors that could not be kept.
-            raise CacheError(
-                f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
-                f"{self._tiers.store.directory} is read-only"
-            )
-        check_lengths(misses, call.options)
-        # Misses are counted as their answers arrive (in send), not as planned: an
-        # interrupted call, or entries another process stores meanwhile, must not leave
-        # misses in the lifetime counters that were never fetched.
+    def _fill(self, misses: list[Miss], distinct: int, call: Call) -> None:
         try:
-            while misses:
-                waiting = self._fetch(misses, call)
-                if not waiting:
-                    break
-                assert self._inflight is not None  # only claims leave misses to others
-                if call.stopped:
-                    # Cancelled: not waiting on other callers' fetches either.
-                    raise CancelledError("the call was cancelled; batches sent were committed")
-                # _fetch has released this call's claims: it never waits holding one.
-                self._inflight.wait([held for held, _ in waiting])
-                # Whatever the other calls' fetches did not store, this call fetches itself.
-                left = [miss for _, group in waiting for miss in group]
-                misses = self._take_stored(left, call, "coalesced")
+            self._fetcher.fill(misses, distinct, call)
         finally:
             self.flush_counters()
-
-    def _fetch(self, misses: list[Miss], call: _Call) -> list[_Waiting]:
-        """Send ``misses`` in batches, committing each as it arrives. Each batch is packed
-        when a slot frees, from what is still missing then (see :meth:`_claimed`), so it is
-        full however much other calls and processes have fetched meanwhile.
-
-        :returns: the misses left to others' in-flight fetches, with what ends those.
-        """
-        waiting: list[_Waiting] = []
-        holds = _Holds()
-        packer = Packer(misses, call.options, self.batch_size, self.max_batch_tokens)
-        batches = _until_stopped(
-            packer.batches(lambda chunk: self._claimed(chunk, holds, waiting, call)), call
-        )
-
-        def send(batch: list[Miss]) -> UpstreamResult:
-            if call.stopped:
-                # Drawn before the cancel but still queued for a worker thread (behind other
-                # calls' batches): not sent, so nothing is spent after the cancel.
-                raise CancelledError("the call was cancelled before this batch was sent")
-            result = call.upstream.embed([miss.text for miss in batch], call.options)
-            self._count(call, requests=1, tokens_spent=result.total_tokens, misses=len(batch))
-            return result
-
-        def commit(batch: list[Miss], result: UpstreamResult) -> None:
-            try:
-                self._commit(batch, result, call)
-            finally:
-                holds.sent(batch)
-            if call.on_batch is not None:
-                call.on_batch(len(batch), result.total_tokens)
-
-        try:
-            self._scheduler.run(batches, send, commit)
-        finally:
-            holds.release()  # a failed or abandoned batch must not hold up waiters
-        return waiting
-
-    def _claimed(
-        self, chunk: list[Miss], holds: _Holds, waiting: list[_Waiting], call: _Call
-    ) -> list[Miss]:
-        """What of ``chunk`` this call is to send, just before it is packed into a request:
-        claim its entries, set aside those another call or process is already fetching,
-        and drop what has been stored since this call looked (so concurrent prewarms of
-        overlapping corpora do not pay twice)."""
-        if self._inflight is None:
-            return self._take_stored(chunk, call, "hits")
-        claim, owned, elsewhere = self._inflight.claim([miss.key for miss in chunk])
-        if len(owned) < len(chunk) and call.options.late_chunking:
-            # Never send part of a late-chunking group; wait for whoever holds the rest.
-            claim.release()
-            owned = []
-        if len(owned) < len(chunk):
-            mine = set(owned)
-            waiting.append((elsewhere, [m for i, m in enumerate(chunk) if i not in mine]))
-            chunk = [chunk[i] for i in owned]
-        try:
-            # Looked at only now, under the claim: anything stored before it was taken is
-            # found, and no other claiming caller fetches these entries while it is held.
-            # (Looking first would leave a gap in which another process commits and
-            # releases, and this call then claims and pays again.)
-            chunk = self._take_stored(chunk, call, "hits")
-        except BaseException:
-            claim.release()  # not yet among the fetch's holds, which end on every path
-            raise
-        holds.add(claim, chunk)
-        return chunk
-
-    def _take_stored(
-        self, misses: list[Miss], call: _Call, counted_as: Literal["hits", "coalesced"]
-    ) -> list[Miss]:
-        """Take from the cache what has been stored of ``misses`` since this call looked (by
-        another process, or by the fetch of another call), and return the rest."""
-        if not misses:
-            return misses
-        keys = [miss.key for miss in misses]
-        rows = call.rows
-        found = None
-        if rows is None:
-            usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
-        else:
-            found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
-            usable = found.present.copy()
-        if call.options.late_chunking and not usable.all():
-            usable[:] = False  # a group is all or nothing: never send part of one
-        done = int(usable.sum())
-        if not done:
-            return misses
-        if rows is not None and found is not None:
-            rows.put([m.slot for m, ok in zip(misses, usable, strict=True) if ok],
-                     found.vectors[usable], found.tokens[usable])  # fmt: skip
-        self._count(call, **{counted_as: done})
-        if call.on_found is not None:
-            call.on_found(done)
-        return [m for m, ok in zip(misses, usable, strict=True) if not ok]
-
-    def _commit(self, batch: list[Miss], result: UpstreamResult, call: _Call) -> None:
-        rows = call.rows
-        vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
-        lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
-        share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
-        tokens = share * result.total_tokens
-        self._tiers.put(
-            call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
-        )
-        if rows is not None:
-            rows.put([miss.slot for miss in batch], vectors, tokens)

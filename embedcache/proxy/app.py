@@ -305,9 +305,8 @@ class Proxy:
         self._forget()
 
     def _forget(self) -> None:
-        """Drop what this worker holds in memory: vectors, answers' text, remembered request
-        bodies, key verdicts."""
-        self.embedder.forget_memory()
+        """Drop what this worker holds in memory: answers' text, remembered request bodies,
+        key verdicts."""
         self.rendered.clear()
         self.hits.forget()
         self.access.forget()

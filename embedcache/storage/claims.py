@@ -99,17 +99,17 @@ _HELD = (errno.EACCES, errno.EAGAIN)  # what a refused LOCK_NB raises, by platfo
 class Claimed:
     """What :meth:`Claims.take` got, for keys in the order asked.
 
-    :ivar ticket: the byte this process now holds for ``owned``; give it to
+    :ivar byte: the claim byte this process now holds for ``owned``; give it to
         :meth:`Claims.release` when the batch is committed or has failed. ``None`` when
         nothing was claimed in the directory (no key was free, or claims are unavailable).
     :ivar owned: positions of the keys this process may fetch.
-    :ivar elsewhere: the bytes of other processes' fetches holding the other keys, for
-        :meth:`Claims.wait`.
+    :ivar other_bytes: the claim bytes of other processes' fetches holding the other keys,
+        for :meth:`Claims.wait`.
     """
 
-    ticket: int | None
+    byte: int | None
     owned: list[int]
-    elsewhere: list[int] = field(default_factory=list)
+    other_bytes: list[int] = field(default_factory=list)
 
 
 def claims_for(directory: Path) -> Claims | None:
@@ -157,8 +157,8 @@ class Claims:
         self._db: sqlite3.Connection | None = None
         self._broken = False  # the files cannot be used: claims are left to each process
         self._warned = False
-        self._mine: set[int] = set()  # bytes this process holds, one per live claim
-        self._watching: Counter[int] = Counter()  # others' bytes this process waits on
+        self._own_bytes: set[int] = set()  # claim bytes this process holds, one per live claim
+        self._awaited_bytes: Counter[int] = Counter()  # others' claim bytes this process waits on
 
     def __repr__(self) -> str:
         return f"Claims({str(self.directory)!r})"
@@ -190,46 +190,47 @@ class Claims:
             if fd is None or byte is None:
                 return Claimed(None, list(range(len(keys))))
             try:
-                owned, elsewhere = self._record(fd, byte, keys)
+                owned, other_bytes = self._record(fd, byte, keys)
             except (sqlite3.Error, OSError) as exc:  # lock trouble too (ENOLCK, say)
                 self._unlock(fd, byte)
                 self._warn(f"cannot record claims: {exc}")
                 return Claimed(None, list(range(len(keys))))
             if not owned:
                 self._unlock(fd, byte)
-                return Claimed(None, [], elsewhere)
-            self._mine.add(byte)
-            return Claimed(byte, owned, elsewhere)
+                return Claimed(None, [], other_bytes)
+            self._own_bytes.add(byte)
+            return Claimed(byte, owned, other_bytes)
 
-    def release(self, ticket: int) -> None:
-        """End the claim of ``ticket`` (idempotent); its waiters wake."""
+    def release(self, byte: int) -> None:
+        """End the claim of ``byte`` (idempotent); its waiters wake."""
         with self._lock:
-            if ticket not in self._mine:
+            if byte not in self._own_bytes:
                 return
             try:
                 assert self._db is not None  # open while this process holds a byte
                 with _transaction(self._db):
-                    self._db.execute("DELETE FROM claims WHERE byte = ?", (ticket,))
+                    self._db.execute("DELETE FROM claims WHERE byte = ?", (byte,))
             except sqlite3.Error as exc:
                 # The rows stay, but count for nothing once the byte is unlocked.
                 self._warn(f"cannot remove claims: {exc}")
             finally:
-                self._mine.discard(ticket)
+                self._own_bytes.discard(byte)
                 assert self._fd is not None
-                self._unlock(self._fd, ticket)
+                self._unlock(self._fd, byte)
                 self._close_if_idle()
 
-    def wait(self, elsewhere: Iterable[int]) -> None:
-        """Block until every fetch of ``elsewhere`` (bytes from :meth:`take`) has ended:
-        committed, failed, or its process died. Never call it holding a claim of your own."""
-        for byte in dict.fromkeys(elsewhere):
+    def wait(self, other_bytes: Iterable[int]) -> None:
+        """Block until every fetch of ``other_bytes`` (:attr:`Claimed.other_bytes`) has
+        ended: committed, failed, or its process died. Never call it holding a claim of
+        your own."""
+        for byte in dict.fromkeys(other_bytes):
             with self._lock:
                 fd = self._files()
                 if fd is None:
                     return  # claims unavailable: the caller reads the store and fetches
-                if byte in self._mine:
+                if byte in self._own_bytes:
                     continue  # this process holds it now, so that fetch has ended
-                self._watching[byte] += 1
+                self._awaited_bytes[byte] += 1
             try:
                 _lock_shared(fd, byte)
             except OSError as exc:
@@ -237,9 +238,9 @@ class Claims:
             finally:
                 with self._lock:
                     self._unlock(fd, byte)
-                    self._watching[byte] -= 1
-                    if not self._watching[byte]:
-                        del self._watching[byte]
+                    self._awaited_bytes[byte] -= 1
+                    if not self._awaited_bytes[byte]:
+                        del self._awaited_bytes[byte]
                     self._close_if_idle()
 
     # Inside, always with self._lock held
@@ -259,7 +260,7 @@ class Claims:
                     part,
                 ):
                     if other not in alive:
-                        alive[other] = other not in self._mine and _held_elsewhere(fd, other)
+                        alive[other] = other not in self._own_bytes and _held_by_another(fd, other)
                     if alive[other]:
                         held[key] = other
             owned = [i for i, key in enumerate(keys) if key not in held]
@@ -273,7 +274,7 @@ class Claims:
         """A byte no live claim holds, now held by this process."""
         for _ in range(_TRIES):
             byte = _random_byte()
-            if byte in self._mine or byte in self._watching:
+            if byte in self._own_bytes or byte in self._awaited_bytes:
                 continue  # locking it again would change this process's own lock on it
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
@@ -317,8 +318,8 @@ class Claims:
     def _sweep(self, fd: int, db: sqlite3.Connection) -> None:
         """Delete the rows of claims whose process has died (this process holds none yet)."""
         try:
-            bytes_ = [row[0] for row in db.execute("SELECT DISTINCT byte FROM claims")]
-            dead = [(b,) for b in bytes_ if not _held_elsewhere(fd, b)]
+            claim_bytes = [row[0] for row in db.execute("SELECT DISTINCT byte FROM claims")]
+            dead = [(b,) for b in claim_bytes if not _held_by_another(fd, b)]
             if dead:
                 with _transaction(db):
                     db.executemany("DELETE FROM claims WHERE byte = ?", dead)
@@ -326,7 +327,7 @@ class Claims:
             log.debug("could not sweep stale claims in %s: %s", self.directory, exc)
 
     def _close_if_idle(self) -> None:
-        if self._users or self._mine or self._watching or self._fd is None:
+        if self._users or self._own_bytes or self._awaited_bytes or self._fd is None:
             return
         # Nothing held: closing the descriptor drops no lock that matters.
         fd, db, self._fd, self._db = self._fd, self._db, None, None
@@ -358,8 +359,8 @@ class Claims:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # the child holds no locks, so this drops none
         self._fd, self._db = None, None
-        self._mine.clear()
-        self._watching.clear()
+        self._own_bytes.clear()
+        self._awaited_bytes.clear()
 
 
 @contextlib.contextmanager
@@ -378,7 +379,7 @@ def _random_byte() -> int:
     return int.from_bytes(os.urandom(4), "little") % BYTES
 
 
-def _held_elsewhere(fd: int, byte: int) -> bool:
+def _held_by_another(fd: int, byte: int) -> bool:
     """Whether another process holds ``byte`` exclusively: its claim is alive."""
     try:
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, byte)

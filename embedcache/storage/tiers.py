@@ -1,9 +1,9 @@
-"""Where the embedder looks for a vector, nearest first: memory, local disk, shared Redis.
+"""Where the embedder looks for a vector, nearest first: local disk, then shared Redis.
 
 A vector found in Redis is written back to local disk, so the next read is local: off the
 read path, by :class:`~embedcache.storage.writeback.WriteBack`, finished by :meth:`Tiers.close`
 (and at exit); a presence check (a prewarm) waits for its copy. A vector fetched from the API
-goes to both. Each tier is optional except the disk store.
+goes to both. The shared tier is optional.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
-from .memory import MemoryTier
 from .shared import RedisStore
 from .store import Found, KeyedVectors, Store
 from .writeback import WriteBack
@@ -27,15 +26,19 @@ class Tiers:
 
     :param store: the local disk cache.
     :param shared: a Redis tier shared with other machines, if any.
-    :param memory_bytes: memory for recently read vectors (0: none); see
-        :mod:`embedcache.storage.memory`.
+    :param writeback: copies what ``shared`` serves to ``store``; ``None``: nothing is
+        copied (no shared tier, or a read-only store).
     """
 
-    def __init__(self, store: Store, shared: RedisStore | None = None, memory_bytes: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        shared: RedisStore | None = None,
+        writeback: WriteBack | None = None,
+    ) -> None:
         self.store = store
         self.shared = shared
-        self._memory = MemoryTier(memory_bytes) if memory_bytes > 0 else None
-        self._writeback = WriteBack(store) if shared is not None and not store.read_only else None
+        self._writeback = writeback
 
     def close(self) -> None:
         """Finish copying what the shared tier served to local disk (the tiers themselves
@@ -55,15 +58,9 @@ class Tiers:
 
         :param shared: also ask the shared tier (a network round trip) for what is not local.
         """
-        if self._memory is not None:
-            found = self._memory.get_all(keys, dim)
-            if found is not None:
-                return found
         found = self.store.read_many(keys, dim)
         if shared and self.shared is not None and not found.present.all():
             found = self._pull(fp, keys, found, dim)
-        if self._memory is not None:
-            self._memory.put(keys, found)
         return found
 
     def contains(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> NDArray[np.bool_]:
@@ -81,11 +78,6 @@ class Tiers:
         self.store.put_many(fp, entries)
         if self.shared is not None:
             self.shared.put_many(fp, entries)
-
-    def forget_memory(self) -> None:
-        """Drop the vectors held in memory (the disk and shared tiers are untouched)."""
-        if self._memory is not None:
-            self._memory.clear()
 
     def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
         """``found`` completed with what the shared tier has for its absent keys."""
