@@ -1,6 +1,6 @@
 """The composition root: where a cache's parts are built, wired together and closed.
 
-The library (:class:`~embedcache.integrations.milvus.JinaEmbeddingFunction`), every CLI
+The library (:class:`~embedcache.function.JinaEmbeddingFunction`), every CLI
 command and the proxy describe what they want as :class:`CacheSettings` and get an
 :class:`Assembly`: the disk store, the shared tier, the Jina client (paced by the process's
 rate limiter) and the caching core on top. The assembly owns what it opened and closes it

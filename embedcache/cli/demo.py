@@ -161,7 +161,7 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
         lite.require_milvus()
     import numpy as np
 
-    from ..integrations.milvus import JinaEmbeddingFunction
+    from ..function import JinaEmbeddingFunction
     from ..testing import JinaEmulator
 
     documents = lite.MILVUS_DOCUMENTS if milvus else DEMO_DOCUMENTS
