@@ -33,9 +33,9 @@ from itertools import groupby
 import numpy as np
 from numpy.typing import NDArray
 
-from .rows import COLUMNS, DIM, FP, MILLITOKENS, ROW, SEG, K
+from .rows import CHECKSUM, COLUMNS, CREATED_US, DIM, FP, LO, MILLITOKENS, ROW, SEG, K
 
-__all__ = ["add_entries", "groups", "keep_counts", "vector_bytes"]
+__all__ = ["add_entries", "groups", "keep_counts", "put_rows", "vector_bytes"]
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 # The state row that tells the insert triggers this transaction counts its own insertions.
@@ -171,17 +171,41 @@ def groups(db: sqlite3.Connection) -> list[tuple[int, int, int, int]]:
 _INSERT = f"INSERT OR {{}} INTO entries ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"  # noqa: S608
 
 
-def add_entries(db: sqlite3.Connection, rows: NDArray[np.int64]) -> None:
-    """(In a write transaction.) Store index rows, replacing those of the same keys, and
-    count them in the totals: one ``UPDATE`` per group touched, not statements per row.
+def put_rows(
+    split: NDArray[np.int64],
+    seg: int,
+    start: int,
+    dim: int,
+    millitokens: NDArray[np.int64],
+    checksums: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """The index rows (every column but ``created_us`` and ``fp``) of keys ``split`` stored
+    as rows ``start...`` of ``seg``: in key order (SQLite's inserts then walk its B-trees'
+    pages in order), and of a key given twice only the later row, as a REPLACE would keep."""
+    order = np.argsort(split[:, 0], kind="stable")
+    high = split[order, 0]
+    order = order[np.append(high[1:] != high[:-1], True)]  # stable: the last of each key
+    rows = np.empty((len(order), len(COLUMNS.split(","))), dtype=np.int64)
+    rows[:, [K, LO]] = split[order]
+    rows[:, ROW] = start + order
+    rows[:, MILLITOKENS] = millitokens[order]
+    rows[:, CHECKSUM] = checksums[order]
+    rows[:, [SEG, DIM]] = (seg, dim)
+    return rows
 
-    :param rows: all columns (:data:`~embedcache.storage.rows.COLUMNS`) of distinct keys,
-        sorted by key (SQLite then walks its B-trees in order), of one fingerprint and
-        dimension, in rows of one segment not yet recorded in the index.
+
+def add_entries(db: sqlite3.Connection, rows: NDArray[np.int64], created_us: int, fp: int) -> None:
+    """(In a write transaction.) Store index rows stored at ``created_us`` under settings
+    ``fp``, replacing those of the same keys, and count them in the totals: one ``UPDATE``
+    per group touched, not statements per row.
+
+    :param rows: as :func:`put_rows` makes them: distinct keys in order, of one dimension,
+        in rows of one segment not yet recorded in the index.
     """
     if not len(rows):
         return
-    fp, dim = int(rows[0, FP]), int(rows[0, DIM])
+    rows[:, [CREATED_US, FP]] = (created_us, fp)
+    dim = int(rows[0, DIM])
     listed = rows.tolist()  # one call for every Python int, fewer objects than tuples
     db.execute("INSERT OR REPLACE INTO state (name, value) VALUES (?, 1)", (_BULK,))
     # OR IGNORE: a put of new keys (nearly every put) needs no lookup of what was there.

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from . import counts
 from .counts import keep_counts
 from .databases import BUSY_SECONDS, open_wal
-from .rows import CHECKSUM, COLUMNS, CREATED_US, DIM, FP, LO, MILLITOKENS, READ_COLUMNS, ROW, SEG, K
+from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 
 __all__ = ["Index", "entry_bytes"]
@@ -381,17 +381,12 @@ class Index:
     ) -> None:
         """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``
         (of a key given twice, the later row), counted in the totals once for the put."""
-        # In key order: SQLite's inserts then walk the B-tree's pages in order.
-        order = np.argsort(split[:, 0], kind="stable")
-        high = split[order, 0]
-        order = order[np.append(high[1:] != high[:-1], True)]  # stable: the last of each key
-        rows = np.empty((len(order), len(COLUMNS.split(","))), dtype=np.int64)
-        rows[:, [K, LO]] = split[order]
-        rows[:, ROW] = start + order
-        rows[:, MILLITOKENS] = millitokens[order]
-        rows[:, CHECKSUM] = checksums[order]
-        rows[:, [SEG, DIM, CREATED_US, FP]] = (seg, dim, created_us, fp)
-        counts.add_entries(self._db, rows)
+        counts.add_entries(
+            self._db,
+            counts.put_rows(split, seg, start, dim, millitokens, checksums),
+            created_us,
+            fp,
+        )
 
     def delete(self, split: NDArray[np.int64]) -> int:
         """Delete the entries of keys ``split``; returns how many existed."""

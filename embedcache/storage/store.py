@@ -4,7 +4,7 @@ A cache directory holds::
 
     embedcache.json     format and key versions it was written with
     index.db            SQLite (WAL): one row per vector, the list of segment files, the
-                        totals kept by triggers (entries per settings, vector bytes, keys
+                        totals kept in each write (entries per settings, vector bytes, keys
                         removed since the snapshot: :mod:`~embedcache.storage.counts`), and
                         the ``state`` of the snapshot and of ``removals`` (below)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
