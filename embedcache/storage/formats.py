@@ -32,6 +32,7 @@ __all__ = [
     "value_records",
     "value_size",
     "vector_checksum",
+    "vector_checksums",
 ]
 
 _HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
@@ -61,6 +62,14 @@ def unsigned(value: int) -> int:
 def vector_checksum(vector: NDArray[np.float32]) -> int:
     """The xxh3-64 of a vector's bytes, as the ``checksum`` column holds it."""
     return signed(xxhash.xxh3_64_intdigest(np.ascontiguousarray(vector).data))
+
+
+def vector_checksums(matrix: NDArray[np.float32]) -> NDArray[np.int64]:
+    """:func:`vector_checksum` of each row of a C-contiguous ``(n, d)`` array: one call per
+    row, no Python object but the digest."""
+    digest: Any = xxhash.xxh3_64_intdigest  # takes any buffer; typeshed says bytes-like
+    sums = np.fromiter(map(digest, matrix), dtype=np.uint64, count=len(matrix))
+    return sums.view(np.int64)
 
 
 def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:

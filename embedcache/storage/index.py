@@ -374,20 +374,19 @@ class Index:
         seg: int,
         start: int,
         dim: int,
-        millitokens: list[int],
-        checksums: list[int],
+        millitokens: NDArray[np.int64],
+        checksums: NDArray[np.int64],
         created_us: int,
         fp: int,
     ) -> None:
-        """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``."""
-        self._db.executemany(
-            f"INSERT OR REPLACE INTO entries ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
-            [
-                (int(split[i, 0]), int(split[i, 1]), seg, start + i, dim,
-                 millitokens[i], checksums[i], created_us, fp)
-                for i in range(len(split))
-            ],
-        )  # fmt: skip
+        """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``
+        (of a key given twice, the later row), counted in the totals once for the put."""
+        counts.add_entries(
+            self._db,
+            counts.put_rows(split, seg, start, dim, millitokens, checksums),
+            created_us,
+            fp,
+        )
 
     def delete(self, split: NDArray[np.int64]) -> int:
         """Delete the entries of keys ``split``; returns how many existed."""

@@ -4,7 +4,7 @@ A cache directory holds::
 
     embedcache.json     format and key versions it was written with
     index.db            SQLite (WAL): one row per vector, the list of segment files, the
-                        totals kept by triggers (entries per settings, vector bytes, keys
+                        totals kept in each write (entries per settings, vector bytes, keys
                         removed since the snapshot: :mod:`~embedcache.storage.counts`), and
                         the ``state`` of the snapshot and of ``removals`` (below)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
@@ -82,7 +82,7 @@ from ..errors import CacheError, InvalidInputError
 from . import upkeep
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
-from .formats import signed, split_keys, unsigned, vector_checksum
+from .formats import signed, split_keys, unsigned, vector_checksum, vector_checksums
 from .index import Index, entry_bytes
 from .rows import (
     CHECKSUM,
@@ -482,11 +482,11 @@ class Store:
                 matrix = np.ascontiguousarray(vectors, dtype="<f4")
                 dim = matrix.shape[1]
                 seg, start = self._append(dim, matrix)
+                # rint rounds half to even, as round() did: the same millitokens.
+                millitokens = np.rint(np.asarray(tokens, dtype=np.float64) * 1000)
                 self._index.insert(
-                    split_keys(keys), seg, start, dim,
-                    [round(t * 1000) for t in tokens],
-                    [vector_checksum(row) for row in matrix],
-                    now_us, fp_id,
+                    split_keys(keys), seg, start, dim, millitokens.astype(np.int64),
+                    vector_checksums(matrix), now_us, fp_id,
                 )  # fmt: skip
             evicted = self._index.evict(self.size_limit)
             due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
