@@ -71,6 +71,17 @@ def report(figures: dict[str, Any], sizes: list[int], codes: list[str]) -> str:
         cells = [_cell(runs[column], key, scale, unit) for column in columns]
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reading the read rows: the in-memory floor has every vector in the process already; "
+        "a read from a cache on disk cannot do less than the second floor, one `pread` per "
+        "vector (about 2 µs on this VM, whose page faults cost more still, which is why "
+        "vectors are read, not mapped). Keying, the snapshot search (a fresh process faults "
+        "in the pages of the snapshot's columns it touches: the read's RSS is mostly those "
+        "file pages) and the checksum come on top. Every code reads the same cache, built by "
+        "today's code: an older code finds today's index layout and snapshot in it, so its "
+        "figures here are not those of a cache it built itself.",
+    ]
     lines += ["", "Peak RSS of each command (MB, the child's `ru_maxrss`):", "",
               f"| command | {header} |", "|---|" + "---:|" * len(columns)]  # fmt: skip
     for name in RSS:
