@@ -158,7 +158,7 @@ def check_all_stored(directories: list[Path], processes: int = PROCESSES) -> Non
         with Store(directory) as store:
             assert store.read_many(keys, dim=DIM).present.all()
             assert store.counters()["misses"] == processes
-            assert store.fingerprints() == {FP.id: FP.fields}
+            assert store.fingerprints() == {FP.id: FP}
         assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 

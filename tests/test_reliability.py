@@ -47,7 +47,7 @@ def committed(cache_dir: Path, texts: list[str]) -> set[str]:
 def assert_cache_is_exact(cache_dir: Path, emulator: JinaEmulator, texts: list[str]) -> None:
     """verify finds nothing bad, and every stored vector is the emulator's answer, bit for bit."""
     with Store(cache_dir) as store:
-        bad = [reason for _, reason in store.scan() if isinstance(reason, str)]
+        bad = [reason for _, reason in store.records() if isinstance(reason, str)]
         keys = text_keys(fingerprint(OPTIONS), texts)
         found = store.read_many(keys, 1024)
     assert bad == []

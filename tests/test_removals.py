@@ -119,7 +119,7 @@ def test_puts_reads_compaction_eviction_and_deleting_nothing_leave_removals_alon
         store.read_many(keys)
         store.get_many(keys)
         store.contains_many(keys)
-        list(store.scan())
+        list(store.records())
         assert store.compact(0.1) > 0
         assert store.delete_many([b"\0" * 16]) == 0
         with Store(cache_dir, size_limit=4 * 8 * 2) as limited:

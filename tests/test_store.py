@@ -105,7 +105,7 @@ def test_damaged_entry_reads_as_missing(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         assert store.get_many([damaged]) == [None]
         assert store.read_many(keys, dim=8).present.tolist() == [True, False, True]
-        assert dict(store.scan())[damaged] == "entry checksum mismatch"
+        assert dict(store.records())[damaged] == "entry checksum mismatch"
 
 
 def test_rows_past_the_end_of_a_cut_short_segment_read_as_missing(cache_dir: Path) -> None:
@@ -155,7 +155,7 @@ def test_reads_never_write(cache_dir: Path) -> None:
         for _ in range(3):
             assert store.read_many([*keys, b"x" * 16]).present.sum() == 3
             store.get_many(keys)
-            list(store.scan())
+            list(store.records())
         assert files() == before
 
 
@@ -211,7 +211,7 @@ def test_a_segment_id_dropped_by_clear_or_compact_is_never_given_again(cache_dir
 def test_fingerprints_list_the_settings_of_stored_entries(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         fill(store, 1)
-        assert store.fingerprints() == {FP.id: FP.fields}
+        assert store.fingerprints() == {FP.id: FP}
 
 
 def test_two_stores_on_one_directory_see_each_others_writes(cache_dir: Path) -> None:

@@ -150,7 +150,7 @@ def inspect(
         key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
     store = cli.open(existing=True).store
     record = store.get_many([key])[0]
-    fp_of = store.fingerprint_objects().get(record.fingerprint_id) if record else None
+    fp_of = store.fingerprints().get(record.fingerprint_id) if record else None
     settings = fp_of.fields if fp_of is not None else {}
     info = {
         "key": key.hex(),

@@ -1,7 +1,7 @@
 """What is in a cache: listing, summarising, verifying, selecting for pruning, exporting.
 
 Everything here reads through :class:`~embedcache.storage.store.Store`; nothing knows the
-byte format.
+byte format (an export's ``.npy`` header is :func:`~embedcache.storage.formats.npy_header`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import os
-import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from ..cache_keys import Fingerprint
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import spec_for
-from ..storage.store import DELETE_PAGE, Record, Store, Stored, entry_bytes
+from ..storage.entries import Record, Stored
+from ..storage.formats import npy_header
+from ..storage.store import DELETE_PAGE, Store, entry_bytes
 
 _T = TypeVar("_T")
 
@@ -60,7 +61,7 @@ class Entry:
     @property
     def size(self) -> int:
         """Bytes the entry counts for, in ``prune --max-size`` as against a size limit: its
-        vector's (:func:`~embedcache.storage.index.entry_bytes`)."""
+        vector's (:func:`~embedcache.storage.formats.entry_bytes`)."""
         return entry_bytes(self.dimensions)
 
     def as_dict(self) -> dict[str, object]:
@@ -115,8 +116,8 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]
 
 
 def _scan(store: Store, filters: Filters, batch: int = 2048) -> Iterator[tuple[Entry, Record]]:
-    settings = store.fingerprint_objects()
-    for key, found in store.scan(batch):
+    settings = store.fingerprints()
+    for key, found in store.records(batch):
         if isinstance(found, Record):
             entry = _entry(key, found, settings)
             if filters.match(entry):
@@ -146,7 +147,7 @@ def summarize(store: Store) -> Summary:
     """Count entries by model, task and dimensions, with the lifetime counters: one
     aggregate query over the index, so its cost does not follow the vectors' size."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
-    settings = store.fingerprint_objects()
+    settings = store.fingerprints()
     for fp_id, dim, count, tokens in store.groups():
         fp = settings.get(fp_id)
         fields = fp.fields if fp is not None else {}
@@ -183,7 +184,7 @@ def prune_pages(
     entry is chosen like an intact one (removing it costs a refetch at most). The walk is
     lazy, so deleting each page before taking the next is safe and holds one page in memory.
     """
-    settings = store.fingerprint_objects()
+    settings = store.fingerprints()
     total = store.vector_bytes() if max_size is not None else 0
     chosen: list[Entry] = []
     for key, stored in store.listing(page, oldest_first=max_size is not None):
@@ -216,18 +217,18 @@ def verify(store: Store) -> VerifyReport:
     settings = store.fingerprints()
     # Judged once per (settings, dimension) seen, not once per entry.
     problems: dict[tuple[int, int], str | None] = {}
-    for key, found in store.scan():
+    for key, found in store.records():
         report.checked += 1
         if not isinstance(found, Record):
             report.bad.append((key.hex(), found))
             continue
         kind = (found.fingerprint_id, len(found.vector))
         if kind not in problems:
-            fields = settings.get(kind[0])
+            fp = settings.get(kind[0])
             problems[kind] = (
                 "its request settings are not recorded"
-                if fields is None
-                else dimension_problem(fields, kind[1])
+                if fp is None
+                else dimension_problem(fp.fields, kind[1])
             )
         problem = problems[kind]
         if problem is not None:
@@ -282,15 +283,9 @@ def export(
     return written
 
 
-# A .npy header of fixed length (format 1.0: magic, version, length, padded dict), written
-# first with a placeholder and again once the row count is known.
+# The .npy header's length: written first with a placeholder shape and again once the row
+# count is known, so both must take the same bytes (numpy's own take 128 at any shape).
 _NPY_HEADER_BYTES = 128
-
-
-def _npy_header(rows: int, dim: int) -> bytes:
-    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-    body = text.ljust(_NPY_HEADER_BYTES - 10 - 1) + "\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin-1")
 
 
 def _write_export(
@@ -304,7 +299,7 @@ def _write_export(
     with contextlib.ExitStack() as stack:
         npy = stack.enter_context(paths[0].open("wb"))
         jsonl = stack.enter_context(paths[1].open("w", encoding="utf-8"))
-        npy.write(_npy_header(0, 0))
+        npy.write(npy_header((0, 0), "<f4", _NPY_HEADER_BYTES))
         parquet = _ParquetPages(paths[2]) if len(paths) > 2 else None
         if parquet is not None:
             stack.callback(parquet.close)
@@ -320,7 +315,7 @@ def _write_export(
             if parquet is not None:
                 parquet.write([entry for entry, _ in chunk], matrix)
         npy.seek(0)
-        npy.write(_npy_header(dims.total(), dim))
+        npy.write(npy_header((dims.total(), dim), "<f4", _NPY_HEADER_BYTES))
     return dims
 
 

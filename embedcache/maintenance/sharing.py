@@ -18,9 +18,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
+from ..storage.entries import Record
 from ..storage.formats import check_entry
 from ..storage.shared import RedisStore
-from ..storage.store import Record, Store
+from ..storage.store import Store
 from .inventory import VerifyReport, dimension_problem, pages
 
 __all__ = ["SharedVerifyReport", "SyncReport", "pull", "push", "verify_shared"]
@@ -114,7 +115,7 @@ def push(
 
     :param on_page: called after each page with the report so far (for progress).
     """
-    fingerprints = store.fingerprint_objects()
+    fingerprints = store.fingerprints()
 
     def decode(key: bytes, record: Record | str) -> _Decoded:
         if not isinstance(record, Record):
@@ -123,7 +124,7 @@ def push(
         return "unknown_fingerprint" if fp is None else ((key, record.vector, record.tokens), fp)
 
     report = SyncReport("up", dry_run=dry_run)
-    paged = pages(store.scan(batch), batch)
+    paged = pages(store.records(batch), batch)
     return _copy(report, paged, shared.contains_many, decode, shared.put_many, on_page)
 
 
@@ -151,7 +152,7 @@ def pull(
         return "unknown_fingerprint" if fp is None else ((key, vector, tokens), fp)
 
     report = SyncReport("down", dry_run=dry_run)
-    paged = pages(shared.scan(batch), batch)
+    paged = pages(shared.raw_values(batch), batch)
     return _copy(report, paged, store.contains_many, decode, store.put_many, on_page)
 
 
@@ -194,7 +195,7 @@ def verify_shared(shared: RedisStore, *, batch: int = DEFAULT_BATCH) -> SharedVe
     dimension against its request settings when those are recorded."""
     report = SharedVerifyReport(location=shared.location, prefix=shared.prefix)
     fingerprints = _SharedFingerprints(shared)
-    for key, value in shared.scan(batch):
+    for key, value in shared.raw_values(batch):
         report.checked += 1
         entry = check_entry(value)
         if isinstance(entry, str):

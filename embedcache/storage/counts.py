@@ -1,7 +1,7 @@
 """What ``index.db`` keeps up to date inside each writer's own transaction, so nothing has
 to count the entries: the vector byte total, the ``groups`` and ``removed`` tables.
 
-* ``state.vector_bytes``: the entries' total :func:`~embedcache.storage.index.entry_bytes`,
+* ``state.vector_bytes``: the entries' total :func:`~embedcache.storage.formats.entry_bytes`,
   so a size-limited put reads one row instead of counting every entry.
 * ``groups``: entries and millitokens per (fingerprint id, dimension), so ``stats``,
   ``len(store)`` and the size check of ``prune`` read a handful of rows at any size.
@@ -33,6 +33,7 @@ from itertools import groupby
 import numpy as np
 from numpy.typing import NDArray
 
+from .databases import immediate
 from .rows import CHECKSUM, COLUMNS, CREATED_US, DIM, FP, LO, MILLITOKENS, ROW, SEG, K
 
 __all__ = ["add_entries", "groups", "keep_counts", "put_rows", "vector_bytes"]
@@ -130,23 +131,17 @@ def keep_counts(db: sqlite3.Connection) -> None:
     ]
     if not missing:
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(db):
         for name, script in missing:
             if db.execute("SELECT 1 FROM state WHERE name = ?", (name,)).fetchone():
                 continue  # another process added it while we waited for the lock
             for statement in (line for part in script for line in _statements(part)):
                 db.execute(statement)
             db.execute("INSERT OR IGNORE INTO state (name, value) VALUES (?, 1)", (name,))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 def vector_bytes(db: sqlite3.Connection) -> int:
-    """The :func:`~embedcache.storage.index.entry_bytes` of every entry, summed."""
+    """The :func:`~embedcache.storage.formats.entry_bytes` of every entry, summed."""
     kept = db.execute("SELECT value FROM state WHERE name = 'vector_bytes'").fetchone()
     if kept is not None and kept[0] is not None:
         return int(kept[0])

@@ -1,5 +1,6 @@
 """Opening the SQLite databases of a cache directory, which any number of processes may be
-creating at the same moment.
+creating at the same moment, and the one wrapper that words their failures
+(:func:`cache_errors`).
 
 Two steps of a first open need more than SQLite's busy timeout:
 
@@ -19,15 +20,33 @@ Two steps of a first open need more than SQLite's busy timeout:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["BUSY_SECONDS", "open_wal"]
+import diskcache
+
+from ..errors import CacheError
+
+__all__ = ["BUSY_SECONDS", "cache_errors", "immediate", "open_wal"]
 
 #: How long a statement waits for another process's lock before failing.
 BUSY_SECONDS = 60.0
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (extended codes keep them in the low byte)
+
+
+@contextlib.contextmanager
+def cache_errors(directory: Path, action: str) -> Iterator[None]:
+    """Failures of the cache at ``directory`` (its databases, its files) raised as
+    :class:`CacheError`, worded ``cannot <action> cache at <directory>: <reason>``."""
+    try:
+        yield
+    except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        # diskcache.Timeout: another process held the database lock for too long.
+        reason = str(exc) or type(exc).__name__
+        raise CacheError(f"cannot {action} cache at {directory}: {reason}") from exc
 
 
 def open_wal(
@@ -58,20 +77,29 @@ def _version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _create(db: sqlite3.Connection, schema: str, version: int) -> None:
-    """Create the schema and record its version, unless another process just did."""
+@contextlib.contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (``BEGIN IMMEDIATE``: it waits for the write lock up front, so
+    whatever it reads stays true until it commits) on an autocommit connection, rolled back
+    when the block or the commit fails."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        if _version(db) < version:
-            for statement in schema.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {int(version)}")
+        yield
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _create(db: sqlite3.Connection, schema: str, version: int) -> None:
+    """Create the schema and record its version, unless another process just did."""
+    with immediate(db):
+        if _version(db) < version:
+            for statement in schema.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {int(version)}")
 
 
 def _set_wal(db: sqlite3.Connection, busy_seconds: float) -> None:

@@ -1,8 +1,14 @@
 """Every byte format the stores write, in one place.
 
-* A vector is ``d`` little-endian float32 values, checked with the xxh3-64 of those bytes.
+* A vector is ``d`` little-endian float32 values, checked with the xxh3-64 of those bytes;
+  it counts :func:`entry_bytes` against a size limit.
 * A key is 16 bytes; the disk index holds it as two signed 64-bit integers (high half first),
-  since SQLite integers are signed.
+  since SQLite integers are signed (:func:`split_keys`, :func:`join_keys`).
+* A fingerprint record (what an entry's fingerprint id means, in ``index.db``, the legacy
+  ``meta/`` and Redis) is the fingerprint's canonical ASCII JSON under its id, trusted only
+  if it hashes to that id (:func:`fingerprint_record`).
+* A ``.npy`` file (the index's snapshot, ``embedcache export``) starts with numpy's format
+  1.0 header (:func:`npy_header`).
 * A shared-tier (Redis) value is a 32-byte header (magic ``ECv1``, dimension, millitokens,
   fingerprint id, checksum) followed by the vector's bytes: the same bytes and the same
   checksum as a disk entry, so an entry moves between tiers without being re-encoded.
@@ -10,6 +16,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 from collections.abc import Sequence
@@ -19,13 +26,18 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
+from ..cache_keys import Fingerprint
+
 __all__ = [
     "check_entry",
     "decode_entry",
     "decode_into",
     "encode_entry",
+    "entry_bytes",
+    "fingerprint_record",
     "first_dim",
-    "join_key",
+    "join_keys",
+    "npy_header",
     "signed",
     "split_keys",
     "unsigned",
@@ -46,8 +58,21 @@ def split_keys(keys: Sequence[bytes]) -> NDArray[np.int64]:
     return np.frombuffer(b"".join(keys), dtype="<i8").reshape(-1, 2).astype(np.int64)
 
 
-def join_key(hi: int, lo: int) -> bytes:
-    return np.array([hi, lo], dtype="<i8").tobytes()
+def join_keys(split: NDArray[np.int64]) -> list[bytes]:
+    """``(n, 2)`` signed 64-bit integers (high half first) as 16-byte keys: the inverse of
+    :func:`split_keys`, for the first two columns of index rows."""
+    raw = np.ascontiguousarray(split[:, :2], dtype="<i8").tobytes()
+    return [raw[i : i + 16] for i in range(0, len(raw), 16)]
+
+
+def entry_bytes(dim: int) -> int:
+    """Bytes an entry of ``dim`` dimensions counts for, against a store's size limit and in
+    ``embedcache prune --max-size`` alike: its vector's, 4 per dimension.
+
+    Its index row and snapshot columns (a few hundred bytes more on disk, with SQLite's pages
+    and log) are not counted: a limit bounds the vectors, which it can count exactly.
+    """
+    return 4 * dim
 
 
 def signed(value: int) -> int:
@@ -70,6 +95,39 @@ def vector_checksums(matrix: NDArray[np.float32]) -> NDArray[np.int64]:
     digest: Any = xxhash.xxh3_64_intdigest  # takes any buffer; typeshed says bytes-like
     sums = np.fromiter(map(digest, matrix), dtype=np.uint64, count=len(matrix))
     return sums.view(np.int64)
+
+
+def fingerprint_record(fp_id: int, canonical: str | bytes) -> Fingerprint | None:
+    """The fingerprint a record of ``fp_id`` holds, or ``None`` when ``canonical`` is not
+    ASCII JSON hashing to that id (a damaged or foreign record is never trusted: entries
+    would be listed, exported or copied under settings they were not made with)."""
+    try:
+        text = canonical.decode("ascii") if isinstance(canonical, bytes) else canonical
+        fp = Fingerprint.from_canonical(text)
+    except (UnicodeDecodeError, ValueError):  # InvalidInputError is a ValueError
+        return None
+    return fp if fp.id == fp_id else None
+
+
+def npy_header(shape: tuple[int, ...], descr: str, size: int | None = None) -> bytes:
+    """The format 1.0 ``.npy`` header of a C-order array of ``shape`` and ``descr``, as
+    numpy writes it; with ``size``, padded to exactly ``size`` bytes, so a file written
+    before its row count is known can have its header rewritten in place.
+
+    :raises ValueError: numpy's header is longer than ``size``.
+    """
+    out = io.BytesIO()
+    fields = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(out, fields)
+    header = out.getvalue()
+    if size is None or len(header) == size:
+        return header
+    if len(header) > size:
+        raise ValueError(f"a .npy header of shape {shape} takes {len(header)} bytes, not {size}")
+    # Magic and version (8 bytes), the length (2), then the dict, padded with spaces and
+    # ended by a newline: more spaces before the newline keep it numpy's own header.
+    body = header[10:].rstrip().ljust(size - 10 - 1) + b"\n"
+    return header[:8] + struct.pack("<H", len(body)) + body
 
 
 def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:

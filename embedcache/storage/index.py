@@ -2,31 +2,36 @@
 
 It holds every SQL statement the store runs: one ``entries`` row per vector, pointing into
 the segment files (:mod:`embedcache.storage.segments`), the ``segments`` table listing those files,
-and a ``state`` table with the snapshot's bookkeeping. The directory layout as a whole is
-described in :mod:`embedcache.storage.store`.
+and a ``state`` table with the snapshot's bookkeeping; the totals kept in each write are in
+:mod:`~embedcache.storage.counts`, what each fingerprint id means in
+:mod:`~embedcache.storage.fingerprints`. The directory layout as a whole is described in
+:mod:`embedcache.storage.store`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..cache_keys import Fingerprint
 from . import counts
 from .counts import keep_counts
-from .databases import BUSY_SECONDS, open_wal
+from .databases import BUSY_SECONDS, cache_errors, open_wal
+from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerprint
+from .formats import entry_bytes
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 
-__all__ = ["Index", "entry_bytes"]
+__all__ = ["Index"]
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 _SCHEMA = """
@@ -55,16 +60,6 @@ _VIEW_STATE = (
 _PAGE_CACHE_KIB = 16384
 
 
-def entry_bytes(dim: int) -> int:
-    """Bytes an entry of ``dim`` dimensions counts for, against a store's size limit and in
-    ``embedcache prune --max-size`` alike: its vector's, 4 per dimension.
-
-    Its index row and snapshot columns (a few hundred bytes more on disk, with SQLite's pages
-    and log) are not counted: a limit bounds the vectors, which it can count exactly.
-    """
-    return 4 * dim
-
-
 def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
     """A connection to ``index.db``; with ``schema``, the one that creates it (and the WAL)
     when new, safely against other processes doing the same (:func:`open_wal`)."""
@@ -87,25 +82,26 @@ class Index:
     """The SQLite connections of a cache directory, and its snapshot.
 
     Rows come back as int64 arrays, columns as in :mod:`embedcache.storage.rows`. Methods that
-    change the index must run inside :meth:`write`.
+    change the index must run inside :meth:`write`; failures come out as :class:`CacheError`
+    (:func:`~embedcache.storage.databases.cache_errors`), but for the constructor's.
 
     :param directory: the cache directory (``index.db`` and the snapshots live there).
-    :param lock: the store's lock; it guards the write connection.
-    :param errors: ``errors(action)`` wraps database failures in :class:`CacheError`.
+    :param legacy_fingerprints: the records of versions before the ``fingerprints`` table,
+        copied into it by a writer's first open of such a cache.
     :raises OSError, sqlite3.Error: the database cannot be opened.
     """
 
     def __init__(
         self,
         directory: Path,
-        lock: threading.RLock,
-        errors: Callable[[str], AbstractContextManager[None]],
         read_only: bool = False,
+        legacy_fingerprints: Callable[[], Mapping[int, Fingerprint]] = dict,
     ) -> None:
         self.directory = directory
         self.read_only = read_only
-        self._lock = lock
-        self._errors = errors
+        #: Held by every write transaction (:meth:`write`), segment appends included.
+        self.lock = threading.RLock()
+        self._errors = functools.partial(cache_errors, directory)
         self._view: View | None = None
         self._stale_snapshots: list[int] = []
         self._guard = RebuildGuard(directory / "snapshot.lock")
@@ -113,17 +109,28 @@ class Index:
         self._db = _connect(path, read_only, None if read_only else _SCHEMA)
         if not read_only:
             keep_counts(self._db)
+            keep_fingerprints(self._db, legacy_fingerprints)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
         self._reader = _connect(path, read_only)
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the connections (call with the store's lock held)."""
-        with self._read_lock:
+        """Close the connections (once any write in flight is done)."""
+        with self.lock, self._read_lock:
             self._reader.close()
             self._view = None
-        self._db.close()
+            self._db.close()
+
+    def record_fingerprint(self, fp: Fingerprint) -> None:
+        """(In the write transaction storing entries under ``fp``.) Record what it means
+        (:mod:`~embedcache.storage.fingerprints`)."""
+        record_fingerprint(self._db, fp)
+
+    def fingerprints(self) -> dict[int, Fingerprint]:
+        """The fingerprints recorded in ``index.db``, by id."""
+        with self._read_lock, self._errors("read"):
+            return read_fingerprints(self._reader)
 
     # Reading
 
@@ -144,39 +151,34 @@ class Index:
 
     def pages(self, batch: int) -> Iterator[NDArray[np.int64]]:
         """Every index row in key order, ``batch`` rows at a time (all columns)."""
-        # Page by primary key: the first page takes the smallest key (>=), later ones the
-        # keys after the last seen (>).
-        last, compare = -(1 << 63), ">="
-        while True:
-            with self._read_lock, self._errors("read"):
-                rows = self._reader.execute(
-                    f"SELECT {COLUMNS} FROM entries WHERE k {compare} ? ORDER BY k LIMIT ?",  # noqa: S608
-                    (last, batch),
-                ).fetchall()
-            compare = ">"
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield np.array(rows, dtype=np.int64)
+        return self._keyset_pages(batch, "k", (K,))
 
     def pages_by_age(self, batch: int) -> Iterator[NDArray[np.int64]]:
         """Every index row, oldest stored first (by key within the same microsecond, as
         :meth:`evict` takes them), ``batch`` rows at a time (all columns)."""
-        # Keyset paging on (created_us, k): entries_created holds k as its rowid, so each
-        # page is one index range, without a sort or an OFFSET walk.
-        last, compare = (-(1 << 63), -(1 << 63)), ">="
+        # entries_created holds k as its rowid, so each page is one range of that index.
+        return self._keyset_pages(batch, "created_us, k", (CREATED_US, K))
+
+    def _keyset_pages(
+        self, batch: int, order: str, columns: tuple[int, ...]
+    ) -> Iterator[NDArray[np.int64]]:
+        """Rows ordered by ``order`` (the row columns ``columns``), a page at a time: the
+        first takes the smallest (>=), each next one those after the last seen (>), so a
+        page is one index range, without a sort or an OFFSET walk."""
+        marks = ", ".join("?" * len(columns))
+        last, compare = (-(1 << 63),) * len(columns), ">="
         while True:
             with self._read_lock, self._errors("read"):
                 rows = self._reader.execute(
-                    f"SELECT {COLUMNS} FROM entries WHERE (created_us, k) {compare} (?, ?) "  # noqa: S608
-                    "ORDER BY created_us, k LIMIT ?",
+                    f"SELECT {COLUMNS} FROM entries WHERE ({order}) {compare} ({marks}) "  # noqa: S608
+                    f"ORDER BY {order} LIMIT ?",
                     (*last, batch),
                 ).fetchall()
             compare = ">"
             if not rows:
                 return
             page = np.array(rows, dtype=np.int64)
-            last = (int(page[-1, CREATED_US]), int(page[-1, K]))
+            last = tuple(int(value) for value in page[-1, list(columns)])
             yield page
 
     def find(
@@ -352,8 +354,8 @@ class Index:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
-        """A write transaction (``BEGIN IMMEDIATE``), holding the store's lock."""
-        with self._lock, self._errors("write"):
+        """A write transaction (``BEGIN IMMEDIATE``), holding :attr:`lock`."""
+        with self.lock, self._errors("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield

@@ -9,11 +9,11 @@ are indexed by :data:`K`, :data:`LO`, ... in the order of :data:`COLUMNS`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
-import xxhash
 from numpy.typing import NDArray
+
+from .formats import vector_checksums
 
 __all__ = [
     "CHECKSUM",
@@ -51,15 +51,10 @@ def verify(
     :param out: the vectors read; damaged rows are zeroed.
     :param present: which rows to check; damaged rows are set to ``False``.
     """
-    digest: Any = xxhash.xxh3_64_intdigest  # takes any buffer; typeshed says bytes-like
     where = np.flatnonzero(present)
-    expected = matched[where, CHECKSUM].view(np.uint64).tolist()
     rows = out if len(where) == len(out) else out[where]
-    damaged = [
-        i
-        for i, row, checksum in zip(where.tolist(), rows, expected, strict=True)
-        if digest(row) != checksum
-    ]
+    sums = vector_checksums(np.ascontiguousarray(rows))
+    damaged: list[int] = where[sums != matched[where, CHECKSUM]].tolist()
     if damaged:
         log.warning("ignoring %d damaged cache entries (checksum mismatch)", len(damaged))
         present[damaged] = False

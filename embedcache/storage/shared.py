@@ -46,9 +46,10 @@ from ..config import (
 )
 from ..errors import InvalidInputError, SharedCacheError
 from ..extras import requires
-from .formats import decode_into, encode_entry, first_dim, value_size
+from .entries import Found, KeyedVectors
+from .formats import decode_into, encode_entry, fingerprint_record, first_dim, value_size
 from .redis_clients import check_url, connect, is_cluster_url
-from .store import FORMAT_VERSION, Found, KeyedVectors
+from .store import FORMAT_VERSION
 
 __all__ = ["RedisStore", "Usage", "open_shared"]
 
@@ -291,7 +292,7 @@ class RedisStore:
         would hide these entries' settings from ``sync`` for good, so it is replaced; every
         writer that replaces it writes the same bytes, so racing ones still agree.
         """
-        if stored != fp.canonical.encode("ascii") and not _records(stored, fp.id):
+        if stored is None or fingerprint_record(fp.id, stored) is None:
             self._client.hset(self._fingerprints, f"{fp.id:016x}", fp.canonical)
         self._known_fingerprints.add(fp.id)
 
@@ -355,10 +356,10 @@ class RedisStore:
 
         return self._call(action, run, [None] * len(names)) if names else []
 
-    def scan(self, batch: int = _SCAN_BATCH) -> Iterator[tuple[bytes, bytes]]:
-        """Every entry under the namespace as ``(key, stored value)``, undecoded (see
-        :func:`check_entry`): one ``SCAN`` and one ``MGET`` round trip per page of
-        ``batch`` names."""
+    def raw_values(self, batch: int = _SCAN_BATCH) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry under the namespace as ``(key, stored value)``, undecoded and
+        unchecked (see :func:`check_entry`; ``sync`` and ``verify`` judge them): one
+        ``SCAN`` and one ``MGET`` round trip per page of ``batch`` names."""
 
         for names, keys in self._pages(batch):
             nothing: list[bytes | None] = [None] * len(names)
@@ -403,23 +404,13 @@ class RedisStore:
         out: dict[int, Fingerprint] = {}
         for field, canonical in raw.items():
             try:
-                fp = Fingerprint.from_canonical(canonical.decode("ascii"))
                 fp_id = int(field, 16)
-            except (UnicodeDecodeError, ValueError):
+            except ValueError:
                 continue
-            if fp.id == fp_id:
+            fp = fingerprint_record(fp_id, canonical)
+            if fp is not None:
                 out[fp_id] = fp
         return out
-
-
-def _records(stored: bytes | None, fp_id: int) -> bool:
-    """Whether ``stored`` is a fingerprint record for ``fp_id``: ASCII JSON that hashes to it."""
-    if stored is None:
-        return False
-    try:
-        return Fingerprint.from_canonical(stored.decode("ascii")).id == fp_id
-    except (UnicodeDecodeError, ValueError):
-        return False
 
 
 def open_shared(

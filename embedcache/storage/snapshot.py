@@ -17,7 +17,6 @@ The directory layout as a whole is described in :mod:`embedcache.storage.store`.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import os
 import sqlite3
@@ -30,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import counts
+from .formats import npy_header
 from .rows import READ_COLUMNS
 
 __all__ = [
@@ -59,14 +59,11 @@ def write_snapshot(path: Path, db: sqlite3.Connection, rows: int) -> None:
     :param db: a connection in the read transaction the snapshot is taken from.
     :raises sqlite3.DatabaseError: the index does not hold ``rows`` rows.
     """
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<i8", "fortran_order": False, "shape": (WIDTH, rows)}
-    )
-    start = len(header.getvalue())
+    header = npy_header((WIDTH, rows), "<i8")
+    start = len(header)
     cursor = db.execute(f"SELECT {READ_COLUMNS} FROM entries ORDER BY k")  # noqa: S608
     with open(path, "wb") as handle:
-        handle.write(header.getvalue())
+        handle.write(header)
         handle.truncate(start + WIDTH * rows * 8)
         handle.flush()
         fd, done = handle.fileno(), 0

@@ -5,13 +5,16 @@ A cache directory holds::
     embedcache.json     format and key versions it was written with
     index.db            SQLite (WAL): one row per vector, the list of segment files, the
                         totals kept in each write (entries per settings, vector bytes, keys
-                        removed since the snapshot: :mod:`~embedcache.storage.counts`), and
-                        the ``state`` of the snapshot and of ``removals`` (below)
+                        removed since the snapshot: :mod:`~embedcache.storage.counts`),
+                        the ``state`` of the snapshot and of ``removals`` (below), and
+                        ``fingerprints``, what each entry's fingerprint id means, written
+                        with the entries (:mod:`~embedcache.storage.fingerprints`)
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
     snapshot.lock       empty; locked (``flock``) by the process taking a new snapshot
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
-    meta/               a diskcache with the small values: request settings, counters and
-                        named settings (:meth:`Store.setting`)
+    meta/               a diskcache with the small values (:mod:`~embedcache.storage.meta`):
+                        lifetime counters, named settings (:meth:`Store.setting`), the size
+                        limit, and a legacy copy of the fingerprints for older versions
     claims.db           SQLite (WAL): the keys being fetched right now, by any process
     claims.lock         empty; a byte locked by each batch in flight (``fcntl.lockf``)
 
@@ -36,7 +39,7 @@ which :meth:`Store.compact` copies away into new segment files. Deleting and com
 in short transactions with pauses between (:mod:`~embedcache.storage.upkeep`), so writers
 sharing the directory wait a fraction of a second at most. Reads never write. Nothing is
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
-limit counts the bytes of the vectors, :func:`~embedcache.storage.index.entry_bytes` each,
+limit counts the bytes of the vectors, :func:`~embedcache.storage.formats.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
 
 Every transaction that deletes entries (:meth:`Store.delete_pages` and
@@ -49,10 +52,13 @@ entry is still a right answer, and a full cache evicts on every fill.
 
 :class:`Store` composes the parts, which nothing outside :mod:`embedcache.storage` imports:
 :mod:`~embedcache.storage.index` (``index.db``; its snapshots in
-:mod:`~embedcache.storage.snapshot`, its totals in :mod:`~embedcache.storage.counts`),
+:mod:`~embedcache.storage.snapshot`, its totals in :mod:`~embedcache.storage.counts`, what
+its keys mean in :mod:`~embedcache.storage.fingerprints`), :mod:`~embedcache.storage.meta`
+(``meta/``), :mod:`~embedcache.storage.entries` (the shapes of an entry it reads and takes),
 :mod:`~embedcache.storage.upkeep` (deleting and compacting in short transactions),
 :mod:`~embedcache.storage.rows` (what an index row holds), :mod:`~embedcache.storage.segments`
-(the segment files) and :mod:`~embedcache.storage.directory` (the marker and permissions);
+(the segment files), :mod:`~embedcache.storage.records` (entries read one by one) and
+:mod:`~embedcache.storage.directory` (the marker and permissions);
 :attr:`Store.claims` hands out the directory's :mod:`~embedcache.storage.claims`.
 Inside it, the shared tier reuses the vector checksum of :mod:`~embedcache.storage.rows`, so
 a vector checks the same in Redis as on disk.
@@ -60,17 +66,11 @@ a vector checks the same in Redis as on disk.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import diskcache
 import numpy as np
@@ -82,20 +82,12 @@ from ..errors import CacheError, InvalidInputError
 from . import upkeep
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, restrict_permissions
-from .formats import signed, split_keys, unsigned, vector_checksum, vector_checksums
-from .index import Index, entry_bytes
-from .rows import (
-    CHECKSUM,
-    CREATED_US,
-    DIM,
-    FP,
-    LO,
-    MILLITOKENS,
-    ROW,
-    SEG,
-    K,
-    verify,
-)
+from .entries import Found, KeyedVectors, Record, Stored
+from .formats import entry_bytes, signed, split_keys, unsigned, vector_checksums
+from .index import Index
+from .meta import COUNTERS, Meta
+from .records import page_records, page_stored, read_record
+from .rows import DIM, LO, MILLITOKENS, ROW, SEG, K, verify
 from .segments import Segments, fits
 from .upkeep import LOCK_PAUSE_SECONDS
 
@@ -116,16 +108,6 @@ __all__ = [
 
 FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
-#: Lifetime counters kept by :meth:`Store.add_counters`.
-COUNTERS = ("hits", "misses", "coalesced", "requests", "tokens_spent", "tokens_saved")
-
-#: New entries as the stores take them: ``(key, vector, tokens)`` each.
-KeyedVectors = Sequence[tuple[bytes, NDArray[np.float32], float]]
-
-_FINGERPRINT_PREFIX = "fingerprint:"
-_COUNTER_PREFIX = "counter:"
-_SETTING_PREFIX = "setting:"
-_SIZE_LIMIT = "size_limit"
 
 log = logging.getLogger("embedcache")
 #: Keys deleted per write transaction, and rows moved per compaction transaction, at most:
@@ -134,70 +116,6 @@ log = logging.getLogger("embedcache")
 #: holds at most this many vectors in memory, however large the cache.
 DELETE_PAGE = 10_000
 COMPACT_ROWS = 16_384
-
-
-@dataclass(frozen=True)
-class Record:
-    """One cached vector with its metadata.
-
-    :ivar vector: float32 vector (read-only).
-    :ivar tokens: tokens attributed to this text when it was fetched (an estimate within a
-        batch: the batch's usage apportioned by text length).
-    :ivar created: when it was stored, Unix seconds.
-    :ivar fingerprint_id: id of the request settings that produced it.
-    """
-
-    vector: NDArray[np.float32]
-    tokens: float
-    created: float
-    fingerprint_id: int
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What the index records of one entry, without reading its vector (see
-    :meth:`Store.listing`): a damaged vector is not noticed here.
-
-    :ivar dimensions: the vector's length.
-    :ivar tokens: as :attr:`Record.tokens`.
-    :ivar created: as :attr:`Record.created`.
-    :ivar fingerprint_id: as :attr:`Record.fingerprint_id`.
-    """
-
-    dimensions: int
-    tokens: float
-    created: float
-    fingerprint_id: int
-
-
-@dataclass(frozen=True)
-class Found:
-    """The result of :meth:`Store.read_many`, aligned with the keys asked for.
-
-    :ivar present: whether each key was found intact (and of the requested dimension).
-    :ivar vectors: ``(len(keys), d)``; rows of absent keys are zero.
-    :ivar tokens: tokens recorded for each key; 0 for absent keys.
-    """
-
-    present: NDArray[np.bool_]
-    vectors: NDArray[np.float32]
-    tokens: NDArray[np.float64]
-
-
-def _page_keys(rows: NDArray[np.int64]) -> list[bytes]:
-    """The 16-byte keys of a page of index rows: each row's two halves, little-endian."""
-    raw = np.ascontiguousarray(rows[:, [K, LO]], dtype="<i8").tobytes()
-    return [raw[i : i + 16] for i in range(0, len(raw), 16)]
-
-
-@contextlib.contextmanager
-def _errors(directory: Path, action: str) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-        # diskcache.Timeout: another process held the database lock for too long.
-        reason = str(exc) or type(exc).__name__
-        raise CacheError(f"cannot {action} cache at {directory}: {reason}") from exc
 
 
 class Store:
@@ -221,9 +139,7 @@ class Store:
                 f"size_limit must be 0 (none) or a positive byte count, got {size_limit}"
             )
         self.directory = resolve_cache_dir(directory)
-        # One lock guards the SQLite connection (in the index) and the segment maps.
-        self._lock = threading.RLock()
-        self._errors = functools.partial(_errors, self.directory)
+        # Fingerprints this store has recorded: later puts under them skip the statement.
         self._known_fingerprints: set[int] = set()
         versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
         check_or_create_marker(self.directory, MARKER_NAME, versions)
@@ -237,8 +153,8 @@ class Store:
             if self._claims is not None:  # this store will never be closed: let them go
                 self._claims.detach()
             raise
-        if size_limit is not None and self._meta is not None:
-            self._meta.set(_SIZE_LIMIT, size_limit or None)
+        if size_limit is not None:
+            self._meta.set_size_limit(size_limit)
         restrict_permissions(self.directory)
 
     @staticmethod
@@ -248,18 +164,15 @@ class Store:
         return (resolve_cache_dir(directory) / MARKER_NAME).is_file()
 
     def _open_parts(self) -> None:
-        """Open the claims, segments, index and metadata (errors as :class:`CacheError`)."""
+        """Open the claims, segments, metadata and index (errors as :class:`CacheError`)."""
         try:
             if not self.read_only:  # a cache that cannot store cannot fetch: nothing to claim
                 self._claims = claims_for(self.directory)
             self._segments = Segments(self.directory / "segments")
-            self._index = Index(self.directory, self._lock, self._errors, self.read_only)
-            # diskcache writes when it opens, so a read-only cache goes without its metadata.
-            self._meta: Any = None
-            if not self.read_only:
-                self._meta = diskcache.Cache(
-                    str(self.directory / "meta"), eviction_policy="none", statistics=False
-                )
+            # The metadata first: a writer's first open of an older cache copies its
+            # fingerprint records into the index.
+            self._meta = Meta(self.directory, self.read_only)
+            self._index = Index(self.directory, self.read_only, self._meta.legacy_fingerprints)
         except sqlite3.OperationalError as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # corruption, as opposed to access trouble
@@ -281,11 +194,10 @@ class Store:
 
     def close(self) -> None:
         """Close the database connections and file maps; the directory stays."""
-        with self._lock:
+        with self._index.lock:  # no write (nor segment append) in flight meanwhile
             self._segments.close()
             self._index.close()
-            if self._meta is not None:
-                self._meta.close()
+            self._meta.close()
             if self._claims is not None:
                 self._claims.detach()
                 self._claims = None
@@ -300,8 +212,7 @@ class Store:
     @property
     def size_limit(self) -> int | None:
         """Bytes of vectors above which entries are evicted; ``None``: never evicted."""
-        limit = self._meta.get(_SIZE_LIMIT) if self._meta is not None else None
-        return int(limit) if limit else None
+        return self._meta.size_limit
 
     # Reading
 
@@ -345,7 +256,7 @@ class Store:
         out: list[Record | None] = []
         for hi, lo in split.tolist():
             row = rows.get((hi, lo))
-            found = None if row is None else self._record(row)
+            found = None if row is None else read_record(self._segments, row)
             out.append(found if isinstance(found, Record) else None)
         return out
 
@@ -356,29 +267,11 @@ class Store:
         present: list[bool] = self._index.contains(split_keys(keys)).tolist()
         return present
 
-    def scan(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
-        """Every entry as ``(key, record)``, or ``(key, reason)`` for a damaged one."""
+    def records(self, batch: int = 2048) -> Iterator[tuple[bytes, Record | str]]:
+        """Every entry read and checked, in key order: ``(key, record)``, or ``(key,
+        reason)`` for a damaged one (``verify``, ``export``, ``sync``)."""
         for rows in self._index.pages(batch):
-            # Python ints and the keys' bytes of the whole page at once: per-row numpy
-            # scalars cost more than reading and checking the vector.
-            listed = rows.tolist()
-            keys = _page_keys(rows)
-            records: list[Record | str] = [""] * len(rows)
-            # One pass over each segment's rows of the page, not one file open per entry.
-            for seg in np.unique(rows[:, SEG]):
-                mine = np.flatnonzero(rows[:, SEG] == seg)
-                try:
-                    vectors = self._segments.read_rows(
-                        int(seg), int(rows[mine[0], DIM]), rows[mine, ROW]
-                    )
-                except (OSError, ValueError):
-                    for i in mine.tolist():  # row by row, to say which rows cannot be read
-                        records[i] = self._record(rows[i])
-                    continue
-                vectors.flags.writeable = False  # its rows, the records' vectors, with it
-                for i, vector in zip(mine.tolist(), vectors, strict=True):
-                    records[i] = self._checked(listed[i], vector)
-            yield from zip(keys, records, strict=True)
+            yield from page_records(self._segments, rows)
 
     def listing(
         self, batch: int = 2048, *, oldest_first: bool = False
@@ -388,30 +281,7 @@ class Store:
         (oldest stored first, by key within the same microsecond)."""
         pages = self._index.pages_by_age(batch) if oldest_first else self._index.pages(batch)
         for rows in pages:
-            for key, row in zip(_page_keys(rows), rows.tolist(), strict=True):
-                yield key, Stored(
-                    row[DIM], row[MILLITOKENS] / 1000.0, row[CREATED_US] / 1e6,
-                    unsigned(row[FP]),
-                )  # fmt: skip
-
-    def _record(self, row: NDArray[np.int64]) -> Record | str:
-        """The entry an index row describes, or why it cannot be read."""
-        seg, number, dim = int(row[SEG]), int(row[ROW]), int(row[DIM])
-        try:
-            vector = self._segments.read_rows(seg, dim, np.array([number]))[0]
-        except (OSError, ValueError) as exc:
-            return f"vector unreadable ({type(exc).__name__}: {exc})"
-        return self._checked(row, vector)
-
-    @staticmethod
-    def _checked(row: NDArray[np.int64] | list[int], vector: NDArray[np.float32]) -> Record | str:
-        """The record of an index row and the vector read for it, if its checksum holds."""
-        if vector_checksum(vector) != row[CHECKSUM]:
-            return "entry checksum mismatch"
-        vector.flags.writeable = False
-        return Record(
-            vector, row[MILLITOKENS] / 1000.0, row[CREATED_US] / 1e6, unsigned(int(row[FP]))
-        )
+            yield from page_stored(rows)
 
     def __len__(self) -> int:
         """Number of cached vectors."""
@@ -420,9 +290,9 @@ class Store:
     def groups(self) -> list[tuple[int, int, int, float]]:
         """``(fingerprint id, dimension, entries, tokens recorded)`` of each kind of entry,
         from the index alone: no vector is read (so damaged vectors count too; see
-        :meth:`scan`)."""
+        :meth:`records`)."""
         # The index stores ids as SQLite's signed integers; everything above it (the
-        # settings of fingerprints() among them) knows them unsigned.
+        # fingerprints() among them) knows them unsigned.
         return [
             (unsigned(fp_id), dim, count, milli / 1000.0)
             for fp_id, dim, count, milli in self._index.groups()
@@ -471,13 +341,13 @@ class Store:
         """Write groups of same-dimension vectors in one transaction."""
         if self.read_only:
             raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
-        if fp.id not in self._known_fingerprints:
-            with self._errors("write"):
-                self._meta.set(f"{_FINGERPRINT_PREFIX}{fp.id:016x}", fp.canonical)
-            self._known_fingerprints.add(fp.id)
         now_us = int(time.time() * 1e6)
         fp_id = signed(fp.id)
+        new_meaning = fp.id not in self._known_fingerprints
         with self._index.write():
+            if new_meaning:
+                # In the entries' own transaction: none is ever committed without it.
+                self._index.record_fingerprint(fp)
             for keys, vectors, tokens in groups:
                 matrix = np.ascontiguousarray(vectors, dtype="<f4")
                 dim = matrix.shape[1]
@@ -490,12 +360,24 @@ class Store:
                 )  # fmt: skip
             evicted = self._index.evict(self.size_limit)
             due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
+        if new_meaning:
+            self._copy_fingerprint(fp)
         if due:
             # After the commit, outside the lock: other writers go on while it is written.
             try:
                 self._index.refresh_snapshot()
             except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
                 log.warning("%s", exc)
+
+    def _copy_fingerprint(self, fp: Fingerprint) -> None:
+        """Keep ``fp`` in ``meta/`` too, after its entries' commit, for older versions sharing
+        the directory, which read nothing else (see :mod:`~embedcache.storage.meta`)."""
+        try:
+            self._meta.record_fingerprint(fp)
+        except CacheError as exc:  # the entries and what they mean are stored: say, go on
+            log.warning("%s", exc)
+        else:
+            self._known_fingerprints.add(fp.id)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries, :data:`DELETE_PAGE` keys per transaction; returns how many
@@ -564,56 +446,28 @@ class Store:
         return self._index.removals()
 
     def add_counters(self, deltas: dict[str, int]) -> None:
-        """Add to the lifetime counters in one transaction."""
-        if not any(deltas.values()):
-            return  # not even the write lock: a read-only cache stays usable
-        if self._meta is None:
-            return  # read-only: lifetime counters are bookkeeping, not worth failing a read
-        with self._errors("write"), self._meta.transact():
-            for name, delta in deltas.items():
-                if delta:
-                    self._meta.incr(f"{_COUNTER_PREFIX}{name}", delta)
+        """Add to the lifetime counters in one transaction; a read-only cache skips it
+        (lifetime counters are bookkeeping, not worth failing a read)."""
+        self._meta.add_counters(deltas)
 
     def counters(self) -> dict[str, int]:
         """The lifetime counters, every one of :data:`COUNTERS` present."""
-        if self._meta is None:
-            return dict.fromkeys(COUNTERS, 0)
-        with self._errors("read"):
-            return {name: int(self._meta.get(f"{_COUNTER_PREFIX}{name}", 0)) for name in COUNTERS}
+        return self._meta.counters()
 
     def setting(self, name: str) -> str | None:
         """A value recorded by :meth:`set_setting` in this directory, by any process;
         ``None`` when none was (or the cache is read-only, so it has no metadata)."""
-        if self._meta is None:
-            return None
-        with self._errors("read"):
-            value = self._meta.get(_SETTING_PREFIX + name)
-        return value if isinstance(value, str) else None
+        return self._meta.setting(name)
 
     def set_setting(self, name: str, value: str) -> None:
         """Record a small named value for every process using this directory (the proxy's
         workers share what they learn about the upstream this way); a read-only cache
         skips it, as it skips counters."""
-        if self._meta is None:
-            return
-        with self._errors("write"):
-            self._meta.set(_SETTING_PREFIX + name, value)
+        self._meta.set_setting(name, value)
 
-    def fingerprints(self) -> dict[int, dict[str, object]]:
-        """The request settings of every fingerprint that has been stored, by id (as
-        :meth:`fingerprint_objects`; without metadata, entries show model "?")."""
-        return {fp_id: fp.fields for fp_id, fp in self.fingerprint_objects().items()}
-
-    def fingerprint_objects(self) -> dict[int, Fingerprint]:
-        """Every recorded fingerprint, by id, as :meth:`put_many` takes it (for copying
-        entries to another cache); a record whose JSON does not hash to its id is left out."""
-        if self._meta is None:
-            return {}
-        out: dict[int, Fingerprint] = {}
-        with self._errors("read"):
-            for key in self._meta.iterkeys():
-                if isinstance(key, str) and key.startswith(_FINGERPRINT_PREFIX):
-                    fp = Fingerprint.from_canonical(self._meta[key])
-                    if f"{fp.id:016x}" == key[len(_FINGERPRINT_PREFIX) :]:
-                        out[fp.id] = fp
-        return out
+    def fingerprints(self) -> dict[int, Fingerprint]:
+        """What each fingerprint id of the entries means (the request settings, as
+        :meth:`put_many` takes them), by id: those recorded in ``index.db`` (a read-only
+        cache's too) and, for entries older versions stored, in ``meta/``. A record whose
+        JSON does not hash to its id is left out; an id missing here shows as model "?"."""
+        return {**self._meta.legacy_fingerprints(), **self._index.fingerprints()}

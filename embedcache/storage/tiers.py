@@ -14,8 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
+from .entries import Found, KeyedVectors
 from .shared import RedisStore
-from .store import Found, KeyedVectors, Store
+from .store import Store
 from .writeback import WriteBack
 
 __all__ = ["Tiers"]
