@@ -311,9 +311,9 @@ def _block_copies(monkeypatch: pytest.MonkeyPatch, released: threading.Event) ->
     a copy made inside the read would wait for a release that comes after the read."""
     original = Store.put_matrix
 
-    def put(self: Store, *args: Any) -> None:
+    def put(self: Store, *args: Any, **kwargs: Any) -> None:
         assert released.wait(5), "the copy to local disk ran inside the read"
-        original(self, *args)
+        original(self, *args, **kwargs)
 
     monkeypatch.setattr(Store, "put_matrix", put)
 
@@ -344,9 +344,9 @@ from embedcache.storage.store import Store
 returned = threading.Event()
 original = Store.put_matrix
 
-def put(self, *args):
+def put(self, *args, **kwargs):
     assert returned.wait(5), "the copy to local disk ran inside the read"
-    original(self, *args)
+    original(self, *args, **kwargs)
 
 Store.put_matrix = put
 cache_dir, base_url, redis_url, *texts = sys.argv[1:]

@@ -141,6 +141,7 @@ class Store:
         self.directory = resolve_cache_dir(directory)
         # Fingerprints this store has recorded: later puts under them skip the statement.
         self._known_fingerprints: set[int] = set()
+        self._snapshot_due = False  # a put with defer_snapshot made one due
         versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
         check_or_create_marker(self.directory, MARKER_NAME, versions)
         #: A directory we cannot write to (a read-only mount, a shared team cache) still
@@ -327,16 +328,31 @@ class Store:
         keys: Sequence[bytes],
         matrix: NDArray[np.float32],
         tokens: Sequence[float],
+        *,
+        defer_snapshot: bool = False,
     ) -> None:
         """Like :meth:`put_many` for vectors already in one ``(len(keys), d)`` array
-        (copying a shared tier down): no per-row stacking."""
+        (copying a shared tier down): no per-row stacking.
+
+        :param defer_snapshot: leave a snapshot this put makes due to
+            :meth:`refresh_snapshot_if_due`, for a copy made of many puts: each snapshot
+            rewrites every row, so one taken every time the index grows by an eighth costs
+            a copy into an empty cache about nine rows written per row stored.
+        """
         if len(keys):
-            self._put(fp, [(list(keys), matrix, list(tokens))])
+            self._put(fp, [(list(keys), matrix, list(tokens))], defer_snapshot)
+
+    def refresh_snapshot_if_due(self) -> None:
+        """Take the snapshot that puts with ``defer_snapshot`` left due, if any."""
+        if self._snapshot_due:
+            self._snapshot_due = False
+            self._refresh_snapshot()
 
     def _put(
         self,
         fp: Fingerprint,
         groups: list[tuple[list[bytes], NDArray[np.float32], list[float]]],
+        defer_snapshot: bool = False,
     ) -> None:
         """Write groups of same-dimension vectors in one transaction."""
         if self.read_only:
@@ -362,12 +378,17 @@ class Store:
             due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
         if new_meaning:
             self._copy_fingerprint(fp)
-        if due:
-            # After the commit, outside the lock: other writers go on while it is written.
-            try:
-                self._index.refresh_snapshot()
-            except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
-                log.warning("%s", exc)
+        if due and defer_snapshot:
+            self._snapshot_due = True
+        elif due:
+            self._refresh_snapshot()
+
+    def _refresh_snapshot(self) -> None:
+        # After the commit, outside the lock: other writers go on while it is written.
+        try:
+            self._index.refresh_snapshot()
+        except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
+            log.warning("%s", exc)
 
     def _copy_fingerprint(self, fp: Fingerprint) -> None:
         """Keep ``fp`` in ``meta/`` too, after its entries' commit, for older versions sharing

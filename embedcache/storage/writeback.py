@@ -4,7 +4,10 @@ A read served from Redis returns as soon as its vectors are decoded; the values 
 (immutable bytes, so the caller may change its result) are queued here, and one thread per
 store writes them to the local store in bulk: the queued batches of one fingerprint and
 dimension together, sorted by key (SQLite inserts in key order cost half as much), up to
-:data:`PUT_BYTES` per transaction (so other processes' writers wait a bounded time).
+:data:`PUT_BYTES` per transaction (so other processes' writers wait a bounded time), and the
+index's snapshot retaken once, when the queue is drained, not after every transaction that
+makes one due (each rewrites every row: a copy into an empty cache wrote each row about nine
+times over).
 
 The thread gives way to reads: it starts a transaction only while no read from the shared
 tier is under way (:meth:`WriteBack.reading`), or once it has waited
@@ -163,6 +166,10 @@ class WriteBack:
                 batches = self._take()
             try:
                 self._write(batches)
+                with self._changed:
+                    drained = not self._queue
+                if drained:  # one snapshot for the whole copy, before flush() returns
+                    self._store.refresh_snapshot_if_due()
             except Exception as exc:  # a hit stays a hit without its copy
                 log.warning("could not copy shared entries to local disk: %s", exc)
             finally:
@@ -201,4 +208,5 @@ class WriteBack:
             [keys[i] for i in order.tolist()],
             records["vector"][order],
             (records["millitokens"][order] / 1000.0).tolist(),
+            defer_snapshot=True,
         )
