@@ -29,8 +29,8 @@ from embedcache.proxy.http import Request
 from embedcache.proxy.rendered import variant
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, damage_entry, wait_for
-from .serving import ProxyProcess
+from .conftest import API_KEY, MakeProxy, MakeServed, damage_entry, wait_for
+from .serving import Served
 from .test_proxy_hits import samples
 
 V3 = "jina-embeddings-v3"
@@ -38,14 +38,14 @@ BODY = {"model": V3, "input": ["a shared document"]}
 DEADLINE = 20.0
 
 
-def post(proxy: ProxyProcess, body: dict[str, Any], key: str | None = API_KEY) -> httpx.Response:
+def post(proxy: Served, body: dict[str, Any], key: str | None = API_KEY) -> httpx.Response:
     """One request on a new connection (so the kernel may give it to any worker)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
         return http.post("/v1/embeddings", json=body, headers=headers)
 
 
-def port_of(proxy: ProxyProcess) -> int:
+def port_of(proxy: Served) -> int:
     return int(proxy.url.rsplit(":", 1)[1])
 
 
@@ -153,10 +153,10 @@ def test_a_refusal_at_the_headers_reads_as_jinas_detail_and_openais_error_messag
 
 
 def test_verifications_of_random_keys_are_bounded_by_the_rate_and_the_rest_get_429(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
     rate, workers = 0.01, 2
-    proxy = make_proxy("--verify-keys", "--verify-rate", str(rate), "--workers", str(workers))
+    proxy = make_served("--verify-keys", "--verify-rate", str(rate), "--workers", str(workers))
     started = time.monotonic()
     answers = [post(proxy, BODY, key="jina_" + secrets.token_hex(30)) for _ in range(100)]
     elapsed = time.monotonic() - started
@@ -200,12 +200,12 @@ def test_one_new_key_asked_twenty_times_at_once_is_verified_once(
 
 
 @pytest.fixture
-def limited(make_proxy: MakeProxy) -> ProxyProcess:
+def limited(make_proxy: MakeProxy) -> Served:
     return make_proxy("--max-inputs", "3", "--max-answer", "64KiB")
 
 
 def test_more_inputs_than_max_inputs_is_a_413_naming_the_option_in_each_dialect(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     texts = ["one", "two", "three", "four"]
     jina = limited.embed({"model": V3, "input": texts, "dimensions": 8}, API_KEY)
@@ -227,7 +227,7 @@ def test_more_inputs_than_max_inputs_is_a_413_naming_the_option_in_each_dialect(
 
 
 def test_an_all_hit_request_over_max_inputs_is_refused_not_served_from_memory(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     body = {"model": V3, "input": ["one", "two", "three"], "dimensions": 8}
     assert limited.embed(body, API_KEY).status_code == 200
@@ -238,7 +238,7 @@ def test_an_all_hit_request_over_max_inputs_is_refused_not_served_from_memory(
 
 
 def test_an_answer_estimated_over_max_answer_is_a_413_naming_the_option(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     texts = ["one", "two", "three"]
     big = limited.embed({"model": V3, "input": texts}, API_KEY)  # 3 x 1024 floats as text
@@ -342,9 +342,9 @@ def run_cli(cache_dir: Path, *args: str) -> None:
 
 @pytest.mark.parametrize("command", ["clear", "prune", "verify --repair"])
 def test_entries_removed_by_another_process_stop_being_served(
-    emulator: JinaEmulator, make_proxy: MakeProxy, cache_dir: Path, command: str
+    emulator: JinaEmulator, make_served: MakeServed, cache_dir: Path, command: str
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_served()
 
     def held() -> list[float]:
         return list(samples(proxy, "rendered_bytes").values())

@@ -27,7 +27,7 @@ from embedcache.proxy.accesslog import key_hash
 from embedcache.proxy.server import _LoopErrors
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, wait_for
+from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
 from .serving import ProxyProcess
 
 V3 = "jina-embeddings-v3"
@@ -67,9 +67,9 @@ def second_serve(emulator: JinaEmulator, cache_dir: Path, port: int, workers: in
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_serve_on_a_busy_port_fails_at_once_naming_it_and_the_first_keeps_serving(
-    workers: int, emulator: JinaEmulator, make_proxy: MakeProxy, tmp_path: Path
+    workers: int, emulator: JinaEmulator, make_served: MakeServed, tmp_path: Path
 ) -> None:
-    first = make_proxy()
+    first = make_served()
     port = int(first.url.rpartition(":")[2])
     output = second_serve(emulator, tmp_path / "other-cache", port, workers)
     lines = output.strip().splitlines()
@@ -106,18 +106,18 @@ def test_info_level_logs_one_access_line_per_request_with_a_hash_of_the_key_neve
     assert API_KEY not in proxy.output()
 
 
-def test_warning_level_logs_no_access_lines(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy()
+def test_warning_level_logs_no_access_lines(make_served: MakeServed) -> None:
+    proxy = make_served()
     assert proxy.embed({"model": V3, "input": ["quiet"]}, API_KEY).status_code == 200
     assert proxy.stop() == -signal.SIGTERM
     assert access_lines(proxy.output()) == []
 
 
 def test_access_log_file_gets_whole_lines_from_both_workers_whatever_the_level(
-    make_proxy: MakeProxy, tmp_path: Path
+    make_served: MakeServed, tmp_path: Path
 ) -> None:
     path = tmp_path / "access.log"
-    proxy = make_proxy("--workers", "2", "--access-log", str(path))
+    proxy = make_served("--workers", "2", "--access-log", str(path))
     assert proxy.embed({"model": V3, "input": ["in the file"]}, API_KEY).status_code == 200
 
     def workers_seen() -> set[str]:
@@ -137,10 +137,10 @@ def test_access_log_file_gets_whole_lines_from_both_workers_whatever_the_level(
 
 
 def test_sigterm_closes_a_connection_holding_half_a_body_after_the_drain_timeout(
-    make_proxy: MakeProxy,
+    make_served: MakeServed,
 ) -> None:
     # Deadlines far beyond the test's, so only the drain can end the connection.
-    proxy = make_proxy(
+    proxy = make_served(
         "--drain-timeout", "1", "--body-timeout", "600", "--idle-timeout", "600"
     )  # fmt: skip
     host, port = "127.0.0.1", int(proxy.url.rpartition(":")[2])
