@@ -64,8 +64,12 @@ class Served:
 
     url: str
     http: httpx.Client
-    cache_dir: Path
-    log_path: Path
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        #: Where the server's output goes, beside the cache directory.
+        self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def embed(self, body: dict[str, Any], key: str | None = None) -> httpx.Response:
         """POST ``body`` to /v1/embeddings, with ``key`` as the bearer token if given."""
@@ -109,9 +113,7 @@ class ProxyProcess(Served):
         argv: Sequence[str] | None = None,
         file_limit: int | None = None,
     ) -> None:
-        self.cache_dir = cache_dir
-        self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(cache_dir)
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
         environ.update(env or {})
         command = [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir)]
@@ -192,9 +194,7 @@ class ProxyInProcess(Served):
         env: dict[str, str] | None = None,
         argv: Sequence[str] | None = None,
     ) -> None:
-        self.cache_dir = cache_dir
-        self.log_path = cache_dir.parent / f"serve-{next(_numbers)}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(cache_dir)
         self._saved = {name: os.environ.get(name) for name in env or {}}
         os.environ.update(env or {})
         workers = [] if "--workers" in args else ["--workers", "1"]
