@@ -1,4 +1,5 @@
-"""``embedcache serve`` as a subprocess on loopback, the emulator upstream, driven by httpx."""
+"""``embedcache serve`` on loopback, the emulator upstream, driven by httpx: in this process
+(``make_proxy``), and as a subprocess where a signal is the point (``make_served``)."""
 
 from __future__ import annotations
 

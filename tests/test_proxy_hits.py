@@ -1,5 +1,5 @@
-"""The proxy's hit path and its workers: ``embedcache serve`` as a subprocess on loopback
-(two workers unless a test says otherwise), the emulator upstream."""
+"""The proxy's hit path and its workers: ``embedcache serve`` on loopback, the emulator
+upstream; in this process, or as a subprocess of two workers where several are the point."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A proxy safe to share: what one client may ask of it. Access decided at the headers,
 key verification bounded, request limits, big bodies off the event loop, removals by other
-processes followed, no URL credentials shown. ``embedcache serve`` as a subprocess on
-loopback, the emulator upstream."""
+processes followed, no URL credentials shown. ``embedcache serve`` on loopback, the
+emulator upstream: in this process, or as a subprocess of two workers where several are the
+point."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """How ``embedcache serve`` runs as a server: one server per port, its logs and access
-lines, its options, shutdown, and its open-file limit. Real subprocesses on loopback."""
+lines, its options, shutdown, and its open-file limit. Real subprocesses on loopback, but
+where a test reads only what the server writes (in this process)."""
 
 from __future__ import annotations
 
