@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from unittest import mock
 
 import httpx
@@ -214,7 +214,11 @@ class ProxyInProcess(Served):
             self._put_environment_back()
             raise RuntimeError(f"embedcache serve did not start:\n{result.output}")
         self._worker = bound[0]
-        self._worker.start(self.log_path)
+        try:
+            self._worker.start(self.log_path)
+        except BaseException:
+            self._put_environment_back()
+            raise
         self.url = f"http://127.0.0.1:{self._worker.port}"
         self.http = httpx.Client(base_url=self.url, timeout=30.0)
         self._stopped = False
@@ -346,13 +350,19 @@ class _Worker:
 
 class _LogTo:
     """The ``embedcache`` logger's records at ``level`` and above appended to a file, one
-    line each, as a worker writes them to stderr; undone by :meth:`close`."""
+    line each, as a worker writes them to stderr; undone by :meth:`close`. The logger's own
+    level and propagation are put back when the last of several at once is closed."""
+
+    _open: ClassVar[list[_LogTo]] = []
+    _saved: ClassVar[tuple[int, bool]] = (logging.NOTSET, True)
 
     def __init__(self, path: Path, level: str) -> None:
         self._file = path.open("a", encoding="utf-8")
         self.fd = self._file.fileno()
         self._logger = logging.getLogger("embedcache")
-        self._saved = (self._logger.level, self._logger.propagate)
+        if not _LogTo._open:
+            _LogTo._saved = (self._logger.level, self._logger.propagate)
+        _LogTo._open.append(self)
         self._handler = logging.StreamHandler(self._file)
         self._handler.setFormatter(
             logging.Formatter(
@@ -366,6 +376,8 @@ class _LogTo:
 
     def close(self) -> None:
         self._logger.removeHandler(self._handler)
-        self._logger.setLevel(self._saved[0])
-        self._logger.propagate = self._saved[1]
+        _LogTo._open.remove(self)
+        if not _LogTo._open:
+            self._logger.setLevel(_LogTo._saved[0])
+            self._logger.propagate = _LogTo._saved[1]
         self._file.close()

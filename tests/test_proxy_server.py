@@ -243,3 +243,16 @@ def test_the_key_hash_is_the_start_of_the_bearer_values_sha256() -> None:
     assert key_hash(f"Bearer {API_KEY}".encode()) == KEY_HASH
     assert key_hash(f"bearer   {API_KEY} ".encode()) == KEY_HASH
     assert key_hash(b"") == "-"
+
+
+def test_proxies_served_in_this_process_leave_the_embedcache_logger_as_they_found_it(
+    make_proxy: MakeProxy,
+) -> None:
+    logger = logging.getLogger("embedcache")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    first = make_proxy("--log-level", "info")
+    second = make_proxy()  # overlapping, stopped in the order they started
+    assert logger.propagate is False  # a server's lines go to its output only
+    first.stop()
+    second.stop()
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
