@@ -271,9 +271,11 @@ def test_a_hundred_thousand_distinct_texts_are_refused_by_default_before_any_wor
 
 @linux_only
 def test_a_50mb_text_does_not_stall_hits_on_the_same_worker(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
-    proxy = make_proxy("--workers", "1")
+    # A process of its own: in the test's process, the test's threads share the server's
+    # interpreter lock, and the big request can be answered before the hit gets its turn.
+    proxy = make_served("--workers", "1")
     assert proxy.embed(BODY, API_KEY).status_code == 200  # now a hit in memory
     content = json.dumps({"model": V3, "input": ["word " * 10_000_000]}).encode()
     port = port_of(proxy)
