@@ -81,7 +81,7 @@ class Site:
         return Handlers(fast=self.fast, app=self.app, admit=self.admit, log_access=self.log_access)
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
     """The loop the proxy serves on: uvloop's where it is installed."""
     try:
         import uvloop
@@ -104,7 +104,7 @@ class BareServer:
         site: Site | None = None,
     ) -> None:
         self.site = site or Site()
-        self.loop = _new_loop()
+        self.loop = new_loop()
         self.connections = Connections(handlers, limits, sweep_seconds=SWEEP_SECONDS)
         started = threading.Event()
         bound: list[int] = []

@@ -3,13 +3,14 @@ real redis-server."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
@@ -20,13 +21,15 @@ from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, invoke
 from .redis_server import RedisServer, server_binary
-from .serving import ProxyProcess
+from .serving import ProxyInProcess, ProxyProcess, Served
 
 if TYPE_CHECKING:
     import redis
     from click.testing import Result
 
     from .claimers import Worker  # claimers imports this module
+
+S = TypeVar("S", bound=Served)
 
 # A sentinel shaped like a real key (65 chars, "jina_" prefix) so leaks are easy to grep for.
 API_KEY = "jina_" + "SENTINELkey0123456789" * 2 + "abcdefghijklmnopqr"
@@ -106,21 +109,39 @@ def make_ef(
         ef.close()
 
 
-#: The ``make_proxy`` fixture: ``make_proxy(*serve_args, upstream=None, env=None)``.
-MakeProxy = Callable[..., ProxyProcess]
+#: The ``make_proxy`` and ``make_served`` fixtures: ``make(*serve_args, upstream=None,
+#: env=None)``.
+MakeProxy = Callable[..., Served]
+MakeServed = Callable[..., ProxyProcess]
 
 
 @pytest.fixture
 def make_proxy(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeProxy]:
-    """Start ``embedcache serve`` processes on the test's cache dir, upstream the emulator
-    (or ``upstream``), with ``env`` on top of a scrubbed environment; after the test each
-    is stopped, and none may have printed the key."""
-    started: list[ProxyProcess] = []
+    """Start ``embedcache serve`` in this process (one worker on a thread, see
+    :class:`ProxyInProcess`) on the test's cache dir, upstream the emulator (or
+    ``upstream``), with ``env`` set while it serves; after the test each is stopped, and
+    none may have printed the key."""
+    with _started(ProxyInProcess, emulator, cache_dir) as make:
+        yield make
 
-    def make(
-        *args: str, upstream: str | None = None, env: dict[str, str] | None = None
-    ) -> ProxyProcess:
-        proxy = ProxyProcess(upstream or emulator.url, cache_dir, *args, env=env)
+
+@pytest.fixture
+def make_served(emulator: JinaEmulator, cache_dir: Path) -> Iterator[MakeServed]:
+    """As ``make_proxy``, but each a real ``embedcache serve`` process with two forked
+    workers (unless ``--workers`` says otherwise), on a scrubbed environment with ``env``
+    on top: for what needs a process (signals, workers, startup, process limits)."""
+    with _started(ProxyProcess, emulator, cache_dir) as make:
+        yield make
+
+
+@contextlib.contextmanager
+def _started(
+    kind: Callable[..., S], emulator: JinaEmulator, cache_dir: Path
+) -> Iterator[Callable[..., S]]:
+    started: list[S] = []
+
+    def make(*args: str, upstream: str | None = None, env: dict[str, str] | None = None) -> S:
+        proxy = kind(upstream or emulator.url, cache_dir, *args, env=env)
         started.append(proxy)
         return proxy
 

@@ -25,7 +25,7 @@ from embedcache.testing import JinaEmulator
 from .cli_helpers import POSITIONS, Position, as_json, ok, placed
 from .conftest import API_KEY
 from .redis_server import RedisServer
-from .serving import ProxyProcess
+from .serving import ProxyInProcess
 
 TEXTS = ["cached before the run", "a second cached text", "and a third"]
 NEW_TEXT = "not cached yet"
@@ -187,7 +187,7 @@ def test_serve_takes_the_cache_dir_and_base_url_in_either_place(
     chosen = tmp_path / "chosen"
     options = ["--cache-dir", str(chosen), "--base-url", emulator.url]
     argv = placed(position, options, "serve", "--port", "0", "--workers", "1")
-    with ProxyProcess(emulator.url, chosen, argv=argv) as served:
+    with ProxyInProcess(emulator.url, chosen, argv=argv) as served:
         banner = served.output()
         assert f"-> {emulator.url}" in banner
         assert f"(cache {chosen})" in banner
@@ -203,7 +203,7 @@ def test_serve_upstream_wins_over_base_url_after_the_name(
     chosen = tmp_path / "chosen"
     argv = ["serve", "--cache-dir", str(chosen), "--base-url", "http://127.0.0.1:1"]
     argv += ["--upstream", emulator.url, "--port", "0", "--workers", "1"]
-    with ProxyProcess(emulator.url, chosen, argv=argv) as served:
+    with ProxyInProcess(emulator.url, chosen, argv=argv) as served:
         assert f"-> {emulator.url}" in served.output()
 
 

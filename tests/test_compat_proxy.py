@@ -18,19 +18,19 @@ import pytest
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, client_module
-from .serving import ProxyProcess
+from .serving import ProxyProcess, Served
 
 pytestmark = pytest.mark.compat
 
 
 @pytest.fixture
-def proxy(emulator: JinaEmulator, cache_dir: Path, float_style: str) -> Iterator[ProxyProcess]:
+def proxy(emulator: JinaEmulator, cache_dir: Path, float_style: str) -> Iterator[Served]:
     with ProxyProcess(emulator.url, cache_dir) as served:
         yield served
 
 
 def test_pymilvus_through_the_proxy_gets_the_emulators_vectors_then_hits(
-    emulator: JinaEmulator, proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+    emulator: JinaEmulator, proxy: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jinaai = client_module("pymilvus.model.dense.jinaai")
     docs, queries = ["first document", "second document"], ["a query"]
@@ -51,7 +51,7 @@ def test_pymilvus_through_the_proxy_gets_the_emulators_vectors_then_hits(
 
 
 def test_langchain_through_the_proxy_gets_the_emulators_vectors_then_hits(
-    emulator: JinaEmulator, proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+    emulator: JinaEmulator, proxy: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jina = client_module("langchain_community.embeddings.jina")
     texts = ["LangChain sends the default v2 model", "and no task"]
@@ -70,7 +70,7 @@ def test_langchain_through_the_proxy_gets_the_emulators_vectors_then_hits(
 
 
 def test_llamaindex_through_the_proxy_gets_the_emulators_vectors_then_hits(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     jinaai = client_module("llama_index.embeddings.jinaai")
     texts = ["LlamaIndex sends encoding_type, not embedding_type", "and the task it is given"]

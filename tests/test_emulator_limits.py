@@ -1,15 +1,15 @@
 """The emulator's rate limits (RPM, TPM, concurrency), over real loopback HTTP with httpx.
 
-Windows are shrunk to fractions of a second; tests sleep past a window but never assert
-how long anything took.
+The emulator here measures its windows by a clock the tests move (:class:`_Clock`): a test
+steps past a window instead of sleeping through it, and every wait is exact.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +32,28 @@ _HEADERS = (
     "X-RateLimit-Limit-Tokens",
     "X-RateLimit-Remaining-Tokens",
 )
+
+
+class _Clock:
+    """Monotonic seconds that move only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+@pytest.fixture
+def emulator(clock: _Clock) -> Iterator[JinaEmulator]:
+    """The emulator, its rate limits on :func:`clock`."""
+    with JinaEmulator(api_key=API_KEY, clock=clock) as emu:
+        yield emu
 
 
 def embed(http: httpx.Client, text: str = TWO) -> httpx.Response:
@@ -64,7 +86,7 @@ def test_token_counts_used_here() -> None:
 
 
 def test_rpm_binds_with_retry_after_then_frees_after_the_window(
-    emulator: JinaEmulator, http: httpx.Client
+    emulator: JinaEmulator, http: httpx.Client, clock: _Clock
 ) -> None:
     emulator.rate_limits = RateLimits(rpm=3, window=0.5)
     assert [embed(http).status_code for _ in range(3)] == [200, 200, 200]
@@ -73,11 +95,11 @@ def test_rpm_binds_with_retry_after_then_frees_after_the_window(
     assert body["detail"] == "Request rate limit exceeded: 4/3 requests per 0.5 s"
     wait = last(emulator).wait
     assert wait is not None
-    assert 0 < wait <= 0.5
+    assert wait == 0.5  # all three were admitted at this instant
     # Whole seconds rounded up, at least 1: a sub-second wait says 1.
     assert refused.headers["Retry-After"] == "1"
     assert last(emulator).tokens == 0
-    time.sleep(wait + 0.05)
+    clock.now += wait
     assert embed(http).status_code == 200
     assert statuses(emulator) == [200, 200, 200, 429, 200]
 
@@ -92,7 +114,7 @@ def test_the_default_window_is_a_minute_and_named_so(
     assert body["detail"] == "Request rate limit exceeded: 2/1 requests per minute"
     wait = last(emulator).wait
     assert wait is not None
-    assert 50 < wait <= 60
+    assert wait == 60
     assert refused.headers["Retry-After"] == str(math.ceil(wait))
 
 
@@ -100,10 +122,11 @@ def test_the_default_window_is_a_minute_and_named_so(
 
 
 def test_tpm_binds_on_this_requests_tokens_and_refusals_charge_nothing(
-    emulator: JinaEmulator, http: httpx.Client
+    emulator: JinaEmulator, http: httpx.Client, clock: _Clock
 ) -> None:
     emulator.rate_limits = RateLimits(tpm=10, window=0.5)
     assert embed(http, FOUR).status_code == 200
+    clock.now += 0.125
     assert embed(http, FOUR).status_code == 200  # 8 of 10 used
     refused = embed(http, FOUR)
     body = assert_429(refused, "RATE_TOKEN_LIMIT_EXCEEDED")
@@ -111,18 +134,18 @@ def test_tpm_binds_on_this_requests_tokens_and_refusals_charge_nothing(
     assert refused.headers["Retry-After"] == "1"
     wait = last(emulator).wait
     assert wait is not None
-    assert 0 < wait <= 0.5
+    assert wait == 0.375  # until the first charge leaves the window
     # The refusal took nothing: exactly the 2 tokens left still fit.
     fits = embed(http, TWO)
     assert fits.status_code == 200
     assert fits.headers["X-RateLimit-Remaining-Tokens"] == "0"
-    time.sleep(wait + 0.05)  # the first charge (4 tokens) has expired
+    clock.now += wait  # the first charge (4 tokens) has expired, the second not
     assert embed(http, FOUR).status_code == 200
     assert [entry.tokens for entry in emulator.requests] == [4, 4, 0, 2, 4]
 
 
 def test_a_request_over_tpm_on_its_own_never_passes(
-    emulator: JinaEmulator, http: httpx.Client
+    emulator: JinaEmulator, http: httpx.Client, clock: _Clock
 ) -> None:
     emulator.rate_limits = RateLimits(tpm=10, window=0.5)
     text = " ".join(["alpha"] * 11)
@@ -132,7 +155,7 @@ def test_a_request_over_tpm_on_its_own_never_passes(
     assert "split" in body["detail"]
     assert "Retry-After" not in refused.headers  # no wait would help
     assert last(emulator).wait is None
-    time.sleep(0.55)
+    clock.now += 0.5  # a whole window later
     assert embed(http, text).status_code == 429
     small = embed(http, TWO)
     assert small.status_code == 200
@@ -268,14 +291,18 @@ def test_auth_and_validation_failures_use_no_budget(
     assert_429(embed(http), "RATE_REQUEST_LIMIT_EXCEEDED")
 
 
-def test_rate_limit_refusals_use_no_budget(emulator: JinaEmulator, http: httpx.Client) -> None:
+def test_rate_limit_refusals_use_no_budget(
+    emulator: JinaEmulator, http: httpx.Client, clock: _Clock
+) -> None:
     emulator.rate_limits = RateLimits(rpm=2, window=0.5)
-    assert [embed(http).status_code for _ in range(2)] == [200, 200]
+    assert embed(http).status_code == 200
+    clock.now += 0.125
+    assert embed(http).status_code == 200
     for _ in range(5):
         assert embed(http).status_code == 429
     wait = last(emulator).wait
     assert wait is not None
-    time.sleep(wait + 0.05)  # only the oldest admitted request has left the window
+    clock.now += wait  # only the oldest admitted request has left the window
     assert embed(http).status_code == 200
 
 
@@ -352,14 +379,6 @@ def test_rate_limits_arguments_are_checked(kwargs: dict[str, Any]) -> None:
 
 
 # --- the limiter on a fake clock: exact waits ------------------------------------------
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_wait_is_until_enough_charges_expire() -> None:

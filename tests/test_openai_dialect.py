@@ -19,24 +19,24 @@ from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, MakeProxy
-from .serving import ProxyProcess
+from .serving import Served
 
 V3 = "jina-embeddings-v3"
-SDK = Callable[[ProxyProcess], openai.OpenAI]
+SDK = Callable[[Served], openai.OpenAI]
 TEXTS = ["what is milvus?", "a vector database", "late chunking pools late"]
 
 
 @pytest.fixture
-def proxy(make_proxy: MakeProxy) -> ProxyProcess:
+def proxy(make_proxy: MakeProxy) -> Served:
     return make_proxy()
 
 
 @pytest.fixture
-def sdk() -> Iterator[Callable[[ProxyProcess], openai.OpenAI]]:
+def sdk() -> Iterator[Callable[[Served], openai.OpenAI]]:
     """OpenAI SDK clients pointed at a proxy, without retries; all closed after the test."""
     made: list[openai.OpenAI] = []
 
-    def make(proxy: ProxyProcess) -> openai.OpenAI:
+    def make(proxy: Served) -> openai.OpenAI:
         made.append(openai.OpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0))
         return made[-1]
 
@@ -45,7 +45,7 @@ def sdk() -> Iterator[Callable[[ProxyProcess], openai.OpenAI]]:
         client.close()
 
 
-def jina_vectors(proxy: ProxyProcess, body: dict[str, Any]) -> np.ndarray[Any, Any]:
+def jina_vectors(proxy: Served, body: dict[str, Any]) -> np.ndarray[Any, Any]:
     """The Jina-dialect answer of the proxy for the same settings, as float32 rows."""
     answer = proxy.embed({**body, "embedding_type": "base64"}, API_KEY).json()
     rows = [np.frombuffer(base64.b64decode(item["embedding"]), "<f4") for item in answer["data"]]
@@ -117,7 +117,7 @@ def test_errors_come_back_in_the_dialect_the_client_spoke() -> None:
 
 
 def test_the_sdks_default_base64_gives_the_jina_answers_vectors_and_a_repeat_is_free(
-    emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
+    emulator: JinaEmulator, proxy: Served, sdk: SDK
 ) -> None:
     client = sdk(proxy)
     first = client.embeddings.create(model=V3, input=TEXTS)  # numpy installed: base64
@@ -134,7 +134,7 @@ def test_the_sdks_default_base64_gives_the_jina_answers_vectors_and_a_repeat_is_
 
 
 def test_float_answers_are_the_float64_values_a_direct_call_gives(
-    emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
+    emulator: JinaEmulator, proxy: Served, sdk: SDK
 ) -> None:
     client = sdk(proxy)
     spent = []
@@ -152,7 +152,7 @@ def test_float_answers_are_the_float64_values_a_direct_call_gives(
 
 
 def test_the_task_suffix_reaches_the_upstream_and_shares_entries_with_the_plain_form(
-    emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
+    emulator: JinaEmulator, proxy: Served, sdk: SDK
 ) -> None:
     sdk(proxy).embeddings.create(model=f"{V3}:retrieval.query", input=TEXTS)
     assert emulator.requests[-1].body is not None
@@ -164,7 +164,7 @@ def test_the_task_suffix_reaches_the_upstream_and_shares_entries_with_the_plain_
 
 
 def test_token_ids_are_a_422_in_openais_shape_and_nothing_is_spent_or_kept(
-    emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
+    emulator: JinaEmulator, proxy: Served, sdk: SDK
 ) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         sdk(proxy).embeddings.create(model=V3, input=[[15339, 1917]])
@@ -197,7 +197,7 @@ def milvus_batch(texts: list[str], model: str, dim: int | None) -> dict[str, Any
 
 
 def test_milvus_openai_batches_of_128_carry_the_task_and_dimensions_and_repeat_from_cache(
-    emulator: JinaEmulator, proxy: ProxyProcess, sdk: SDK
+    emulator: JinaEmulator, proxy: Served, sdk: SDK
 ) -> None:
     texts = [f"milvus row {i}" for i in range(256)]
     model = f"{V3}:retrieval.passage"

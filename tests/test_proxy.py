@@ -1,4 +1,5 @@
-"""``embedcache serve`` as a subprocess on loopback, the emulator upstream, driven by httpx."""
+"""``embedcache serve`` on loopback, the emulator upstream, driven by httpx: in this process
+(``make_proxy``), and as a subprocess where a signal is the point (``make_served``)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from embedcache import JinaEmbeddingFunction
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, wait_for
-from .serving import ProxyProcess
+from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
+from .serving import Served
 
 V3 = "jina-embeddings-v3"
 
 
 @pytest.fixture
-def proxy(make_proxy: MakeProxy) -> ProxyProcess:
+def proxy(make_proxy: MakeProxy) -> Served:
     return make_proxy()
 
 
@@ -51,7 +52,7 @@ def sent_types(emulator: JinaEmulator) -> list[str]:
 
 
 def test_float_answers_are_the_emulators_values_for_a_miss_and_a_hit_in_either_float_style(
-    emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
+    emulator: JinaEmulator, proxy: Served, float_style: str
 ) -> None:
     body = {"model": V3, "task": "retrieval.query", "input": ["alpha", "beta", "alpha"]}
     expected = direct(emulator, body).json()
@@ -76,7 +77,7 @@ def test_float_answers_are_the_emulators_values_for_a_miss_and_a_hit_in_either_f
 
 
 def test_the_proxy_learns_the_float_style_from_its_first_fill_then_asks_for_base64(
-    emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
+    emulator: JinaEmulator, proxy: Served, float_style: str
 ) -> None:
     proxy.embed({"model": V3, "input": ["first"], "embedding_type": "base64"}, API_KEY)
     proxy.embed({"model": V3, "input": ["second"]}, API_KEY)
@@ -137,7 +138,7 @@ def test_a_worker_that_never_fetched_writes_the_style_another_worker_learned(
 
 @pytest.mark.parametrize("field", ["embedding_type", "encoding_type"])
 def test_base64_answers_carry_the_emulators_bytes_whatever_its_float_style(
-    emulator: JinaEmulator, proxy: ProxyProcess, field: str, float_style: str
+    emulator: JinaEmulator, proxy: Served, field: str, float_style: str
 ) -> None:
     texts = ["one", "two"]
     proxy.embed({"model": V3, "input": texts}, API_KEY)  # cached from a float request
@@ -150,7 +151,7 @@ def test_base64_answers_carry_the_emulators_bytes_whatever_its_float_style(
 
 
 def test_string_input_and_text_objects_share_entries_with_plain_strings(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     proxy.embed({"model": V3, "input": ["hello", "world"]}, API_KEY)
     before = upstream_count(emulator)
@@ -166,7 +167,7 @@ def test_string_input_and_text_objects_share_entries_with_plain_strings(
 
 
 def test_mixed_hits_and_misses_come_back_in_index_order_and_usage_counts_only_misses(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     proxy.embed({"model": V3, "input": ["b", "d"]}, API_KEY)
     before = len(emulator.requests)
@@ -184,7 +185,7 @@ def test_mixed_hits_and_misses_come_back_in_index_order_and_usage_counts_only_mi
 
 
 def test_a_large_all_hit_request_is_answered_from_the_cache_too(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     body = {"model": V3, "input": [f"text number {i}" for i in range(300)]}
     first = proxy.embed(body, API_KEY)
@@ -197,9 +198,7 @@ def test_a_large_all_hit_request_is_answered_from_the_cache_too(
     assert 'embedcache_requests_total{outcome="cached"} 1' in lines
 
 
-def test_every_output_changing_field_keys_the_cache(
-    emulator: JinaEmulator, proxy: ProxyProcess
-) -> None:
+def test_every_output_changing_field_keys_the_cache(emulator: JinaEmulator, proxy: Served) -> None:
     base: dict[str, Any] = {"model": V3, "input": ["same text"]}
     variants: list[dict[str, Any]] = [
         {},
@@ -216,7 +215,7 @@ def test_every_output_changing_field_keys_the_cache(
         assert upstream_count(emulator) == before + 2  # the proxy's miss, then our check
 
 
-def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: ProxyProcess) -> None:
+def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: Served) -> None:
     body = {"model": V3, "input": ["part one", "part two"], "late_chunking": True}
     expected = direct(emulator, body).json()["data"]
     assert proxy.embed(body, API_KEY).json()["data"] == expected
@@ -239,7 +238,7 @@ def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: Pr
     ids=["image", "text-and-image", "binary", "several-types", "unknown-field"],
 )
 def test_requests_the_cache_cannot_key_are_forwarded_and_never_stored(
-    emulator: JinaEmulator, proxy: ProxyProcess, body: dict[str, Any]
+    emulator: JinaEmulator, proxy: Served, body: dict[str, Any]
 ) -> None:
     expected = direct(emulator, body)
     for _ in range(2):
@@ -255,7 +254,7 @@ def test_requests_the_cache_cannot_key_are_forwarded_and_never_stored(
 
 
 def test_upstream_errors_keep_the_status_detail_code_and_request_id(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     body = {"model": V3, "input": ["needs a key"]}
     expected = direct(emulator, body, key="jina_wrong").json()
@@ -273,7 +272,7 @@ def test_upstream_errors_keep_the_status_detail_code_and_request_id(
 
 
 def test_a_request_without_any_key_is_a_401_before_any_upstream_call(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     answer = proxy.embed({"model": V3, "input": ["no key anywhere"]})
     assert answer.status_code == 401
@@ -293,7 +292,7 @@ def test_a_request_without_any_key_is_a_401_before_any_upstream_call(
     ids=["task", "dimensions", "flag", "not-json", "not-object"],
 )
 def test_bad_requests_are_refused_locally_with_422(
-    emulator: JinaEmulator, proxy: ProxyProcess, content: bytes, fragment: str
+    emulator: JinaEmulator, proxy: Served, content: bytes, fragment: str
 ) -> None:
     answer = proxy.http.post("/v1/embeddings", content=content)
     assert answer.status_code == 422
@@ -327,7 +326,7 @@ def test_with_a_token_clients_must_present_it_and_the_server_key_pays(
     assert emulator.requests[-1].authorized  # the server's key, not the token
 
 
-def test_health_and_prometheus_metrics(emulator: JinaEmulator, proxy: ProxyProcess) -> None:
+def test_health_and_prometheus_metrics(emulator: JinaEmulator, proxy: Served) -> None:
     health = proxy.http.get("/health")
     assert health.json()["status"] == "ok"
     proxy.embed({"model": V3, "input": ["m1", "m2"]}, API_KEY)
@@ -350,7 +349,7 @@ def test_health_and_prometheus_metrics(emulator: JinaEmulator, proxy: ProxyProce
         assert line in lines, metrics.text
 
 
-def test_unknown_routes_and_methods_answer_in_jinas_error_shape(proxy: ProxyProcess) -> None:
+def test_unknown_routes_and_methods_answer_in_jinas_error_shape(proxy: Served) -> None:
     missing = proxy.http.post("/v2/embeddings", json={})
     assert missing.status_code == 404
     assert "detail" in missing.json()
@@ -374,7 +373,7 @@ def test_an_offline_proxy_serves_hits_and_answers_misses_with_503(
     assert upstream_count(emulator) == before
 
 
-def metric(proxy: ProxyProcess, name: str) -> float:
+def metric(proxy: Served, name: str) -> float:
     """The value of an unlabelled metric on the proxy's ``/metrics``."""
     for line in proxy.http.get("/metrics").text.splitlines():
         if line.startswith(f"embedcache_{name} "):
@@ -383,7 +382,7 @@ def metric(proxy: ProxyProcess, name: str) -> float:
 
 
 def test_concurrent_identical_requests_share_one_upstream_call(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     body = {"model": V3, "input": ["shared", "by", "everyone"]}
     clients = 8
@@ -423,9 +422,9 @@ def refuses_connections(url: str) -> bool:
 
 
 def test_sigterm_finishes_the_in_flight_fetch_and_commits_it(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_served()
     body = {"model": V3, "input": ["in flight at shutdown"]}
     with ThreadPoolExecutor(1) as pool, emulator.hold() as gate:
         answer = pool.submit(proxy.embed, body, API_KEY)

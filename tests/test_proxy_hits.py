@@ -1,5 +1,5 @@
-"""The proxy's hit path and its workers: ``embedcache serve`` as a subprocess on loopback
-(two workers unless a test says otherwise), the emulator upstream."""
+"""The proxy's hit path and its workers: ``embedcache serve`` on loopback, the emulator
+upstream; in this process, or as a subprocess of two workers where several are the point."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ import httpx
 
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, wait_for
-from .serving import ProxyProcess
+from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
+from .serving import Served
 
 V3 = "jina-embeddings-v3"
 ADMIN = "admin-secret-for-tests"
 
 
-def fresh_post(proxy: ProxyProcess, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
+def fresh_post(proxy: Served, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
     """One request on a new connection, so the kernel may give it to any worker."""
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
         return http.post("/v1/embeddings", json=body, headers=headers)
 
 
-def samples(proxy: ProxyProcess, name: str) -> dict[str, float]:
+def samples(proxy: Served, name: str) -> dict[str, float]:
     """Every sample of metric ``embedcache_NAME``, by its labels ('' for none)."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
     out = {}
@@ -35,9 +35,9 @@ def samples(proxy: ProxyProcess, name: str) -> dict[str, float]:
 
 
 def test_repeat_hits_on_any_worker_are_byte_identical_and_cost_nothing(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
-    proxy = make_proxy("--admin-token", ADMIN)
+    proxy = make_served("--admin-token", ADMIN)
     body = {"model": V3, "input": ["served from memory", "and from memory"]}
     first = fresh_post(proxy, body)
     repeats: list[httpx.Response] = []
@@ -56,8 +56,8 @@ def test_repeat_hits_on_any_worker_are_byte_identical_and_cost_nothing(
     assert all(answer.headers["X-Embedcache-Cached"] == "2" for answer in repeats)
 
 
-def test_metrics_add_up_every_worker(emulator: JinaEmulator, make_proxy: MakeProxy) -> None:
-    proxy = make_proxy("--admin-token", ADMIN)
+def test_metrics_add_up_every_worker(emulator: JinaEmulator, make_served: MakeServed) -> None:
+    proxy = make_served("--admin-token", ADMIN)
     body = {"model": V3, "input": ["counted once per request"]}
     for _ in range(20):
         assert fresh_post(proxy, body).status_code == 200
@@ -75,9 +75,9 @@ def test_metrics_add_up_every_worker(emulator: JinaEmulator, make_proxy: MakePro
 
 
 def test_admin_flush_empties_the_memory_of_every_worker(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
-    proxy = make_proxy("--admin-token", ADMIN)
+    proxy = make_served("--admin-token", ADMIN)
     body = {"model": V3, "input": ["held by both workers"]}
 
     def both_hold_answers() -> bool:

@@ -1,7 +1,8 @@
 """A proxy safe to share: what one client may ask of it. Access decided at the headers,
 key verification bounded, request limits, big bodies off the event loop, removals by other
-processes followed, no URL credentials shown. ``embedcache serve`` as a subprocess on
-loopback, the emulator upstream."""
+processes followed, no URL credentials shown. ``embedcache serve`` on loopback, the
+emulator upstream: in this process, or as a subprocess of two workers where several are the
+point."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from embedcache.proxy.http import Request
 from embedcache.proxy.rendered import variant
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, damage_entry, wait_for
-from .serving import ProxyProcess
+from .conftest import API_KEY, MakeProxy, MakeServed, damage_entry, wait_for
+from .serving import Served
 from .test_proxy_hits import samples
 
 V3 = "jina-embeddings-v3"
@@ -38,14 +39,14 @@ BODY = {"model": V3, "input": ["a shared document"]}
 DEADLINE = 20.0
 
 
-def post(proxy: ProxyProcess, body: dict[str, Any], key: str | None = API_KEY) -> httpx.Response:
+def post(proxy: Served, body: dict[str, Any], key: str | None = API_KEY) -> httpx.Response:
     """One request on a new connection (so the kernel may give it to any worker)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
         return http.post("/v1/embeddings", json=body, headers=headers)
 
 
-def port_of(proxy: ProxyProcess) -> int:
+def port_of(proxy: Served) -> int:
     return int(proxy.url.rsplit(":", 1)[1])
 
 
@@ -153,10 +154,10 @@ def test_a_refusal_at_the_headers_reads_as_jinas_detail_and_openais_error_messag
 
 
 def test_verifications_of_random_keys_are_bounded_by_the_rate_and_the_rest_get_429(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
     rate, workers = 0.01, 2
-    proxy = make_proxy("--verify-keys", "--verify-rate", str(rate), "--workers", str(workers))
+    proxy = make_served("--verify-keys", "--verify-rate", str(rate), "--workers", str(workers))
     started = time.monotonic()
     answers = [post(proxy, BODY, key="jina_" + secrets.token_hex(30)) for _ in range(100)]
     elapsed = time.monotonic() - started
@@ -200,12 +201,12 @@ def test_one_new_key_asked_twenty_times_at_once_is_verified_once(
 
 
 @pytest.fixture
-def limited(make_proxy: MakeProxy) -> ProxyProcess:
+def limited(make_proxy: MakeProxy) -> Served:
     return make_proxy("--max-inputs", "3", "--max-answer", "64KiB")
 
 
 def test_more_inputs_than_max_inputs_is_a_413_naming_the_option_in_each_dialect(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     texts = ["one", "two", "three", "four"]
     jina = limited.embed({"model": V3, "input": texts, "dimensions": 8}, API_KEY)
@@ -227,7 +228,7 @@ def test_more_inputs_than_max_inputs_is_a_413_naming_the_option_in_each_dialect(
 
 
 def test_an_all_hit_request_over_max_inputs_is_refused_not_served_from_memory(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     body = {"model": V3, "input": ["one", "two", "three"], "dimensions": 8}
     assert limited.embed(body, API_KEY).status_code == 200
@@ -238,7 +239,7 @@ def test_an_all_hit_request_over_max_inputs_is_refused_not_served_from_memory(
 
 
 def test_an_answer_estimated_over_max_answer_is_a_413_naming_the_option(
-    emulator: JinaEmulator, limited: ProxyProcess
+    emulator: JinaEmulator, limited: Served
 ) -> None:
     texts = ["one", "two", "three"]
     big = limited.embed({"model": V3, "input": texts}, API_KEY)  # 3 x 1024 floats as text
@@ -270,9 +271,11 @@ def test_a_hundred_thousand_distinct_texts_are_refused_by_default_before_any_wor
 
 @linux_only
 def test_a_50mb_text_does_not_stall_hits_on_the_same_worker(
-    emulator: JinaEmulator, make_proxy: MakeProxy
+    emulator: JinaEmulator, make_served: MakeServed
 ) -> None:
-    proxy = make_proxy("--workers", "1")
+    # A process of its own: in the test's process, the test's threads share the server's
+    # interpreter lock, and the big request can be answered before the hit gets its turn.
+    proxy = make_served("--workers", "1")
     assert proxy.embed(BODY, API_KEY).status_code == 200  # now a hit in memory
     content = json.dumps({"model": V3, "input": ["word " * 10_000_000]}).encode()
     port = port_of(proxy)
@@ -342,9 +345,9 @@ def run_cli(cache_dir: Path, *args: str) -> None:
 
 @pytest.mark.parametrize("command", ["clear", "prune", "verify --repair"])
 def test_entries_removed_by_another_process_stop_being_served(
-    emulator: JinaEmulator, make_proxy: MakeProxy, cache_dir: Path, command: str
+    emulator: JinaEmulator, make_served: MakeServed, cache_dir: Path, command: str
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_served()
 
     def held() -> list[float]:
         return list(samples(proxy, "rendered_bytes").values())

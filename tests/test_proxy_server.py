@@ -1,5 +1,6 @@
 """How ``embedcache serve`` runs as a server: one server per port, its logs and access
-lines, its options, shutdown, and its open-file limit. Real subprocesses on loopback."""
+lines, its options, shutdown, and its open-file limit. Real subprocesses on loopback, but
+where a test reads only what the server writes (in this process)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from embedcache.proxy.accesslog import key_hash
 from embedcache.proxy.server import _LoopErrors
 from embedcache.testing import JinaEmulator
 
-from .conftest import API_KEY, MakeProxy, wait_for
+from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
 from .serving import ProxyProcess
 
 V3 = "jina-embeddings-v3"
@@ -67,9 +68,9 @@ def second_serve(emulator: JinaEmulator, cache_dir: Path, port: int, workers: in
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_serve_on_a_busy_port_fails_at_once_naming_it_and_the_first_keeps_serving(
-    workers: int, emulator: JinaEmulator, make_proxy: MakeProxy, tmp_path: Path
+    workers: int, emulator: JinaEmulator, make_served: MakeServed, tmp_path: Path
 ) -> None:
-    first = make_proxy()
+    first = make_served()
     port = int(first.url.rpartition(":")[2])
     output = second_serve(emulator, tmp_path / "other-cache", port, workers)
     lines = output.strip().splitlines()
@@ -92,32 +93,38 @@ def test_info_level_logs_one_access_line_per_request_with_a_hash_of_the_key_neve
         assert proxy.embed(body, API_KEY).status_code == 200
     assert proxy.http.get("/nowhere").status_code == 404
 
-    def embeds() -> list[re.Match[str]]:
-        return [line for line in access_lines(proxy.output()) if line["path"] == "/v1/embeddings"]
+    def lines(path: str) -> list[re.Match[str]]:
+        return [line for line in access_lines(proxy.output()) if line["path"] == path]
 
-    wait_for(lambda: len(embeds()) == 3, lambda: f"not 3 access lines:\n{proxy.output()}")
+    def embeds() -> list[re.Match[str]]:
+        return lines("/v1/embeddings")
+
+    def logged() -> bool:
+        # A line is written once its answer is sent: the last one may still be on its way.
+        return len(embeds()) == 3 and len(lines("/nowhere")) == 1
+
+    wait_for(logged, lambda: f"not 4 access lines:\n{proxy.output()}")
     for line in embeds():
         assert line["method"] == "POST"
         assert line["status"] == "200"
         assert line["key"] == KEY_HASH
         assert line["client"].startswith("127.0.0.1:")
-    nowhere = [line for line in access_lines(proxy.output()) if line["path"] == "/nowhere"]
-    assert [(line["status"], line["key"]) for line in nowhere] == [("404", "-")]
+    assert [(line["status"], line["key"]) for line in lines("/nowhere")] == [("404", "-")]
     assert API_KEY not in proxy.output()
 
 
-def test_warning_level_logs_no_access_lines(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy()
+def test_warning_level_logs_no_access_lines(make_served: MakeServed) -> None:
+    proxy = make_served()
     assert proxy.embed({"model": V3, "input": ["quiet"]}, API_KEY).status_code == 200
     assert proxy.stop() == -signal.SIGTERM
     assert access_lines(proxy.output()) == []
 
 
 def test_access_log_file_gets_whole_lines_from_both_workers_whatever_the_level(
-    make_proxy: MakeProxy, tmp_path: Path
+    make_served: MakeServed, tmp_path: Path
 ) -> None:
     path = tmp_path / "access.log"
-    proxy = make_proxy("--workers", "2", "--access-log", str(path))
+    proxy = make_served("--workers", "2", "--access-log", str(path))
     assert proxy.embed({"model": V3, "input": ["in the file"]}, API_KEY).status_code == 200
 
     def workers_seen() -> set[str]:
@@ -137,10 +144,10 @@ def test_access_log_file_gets_whole_lines_from_both_workers_whatever_the_level(
 
 
 def test_sigterm_closes_a_connection_holding_half_a_body_after_the_drain_timeout(
-    make_proxy: MakeProxy,
+    make_served: MakeServed,
 ) -> None:
     # Deadlines far beyond the test's, so only the drain can end the connection.
-    proxy = make_proxy(
+    proxy = make_served(
         "--drain-timeout", "1", "--body-timeout", "600", "--idle-timeout", "600"
     )  # fmt: skip
     host, port = "127.0.0.1", int(proxy.url.rpartition(":")[2])
@@ -242,3 +249,16 @@ def test_the_key_hash_is_the_start_of_the_bearer_values_sha256() -> None:
     assert key_hash(f"Bearer {API_KEY}".encode()) == KEY_HASH
     assert key_hash(f"bearer   {API_KEY} ".encode()) == KEY_HASH
     assert key_hash(b"") == "-"
+
+
+def test_proxies_served_in_this_process_leave_the_embedcache_logger_as_they_found_it(
+    make_proxy: MakeProxy,
+) -> None:
+    logger = logging.getLogger("embedcache")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    first = make_proxy("--log-level", "info")
+    second = make_proxy()  # overlapping, stopped in the order they started
+    assert logger.propagate is False  # a server's lines go to its output only
+    first.stop()
+    second.stop()
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before

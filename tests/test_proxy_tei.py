@@ -17,7 +17,7 @@ from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, MakeProxy, wait_for
-from .serving import ProxyProcess
+from .serving import ProxyInProcess, Served
 from .test_proxy import direct, metric, upstream_count
 
 V3 = "jina-embeddings-v3"
@@ -26,11 +26,11 @@ DOCS = [f"Milvus document number {i} about vector search." for i in range(32)]
 
 
 @pytest.fixture
-def proxy(make_proxy: MakeProxy) -> ProxyProcess:
+def proxy(make_proxy: MakeProxy) -> Served:
     return make_proxy()
 
 
-def milvus_embed(proxy: ProxyProcess, texts: list[str], prompt: str = "", **fields: Any) -> Any:
+def milvus_embed(proxy: Served, texts: list[str], prompt: str = "", **fields: Any) -> Any:
     """What Milvus's tei provider posts: ``{"inputs": [prompt + text, ...]}`` plus
     ``truncate``/``truncation_direction`` when configured, with the credential as Bearer."""
     body: dict[str, Any] = {"inputs": [prompt + text for text in texts], **fields}
@@ -54,7 +54,7 @@ def jina_floats(emulator: JinaEmulator, texts: list[str], task: str) -> list[lis
 
 
 def test_a_milvus_insert_batch_of_32_is_embedded_as_passages_and_a_repeat_is_cached(
-    emulator: JinaEmulator, proxy: ProxyProcess, float_style: str
+    emulator: JinaEmulator, proxy: Served, float_style: str
 ) -> None:
     rows = as_milvus_parses(milvus_embed(proxy, DOCS, PASSAGE))
     sent = emulator.requests[-1].body
@@ -75,7 +75,7 @@ def test_a_milvus_insert_batch_of_32_is_embedded_as_passages_and_a_repeat_is_cac
 
 
 def test_a_milvus_search_prompt_embeds_the_query_with_the_query_task(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     question = "which database stores vectors?"
     rows = as_milvus_parses(milvus_embed(proxy, [question], QUERY))
@@ -88,7 +88,7 @@ def test_a_milvus_search_prompt_embeds_the_query_with_the_query_task(
 
 
 def test_mixed_prompts_in_one_request_come_back_in_input_order_one_upstream_call_per_task(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     inputs = [PASSAGE + "doc a", QUERY + "query b", "plain c", QUERY + "query d", PASSAGE + "doc a"]
     answer = proxy.http.post("/embed", json={"inputs": inputs}, headers=_auth())
@@ -107,7 +107,7 @@ def test_mixed_prompts_in_one_request_come_back_in_input_order_one_upstream_call
         assert np.asarray(row, dtype=np.float32).tobytes() == vector.tobytes()
 
 
-def test_an_unknown_prefix_is_part_of_the_text(emulator: JinaEmulator, proxy: ProxyProcess) -> None:
+def test_an_unknown_prefix_is_part_of_the_text(emulator: JinaEmulator, proxy: Served) -> None:
     texts = [
         "passage: not a jina task",
         "Retrieval.Query: case matters",
@@ -120,7 +120,7 @@ def test_an_unknown_prefix_is_part_of_the_text(emulator: JinaEmulator, proxy: Pr
 
 
 def test_a_single_string_input_and_the_library_share_entries_with_milvus_inserts(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     milvus_embed(proxy, DOCS[:2], PASSAGE)
     before = upstream_count(emulator)
@@ -146,7 +146,7 @@ def test_a_single_string_input_and_the_library_share_entries_with_milvus_inserts
 )
 def test_tei_options_map_to_jina_fields_and_key_the_cache(
     emulator: JinaEmulator,
-    proxy: ProxyProcess,
+    proxy: Served,
     fields: dict[str, Any],
     upstream_field: dict[str, Any],
 ) -> None:
@@ -164,7 +164,7 @@ def test_tei_options_map_to_jina_fields_and_key_the_cache(
 
 
 def test_tei_defaults_send_the_apis_defaults_and_share_entries(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     plain = as_milvus_parses(milvus_embed(proxy, ["defaults"], PASSAGE))
     sent = emulator.requests[-1].body
@@ -221,7 +221,7 @@ def test_tei_defaults_send_the_apis_defaults_and_share_entries(
 )
 def test_bad_tei_requests_get_a_one_line_tei_error_and_nothing_is_spent_or_cached(
     emulator: JinaEmulator,
-    proxy: ProxyProcess,
+    proxy: Served,
     content: bytes,
     status: int,
     error_type: str,
@@ -260,7 +260,7 @@ def test_normalize_false_on_a_model_without_the_field_is_a_clear_error(
 
 
 def test_prompt_name_sets_the_task_and_a_text_prefix_still_wins(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     body = {"inputs": ["asked", PASSAGE + "stored"], "prompt_name": "retrieval.query"}
     as_milvus_parses(proxy.http.post("/embed", json=body, headers=_auth()))
@@ -287,7 +287,7 @@ def test_a_tei_task_the_model_does_not_take_stops_the_server_at_start(
     emulator: JinaEmulator, cache_dir: Path
 ) -> None:
     with pytest.raises(RuntimeError, match="tei-task"):
-        ProxyProcess(emulator.url, cache_dir, "--tei-task", "retrieval.nope")
+        ProxyInProcess(emulator.url, cache_dir, "--tei-task", "retrieval.nope")
 
 
 def test_with_a_token_tei_clients_must_present_it_and_nothing_is_spent_before(
@@ -338,7 +338,7 @@ def test_with_verify_keys_a_key_the_upstream_refuses_gets_no_cached_tei_vector(
 
 
 def test_an_upstream_refusal_keeps_its_status_in_teis_error_shape(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     answer = proxy.http.post(
         "/embed", json={"inputs": ["x"]}, headers={"Authorization": "Bearer jina_wrong"}
@@ -347,7 +347,7 @@ def test_an_upstream_refusal_keeps_its_status_in_teis_error_shape(
     assert answer.json().keys() == {"error", "error_type"}
 
 
-def test_a_wrong_method_on_a_tei_path_answers_in_teis_error_shape(proxy: ProxyProcess) -> None:
+def test_a_wrong_method_on_a_tei_path_answers_in_teis_error_shape(proxy: Served) -> None:
     wrong = proxy.http.get("/embed")
     assert wrong.status_code == 405
     assert wrong.json().keys() == {"error", "error_type"}
@@ -370,7 +370,7 @@ def test_an_offline_proxy_serves_tei_hits_and_answers_misses_with_503_unhealthy(
 
 
 def test_concurrent_identical_milvus_batches_share_one_upstream_call(
-    emulator: JinaEmulator, proxy: ProxyProcess
+    emulator: JinaEmulator, proxy: Served
 ) -> None:
     clients = 6
 
@@ -393,9 +393,7 @@ def test_concurrent_identical_milvus_batches_share_one_upstream_call(
     assert cached == [0] + [32] * (clients - 1)
 
 
-def test_tei_requests_are_counted_in_the_metrics(
-    emulator: JinaEmulator, proxy: ProxyProcess
-) -> None:
+def test_tei_requests_are_counted_in_the_metrics(emulator: JinaEmulator, proxy: Served) -> None:
     milvus_embed(proxy, ["m1", "m2"], PASSAGE)
     milvus_embed(proxy, ["m1"], PASSAGE)
     proxy.http.post("/embed", content=b"{}", headers=_auth())

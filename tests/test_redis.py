@@ -27,7 +27,7 @@ from embedcache.testing import JinaEmulator
 from .cli_helpers import invoke, ok
 from .conftest import API_KEY
 from .redis_server import RedisServer
-from .serving import ProxyProcess
+from .serving import ProxyInProcess
 from .test_open_race import race, report
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
@@ -226,8 +226,8 @@ def test_two_proxies_on_separate_disks_share_one_redis(
     env = {"EMBEDCACHE_REDIS_URL": redis_server.url}
     body = {"model": "jina-embeddings-v3", "input": TEXTS}
     with (
-        ProxyProcess(emulator.url, tmp_path / "a" / "cache", env=env) as a,
-        ProxyProcess(emulator.url, tmp_path / "b" / "cache", env=env) as b,
+        ProxyInProcess(emulator.url, tmp_path / "a" / "cache", env=env) as a,
+        ProxyInProcess(emulator.url, tmp_path / "b" / "cache", env=env) as b,
     ):
         first = a.embed(body, API_KEY)
         before = len(emulator.requests)

@@ -14,7 +14,7 @@ from embedcache.testing import JinaEmulator
 
 from .cli_helpers import invoke, one_line_error
 from .conftest import API_KEY, MakeProxy
-from .serving import ProxyProcess
+from .serving import Served
 
 V3 = "jina-embeddings-v3"
 VARIABLES = ("JINAAI_API_KEY", "JINA_API_KEY")
@@ -124,7 +124,7 @@ def test_the_proxy_names_a_too_long_text_by_its_request_field(
 
 
 def _refused(
-    proxy: ProxyProcess, dialect: str, texts: list[str], key: str | None = None
+    proxy: Served, dialect: str, texts: list[str], key: str | None = None
 ) -> tuple[int, str]:
     """The status and message of the proxy's answer to ``texts`` in ``dialect``: TEI's
     ``/embed``, or ``/v1/embeddings`` as Jina's or OpenAI's clients send it."""

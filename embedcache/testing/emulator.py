@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 
 import numpy as np
@@ -50,6 +52,8 @@ class JinaEmulator:
         each float32 value with float64 round-trip digits (``0.09806419909000397``, the
         style the Milvus page's output shows), or ``"float32"``, its shortest digits
         (``0.0980642``, the docs playground's). Settable later.
+    :param clock: monotonic seconds the rate limits' windows are measured by; a test that
+        moves a clock of its own steps past a window instead of sleeping through it.
     :raises ValueError: an unknown ``float_style``.
     """
 
@@ -62,6 +66,7 @@ class JinaEmulator:
         latency: float = 0.0,
         rate_limits: RateLimits | None = None,
         float_style: str = "float64",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = api_key
         self.float_style = float_style
@@ -73,7 +78,7 @@ class JinaEmulator:
         #: history (charges in the window, requests in flight) is kept across changes, but
         #: nothing is tracked while this is ``None``.
         self.rate_limits = rate_limits
-        self._limiter = LimitEnforcer()
+        self._limiter = LimitEnforcer(clock)
         self._faults = FaultQueue()
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
