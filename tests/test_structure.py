@@ -14,15 +14,6 @@ PACKAGE = ROOT / "embedcache"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MOST_LINES = 500
 
-#: Modules over the limit today, each being split by its owner (issue 24): expected to fail
-#: until the split lands; strict, so the test says so when it does and the mark goes.
-BEING_SPLIT = {
-    "storage/store.py": "storage/store.py is over 500 lines until its split (issue 24) lands",
-    "embedding/embedder.py": (
-        "embedding/embedder.py is over 500 lines until its split (issue 24) lands"
-    ),
-}
-
 _ROW = re.compile(r"^\|([^|]*)\|([^|]*)\|(.*)\|\s*$")
 _NAME = re.compile(r"`([\w/]+(?:\.py|/))`")
 
@@ -72,16 +63,7 @@ def _is_named(module: str, named: set[str]) -> bool:
     )
 
 
-def _marked(modules: list[str]) -> list[object]:
-    return [
-        pytest.param(module, marks=pytest.mark.xfail(reason=BEING_SPLIT[module], strict=True))
-        if module in BEING_SPLIT
-        else module
-        for module in modules
-    ]
-
-
-@pytest.mark.parametrize("module", _marked(_modules()))
+@pytest.mark.parametrize("module", _modules())
 def test_every_module_is_at_most_500_lines(module: str) -> None:
     lines = len((PACKAGE / module).read_text(encoding="utf-8").splitlines())
     assert lines <= MOST_LINES, f"embedcache/{module} has {lines} lines: split it by job"
