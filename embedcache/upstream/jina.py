@@ -93,6 +93,8 @@ class JinaClient:
     :param sleep: how to wait between attempts (tests).
     :param limiter: paces every attempt to the account's rate limits; share one per
         process (see :func:`~embedcache.upstream.limiter.shared_limiter`). ``None``: no pacing.
+    :param pool_owner: send through that client's connection pool (which it closes, not
+        this one) and learn into its float style, as :meth:`for_key` does.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class JinaClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         limiter: RateLimiter | None = None,
+        pool_owner: JinaClient | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -128,10 +131,10 @@ class JinaClient:
         self._sleep = sleep
         self._timeout = timeout
         self._transport = transport
-        self._owns_http = http_client is None
+        self._owns_http = http_client is None and pool_owner is None
         self._http = http_client
         self._http_lock = threading.Lock()
-        self._pool_owner: JinaClient | None = None
+        self._pool_owner = pool_owner
         self.limiter = limiter
         self._float_style: FloatStyle | None = None  # learning nothing
 
@@ -164,7 +167,7 @@ class JinaClient:
 
         Closing it leaves the pool open: the pool belongs to this client.
         """
-        child = JinaClient(
+        return JinaClient(
             api_key,
             base_url=self._given,
             timeout=self._timeout,
@@ -173,10 +176,8 @@ class JinaClient:
             backoff_cap=self.backoff_cap,
             sleep=self._sleep,
             limiter=self.limiter,
+            pool_owner=self,
         )
-        child._pool_owner = self
-        child._owns_http = False
-        return child
 
     @property
     def float_style(self) -> FloatStyle | None:
