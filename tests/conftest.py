@@ -17,6 +17,8 @@ import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.config import ENVIRONMENT, PLATFORM_ENVIRONMENT
+from embedcache.storage.store import Store
+from embedcache.storage.tuning import DEFAULT_TUNING, Tuning
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, invoke
@@ -79,6 +81,19 @@ def workers() -> Iterator[list[Worker]]:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def store(cache_dir: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A store in ``cache_dir``, with the sizes :func:`tuned` gives it (else the defaults)."""
+    with Store(cache_dir, tuning=getattr(request, "param", DEFAULT_TUNING)) as opened:
+        yield opened
+
+
+def tuned(**sizes: int) -> pytest.MarkDecorator:
+    """Open the test's ``store`` with these :class:`~embedcache.storage.tuning.Tuning` sizes:
+    pages and snapshots a few hundred entries show."""
+    return pytest.mark.parametrize("store", [Tuning(**sizes)], indirect=True, ids=["tuned"])
 
 
 @pytest.fixture

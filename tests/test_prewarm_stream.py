@@ -24,6 +24,7 @@ from embedcache.models import resolve_options
 from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage.rows import READ_COLUMNS
 from embedcache.storage.store import Store
+from embedcache.storage.tuning import Tuning
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, as_json, invoke, one_line_error
@@ -217,11 +218,8 @@ def fill(store: Store, count: int) -> list[bytes]:
     return keys
 
 
-def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 7)
-    with Store(tmp_path / "cache") as store:
+def test_snapshot_written_in_pages_is_every_index_row_in_key_order(tmp_path: Path) -> None:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=7)) as store:
         keys = fill(store, 100)
         index = store._index
         index.refresh_snapshot()
@@ -234,11 +232,8 @@ def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
         assert found.vectors[:, 0].tolist() == list(range(100))
 
 
-def test_snapshot_rebuild_memory_does_not_follow_the_index_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 1000)
-    with Store(tmp_path / "cache") as store:
+def test_snapshot_rebuild_memory_does_not_follow_the_index_size(tmp_path: Path) -> None:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=1000)) as store:
         fill(store, 60_000)  # 60,000 rows x 7 columns: 3.4 MB, twice over before
         index = store._index
         tracemalloc.start()
@@ -270,7 +265,6 @@ def test_reading_the_input_reports_progress_before_anything_is_sent(
 def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 5)
     write = snapshot_module.write_snapshot
     seen: list[bool] = []
 
@@ -283,7 +277,7 @@ def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
             seen.append(bool(found.present.all()))
             assert found.vectors[:, 0].tolist() == list(range(len(keys)))
 
-    with Store(tmp_path / "cache") as store:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=5)) as store:
         keys = fill(store, 40)
         store._index.refresh_snapshot()  # the snapshot readers will be using
         monkeypatch.setattr(snapshot_module, "write_snapshot", write_while_reading)
