@@ -18,6 +18,7 @@ from click.testing import Result
 
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.cli import prewarm as cli_prewarm
+from embedcache.cli.prewarm import Pacing
 from embedcache.cli.sources import SourceItem
 from embedcache.embedding.distinct import DistinctKeys
 from embedcache.models import resolve_options
@@ -35,8 +36,9 @@ OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
 
 @pytest.fixture
 def run(emulator: JinaEmulator, cache_dir: Path) -> Invoke:
-    def bound(*args: str, stdin: str | None = None) -> Result:
-        return invoke(*args, cache_dir=cache_dir, base_url=emulator.url, key=API_KEY, stdin=stdin)
+    def bound(*args: str, stdin: str | None = None, obj: object = None) -> Result:
+        url = emulator.url
+        return invoke(*args, cache_dir=cache_dir, base_url=url, key=API_KEY, stdin=stdin, obj=obj)
 
     return bound
 
@@ -249,11 +251,10 @@ def test_snapshot_rebuild_memory_does_not_follow_the_index_size(tmp_path: Path) 
 
 
 def test_reading_the_input_reports_progress_before_anything_is_sent(
-    run: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Invoke, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
     corpus = write_lines(tmp_path / "corpus.txt", [f"t{i % 5}" for i in range(9)])
-    result = run("prewarm", str(corpus), "--dry-run", "--window", "3")
+    result = run("prewarm", str(corpus), "--dry-run", "--window", "3", obj=Pacing(0.0))
     lines = [line for line in result.stderr.splitlines() if "checking the input" in line]
     assert lines == [
         "prewarm (checking the input): 3 texts read, 3 distinct, 3 to fetch",
