@@ -30,7 +30,7 @@ from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerpri
 from .formats import entry_bytes
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
-from .tuning import DEFAULT_TUNING, Tuning
+from .tuning import Tuning, default_tuning
 
 __all__ = ["Index"]
 
@@ -94,10 +94,10 @@ class Index:
         read_only: bool = False,
         legacy_fingerprints: Callable[[], Mapping[int, Fingerprint]] = dict,
         *,
-        tuning: Tuning = DEFAULT_TUNING,
+        tuning: Tuning | None = None,
     ) -> None:
         self.directory = directory
-        self.tuning = tuning
+        self.tuning = tuning or default_tuning()
         self.read_only = read_only
         #: Held by every write transaction (:meth:`write`), segment appends included.
         self.lock = threading.RLock()

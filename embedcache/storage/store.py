@@ -89,7 +89,7 @@ from .meta import COUNTERS, Meta
 from .records import page_records, page_stored, read_record
 from .rows import DIM, LO, MILLITOKENS, ROW, SEG, K, verify
 from .segments import Segments, fits
-from .tuning import COMPACT_ROWS, DEFAULT_TUNING, DELETE_PAGE, Tuning
+from .tuning import COMPACT_ROWS, DELETE_PAGE, Tuning, default_tuning
 from .upkeep import LOCK_PAUSE_SECONDS
 
 __all__ = [
@@ -121,8 +121,8 @@ class Store:
     :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
         the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
-    :param tuning: the sizes deleting, compacting and snapshots page by (the measured
-        defaults unless a test wants to see pages on a small cache).
+    :param tuning: the sizes deleting, compacting and snapshots page by; ``None``:
+        :func:`~embedcache.storage.tuning.default_tuning`, the measured ones.
     :raises InvalidInputError: a negative ``size_limit``.
     :raises CacheFormatError: the directory was written by an incompatible version.
     :raises CacheError: the directory cannot be created or opened.
@@ -133,14 +133,14 @@ class Store:
         directory: str | os.PathLike[str] | None = None,
         *,
         size_limit: int | None = None,
-        tuning: Tuning = DEFAULT_TUNING,
+        tuning: Tuning | None = None,
     ) -> None:
         if size_limit is not None and size_limit < 0:
             raise InvalidInputError(
                 f"size_limit must be 0 (none) or a positive byte count, got {size_limit}"
             )
         self.directory = resolve_cache_dir(directory)
-        self._tuning = tuning
+        self._tuning = tuning or default_tuning()
         # Fingerprints this store has recorded: later puts under them skip the statement.
         self._known_fingerprints: set[int] = set()
         self._snapshot_due = False  # a put with defer_snapshot made one due

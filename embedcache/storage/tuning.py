@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["COMPACT_ROWS", "DEFAULT_TUNING", "DELETE_PAGE", "Tuning"]
+__all__ = ["COMPACT_ROWS", "DEFAULT_TUNING", "DELETE_PAGE", "Tuning", "default_tuning"]
 
 #: Keys deleted per write transaction, and rows moved per compaction transaction, at most:
 #: each holds the write lock (other processes' fills wait) for a bounded time (less, when
@@ -36,5 +36,12 @@ class Tuning:
     snapshot_page: int = 16384
 
 
-#: The measured sizes, which every store outside the tests uses.
+#: The measured sizes: what a store opened without a ``tuning`` uses (:func:`default_tuning`).
 DEFAULT_TUNING = Tuning()
+
+
+def default_tuning() -> Tuning:
+    """:data:`DEFAULT_TUNING` as it is now: read when a store is opened, not when this
+    module was imported, so a test suite may replace it for every store it opens, however
+    deep in the objects it builds."""
+    return DEFAULT_TUNING
