@@ -37,16 +37,18 @@ def invoke(
     base_url: str | None = None,
     key: str | None = None,
     stdin: str | None = None,
+    obj: object = None,
 ) -> Result:
     """``embedcache [--cache-dir DIR] [--base-url URL] ARGS``, with ``key`` as
-    ``JINA_API_KEY`` when given (else no key: the suite's environment has none)."""
+    ``JINA_API_KEY`` when given (else no key: the suite's environment has none), and ``obj``
+    as the root context's (a :class:`~embedcache.cli.prewarm.Pacing`, say)."""
     prefix: list[str] = []
     if cache_dir is not None:
         prefix += ["--cache-dir", str(cache_dir)]
     if base_url is not None:
         prefix += ["--base-url", base_url]
     env = {"JINA_API_KEY": key} if key else {}
-    return CliRunner().invoke(main, [*prefix, *args], env=env, input=stdin)
+    return CliRunner().invoke(main, [*prefix, *args], env=env, input=stdin, obj=obj)
 
 
 def ok(result: Result) -> Result:

@@ -17,6 +17,9 @@ import pytest
 
 from embedcache import JinaClient, JinaEmbeddingFunction
 from embedcache.config import ENVIRONMENT, PLATFORM_ENVIRONMENT
+from embedcache.storage import tuning as tunings
+from embedcache.storage.store import Store
+from embedcache.storage.tuning import Tuning
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, invoke
@@ -79,6 +82,19 @@ def workers() -> Iterator[list[Worker]]:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def store(cache_dir: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A store in ``cache_dir``, with the sizes :func:`tuned` gives it (else the defaults)."""
+    with Store(cache_dir, tuning=getattr(request, "param", None)) as opened:
+        yield opened
+
+
+def tuned(**sizes: int) -> pytest.MarkDecorator:
+    """Open the test's ``store`` with these :class:`~embedcache.storage.tuning.Tuning` sizes:
+    pages and snapshots a few hundred entries show."""
+    return pytest.mark.parametrize("store", [Tuning(**sizes)], indirect=True, ids=["tuned"])
 
 
 @pytest.fixture
@@ -253,11 +269,10 @@ def damage_entry(cache_dir: Path, key: bytes | None = None) -> bytes:
 
 @pytest.fixture(params=["snapshot", "sql"])
 def index_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the index snapshot built from the first write, and with SQL alone."""
-    from embedcache.storage import index
-
+    """Run a test with the index snapshot built from the first write, and with SQL alone:
+    every store the test opens, however deep, so through the default tuning."""
     rows = 1 if request.param == "snapshot" else 1 << 40
-    monkeypatch.setattr(index, "_SNAPSHOT_MIN_ROWS", rows)
+    monkeypatch.setattr(tunings, "DEFAULT_TUNING", Tuning(snapshot_min_rows=rows))
     return str(request.param)
 
 

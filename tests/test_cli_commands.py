@@ -27,8 +27,11 @@ from .conftest import API_KEY, damage_entry, wait_until_quiet
 def run(emulator: JinaEmulator, cache_dir: Path) -> Invoke:
     """Invoke ``embedcache --cache-dir … --base-url <emulator> ARGS`` with the key set."""
 
-    def bound(*args: str, key: str | None = API_KEY, stdin: str | None = None) -> Result:
-        return invoke(*args, cache_dir=cache_dir, base_url=emulator.url, key=key, stdin=stdin)
+    def bound(
+        *args: str, key: str | None = API_KEY, stdin: str | None = None, obj: object = None
+    ) -> Result:
+        url = emulator.url
+        return invoke(*args, cache_dir=cache_dir, base_url=url, key=key, stdin=stdin, obj=obj)
 
     return bound
 
@@ -392,14 +395,14 @@ def test_every_command_has_help() -> None:
 
 
 def test_progress_prints_plain_lines_when_not_on_a_terminal(
-    run: Invoke, emulator: JinaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Invoke, emulator: JinaEmulator, tmp_path: Path
 ) -> None:
-    from embedcache.cli import prewarm as cli_prewarm
+    from embedcache.cli.prewarm import Pacing
 
-    monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"t{i}" for i in range(6)), encoding="utf-8")
-    result = ok(run("prewarm", str(corpus), "--batch-size", "2", "--max-concurrency", "1"))
+    args = ("prewarm", str(corpus), "--batch-size", "2", "--max-concurrency", "1")
+    result = ok(run(*args, obj=Pacing(0.0)))
     lines = [line for line in result.stderr.splitlines() if line.startswith("prewarm:")]
     assert len(lines) == 3
     assert lines[-1].startswith("prewarm: 6/6 texts (100%), 0 hits, 6 fetched")

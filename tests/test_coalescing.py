@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,12 +42,6 @@ class Gated:
             raise self.error
         assert self.inner is not None
         return self.inner.embed(texts, options)
-
-
-@pytest.fixture
-def store(cache_dir: Path) -> Iterator[Store]:
-    with Store(cache_dir) as opened:
-        yield opened
 
 
 def embed_in_thread(

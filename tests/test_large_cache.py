@@ -23,13 +23,13 @@ from embedcache.errors import InvalidInputError
 from embedcache.maintenance import inventory, sharing
 from embedcache.maintenance.inventory import Filters
 from embedcache.models import RequestOptions
-from embedcache.storage import index as index_module
 from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage import store as store_module
 from embedcache.storage.shared import RedisStore
 from embedcache.storage.store import Store
 
 from .cli_helpers import invoke
+from .conftest import tuned
 from .redis_server import RedisServer
 
 DIM = 64
@@ -57,12 +57,6 @@ def peak_bytes(work: Callable[[], Any]) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-@pytest.fixture
-def store(cache_dir: Path) -> Iterator[Store]:
-    with Store(cache_dir) as opened:
-        yield opened
 
 
 def test_export_streams_a_page_at_a_time_and_writes_every_row(store: Store, tmp_path: Path) -> None:
@@ -100,11 +94,11 @@ def test_a_failed_export_leaves_no_files_behind(store: Store, tmp_path: Path) ->
     assert list(tmp_path.glob("*out*")) == []
 
 
+@tuned(snapshot_page=50)
 def test_prune_selection_holds_one_page_and_each_page_is_committed_before_the_next(
-    store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, cache_dir: Path
 ) -> None:
     # The snapshot rebuilt after the last page is paged too, and not what this measures.
-    monkeypatch.setattr(snapshot_module, "_PAGE", 50)
     keys = fill(store)
     keep = (N // 2) * DIM * 4
     seen: list[int] = []
@@ -143,12 +137,9 @@ def test_stats_reads_the_index_only_not_a_vector(store: Store, cache_dir: Path) 
     assert groups == {DIM: (300, 300.0), 16: (5, 5.0)}  # 1 token recorded for each
 
 
-def test_delete_many_commits_in_pages_of_bounded_size(
-    store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)  # a snapshot at this size
+@tuned(snapshot_min_rows=16, delete_page=64)  # a snapshot at this size
+def test_delete_many_commits_in_pages_of_bounded_size(store: Store, cache_dir: Path) -> None:
     keys = fill(store, 1000)
-    monkeypatch.setattr(store_module, "DELETE_PAGE", 64)
     assert store.delete_many([*keys[:500], b"\x00" * 16]) == 500
     assert store.contains_many(keys) == [False] * 500 + [True] * 500
     with Store(cache_dir) as reopened:  # the snapshot was rebuilt: no deleted key in it
@@ -158,13 +149,13 @@ def test_delete_many_commits_in_pages_of_bounded_size(
         assert reopened.read_many(keys[:500]).present.sum() == 0
 
 
+@tuned(compact_rows=64)
 def test_compact_moves_a_chunk_at_a_time_and_keeps_every_live_vector(
-    store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, cache_dir: Path
 ) -> None:
     keys = fill(store, dim=256)  # 4 MB of vectors: they dominate the index (224 KB)
     before = store.read_many(keys[1::2]).vectors.copy()
     store.delete_many(keys[::2])
-    monkeypatch.setattr(store_module, "COMPACT_ROWS", 64)
     old = sorted((cache_dir / "segments").iterdir())
     peak = peak_bytes(lambda: store.compact(0.5))
     assert peak < VECTOR_BYTES  # half the vectors that live (2 MB) was never held at once
@@ -265,6 +256,7 @@ def test_a_sparse_read_of_a_large_segment_reads_rows_and_a_dense_one_maps_it(
         assert len(_mapped_files()) == 1
 
 
+@tuned(compact_rows=20, delete_page=20)
 @pytest.mark.parametrize("job", ["compact", "delete"])
 def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_in(
     store: Store, monkeypatch: pytest.MonkeyPatch, job: str
@@ -272,8 +264,6 @@ def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_
     # SQLite takes no turns: a job that began its next transaction at once would take the
     # lock back before a fill waiting for it woke (measured in bench/RESULTS.md).
     keys = fill(store, 400)
-    monkeypatch.setattr(store_module, "COMPACT_ROWS", 20)
-    monkeypatch.setattr(store_module, "DELETE_PAGE", 20)
     if job == "compact":
         store.delete_many(keys[::2])  # every segment half dead: 200 rows to move
     transactions: list[str] = []
@@ -300,10 +290,10 @@ def test_a_maintenance_job_pauses_between_its_transactions_so_waiting_fills_get_
     assert store_module.LOCK_PAUSE_SECONDS > 0.1  # SQLite's longest busy-handler sleep
 
 
+@tuned(snapshot_min_rows=16)  # a snapshot at this size
 def test_a_prune_stopped_after_its_first_page_leaves_no_deleted_entry_readable(
-    store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, cache_dir: Path
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)  # a snapshot at this size
     keys = fill(store, 400)
     assert store._index.view() is not None
 

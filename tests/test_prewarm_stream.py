@@ -18,12 +18,14 @@ from click.testing import Result
 
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.cli import prewarm as cli_prewarm
+from embedcache.cli.prewarm import Pacing
 from embedcache.cli.sources import SourceItem
 from embedcache.embedding.distinct import DistinctKeys
 from embedcache.models import resolve_options
 from embedcache.storage import snapshot as snapshot_module
 from embedcache.storage.rows import READ_COLUMNS
 from embedcache.storage.store import Store
+from embedcache.storage.tuning import Tuning
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, as_json, invoke, one_line_error
@@ -34,8 +36,9 @@ OPTIONS = resolve_options("jina-embeddings-v3", "retrieval.passage")
 
 @pytest.fixture
 def run(emulator: JinaEmulator, cache_dir: Path) -> Invoke:
-    def bound(*args: str, stdin: str | None = None) -> Result:
-        return invoke(*args, cache_dir=cache_dir, base_url=emulator.url, key=API_KEY, stdin=stdin)
+    def bound(*args: str, stdin: str | None = None, obj: object = None) -> Result:
+        url = emulator.url
+        return invoke(*args, cache_dir=cache_dir, base_url=url, key=API_KEY, stdin=stdin, obj=obj)
 
     return bound
 
@@ -217,11 +220,8 @@ def fill(store: Store, count: int) -> list[bytes]:
     return keys
 
 
-def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 7)
-    with Store(tmp_path / "cache") as store:
+def test_snapshot_written_in_pages_is_every_index_row_in_key_order(tmp_path: Path) -> None:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=7)) as store:
         keys = fill(store, 100)
         index = store._index
         index.refresh_snapshot()
@@ -234,11 +234,8 @@ def test_snapshot_written_in_pages_is_every_index_row_in_key_order(
         assert found.vectors[:, 0].tolist() == list(range(100))
 
 
-def test_snapshot_rebuild_memory_does_not_follow_the_index_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 1000)
-    with Store(tmp_path / "cache") as store:
+def test_snapshot_rebuild_memory_does_not_follow_the_index_size(tmp_path: Path) -> None:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=1000)) as store:
         fill(store, 60_000)  # 60,000 rows x 7 columns: 3.4 MB, twice over before
         index = store._index
         tracemalloc.start()
@@ -254,11 +251,10 @@ def test_snapshot_rebuild_memory_does_not_follow_the_index_size(
 
 
 def test_reading_the_input_reports_progress_before_anything_is_sent(
-    run: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Invoke, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli_prewarm, "_LINE_INTERVAL_SECONDS", 0.0)
     corpus = write_lines(tmp_path / "corpus.txt", [f"t{i % 5}" for i in range(9)])
-    result = run("prewarm", str(corpus), "--dry-run", "--window", "3")
+    result = run("prewarm", str(corpus), "--dry-run", "--window", "3", obj=Pacing(0.0))
     lines = [line for line in result.stderr.splitlines() if "checking the input" in line]
     assert lines == [
         "prewarm (checking the input): 3 texts read, 3 distinct, 3 to fetch",
@@ -270,7 +266,6 @@ def test_reading_the_input_reports_progress_before_anything_is_sent(
 def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(snapshot_module, "_PAGE", 5)
     write = snapshot_module.write_snapshot
     seen: list[bool] = []
 
@@ -283,7 +278,7 @@ def test_readers_keep_reading_while_the_snapshot_is_rebuilt(
             seen.append(bool(found.present.all()))
             assert found.vectors[:, 0].tolist() == list(range(len(keys)))
 
-    with Store(tmp_path / "cache") as store:
+    with Store(tmp_path / "cache", tuning=Tuning(snapshot_page=5)) as store:
         keys = fill(store, 40)
         store._index.refresh_snapshot()  # the snapshot readers will be using
         monkeypatch.setattr(snapshot_module, "write_snapshot", write_while_reading)

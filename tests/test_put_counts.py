@@ -7,11 +7,9 @@ SQLite changed (``total_changes`` counts those changed by triggers as well).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from embedcache.cache_keys import Fingerprint
 from embedcache.storage.formats import signed, split_keys
@@ -36,12 +34,6 @@ CREATE TRIGGER entries_groups_in BEFORE INSERT ON entries BEGIN
     WHERE fp = NEW.fp AND dim = NEW.dim;
 END;
 """
-
-
-@pytest.fixture
-def store(cache_dir: Path) -> Iterator[Store]:
-    with Store(cache_dir) as opened:
-        yield opened
 
 
 def _changes_of_put(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from embedcache.storage import index as index_module
 from embedcache.storage.store import Store
 
 from .cli_helpers import invoke, ok
-from .conftest import damage_entry
+from .conftest import damage_entry, tuned
 
 DIM = 16
 FP = fingerprint(RequestOptions("jina-embeddings-v3", task="retrieval.passage", dimensions=DIM))
@@ -54,12 +54,6 @@ def recount(cache_dir: Path) -> list[tuple[int, int, int, int]]:
         db.close()
     assert kept == counted
     return counted
-
-
-@pytest.fixture
-def store(cache_dir: Path) -> Iterator[Store]:
-    with Store(cache_dir) as opened:
-        yield opened
 
 
 def _no_wait(store: Store) -> Store:
@@ -175,11 +169,10 @@ def test_stats_len_and_size_totals_never_read_the_entries_table(store: Store) ->
     assert not [s for s in statements if "FROM entries" in s]  # ...not one of its rows
 
 
+@tuned(snapshot_min_rows=16, delete_page=40)
 def test_a_writer_gets_in_between_prune_pages_and_while_the_snapshot_is_written(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)
-    monkeypatch.setattr("embedcache.storage.store.DELETE_PAGE", 40)
     keys = fill(store, 1000)
     writer = _no_wait(Store(cache_dir))
     # Its own puts take no snapshot: the prune's is the one watched.
@@ -207,10 +200,10 @@ def test_a_writer_gets_in_between_prune_pages_and_while_the_snapshot_is_written(
         assert len(reopened) == 400 + len(puts)
 
 
+@tuned(compact_rows=50)
 def test_a_writer_gets_in_while_compaction_reads_usage_moves_and_writes_its_snapshot(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("embedcache.storage.store.COMPACT_ROWS", 50)
     keys = fill(store, 1000)
     before = store.read_many(keys[1::2], DIM).vectors.copy()
     store.delete_many(keys[::2])
@@ -251,11 +244,10 @@ def test_a_writer_gets_in_while_compaction_reads_usage_moves_and_writes_its_snap
         assert not reopened.read_many(keys[::2], DIM).present.any()
 
 
+@tuned(snapshot_min_rows=16, delete_page=100)
 def test_readers_keep_the_snapshot_mid_prune_and_ask_sql_only_about_deleted_keys(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)
-    monkeypatch.setattr("embedcache.storage.store.DELETE_PAGE", 100)
     keys = fill(store, 1000)
     _snapshot_now(store)  # every key in it
     reader = Store(cache_dir)
@@ -285,10 +277,10 @@ def test_readers_keep_the_snapshot_mid_prune_and_ask_sql_only_about_deleted_keys
         assert present == [False] * (100 * page) + [True] * (1000 - 100 * page)
 
 
+@tuned(snapshot_min_rows=16)  # a snapshot at this size
 def test_a_key_deleted_after_the_snapshot_and_stored_again_reads_present_from_the_same_map(
     store: Store, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_ROWS", 16)
     keys = fill(store, 200)
     _snapshot_now(store)
     loads: list[object] = []

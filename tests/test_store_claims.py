@@ -3,13 +3,14 @@ another process sees of a claim, and what a dead one leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,19 @@ def take(worker: Worker, *keys: bytes) -> tuple[int | None, list[int], list[int]
         return [] if listed == "-" else [int(n) for n in listed.split(",")]
 
     return None if ticket == "None" else int(ticket), numbers(owned), numbers(elsewhere)
+
+
+@contextlib.contextmanager
+def choosing(cache_dir: Path, choose_byte: Callable[[], int]) -> Iterator[Claims]:
+    """Claims of ``cache_dir`` drawing their bytes from ``choose_byte``. The only ones this
+    process uses meanwhile (the ``directory`` fixture's have opened no file), so the two
+    descriptors cannot drop each other's locks."""
+    claims = Claims(cache_dir, choose_byte=choose_byte)
+    claims.attach()
+    try:
+        yield claims
+    finally:
+        claims.detach()
 
 
 def rows(cache_dir: Path) -> list[tuple[bytes, int]]:
@@ -142,28 +156,27 @@ def test_this_processs_own_claims_are_left_to_the_in_process_registry(
 
 
 def test_a_byte_held_by_another_claim_is_never_shared(
-    cache_dir: Path, directory: Claims, other: Worker, monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, directory: Claims, other: Worker
 ) -> None:
     held, _, _ = take(other, A)
     assert held is not None
     choices = iter([held, held, 12345])
-    monkeypatch.setattr(claims_module, "_random_byte", lambda: next(choices))
-    taken = directory.take([B])
-    assert taken.byte == 12345
-    directory.release(taken.byte)
+    with choosing(cache_dir, lambda: next(choices)) as claims:
+        taken = claims.take([B])
+        assert taken.byte == 12345
+        claims.release(taken.byte)
 
 
 def test_with_no_free_byte_a_claim_is_left_to_the_process(
     cache_dir: Path,
     directory: Claims,
     other: Worker,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     held, _, _ = take(other, A)
     assert held is not None
-    monkeypatch.setattr(claims_module, "_random_byte", lambda: held)
-    taken = directory.take([B, C])
+    with choosing(cache_dir, lambda: held) as claims:
+        taken = claims.take([B, C])
     assert (taken.byte, taken.owned, taken.other_bytes) == (None, [0, 1], [])
     assert "no free claim byte" in caplog.text
 

@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -34,12 +34,27 @@ from .units import dollars, format_duration, money
 if TYPE_CHECKING:
     from ..embedding.embedder import WarmReport
 
-__all__ = ["WINDOW", "prewarm"]
+__all__ = ["WINDOW", "Pacing", "prewarm"]
 
-_LINE_INTERVAL_SECONDS = 5.0
 #: Texts a prewarm reads, hashes, looks up and fills at a time (``--window``): with the
 #: batches in flight, what its memory follows. 20,480 texts of 2 KB are 40 MB of text.
 WINDOW = 20_480
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How often a prewarm writes a plain progress line off a terminal (a log wants one
+    every few seconds). Not a CLI option: a program running the CLI in-process (the tests)
+    may hand another as the root context's ``obj``,
+    ``CliRunner().invoke(main, args, obj=Pacing(0.0))``."""
+
+    line_seconds: float = 5.0
+
+    @classmethod
+    def of(cls, ctx: click.Context) -> Pacing:
+        """The pacing handed to the root of ``ctx``, else the default."""
+        given = ctx.find_root().obj
+        return given if isinstance(given, cls) else cls()
 
 
 class Progress:
@@ -49,6 +64,7 @@ class Progress:
 
     :param pace: seconds the rate limits need for a number of texts still to fetch; when
         given, the ETA follows it (a paced fill's early burst would mislead a rate-based one).
+    :param line_seconds: seconds between two plain lines (:class:`Pacing`).
     """
 
     def __init__(
@@ -58,8 +74,10 @@ class Progress:
         pace: Callable[[int], float] | None = None,
         *,
         quiet: bool = False,
+        line_seconds: float = Pacing.line_seconds,
     ) -> None:
         self.total, self.cached = total, cached
+        self.line_seconds = line_seconds
         self.pace = pace
         self.quiet = quiet
         #: Texts this run fetched, and the tokens it paid for them.
@@ -117,7 +135,7 @@ class Progress:
         if self.status is not None:
             if self.status.due():
                 self.status.show(self.render(self.status.width))
-        elif not self.quiet and time.monotonic() - self.last_line >= _LINE_INTERVAL_SECONDS:
+        elif not self.quiet and time.monotonic() - self.last_line >= self.line_seconds:
             self.line()
 
     def line(self) -> None:
@@ -304,6 +322,7 @@ def prewarm(
 
     embedder = cli.open(batch_size=batch_size, max_concurrency=max_concurrency).embedder
     seen = DistinctKeys()
+    pacing = Pacing.of(ctx)
     plan: dict[str, Any] = {}
     last_line = time.monotonic()
     for part in windows(first=True):
@@ -317,7 +336,7 @@ def prewarm(
         if checking is not None:
             if checking.due():
                 checking.show(fit_line("prewarm: checking the input", [(0, said)], checking.width))
-        elif not quiet and time.monotonic() - last_line >= _LINE_INTERVAL_SECONDS:
+        elif not quiet and time.monotonic() - last_line >= pacing.line_seconds:
             last_line = time.monotonic()
             click.echo(f"prewarm (checking the input): {said}", err=True)
     if checking is not None:
@@ -338,7 +357,10 @@ def prewarm(
         _report({**plan, "dry_run": True}, price_per_million, as_json)
         return
     start = time.monotonic()
-    progress = Progress(plan["unique"], plan["cached"], _pace_of(cli.limits, plan), quiet=quiet)
+    pace = _pace_of(cli.limits, plan)
+    progress = Progress(
+        plan["unique"], plan["cached"], pace, quiet=quiet, line_seconds=pacing.line_seconds
+    )
     try:
         if plan["to_fetch"]:  # a fully cached corpus needs no second reading, key or network
             for part in windows():

@@ -65,7 +65,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,10 +147,14 @@ class Claims:
     Safe to share between threads. Files are opened on first use and closed whenever no user
     is attached and this process holds and awaits nothing. Get one with :func:`claims_for`:
     a second instance for the same directory in one process could drop the first's locks.
+
+    :param choose_byte: draws a candidate claim byte, uniformly below :data:`BYTES` unless
+        told (a test hands a fixed sequence to make two claims pick the same byte).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, choose_byte: Callable[[], int] | None = None) -> None:
         self.directory = directory
+        self._choose_byte = choose_byte or _random_byte
         self._lock = threading.Lock()
         self._users = 0
         self._fd: int | None = None
@@ -273,7 +277,7 @@ class Claims:
     def _new_byte(self, fd: int) -> int | None:
         """A byte no live claim holds, now held by this process."""
         for _ in range(_TRIES):
-            byte = _random_byte()
+            byte = self._choose_byte()
             if byte in self._own_bytes or byte in self._awaited_bytes:
                 continue  # locking it again would change this process's own lock on it
             try:

@@ -30,6 +30,7 @@ from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerpri
 from .formats import entry_bytes
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
+from .tuning import Tuning, default_tuning
 
 __all__ = ["Index"]
 
@@ -45,10 +46,6 @@ CREATE INDEX IF NOT EXISTS entries_created ON entries(created_us);
 CREATE INDEX IF NOT EXISTS entries_seg ON entries(seg);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 """
-# When to take a new snapshot: once the entries stored or removed since the last one come to
-# 1/_SNAPSHOT_GROWTH of those it holds (and at least _SNAPSHOT_MIN_ROWS).
-_SNAPSHOT_MIN_ROWS = 4096
-_SNAPSHOT_GROWTH = 8
 # What a reader asks on every lookup: the snapshot to use and the newest removed key.
 _VIEW_STATE = (
     "SELECT (SELECT value FROM state WHERE name = 'index_snapshot'), (SELECT MAX(id) FROM removed)"
@@ -86,8 +83,8 @@ class Index:
     (:func:`~embedcache.storage.databases.cache_errors`), but for the constructor's.
 
     :param directory: the cache directory (``index.db`` and the snapshots live there).
-    :param legacy_fingerprints: the records of versions before the ``fingerprints`` table,
-        copied into it by a writer's first open of such a cache.
+    :param legacy_fingerprints: older versions' records, copied in by a writer's first open.
+    :param tuning: when to take a new snapshot, and the rows it writes at a time.
     :raises OSError, sqlite3.Error: the database cannot be opened.
     """
 
@@ -96,8 +93,11 @@ class Index:
         directory: Path,
         read_only: bool = False,
         legacy_fingerprints: Callable[[], Mapping[int, Fingerprint]] = dict,
+        *,
+        tuning: Tuning | None = None,
     ) -> None:
         self.directory = directory
+        self.tuning = tuning or default_tuning()
         self.read_only = read_only
         #: Held by every write transaction (:meth:`write`), segment appends included.
         self.lock = threading.RLock()
@@ -294,7 +294,8 @@ class Index:
             # Nobody reads removed keys without a snapshot: they need not pile up.
             self._db.execute("DELETE FROM removed")
         held = self._state("index_rows") or 0
-        return since + (gone if removed else 0) >= max(_SNAPSHOT_MIN_ROWS, held // _SNAPSHOT_GROWTH)
+        due = max(self.tuning.snapshot_min_rows, held // self.tuning.snapshot_growth)
+        return since + (gone if removed else 0) >= due
 
     def refresh_snapshot(self, wait: bool = False) -> bool:
         """Take a new snapshot: written from a read transaction of its own, so writers go on
@@ -322,7 +323,7 @@ class Index:
         db = _connect(self.directory / "index.db", read_only=False)
         try:
             with self._errors("write"):
-                taken = take_snapshot(tmp, db)
+                taken = take_snapshot(tmp, db, self.tuning.snapshot_page)
         finally:
             db.close()
         with self.write():

@@ -45,18 +45,17 @@ __all__ = [
 
 #: Columns of a snapshot.
 WIDTH = READ_COLUMNS.count(",") + 1
-# Rows a rebuild reads and writes at a time: its memory (a few MB), whatever the index holds.
-_PAGE = 16384
 #: Removed keys merged into one sorted run at most (see :meth:`View.add_removed`).
 RUN_KEYS = 1 << 16
 
 
-def write_snapshot(path: Path, db: sqlite3.Connection, rows: int) -> None:
+def write_snapshot(path: Path, db: sqlite3.Connection, rows: int, page_rows: int) -> None:
     """Write the ``(WIDTH, rows)`` int64 ``.npy`` of every index row's read columns, in key
-    order, a page of rows at a time (positioned writes, not a map, so the file's pages never
-    count in this process's memory): what ``np.save`` of the whole array writes.
+    order, ``page_rows`` rows at a time (positioned writes, not a map, so the file's pages
+    never count in this process's memory): what ``np.save`` of the whole array writes.
 
     :param db: a connection in the read transaction the snapshot is taken from.
+    :param page_rows: :attr:`Tuning.snapshot_page <embedcache.storage.tuning.Tuning>`.
     :raises sqlite3.DatabaseError: the index does not hold ``rows`` rows.
     """
     header = npy_header((WIDTH, rows), "<i8")
@@ -70,7 +69,7 @@ def write_snapshot(path: Path, db: sqlite3.Connection, rows: int) -> None:
         # Values straight from the cursor into an int64 page: no page of row tuples is held.
         values = itertools.chain.from_iterable(cursor)
         while done < rows:
-            count = min(_PAGE, rows - done)
+            count = min(page_rows, rows - done)
             try:
                 page = np.fromiter(values, dtype="<i8", count=count * WIDTH)
             except ValueError:
@@ -114,9 +113,9 @@ class Taken:
     rows: int
 
 
-def take_snapshot(path: Path, db: sqlite3.Connection) -> Taken:
+def take_snapshot(path: Path, db: sqlite3.Connection, page_rows: int) -> Taken:
     """Write a snapshot to ``path`` from one read transaction of ``db`` (a connection of its
-    own: it holds no lock that writers wait for)."""
+    own: it holds no lock that writers wait for), ``page_rows`` rows at a time."""
     db.execute("BEGIN")
     try:
 
@@ -127,7 +126,7 @@ def take_snapshot(path: Path, db: sqlite3.Connection) -> Taken:
         top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM removed").fetchone()[0])
         rows = sum(entries for _, _, entries, _ in counts.groups(db))
         taken = Taken(state("generation"), state("index_since"), state("index_removed"), top, rows)
-        write_snapshot(path, db, rows)
+        write_snapshot(path, db, rows, page_rows)
         return taken
     finally:
         db.execute("COMMIT")

@@ -89,6 +89,7 @@ from .meta import COUNTERS, Meta
 from .records import page_records, page_stored, read_record
 from .rows import DIM, LO, MILLITOKENS, ROW, SEG, K, verify
 from .segments import Segments, fits
+from .tuning import COMPACT_ROWS, DELETE_PAGE, Tuning, default_tuning
 from .upkeep import LOCK_PAUSE_SECONDS
 
 __all__ = [
@@ -110,12 +111,6 @@ FORMAT_VERSION = 2
 MARKER_NAME = "embedcache.json"
 
 log = logging.getLogger("embedcache")
-#: Keys deleted per write transaction, and rows moved per compaction transaction, at most:
-#: each holds the write lock (other processes' fills wait) for a bounded time (less, when
-#: :mod:`~embedcache.storage.upkeep` sees them go slower than its target), and compaction
-#: holds at most this many vectors in memory, however large the cache.
-DELETE_PAGE = 10_000
-COMPACT_ROWS = 16_384
 
 
 class Store:
@@ -126,19 +121,26 @@ class Store:
     :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
         the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
+    :param tuning: the sizes deleting, compacting and snapshots page by; ``None``:
+        :func:`~embedcache.storage.tuning.default_tuning`, the measured ones.
     :raises InvalidInputError: a negative ``size_limit``.
     :raises CacheFormatError: the directory was written by an incompatible version.
     :raises CacheError: the directory cannot be created or opened.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        size_limit: int | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
         if size_limit is not None and size_limit < 0:
             raise InvalidInputError(
                 f"size_limit must be 0 (none) or a positive byte count, got {size_limit}"
             )
         self.directory = resolve_cache_dir(directory)
+        self._tuning = tuning or default_tuning()
         # Fingerprints this store has recorded: later puts under them skip the statement.
         self._known_fingerprints: set[int] = set()
         self._snapshot_due = False  # a put with defer_snapshot made one due
@@ -173,7 +175,12 @@ class Store:
             # The metadata first: a writer's first open of an older cache copies its
             # fingerprint records into the index.
             self._meta = Meta(self.directory, self.read_only)
-            self._index = Index(self.directory, self.read_only, self._meta.legacy_fingerprints)
+            self._index = Index(
+                self.directory,
+                self.read_only,
+                self._meta.legacy_fingerprints,
+                tuning=self._tuning,
+            )
         except sqlite3.OperationalError as exc:
             raise CacheError(f"cannot open cache at {self.directory}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # corruption, as opposed to access trouble
@@ -401,22 +408,21 @@ class Store:
             self._known_fingerprints.add(fp.id)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
-        """Delete entries, :data:`DELETE_PAGE` keys per transaction; returns how many
-        existed. Their space is reclaimed by :meth:`compact`."""
-        return self.delete_pages(
-            keys[start : start + DELETE_PAGE] for start in range(0, len(keys), DELETE_PAGE)
-        )
+        """Delete entries, ``tuning.delete_page`` keys (:data:`DELETE_PAGE`) per transaction;
+        returns how many existed. Their space is reclaimed by :meth:`compact`."""
+        page = self._tuning.delete_page
+        return self.delete_pages(keys[start : start + page] for start in range(0, len(keys), page))
 
     def delete_pages(self, pages: Iterable[Sequence[bytes]]) -> int:
         """Delete the keys of each page (drawn lazily, so the keys need not all be in memory
-        at once) in short transactions of their own, at most :data:`DELETE_PAGE` keys each
+        at once) in short transactions of their own, at most ``tuning.delete_page`` keys each
         (:func:`~embedcache.storage.upkeep.delete_pages`): a large prune holds the write lock
         a fraction of a second at a time. Returns how many existed.
 
         Readers keep the snapshot, with the deleted keys listed for them; a deletion stopped
         part-way (an error, a kill) has removed and counted what it committed.
         """
-        return upkeep.delete_pages(self._index, pages, DELETE_PAGE)
+        return upkeep.delete_pages(self._index, pages, self._tuning.delete_page)
 
     def clear(self) -> int:
         """Delete every entry and segment file; returns how many entries were removed.
@@ -429,10 +435,10 @@ class Store:
     def compact(self, min_dead_fraction: float = 0.5) -> int:
         """Copy the live rows of segments that are at least ``min_dead_fraction`` dead into
         new segments and delete the old files, in short transactions, at most
-        :data:`COMPACT_ROWS` rows each (:func:`~embedcache.storage.upkeep.compact`).
+        ``tuning.compact_rows`` rows each (:func:`~embedcache.storage.upkeep.compact`).
         Returns the bytes freed."""
         return upkeep.compact(
-            self._index, self._segments, self._append, min_dead_fraction, COMPACT_ROWS
+            self._index, self._segments, self._append, min_dead_fraction, self._tuning.compact_rows
         )
 
     def _append(
