@@ -30,6 +30,7 @@ from embedcache.proxy.http import Request
 from embedcache.proxy.rendered import variant
 from embedcache.testing import JinaEmulator
 
+from .bare_server import closed_by_server
 from .conftest import API_KEY, MakeProxy, MakeServed, damage_entry, wait_for
 from .serving import Served
 from .test_proxy_hits import samples
@@ -127,7 +128,9 @@ def test_with_a_token_a_request_without_credentials_is_refused_before_its_body_i
         answer = json.loads(body)
         assert "token" in answer["detail"]
         assert answer["error"]["message"] == answer["detail"]
-        assert sock.recv(65536) == b""  # and the connection is closed: the rest is unread
+        # And the connection is closed, the rest unread: a FIN, or a reset when the server
+        # closed with the client's bytes still unread in its socket (which one is timing).
+        assert closed_by_server(sock)
     assert emulator.requests == []
 
 
