@@ -2,7 +2,7 @@
 
 Library errors become one-line messages and exit code 1 in exactly one place
 (:class:`_Group`); click's own usage errors exit with 2. The commands live in the
-modules beside this one: ``prewarm``, ``serve``, ``cache``, ``sync`` and ``demo``.
+modules beside this one: ``prewarm``, ``serve``, ``cache``, ``sync``, ``analyze`` and ``demo``.
 
 The global options (the cache directory, the API root, the shared Redis tier, the rate
 limits) are defined once in :mod:`.options` and taken before or after the command name, by
@@ -19,6 +19,7 @@ import click
 
 from ..config import VERSION
 from ..errors import AuthenticationError, EmbedcacheError
+from .analyze import analyze
 from .cache import clear, export, get, inspect, prune, stats, verify
 from .demo import demo
 from .doctor import doctor
@@ -89,3 +90,4 @@ for _command in (
     main.add_command(_command)
 main.add_command(doctor)
 main.add_command(limit)
+main.add_command(analyze)

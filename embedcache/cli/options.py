@@ -337,8 +337,9 @@ def _format_options(
     if own:
         with formatter.section("Options"):
             formatter.write_dl(own)
-    with formatter.section("Global options (before or after the command name)"):
-        formatter.write_dl(shared)
+    if shared:  # a command that ignores every global option (analyze) lists none
+        with formatter.section("Global options (before or after the command name)"):
+            formatter.write_dl(shared)
 
 
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:

@@ -1,0 +1,273 @@
+"""What a request log, or a file of captured request bodies, says about waste and savings.
+
+The figures behind ``embedcache analyze``, as pure functions over parsed JSON lines (no
+file, no HTTP, no proxy import): :class:`Analysis` takes one decoded line at a time and
+:meth:`Analysis.report` sums them up.
+
+Two kinds of line are read, told apart by their fields:
+
+* a **request-log line** (``serve --request-log``): what the proxy did, already counted
+  (hits, misses, tokens spent and saved); it names no text, so which of its misses repeat
+  later cannot be known from it;
+* a **request body** (one ``/v1/embeddings`` body, Jina's or OpenAI's dialect): what a
+  cache *would* have done. Each text is keyed exactly as the cache keys it
+  (:func:`~embedcache.cache_keys.text_keys` under the fingerprint of the resolved options),
+  and a key seen before in any file is a text the cache would have served; its tokens are
+  the estimate ``prewarm --dry-run`` shows (:func:`~embedcache.tokens.estimate_tokens`).
+  Keys are held in :class:`~embedcache.embedding.distinct.DistinctKeys` (16 bytes a key;
+  a second set, of keys seen twice, tells the misses that repeat later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..cache_keys import fingerprint, group_keys, text_keys
+from ..config import DEFAULT_UPSTREAM_ID
+from ..embedding.distinct import DistinctKeys
+from ..errors import EmbedcacheError, InvalidInputError
+from ..models import resolve_options, spec_for
+from ..tokens import estimate_tokens
+
+__all__ = ["Analysis", "MalformedLine", "Tally"]
+
+#: The request-log fields analyze needs, with the types each may take (schema25.md).
+_LOG_FIELDS: dict[str, tuple[type, ...]] = {
+    "time": (str,),
+    "route": (str,),
+    "key": (str, type(None)),
+    "model": (str, type(None)),
+    "task": (str, type(None)),
+    "dimensions": (int, type(None)),
+    "texts": (int,),
+    "hits": (int,),
+    "misses": (int,),
+    "tokens_spent": (int,),
+    "tokens_saved": (int,),
+    "status": (int,),
+}
+#: Body fields that change no vector (the encoding is the proxy's to render; ``user`` is
+#: OpenAI's end-user id): read, never keyed, as the proxy does.
+_UNKEYED = frozenset({"embedding_type", "encoding_type", "encoding_format", "user"})
+_KEYED = frozenset({"model", "input", "task", "dimensions", "normalized", "late_chunking",
+                    "truncate"})  # fmt: skip
+#: What a number of tokens costs, in dollars.
+Dollars = Callable[[float], float]
+#: How many request settings the report lists, most repeated first.
+TOP_SETTINGS = 10
+
+
+class MalformedLine(InvalidInputError):
+    """A line that is neither a request-log line nor a request body the cache could key."""
+
+
+@dataclass
+class Tally:
+    """Counts of one group of requests (all of them, one key, one model, one setting)."""
+
+    requests: int = 0
+    texts: int = 0
+    #: Texts the cache served (a log's hits: distinct texts of each request) or would have
+    #: served (a body's texts it would not fetch: seen before, or earlier in the request).
+    hits: int = 0
+    misses: int = 0
+    tokens_spent: int = 0
+    tokens_saved: int = 0
+    #: Requests the proxy refused (status not 200): counted, never spent nor saved.
+    refused: int = 0
+
+    def add(self, other: Tally) -> None:
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self, dollars: Dollars) -> dict[str, Any]:
+        """The counts, the repeat rate and what the tokens cost (``dollars(tokens)``)."""
+        served = self.hits + self.misses
+        return {
+            "requests": self.requests,
+            "texts": self.texts,
+            "hits": self.hits,
+            "misses": self.misses,
+            "refused": self.refused,
+            "repeat_rate": round(self.hits / served, 6) if served else 0.0,
+            "tokens_spent": self.tokens_spent,
+            "tokens_saved": self.tokens_saved,
+            "usd_spent": dollars(self.tokens_spent),
+            "usd_saved": dollars(self.tokens_saved),
+        }
+
+
+class Analysis:
+    """The running totals of every line read so far.
+
+    :param upstream: the upstream whose cache keys request bodies are keyed as (an
+        :func:`~embedcache.config.upstream_id`; Jina's API by default).
+    """
+
+    def __init__(self, upstream: str = DEFAULT_UPSTREAM_ID) -> None:
+        self.upstream = upstream
+        self.total = Tally()
+        self.log_lines = 0
+        self.body_lines = 0
+        #: Bodies the proxy would pass through uncached (images, unknown fields).
+        self.uncacheable = 0
+        self.by_key: dict[str | None, Tally] = {}
+        self.by_model: dict[str | None, Tally] = {}
+        self.by_settings: dict[tuple[str | None, str | None, int | None], Tally] = {}
+        self._seen = DistinctKeys()
+        self._repeated = DistinctKeys()
+        #: Misses of request bodies whose text is asked for again later: what a cache
+        #: prewarmed with these texts would also have served.
+        self.repeating_misses = 0
+        self.repeating_tokens = 0
+
+    def add(self, line: object) -> None:
+        """Count one decoded JSON line.
+
+        :raises MalformedLine: it is neither kind of line, saying why.
+        """
+        if not isinstance(line, dict):
+            raise MalformedLine("not a JSON object")
+        if "route" in line and "input" not in line:
+            self._add_log(line)
+        elif "input" in line:
+            self._add_body(line)
+        else:
+            raise MalformedLine("neither a request-log line (route, hits, ...) nor a body (input)")
+
+    def _add_log(self, line: Mapping[str, Any]) -> None:
+        for name, kinds in _LOG_FIELDS.items():
+            value = line.get(name)
+            if name not in line or isinstance(value, bool) or not isinstance(value, kinds):
+                raise MalformedLine(f"request-log line without a valid {name!r}")
+        refused = line["status"] != 200
+        tally = Tally(
+            requests=1,
+            texts=line["texts"],
+            hits=0 if refused else line["hits"],
+            misses=0 if refused else line["misses"],
+            tokens_spent=line["tokens_spent"],
+            tokens_saved=0 if refused else line["tokens_saved"],
+            refused=int(refused),
+        )
+        self.log_lines += 1
+        self._count(tally, line["key"], line["model"], line["task"], line["dimensions"])
+
+    def _add_body(self, body: Mapping[str, Any]) -> None:
+        value = body.get("input")
+        if isinstance(value, list) and any(isinstance(item, (int, list)) for item in value):
+            raise MalformedLine("input holds token ids, which no Jina model takes")
+        texts = _texts(value)
+        model = body.get("model")
+        if not isinstance(model, str) or texts is None or not body.keys() <= _KEYED | _UNKEYED:
+            # What the proxy forwards as it is and never stores: it costs what it costs.
+            self.uncacheable += 1
+            self.body_lines += 1
+            self.total.requests += 1
+            return
+        model, task = _model_and_task(model, body.get("task"))
+        try:
+            options = resolve_options(
+                model,
+                task,
+                body.get("dimensions"),
+                late_chunking=bool(body.get("late_chunking")),
+                normalized=body.get("normalized"),
+                truncate=body.get("truncate"),
+            )
+            fp = fingerprint(options, self.upstream)
+            keys = (group_keys if options.late_chunking else text_keys)(fp, texts)
+        except EmbedcacheError as exc:  # the API would refuse it: no cache saves anything
+            raise MalformedLine(f"a body the API would refuse: {exc}") from None
+        tally = Tally(requests=1, texts=len(texts))
+        # The proxy fetches a text once per request however often it is listed: a repeat
+        # within one request is served too (a body's hits are its texts not fetched).
+        unique = list(dict.fromkeys(keys))
+        fresh = dict(zip(unique, self._seen.add(unique).tolist(), strict=True))
+        again = [key for key in unique if not fresh[key]]
+        # Seen before, and for the first time again: its earlier fetch is a miss that repeats.
+        first_repeat = dict(zip(again, self._repeated.add(again).tolist(), strict=True))
+        for key, text in zip(keys, texts, strict=True):
+            tokens = estimate_tokens(text)
+            if fresh.pop(key, False):
+                tally.misses += 1
+                tally.tokens_spent += tokens
+                continue
+            if first_repeat.pop(key, False):
+                self.repeating_misses += 1
+                self.repeating_tokens += tokens
+            tally.hits += 1
+            tally.tokens_saved += tokens
+        self.body_lines += 1
+        self._count(tally, None, model, options.task, options.dimensions)
+
+    def _count(
+        self, tally: Tally, key: str | None, model: str | None, task: str | None, dims: int | None
+    ) -> None:
+        self.total.add(tally)
+        self.by_key.setdefault(key, Tally()).add(tally)
+        self.by_model.setdefault(model, Tally()).add(tally)
+        self.by_settings.setdefault((model, task, dims), Tally()).add(tally)
+
+    def report(self, dollars: Dollars) -> dict[str, Any]:
+        """Every figure, as ``analyze --json`` prints it; ``dollars(tokens)`` prices tokens
+        (the CLI's, at ``--price-per-million``)."""
+        top = sorted(
+            self.by_settings.items(),
+            key=lambda item: (-item[1].hits, -item[1].tokens_saved, str(item[0])),
+        )[:TOP_SETTINGS]
+        could = None
+        if self.body_lines or not self.log_lines:
+            could = {
+                "texts": self.repeating_misses,
+                "tokens": self.repeating_tokens,
+                "usd": dollars(self.repeating_tokens),
+            }
+        return {
+            **self.total.summary(dollars),
+            "log_lines": self.log_lines,
+            "body_lines": self.body_lines,
+            "uncacheable": self.uncacheable,
+            # A log names no texts: which of its misses repeat later cannot be told.
+            "could_still_save": could,
+            "top_settings": [
+                {"model": m, "task": t, "dimensions": d, **tally.summary(dollars)}
+                for (m, t, d), tally in top
+            ],
+            "by_key": [
+                {"key": key, **tally.summary(dollars)} for key, tally in _by_saving(self.by_key)
+            ],
+            "by_model": [
+                {"model": model, **tally.summary(dollars)}
+                for model, tally in _by_saving(self.by_model)
+            ],
+        }
+
+
+def _by_saving(groups: Mapping[Any, Tally]) -> list[tuple[Any, Tally]]:
+    return sorted(groups.items(), key=lambda item: (-item[1].tokens_saved, str(item[0])))
+
+
+def _texts(value: object) -> list[str] | None:
+    """The texts of a body's ``input`` (a string, strings, ``{"text": ...}`` objects), or
+    ``None`` when it holds anything else (images, token ids), which the proxy forwards."""
+    items = value if isinstance(value, list) else [value]
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, dict) and item.keys() == {"text"}:
+            item = item["text"]
+        if not isinstance(item, str):
+            return None
+        texts.append(item)
+    return texts or None
+
+
+def _model_and_task(model: str, task: object) -> tuple[str, Any]:
+    """``jina-embeddings-v3:retrieval.query`` is that model with that task, as the proxy
+    reads it (for clients that let a user set nothing but the model)."""
+    base, colon, suffix = model.rpartition(":")
+    if not colon or spec_for(base) is None or task not in (None, suffix):
+        return model, task
+    return base, suffix
