@@ -16,6 +16,7 @@ from embedcache.proxy.budgets import BUDGET_HEADER, key_name
 from embedcache.testing import JinaEmulator
 from embedcache.tokens import estimate_tokens
 
+from .cli_helpers import invoke
 from .conftest import API_KEY, MakeProxy, MakeServed
 from .serving import Served
 
@@ -135,11 +136,12 @@ def test_two_processes_on_one_cache_directory_share_one_budget(make_served: Make
 def test_a_budgets_file_sets_keys_groups_usd_and_the_default(
     make_proxy: MakeProxy, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    other, third = "jina_other_key_for_the_group", "jina_unlisted_key"
+    other, third, free = "jina_other_key_for_the_group", "jina_unlisted_key", "jina_free"
     budgets = tmp_path / "budgets.toml"
     budgets.write_text(
         "[default]\ntokens = 7\n\n"
-        f"[keys]\n{key_name(API_KEY)} = {{ usd = 0.000001 }}\n\n"  # 20 tokens at $0.05/M
+        f"[keys]\n{key_name(API_KEY)} = {{ usd = 0.000001 }}\n"  # 20 tokens at $0.05/M
+        f"{key_name(free)} = {{}}\n\n"  # listed without a budget: unlimited
         f'[groups.team]\ntokens = 50\nkeys = ["{key_name(other)}"]\n',
         encoding="utf-8",
     )
@@ -152,9 +154,34 @@ def test_a_budgets_file_sets_keys_groups_usd_and_the_default(
     assert remaining(proxy.embed(jina(["c"]), third)) <= 7 - 1
     assert proxy.embed(jina([LONG]), third).status_code == 429
     assert proxy.embed(jina([MID]), other).status_code == 200
+    assert BUDGET_HEADER not in proxy.embed(jina([LONG]), free).headers
     assert API_KEY not in budgets.read_text(encoding="utf-8")
 
 
-def test_a_key_without_a_budget_gets_no_budget_header(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy()
-    assert BUDGET_HEADER not in proxy.embed(jina(["plain"]), API_KEY).headers
+def test_requests_passed_through_are_charged_their_usage_and_refused_once_spent(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = make_proxy("--budget-tokens", "4")
+    binary = {"model": MODEL, "input": ["one two three"], "embedding_type": "binary"}
+    answer = proxy.embed(binary, API_KEY)
+    assert answer.status_code == 200
+    assert remaining(answer) == 4 - answer.json()["usage"]["total_tokens"]
+    spent = proxy.embed({**binary, "input": ["four five six"]}, API_KEY)
+    assert spent.status_code == 200
+    assert remaining(spent) == 0
+    refused = proxy.embed({**binary, "input": ["seven"]}, API_KEY)
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "budget_exceeded"
+
+
+def test_a_budgets_file_with_a_mistake_is_a_one_line_error_naming_the_file_and_entry(
+    tmp_path: Path,
+) -> None:
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text("[keys]\nk_0123456789ab = { tokens = -5 }\n", encoding="utf-8")
+    result = invoke("serve", "--budgets", str(budgets), cache_dir=tmp_path / "cache")
+    assert result.exit_code != 0
+    assert f"{budgets}: [keys] k_0123456789ab: tokens must be a number of at least 0" in (
+        result.output
+    )
+    assert "Traceback" not in result.output

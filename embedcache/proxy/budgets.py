@@ -53,6 +53,7 @@ __all__ = [
     "Budgets",
     "Over",
     "Reservation",
+    "charged_tokens",
     "key_name",
     "load_policy",
     "over_budget_body",
@@ -202,6 +203,15 @@ def over_budget_body(over: Over, dialect: str) -> bytes:
     return orjson.dumps({"detail": message, "code": "budget_exceeded", **figures})
 
 
+def charged_tokens(answer: bytes) -> float:
+    """What an upstream answer says it charged (its ``usage.total_tokens``; 0 if none)."""
+    try:
+        usage = orjson.loads(answer).get("usage") or {}
+        return float(usage.get("total_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0.0
+
+
 def over_budget_headers(over: Over) -> dict[str, str]:
     """The 429's headers: the tokens left, and ``Retry-After`` when waiting can help."""
     headers = {BUDGET_HEADER: str(over.remaining)}
@@ -223,16 +233,18 @@ class Budgets:
         self._shown: dict[str, tuple[float, int]] = {}  # remaining, as the hit path shows it
         path = Path(directory) / LEDGER_FILE
         try:
-            self._db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
-            self._db.isolation_level = None  # transactions are begun explicitly
-            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            self._db = _connect(path)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS spent (name TEXT PRIMARY KEY, "
                 "window_start REAL NOT NULL, spent REAL NOT NULL)"
             )
+            # Reads of its own: in WAL mode a read never waits for a writer, so the hit path
+            # (on the event loop) never queues behind a fill thread's admission.
+            self._reader = _connect(path)
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the budgets ledger {path}: {exc}") from exc
+        self._read_lock = threading.Lock()
 
     def budget_of(self, secret: str) -> Budget | None:
         """The caller's budget (remembered per key: no hash on each request)."""
@@ -268,16 +280,18 @@ class Budgets:
             if delta and self._current(budget) == reservation.window_start:
                 self._add(db, budget.name, reservation.window_start, delta)
                 spent += delta
-        return self._noted(_with_remaining(reservation, int(budget.tokens - spent))).remaining
+        return self._noted(
+            _with_remaining(reservation, max(0, int(budget.tokens - spent)))
+        ).remaining
 
     def remaining(self, budget: Budget) -> int:
         """Tokens ``budget`` has left in the current window (from the ledger)."""
         start = self._current(budget)
-        with self._lock:
-            row = self._db.execute(
-                "SELECT window_start, spent FROM spent WHERE name = ?", (budget.name,)
-            ).fetchone()
-        spent = row[1] if row is not None and row[0] == start else 0.0
+        try:
+            with self._read_lock:
+                spent = self._spent(self._reader, budget.name, start)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read the budgets ledger: {exc}") from exc
         remaining = max(0, int(budget.tokens - spent))
         self._shown[budget.name] = (time.monotonic(), remaining)
         return remaining
@@ -294,20 +308,23 @@ class Budgets:
         budget: Budget,
         embedder: CachedEmbedder,
         requests: Iterable[tuple[Sequence[str], RequestOptions]],
+        least: int = 0,
     ) -> Reservation | Over:
         """Reserve what ``requests``' uncached texts are estimated to cost (nothing is
-        read but presence; cached texts are free), or say why not."""
+        read but presence; cached texts are free), or say why not. ``least``: reserve at
+        least that many (a request passed through, whose cost is unknown, needs one left)."""
         needed, cached = 0, 0
         for texts, options in requests:
             report = embedder.warm(texts, options, dry_run=True)
             needed += report.estimated_tokens
             cached += report.cached
-        return self.reserve(budget, needed, cached)
+        return self.reserve(budget, max(needed, least), cached)
 
     def close(self) -> None:
         """Close the ledger."""
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def _noted(self, reservation: Reservation) -> Reservation:
         self._shown[reservation.budget.name] = (time.monotonic(), max(0, reservation.remaining))
@@ -363,6 +380,13 @@ class _Transaction:
                 self._db.execute("COMMIT" if exc is None else "ROLLBACK")
         finally:
             self._lock.release()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
+    db.isolation_level = None  # transactions are begun explicitly
+    db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+    return db
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .budgets import (
     Budget,
     Over,
     Reservation,
+    charged_tokens,
     over_budget_body,
     over_budget_headers,
 )
@@ -110,25 +111,39 @@ class EmbeddingsRoute:
                 return outcome
             read = outcome
         parsed = read.parsed
+        held: Reservation | None = None
         try:
-            if parsed is None:
-                sent = upstream.forward(raw)
-                headers = {CACHED_HEADER: "0"}
-                response = Response(sent.content, sent.status, headers, sent.content_type)
-                return Answer(response, "passthrough")
-            held: Reservation | None = None
             if budget is not None and self._budgets is not None:
-                spend = [(parsed.texts, parsed.options)]
-                found = self._budgets.admit(budget, self._filler.embedder, spend)
+                # Passed through, a request's cost is known once answered: it needs a token left.
+                spend = [(parsed.texts, parsed.options)] if parsed is not None else []
+                least = 1 if parsed is None else 0
+                found = self._budgets.admit(budget, self._filler.embedder, spend, least)
                 if isinstance(found, Over):
                     body = over_budget_body(found, read.dialect)
                     return Answer(_json(429, body, over_budget_headers(found)), "error")
                 held = found
+            if parsed is None:
+                return self._passed_through(raw, upstream, held)
             answer = self._embed(read, parsed, upstream, budget, held=held)
         except EmbedcacheError as exc:
             return _failure(self._gate.in_clients_terms(exc), read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
+
+    def _passed_through(self, raw: bytes, upstream: JinaClient, held: Reservation | None) -> Answer:
+        """``raw`` forwarded as it is, its ``usage`` charged to ``held``'s budget."""
+        try:
+            sent = upstream.forward(raw)
+        except BaseException:
+            if held is not None and self._budgets is not None:
+                self._budgets.settle(held, 0)
+            raise
+        headers = {CACHED_HEADER: "0"}
+        if held is not None and self._budgets is not None:
+            left = self._budgets.settle(held, charged_tokens(sent.content))
+            headers[BUDGET_HEADER] = str(left)
+        response = Response(sent.content, sent.status, headers, sent.content_type)
+        return Answer(response, "passthrough")
 
     def _read(self, raw: bytes) -> _Read | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
