@@ -23,7 +23,7 @@ from ..config import (
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import resolve_options
-from .options import CliContext, Command, echo_json, pass_cli
+from .options import CliContext, Command, echo_json, pass_cli, price_option
 from .units import parse_size
 
 __all__ = ["serve"]
@@ -259,6 +259,27 @@ def _is_loopback(host: str) -> bool:
     help="Append one access line per request to FILE ('-': stderr), whatever --log-level.",
 )
 @click.option(
+    "--budget-tokens",
+    type=click.IntRange(min=0),
+    help="Default token budget of every caller key per --budget-window (misses only: hits "
+    "are free); over it a request gets a 429 with Retry-After.",
+)
+@click.option(
+    "--budget-window",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of a budget's window (fixed windows, aligned on the Unix epoch).",
+)
+@click.option(
+    "--budgets",
+    "budgets_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Budgets per key or key group, TOML (or .json): see docs/budgets.md.",
+)
+@price_option
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -299,6 +320,10 @@ def serve(
     verify_rate: float,
     log_level: str,
     access_log: str | None,
+    budget_tokens: int | None,
+    budget_window: float,
+    budgets_file: Path | None,
+    price_per_million: float,
     as_json: bool,
 ) -> None:
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
@@ -315,6 +340,7 @@ def serve(
     # No ClickException here: cli.main turns a MissingDependencyError into its one-line error.
     with requires("serve"):
         from ..proxy.app import Proxy, ProxySettings
+        from ..proxy.budgets import load_policy
         from ..proxy.http import ServerLimits
         from ..proxy.metrics import Board
         from ..proxy.server import serve_forever
@@ -345,6 +371,13 @@ def serve(
         rendered_bytes = parse_size(rendered_memory) or 0
     except click.BadParameter as exc:
         raise click.BadParameter(exc.message, param_hint=memory_flag) from None
+    try:
+        budgets = load_policy(
+            budgets_file, tokens=budget_tokens, window=budget_window,
+            price_per_million=price_per_million,
+        )  # fmt: skip
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--budgets") from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
@@ -373,6 +406,7 @@ def serve(
         max_answer_bytes=max_answer,
         verify_interval=verify_interval,
         verify_rate=verify_rate,
+        budgets=budgets,
     )
     limits = ServerLimits(
         idle_timeout=idle_timeout,

@@ -51,6 +51,7 @@ from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
 from .admin import AdminRoutes
+from .budgets import BudgetPolicy, Budgets
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
 from .gate import Gate
@@ -119,6 +120,7 @@ class ProxySettings:
     max_answer_bytes: int = 96 * 1024 * 1024
     verify_interval: float = 10.0
     verify_rate: float = 10.0
+    budgets: BudgetPolicy | None = None
 
 
 class Proxy:
@@ -172,8 +174,20 @@ class Proxy:
         self.filler = Filler(self.embedder, self.rendered, self._float_style, settings.fill_threads)
         limits = RequestLimits(settings.max_inputs, settings.max_answer_bytes)
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
+        try:
+            policy = settings.budgets
+            self.budgets = Budgets(policy, self.store.directory) if policy is not None else None
+        except BaseException:
+            self.parts.close()
+            raise
         self.hits = HitPath(
-            self.embedder, self.rendered, self.access, self._float_style, self.metrics, limits
+            self.embedder,
+            self.rendered,
+            self.access,
+            self._float_style,
+            self.metrics,
+            limits,
+            self.budgets,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -184,6 +198,7 @@ class Proxy:
             limits=limits,
             metrics=self.metrics,
             publish=self.publish,
+            budgets=self.budgets,
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
@@ -242,6 +257,8 @@ class Proxy:
             self._publisher.cancel()
         self.filler.close()
         self.keep_float_style()  # a style learned in the last second is not lost
+        if self.budgets is not None:
+            self.budgets.close()
         self.parts.close()
 
     def start(self) -> None:

@@ -21,6 +21,15 @@ from starlette.responses import Response
 
 from ..errors import EmbedcacheError
 from ..upstream.jina import JinaClient
+from .budgets import (
+    BUDGET_HEADER,
+    Budget,
+    Over,
+    Reservation,
+    charged_tokens,
+    over_budget_body,
+    over_budget_headers,
+)
 from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
@@ -59,6 +68,7 @@ class EmbeddingsRoute:
         self._upstreams = parts.upstreams
         self._filler = parts.filler
         self._limits = parts.limits
+        self._budgets = parts.budgets
         self._failure = _json(500, render_error("internal error in the embedcache proxy"))
 
     async def handle(self, request: Request) -> Response:
@@ -71,6 +81,8 @@ class EmbeddingsRoute:
             return Answer(refusal_response(decision), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
+        budgets = self._budgets
+        budget = budgets.budget_of(bearer_of(request)) if budgets is not None else None
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             outcome = self._read(raw)
@@ -80,14 +92,17 @@ class EmbeddingsRoute:
             parsed = read.parsed
             if parsed is not None and len(parsed.texts) <= INLINE_TEXTS:
                 try:
-                    inline = self._embed(read, parsed, upstream, cached_only=True)
+                    inline = self._embed(read, parsed, upstream, budget, cached_only=True)
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc), read.dialect)
                 if inline is not None:
                     return inline
-        return await self._filler.in_thread(partial(self._answer_fully, raw, read, upstream))
+        work = partial(self._answer_fully, raw, read, upstream, budget)
+        return await self._filler.in_thread(work)
 
-    def _answer_fully(self, raw: bytes, read: _Read | None, upstream: JinaClient) -> Answer:
+    def _answer_fully(
+        self, raw: bytes, read: _Read | None, upstream: JinaClient, budget: Budget | None
+    ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
@@ -96,17 +111,39 @@ class EmbeddingsRoute:
                 return outcome
             read = outcome
         parsed = read.parsed
+        held: Reservation | None = None
         try:
+            if budget is not None and self._budgets is not None:
+                # Passed through, a request's cost is known once answered: it needs a token left.
+                spend = [(parsed.texts, parsed.options)] if parsed is not None else []
+                least = 1 if parsed is None else 0
+                found = self._budgets.admit(budget, self._filler.embedder, spend, least)
+                if isinstance(found, Over):
+                    body = over_budget_body(found, read.dialect)
+                    return Answer(_json(429, body, over_budget_headers(found)), "error")
+                held = found
             if parsed is None:
-                sent = upstream.forward(raw)
-                headers = {CACHED_HEADER: "0"}
-                response = Response(sent.content, sent.status, headers, sent.content_type)
-                return Answer(response, "passthrough")
-            answer = self._embed(read, parsed, upstream)
+                return self._passed_through(raw, upstream, held)
+            answer = self._embed(read, parsed, upstream, budget, held=held)
         except EmbedcacheError as exc:
             return _failure(self._gate.in_clients_terms(exc), read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
+
+    def _passed_through(self, raw: bytes, upstream: JinaClient, held: Reservation | None) -> Answer:
+        """``raw`` forwarded as it is, its ``usage`` charged to ``held``'s budget."""
+        try:
+            sent = upstream.forward(raw)
+        except BaseException:
+            if held is not None and self._budgets is not None:
+                self._budgets.settle(held, 0)
+            raise
+        headers = {CACHED_HEADER: "0"}
+        if held is not None and self._budgets is not None:
+            left = self._budgets.settle(held, charged_tokens(sent.content))
+            headers[BUDGET_HEADER] = str(left)
+        response = Response(sent.content, sent.status, headers, sent.content_type)
+        return Answer(response, "passthrough")
 
     def _read(self, raw: bytes) -> _Read | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
@@ -147,17 +184,29 @@ class EmbeddingsRoute:
         read: _Read,
         parsed: EmbeddingsRequest,
         upstream: JinaClient,
+        budget: Budget | None,
         cached_only: bool = False,
+        held: Reservation | None = None,
     ) -> Answer | None:
         """The answer from the caching core; ``None`` when ``cached_only`` and something
-        is missing."""
-        rendered = self._filler.render(parsed, upstream, cached_only)
+        is missing. ``held``, what was reserved of ``budget``, is settled with what the
+        upstream charged (nothing if the fill fails)."""
+        try:
+            rendered = self._filler.render(parsed, upstream, cached_only)
+        except BaseException:
+            if held is not None and self._budgets is not None:
+                self._budgets.settle(held, 0)
+            raise
         if rendered is None:
             return None
         texts, stats = rendered
         body = render_body(parsed.model, texts, stats.tokens_spent)
         cached = stats.hits + stats.coalesced
-        response = _json(200, body, {CACHED_HEADER: str(cached)})
+        headers = {CACHED_HEADER: str(cached)}
+        if budget is not None and self._budgets is not None:
+            left = self._budgets.settle(held, stats.tokens_spent) if held else None
+            headers[BUDGET_HEADER] = str(self._budgets.shown(budget) if left is None else left)
+        response = _json(200, body, headers)
         outcome = "fetched" if stats.misses else "cached"
         return Answer(response, outcome, len(parsed.texts), cached)
 

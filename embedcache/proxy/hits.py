@@ -20,6 +20,7 @@ from ..embedding.embedder import CachedEmbedder
 from ..errors import EmbedcacheError, InvalidInputError
 from ..upstream.float_style import FloatStyle
 from .access import Access
+from .budgets import BUDGET_HEADER, Budgets
 from .gate import bearer_value
 from .http import Request
 from .limits import RequestLimits, answer_bytes
@@ -38,6 +39,7 @@ HIT_BODY_BYTES = 256 * 1024
 #: (stored, or fetched by a concurrent request) rather than from this request's upstream calls.
 CACHED_HEADER = "X-Embedcache-Cached"
 _CACHED_HEADER = CACHED_HEADER.lower().encode()
+_BUDGET_HEADER = BUDGET_HEADER.lower().encode()
 _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
 # size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
@@ -54,6 +56,7 @@ class HitPath:
     :param float_style: the style ``float`` answers are written in.
     :param metrics: where each hit is counted.
     :param limits: a request over them is left to the application, which says why.
+    :param budgets: the callers' budgets, whose remaining tokens a hit shows (it spends none).
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class HitPath:
         float_style: FloatStyle,
         metrics: ProxyMetrics,
         limits: RequestLimits,
+        budgets: Budgets | None = None,
     ) -> None:
         self.embedder = embedder
+        self.budgets = budgets
         self.rendered = rendered
         self.access = access
         self.metrics = metrics
@@ -105,7 +110,12 @@ class HitPath:
         self.metrics.observe_hits(distinct, saved, time.perf_counter() - started)
         request.texts = len(keys)
         request.hits = distinct
-        return answer, [(_CACHED_HEADER, b"%d" % distinct)]
+        headers = [(_CACHED_HEADER, b"%d" % distinct)]
+        if self.budgets is not None:
+            budget = self.budgets.budget_of(bearer_value(request.authorization))
+            if budget is not None:
+                headers.append((_BUDGET_HEADER, b"%d" % self.budgets.shown(budget)))
+        return answer, headers
 
     def forget(self) -> None:
         """Drop the bodies remembered."""

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 if TYPE_CHECKING:
+    from .budgets import Budgets
     from .filling import Filler
     from .gate import Gate
     from .keys import Upstreams
@@ -37,6 +38,7 @@ class RouteParts:
     :param limits: the request limits.
     :param metrics: where requests are counted and timed.
     :param publish: puts this worker's counters on the board (before each answer).
+    :param budgets: the callers' token budgets (``None``: none).
     """
 
     gate: Gate
@@ -45,6 +47,7 @@ class RouteParts:
     limits: RequestLimits
     metrics: ProxyMetrics
     publish: Callable[[], None]
+    budgets: Budgets | None = None
 
 
 class Answer(NamedTuple):

@@ -17,6 +17,14 @@ from ..embedding.counters import Stats
 from ..errors import EmbedcacheError
 from ..upstream.jina import JinaClient
 from . import tei
+from .budgets import (
+    BUDGET_HEADER,
+    Budget,
+    Over,
+    Reservation,
+    over_budget_body,
+    over_budget_headers,
+)
 from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
@@ -57,6 +65,7 @@ class TeiRoutes:
         self._upstreams = parts.upstreams
         self._filler = parts.filler
         self._limits = parts.limits
+        self._budgets = parts.budgets
         message = "internal error in the embedcache proxy"
         self._failure = json_response(500, tei.render_error(message, "backend"))
 
@@ -75,6 +84,8 @@ class TeiRoutes:
             return Answer(refusal_response(decision, on_tei=True), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
+        budgets = self._budgets
+        budget = budgets.budget_of(bearer_of(request)) if budgets is not None else None
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             read = self._read(raw)
@@ -87,10 +98,13 @@ class TeiRoutes:
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc))
                 if None not in work.done:
-                    return _assembled(work)
-        return await self._filler.in_thread(partial(self._answer_fully, raw, work, upstream))
+                    return self._assembled(work, budget)
+        job = partial(self._answer_fully, raw, work, upstream, budget)
+        return await self._filler.in_thread(job)
 
-    def _answer_fully(self, raw: bytes, work: _Work | None, upstream: JinaClient) -> Answer:
+    def _answer_fully(
+        self, raw: bytes, work: _Work | None, upstream: JinaClient, budget: Budget | None
+    ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
@@ -98,12 +112,23 @@ class TeiRoutes:
             if isinstance(read, Answer):
                 return read
             work = read
+        held: Reservation | None = None
         try:
+            if budget is not None and self._budgets is not None:
+                pairs = zip(work.groups, work.done, strict=True)
+                left = [(group.texts, group.options) for group, done in pairs if not done]
+                found = self._budgets.admit(budget, self._filler.embedder, left)
+                if isinstance(found, Over):
+                    body = over_budget_body(found, "tei")
+                    return Answer(json_response(429, body, over_budget_headers(found)), "error")
+                held = found
             # Only the groups not answered inline: each group's hits are counted once.
             self._fill(work, upstream)
         except EmbedcacheError as exc:
+            if held is not None and self._budgets is not None:
+                self._budgets.settle(held, 0)  # a failed request costs nothing
             return _failure(self._gate.in_clients_terms(exc))
-        return _assembled(work)
+        return self._assembled(work, budget, held)
 
     def _read(self, raw: bytes) -> _Work | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
@@ -141,6 +166,20 @@ class TeiRoutes:
         for index, group in enumerate(work.groups):
             if work.done[index] is None:
                 work.done[index] = self._filler.render(group, upstream, cached_only)
+
+    def _assembled(
+        self, work: _Work, budget: Budget | None, held: Reservation | None = None
+    ) -> Answer:
+        """The answer of a request whose every group is answered, in input order; what
+        was ``held`` of ``budget`` settled with what the upstream charged."""
+        answer = _assembled(work)
+        budgets = self._budgets
+        if budget is None or budgets is None:
+            return answer
+        spent = sum(stats.tokens_spent for _, stats in filter(None, work.done))
+        left = budgets.settle(held, spent) if held else budgets.shown(budget)
+        answer.response.headers[BUDGET_HEADER] = str(left)
+        return answer
 
 
 def _assembled(work: _Work) -> Answer:

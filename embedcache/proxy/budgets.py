@@ -1,0 +1,445 @@
+"""Per-caller token budgets (``serve --budget-tokens N --budget-window SECONDS``,
+``serve --budgets FILE``): who may spend how many upstream tokens per window, and the
+ledger that every worker and every proxy process on a cache directory shares.
+
+A caller is the key it sends (``Authorization: Bearer``), named by ``k_`` and the first 12
+hex digits of its SHA-256 (:func:`key_name`), so a budgets file holds no secret. Requests
+without a key are one caller (``k_e3b0c44298fc``, the name of the empty key).
+
+Windows are fixed, aligned on the Unix epoch (a 3600 s window starts on the hour, UTC), so
+every process agrees on them without talking. The ledger is ``budgets.db`` in the cache
+directory (SQLite in WAL mode): one row per budget (``name``, ``window_start``, ``spent``),
+each admission one short ``BEGIN IMMEDIATE`` transaction, so it holds across workers,
+processes and restarts.
+
+Admission: a request's misses are estimated (the same tokenizer-free estimate the rate
+limiter paces by) and reserved before anything is sent; over the budget, nothing is sent
+and the caller gets a 429 with ``Retry-After`` (the seconds until the next window, absent
+when the request needs more than a whole window holds). Once answered, the reservation is
+replaced by what the upstream charged. Cached texts cost nothing: a request that is all
+hits is always served. A request that fails upstream is charged nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..embedding.embedder import CachedEmbedder
+from ..errors import CacheError, InvalidInputError
+from ..models import RequestOptions
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "BUDGET_HEADER",
+    "Budget",
+    "BudgetPolicy",
+    "Budgets",
+    "Over",
+    "Reservation",
+    "charged_tokens",
+    "key_name",
+    "load_policy",
+    "over_budget_body",
+    "over_budget_headers",
+]
+
+#: Response header: tokens the caller's budget has left in the current window.
+BUDGET_HEADER = "X-Embedcache-Budget-Remaining"
+LEDGER_FILE = "budgets.db"
+_KEY_NAME = re.compile(r"k_[0-9a-f]{12}")
+# How long the hit path may show a remaining figure read before (it never waits for disk
+# more than once a second per budget; admissions always read the ledger).
+_SHOWN_SECONDS = 1.0
+_BUSY_MS = 10_000
+
+
+def key_name(secret: str) -> str:
+    """How a caller's key is named in budgets files and the ledger: ``k_`` + the first 12
+    hex digits of its SHA-256."""
+    return "k_" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget: ``tokens`` per ``window`` seconds, kept under ``name`` in the ledger (a
+    key's name, or ``group:NAME`` for keys sharing one)."""
+
+    name: str
+    tokens: int
+    window: float
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Which budget each caller spends from.
+
+    :param listed: a key's name and its budget (``None``: the key has no budget).
+    :param default: the tokens and window of every key not listed (``None``: unlimited).
+    """
+
+    listed: Mapping[str, Budget | None] = field(default_factory=dict)
+    default: tuple[int, float] | None = None
+
+    def budget_of(self, secret: str) -> Budget | None:
+        """The budget the caller sending ``secret`` spends from, if any."""
+        name = key_name(secret)
+        if name in self.listed:
+            return self.listed[name]
+        if self.default is None:
+            return None
+        return Budget(name, *self.default)
+
+
+def load_policy(
+    path: Path | None,
+    *,
+    tokens: int | None = None,
+    window: float = 3600.0,
+    price_per_million: float = 0.0,
+) -> BudgetPolicy | None:
+    """The policy of ``serve --budgets FILE --budget-tokens N --budget-window SECONDS``
+    (``None``: no budgets at all). The flags give the default for keys the file does not
+    list, and win over the file's ``[default]``.
+
+    :raises InvalidInputError: naming the file and the entry that is wrong.
+    """
+    if path is None:
+        return None if tokens is None else BudgetPolicy({}, (tokens, window))
+    data = _read(path)
+    where = str(path)
+    flag_window, window = window, _seconds(data.get("window", window), f"{where}: window")
+    usd_rate = price_per_million / 1e6
+    default = None
+    if "default" in data:
+        found = _budget("default", data["default"], window, usd_rate, f"{where}: [default]")
+        default = (found.tokens, found.window) if found else None
+    if tokens is not None:
+        default = (tokens, flag_window)
+    listed: dict[str, Budget | None] = {}
+    for name, entry in _table(data.get("keys", {}), f"{where}: [keys]").items():
+        label = f"{where}: [keys] {name}"
+        listed[_named(name, label)] = _budget(_named(name, label), entry, window, usd_rate, label)
+    for group, entry in _table(data.get("groups", {}), f"{where}: [groups]").items():
+        label = f"{where}: [groups.{group}]"
+        entry = _table(entry, label)
+        members = entry.get("keys")
+        if not isinstance(members, list) or not members:
+            raise InvalidInputError(f"{label}: keys must be a list of key names (k_...)")
+        rest = {k: v for k, v in entry.items() if k != "keys"}
+        budget = _budget(f"group:{group}", rest, window, usd_rate, label)
+        for member in members:
+            listed[_named(member, label)] = budget
+    unknown = sorted(set(data) - {"window", "default", "keys", "groups"})
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown setting {unknown[0]!r}")
+    return BudgetPolicy(listed, default)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens set aside for one request, and what its budget has left after them."""
+
+    budget: Budget
+    window_start: float
+    tokens: float
+    remaining: int
+
+
+@dataclass(frozen=True)
+class Over:
+    """A request refused for its budget, and what to tell the caller."""
+
+    budget: Budget
+    needed: int
+    remaining: int
+    cached: int
+    retry_after: int | None
+
+    @property
+    def message(self) -> str:
+        """The refusal, in the caller's terms."""
+        cached = f"{self.cached} of its texts are cached (free); " if self.cached else ""
+        text = (
+            f"token budget exceeded: this request's uncached texts need about {self.needed} "
+            f"tokens and {self.budget.name}'s budget has {self.remaining} of "
+            f"{self.budget.tokens} left in its {self.budget.window:g} s window; {cached}"
+        )
+        if self.retry_after is None:
+            return text + "the request needs more than a whole window holds: send fewer texts"
+        return text + f"retry in {self.retry_after} s"
+
+
+def over_budget_body(over: Over, dialect: str) -> bytes:
+    """The 429's body in the caller's dialect (``jina``, ``openai`` or ``tei``), with the
+    figures as fields too: texts cached, tokens the misses need, tokens left."""
+    figures = {
+        "cached_texts": over.cached,
+        "tokens_needed": over.needed,
+        "tokens_remaining": over.remaining,
+    }
+    message = over.message
+    if dialect == "openai":
+        error = {"message": message, "type": "budget_exceeded", "param": None}
+        return orjson.dumps({"error": {**error, "code": "budget_exceeded", **figures}})
+    if dialect == "tei":
+        return orjson.dumps({"error": message, "error_type": "overloaded", **figures})
+    return orjson.dumps({"detail": message, "code": "budget_exceeded", **figures})
+
+
+def charged_tokens(answer: bytes) -> float:
+    """What an upstream answer says it charged (its ``usage.total_tokens``; 0 if none)."""
+    try:
+        usage = orjson.loads(answer).get("usage") or {}
+        return float(usage.get("total_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0.0
+
+
+def over_budget_headers(over: Over) -> dict[str, str]:
+    """The 429's headers: the tokens left, and ``Retry-After`` when waiting can help."""
+    headers = {BUDGET_HEADER: str(over.remaining)}
+    if over.retry_after is not None:
+        headers["Retry-After"] = str(over.retry_after)
+    return headers
+
+
+class Budgets:
+    """The ledger of spending against a policy, in ``directory``'s ``budgets.db``.
+
+    :raises CacheError: the ledger cannot be opened (a read-only cache directory).
+    """
+
+    def __init__(self, policy: BudgetPolicy, directory: Path) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._budgets: dict[str, Budget | None] = {}  # by key: no hash per request
+        self._shown: dict[str, tuple[float, int]] = {}  # remaining, as the hit path shows it
+        path = Path(directory) / LEDGER_FILE
+        try:
+            self._db = _connect(path)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS spent (name TEXT PRIMARY KEY, "
+                "window_start REAL NOT NULL, spent REAL NOT NULL)"
+            )
+            # Reads of its own: in WAL mode a read never waits for a writer, so the hit path
+            # (on the event loop) never queues behind a fill thread's admission.
+            self._reader = _connect(path)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open the budgets ledger {path}: {exc}") from exc
+        self._read_lock = threading.Lock()
+
+    def budget_of(self, secret: str) -> Budget | None:
+        """The caller's budget (remembered per key: no hash on each request)."""
+        try:
+            return self._budgets[secret]
+        except KeyError:
+            if len(self._budgets) > 10_000:
+                self._budgets.clear()  # bounded: an unverified proxy sees any key
+            found = self._budgets[secret] = self.policy.budget_of(secret)
+            return found
+
+    def reserve(self, budget: Budget, tokens: float, cached: int = 0) -> Reservation | Over:
+        """Set ``tokens`` aside in ``budget``'s window, or say why not (nothing set aside)."""
+        now = time.time()
+        start = math.floor(now / budget.window) * budget.window
+        with self._transaction() as db:
+            spent = self._spent(db, budget.name, start)
+            if tokens > 0 and spent + tokens > budget.tokens:
+                db.execute("ROLLBACK")
+                remaining = max(0, int(budget.tokens - spent))
+                wait = math.ceil(start + budget.window - now) if tokens <= budget.tokens else None
+                return Over(budget, math.ceil(tokens), remaining, cached, wait)
+            self._add(db, budget.name, start, tokens)
+        return self._noted(Reservation(budget, start, tokens, int(budget.tokens - spent - tokens)))
+
+    def settle(self, reservation: Reservation, charged: float) -> int:
+        """Replace the reservation by what the upstream ``charged`` (in the window it was
+        made in, while that window lasts); returns the tokens left."""
+        budget = reservation.budget
+        with self._transaction() as db:
+            spent = self._spent(db, budget.name, reservation.window_start)
+            delta = charged - reservation.tokens
+            if delta and self._current(budget) == reservation.window_start:
+                self._add(db, budget.name, reservation.window_start, delta)
+                spent += delta
+        return self._noted(
+            _with_remaining(reservation, max(0, int(budget.tokens - spent)))
+        ).remaining
+
+    def remaining(self, budget: Budget) -> int:
+        """Tokens ``budget`` has left in the current window (from the ledger)."""
+        start = self._current(budget)
+        try:
+            with self._read_lock:
+                spent = self._spent(self._reader, budget.name, start)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read the budgets ledger: {exc}") from exc
+        remaining = max(0, int(budget.tokens - spent))
+        self._shown[budget.name] = (time.monotonic(), remaining)
+        return remaining
+
+    def shown(self, budget: Budget) -> int:
+        """:meth:`remaining` as the hit path shows it: read at most once a second."""
+        seen = self._shown.get(budget.name)
+        if seen is not None and time.monotonic() - seen[0] < _SHOWN_SECONDS:
+            return seen[1]
+        return self.remaining(budget)
+
+    def admit(
+        self,
+        budget: Budget,
+        embedder: CachedEmbedder,
+        requests: Iterable[tuple[Sequence[str], RequestOptions]],
+        least: int = 0,
+    ) -> Reservation | Over:
+        """Reserve what ``requests``' uncached texts are estimated to cost (nothing is
+        read but presence; cached texts are free), or say why not. ``least``: reserve at
+        least that many (a request passed through, whose cost is unknown, needs one left)."""
+        needed, cached = 0, 0
+        for texts, options in requests:
+            report = embedder.warm(texts, options, dry_run=True)
+            needed += report.estimated_tokens
+            cached += report.cached
+        return self.reserve(budget, max(needed, least), cached)
+
+    def close(self) -> None:
+        """Close the ledger."""
+        with self._lock, self._read_lock:
+            self._db.close()
+            self._reader.close()
+
+    def _noted(self, reservation: Reservation) -> Reservation:
+        self._shown[reservation.budget.name] = (time.monotonic(), max(0, reservation.remaining))
+        return reservation
+
+    @staticmethod
+    def _current(budget: Budget) -> float:
+        return math.floor(time.time() / budget.window) * budget.window
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    @staticmethod
+    def _spent(db: sqlite3.Connection, name: str, start: float) -> float:
+        row = db.execute("SELECT window_start, spent FROM spent WHERE name = ?", (name,)).fetchone()
+        return float(row[1]) if row is not None and row[0] == start else 0.0
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, name: str, start: float, tokens: float) -> None:
+        # A row of an older window starts again from these tokens.
+        db.execute(
+            "INSERT INTO spent (name, window_start, spent) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET spent = CASE WHEN window_start = excluded."
+            "window_start THEN spent + excluded.spent ELSE excluded.spent END, "
+            "window_start = excluded.window_start",
+            (name, start, tokens),
+        )
+
+
+def _with_remaining(reservation: Reservation, remaining: int) -> Reservation:
+    return Reservation(reservation.budget, reservation.window_start, reservation.tokens, remaining)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` under this process's lock: one writer at a time
+    across processes, for a few statements."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._lock.release()
+            raise CacheError(f"cannot update the budgets ledger: {exc}") from exc
+        return self._db
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT" if exc is None else "ROLLBACK")
+        finally:
+            self._lock.release()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
+    db.isolation_level = None  # transactions are begun explicitly
+    db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+    return db
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise InvalidInputError(f"{path}: not valid {kind}: {exc}") from None
+    return _table(data, str(path))
+
+
+def _table(value: object, label: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{label}: expected a table of settings")
+    return value
+
+
+def _named(name: object, label: str) -> str:
+    """A key as the file gives it: its ``k_`` name, or (discouraged) the key itself."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{label}: a key must be a non-empty string")
+    return name if _KEY_NAME.fullmatch(name) else key_name(name)
+
+
+def _seconds(value: object, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidInputError(f"{label}: expected a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
+def _budget(name: str, entry: object, window: float, usd_rate: float, label: str) -> Budget | None:
+    """One entry: ``tokens``, ``usd`` (at the price), ``window``; the lower of tokens and
+    usd applies; neither: no budget."""
+    entry = _table(entry, label)
+    unknown = sorted(set(entry) - {"tokens", "usd", "window"})
+    if unknown:
+        raise InvalidInputError(f"{label}: unknown setting {unknown[0]!r} (tokens, usd, window)")
+    limits = []
+    for kind in ("tokens", "usd"):
+        value = entry.get(kind)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise InvalidInputError(f"{label}: {kind} must be a number of at least 0")
+        if kind == "usd":
+            if usd_rate <= 0:
+                raise InvalidInputError(f"{label}: usd needs a price above 0 (--price-per-million)")
+            value = value / usd_rate
+        limits.append(int(value))
+    if not limits:
+        return None
+    return Budget(name, min(limits), _seconds(entry.get("window", window), f"{label}: window"))
