@@ -18,6 +18,7 @@ from ..embedding.embedder import CachedEmbedder
 from ..storage.shared import RedisStore
 from ..storage.store import Store
 from .access import digest, matches
+from .dashboard import figures
 from .filling import Filler
 from .gate import bearer_of
 from .metrics import ProxyMetrics
@@ -40,6 +41,7 @@ class AdminRoutes:
     :param filler: the threads slow reports run in.
     :param publish: puts this worker's figures on the board (before each report).
     :param flush: drops what every worker holds in memory.
+    :param price: dollars per million tokens, for the dashboard's estimates.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class AdminRoutes:
         filler: Filler,
         publish: Callable[[], None],
         flush: Callable[[], None],
+        price: float,
     ) -> None:
         self._admin = digest(admin_token) if admin_token else None
         self._store = store
@@ -64,6 +67,7 @@ class AdminRoutes:
         self._filler = filler
         self._publish = publish
         self._flush = flush
+        self._price = price
 
     async def health(self, request: Request) -> Response:
         """Up, and which version."""
@@ -108,6 +112,7 @@ class AdminRoutes:
             "rendered_bytes": board.column("rendered_bytes"),
             "rendered_budget_bytes": self._rendered.max_bytes,
             "resident_bytes": board.column("resident_bytes"),
+            **figures(stats, board.history, self._price),
         }
 
     def _is_admin(self, request: Request) -> bool:

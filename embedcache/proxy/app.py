@@ -14,7 +14,7 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
 - :mod:`.hits`: the hit path (:attr:`Proxy.answer_hit`);
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
   and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
-- :mod:`.admin`: health, metrics, admin stats and flush.
+- :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them.
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
@@ -52,6 +52,7 @@ from . import tei
 from .access import Access
 from .admin import AdminRoutes
 from .budgets import BudgetPolicy, Budgets
+from .dashboard import DashboardRoute, price_per_million
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
 from .gate import Gate
@@ -145,6 +146,7 @@ class Proxy:
         float_style: FloatStyle | None = None,
     ) -> None:
         self.settings = settings
+        price = price_per_million()  # a bad price fails before anything is opened
         self.parts = Assembly(settings.cache)
         try:
             self.embedder = self.parts.embedder
@@ -163,6 +165,7 @@ class Proxy:
         )
         self._open = self.access.open
         self.metrics = ProxyMetrics(board, worker)
+        self._history = self.metrics.board.history.recorder(worker)
         self._float_style = self.parts.client.learn_float_style(float_style)
         self._float_setting = setting_name(self.parts.upstream_id)
         self._float_style_kept: str | None = None
@@ -212,7 +215,9 @@ class Proxy:
             filler=self.filler,
             publish=self.publish,
             flush=self._flush_every_worker,
+            price=price,
         )
+        dashboard = DashboardRoute(bool(settings.admin_token))
         self.app = Starlette(
             routes=[
                 Route(EMBEDDINGS_PATH, embeddings.handle, methods=["POST"]),
@@ -222,6 +227,7 @@ class Proxy:
                 Route("/metrics", admin.metrics, methods=["GET"]),
                 Route("/admin/stats", admin.stats, methods=["GET"]),
                 Route("/admin/flush", admin.flush, methods=["POST"]),
+                Route("/dashboard", dashboard.page, methods=["GET"]),
             ],
             exception_handlers={HTTPException: _http_error},
         )
@@ -275,6 +281,7 @@ class Proxy:
             self._forget()
         stats = self.embedder.stats
         self.metrics.publish(stats, self.embedder.waiting, self.rendered.bytes_held)
+        self._history.record(self.metrics.own_totals())
 
     def follow_removals(self) -> None:
         """Drop what this worker holds in memory if another process removed entries from

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..embedding.counters import COUNTERS, Stats
+from .history import History
 
 __all__ = ["Board", "ProxyMetrics"]
 
@@ -65,6 +66,8 @@ class Board:
         # The same memory as plain doubles: one cell updates several times faster than
         # through numpy, and the hit path updates a few per request.
         self.cells = memoryview(self._memory).cast("d")
+        #: The last minutes' activity, for the dashboard (shared the same way).
+        self.history = History(workers)
 
     def row_start(self, worker: int) -> int:
         """Where worker ``worker``'s row starts in :attr:`cells`, to write its figures."""
@@ -138,6 +141,14 @@ class ProxyMetrics:
             cells[at + _WAITING] = waiting
             cells[at + _RENDERED_BYTES] = rendered_bytes
             cells[at + _RESIDENT_BYTES] = _resident_bytes()
+
+    def own_totals(self) -> dict[str, float]:
+        """This worker's requests answered and cache counters, as :meth:`publish` left them
+        (what :class:`~embedcache.proxy.history.HistoryRecorder` records)."""
+        row = np.array(self._cells[self._at : self._at + _COLUMNS], dtype=np.float64)
+        totals = {name: float(row[_STATS + i]) for i, name in enumerate(COUNTERS)}
+        totals["requests"] = float(sum(row[_OUTCOME_COLUMN[name]] for name in OUTCOMES))
+        return totals
 
     def totals(self) -> tuple[Stats, int]:
         """The whole server's cache counters, and its calls waiting on others' fetches."""
