@@ -407,6 +407,7 @@ def serve(
         verify_interval=verify_interval,
         verify_rate=verify_rate,
         budgets=budgets,
+        price_per_million=price_per_million,
     )
     limits = ServerLimits(
         idle_timeout=idle_timeout,

@@ -45,14 +45,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..assembly import Assembly, CacheSettings
-from ..config import DEFAULT_MODEL, EMBEDDINGS_PATH
+from ..config import DEFAULT_MODEL, DEFAULT_PRICE_PER_MILLION_TOKENS, EMBEDDINGS_PATH
 from ..errors import CacheError
 from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
 from .admin import AdminRoutes
 from .budgets import BudgetPolicy, Budgets
-from .dashboard import DashboardRoute, price_per_million
+from .dashboard import DashboardRoute
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
 from .gate import Gate
@@ -105,6 +105,9 @@ class ProxySettings:
         this many seconds, whatever the outcome.
     :param verify_rate: with ``verify_keys``, most verifications started per second by one
         worker (0: no bound); over it a new key gets a 429 with ``Retry-After``.
+    :param budgets: per-caller token budgets (:mod:`~embedcache.proxy.budgets`); ``None``: none.
+    :param price_per_million: dollars per million tokens, for the dashboard's and the
+        budgets' dollar figures (``serve --price-per-million``).
     """
 
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -122,6 +125,7 @@ class ProxySettings:
     verify_interval: float = 10.0
     verify_rate: float = 10.0
     budgets: BudgetPolicy | None = None
+    price_per_million: float = DEFAULT_PRICE_PER_MILLION_TOKENS
 
 
 class Proxy:
@@ -146,7 +150,6 @@ class Proxy:
         float_style: FloatStyle | None = None,
     ) -> None:
         self.settings = settings
-        price = price_per_million()  # a bad price fails before anything is opened
         self.parts = Assembly(settings.cache)
         try:
             self.embedder = self.parts.embedder
@@ -215,7 +218,7 @@ class Proxy:
             filler=self.filler,
             publish=self.publish,
             flush=self._flush_every_worker,
-            price=price,
+            price=settings.price_per_million,
         )
         dashboard = DashboardRoute(bool(settings.admin_token))
         self.app = Starlette(

@@ -15,7 +15,6 @@ so the page and any script reading ``/admin/stats`` see the same figures.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -23,14 +22,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..config import DEFAULT_PRICE_PER_MILLION_TOKENS, PRICE_ENV
 from ..embedding.counters import Stats
-from ..errors import InvalidInputError
 from .history import History
 from .responses import json_response
 from .wire import render_error
 
-__all__ = ["DashboardRoute", "figures", "price_per_million"]
+__all__ = ["DashboardRoute", "figures"]
 
 # No script, style, image or connection from anywhere but the page itself and this server;
 # never framed (clickjacking a page that holds the admin token in the tab).
@@ -73,24 +70,6 @@ class DashboardRoute:
             )
             return json_response(400, render_error(message))
         return Response(_page(), 200, headers=_HEADERS, media_type="text/html; charset=utf-8")
-
-
-def price_per_million() -> float:
-    """Dollars per million tokens for the dashboard's estimates: ``$EMBEDCACHE_PRICE_PER_
-    MILLION_TOKENS``, or the default.
-
-    :raises InvalidInputError: the variable is set to something that is not a price.
-    """
-    text = os.environ.get(PRICE_ENV, "").strip()
-    if not text:
-        return DEFAULT_PRICE_PER_MILLION_TOKENS
-    try:
-        price = float(text)
-    except ValueError:
-        price = -1.0
-    if not price >= 0 or price == float("inf"):
-        raise InvalidInputError(f"{PRICE_ENV}={text!r} is not a price in dollars per 1M tokens")
-    return price
 
 
 def figures(stats: Stats, history: History, price: float) -> dict[str, Any]:
