@@ -32,7 +32,7 @@ V3 = "jina-embeddings-v3"
 COMMANDS = sorted(main.list_commands(click.Context(main)))
 #: Commands whose --json is checked by their own tests (another module's owner; doctor's
 #: failing checks are its report, printed on stdout with exit code 1).
-CHECKED_ELSEWHERE = {"demo", "doctor"}
+CHECKED_ELSEWHERE = {"demo", "doctor", "analyze"}  # analyze: tests/test_cli_analyze.py
 
 
 def fill(cache_dir: Path, emulator: JinaEmulator) -> None:

@@ -91,7 +91,7 @@ def analyze(logs: tuple[str, ...], upstream: str, price_per_million: float, as_j
     --dry-run` does). Gzip files are read as such; - reads standard input. A malformed
     line is skipped, counted and reported once.
     """
-    from ..maintenance.analysis import Analysis, MalformedLine
+    from ..maintenance.analysis import Analysis
 
     analysis = Analysis(upstream_id(upstream))
     malformed = 0
@@ -100,8 +100,8 @@ def analyze(logs: tuple[str, ...], upstream: str, price_per_million: float, as_j
         for name, number, line in read_lines(path):
             try:
                 analysis.add(json.loads(line))
-            except (ValueError, MalformedLine) as exc:  # bad JSON, bad UTF-8, a bad line
-                reason = "not JSON" if not isinstance(exc, MalformedLine) else str(exc)
+            except ValueError as exc:  # bad JSON or UTF-8, or a line neither kind (ours)
+                reason = str(exc) if isinstance(exc, InvalidInputError) else "not JSON"
                 malformed += 1
                 first_bad = first_bad or f"{name}:{number}: {reason}"
     if analysis.log_lines + analysis.body_lines == 0:

@@ -31,7 +31,7 @@ from ..errors import EmbedcacheError, InvalidInputError
 from ..models import resolve_options, spec_for
 from ..tokens import estimate_tokens
 
-__all__ = ["Analysis", "MalformedLine", "Tally"]
+__all__ = ["Analysis", "Tally"]
 
 #: The request-log fields analyze needs, with the types each may take (schema25.md).
 _LOG_FIELDS: dict[str, tuple[type, ...]] = {
@@ -57,10 +57,6 @@ _KEYED = frozenset({"model", "input", "task", "dimensions", "normalized", "late_
 Dollars = Callable[[float], float]
 #: How many request settings the report lists, most repeated first.
 TOP_SETTINGS = 10
-
-
-class MalformedLine(InvalidInputError):
-    """A line that is neither a request-log line nor a request body the cache could key."""
 
 
 @dataclass
@@ -126,22 +122,24 @@ class Analysis:
     def add(self, line: object) -> None:
         """Count one decoded JSON line.
 
-        :raises MalformedLine: it is neither kind of line, saying why.
+        :raises InvalidInputError: it is neither kind of line, saying why.
         """
         if not isinstance(line, dict):
-            raise MalformedLine("not a JSON object")
+            raise InvalidInputError("not a JSON object")
         if "route" in line and "input" not in line:
             self._add_log(line)
         elif "input" in line:
             self._add_body(line)
         else:
-            raise MalformedLine("neither a request-log line (route, hits, ...) nor a body (input)")
+            raise InvalidInputError(
+                "neither a request-log line (route, hits, ...) nor a body (input)"
+            )
 
     def _add_log(self, line: Mapping[str, Any]) -> None:
         for name, kinds in _LOG_FIELDS.items():
             value = line.get(name)
             if name not in line or isinstance(value, bool) or not isinstance(value, kinds):
-                raise MalformedLine(f"request-log line without a valid {name!r}")
+                raise InvalidInputError(f"request-log line without a valid {name!r}")
         refused = line["status"] != 200
         tally = Tally(
             requests=1,
@@ -158,7 +156,7 @@ class Analysis:
     def _add_body(self, body: Mapping[str, Any]) -> None:
         value = body.get("input")
         if isinstance(value, list) and any(isinstance(item, (int, list)) for item in value):
-            raise MalformedLine("input holds token ids, which no Jina model takes")
+            raise InvalidInputError("input holds token ids, which no Jina model takes")
         texts = _texts(value)
         model = body.get("model")
         if not isinstance(model, str) or texts is None or not body.keys() <= _KEYED | _UNKEYED:
@@ -180,7 +178,7 @@ class Analysis:
             fp = fingerprint(options, self.upstream)
             keys = (group_keys if options.late_chunking else text_keys)(fp, texts)
         except EmbedcacheError as exc:  # the API would refuse it: no cache saves anything
-            raise MalformedLine(f"a body the API would refuse: {exc}") from None
+            raise InvalidInputError(f"a body the API would refuse: {exc}") from None
         tally = Tally(requests=1, texts=len(texts))
         # The proxy fetches a text once per request however often it is listed: a repeat
         # within one request is served too (a body's hits are its texts not fetched).
