@@ -14,7 +14,8 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
 - :mod:`.hits`: the hit path (:attr:`Proxy.answer_hit`);
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
   and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
-- :mod:`.admin`: health, metrics, admin stats and flush.
+- :mod:`.admin`: health, metrics, admin stats and flush;
+- :mod:`.requestlog`: what the cache did, on every answer and in the request log.
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
@@ -35,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -47,13 +50,14 @@ from starlette.routing import Route
 from ..assembly import Assembly, CacheSettings
 from ..config import DEFAULT_MODEL, EMBEDDINGS_PATH
 from ..errors import CacheError
+from ..models import MODELS
 from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
 from .admin import AdminRoutes
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
-from .gate import Gate
+from .gate import Gate, bearer_value
 from .hits import HitPath
 from .http import Refusal
 from .http import Request as HttpRequest
@@ -61,6 +65,7 @@ from .keys import Upstreams
 from .limits import RequestLimits
 from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers
+from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .wire import render_error
@@ -70,6 +75,18 @@ __all__ = ["Proxy", "ProxySettings"]
 #: Default memory for served embeddings' text: about 12,000 1024-d float answers.
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
+#: The routes a request log line is written for, by path as the HTTP server reads it.
+_LOGGED_PATHS = {EMBEDDINGS_PATH.encode(): "jina", tei.TEI_PATH.encode(): "tei"}
+#: ``GET /v1/models``: OpenAI's list of the models served (all that embedcache knows).
+MODELS_PATH = "/v1/models"
+_MODELS_BODY = orjson.dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "jina-ai"} for name in MODELS
+        ],
+    }
+)
 _PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Every this many publications (once a second), the store is asked whether another process
 # removed entries, and the float style is kept or looked for: never on a request.
@@ -103,6 +120,10 @@ class ProxySettings:
         this many seconds, whatever the outcome.
     :param verify_rate: with ``verify_keys``, most verifications started per second by one
         worker (0: no bound); over it a new key gets a 429 with ``Retry-After``.
+    :param request_log: a file to append one JSON line per embedding request to
+        (:mod:`.requestlog`; ``None``: none).
+    :param request_log_max_bytes: the request log is rotated once this big (0: never).
+    :param request_log_backups: rotated request logs kept (``FILE.1`` ... ``FILE.N``).
     """
 
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -119,6 +140,9 @@ class ProxySettings:
     max_answer_bytes: int = 96 * 1024 * 1024
     verify_interval: float = 10.0
     verify_rate: float = 10.0
+    request_log: str | None = None
+    request_log_max_bytes: int = DEFAULT_MAX_BYTES
+    request_log_backups: int = DEFAULT_BACKUPS
 
 
 class Proxy:
@@ -172,8 +196,21 @@ class Proxy:
         self.filler = Filler(self.embedder, self.rendered, self._float_style, settings.fill_threads)
         limits = RequestLimits(settings.max_inputs, settings.max_answer_bytes)
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
+        self.request_log: RequestLog | None = None
+        if settings.request_log is not None:
+            self.request_log = RequestLog(
+                settings.request_log,
+                settings.request_log_max_bytes,
+                settings.request_log_backups,
+            )
         self.hits = HitPath(
-            self.embedder, self.rendered, self.access, self._float_style, self.metrics, limits
+            self.embedder,
+            self.rendered,
+            self.access,
+            self._float_style,
+            self.metrics,
+            limits,
+            self.request_log,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -184,6 +221,7 @@ class Proxy:
             limits=limits,
             metrics=self.metrics,
             publish=self.publish,
+            request_log=self.request_log,
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
@@ -203,6 +241,7 @@ class Proxy:
                 Route(EMBEDDINGS_PATH, embeddings.handle, methods=["POST"]),
                 Route(tei.TEI_PATH, teis.embed, methods=["POST"]),
                 Route(tei.INFO_PATH, teis.info, methods=["GET"]),
+                Route(MODELS_PATH, _models, methods=["GET"]),
                 Route("/health", admin.health, methods=["GET"]),
                 Route("/metrics", admin.metrics, methods=["GET"]),
                 Route("/admin/stats", admin.stats, methods=["GET"]),
@@ -231,7 +270,34 @@ class Proxy:
         (:attr:`~embedcache.proxy.http.Handlers.admit`, :meth:`.gate.Gate.admit`)."""
         if self._open:  # nothing to decide: no cost per request beyond this call
             return None
-        return self.gate.admit(request)
+        refused = self.gate.admit(request)
+        if self.request_log is None or refused is None or request.path not in _LOGGED_PATHS:
+            return refused
+        if isinstance(refused, Refusal):
+            self._log_refusal(request, refused, time.perf_counter())
+            return refused
+        return self._logged_when_decided(request, refused)
+
+    async def _logged_when_decided(
+        self, request: HttpRequest, deciding: Awaitable[Refusal | None]
+    ) -> Refusal | None:
+        started = time.perf_counter()
+        refused = await deciding
+        if refused is not None:
+            self._log_refusal(request, refused, started)
+        return refused
+
+    def _log_refusal(self, request: HttpRequest, refused: Refusal, started: float) -> None:
+        """A request refused at its headers, in the request log with what is known (its
+        body is never read: no dialect but the route's, no model)."""
+        assert self.request_log is not None
+        path = request.path
+        record = RequestRecord(
+            path.decode(), _LOGGED_PATHS[path], caller_hash(bearer_value(request.authorization))
+        )
+        record.status = refused.status
+        record.ms = (time.perf_counter() - started) * 1000
+        self.request_log.write(record)
 
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
@@ -243,6 +309,8 @@ class Proxy:
         self.filler.close()
         self.keep_float_style()  # a style learned in the last second is not lost
         self.parts.close()
+        if self.request_log is not None:
+            self.request_log.close()
 
     def start(self) -> None:
         """Start the background work of a serving proxy (call on its event loop)."""
@@ -310,6 +378,12 @@ class Proxy:
         self.rendered.clear()
         self.hits.forget()
         self.access.forget()
+
+
+async def _models(request: Request) -> Response:
+    """``GET /v1/models``: the models served, in OpenAI's list shape (some OpenAI-compatible
+    clients ask before embedding)."""
+    return json_response(200, _MODELS_BODY)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -25,7 +25,8 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
-from .responses import Answer, RouteParts, counted
+from .requestlog import RequestRecord, status_headers
+from .responses import Answer, RouteParts, counted, new_record
 from .responses import json_response as _json
 from .wire import (
     EmbeddingsRequest,
@@ -62,36 +63,42 @@ class EmbeddingsRoute:
         self._failure = _json(500, render_error("internal error in the embedcache proxy"))
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request: counted, timed and published."""
-        return await counted(self._parts, request, self._answer(request), self._failure)
+        """Answer one request: counted, timed, logged and published."""
+        bearer = bearer_of(request)
+        record = new_record(request.url.path, "jina", bearer)
+        answer = self._answer(request, bearer, record)
+        return await counted(self._parts, request, answer, self._failure, record)
 
-    async def _answer(self, request: Request) -> Answer:
-        decision = await self._gate.decision(bearer_of(request))
+    async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
+        decision = await self._gate.decision(bearer)
         if decision.status:
             return Answer(refusal_response(decision), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            outcome = self._read(raw)
+            outcome = self._read(raw, record)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
             parsed = read.parsed
             if parsed is not None and len(parsed.texts) <= INLINE_TEXTS:
                 try:
-                    inline = self._embed(read, parsed, upstream, cached_only=True)
+                    inline = self._embed(parsed, upstream, record, cached_only=True)
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc), read.dialect)
                 if inline is not None:
                     return inline
-        return await self._filler.in_thread(partial(self._answer_fully, raw, read, upstream))
+        work = partial(self._answer_fully, raw, read, upstream, record)
+        return await self._filler.in_thread(work)
 
-    def _answer_fully(self, raw: bytes, read: _Read | None, upstream: JinaClient) -> Answer:
+    def _answer_fully(
+        self, raw: bytes, read: _Read | None, upstream: JinaClient, record: RequestRecord
+    ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
-            outcome = self._read(raw)
+            outcome = self._read(raw, record)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
@@ -99,16 +106,18 @@ class EmbeddingsRoute:
         try:
             if parsed is None:
                 sent = upstream.forward(raw)
-                headers = {CACHED_HEADER: "0"}
+                # Nothing of it from the cache, nor kept: every input a miss.
+                record.answered(0, record.texts, 0, 0.0)
+                headers = {CACHED_HEADER: "0", **status_headers(record)}
                 response = Response(sent.content, sent.status, headers, sent.content_type)
                 return Answer(response, "passthrough")
-            answer = self._embed(read, parsed, upstream)
+            answer = self._embed(parsed, upstream, record)
         except EmbedcacheError as exc:
             return _failure(self._gate.in_clients_terms(exc), read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 
-    def _read(self, raw: bytes) -> _Read | Answer:
+    def _read(self, raw: bytes, record: RequestRecord) -> _Read | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
         long one estimated a slice at a time), or the error answer."""
         try:
@@ -116,20 +125,30 @@ class EmbeddingsRoute:
         except orjson.JSONDecodeError:
             return Answer(_json(422, render_error("the request body is not valid JSON")), "error")
         dialect = dialect_of(body)  # errors are answered in the client's own shape
+        record.dialect = dialect
         try:
             parsed = parse_request(body)
         except EmbedcacheError as exc:
             return _failure(exc, dialect)
         if parsed is None:
             count, estimate = _count(body), 0  # passed through: its answer is the upstream's
+            model = body.get("model") if isinstance(body, dict) else None
+            record.model = model if isinstance(model, str) else None
         else:
             count = len(parsed.texts)
+            options = parsed.options
+            record.model, record.task, record.dimensions = (
+                options.model,
+                options.task,
+                options.dimensions,
+            )
             estimate = answer_bytes(
                 count,
                 parsed.options.expected_dim,
                 parsed.embedding_type,
                 self._filler.float_style,
             )
+        record.texts = count
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
             return Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
@@ -144,9 +163,9 @@ class EmbeddingsRoute:
 
     def _embed(
         self,
-        read: _Read,
         parsed: EmbeddingsRequest,
         upstream: JinaClient,
+        record: RequestRecord,
         cached_only: bool = False,
     ) -> Answer | None:
         """The answer from the caching core; ``None`` when ``cached_only`` and something
@@ -157,7 +176,8 @@ class EmbeddingsRoute:
         texts, stats = rendered
         body = render_body(parsed.model, texts, stats.tokens_spent)
         cached = stats.hits + stats.coalesced
-        response = _json(200, body, {CACHED_HEADER: str(cached)})
+        record.answered(cached, stats.misses, stats.tokens_spent, stats.tokens_saved)
+        response = _json(200, body, {CACHED_HEADER: str(cached), **status_headers(record)})
         outcome = "fetched" if stats.misses else "cached"
         return Answer(response, outcome, len(parsed.texts), cached)
 

@@ -21,7 +21,8 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
-from .responses import Answer, RouteParts, counted, json_response
+from .requestlog import RequestRecord, status_headers
+from .responses import Answer, RouteParts, counted, json_response, new_record
 from .wire import EmbeddingsRequest, redact_urls
 
 __all__ = ["TeiRoutes"]
@@ -61,23 +62,27 @@ class TeiRoutes:
         self._failure = json_response(500, tei.render_error(message, "backend"))
 
     async def embed(self, request: Request) -> Response:
-        """TEI's ``POST /embed``: counted, timed and published like a Jina request."""
-        return await counted(self._parts, request, self._answer(request), self._failure)
+        """TEI's ``POST /embed``: counted, timed, logged and published like a Jina request."""
+        bearer = bearer_of(request)
+        record = new_record(request.url.path, "tei", bearer)
+        record.model = self._model
+        answer = self._answer(request, bearer, record)
+        return await counted(self._parts, request, answer, self._failure, record)
 
     async def info(self, request: Request) -> Response:
         """TEI's ``GET /info``: the model served (settings only, nothing from the cache, so
         open like ``/health``)."""
         return json_response(200, tei.render_info(self._model, self._task, self._concurrency))
 
-    async def _answer(self, request: Request) -> Answer:
-        decision = await self._gate.decision(bearer_of(request))
+    async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
+        decision = await self._gate.decision(bearer)
         if decision.status:
             return Answer(refusal_response(decision, on_tei=True), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            read = self._read(raw)
+            read = self._read(raw, record)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -87,14 +92,17 @@ class TeiRoutes:
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc))
                 if None not in work.done:
-                    return _assembled(work)
-        return await self._filler.in_thread(partial(self._answer_fully, raw, work, upstream))
+                    return _assembled(work, record)
+        fill = partial(self._answer_fully, raw, work, upstream, record)
+        return await self._filler.in_thread(fill)
 
-    def _answer_fully(self, raw: bytes, work: _Work | None, upstream: JinaClient) -> Answer:
+    def _answer_fully(
+        self, raw: bytes, work: _Work | None, upstream: JinaClient, record: RequestRecord
+    ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
-            read = self._read(raw)
+            read = self._read(raw, record)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -103,15 +111,21 @@ class TeiRoutes:
             self._fill(work, upstream)
         except EmbedcacheError as exc:
             return _failure(self._gate.in_clients_terms(exc))
-        return _assembled(work)
+        return _assembled(work, record)
 
-    def _read(self, raw: bytes) -> _Work | Answer:
+    def _read(self, raw: bytes, record: RequestRecord) -> _Work | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
         long one estimated a slice at a time), or the error answer."""
         try:
             parsed = tei.parse_embed(raw, self._model, self._task)
         except tei.TeiInputError as exc:
             return _failure(exc)
+        record.texts = parsed.count
+        tasks = {group.options.task for group in parsed.groups}
+        dimensions = {group.options.dimensions for group in parsed.groups}
+        # One task (or dimensions) for the whole request, else none to name.
+        record.task = tasks.pop() if len(tasks) == 1 else None
+        record.dimensions = dimensions.pop() if len(dimensions) == 1 else None
         problem = self._limits.inputs_problem(parsed.count)
         if problem is None:
             style = self._filler.float_style
@@ -143,19 +157,23 @@ class TeiRoutes:
                 work.done[index] = self._filler.render(group, upstream, cached_only)
 
 
-def _assembled(work: _Work) -> Answer:
+def _assembled(work: _Work, record: RequestRecord) -> Answer:
     """The answer of a request whose every group is answered: in input order."""
     answers: list[bytes] = [b""] * work.parsed.count
-    cached, fetched = 0, False
+    cached, misses, spent, saved = 0, 0, 0, 0.0
     for group, rendered in zip(work.parsed.groups, work.done, strict=True):
         assert rendered is not None  # a fill either returns vectors or raises
         texts, stats = rendered
         for position, text in zip(group.positions, texts, strict=True):
             answers[position] = text
         cached += stats.hits + stats.coalesced
-        fetched = fetched or bool(stats.misses)
-    response = json_response(200, tei.render_embed(answers), {CACHED_HEADER: str(cached)})
-    return Answer(response, "fetched" if fetched else "cached", work.parsed.count, cached)
+        misses += stats.misses
+        spent += stats.tokens_spent
+        saved += stats.tokens_saved
+    record.answered(cached, misses, spent, saved)
+    headers = {CACHED_HEADER: str(cached), **status_headers(record)}
+    response = json_response(200, tei.render_embed(answers), headers)
+    return Answer(response, "fetched" if misses else "cached", work.parsed.count, cached)
 
 
 def _failure(exc: EmbedcacheError | tei.TeiInputError) -> Answer:
