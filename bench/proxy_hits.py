@@ -65,7 +65,9 @@ SECTION = "proxy-hits"
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EMBEDCACHE_SHARED", HERE.parent.parent / "shared"))
 OPENAI = "one text, OpenAI's dialect"
-TODAY = ("embedcache serve", "embedcache serve --workers 1")
+# The request log's name says the flag; its file is in the run's temporary directory.
+LOGGED = "embedcache serve --request-log"
+TODAY = ("embedcache serve", "embedcache serve --workers 1", LOGGED)
 TARGET_RATIO = 2.5  # issue 21: at least 2.5x the Go peer's hits/s with every defence on ...
 TARGET_P99_MS = 5.0  # ... with a p99 of at most 5 ms, one text per request
 
@@ -176,6 +178,8 @@ def run(root: Path, seconds: int, baseline: str | None) -> tuple[list[Row], dict
         servers: list[Server] = [
             start_proxy(root, emulator, "embedcache serve"),
             start_proxy(root, emulator, "embedcache serve --workers 1", "--workers", "1"),
+            # Issue 25: hits must stay fast with a line written per request.
+            start_proxy(root, emulator, LOGGED, "--request-log", str(root / "requests.jsonl")),
         ]
         if baseline is not None:
             tree = baseline_tree(root, baseline)

@@ -280,6 +280,27 @@ def _is_loopback(host: str) -> bool:
 )
 @price_option
 @click.option(
+    "--request-log",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per embedding request to FILE: route, dialect, key hash, "
+    "model, hits, misses, tokens, ms, status (never a text or a key). Off by default.",
+)
+@click.option(
+    "--request-log-max-size",
+    default="64MiB",
+    show_default=True,
+    type=_SIZE,
+    help="Rotate the --request-log once it is this big (FILE -> FILE.1 ...; 0: never).",
+)
+@click.option(
+    "--request-log-backups",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Rotated --request-log files kept (FILE.1 newest ... FILE.N).",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -324,9 +345,13 @@ def serve(
     budget_window: float,
     budgets_file: Path | None,
     price_per_million: float,
+    request_log: str | None,
+    request_log_max_size: int,
+    request_log_backups: int,
     as_json: bool,
 ) -> None:
-    """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /health, GET /metrics.
+    """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /v1/models, GET /health,
+    GET /metrics.
 
     Also TEI's POST /embed and GET /info, answered with --tei-model and --tei-task.
 
@@ -343,6 +368,7 @@ def serve(
         from ..proxy.budgets import load_policy
         from ..proxy.http import ServerLimits
         from ..proxy.metrics import Board
+        from ..proxy.requestlog import check_writable
         from ..proxy.server import serve_forever
     from ..assembly import Assembly
     from ..upstream.float_style import FloatStyle
@@ -379,6 +405,12 @@ def serve(
     except InvalidInputError as exc:
         raise click.BadParameter(str(exc), param_hint="--budgets") from None
     allowed = _read_keys(allow_keys) if allow_keys else ()
+    if request_log is not None:
+        try:  # a file that cannot be written is an error now, not a warning per request
+            check_writable(request_log)
+        except OSError as exc:
+            message = f"cannot append to {request_log}: {exc.strerror or exc}"
+            raise click.BadParameter(message, param_hint="--request-log") from None
     if not _is_loopback(host) and not (token or allowed or verify_keys):
         click.echo(
             f"warning: serving on {host} without --token, --allow-keys or --verify-keys: "
@@ -408,6 +440,9 @@ def serve(
         verify_rate=verify_rate,
         budgets=budgets,
         price_per_million=price_per_million,
+        request_log=request_log,
+        request_log_max_bytes=request_log_max_size,
+        request_log_backups=request_log_backups,
     )
     limits = ServerLimits(
         idle_timeout=idle_timeout,

@@ -15,6 +15,8 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
   and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
 - :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them.
+- :mod:`.admin`: health, metrics, admin stats and flush;
+- :mod:`.requestlog`: what the cache did, on every answer and in the request log.
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
@@ -35,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -47,6 +51,7 @@ from starlette.routing import Route
 from ..assembly import Assembly, CacheSettings
 from ..config import DEFAULT_MODEL, DEFAULT_PRICE_PER_MILLION_TOKENS, EMBEDDINGS_PATH
 from ..errors import CacheError
+from ..models import MODELS
 from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
@@ -55,7 +60,7 @@ from .budgets import BudgetPolicy, Budgets
 from .dashboard import DashboardRoute
 from .embeddings import EmbeddingsRoute
 from .filling import Filler
-from .gate import Gate
+from .gate import Gate, bearer_value
 from .hits import HitPath
 from .http import Refusal
 from .http import Request as HttpRequest
@@ -63,6 +68,7 @@ from .keys import Upstreams
 from .limits import RequestLimits
 from .metrics import Board, ProxyMetrics
 from .rendered import RenderedAnswers
+from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .wire import render_error
@@ -72,6 +78,18 @@ __all__ = ["Proxy", "ProxySettings"]
 #: Default memory for served embeddings' text: about 12,000 1024-d float answers.
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
+#: The routes a request log line is written for, by path as the HTTP server reads it.
+_LOGGED_PATHS = {EMBEDDINGS_PATH.encode(): "jina", tei.TEI_PATH.encode(): "tei"}
+#: ``GET /v1/models``: OpenAI's list of the models served (all that embedcache knows).
+MODELS_PATH = "/v1/models"
+_MODELS_BODY = orjson.dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "jina-ai"} for name in MODELS
+        ],
+    }
+)
 _PUBLISH_SECONDS = 0.25  # how stale another worker's cache counters may be in a report
 # Every this many publications (once a second), the store is asked whether another process
 # removed entries, and the float style is kept or looked for: never on a request.
@@ -108,6 +126,10 @@ class ProxySettings:
     :param budgets: per-caller token budgets (:mod:`~embedcache.proxy.budgets`); ``None``: none.
     :param price_per_million: dollars per million tokens, for the dashboard's and the
         budgets' dollar figures (``serve --price-per-million``).
+    :param request_log: a file to append one JSON line per embedding request to
+        (:mod:`.requestlog`; ``None``: none).
+    :param request_log_max_bytes: the request log is rotated once this big (0: never).
+    :param request_log_backups: rotated request logs kept (``FILE.1`` ... ``FILE.N``).
     """
 
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -126,6 +148,9 @@ class ProxySettings:
     verify_rate: float = 10.0
     budgets: BudgetPolicy | None = None
     price_per_million: float = DEFAULT_PRICE_PER_MILLION_TOKENS
+    request_log: str | None = None
+    request_log_max_bytes: int = DEFAULT_MAX_BYTES
+    request_log_backups: int = DEFAULT_BACKUPS
 
 
 class Proxy:
@@ -180,10 +205,21 @@ class Proxy:
         self.filler = Filler(self.embedder, self.rendered, self._float_style, settings.fill_threads)
         limits = RequestLimits(settings.max_inputs, settings.max_answer_bytes)
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
+        self.budgets: Budgets | None = None
+        self.request_log: RequestLog | None = None
         try:
             policy = settings.budgets
-            self.budgets = Budgets(policy, self.store.directory) if policy is not None else None
+            if policy is not None:
+                self.budgets = Budgets(policy, self.store.directory)
+            if settings.request_log is not None:
+                self.request_log = RequestLog(
+                    settings.request_log,
+                    settings.request_log_max_bytes,
+                    settings.request_log_backups,
+                )
         except BaseException:
+            if self.budgets is not None:
+                self.budgets.close()
             self.parts.close()
             raise
         self.hits = HitPath(
@@ -194,6 +230,7 @@ class Proxy:
             self.metrics,
             limits,
             self.budgets,
+            self.request_log,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -205,6 +242,7 @@ class Proxy:
             metrics=self.metrics,
             publish=self.publish,
             budgets=self.budgets,
+            request_log=self.request_log,
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
@@ -226,6 +264,7 @@ class Proxy:
                 Route(EMBEDDINGS_PATH, embeddings.handle, methods=["POST"]),
                 Route(tei.TEI_PATH, teis.embed, methods=["POST"]),
                 Route(tei.INFO_PATH, teis.info, methods=["GET"]),
+                Route(MODELS_PATH, _models, methods=["GET"]),
                 Route("/health", admin.health, methods=["GET"]),
                 Route("/metrics", admin.metrics, methods=["GET"]),
                 Route("/admin/stats", admin.stats, methods=["GET"]),
@@ -255,7 +294,34 @@ class Proxy:
         (:attr:`~embedcache.proxy.http.Handlers.admit`, :meth:`.gate.Gate.admit`)."""
         if self._open:  # nothing to decide: no cost per request beyond this call
             return None
-        return self.gate.admit(request)
+        refused = self.gate.admit(request)
+        if self.request_log is None or refused is None or request.path not in _LOGGED_PATHS:
+            return refused
+        if isinstance(refused, Refusal):
+            self._log_refusal(request, refused, time.perf_counter())
+            return refused
+        return self._logged_when_decided(request, refused)
+
+    async def _logged_when_decided(
+        self, request: HttpRequest, deciding: Awaitable[Refusal | None]
+    ) -> Refusal | None:
+        started = time.perf_counter()
+        refused = await deciding
+        if refused is not None:
+            self._log_refusal(request, refused, started)
+        return refused
+
+    def _log_refusal(self, request: HttpRequest, refused: Refusal, started: float) -> None:
+        """A request refused at its headers, in the request log with what is known (its
+        body is never read: no dialect but the route's, no model)."""
+        assert self.request_log is not None
+        path = request.path
+        record = RequestRecord(
+            path.decode(), _LOGGED_PATHS[path], caller_hash(bearer_value(request.authorization))
+        )
+        record.status = refused.status
+        record.ms = (time.perf_counter() - started) * 1000
+        self.request_log.write(record)
 
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
@@ -269,6 +335,8 @@ class Proxy:
         if self.budgets is not None:
             self.budgets.close()
         self.parts.close()
+        if self.request_log is not None:
+            self.request_log.close()
 
     def start(self) -> None:
         """Start the background work of a serving proxy (call on its event loop)."""
@@ -337,6 +405,12 @@ class Proxy:
         self.rendered.clear()
         self.hits.forget()
         self.access.forget()
+
+
+async def _models(request: Request) -> Response:
+    """``GET /v1/models``: the models served, in OpenAI's list shape (some OpenAI-compatible
+    clients ask before embedding)."""
+    return json_response(200, _MODELS_BODY)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -34,7 +34,8 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
-from .responses import Answer, RouteParts, counted
+from .requestlog import RequestRecord, status_headers
+from .responses import Answer, RouteParts, counted, new_record
 from .responses import json_response as _json
 from .wire import (
     EmbeddingsRequest,
@@ -72,41 +73,49 @@ class EmbeddingsRoute:
         self._failure = _json(500, render_error("internal error in the embedcache proxy"))
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request: counted, timed and published."""
-        return await counted(self._parts, request, self._answer(request), self._failure)
+        """Answer one request: counted, timed, logged and published."""
+        bearer = bearer_of(request)
+        record = new_record(request.url.path, "jina", bearer)
+        answer = self._answer(request, bearer, record)
+        return await counted(self._parts, request, answer, self._failure, record)
 
-    async def _answer(self, request: Request) -> Answer:
-        decision = await self._gate.decision(bearer_of(request))
+    async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
+        decision = await self._gate.decision(bearer)
         if decision.status:
             return Answer(refusal_response(decision), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         budgets = self._budgets
-        budget = budgets.budget_of(bearer_of(request)) if budgets is not None else None
+        budget = budgets.budget_of(bearer) if budgets is not None else None
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            outcome = self._read(raw)
+            outcome = self._read(raw, record)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
             parsed = read.parsed
             if parsed is not None and len(parsed.texts) <= INLINE_TEXTS:
                 try:
-                    inline = self._embed(read, parsed, upstream, budget, cached_only=True)
+                    inline = self._embed(parsed, upstream, record, budget, cached_only=True)
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc), read.dialect)
                 if inline is not None:
                     return inline
-        work = partial(self._answer_fully, raw, read, upstream, budget)
+        work = partial(self._answer_fully, raw, read, upstream, record, budget)
         return await self._filler.in_thread(work)
 
     def _answer_fully(
-        self, raw: bytes, read: _Read | None, upstream: JinaClient, budget: Budget | None
+        self,
+        raw: bytes,
+        read: _Read | None,
+        upstream: JinaClient,
+        record: RequestRecord,
+        budget: Budget | None,
     ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         request passed through, or filled (batched, coalesced, committed per batch)."""
         if read is None:
-            outcome = self._read(raw)
+            outcome = self._read(raw, record)
             if isinstance(outcome, Answer):
                 return outcome
             read = outcome
@@ -123,14 +132,16 @@ class EmbeddingsRoute:
                     return Answer(_json(429, body, over_budget_headers(found)), "error")
                 held = found
             if parsed is None:
-                return self._passed_through(raw, upstream, held)
-            answer = self._embed(read, parsed, upstream, budget, held=held)
+                return self._passed_through(raw, upstream, record, held)
+            answer = self._embed(parsed, upstream, record, budget, held=held)
         except EmbedcacheError as exc:
             return _failure(self._gate.in_clients_terms(exc), read.dialect)
         assert answer is not None  # a fill either returns vectors or raises
         return answer
 
-    def _passed_through(self, raw: bytes, upstream: JinaClient, held: Reservation | None) -> Answer:
+    def _passed_through(
+        self, raw: bytes, upstream: JinaClient, record: RequestRecord, held: Reservation | None
+    ) -> Answer:
         """``raw`` forwarded as it is, its ``usage`` charged to ``held``'s budget."""
         try:
             sent = upstream.forward(raw)
@@ -138,14 +149,16 @@ class EmbeddingsRoute:
             if held is not None and self._budgets is not None:
                 self._budgets.settle(held, 0)
             raise
-        headers = {CACHED_HEADER: "0"}
+        # Nothing of it from the cache, nor kept: every input a miss.
+        record.answered(0, record.texts, 0, 0.0)
+        headers = {CACHED_HEADER: "0", **status_headers(record)}
         if held is not None and self._budgets is not None:
             left = self._budgets.settle(held, charged_tokens(sent.content))
             headers[BUDGET_HEADER] = str(left)
         response = Response(sent.content, sent.status, headers, sent.content_type)
         return Answer(response, "passthrough")
 
-    def _read(self, raw: bytes) -> _Read | Answer:
+    def _read(self, raw: bytes, record: RequestRecord) -> _Read | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
         long one estimated a slice at a time), or the error answer."""
         try:
@@ -153,20 +166,30 @@ class EmbeddingsRoute:
         except orjson.JSONDecodeError:
             return Answer(_json(422, render_error("the request body is not valid JSON")), "error")
         dialect = dialect_of(body)  # errors are answered in the client's own shape
+        record.dialect = dialect
         try:
             parsed = parse_request(body)
         except EmbedcacheError as exc:
             return _failure(exc, dialect)
         if parsed is None:
             count, estimate = _count(body), 0  # passed through: its answer is the upstream's
+            model = body.get("model") if isinstance(body, dict) else None
+            record.model = model if isinstance(model, str) else None
         else:
             count = len(parsed.texts)
+            options = parsed.options
+            record.model, record.task, record.dimensions = (
+                options.model,
+                options.task,
+                options.dimensions,
+            )
             estimate = answer_bytes(
                 count,
                 parsed.options.expected_dim,
                 parsed.embedding_type,
                 self._filler.float_style,
             )
+        record.texts = count
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
             return Answer(_json(413, render_error(problem, dialect, 413)), "error", count)
@@ -181,9 +204,9 @@ class EmbeddingsRoute:
 
     def _embed(
         self,
-        read: _Read,
         parsed: EmbeddingsRequest,
         upstream: JinaClient,
+        record: RequestRecord,
         budget: Budget | None,
         cached_only: bool = False,
         held: Reservation | None = None,
@@ -202,7 +225,8 @@ class EmbeddingsRoute:
         texts, stats = rendered
         body = render_body(parsed.model, texts, stats.tokens_spent)
         cached = stats.hits + stats.coalesced
-        headers = {CACHED_HEADER: str(cached)}
+        record.answered(cached, stats.misses, stats.tokens_spent, stats.tokens_saved)
+        headers = {CACHED_HEADER: str(cached), **status_headers(record)}
         if budget is not None and self._budgets is not None:
             left = self._budgets.settle(held, stats.tokens_spent) if held else None
             headers[BUDGET_HEADER] = str(self._budgets.shown(budget) if left is None else left)

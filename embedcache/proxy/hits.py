@@ -12,12 +12,14 @@ application answers it, errors and limits included.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import orjson
 
 from ..config import EMBEDDINGS_PATH
 from ..embedding.embedder import CachedEmbedder
 from ..errors import EmbedcacheError, InvalidInputError
+from ..models import RequestOptions
 from ..upstream.float_style import FloatStyle
 from .access import Access
 from .budgets import BUDGET_HEADER, Budgets
@@ -26,7 +28,16 @@ from .http import Request
 from .limits import RequestLimits, answer_bytes
 from .metrics import ProxyMetrics
 from .rendered import RenderedAnswers, variant
-from .wire import parse_request, render_body
+from .requestlog import (
+    HITS_HEADER,
+    MISSES_HEADER,
+    STATUS_HEADER,
+    TOKENS_SAVED_HEADER,
+    RequestLog,
+    RequestRecord,
+    caller_hash,
+)
+from .wire import dialect_of, parse_request, render_body
 
 __all__ = ["CACHED_HEADER", "HIT_BODY_BYTES", "HitPath"]
 
@@ -41,10 +52,25 @@ CACHED_HEADER = "X-Embedcache-Cached"
 _CACHED_HEADER = CACHED_HEADER.lower().encode()
 _BUDGET_HEADER = BUDGET_HEADER.lower().encode()
 _EMBEDDINGS_PATH = EMBEDDINGS_PATH.encode()
+# Every hit's status headers that do not depend on the request, as bytes once.
+_HIT_STATUS = (STATUS_HEADER.lower().encode(), b"hit")
+_NO_MISSES = (MISSES_HEADER.lower().encode(), b"0")
+_HITS_HEADER = HITS_HEADER.lower().encode()
+_SAVED_HEADER = TOKENS_SAVED_HEADER.lower().encode()
 # Request bodies whose parse the hit path remembers: at most this many, of at most this
 # size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
 # reads exactly as it would again.
 _KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 8192
+
+
+class _Known(NamedTuple):
+    """What the hit path remembers of a body: enough to answer it and log it."""
+
+    model: str
+    embedding_type: str
+    keys: list[bytes]
+    options: RequestOptions
+    dialect: str
 
 
 class HitPath:
@@ -57,6 +83,7 @@ class HitPath:
     :param metrics: where each hit is counted.
     :param limits: a request over them is left to the application, which says why.
     :param budgets: the callers' budgets, whose remaining tokens a hit shows (it spends none).
+    :param request_log: where each hit's line goes (``None``: no request log).
     """
 
     def __init__(
@@ -68,6 +95,7 @@ class HitPath:
         metrics: ProxyMetrics,
         limits: RequestLimits,
         budgets: Budgets | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.embedder = embedder
         self.budgets = budgets
@@ -76,7 +104,8 @@ class HitPath:
         self.metrics = metrics
         self._float_style = float_style
         self._limits = limits
-        self._known_bodies: dict[bytes, tuple[str, str, list[bytes]]] = {}
+        self._request_log = request_log
+        self._known_bodies: dict[bytes, _Known] = {}
 
     def answer(self, request: Request) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """The body and extra headers of a ``POST /v1/embeddings`` whose every input has
@@ -96,7 +125,7 @@ class HitPath:
         known = self._known_bodies.get(body) or self._read_body(body)
         if known is None:
             return None
-        model, embedding_type, keys = known
+        model, embedding_type, keys = known.model, known.embedding_type, known.keys
         found = self.rendered.get_all(keys, variant(embedding_type, self._float_style.current))
         if found is None:
             return None
@@ -110,22 +139,52 @@ class HitPath:
         self.metrics.observe_hits(distinct, saved, time.perf_counter() - started)
         request.texts = len(keys)
         request.hits = distinct
-        headers = [(_CACHED_HEADER, b"%d" % distinct)]
+        hits = b"%d" % distinct
+        if self._request_log is not None:
+            self._log(request, known, distinct, saved, started)
+        headers = [
+            (_CACHED_HEADER, hits),
+            _HIT_STATUS,
+            (_HITS_HEADER, hits),
+            _NO_MISSES,
+            (_SAVED_HEADER, b"%d" % round(saved)),
+        ]
         if self.budgets is not None:
             budget = self.budgets.budget_of(bearer_value(request.authorization))
             if budget is not None:
                 headers.append((_BUDGET_HEADER, b"%d" % self.budgets.shown(budget)))
         return answer, headers
 
+    def _log(
+        self, request: Request, known: _Known, distinct: int, saved: float, started: float
+    ) -> None:
+        """Write a hit's request log line."""
+        assert self._request_log is not None
+        options = known.options
+        record = RequestRecord(
+            EMBEDDINGS_PATH,
+            known.dialect,
+            caller_hash(bearer_value(request.authorization)),
+            known.model,
+            options.task,
+            options.dimensions,
+            len(known.keys),
+            status=200,
+        )
+        record.answered(distinct, 0, 0, saved)
+        record.ms = (time.perf_counter() - started) * 1000
+        self._request_log.write(record)
+
     def forget(self) -> None:
         """Drop the bodies remembered."""
         self._known_bodies.clear()
 
-    def _read_body(self, body: bytes) -> tuple[str, str, list[bytes]] | None:
+    def _read_body(self, body: bytes) -> _Known | None:
         """The model, encoding and entry keys of a request body the hit path can answer,
         remembered for small bodies: the same query text comes back again and again."""
         try:
-            parsed = parse_request(orjson.loads(body))
+            decoded = orjson.loads(body)
+            parsed = parse_request(decoded)
         except (orjson.JSONDecodeError, EmbedcacheError):
             return None  # the application answers with the error
         if parsed is None or parsed.options.late_chunking:
@@ -141,7 +200,8 @@ class HitPath:
             keys = self.embedder.keys(parsed.texts, parsed.options)
         except InvalidInputError:
             return None  # a text that cannot be keyed: the application says why
-        known = (parsed.model, parsed.embedding_type, keys)
+        dialect = dialect_of(decoded)
+        known = _Known(parsed.model, parsed.embedding_type, keys, parsed.options, dialect)
         if len(body) <= _KNOWN_BODY_BYTES:
             bodies = self._known_bodies
             if len(bodies) >= _KNOWN_BODIES:

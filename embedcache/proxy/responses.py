@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .requestlog import RequestLog, RequestRecord, caller_hash
+
 if TYPE_CHECKING:
     from .budgets import Budgets
     from .filling import Filler
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from .limits import RequestLimits
     from .metrics import ProxyMetrics
 
-__all__ = ["Answer", "RouteParts", "counted", "json_response"]
+__all__ = ["Answer", "RouteParts", "counted", "json_response", "new_record"]
 
 _JSON = "application/json"
 
@@ -39,6 +41,7 @@ class RouteParts:
     :param metrics: where requests are counted and timed.
     :param publish: puts this worker's counters on the board (before each answer).
     :param budgets: the callers' token budgets (``None``: none).
+    :param request_log: where each request's line goes (``None``: no request log).
     """
 
     gate: Gate
@@ -48,6 +51,7 @@ class RouteParts:
     metrics: ProxyMetrics
     publish: Callable[[], None]
     budgets: Budgets | None = None
+    request_log: RequestLog | None = None
 
 
 class Answer(NamedTuple):
@@ -60,11 +64,16 @@ class Answer(NamedTuple):
 
 
 async def counted(
-    parts: RouteParts, request: Request, answer: Awaitable[Answer], failure: Response
+    parts: RouteParts,
+    request: Request,
+    answer: Awaitable[Answer],
+    failure: Response,
+    record: RequestRecord | None = None,
 ) -> Response:
     """Await ``answer`` to ``request``: counted and timed, its figures noted for the access
-    line, and the board published before it is sent (a report asked of any worker after it
-    includes it). An unexpected error is logged and answered with ``failure``."""
+    line and ``record`` written to the request log, and the board published before it is
+    sent (a report asked of any worker after it includes it). An unexpected error is logged
+    and answered with ``failure``."""
     started = time.perf_counter()
     parts.metrics.begin()
     result = Answer(failure, "error")
@@ -72,10 +81,22 @@ async def counted(
         result = await answer
     except Exception:
         log.exception("embedcache proxy: unexpected error")
-    parts.metrics.observe(result.outcome, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    parts.metrics.observe(result.outcome, seconds)
     note_access(request, result.texts, result.hits)
+    if record is not None and parts.request_log is not None:
+        record.status = result.response.status_code
+        record.ms = seconds * 1000
+        if record.status >= 400:
+            record.cache = None  # refused or failed: whatever was served is not the answer
+        parts.request_log.write(record)
     parts.publish()
     return result.response
+
+
+def new_record(route: str, dialect: str, bearer: str) -> RequestRecord:
+    """The record a route starts a request with: what it knows before reading the body."""
+    return RequestRecord(route, dialect, caller_hash(bearer))
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:

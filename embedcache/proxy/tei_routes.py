@@ -29,7 +29,8 @@ from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
-from .responses import Answer, RouteParts, counted, json_response
+from .requestlog import RequestRecord, status_headers
+from .responses import Answer, RouteParts, counted, json_response, new_record
 from .wire import EmbeddingsRequest, redact_urls
 
 __all__ = ["TeiRoutes"]
@@ -70,25 +71,29 @@ class TeiRoutes:
         self._failure = json_response(500, tei.render_error(message, "backend"))
 
     async def embed(self, request: Request) -> Response:
-        """TEI's ``POST /embed``: counted, timed and published like a Jina request."""
-        return await counted(self._parts, request, self._answer(request), self._failure)
+        """TEI's ``POST /embed``: counted, timed, logged and published like a Jina request."""
+        bearer = bearer_of(request)
+        record = new_record(request.url.path, "tei", bearer)
+        record.model = self._model
+        answer = self._answer(request, bearer, record)
+        return await counted(self._parts, request, answer, self._failure, record)
 
     async def info(self, request: Request) -> Response:
         """TEI's ``GET /info``: the model served (settings only, nothing from the cache, so
         open like ``/health``)."""
         return json_response(200, tei.render_info(self._model, self._task, self._concurrency))
 
-    async def _answer(self, request: Request) -> Answer:
-        decision = await self._gate.decision(bearer_of(request))
+    async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
+        decision = await self._gate.decision(bearer)
         if decision.status:
             return Answer(refusal_response(decision, on_tei=True), "error")
         raw = await request.body()
         upstream = self._upstreams.get(decision.key)
         budgets = self._budgets
-        budget = budgets.budget_of(bearer_of(request)) if budgets is not None else None
+        budget = budgets.budget_of(bearer) if budgets is not None else None
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
-            read = self._read(raw)
+            read = self._read(raw, record)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -98,17 +103,22 @@ class TeiRoutes:
                 except EmbedcacheError as exc:
                     return _failure(self._gate.in_clients_terms(exc))
                 if None not in work.done:
-                    return self._assembled(work, budget)
-        job = partial(self._answer_fully, raw, work, upstream, budget)
+                    return self._assembled(work, record, budget)
+        job = partial(self._answer_fully, raw, work, upstream, record, budget)
         return await self._filler.in_thread(job)
 
     def _answer_fully(
-        self, raw: bytes, work: _Work | None, upstream: JinaClient, budget: Budget | None
+        self,
+        raw: bytes,
+        work: _Work | None,
+        upstream: JinaClient,
+        record: RequestRecord,
+        budget: Budget | None,
     ) -> Answer:
         """The whole answer, in a fill thread: the body read unless it was, then the
         groups not answered yet filled."""
         if work is None:
-            read = self._read(raw)
+            read = self._read(raw, record)
             if isinstance(read, Answer):
                 return read
             work = read
@@ -128,15 +138,21 @@ class TeiRoutes:
             if held is not None and self._budgets is not None:
                 self._budgets.settle(held, 0)  # a failed request costs nothing
             return _failure(self._gate.in_clients_terms(exc))
-        return self._assembled(work, budget, held)
+        return self._assembled(work, record, budget, held)
 
-    def _read(self, raw: bytes) -> _Work | Answer:
+    def _read(self, raw: bytes, record: RequestRecord) -> _Work | Answer:
         """The body parsed and checked against the limits, its texts' lengths included (a
         long one estimated a slice at a time), or the error answer."""
         try:
             parsed = tei.parse_embed(raw, self._model, self._task)
         except tei.TeiInputError as exc:
             return _failure(exc)
+        record.texts = parsed.count
+        tasks = {group.options.task for group in parsed.groups}
+        dimensions = {group.options.dimensions for group in parsed.groups}
+        # One task (or dimensions) for the whole request, else none to name.
+        record.task = tasks.pop() if len(tasks) == 1 else None
+        record.dimensions = dimensions.pop() if len(dimensions) == 1 else None
         problem = self._limits.inputs_problem(parsed.count)
         if problem is None:
             style = self._filler.float_style
@@ -168,11 +184,15 @@ class TeiRoutes:
                 work.done[index] = self._filler.render(group, upstream, cached_only)
 
     def _assembled(
-        self, work: _Work, budget: Budget | None, held: Reservation | None = None
+        self,
+        work: _Work,
+        record: RequestRecord,
+        budget: Budget | None,
+        held: Reservation | None = None,
     ) -> Answer:
         """The answer of a request whose every group is answered, in input order; what
         was ``held`` of ``budget`` settled with what the upstream charged."""
-        answer = _assembled(work)
+        answer = _assembled(work, record)
         budgets = self._budgets
         if budget is None or budgets is None:
             return answer
@@ -182,19 +202,23 @@ class TeiRoutes:
         return answer
 
 
-def _assembled(work: _Work) -> Answer:
+def _assembled(work: _Work, record: RequestRecord) -> Answer:
     """The answer of a request whose every group is answered: in input order."""
     answers: list[bytes] = [b""] * work.parsed.count
-    cached, fetched = 0, False
+    cached, misses, spent, saved = 0, 0, 0, 0.0
     for group, rendered in zip(work.parsed.groups, work.done, strict=True):
         assert rendered is not None  # a fill either returns vectors or raises
         texts, stats = rendered
         for position, text in zip(group.positions, texts, strict=True):
             answers[position] = text
         cached += stats.hits + stats.coalesced
-        fetched = fetched or bool(stats.misses)
-    response = json_response(200, tei.render_embed(answers), {CACHED_HEADER: str(cached)})
-    return Answer(response, "fetched" if fetched else "cached", work.parsed.count, cached)
+        misses += stats.misses
+        spent += stats.tokens_spent
+        saved += stats.tokens_saved
+    record.answered(cached, misses, spent, saved)
+    headers = {CACHED_HEADER: str(cached), **status_headers(record)}
+    response = json_response(200, tei.render_embed(answers), headers)
+    return Answer(response, "fetched" if misses else "cached", work.parsed.count, cached)
 
 
 def _failure(exc: EmbedcacheError | tei.TeiInputError) -> Answer:

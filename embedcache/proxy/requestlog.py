@@ -1,0 +1,249 @@
+"""What the cache did for each embedding request: the ``X-Embedcache-*`` headers on its
+answer, and its line in the request log (``serve --request-log FILE``).
+
+One :class:`RequestRecord` per request, filled by the route that answers it (the hit path,
+``/v1/embeddings``, TEI's ``/embed``; a refusal at the headers with what is known), gives
+both. A line is one JSON object, keys in the order the README's "What the cache did"
+shows, never a text nor a key: the caller's key only as ``k_`` and the first 12 hex
+digits of its SHA-256.
+
+Several workers (and servers) append to one file: each line is one ``write`` to a
+descriptor opened with ``O_APPEND``, so lines never interleave. Rotation by size: the
+writer that finds the file over ``max_bytes`` takes an ``flock`` on it, looks again (another
+may have rotated meanwhile) and renames ``FILE`` → ``FILE.1`` → ... ``FILE.N``; the others
+notice the new file within a second (:data:`_REOPEN_SECONDS`) and reopen it, their lines
+meanwhile going whole to ``FILE.1``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = [
+    "DEFAULT_BACKUPS",
+    "DEFAULT_MAX_BYTES",
+    "HITS_HEADER",
+    "MISSES_HEADER",
+    "STATUS_HEADER",
+    "TOKENS_SAVED_HEADER",
+    "RequestLog",
+    "RequestRecord",
+    "cache_status",
+    "caller_hash",
+    "check_writable",
+    "status_headers",
+]
+
+log = logging.getLogger("embedcache")
+
+#: Response headers: what the cache did (``hit``: every distinct text from the cache,
+#: ``miss``: none, ``partial``), distinct texts served from it and fetched, and the tokens
+#: the texts served from it cost when they were fetched.
+STATUS_HEADER = "X-Embedcache-Status"
+HITS_HEADER = "X-Embedcache-Hits"
+MISSES_HEADER = "X-Embedcache-Misses"
+TOKENS_SAVED_HEADER = "X-Embedcache-Tokens-Saved"
+
+#: ``--request-log-max-size`` and ``--request-log-backups`` defaults.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_BACKUPS = 3
+
+# How stale a writer's idea of which file is current may be after another process rotated
+# it: a stat of the path once a second, not per line.
+_REOPEN_SECONDS = 1.0
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+def caller_hash(bearer: str) -> str | None:
+    """``k_`` and the first 12 hex digits of the SHA-256 of the caller's key (the bearer
+    value as sent); ``None`` without one.
+
+    >>> caller_hash("secret")
+    'k_2bb80d537b1d'
+    >>> caller_hash("") is None
+    True
+    """
+    if not bearer:
+        return None
+    return "k_" + hashlib.sha256(bearer.encode()).hexdigest()[:12]
+
+
+def cache_status(hits: int, misses: int) -> str:
+    """``hit`` (nothing fetched), ``miss`` (nothing from the cache) or ``partial``."""
+    if not misses:
+        return "hit"
+    return "partial" if hits else "miss"
+
+
+@dataclass
+class RequestRecord:
+    """One embedding request as its log line and status headers tell it; the routes fill
+    what they learn (``-1``/``None``: not known), the log adds the time.
+
+    :ivar route: the path served.
+    :ivar dialect: ``jina``, ``openai`` or ``tei``.
+    :ivar key: the caller's key hash (:func:`caller_hash`), never the key.
+    :ivar texts: inputs in the request.
+    :ivar hits: distinct texts served from the cache (stored, or fetched meanwhile by
+        another request).
+    :ivar misses: distinct texts fetched upstream for this request.
+    :ivar cache: :func:`cache_status` once answered from the cache's work; ``None`` when
+        refused or failed.
+    """
+
+    route: str
+    dialect: str
+    key: str | None = None
+    model: str | None = None
+    task: str | None = None
+    dimensions: int | None = None
+    texts: int = 0
+    hits: int = 0
+    misses: int = 0
+    tokens_spent: int = 0
+    tokens_saved: float = 0.0
+    ms: float = 0.0
+    status: int = 0
+    cache: str | None = None
+
+    def answered(self, hits: int, misses: int, spent: int, saved: float) -> None:
+        """Note what the cache did for a request answered with embeddings."""
+        self.hits, self.misses = hits, misses
+        self.tokens_spent, self.tokens_saved = spent, saved
+        self.cache = cache_status(hits, misses)
+
+    def line(self, now: float) -> bytes:
+        """The request log line (newline included), at ``now`` (``time.time()``)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        return orjson.dumps(
+            {
+                "time": f"{stamp}.{int(now % 1 * 1000):03d}Z",
+                "route": self.route,
+                "dialect": self.dialect,
+                "key": self.key,
+                "model": self.model,
+                "task": self.task,
+                "dimensions": self.dimensions,
+                "texts": self.texts,
+                "hits": self.hits,
+                "misses": self.misses,
+                "tokens_spent": self.tokens_spent,
+                "tokens_saved": round(self.tokens_saved),
+                "ms": round(self.ms, 2),
+                "status": self.status,
+                "cache": self.cache,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+
+
+def status_headers(record: RequestRecord) -> dict[str, str]:
+    """The ``X-Embedcache-*`` headers of an answer with embeddings."""
+    return {
+        STATUS_HEADER: record.cache or "miss",
+        HITS_HEADER: str(record.hits),
+        MISSES_HEADER: str(record.misses),
+        TOKENS_SAVED_HEADER: str(round(record.tokens_saved)),
+    }
+
+
+def check_writable(path: str) -> None:
+    """Open ``path`` to append (creating it) and close it: ``serve`` says at once when the
+    request log cannot be written, not on the first request.
+
+    :raises OSError: it cannot be opened.
+    """
+    os.close(os.open(path, _FLAGS, 0o644))
+
+
+class RequestLog:
+    """Appends request lines to ``path``, rotating it by size; one per worker process (a
+    forked worker opens its own on its first line).
+
+    :param path: the log file (``serve --request-log``).
+    :param max_bytes: rotate once the file is this big (0: never).
+    :param backups: rotated files kept, ``path.1`` (newest) to ``path.N``.
+    """
+
+    def __init__(
+        self, path: str, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd = -1
+        self._pid = -1
+        self._inode = -1
+        self._checked = 0.0
+
+    def write(self, record: RequestRecord) -> None:
+        """Append ``record``'s line; a failure is logged, never raised (a full disk must not
+        fail the request the line describes)."""
+        now = time.time()
+        try:
+            fd = self._current(now)
+            os.write(fd, record.line(now))  # one write: whole lines under O_APPEND
+            if self.max_bytes and os.fstat(fd).st_size >= self.max_bytes:
+                self._rotate()
+        except OSError as exc:
+            log.warning("embedcache proxy: request log %s not written: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Close the file (a later line reopens it)."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = -1
+
+    def _current(self, now: float) -> int:
+        """This process's descriptor of the current file, reopened after a fork or, looked
+        at once a second, after another process rotated it."""
+        if self._fd < 0 or self._pid != os.getpid():
+            self._open()
+        elif now - self._checked >= _REOPEN_SECONDS:
+            self._checked = now
+            try:
+                moved = os.stat(self.path).st_ino != self._inode
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                self._reopen()
+        return self._fd
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, _FLAGS, 0o644)
+        self._pid = os.getpid()
+        self._inode = os.fstat(self._fd).st_ino
+        self._checked = time.time()
+
+    def _reopen(self) -> None:
+        self.close()
+        self._open()
+
+    def _rotate(self) -> None:
+        """Rename ``path`` → ``path.1`` → ... under a lock on the file, unless another
+        process did it first (the path is then another file)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            try:
+                current = os.stat(self.path).st_ino == self._inode
+            except FileNotFoundError:
+                current = False
+            if current:
+                for number in range(self.backups - 1, 0, -1):
+                    older = f"{self.path}.{number}"
+                    if os.path.exists(older):
+                        os.replace(older, f"{self.path}.{number + 1}")
+                if self.backups > 0:
+                    os.replace(self.path, f"{self.path}.1")
+                else:
+                    os.unlink(self.path)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._reopen()
