@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -23,33 +22,16 @@ from ..config import (
 from ..errors import InvalidInputError
 from ..extras import requires
 from ..models import resolve_options
-from .options import CliContext, Command, echo_json, pass_cli, price_option
-from .units import parse_size
+from .options import CliContext, Command, echo_json, pass_cli
+from .serve_team import team_options
+from .units import Size, parse_size
 
 __all__ = ["serve"]
 
 DEFAULT_PORT = 8787
 
 
-class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 on, not 8.2
-    """A byte size like ``64MiB`` (:func:`parse_size`); a bad one is an error naming its
-    option."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            size = parse_size(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
-        if not size:
-            self.fail(f"{value!r} must be more than 0 bytes", param, ctx)
-        return size
-
-
-_SIZE = _Size()
+_SIZE = Size()
 _SECONDS = click.FloatRange(min=0, min_open=True)
 
 
@@ -258,48 +240,7 @@ def _is_loopback(host: str) -> bool:
     metavar="FILE",
     help="Append one access line per request to FILE ('-': stderr), whatever --log-level.",
 )
-@click.option(
-    "--budget-tokens",
-    type=click.IntRange(min=0),
-    help="Default token budget of every caller key per --budget-window (misses only: hits "
-    "are free); over it a request gets a 429 with Retry-After.",
-)
-@click.option(
-    "--budget-window",
-    default=3600.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds of a budget's window (fixed windows, aligned on the Unix epoch).",
-)
-@click.option(
-    "--budgets",
-    "budgets_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="Budgets per key or key group, TOML (or .json): see docs/budgets.md.",
-)
-@price_option
-@click.option(
-    "--request-log",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="Append one JSON line per embedding request to FILE: route, dialect, key hash, "
-    "model, hits, misses, tokens, ms, status (never a text or a key). Off by default.",
-)
-@click.option(
-    "--request-log-max-size",
-    default="64MiB",
-    show_default=True,
-    type=_SIZE,
-    help="Rotate the --request-log once it is this big (FILE -> FILE.1 ...; 0: never).",
-)
-@click.option(
-    "--request-log-backups",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Rotated --request-log files kept (FILE.1 newest ... FILE.N).",
-)
+@team_options
 @click.option(
     "--json",
     "as_json",

@@ -10,6 +10,7 @@ from datetime import datetime
 import click
 
 __all__ = [
+    "Size",
     "dollars",
     "format_bytes",
     "format_duration",
@@ -126,3 +127,31 @@ def money(amount: float) -> str:
     if amount == 0 or amount >= 0.001:
         return f"${amount:,.4f}"
     return "$" + f"{amount:.8f}".rstrip("0")
+
+
+class Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 on, not 8.2
+    """A byte size like ``64MiB`` (:func:`parse_size`); a bad one is an error naming its
+    option.
+
+    :param zero: whether ``0`` is a value (an option's "none" or "never").
+    """
+
+    name = "size"
+
+    def __init__(self, *, zero: bool = False) -> None:
+        self.zero = zero
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+        if size == 0 and self.zero:
+            return 0
+        if not size:
+            self.fail(f"{value!r} must be more than 0 bytes", param, ctx)
+        return size
