@@ -65,8 +65,9 @@ SECTION = "proxy-hits"
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EMBEDCACHE_SHARED", HERE.parent.parent / "shared"))
 OPENAI = "one text, OpenAI's dialect"
-# The request log's name says the flag; its file is in the run's temporary directory.
-LOGGED = "embedcache serve --request-log"
+# The team's features on: every request logged (its file in the run's temporary directory)
+# and every caller under a budget (hits spend none of it, but each answer shows what is left).
+LOGGED = "embedcache serve --request-log --budget-tokens"
 TODAY = ("embedcache serve", "embedcache serve --workers 1", LOGGED)
 TARGET_RATIO = 2.5  # issue 21: at least 2.5x the Go peer's hits/s with every defence on ...
 TARGET_P99_MS = 5.0  # ... with a p99 of at most 5 ms, one text per request
@@ -175,11 +176,12 @@ def run(root: Path, seconds: int, baseline: str | None) -> tuple[list[Row], dict
     try:
         port = free_port()
         command = [str(go), "serve", "-listen", f"{HOST}:{port}", "-upstream", emulator.url]
+        team_flags = ["--request-log", str(root / "requests.jsonl"), "--budget-tokens", str(10**12)]
         servers: list[Server] = [
             start_proxy(root, emulator, "embedcache serve"),
             start_proxy(root, emulator, "embedcache serve --workers 1", "--workers", "1"),
             # Issue 25: hits must stay fast with a line written per request.
-            start_proxy(root, emulator, LOGGED, "--request-log", str(root / "requests.jsonl")),
+            start_proxy(root, emulator, LOGGED, *team_flags),
         ]
         if baseline is not None:
             tree = baseline_tree(root, baseline)
