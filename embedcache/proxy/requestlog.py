@@ -121,10 +121,9 @@ class RequestRecord:
 
     def line(self, now: float) -> bytes:
         """The request log line (newline included), at ``now`` (``time.time()``)."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         return orjson.dumps(
             {
-                "time": f"{stamp}.{int(now % 1 * 1000):03d}Z",
+                "time": _stamp(now),
                 "route": self.route,
                 "dialect": self.dialect,
                 "key": self.key,
@@ -142,6 +141,21 @@ class RequestRecord:
             },
             option=orjson.OPT_APPEND_NEWLINE,
         )
+
+
+# The second of the last stamp and its text: formatting the date costs more than the rest
+# of a line, and a busy server writes thousands of lines a second.
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
+def _stamp(now: float) -> str:
+    """``now`` as ``2026-12-07T19:51:13.123Z`` (UTC, milliseconds)."""
+    second = int(now)
+    cached_second, text = _last_second[0]
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second[0] = (second, text)
+    return f"{text}.{int(now % 1 * 1000):03d}Z"
 
 
 def status_headers(record: RequestRecord) -> dict[str, str]:
@@ -168,7 +182,9 @@ class RequestLog:
     forked worker opens its own on its first line).
 
     :param path: the log file (``serve --request-log``).
-    :param max_bytes: rotate once the file is this big (0: never).
+    :param max_bytes: rotate once the file is this big (0: never). A writer looks at the
+        size once its own lines could have filled it, or a second after it last looked, so
+        other workers' lines may take the file a little past it.
     :param backups: rotated files kept, ``path.1`` (newest) to ``path.N``.
     """
 
@@ -182,6 +198,10 @@ class RequestLog:
         self._pid = -1
         self._inode = -1
         self._checked = 0.0
+        self._seen_size = 0  # the file's size when last looked at
+        # Bytes this process wrote since it last looked at the file's size: the size is
+        # looked at (one more syscall) only once they could have filled it, or once a second.
+        self._unseen = 0
 
     def write(self, record: RequestRecord) -> None:
         """Append ``record``'s line; a failure is logged, never raised (a full disk must not
@@ -189,9 +209,12 @@ class RequestLog:
         now = time.time()
         try:
             fd = self._current(now)
-            os.write(fd, record.line(now))  # one write: whole lines under O_APPEND
-            if self.max_bytes and os.fstat(fd).st_size >= self.max_bytes:
-                self._rotate()
+            self._unseen += os.write(fd, record.line(now))  # whole lines under O_APPEND
+            if self.max_bytes and self._seen_size + self._unseen >= self.max_bytes:
+                self._unseen = 0
+                self._seen_size = os.fstat(fd).st_size
+                if self._seen_size >= self.max_bytes:
+                    self._rotate()
         except OSError as exc:
             log.warning("embedcache proxy: request log %s not written: %s", self.path, exc)
 
@@ -208,6 +231,7 @@ class RequestLog:
             self._open()
         elif now - self._checked >= _REOPEN_SECONDS:
             self._checked = now
+            self._seen_size = self.max_bytes  # others write too: look at the size next line
             try:
                 moved = os.stat(self.path).st_ino != self._inode
             except FileNotFoundError:
@@ -221,6 +245,7 @@ class RequestLog:
         self._pid = os.getpid()
         self._inode = os.fstat(self._fd).st_ino
         self._checked = time.time()
+        self._seen_size, self._unseen = self.max_bytes, 0  # look at a new file's size next line
 
     def _reopen(self) -> None:
         self.close()
