@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest", "matches"]
+__all__ = ["Access", "Decision", "KeyRefused", "KeyUnverifiable", "digest", "key_name", "matches"]
 
 _MAX_VERDICTS = 10_000
 
@@ -43,6 +43,12 @@ class KeyUnverifiable(Exception):
 def digest(secret: str) -> bytes:
     """The SHA-256 a key is remembered by."""
     return hashlib.sha256(secret.encode()).digest()
+
+
+def key_name(secret: str) -> str:
+    """How a caller's key is shown where people read it (budgets files, their ledger, the
+    request log): ``k_`` + the first 12 hex digits of its :func:`digest`."""
+    return "k_" + digest(secret).hex()[:12]
 
 
 def matches(bearer: str, expected: bytes | None) -> bool:

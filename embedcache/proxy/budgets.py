@@ -22,7 +22,6 @@ hits is always served. A request that fails upstream is charged nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -40,6 +39,7 @@ import orjson
 from ..embedding.embedder import CachedEmbedder
 from ..errors import CacheError, InvalidInputError
 from ..models import RequestOptions
+from .access import key_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,12 +68,6 @@ _KEY_NAME = re.compile(r"k_[0-9a-f]{12}")
 # more than once a second per budget; admissions always read the ledger).
 _SHOWN_SECONDS = 1.0
 _BUSY_MS = 10_000
-
-
-def key_name(secret: str) -> str:
-    """How a caller's key is named in budgets files and the ledger: ``k_`` + the first 12
-    hex digits of its SHA-256."""
-    return "k_" + hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

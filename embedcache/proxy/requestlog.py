@@ -18,13 +18,14 @@ meanwhile going whole to ``FILE.1``.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 
 import orjson
+
+from .access import key_name
 
 __all__ = [
     "DEFAULT_BACKUPS",
@@ -70,9 +71,7 @@ def caller_hash(bearer: str) -> str | None:
     >>> caller_hash("") is None
     True
     """
-    if not bearer:
-        return None
-    return "k_" + hashlib.sha256(bearer.encode()).hexdigest()[:12]
+    return key_name(bearer) if bearer else None
 
 
 def cache_status(hits: int, misses: int) -> str:
