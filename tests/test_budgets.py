@@ -12,7 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from embedcache.proxy.budgets import BUDGET_HEADER, key_name
+from embedcache.proxy.budgets import (
+    _REMEMBERED_KEYS,
+    BUDGET_HEADER,
+    BudgetPolicy,
+    Budgets,
+    key_name,
+)
 from embedcache.testing import JinaEmulator
 from embedcache.tokens import estimate_tokens
 
@@ -185,3 +191,21 @@ def test_a_budgets_file_with_a_mistake_is_a_one_line_error_naming_the_file_and_e
         result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_a_proxy_remembers_a_bounded_number_of_callers_however_many_keys_it_sees(
+    tmp_path: Path,
+) -> None:
+    # An open or verifying proxy sees any key: with a default budget each is one more
+    # budget, and what the hit path shows of it must not grow with them.
+    remembered = 10_000  # callers a proxy keeps at most (budgets._REMEMBERED_KEYS)
+    budgets = Budgets(BudgetPolicy({}, (1000, 3600.0)), tmp_path)
+    try:
+        for number in range(remembered + 50):
+            budget = budgets.budget_of(f"caller-{number}")
+            assert budget is not None
+            assert budgets.shown(budget) == 1000
+        assert len(budgets._budgets) <= remembered + 1
+        assert len(budgets._shown) <= remembered + 1
+    finally:
+        budgets.close()

@@ -67,6 +67,8 @@ _KEY_NAME = re.compile(r"k_[0-9a-f]{12}")
 # How long the hit path may show a remaining figure read before (it never waits for disk
 # more than once a second per budget; admissions always read the ledger).
 _SHOWN_SECONDS = 1.0
+# Callers whose budget (and what is left of it) a proxy remembers at most.
+_REMEMBERED_KEYS = 10_000
 _BUSY_MS = 10_000
 
 
@@ -245,7 +247,7 @@ class Budgets:
         try:
             return self._budgets[secret]
         except KeyError:
-            if len(self._budgets) > 10_000:
+            if len(self._budgets) > _REMEMBERED_KEYS:
                 self._budgets.clear()  # bounded: an unverified proxy sees any key
             found = self._budgets[secret] = self.policy.budget_of(secret)
             return found
@@ -287,7 +289,7 @@ class Budgets:
         except sqlite3.Error as exc:
             raise CacheError(f"cannot read the budgets ledger: {exc}") from exc
         remaining = max(0, int(budget.tokens - spent))
-        self._shown[budget.name] = (time.monotonic(), remaining)
+        self._show(budget, remaining)
         return remaining
 
     def shown(self, budget: Budget) -> int:
@@ -321,8 +323,13 @@ class Budgets:
             self._reader.close()
 
     def _noted(self, reservation: Reservation) -> Reservation:
-        self._shown[reservation.budget.name] = (time.monotonic(), max(0, reservation.remaining))
+        self._show(reservation.budget, max(0, reservation.remaining))
         return reservation
+
+    def _show(self, budget: Budget, remaining: int) -> None:
+        if len(self._shown) > _REMEMBERED_KEYS:
+            self._shown.clear()  # bounded, as _budgets: a default budget is one per key
+        self._shown[budget.name] = (time.monotonic(), remaining)
 
     @staticmethod
     def _current(budget: Budget) -> float:
