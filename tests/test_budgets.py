@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from embedcache.proxy.budgets import (
-    _REMEMBERED_KEYS,
     BUDGET_HEADER,
     BudgetPolicy,
     Budgets,
