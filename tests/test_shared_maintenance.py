@@ -77,6 +77,21 @@ def _putter(writer: Store, puts: list[str]) -> Callable[[str], None]:
     return put
 
 
+def _put_at_pauses_and_snapshot_pages(
+    monkeypatch: pytest.MonkeyPatch, put: Callable[[str], None]
+) -> None:
+    """Make ``put`` run at each pause between transactions and at each page of rows a
+    snapshot reads: when no write lock should be held."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: put("pause"))
+    fromiter = np.fromiter
+
+    def snapshot_page(*args: Any, **kwargs: Any) -> Any:
+        put("snapshot")  # the snapshot's rows are being read: no write lock is held
+        return fromiter(*args, **kwargs)
+
+    monkeypatch.setattr(np, "fromiter", snapshot_page)
+
+
 def _snapshot_now(store: Store) -> None:
     """Take a snapshot of every entry now (the way the code under test has)."""
     if hasattr(store._index, "refresh_snapshot"):
@@ -180,14 +195,7 @@ def test_a_writer_gets_in_between_prune_pages_and_while_the_snapshot_is_written(
     puts: list[str] = []
     put = _putter(writer, puts)
 
-    monkeypatch.setattr(time, "sleep", lambda seconds: put("pause"))
-    fromiter = np.fromiter
-
-    def snapshot_page(*args: Any, **kwargs: Any) -> Any:
-        put("snapshot")  # the snapshot's rows are being read: no write lock is held
-        return fromiter(*args, **kwargs)
-
-    monkeypatch.setattr(np, "fromiter", snapshot_page)
+    _put_at_pauses_and_snapshot_pages(monkeypatch, put)
     try:
         assert store.delete_many(keys[:600]) == 600
     finally:
@@ -223,14 +231,7 @@ def test_a_writer_gets_in_while_compaction_reads_usage_moves_and_writes_its_snap
         return db
 
     monkeypatch.setattr(index_module, "_connect", connect)
-    monkeypatch.setattr(time, "sleep", lambda seconds: put("pause"))
-    fromiter = np.fromiter
-
-    def snapshot_page(*args: Any, **kwargs: Any) -> Any:
-        put("snapshot")  # the snapshot's rows are being read: no write lock is held
-        return fromiter(*args, **kwargs)
-
-    monkeypatch.setattr(np, "fromiter", snapshot_page)
+    _put_at_pauses_and_snapshot_pages(monkeypatch, put)
     try:
         assert store.compact(0.5) > 0
     finally:
