@@ -130,8 +130,10 @@ def load_policy(
         default = (tokens, flag_window)
     listed: dict[str, Budget | None] = {}
     for name, entry in _table(data.get("keys", {}), f"{where}: [keys]").items():
-        label = f"{where}: [keys] {name}"
-        listed[_named(name, label)] = _budget(_named(name, label), entry, window, usd_rate, label)
+        # Named by its hash, never as written: a key may be written out in the file.
+        named = _named(name, f"{where}: [keys]")
+        label = f"{where}: [keys] {named}"
+        listed[named] = _budget(named, entry, window, usd_rate, label)
     for group, entry in _table(data.get("groups", {}), f"{where}: [groups]").items():
         label = f"{where}: [groups.{group}]"
         entry = _table(entry, label)
