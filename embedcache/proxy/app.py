@@ -67,6 +67,7 @@ from .http import Request as HttpRequest
 from .keys import Upstreams
 from .limits import RequestLimits
 from .metrics import Board, ProxyMetrics
+from .outcomes import Outcomes
 from .rendered import RenderedAnswers
 from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
@@ -207,6 +208,8 @@ class Proxy:
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
         self.budgets: Budgets | None = None
         self.request_log: RequestLog | None = None
+        #: Each request's record, on its way to the request log (``None``: nothing keeps them).
+        self.outcomes: Outcomes | None = None
         try:
             policy = settings.budgets
             if policy is not None:
@@ -217,6 +220,7 @@ class Proxy:
                     settings.request_log_max_bytes,
                     settings.request_log_backups,
                 )
+                self.outcomes = Outcomes([self.request_log.write])
         except BaseException:
             if self.budgets is not None:
                 self.budgets.close()
@@ -230,7 +234,7 @@ class Proxy:
             self.metrics,
             limits,
             self.budgets,
-            self.request_log,
+            self.outcomes,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -242,7 +246,7 @@ class Proxy:
             metrics=self.metrics,
             publish=self.publish,
             budgets=self.budgets,
-            request_log=self.request_log,
+            outcomes=self.outcomes,
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
@@ -295,7 +299,7 @@ class Proxy:
         if self._open:  # nothing to decide: no cost per request beyond this call
             return None
         refused = self.gate.admit(request)
-        if self.request_log is None or refused is None or request.path not in _LOGGED_PATHS:
+        if self.outcomes is None or refused is None or request.path not in _LOGGED_PATHS:
             return refused
         if isinstance(refused, Refusal):
             self._log_refusal(request, refused, time.perf_counter())
@@ -314,14 +318,14 @@ class Proxy:
     def _log_refusal(self, request: HttpRequest, refused: Refusal, started: float) -> None:
         """A request refused at its headers, in the request log with what is known (its
         body is never read: no dialect but the route's, no model)."""
-        assert self.request_log is not None
+        assert self.outcomes is not None
         path = request.path
         record = RequestRecord(
             path.decode(), _LOGGED_PATHS[path], caller_hash(bearer_value(request.authorization))
         )
         record.status = refused.status
         record.ms = (time.perf_counter() - started) * 1000
-        self.request_log.write(record)
+        self.outcomes.add(record)
 
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
@@ -335,6 +339,8 @@ class Proxy:
         if self.budgets is not None:
             self.budgets.close()
         self.parts.close()
+        if self.outcomes is not None:
+            self.outcomes.close()  # what came in last reaches the log before it closes
         if self.request_log is not None:
             self.request_log.close()
 
@@ -342,6 +348,8 @@ class Proxy:
         """Start the background work of a serving proxy (call on its event loop)."""
         loop = asyncio.get_running_loop()
         self._publisher = loop.create_task(self._publish_now_and_then())
+        if self.outcomes is not None:
+            self.outcomes.start()
 
     def publish(self) -> None:
         """Put this worker's cache counters and memory on the server's board, and follow a
