@@ -151,6 +151,9 @@ def test_with_redis_down_budgeted_misses_are_refused_503_in_each_dialect_and_hit
         hit = proxy.embed(jina(["kept on local disk"]), API_KEY)
         assert hit.status_code == 200
         assert remaining(hit) == left  # the last figure known
+    stranger = proxy.embed(jina(["kept on local disk"]), "jina_a_caller_never_seen")
+    assert stranger.status_code == 200
+    assert remaining(stranger) == 0  # nothing known, and no miss can be paid for now
     bigger = proxy.http.post(  # a hit past the inline path: admitted in a fill thread
         "/v1/embeddings", json=jina(["kept on local disk"] * 40), headers=AUTH
     )
@@ -264,6 +267,7 @@ class _SlowLedger:
     """A ledger whose reads wait until the test lets them go (as a Redis round trip may)."""
 
     location = "test"
+    healthy = True
 
     def __init__(self) -> None:
         self.spent_now = 10.0

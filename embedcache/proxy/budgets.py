@@ -317,12 +317,16 @@ class Budgets:
     def shown(self, budget: Budget) -> int:
         """:meth:`remaining` as the hit path shows it, without waiting: the last figure
         known, a fresh one asked of a thread when it is over a second old. Only a budget
-        this process never saw is read here, once (the figure every answer shows later is
-        then kept fresh by admissions, settlements and that thread); when that read fails,
-        0 is shown (while the ledger is out of reach no miss can be paid for)."""
+        this process never saw is read here, once (one ``GET`` with a Redis ledger; the
+        figure every answer shows later is kept fresh by admissions, settlements and that
+        thread). While the ledger is failing it is not read here at all, and a budget never
+        seen shows 0 (while the ledger is out of reach no miss can be paid for)."""
         seen = self._shown.get(budget.name)
         if seen is None:
-            return self._remaining_or_known(budget)
+            if self._ledger.healthy:
+                return self._remaining_or_known(budget)
+            self._refresher.ask(budget)  # never the call that waits out a failing tier
+            return 0
         if time.monotonic() - seen[0] >= _SHOWN_SECONDS:
             self._refresher.ask(budget)
         return seen[1]

@@ -62,6 +62,12 @@ class Ledger(Protocol):
     #: Where the ledger is, as it may be shown (a file, or the tier's redacted URL).
     location: str
 
+    @property
+    def healthy(self) -> bool:
+        """Whether a call is expected to answer at once: not while the ledger is failing
+        (a call then may be the one that waits out a timeout)."""
+        ...
+
     def reserve(
         self, name: str, start: float, window: float, tokens: float, limit: float
     ) -> tuple[bool, float]:
@@ -124,6 +130,10 @@ class SqliteLedger:
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the budgets ledger {path}: {exc}") from exc
         self._read_lock = threading.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        return True  # a local file: a failure is an error, not a wait
 
     def reserve(
         self, name: str, start: float, window: float, tokens: float, limit: float
@@ -280,6 +290,10 @@ class RedisLedger:
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.location!r})"
+
+    @property
+    def healthy(self) -> bool:
+        return not self._outage
 
     def key(self, name: str, start: float) -> str:
         """The Redis key of ``name``'s spending in the window starting at ``start``."""
