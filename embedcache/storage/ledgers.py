@@ -37,7 +37,7 @@ from ..config import (
 )
 from ..errors import CacheError, InvalidInputError, SharedCacheError
 from ..extras import requires
-from .redis_clients import check_url, connect, is_cluster_url
+from .redis_clients import Outage, check_url, connect, is_cluster_url
 
 __all__ = ["LEDGER_FILE", "Ledger", "RedisLedger", "Spending", "SqliteLedger", "open_ledger"]
 
@@ -285,15 +285,14 @@ class RedisLedger:
         self._lock = threading.Lock()
         self._connected: Any = None
         self._scripts: tuple[Any, Any] | None = None
-        self._down_until = 0.0
-        self._outage = False
+        self._outage = Outage(retry_after)
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.location!r})"
 
     @property
     def healthy(self) -> bool:
-        return not self._outage
+        return not self._outage.ongoing
 
     def key(self, name: str, start: float) -> str:
         """The Redis key of ``name``'s spending in the window starting at ``start``."""
@@ -365,25 +364,19 @@ class RedisLedger:
 
     def _call(self, action: str, work: Callable[[], _T]) -> _T:
         """``work`` against Redis; while it is down, :class:`SharedCacheError` at once."""
-        if time.monotonic() < self._down_until:
+        if not self._outage.available:
             raise self._unreachable(action, "down")
         try:
             result = work()
         except self._failures as exc:
-            with self._lock:
-                first = not self._outage
-                self._outage = True
-                self._down_until = time.monotonic() + self.retry_after
-            if first:
+            if self._outage.failed():
                 log.warning(
                     "budgets ledger on the shared tier %s unavailable (%s while trying to "
                     "%s): requests that need the API are refused until it is back",
                     self.location, type(exc).__name__, action,
                 )  # fmt: skip
             raise self._unreachable(action, type(exc).__name__) from None
-        if self._outage:
-            with self._lock:
-                self._outage = False
+        if self._outage.succeeded():
             log.warning("budgets ledger on the shared tier %s is back", self.location)
         return result
 
