@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from embedcache.errors import SharedCacheError
 from embedcache.proxy import budgets as budgets_module
-from embedcache.proxy.budgets import BUDGET_HEADER, Budget, BudgetPolicy, Budgets, key_name
+from embedcache.proxy.budgets import Budget, BudgetPolicy, Budgets, key_name
 from embedcache.testing import JinaEmulator
 from embedcache.tokens import estimate_tokens
 
@@ -26,25 +25,11 @@ from .cli_helpers import Invoke, as_json
 from .conftest import API_KEY
 from .redis_server import RedisCluster, RedisServer
 from .serving import ProxyInProcess
+from .test_budgets import AUTH, MID, jina, openai, remaining
 from .test_redis_cluster import _cluster
 
-MODEL = "jina-embeddings-v3"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-MID = " ".join(["word"] * 39)  # 39 estimated tokens: within 40, not after a first request
 ADMIN = "admin-token-for-budget-tests"
 _prefixes = itertools.count()
-
-
-def jina(texts: list[str]) -> dict[str, Any]:
-    return {"model": MODEL, "input": texts}
-
-
-def openai(texts: list[str]) -> dict[str, Any]:
-    return {"model": MODEL, "input": texts, "encoding_format": "float"}
-
-
-def remaining(answer: httpx.Response) -> int:
-    return int(answer.headers[BUDGET_HEADER])
 
 
 @pytest.fixture(scope="module")
