@@ -67,8 +67,8 @@ __all__ = [
 #: Response header: tokens the caller's budget has left in the current window.
 BUDGET_HEADER = "X-Embedcache-Budget-Remaining"
 _KEY_NAME = re.compile(r"k_[0-9a-f]{12}")
-# How long the hit path may show a remaining figure read before (it never waits for disk
-# more than once a second per budget; admissions always read the ledger).
+# Age at which the figure the hit path shows is read again, in a thread (the hit path never
+# waits for the ledger; admissions and settlements always go to it).
 _SHOWN_SECONDS = 1.0
 # Callers whose budget (and what is left of it) a proxy remembers at most.
 _REMEMBERED_KEYS = 10_000
