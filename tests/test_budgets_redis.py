@@ -25,7 +25,15 @@ from .cli_helpers import Invoke, as_json
 from .conftest import API_KEY
 from .redis_server import RedisCluster, RedisServer
 from .serving import ProxyInProcess
-from .test_budgets import AUTH, MID, jina, openai, remaining
+from .test_budgets import (
+    AUTH,
+    MID,
+    _assert_within_budget,
+    _spend_in_parallel,
+    jina,
+    openai,
+    remaining,
+)
 from .test_redis_cluster import _cluster
 
 ADMIN = "admin-token-for-budget-tests"
@@ -91,6 +99,14 @@ def test_two_proxies_on_different_cache_directories_share_one_budget_through_red
     assert hit.status_code == 200
     assert hit.headers["X-Embedcache-Status"] == "hit"
     assert remaining(hit) == left
+
+
+def test_concurrent_misses_on_two_proxies_never_reserve_past_the_budget_together(
+    start: Any, tier: tuple[str, ...]
+) -> None:
+    proxies = [start(name, *tier, "--budget-tokens", "60") for name in ("alice", "bob")]
+    answers = _spend_in_parallel(proxies, 40)  # each 3 tokens: 120 asked of 60
+    _assert_within_budget(answers, 60)
 
 
 def test_spending_in_redis_survives_a_restart_on_a_fresh_cache_directory(
@@ -182,8 +198,9 @@ def test_budget_keys_are_neither_counted_by_stats_nor_copied_by_sync(
     proxy.stop()  # its writes to the tier finished
     raw = redis.Redis.from_url(redis_server.url)
     budget_keys = [k for k in raw.keys("*") if b":budgets:" in k]
+    assert len(budget_keys) == 1  # the spending is in Redis, gone a minute after its window
+    assert 0 < raw.ttl(budget_keys[0]) <= 3600 + 60
     raw.close()
-    assert len(budget_keys) == 1  # the spending is in Redis...
     stats = as_json(machine_cli("alice", "stats", "--json", url=redis_server.url))
     assert stats["shared"]["entries"] == 1  # ...but not an entry of the tier
     pulled = as_json(machine_cli("bob", "sync", "--pull", "--json", url=redis_server.url))
