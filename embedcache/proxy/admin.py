@@ -18,6 +18,7 @@ from ..embedding.embedder import CachedEmbedder
 from ..storage.shared import RedisStore
 from ..storage.store import Store
 from .access import digest, matches
+from .budgets import Budgets
 from .dashboard import figures
 from .filling import Filler
 from .gate import bearer_of
@@ -42,6 +43,7 @@ class AdminRoutes:
     :param publish: puts this worker's figures on the board (before each report).
     :param flush: drops what every worker holds in memory.
     :param price: dollars per million tokens, for the dashboard's estimates.
+    :param budgets: the callers' token budgets, if any (their state is reported).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class AdminRoutes:
         publish: Callable[[], None],
         flush: Callable[[], None],
         price: float,
+        budgets: Budgets | None = None,
     ) -> None:
         self._admin = digest(admin_token) if admin_token else None
         self._store = store
@@ -68,6 +71,7 @@ class AdminRoutes:
         self._publish = publish
         self._flush = flush
         self._price = price
+        self._budgets = budgets
 
     async def health(self, request: Request) -> Response:
         """Up, and which version."""
@@ -113,6 +117,8 @@ class AdminRoutes:
             "rendered_budget_bytes": self._rendered.max_bytes,
             "resident_bytes": board.column("resident_bytes"),
             **figures(stats, board.history, self._price),
+            # In this thread: with a shared tier, a SCAN of the budgets in Redis.
+            "budgets": self._budgets.report() if self._budgets is not None else None,
         }
 
     def _is_admin(self, request: Request) -> bool:
