@@ -13,6 +13,11 @@ entries written then are read as Jina's.
 * Ordinary request: ``key = xxh3_128(fingerprint || utf-8 text)``. The fingerprint is JSON
   ending in a NUL byte, which neither JSON nor the separator can contain elsewhere, so the
   boundary between fingerprint and text is unambiguous.
+* An image or a PDF (:class:`~embedcache.inputs.Media`):
+  ``key = sha256(fingerprint || media || identity)[:16]``, where the identity is its kind and
+  the SHA-256 of its bytes, or its kind and URL. A cryptographic hash over the full digest:
+  a key made to collide with another caller's image would poison a shared cache, and the
+  kind in the key keeps a text and an image apart.
 * Late chunking: every vector depends on the whole ordered input list, so
   ``key = xxh3_128(fingerprint || group hash || position)``, where the group hash covers the
   length-prefixed UTF-8 bytes of every text in order.
@@ -21,6 +26,7 @@ entries written then are read as Jina's.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import struct
 from collections.abc import Sequence
@@ -30,9 +36,10 @@ import xxhash
 
 from .config import DEFAULT_UPSTREAM_ID, KEY_VERSION
 from .errors import InvalidInputError
+from .inputs import Input, Media
 from .models import RequestOptions
 
-__all__ = ["Fingerprint", "encode_text", "fingerprint", "group_keys", "text_keys"]
+__all__ = ["Fingerprint", "encode_text", "fingerprint", "group_keys", "media_key", "text_keys"]
 
 _LENGTH = struct.Struct("<Q")
 _POSITION = struct.Struct("<I")
@@ -106,17 +113,29 @@ def encode_text(text: str, index: int) -> bytes:
         ) from None
 
 
-def text_keys(fp: Fingerprint, texts: Sequence[str]) -> list[bytes]:
-    """One key per text for a request without late chunking."""
+def text_keys(fp: Fingerprint, texts: Sequence[Input]) -> list[bytes]:
+    """One key per input (a text, or an image or PDF) for a request without late
+    chunking."""
     prefix = fp.prefix
     digest = xxhash.xxh3_128_digest
     try:
-        return [digest(prefix + text.encode("utf-8")) for text in texts]
+        return [digest(prefix + text.encode("utf-8")) for text in texts]  # type: ignore[union-attr]
+    except AttributeError:  # an image or a PDF among the texts: each keyed as it is
+        return [
+            media_key(fp, item) if isinstance(item, Media) else text_keys(fp, [item])[0]
+            for item in texts
+        ]
     except UnicodeEncodeError:
         # Slow path only to name the offending text.
         for index, text in enumerate(texts):
-            encode_text(text, index)
+            if isinstance(text, str):
+                encode_text(text, index)
         raise
+
+
+def media_key(fp: Fingerprint, media: Media) -> bytes:
+    """The key of an image's or a PDF's entry (see the module's docstring)."""
+    return hashlib.sha256(fp.prefix + b"media\x00" + media.identity).digest()[:16]
 
 
 def group_keys(fp: Fingerprint, texts: Sequence[str]) -> list[bytes]:

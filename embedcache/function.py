@@ -17,7 +17,8 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,11 +34,17 @@ from .config import (
     resolve_offline,
 )
 from .embedding.counters import Stats
+from .errors import InvalidInputError
+from .inputs import Input, Media, load_media
 from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
 from .upstream.limiter import resolve_limits
 from .upstream.protocol import Upstream
 
-__all__ = ["JinaEmbeddingFunction", "paired_tasks", "settings_of"]
+__all__ = ["ImageLike", "JinaEmbeddingFunction", "paired_tasks", "settings_of"]
+
+#: An image as :meth:`JinaEmbeddingFunction.encode_images` takes it: its bytes, a file's
+#: path, or an ``http(s)``/``data:`` URL.
+ImageLike = Union[bytes, str, "os.PathLike[str]"]
 
 _T = TypeVar("_T")
 
@@ -348,13 +355,35 @@ class JinaEmbeddingFunction:
         """pymilvus API: one 1-D float32 array per query, in input order."""
         return list(self.embed_queries(queries))
 
+    def encode_images(self, images: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
+        """One 1-D float32 array per image, in input order, as :meth:`encode_documents`
+        gives for texts (jina-clip-v1, jina-clip-v2, jina-embeddings-v4).
+
+        Each image is ``bytes``, a file's path (read now), a ``data:`` URI, or an ``http(s)``
+        URL. By bytes or file, an image is keyed by its content: the same image however it
+        was given is one entry. By URL, it is keyed by the URL and the API fetches it, so new
+        content at a cached URL is not seen: pass its bytes to key it by content.
+
+        :raises InvalidInputError: before any request: a file that cannot be read, base64
+            that does not decode, a model that takes no images.
+        """
+        return list(self.embed_images(images))
+
+    def embed_images(self, images: Sequence[ImageLike]) -> NDArray[np.float32]:
+        """:meth:`encode_images` as one ``(n, d)`` array."""
+        return self._embed(self._images(images), self._image_options())
+
+    async def aencode_images(self, images: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
+        """:meth:`encode_images`, awaited."""
+        return list(await self._aembed(self._images(images), self._image_options()))
+
     def __call__(self, texts: list[str]) -> list[NDArray[np.float32]]:
         """pymilvus API: embed with the configured task."""
         return list(self.embed(texts))
 
     def _embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Input],
         options: RequestOptions,
         stop: threading.Event | None = None,
     ) -> NDArray[np.float32]:
@@ -362,9 +391,28 @@ class JinaEmbeddingFunction:
         assert result is not None  # only cached_only calls come back empty-handed
         return result.vectors
 
-    async def _aembed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+    async def _aembed(self, texts: Sequence[Input], options: RequestOptions) -> NDArray[np.float32]:
         # Options are resolved on the caller's thread: bad ones fail before any thread.
         return await self._workers.run(functools.partial(self._embed, texts, options))
+
+    def _images(self, images: Sequence[ImageLike]) -> list[Media]:
+        """The images, read and checked against the model before anything is sent."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise InvalidInputError(
+                f"images must be a list (of bytes, paths or URLs), got {type(images).__name__}"
+            )
+        options = self._image_options()
+        loaded = []
+        for index, image in enumerate(images):
+            media = load_media(image, f"images[{index}]")
+            options.check_media(media, f"images[{index}]")
+            loaded.append(media)
+        return loaded
+
+    def _image_options(self) -> RequestOptions:
+        """The document options, without late chunking (which takes texts only)."""
+        options = self._document_options()
+        return replace(options, late_chunking=False) if options.late_chunking else options
 
     def _document_options(self) -> RequestOptions:
         return self._options_for(default_task(self.model_name))

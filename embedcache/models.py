@@ -8,10 +8,14 @@ decides. Unknown model names pass through without task or dimension validation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .config import DEFAULT_TASK
 from .errors import InvalidInputError
 from .tokens import estimate_tokens
+
+if TYPE_CHECKING:
+    from .inputs import Media
 
 __all__ = [
     "MODELS",
@@ -54,6 +58,8 @@ class ModelSpec:
     query_task: str | None = "retrieval.query"
     #: Spellings accepted for a task, mapped to the name sent upstream.
     task_aliases: dict[str, str] = field(default_factory=dict)
+    #: The kinds of input it takes: ``text``, and ``image`` and ``pdf`` on multimodal models.
+    inputs: tuple[str, ...] = ("text",)
 
 
 def _v2(name: str) -> ModelSpec:
@@ -90,6 +96,7 @@ MODELS: dict[str, ModelSpec] = {
             ("text-matching", "retrieval.query", "retrieval.passage", "code.query",
              "code.passage"),
             normalized=False, late_chunking=True, max_items=512, max_input_tokens=32768,
+            inputs=("text", "image", "pdf"),
         ),
         ModelSpec(
             "jina-embeddings-v5-text-small", 1024, (1, 1024), _V5_TASKS,
@@ -103,11 +110,11 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "jina-clip-v1", 768, None, None, normalized=True, late_chunking=False,
-            passage_task=None, query_task=None,
+            passage_task=None, query_task=None, inputs=("text", "image"),
         ),
         ModelSpec(
             "jina-clip-v2", 1024, (1, 1024), ("retrieval.query",), normalized=True,
-            late_chunking=False, passage_task=None,
+            late_chunking=False, passage_task=None, inputs=("text", "image"),
         ),
         ModelSpec(
             "jina-code-embeddings-0.5b", 896, (1, 896), _CODE_TASKS, normalized=False,
@@ -197,6 +204,23 @@ class RequestOptions:
         limit is unknown, or the API truncates)."""
         spec = self.spec
         return None if self.truncate or spec is None else spec.max_input_tokens
+
+    def check_media(self, media: Media, where: str) -> None:
+        """Refuse an image or PDF this request cannot send (named by ``where``): a model
+        that does not take its kind (a model embedcache does not know may), or late
+        chunking, which takes texts only.
+
+        :raises InvalidInputError: saying which models take it.
+        """
+        if self.late_chunking:
+            raise InvalidInputError(f"{where}: late chunking takes texts only, not {media.noun}")
+        spec = self.spec
+        if spec is not None and media.kind not in spec.inputs:
+            takers = ", ".join(name for name, s in MODELS.items() if media.kind in s.inputs)
+            raise InvalidInputError(
+                f"{where}: {spec.name} takes text only, not {media.noun} (models that do: "
+                f"{takers})"
+            )
 
     def too_long(self, text: str) -> int | None:
         """``text``'s estimated tokens when over :attr:`input_limit`, else ``None``: the one

@@ -19,6 +19,7 @@ LAYERS = {
     "config": 1,
     "models": 1,
     "tokens": 1,
+    "inputs": 1,
     "cache_keys": 2,
     "extras": 1,
     "upstream": 3,

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, ResponseFormatError
+from ..inputs import Input, estimate_input
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
 from ..upstream.protocol import UpstreamResult
@@ -27,7 +28,7 @@ class Miss:
     """A distinct text that has to be fetched."""
 
     key: bytes
-    text: str
+    text: Input  # a text, or an image or PDF
     index: int  # a position of this text in the caller's list, for error messages
     slot: int  # row in the matrix of distinct texts
 
@@ -38,7 +39,7 @@ def check_lengths(misses: list[Miss], options: RequestOptions) -> None:
     :raises InvalidInputError: naming the text's position and its estimated length.
     """
     for miss in misses:
-        if (tokens := options.too_long(miss.text)) is not None:
+        if type(miss.text) is str and (tokens := options.too_long(miss.text)) is not None:
             raise InvalidInputError(
                 f"texts[{miss.index}] is about {tokens} tokens, over the {options.input_limit}"
                 f"-token limit of {options.model}; shorten it or pass truncate=True"
@@ -154,6 +155,14 @@ class Packer:
                     self._ready.append(miss)
                     self._costs.append(chunk_costs[i])
 
+    def _cost(self, miss: Miss) -> int:
+        """A miss's estimated tokens; a PDF's over the budget, so it goes alone (the API
+        takes one PDF per request, and nothing beside it)."""
+        item = miss.text
+        if isinstance(item, str):
+            return estimate_tokens(item)
+        return self.max_tokens + 1 if item.kind == "pdf" else estimate_input(item)
+
     def _chunk(self, count: int, tokens: int) -> tuple[list[Miss], list[int]]:
         """The next queued misses to take, with their estimated tokens: those that fit the
         room left, then more in proportion to the share ``take`` has been setting aside;
@@ -163,7 +172,7 @@ class Packer:
         costs: list[int] = []
         stop, end = start, min(len(queue), start + self.size - count)
         while stop < end:
-            cost = estimate_tokens(queue[stop].text)
+            cost = self._cost(queue[stop])
             if (count or stop > start) and tokens + cost > self.max_tokens:
                 break
             costs.append(cost)
@@ -177,11 +186,11 @@ class Packer:
             # leave room for the ones after it: it is asked about, and if it is kept it
             # opens the next request.
             self._next = start + 1
-            return queue[start : start + 1], [estimate_tokens(queue[start].text)]
+            return queue[start : start + 1], [self._cost(queue[start])]
         share = max(self._given / self._asked, 1 / self.MAX_SCALE) if self._asked else 1.0
         want = max(math.ceil(fit / share), min(self.MIN_CHUNK, self.size))
         stop = min(len(queue), start + max(fit, want))
-        costs += [estimate_tokens(miss.text) for miss in queue[start + fit : stop]]
+        costs += [self._cost(miss) for miss in queue[start + fit : stop]]
         self._next = stop
         return queue[start:stop], costs
 

@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,9 +24,9 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint, fingerprint, group_keys, text_keys
 from ..config import DEFAULT_UPSTREAM_ID
 from ..errors import InvalidInputError
+from ..inputs import Input, Media, estimate_input
 from ..models import RequestOptions
 from ..storage.tiers import Tiers
-from ..tokens import estimate_tokens
 from ..upstream.protocol import Upstream
 from .batches import Miss
 from .counters import Autoflush, Recorder, Stats
@@ -64,17 +65,22 @@ class Embedded:
     keys: list[bytes]
 
 
-def check_texts(texts: object) -> Sequence[str]:
-    """Return ``texts`` if it is a list or tuple of ``str``.
+def check_texts(texts: object, options: RequestOptions | None = None) -> Sequence[Input]:
+    """Return ``texts`` if it is a list or tuple of ``str`` (or of images and PDFs,
+    :class:`~embedcache.inputs.Media`, that ``options``' model takes).
 
     :raises InvalidInputError: naming the first offending item and its type.
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
         raise InvalidInputError(f"texts must be a list of str, got {type(texts).__name__}")
-    if set(map(type, texts)) <= {str}:
+    kinds = set(map(type, texts))
+    if kinds <= {str}:
         return texts  # the common case, checked at C speed
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
+        if isinstance(text, Media):
+            if options is not None:
+                options.check_media(text, f"texts[{index}]")
+        elif not isinstance(text, str):
             raise InvalidInputError(
                 f"texts[{index}] must be a str, got {type(text).__name__}: {text!r:.60}"
             )
@@ -157,7 +163,7 @@ class CachedEmbedder:
         self._fetcher.close()
         self._tiers.close()  # copies of shared hits to local disk still queued
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> NDArray[np.float32]:
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> NDArray[np.float32]:
         """Return a ``(len(texts), d)`` float32 array, row ``i`` for ``texts[i]``.
 
         Distinct texts are looked up once; misses are sent in batches (a late-chunking list
@@ -173,7 +179,7 @@ class CachedEmbedder:
 
     def embed_detailed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Input],
         options: RequestOptions,
         *,
         upstream: Upstream | None = None,
@@ -217,7 +223,7 @@ class CachedEmbedder:
 
     def warm(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Input],
         options: RequestOptions,
         *,
         dry_run: bool = False,
@@ -255,7 +261,7 @@ class CachedEmbedder:
             unique=len(unique),
             cached=len(unique) - len(misses),
             to_fetch=len(misses),
-            estimated_tokens=sum(estimate_tokens(miss.text) for miss in misses),
+            estimated_tokens=sum(estimate_input(miss.text) for miss in misses),
             estimated_requests=self._fetcher.planned_requests(misses, options) if dry_run else 0,
         )
         if dry_run or not misses:
@@ -277,14 +283,14 @@ class CachedEmbedder:
         time (counters are bookkeeping, and a read-only cache must still serve its hits)."""
         self._recorder.flush()
 
-    def keys(self, texts: Sequence[str], options: RequestOptions) -> list[bytes]:
+    def keys(self, texts: Sequence[Input], options: RequestOptions) -> list[bytes]:
         """The cache key of each text's entry, in order (under late chunking, of each
         position of the group), as every read and write of this embedder uses them.
 
         :raises InvalidInputError: for bad texts, or a late-chunking group larger than one
             request takes.
         """
-        check_texts(texts)
+        check_texts(texts, options)
         fp = self._fingerprint(options)
         if not options.late_chunking:
             return text_keys(fp, texts)
@@ -293,10 +299,11 @@ class CachedEmbedder:
                 f"a late-chunking group is sent as one request, and {options.model} takes "
                 f"at most {options.max_items} inputs; got {len(texts)}"
             )
-        return group_keys(fp, texts)
+        # check_texts refused any image or PDF: late chunking takes texts only.
+        return group_keys(fp, cast("Sequence[str]", texts))
 
     def _index(
-        self, texts: Sequence[str], options: RequestOptions
+        self, texts: Sequence[Input], options: RequestOptions
     ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
         """Validate, key every text, and map each distinct key to a position of its text."""
         keys = self.keys(texts, options)
@@ -312,7 +319,7 @@ class CachedEmbedder:
 
     @staticmethod
     def _misses(
-        texts: Sequence[str],
+        texts: Sequence[Input],
         unique: list[bytes],
         position: dict[bytes, int],
         absent: NDArray[np.bool_],

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..config import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import CacheError, CacheMissError, InvalidInputError
+from ..inputs import estimate_input
 from ..models import RequestOptions
 from ..storage.tiers import Tiers
 from ..upstream.protocol import Upstream, UpstreamResult
@@ -247,7 +248,7 @@ class Fetcher:
     def _commit(self, batch: list[Miss], result: UpstreamResult, call: Call) -> None:
         rows = call.rows
         vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
-        lengths = np.array([len(miss.text) for miss in batch], dtype=np.float64)
+        lengths = _weights(batch)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
         self._tiers.put(
@@ -255,3 +256,12 @@ class Fetcher:
         )
         if rows is not None:
             rows.put([miss.slot for miss in batch], vectors, tokens)
+
+
+def _weights(batch: list[Miss]) -> NDArray[np.float64]:
+    """How a batch's usage is shared among its entries: by text length, or, with an image
+    or PDF among them, by estimated tokens (one image alone gets exactly what it cost)."""
+    texts = [miss.text for miss in batch if isinstance(miss.text, str)]
+    if len(texts) == len(batch):
+        return np.array([len(text) for text in texts], dtype=np.float64)
+    return np.array([estimate_input(miss.text) for miss in batch], dtype=np.float64)

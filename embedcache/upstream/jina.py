@@ -44,8 +44,8 @@ from ..errors import (
     InvalidInputError,
     RateLimitError,
 )
+from ..inputs import Input, Media, estimate_input
 from ..models import RequestOptions
-from ..tokens import estimate_tokens
 from .answers import learn_from, no_usage, parse, usage
 from .failures import HTTPX_EXCEPTIONS, failure_of
 from .float_style import FloatStyle
@@ -204,7 +204,7 @@ class JinaClient:
         style.start()
         return style
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult:
         """Embed one batch, retrying transient failures.
 
         :raises AuthenticationError: no key, or the API refused it.
@@ -215,11 +215,11 @@ class JinaClient:
         """
         key = resolve_api_key(self._api_key)
         body = options.body_fields()
-        body["input"] = list(texts)
+        body["input"] = wire_inputs(texts)
         floats = self._learning() if body["embedding_type"] == "base64" else None
         if floats is not None:
             body["embedding_type"] = "float"  # the same values, as text in the upstream's style
-        estimate = sum(map(estimate_tokens, texts)) if self.limiter is not None else 0
+        estimate = sum(map(estimate_input, texts)) if self.limiter is not None else 0
         parsed: list[UpstreamResult] = []
 
         def charge(response: httpx.Response) -> int:
@@ -345,6 +345,17 @@ class JinaClient:
     def _clean(self, text: str, key: str) -> str:
         """``text`` without the API key or the base URL's credentials."""
         return redact_text(self._scrub(text, key), self._given)
+
+
+def wire_inputs(texts: Sequence[Input]) -> list[object] | dict[str, str]:
+    """A batch's ``input`` as the API takes it: texts as they are, images and PDFs as their
+    items (:meth:`~embedcache.inputs.Media.wire`); a PDF, which goes alone, as the object
+    itself, not in a list."""
+    if set(map(type, texts)) <= {str}:
+        return list(texts)
+    if len(texts) == 1 and isinstance(texts[0], Media) and texts[0].kind == "pdf":
+        return texts[0].wire()
+    return [text if isinstance(text, str) else text.wire() for text in texts]
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:

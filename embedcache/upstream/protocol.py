@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from ..inputs import Input
 from ..models import RequestOptions
 
 __all__ = ["Upstream", "UpstreamResult"]
@@ -36,4 +37,4 @@ class Upstream(Protocol):
     """Embeds one batch. Implementations retry what is worth retrying and raise an
     :class:`~embedcache.errors.EmbedcacheError` for the rest."""
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult: ...
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult: ...

@@ -1,0 +1,179 @@
+"""Images through the library: keyed by content (bytes, a file, a ``data:`` URI: one entry)
+or by URL, exact against a direct call, a second pass sending nothing, and bad input refused
+before any request."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from embedcache import InvalidInputError, JinaEmbeddingFunction
+from embedcache.inputs import IMAGE_TILE_TOKENS, Media, image_size, parse_item
+from embedcache.testing import JinaEmulator
+
+from .conftest import API_KEY
+
+CLIP = "jina-clip-v2"
+
+
+def png(width: int, height: int, shade: int = 0) -> bytes:
+    """A small valid PNG of one colour."""
+    row = b"\x00" + bytes([shade, 255 - shade, 128]) * width
+    raw = zlib.compress(row * height)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def direct(emulator: JinaEmulator, items: list[Any], model: str = CLIP) -> np.ndarray:
+    """What the API answers for ``items`` asked directly (no cache)."""
+    body = {"model": model, "input": items, "embedding_type": "base64"}
+    answer = httpx.post(
+        f"{emulator.url}/v1/embeddings",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    rows = sorted(answer.json()["data"], key=lambda item: item["index"])
+    return np.stack([np.frombuffer(base64.b64decode(r["embedding"]), "<f4") for r in rows])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_images_by_bytes_equal_a_direct_call_and_a_second_pass_sends_nothing(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    images = [png(8, 8, shade) for shade in range(3)]
+    ef = make_ef(CLIP)
+    first = ef.encode_images(images)
+    sent = len(emulator.requests)
+    assert sent == 1
+    assert emulator.requests[0].body["input"] == [{"image": b64(i)} for i in images]  # type: ignore[index]
+    again = make_ef(CLIP).encode_images(images)
+    assert len(emulator.requests) == sent
+    expected = direct(emulator, [{"image": b64(i)} for i in images])
+    assert np.stack(first).tobytes() == np.stack(again).tobytes() == expected.tobytes()
+
+
+def test_one_image_as_bytes_a_file_and_a_data_uri_is_one_entry(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction], tmp_path: Path
+) -> None:
+    image = png(16, 9, 40)
+    path = tmp_path / "cat.png"
+    path.write_bytes(image)
+    ef = make_ef(CLIP)
+    vectors = ef.encode_images([image, path, str(path), f"data:image/png;base64,{b64(image)}"])
+    (request,) = emulator.requests
+    assert request.inputs == 1  # four forms, one content, one entry fetched
+    assert all(v.tobytes() == vectors[0].tobytes() for v in vectors)
+    assert ef.stats.misses == 1
+
+
+def test_an_image_by_url_is_sent_as_the_url_and_keyed_by_it(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    url = "https://example.com/cat.png"
+    ef = make_ef(CLIP)
+    first = ef.encode_images([url])
+    (request,) = emulator.requests
+    assert request.body["input"] == [{"image": url}]  # type: ignore[index]
+    assert make_ef(CLIP).encode_images([url])[0].tobytes() == first[0].tobytes()
+    assert len(emulator.requests) == 1
+    assert first[0].tobytes() == direct(emulator, [{"image": url}])[0].tobytes()
+
+
+def test_an_image_and_a_text_never_share_an_entry(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    url = "https://example.com/a.png"
+    ef = make_ef(CLIP)
+    text = ef.encode_documents([url])
+    image = ef.encode_images([url])
+    assert len(emulator.requests) == 2
+    assert text[0].tobytes() != image[0].tobytes()
+
+
+def test_texts_and_images_in_one_call_are_split_into_hits_and_misses_in_order(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    ef = make_ef(CLIP)
+    cat, dog = png(4, 4, 1), png(4, 4, 2)
+    ef.encode_images([cat])
+    ef.encode_documents(["a cat"])
+    options = ef.options()
+    mixed = ["a dog", Media("image", data=cat), "a cat", Media("image", data=dog)]
+    got = ef._embedder.embed(mixed, options)
+    # Only the two new ones were sent, in one request.
+    last = emulator.requests[-1]
+    assert last.body["input"] == ["a dog", {"image": b64(dog)}]  # type: ignore[index]
+    expected = direct(emulator, ["a dog", {"image": b64(cat)}, "a cat", {"image": b64(dog)}])
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_bad_images_are_refused_before_any_request(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction], tmp_path: Path
+) -> None:
+    clip = make_ef(CLIP)
+    cases: list[tuple[Any, str]] = [
+        (tmp_path / "missing.png", "images[0]: cannot read"),
+        ("data:image/png;base64,not*base64", "images[0]: not a URL and not valid base64"),
+        ("ftp://example.com/a.png", "images[0]: only http:// and https:// URLs"),
+        (b"", "images[0]: the image is empty"),
+        (42, "images[0] must be bytes"),
+    ]
+    for image, message in cases:
+        with pytest.raises(InvalidInputError, match=message.replace("[", r"\[")):
+            clip.encode_images([image])
+    with pytest.raises(InvalidInputError, match=r"images\[0\]: jina-embeddings-v3 takes text"):
+        make_ef("jina-embeddings-v3").encode_images([png(2, 2)])
+    assert emulator.requests == []
+
+
+def test_a_function_with_late_chunking_embeds_images_without_it(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    ef = make_ef("jina-embeddings-v4", late_chunking=True)
+    ef.encode_images([png(3, 3)])
+    assert emulator.requests[0].body.get("late_chunking") in (None, False)  # type: ignore[union-attr]
+
+
+def test_every_item_form_of_the_api_becomes_one_input() -> None:
+    image = png(5, 7)
+    content = Media("image", data=image).identity
+    forms = [{"image": b64(image)}, {"bytes": b64(image)}, {"image": "\n".join([b64(image)])}]
+    assert {parse_item(form, "input[0]").identity for form in forms} == {content}  # type: ignore[union-attr]
+    legacy = parse_item({"url": "https://x.test/a.png"}, "input[0]")
+    assert isinstance(legacy, Media)
+    assert (legacy.kind, legacy.url) == (
+        "image",
+        "https://x.test/a.png",
+    )
+    by_url = parse_item({"image": "https://x.test/a.png"}, "input[0]")
+    assert isinstance(by_url, Media)
+    assert by_url.url == "https://x.test/a.png"
+    assert parse_item({"text": "hello"}, "input[0]") == "hello"
+    assert isinstance(parse_item({"pdf": b64(b"%PDF-1.4 x")}, "input[0]"), Media)
+    with pytest.raises(InvalidInputError, match=r"input\[0\] must be a string or an object"):
+        parse_item({"audio": "x"}, "input[0]")
+
+
+def test_an_images_size_is_read_from_its_header_for_the_token_estimate() -> None:
+    assert image_size(png(600, 300)) == (600, 300)
+    assert Media("image", data=png(600, 300)).tokens == 2 * IMAGE_TILE_TOKENS
+    assert Media("image", data=b"not an image").tokens == IMAGE_TILE_TOKENS
+    assert Media("image", url="https://x.test/a.png").tokens == IMAGE_TILE_TOKENS
