@@ -410,8 +410,8 @@ class JinaEmbeddingFunction:
         return loaded
 
     def _image_options(self) -> RequestOptions:
-        """The document options, without late chunking (which takes texts only)."""
-        options = self._document_options()
+        """The configured options, without late chunking (which takes texts only)."""
+        options = self.options()
         return replace(options, late_chunking=False) if options.late_chunking else options
 
     def _document_options(self) -> RequestOptions:

@@ -218,8 +218,7 @@ class RequestOptions:
         if spec is not None and media.kind not in spec.inputs:
             takers = ", ".join(name for name, s in MODELS.items() if media.kind in s.inputs)
             raise InvalidInputError(
-                f"{where}: {spec.name} takes text only, not {media.noun} (models that do: "
-                f"{takers})"
+                f"{where}: {spec.name} takes text only, not {media.noun} (models that do: {takers})"
             )
 
     def too_long(self, text: str) -> int | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from embedcache.embedding.batches import Miss, Packer, plan_batches
+from embedcache.inputs import estimate_input
 from embedcache.models import RequestOptions
-from embedcache.tokens import estimate_tokens
 
 OPTIONS = RequestOptions("jina-embeddings-v3", task="retrieval.passage")
 LATE = RequestOptions("jina-embeddings-v3", task="retrieval.passage", late_chunking=True)
@@ -51,11 +51,11 @@ def test_requests_stay_within_the_token_budget_whatever_is_set_aside() -> None:
     take = Taking(lambda miss: miss.slot % 5 != 0)
     packed = list(Packer(long_every_fourth, OPTIONS, 8, 60).batches(take))
     for batch, following in zip(packed, [b[0] for b in packed[1:]], strict=False):
-        tokens = sum(estimate_tokens(miss.text) for miss in batch)
+        tokens = sum(estimate_input(miss.text) for miss in batch)
         assert len(batch) <= 8
         assert tokens <= 60
         # Full: the next text sent would not have fit, by count or by tokens.
-        assert len(batch) == 8 or tokens + estimate_tokens(following.text) > 60
+        assert len(batch) == 8 or tokens + estimate_input(following.text) > 60
     assert sorted(m.slot for b in packed for m in b) == [i for i in range(40) if i % 5]
 
 
@@ -111,7 +111,7 @@ def test_a_text_over_the_budget_that_is_set_aside_leaves_its_room_to_the_next_on
     # instead of opening another.
     words = [9, 9, 1, 500, 500, 67]
     texts = misses(len(words), lambda i: "word " * words[i])
-    assert sum(estimate_tokens(texts[i].text) for i in (0, 1, 3, 4)) > 1000
+    assert sum(estimate_input(texts[i].text) for i in (0, 1, 3, 4)) > 1000
     take = Taking(lambda miss: miss.slot not in (2, 4))
     packed = list(Packer(texts, OPTIONS, 4, 1000).batches(take))
     assert numbers(packed) == [[0, 1, 3, 5]]

@@ -19,6 +19,7 @@ from embedcache import (
 )
 from embedcache.assembly import build_embedder
 from embedcache.errors import APIError, AuthenticationError, InvalidInputError
+from embedcache.inputs import Input
 from embedcache.testing import Fault, JinaEmulator
 
 from .conftest import damage_entry
@@ -209,7 +210,7 @@ class Flaky:
     def __init__(self, inner: JinaClient, fail_on: set[int]) -> None:
         self.inner, self.fail_on, self.calls = inner, fail_on, 0
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult:
         self.calls += 1
         if self.calls in self.fail_on:
             raise APIError("injected failure", status=400)
@@ -369,7 +370,7 @@ def test_a_batch_another_writer_committed_meanwhile_is_not_fetched_again(
         def __init__(self) -> None:
             self.calls = 0
 
-        def embed(self, batch: Sequence[str], opts: RequestOptions) -> UpstreamResult:
+        def embed(self, batch: Sequence[Input], opts: RequestOptions) -> UpstreamResult:
             self.calls += 1
             if self.calls == 1:
                 with Store(cache_dir) as other:

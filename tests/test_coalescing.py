@@ -16,6 +16,7 @@ from embedcache.embedding.batches import Miss
 from embedcache.embedding.coalescing import Elsewhere, FetchClaims, Inflight
 from embedcache.embedding.embedder import Embedded
 from embedcache.errors import AuthenticationError
+from embedcache.inputs import Input
 from embedcache.testing import JinaEmulator
 
 from .conftest import wait_for
@@ -32,9 +33,9 @@ class Gated:
         self.error = error
         self.entered = threading.Event()
         self.go = threading.Event()
-        self.calls: list[list[str]] = []
+        self.calls: list[list[Input]] = []
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult:
         self.calls.append(list(texts))
         self.entered.set()
         assert self.go.wait(10)

@@ -5,8 +5,6 @@ before any request."""
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,25 +14,13 @@ import numpy as np
 import pytest
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction
-from embedcache.inputs import IMAGE_TILE_TOKENS, Media, image_size, parse_item
+from embedcache.inputs import IMAGE_TILE_TOKENS, Input, Media, image_size, parse_item
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
+from .media import b64, png
 
 CLIP = "jina-clip-v2"
-
-
-def png(width: int, height: int, shade: int = 0) -> bytes:
-    """A small valid PNG of one colour."""
-    row = b"\x00" + bytes([shade, 255 - shade, 128]) * width
-    raw = zlib.compress(row * height)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def direct(emulator: JinaEmulator, items: list[Any], model: str = CLIP) -> np.ndarray:
@@ -49,10 +35,6 @@ def direct(emulator: JinaEmulator, items: list[Any], model: str = CLIP) -> np.nd
     assert answer.status_code == 200, answer.text
     rows = sorted(answer.json()["data"], key=lambda item: item["index"])
     return np.stack([np.frombuffer(base64.b64decode(r["embedding"]), "<f4") for r in rows])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def test_images_by_bytes_equal_a_direct_call_and_a_second_pass_sends_nothing(
@@ -116,7 +98,7 @@ def test_texts_and_images_in_one_call_are_split_into_hits_and_misses_in_order(
     ef.encode_images([cat])
     ef.encode_documents(["a cat"])
     options = ef.options()
-    mixed = ["a dog", Media("image", data=cat), "a cat", Media("image", data=dog)]
+    mixed: list[Input] = ["a dog", Media("image", data=cat), "a cat", Media("image", data=dog)]
     got = ef._embedder.embed(mixed, options)
     # Only the two new ones were sent, in one request.
     last = emulator.requests[-1]

@@ -22,6 +22,7 @@ from embedcache.langchain import JinaEmbeddings
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
+from .media import b64, png
 
 MakeLC = Callable[..., JinaEmbeddings]
 MakeEF = Callable[..., JinaEmbeddingFunction]
@@ -176,3 +177,22 @@ def test_without_langchain_core_the_import_names_the_extra() -> None:
     ).stdout
     assert out.startswith("langchain | ")
     assert "pip install 'embedcache[langchain]'" in out
+
+
+def test_embed_images_takes_urls_and_paths_and_caches_them(
+    emulator: JinaEmulator, make_lc: MakeLC, tmp_path: Path
+) -> None:
+    path = tmp_path / "cat.png"
+    path.write_bytes(png(6, 6, 9))
+    uris = ["https://example.com/dog.png", str(path)]
+    first = make_lc("jina-clip-v2").embed_images(uris)
+    (request,) = emulator.requests
+    assert request.body["input"] == [  # type: ignore[index]
+        {"image": uris[0]},
+        {"image": b64(path.read_bytes())},
+    ]
+    again = make_lc("jina-clip-v2")
+    assert again.embed_images(uris) == first
+    assert asyncio.run(again.aembed_images(uris)) == first
+    assert len(emulator.requests) == 1
+    assert len(first[0]) == 1024

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from embedcache.llama_index import JinaEmbedding
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY
+from .media import png
 
 MakeLI = Callable[..., JinaEmbedding]
 MakeEF = Callable[..., JinaEmbeddingFunction]
@@ -204,3 +206,19 @@ def test_without_llama_index_core_the_import_names_the_extra() -> None:
     ).stdout
     assert out.startswith("llama-index | ")
     assert "pip install 'embedcache[llama-index]'" in out
+
+
+def test_image_embeddings_by_path_url_and_bytesio_are_cached(
+    emulator: JinaEmulator, make_li: MakeLI, tmp_path: Path
+) -> None:
+    image = png(5, 5, 3)
+    path = tmp_path / "cat.png"
+    path.write_bytes(image)
+    model = make_li("jina-clip-v2")
+    batch = model.get_image_embedding_batch([str(path), "https://example.com/a.png"])
+    one = model.get_image_embedding(io.BytesIO(image))
+    assert one == batch[0]  # the same content, the same entry
+    assert len(emulator.requests) == 1
+    again = make_li("jina-clip-v2")
+    assert asyncio.run(again.aget_image_embedding(str(path))) == batch[0]
+    assert len(emulator.requests) == 1

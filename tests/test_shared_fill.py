@@ -19,6 +19,7 @@ import pytest
 from embedcache import JinaClient, RequestOptions, UpstreamResult
 from embedcache.assembly import build_embedder
 from embedcache.cache_keys import fingerprint, text_keys
+from embedcache.inputs import Input
 from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator
@@ -81,11 +82,11 @@ class HoldSecond:
 
     def __init__(self, inner: JinaClient) -> None:
         self.inner = inner
-        self.calls: list[list[str]] = []
+        self.calls: list[list[Input]] = []
         self.second = threading.Event()
         self.go = threading.Event()
 
-    def embed(self, texts: Sequence[str], options: RequestOptions) -> UpstreamResult:
+    def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult:
         self.calls.append(list(texts))
         if len(self.calls) == 2:
             self.second.set()

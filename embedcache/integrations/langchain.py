@@ -133,6 +133,18 @@ class JinaEmbeddings(Embeddings):
         vectors: list[list[float]] = (await self._ef.aembed(texts)).tolist()
         return vectors
 
+    def embed_images(self, uris: list[str]) -> list[list[float]]:
+        """One vector per image, in order, as LangChain's ``JinaEmbeddings.embed_images``:
+        each an ``http(s)`` URL (sent as it is) or a local file's path (read and keyed by
+        its content); ``bytes`` and ``data:`` URIs are taken too (jina-clip-v1, jina-clip-v2,
+        jina-embeddings-v4)."""
+        vectors: list[list[float]] = self._ef.embed_images(uris).tolist()
+        return vectors
+
+    async def aembed_images(self, uris: list[str]) -> list[list[float]]:
+        """:meth:`embed_images`, awaited."""
+        return [vector.tolist() for vector in await self._ef.aencode_images(uris)]
+
     async def aembed_query(self, text: str) -> list[float]:
         """:meth:`embed_query`, awaited."""
         vector: list[float] = (await self._ef.aembed([text], task=self.query_task))[0].tolist()

@@ -10,6 +10,7 @@ so a query would get the document vector of the same text (and another model's o
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -17,12 +18,13 @@ from ..config import DEFAULT_MODEL
 from ..embedding.counters import Stats
 from ..errors import InvalidInputError
 from ..extras import requires
-from ..function import JinaEmbeddingFunction, paired_tasks, settings_of
+from ..function import ImageLike, JinaEmbeddingFunction, paired_tasks, settings_of
 
 with requires("llama-index"):
-    from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CallbackManager
+    from llama_index.core.embeddings import MultiModalEmbedding
+    from llama_index.core.schema import ImageType
 
 __all__ = ["JinaEmbedding"]
 
@@ -33,9 +35,12 @@ _MAX_EMBED_BATCH_SIZE = 2048
 _BASE_FIELDS = frozenset({"num_workers", "rate_limiter"})
 
 
-class JinaEmbedding(BaseEmbedding):
-    """A LlamaIndex ``BaseEmbedding`` for the Jina API, with embedcache's disk cache in
-    front: pass it as ``embed_model`` (``VectorStoreIndex``, ``Settings.embed_model``).
+class JinaEmbedding(MultiModalEmbedding):
+    """A LlamaIndex embedding model for the Jina API, with embedcache's disk cache in
+    front: pass it as ``embed_model`` (``VectorStoreIndex``, ``Settings.embed_model``), or
+    as the image embedding of a ``MultiModalVectorStoreIndex`` with a multimodal model
+    (jina-clip-v1, jina-clip-v2, jina-embeddings-v4): images by path or ``BytesIO`` are
+    keyed by their content, by ``http(s)`` URL by the URL.
 
     The first arguments are those of ``llama_index.embeddings.jinaai.JinaEmbedding``, in
     its order; ``api_key`` may also come from ``JINAAI_API_KEY`` or ``JINA_API_KEY``, read
@@ -197,3 +202,22 @@ class JinaEmbedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         vectors: list[list[float]] = (await self._ef.aembed(texts)).tolist()
         return vectors
+
+    def _get_image_embedding(self, img_file_path: ImageType) -> list[float]:
+        return self._get_image_embeddings([img_file_path])[0]
+
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> list[float]:
+        return (await self._aget_image_embeddings([img_file_path]))[0]
+
+    def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[list[float]]:
+        vectors: list[list[float]] = self._ef.embed_images(_images(img_file_paths)).tolist()
+        return vectors
+
+    async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[list[float]]:
+        found = await self._ef.aencode_images(_images(img_file_paths))
+        return [vector.tolist() for vector in found]
+
+
+def _images(images: list[ImageType]) -> list[ImageLike]:
+    """LlamaIndex's images (paths, URLs, ``BytesIO``) as the embedding function takes them."""
+    return [image.getvalue() if isinstance(image, io.BytesIO) else image for image in images]
