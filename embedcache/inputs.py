@@ -182,7 +182,7 @@ def parse_item(value: object, where: str) -> Input:
             kind = name if name in MEDIA_KINDS else "image"
             holds_url = _LEGACY_IMAGE_KEYS.get(name)
             if holds_url is None:  # image/pdf: a URL or base64, told apart by the scheme
-                holds_url = _looks_like_url(content)
+                holds_url = bool(_SCHEME.match(content))
             if holds_url:
                 return media_url(kind, content, f"{where}.{name}")
             return media_bytes(kind, decode_base64(content, f"{where}.{name}"), f"{where}.{name}")

@@ -229,13 +229,11 @@ def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: Se
 @pytest.mark.parametrize(
     "body",
     [
-        {"model": "jina-clip-v2", "input": [{"image": "https://example.com/cat.png"}]},
-        {"model": "jina-clip-v2", "input": ["a cat", {"image": "aGVsbG8="}]},
         {"model": V3, "input": ["text"], "embedding_type": "binary"},
         {"model": V3, "input": ["text"], "embedding_type": ["float", "base64"]},
         {"model": V3, "input": ["text"], "return_multivector": True},
     ],
-    ids=["image", "text-and-image", "binary", "several-types", "unknown-field"],
+    ids=["binary", "several-types", "unknown-field"],
 )
 def test_requests_the_cache_cannot_key_are_forwarded_and_never_stored(
     emulator: JinaEmulator, proxy: Served, body: dict[str, Any]

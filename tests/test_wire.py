@@ -41,6 +41,9 @@ def test_a_plain_text_request_becomes_texts_and_the_options_the_core_keys_on() -
         {"model": V3, "input": ["x"], "encoding_type": "base64"},
         {"model": V3, "input": ["x"], "embedding_type": "base64", "encoding_type": "base64"},
         {"model": V3, "input": ["x"], "embedding_type": "float", "normalized": None},
+        {"model": "jina-clip-v2", "input": [{"image": "https://example.com/a.png"}]},
+        {"model": "jina-clip-v2", "input": [{"url": "https://example.com/a.png"}, "a text"]},
+        {"model": "jina-embeddings-v4", "input": {"pdf": "https://example.com/a.pdf"}},
     ],
 )
 def test_these_requests_are_answered_from_the_cache(body: dict[str, Any]) -> None:
@@ -55,7 +58,6 @@ def test_these_requests_are_answered_from_the_cache(body: dict[str, Any]) -> Non
         {"model": 3, "input": ["x"]},
         {"model": V3, "input": []},
         {"model": V3, "input": [{"text": "x", "extra": 1}]},
-        {"model": "jina-clip-v2", "input": [{"image": "https://example.com/a.png"}]},
         {"model": V3, "input": ["x"], "embedding_type": "ubinary"},
         {"model": V3, "input": ["x"], "embedding_type": ["float"]},
         {"model": V3, "input": ["x"], "embedding_type": "float", "encoding_type": "base64"},

@@ -40,6 +40,7 @@ import orjson
 
 from ..embedding.embedder import CachedEmbedder
 from ..errors import CacheError, InvalidInputError
+from ..inputs import Input
 from ..models import RequestOptions
 from ..storage.ledgers import Ledger, SqliteLedger
 from .access import key_name
@@ -335,7 +336,7 @@ class Budgets:
         self,
         budget: Budget,
         embedder: CachedEmbedder,
-        requests: Iterable[tuple[Sequence[str], RequestOptions]],
+        requests: Iterable[tuple[Sequence[Input], RequestOptions]],
         least: int = 0,
     ) -> Reservation | Over:
         """Reserve what ``requests``' uncached texts are estimated to cost (nothing is

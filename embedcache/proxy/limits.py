@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
+from ..inputs import Input
 from ..models import RequestOptions
 from ..tokens import estimate_tokens
 
@@ -74,7 +75,9 @@ class RequestLimits:
 
 
 def refuse_overlong(
-    texts: Sequence[str], options: RequestOptions, field: Callable[[int], str] = "input[{}]".format
+    texts: Sequence[Input],
+    options: RequestOptions,
+    field: Callable[[int], str] = "input[{}]".format,
 ) -> None:
     """Refuse a request holding a text over its model's token limit, estimated a slice at
     a time and stopping as soon as the limit is passed: for a huge text, in microseconds
@@ -89,8 +92,8 @@ def refuse_overlong(
     if limit is None:
         return
     for index, text in enumerate(texts):
-        if len(text) <= limit:
-            continue  # every estimated token spans at least one character
+        if not isinstance(text, str) or len(text) <= limit:
+            continue  # an image; or every estimated token spans at least one character
         counted = 0
         for start in range(0, len(text), _SLICE):
             counted += estimate_tokens(text[start : start + _SLICE])

@@ -31,6 +31,7 @@ from ..errors import (
     InvalidInputError,
     SharedCacheError,
 )
+from ..inputs import Input, Media, parse_item
 from ..models import RequestOptions, resolve_options, spec_for
 from ..upstream.float_style import DEFAULT_FLOAT_STYLE
 
@@ -49,6 +50,8 @@ __all__ = [
 
 #: Output encodings the proxy can produce exactly from a cached float32 vector.
 CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
+# An item that is an image or a PDF, in the API's forms (the older url and bytes too).
+_MEDIA_KEYS = frozenset({"image", "pdf", "url", "bytes"})
 _KNOWN_FIELDS = frozenset(
     {"model", "input", "task", "dimensions", "normalized", "late_chunking", "truncate"}
     | {"embedding_type", "encoding_type"}
@@ -65,7 +68,7 @@ class EmbeddingsRequest:
     its misses, and how the client wants the vectors written."""
 
     model: str
-    texts: list[str]
+    texts: Sequence[Input]
     options: RequestOptions
     embedding_type: str
 
@@ -107,6 +110,9 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
         options = _known_options(*fields)
     except TypeError:  # an unhashable field (a list, an object): say what is wrong with it
         options = _options(*fields)
+    for index, item in enumerate(texts):
+        if isinstance(item, Media):  # a model that takes none, or late chunking: refused here
+            options.check_media(item, f"input[{index}]" if len(texts) > 1 else "input")
     return EmbeddingsRequest(model, texts, options, embedding_type)
 
 
@@ -178,22 +184,33 @@ def _options(
 _known_options = functools.lru_cache(maxsize=1024, typed=True)(_options)
 
 
-def _texts(value: object) -> list[str] | None:
-    """The texts of ``input``, or ``None`` when it holds anything else (images, PDFs)."""
+def _texts(value: object) -> list[Input] | None:
+    """The inputs of ``input`` (texts, images, PDFs in any of the API's forms), or ``None``
+    when it holds anything else.
+
+    :raises InvalidInputError: an image or PDF that cannot be sent (base64 that does not
+        decode, a URL that is not ``http(s)``), or a PDF beside other inputs (the API takes
+        one PDF per request, alone).
+    """
     if isinstance(value, str):
         return [value]
+    listed = isinstance(value, list)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not value:
         return None
-    texts: list[str] = []
-    for item in value:
+    texts: list[Input] = []
+    for index, item in enumerate(value):
         if isinstance(item, str):
             texts.append(item)
         elif isinstance(item, dict) and item.keys() == {"text"} and isinstance(item["text"], str):
             texts.append(item["text"])
+        elif isinstance(item, dict) and len(item) == 1 and item.keys() <= _MEDIA_KEYS:
+            texts.append(parse_item(item, f"input[{index}]" if listed else "input"))
         else:
             return None
+    if len(texts) > 1 and any(isinstance(t, Media) and t.kind == "pdf" for t in texts):
+        raise InvalidInputError('a PDF is sent alone: one {"pdf": ...} per request')
     return texts
 
 
