@@ -1,0 +1,276 @@
+"""Who used the proxy and for what: requests, texts, hits, misses, tokens spent and saved,
+errors and over-budget refusals per caller (``k_`` + 12 hex of the key's SHA-256, never the
+key) and per model and task, for ``/admin/stats`` and the dashboard.
+
+Input: the :class:`~embedcache.proxy.requestlog.RequestRecord` of every finished request,
+in batches handed to :meth:`Usage.add` off the event loop. Each worker adds them up in
+memory (bounded: past :data:`MAX_CALLERS` callers, the smallest are folded into one
+``others`` row) and, at most once every :data:`FLUSH_SECONDS`, adds what it holds to
+``usage.db`` (SQLite, WAL) in the cache directory, in one short transaction. Every worker
+of every proxy on the directory adds to the same rows, so a report is the whole lifetime of
+the directory (since ``usage.db`` was made), survives restarts, and is read from the table
+(:meth:`Usage.report`, in a thread). The table is bounded the same way as memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CacheError
+from .requestlog import RequestRecord
+
+__all__ = ["FIELDS", "FLUSH_SECONDS", "MAX_CALLERS", "OTHERS", "USAGE_FILE", "Usage"]
+
+log = logging.getLogger("embedcache")
+
+#: The file in the cache directory.
+USAGE_FILE = "usage.db"
+#: What is counted for each caller and each model/task.
+FIELDS = (
+    "requests", "texts", "hits", "misses", "tokens_spent", "tokens_saved", "errors",
+    "over_budget",
+)  # fmt: skip
+#: Most callers (and most model/task pairs) held, in memory and in the table; beyond it
+#: the smallest are added to the :data:`OTHERS` row.
+MAX_CALLERS = 10_000
+#: The row that holds the callers (or models) folded away, by name.
+OTHERS = "others"
+#: How often a worker adds what it counted to the table, at most.
+FLUSH_SECONDS = 1.0
+_BUSY_MS = 5_000
+# SQLite's primary keys treat NULLs as distinct: "no key" and "no model" are stored as ''.
+_NONE = ""
+_TOKENS, _SAVED = FIELDS.index("tokens_spent"), FIELDS.index("tokens_saved")
+_TABLES = {"callers": ("key",), "models": ("model", "task")}
+
+Tally = dict[tuple[str, ...], list[float]]
+
+
+class Usage:
+    """One worker's share of the per-caller and per-model figures, and the reader of the
+    whole directory's (see the module docstring). Thread-safe.
+
+    :param directory: the cache directory (``usage.db`` is made in it).
+    :param budgets_on: whether the proxy enforces budgets: only then is a 429 to a request
+        with texts counted as over budget (without budgets a 429 is the upstream's own).
+    :param max_callers: see :data:`MAX_CALLERS`.
+    :param flush_seconds: see :data:`FLUSH_SECONDS`.
+    :param clock: monotonic seconds (tests).
+    :raises CacheError: ``usage.db`` cannot be opened.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        budgets_on: bool = False,
+        max_callers: int = MAX_CALLERS,
+        flush_seconds: float = FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._budgets_on = budgets_on
+        self._max = max_callers
+        self._every = flush_seconds
+        self._clock = clock
+        self._lock = threading.Lock()  # the tallies
+        self._db_lock = threading.Lock()  # the connection
+        self._tallies: dict[str, Tally] = {"callers": {}, "models": {}}
+        self._flushed = clock()
+        self.path = Path(directory) / USAGE_FILE
+        try:
+            self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, check_same_thread=False)
+            self._db.isolation_level = None  # transactions are begun explicitly
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            counted = ", ".join(f"{name} REAL NOT NULL DEFAULT 0" for name in FIELDS)
+            for table, names in _TABLES.items():
+                key = ", ".join(f"{name} TEXT NOT NULL" for name in names)
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} ({key}, {counted}, "
+                    f"PRIMARY KEY ({', '.join(names)}))"
+                )
+            self._db.execute("CREATE TABLE IF NOT EXISTS since (started REAL NOT NULL)")
+            self._db.execute(
+                "INSERT INTO since SELECT ? WHERE NOT EXISTS (SELECT 1 FROM since)", (time.time(),)
+            )
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open the usage table {self.path}: {exc}") from exc
+
+    def add(self, records: Sequence[RequestRecord]) -> None:
+        """Count finished requests (a batch, off the event loop); adds to the table when
+        the last addition is :data:`FLUSH_SECONDS` old."""
+        with self._lock:
+            callers, models = self._tallies["callers"], self._tallies["models"]
+            for record in records:
+                counts = self._counts(record)
+                _add(callers, (record.key or _NONE,), counts)
+                _add(models, (record.model or _NONE, record.task or _NONE), counts)
+            for tally in (callers, models):
+                if len(tally) > self._max:
+                    _fold(tally, self._max)
+        if self._clock() - self._flushed >= self._every:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        """Add what is held to the table if :data:`FLUSH_SECONDS` have passed (for a quiet
+        worker, whose :meth:`add` is not called)."""
+        if self._clock() - self._flushed >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what this worker counted since the last flush to the table, in one
+        transaction (kept for the next flush if the table is busy or broken)."""
+        with self._lock:
+            held, self._tallies = self._tallies, {"callers": {}, "models": {}}
+            self._flushed = self._clock()
+        if not any(held.values()):
+            return
+        try:
+            with self._db_lock:
+                self._write(held)
+        except sqlite3.Error as exc:
+            log.warning("embedcache proxy: cannot add to %s (kept for later): %s", self.path, exc)
+            with self._lock:  # put back: counted again at the next flush
+                for table, tally in held.items():
+                    for name, counts in tally.items():
+                        _add(self._tallies[table], name, counts)
+
+    def report(self, price: float, top: int = 50) -> dict[str, Any]:
+        """The whole directory's figures, this worker's held ones added first: the ``top``
+        callers and models by tokens (spent + saved), and the rest's totals.
+
+        :param price: dollars per million tokens (``usd_spent``, ``usd_saved``).
+        """
+        self.flush()
+        with self._db_lock:
+            try:
+                since = self._db.execute("SELECT started FROM since").fetchone()
+                tables = {
+                    table: self._db.execute(
+                        f"SELECT {', '.join(names)}, {', '.join(FIELDS)} FROM {table} "
+                        "ORDER BY tokens_spent + tokens_saved DESC, requests DESC"
+                    ).fetchall()
+                    for table, names in _TABLES.items()
+                }
+            except sqlite3.Error as exc:
+                raise CacheError(f"cannot read the usage table {self.path}: {exc}") from exc
+        out: dict[str, Any] = {
+            "usage": {"period": "lifetime", "since": since[0] if since else None, "top": top}
+        }
+        for table, rows in tables.items():
+            width = len(_TABLES[table])
+            shown = [_row(table, row[:width], row[width:], price) for row in rows[:top]]
+            rest = [row[width:] for row in rows[top:]]
+            out[table] = shown
+            out["usage"][f"{table}_count"] = len(rows)
+            out["usage"][f"{table}_rest"] = (
+                _figures([sum(column) for column in zip(*rest, strict=True)], price)
+                if rest
+                else None
+            )
+        return out
+
+    def close(self) -> None:
+        """Add what is held to the table and close it."""
+        self.flush()
+        with self._db_lock:
+            self._db.close()
+
+    def _counts(self, record: RequestRecord) -> list[float]:
+        status = record.status
+        over = self._budgets_on and status == 429 and record.texts > 0
+        return [
+            1, record.texts, record.hits, record.misses, record.tokens_spent,
+            record.tokens_saved, status >= 400, over,
+        ]  # fmt: skip
+
+    def _write(self, held: dict[str, Tally]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, tally in held.items():
+                names = _TABLES[table]
+                columns = (*names, *FIELDS)
+                updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
+                db.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))}) "
+                    f"ON CONFLICT ({', '.join(names)}) DO UPDATE SET {updates}",
+                    [(*name, *counts) for name, counts in tally.items()],
+                )
+                self._bound(table, names)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _bound(self, table: str, names: tuple[str, ...]) -> None:
+        """Fold the table's smallest rows into the ``others`` row when it holds more than
+        the bound (in the flush's transaction)."""
+        db = self._db
+        (count,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        if count <= self._max:
+            return
+        # Down to nine tenths of the bound: not a fold at every flush of a busy proxy.
+        others = (OTHERS,) * len(names)
+        matched = " AND ".join(f"{name} = ?" for name in names)
+        smallest = db.execute(
+            f"SELECT {', '.join(names)}, {', '.join(FIELDS)} FROM {table} WHERE NOT ({matched}) "
+            "ORDER BY tokens_spent + tokens_saved, requests LIMIT ?",
+            (*others, count - self._max * 9 // 10),
+        ).fetchall()
+        width = len(names)
+        folded = [sum(column) for column in zip(*(row[width:] for row in smallest), strict=True)]
+        db.executemany(f"DELETE FROM {table} WHERE {matched}", [row[:width] for row in smallest])
+        updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
+        db.execute(
+            f"INSERT INTO {table} ({', '.join((*names, *FIELDS))}) "
+            f"VALUES ({', '.join('?' * (width + len(FIELDS)))}) "
+            f"ON CONFLICT ({', '.join(names)}) DO UPDATE SET {updates}",
+            (*others, *folded),
+        )
+
+
+def _add(tally: Tally, name: tuple[str, ...], counts: Iterable[float]) -> None:
+    held = tally.get(name)
+    if held is None:
+        tally[name] = list(counts)
+    else:
+        for i, value in enumerate(counts):
+            held[i] += value
+
+
+def _fold(tally: Tally, bound: int) -> None:
+    """Add the smallest entries of ``tally`` into the ``others`` one, down to nine tenths
+    of ``bound``."""
+    width = len(next(iter(tally)))
+    others = (OTHERS,) * width
+    ranked = sorted(
+        (name for name in tally if name != others),
+        key=lambda name: (tally[name][_TOKENS] + tally[name][_SAVED], tally[name][0]),
+    )
+    for name in ranked[: len(tally) - bound * 9 // 10]:
+        _add(tally, others, tally.pop(name))
+
+
+def _row(table: str, name: Sequence[str], counts: Sequence[float], price: float) -> dict[str, Any]:
+    named: dict[str, Any] = {
+        column: (value or None) for column, value in zip(_TABLES[table], name, strict=True)
+    }
+    return {**named, **_figures(counts, price)}
+
+
+def _figures(counts: Sequence[float], price: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(FIELDS, counts, strict=True):
+        # Counts are whole; the saved tokens are an estimate (see Stats.tokens_saved).
+        out[name] = round(float(value), 3) if name == "tokens_saved" else int(value)
+    out["usd_spent"] = round(out["tokens_spent"] * price / 1_000_000, 6)
+    out["usd_saved"] = round(out["tokens_saved"] * price / 1_000_000, 6)
+    return out
