@@ -17,13 +17,16 @@ from ..config import VERSION, redact_url
 from ..embedding.embedder import CachedEmbedder
 from ..storage.shared import RedisStore
 from ..storage.store import Store
+from ..upstream.limiter import RateLimiter
 from .access import digest, matches
 from .dashboard import figures
 from .filling import Filler
 from .gate import bearer_of
+from .insights import cache_report, upstream_report
 from .metrics import ProxyMetrics
 from .rendered import RenderedAnswers
 from .responses import json_response
+from .usage import Usage
 from .wire import render_error
 
 __all__ = ["AdminRoutes"]
@@ -42,6 +45,8 @@ class AdminRoutes:
     :param publish: puts this worker's figures on the board (before each report).
     :param flush: drops what every worker holds in memory.
     :param price: dollars per million tokens, for the dashboard's estimates.
+    :param usage: the per-caller and per-model figures (``None``: not kept).
+    :param limiter: the upstream's rate limiter (``None``: unpaced).
     """
 
     def __init__(
@@ -57,6 +62,8 @@ class AdminRoutes:
         publish: Callable[[], None],
         flush: Callable[[], None],
         price: float,
+        usage: Usage | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._admin = digest(admin_token) if admin_token else None
         self._store = store
@@ -68,6 +75,8 @@ class AdminRoutes:
         self._publish = publish
         self._flush = flush
         self._price = price
+        self._usage = usage
+        self._limiter = limiter
 
     async def health(self, request: Request) -> Response:
         """Up, and which version."""
@@ -113,7 +122,15 @@ class AdminRoutes:
             "rendered_budget_bytes": self._rendered.max_bytes,
             "resident_bytes": board.column("resident_bytes"),
             **figures(stats, board.history, self._price),
+            "cache": cache_report(self._store, shared),
+            "upstream": upstream_report(board, self._limiter),
+            **self._usage_report(),
         }
+
+    def _usage_report(self) -> dict[str, Any]:
+        if self._usage is None:
+            return {"usage": None, "callers": [], "models": []}
+        return self._usage.report(self._price)
 
     def _is_admin(self, request: Request) -> bool:
         return matches(bearer_of(request), self._admin)

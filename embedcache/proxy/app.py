@@ -71,6 +71,7 @@ from .rendered import RenderedAnswers
 from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
+from .usage import Usage
 from .wire import render_error
 
 __all__ = ["Proxy", "ProxySettings"]
@@ -222,6 +223,7 @@ class Proxy:
                 self.budgets.close()
             self.parts.close()
             raise
+        self.usage = self._open_usage()
         self.hits = HitPath(
             self.embedder,
             self.rendered,
@@ -257,6 +259,8 @@ class Proxy:
             publish=self.publish,
             flush=self._flush_every_worker,
             price=settings.price_per_million,
+            usage=self.usage,
+            limiter=self.parts.client.limiter,
         )
         dashboard = DashboardRoute(bool(settings.admin_token))
         self.app = Starlette(
@@ -323,6 +327,15 @@ class Proxy:
         record.ms = (time.perf_counter() - started) * 1000
         self.request_log.write(record)
 
+    def _open_usage(self) -> Usage | None:
+        """The per-caller and per-model figures, in the cache directory's ``usage.db``; a
+        directory where it cannot be made (read-only) serves without them."""
+        try:
+            return Usage(self.store.directory, budgets_on=self.budgets is not None)
+        except CacheError as exc:
+            log.warning("embedcache proxy: no per-caller figures: %s", exc)
+            return None
+
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
         if self._closed:
@@ -334,6 +347,8 @@ class Proxy:
         self.keep_float_style()  # a style learned in the last second is not lost
         if self.budgets is not None:
             self.budgets.close()
+        if self.usage is not None:
+            self.usage.close()
         self.parts.close()
         if self.request_log is not None:
             self.request_log.close()
@@ -352,6 +367,9 @@ class Proxy:
             self._forget()
         stats = self.embedder.stats
         self.metrics.publish(stats, self.embedder.waiting, self.rendered.bytes_held)
+        client = self.parts.client
+        limiter = client.limiter
+        self.metrics.publish_upstream(client.health, limiter.pacing() if limiter else None)
         self._history.record(self.metrics.own_totals())
 
     def follow_removals(self) -> None:
@@ -385,6 +403,9 @@ class Proxy:
             if ticks % _DIRECTORY_EVERY == 0:
                 self.follow_removals()
                 self.keep_float_style()
+                if self.usage is not None and self.usage.pending:
+                    # A quiet worker's last figures reach usage.db too (never on the loop).
+                    await asyncio.to_thread(self.usage.flush_if_due)
 
     def _removals(self) -> int | None:
         try:

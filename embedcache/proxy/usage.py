@@ -49,6 +49,43 @@ _NONE = ""
 _TOKENS, _SAVED = FIELDS.index("tokens_spent"), FIELDS.index("tokens_saved")
 _TABLES = {"callers": ("key",), "models": ("model", "task")}
 
+
+class _Sql:
+    """One table's statements, built once from the constants above (no value of a
+    request's is ever written into SQL text: values are bound)."""
+
+    def __init__(self, table: str, names: tuple[str, ...]) -> None:
+        keys, counted = ", ".join(names), ", ".join(FIELDS)
+        columns = ", ".join((*names, *FIELDS))
+        marks = ", ".join("?" * (len(names) + len(FIELDS)))
+        updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
+        matched = " AND ".join(f"{name} = ?" for name in names)
+        by_size = "tokens_spent + tokens_saved, requests"
+        self.create = (
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            + ", ".join(f"{name} TEXT NOT NULL" for name in names)
+            + ", "
+            + ", ".join(f"{name} REAL NOT NULL DEFAULT 0" for name in FIELDS)
+            + f", PRIMARY KEY ({keys}))"
+        )
+        self.add = (
+            f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608
+            f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        )
+        self.largest = (
+            f"SELECT {keys}, {counted} FROM {table} "  # noqa: S608
+            "ORDER BY tokens_spent + tokens_saved DESC, requests DESC"
+        )
+        self.count = f"SELECT COUNT(*) FROM {table}"  # noqa: S608
+        self.smallest = (
+            f"SELECT {keys}, {counted} FROM {table} "  # noqa: S608
+            f"WHERE NOT ({matched}) ORDER BY {by_size} LIMIT ?"
+        )
+        self.delete = f"DELETE FROM {table} WHERE {matched}"  # noqa: S608
+
+
+_SQL = {table: _Sql(table, names) for table, names in _TABLES.items()}
+
 Tally = dict[tuple[str, ...], list[float]]
 
 
@@ -88,13 +125,8 @@ class Usage:
             self._db.isolation_level = None  # transactions are begun explicitly
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
-            counted = ", ".join(f"{name} REAL NOT NULL DEFAULT 0" for name in FIELDS)
-            for table, names in _TABLES.items():
-                key = ", ".join(f"{name} TEXT NOT NULL" for name in names)
-                self._db.execute(
-                    f"CREATE TABLE IF NOT EXISTS {table} ({key}, {counted}, "
-                    f"PRIMARY KEY ({', '.join(names)}))"
-                )
+            for sql in _SQL.values():
+                self._db.execute(sql.create)
             self._db.execute("CREATE TABLE IF NOT EXISTS since (started REAL NOT NULL)")
             self._db.execute(
                 "INSERT INTO since SELECT ? WHERE NOT EXISTS (SELECT 1 FROM since)", (time.time(),)
@@ -116,6 +148,11 @@ class Usage:
                     _fold(tally, self._max)
         if self._clock() - self._flushed >= self._every:
             self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Whether this worker holds figures not yet in the table."""
+        return any(self._tallies.values())
 
     def flush_if_due(self) -> None:
         """Add what is held to the table if :data:`FLUSH_SECONDS` have passed (for a quiet
@@ -152,11 +189,7 @@ class Usage:
             try:
                 since = self._db.execute("SELECT started FROM since").fetchone()
                 tables = {
-                    table: self._db.execute(
-                        f"SELECT {', '.join(names)}, {', '.join(FIELDS)} FROM {table} "
-                        "ORDER BY tokens_spent + tokens_saved DESC, requests DESC"
-                    ).fetchall()
-                    for table, names in _TABLES.items()
+                    table: self._db.execute(sql.largest).fetchall() for table, sql in _SQL.items()
                 }
             except sqlite3.Error as exc:
                 raise CacheError(f"cannot read the usage table {self.path}: {exc}") from exc
@@ -195,46 +228,27 @@ class Usage:
         db.execute("BEGIN IMMEDIATE")
         try:
             for table, tally in held.items():
-                names = _TABLES[table]
-                columns = (*names, *FIELDS)
-                updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
-                db.executemany(
-                    f"INSERT INTO {table} ({', '.join(columns)}) "
-                    f"VALUES ({', '.join('?' * len(columns))}) "
-                    f"ON CONFLICT ({', '.join(names)}) DO UPDATE SET {updates}",
-                    [(*name, *counts) for name, counts in tally.items()],
-                )
-                self._bound(table, names)
+                sql = _SQL[table]
+                db.executemany(sql.add, [(*name, *counts) for name, counts in tally.items()])
+                self._bound(sql, len(_TABLES[table]))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _bound(self, table: str, names: tuple[str, ...]) -> None:
+    def _bound(self, sql: _Sql, width: int) -> None:
         """Fold the table's smallest rows into the ``others`` row when it holds more than
         the bound (in the flush's transaction)."""
         db = self._db
-        (count,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        (count,) = db.execute(sql.count).fetchone()
         if count <= self._max:
             return
         # Down to nine tenths of the bound: not a fold at every flush of a busy proxy.
-        others = (OTHERS,) * len(names)
-        matched = " AND ".join(f"{name} = ?" for name in names)
-        smallest = db.execute(
-            f"SELECT {', '.join(names)}, {', '.join(FIELDS)} FROM {table} WHERE NOT ({matched}) "
-            "ORDER BY tokens_spent + tokens_saved, requests LIMIT ?",
-            (*others, count - self._max * 9 // 10),
-        ).fetchall()
-        width = len(names)
+        others = (OTHERS,) * width
+        smallest = db.execute(sql.smallest, (*others, count - self._max * 9 // 10)).fetchall()
         folded = [sum(column) for column in zip(*(row[width:] for row in smallest), strict=True)]
-        db.executemany(f"DELETE FROM {table} WHERE {matched}", [row[:width] for row in smallest])
-        updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
-        db.execute(
-            f"INSERT INTO {table} ({', '.join((*names, *FIELDS))}) "
-            f"VALUES ({', '.join('?' * (width + len(FIELDS)))}) "
-            f"ON CONFLICT ({', '.join(names)}) DO UPDATE SET {updates}",
-            (*others, *folded),
-        )
+        db.executemany(sql.delete, [row[:width] for row in smallest])
+        db.execute(sql.add, (*others, *folded))
 
 
 def _add(tally: Tally, name: tuple[str, ...], counts: Iterable[float]) -> None:
