@@ -33,7 +33,7 @@ def upstream_report(
 ) -> dict[str, Any]:
     """The ``upstream`` section: attempts, retries, failures by kind, the last failure, the
     mean answer time, the pacing (``None`` when nothing is paced) and the :func:`upstream_state`."""
-    summed, states = board.upstream()
+    summed, paced, states = board.upstream()
     now = time.time() if now is None else now
     failure = board.last_failure()
     pacing: dict[str, Any] | None = None
@@ -47,11 +47,11 @@ def upstream_report(
             # Each worker paces on its own: the lowest scale and the longest pause show.
             "scale": round(min(state["scale"] for state in states), 4),
             "paused_seconds": round(max(state["paused_seconds"] for state in states), 3),
-            "window_requests": int(summed["window_requests"]),
-            "window_tokens": round(summed["window_tokens"]),
-            "in_flight": int(summed["in_flight"]),
-            "rate_limited": int(summed["rate_limited"]),
-            "waited_seconds": round(summed["waited_seconds"], 3),
+            "window_requests": int(paced["window_requests"]),
+            "window_tokens": round(paced["window_tokens"]),
+            "in_flight": int(paced["in_flight"]),
+            "rate_limited": int(paced["rate_limited"]),
+            "waited_seconds": round(paced["waited_seconds"], 3),
         }
     answered = summed["answered"]
     return {

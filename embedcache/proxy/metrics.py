@@ -104,17 +104,17 @@ class Board:
         index = {"rendered_bytes": _RENDERED_BYTES, "resident_bytes": _RESIDENT_BYTES}[name]
         return [float(value) for value in self._rows[:, index]]
 
-    def upstream(self) -> tuple[dict[str, float], list[dict[str, float]]]:
-        """The upstream's figures added up over the workers (:data:`UPSTREAM_SUMMED`, then
-        :data:`PACING_SUMMED`), and each worker's :data:`PACING_STATE`."""
+    def upstream(self) -> tuple[dict[str, float], dict[str, float], list[dict[str, float]]]:
+        """The upstream's figures added up over the workers (:data:`UPSTREAM_SUMMED`), the
+        rate limiters' (:data:`PACING_SUMMED`), and each worker's :data:`PACING_STATE`."""
         total = self.total()
         summed = {name: float(total[_UPSTREAM + i]) for i, name in enumerate(UPSTREAM_SUMMED)}
-        summed |= {name: float(total[_PACING + i]) for i, name in enumerate(PACING_SUMMED)}
+        pacing = {name: float(total[_PACING + i]) for i, name in enumerate(PACING_SUMMED)}
         states = [
             {name: float(row[_PACING_STATE + i]) for i, name in enumerate(PACING_STATE)}
             for row in self._rows
         ]
-        return summed, states
+        return summed, pacing, states
 
     def last_failure(self) -> LastFailure | None:
         """The latest failed upstream attempt of any worker."""
@@ -257,7 +257,7 @@ class ProxyMetrics:
                 [("", stats.tokens_spent)])  # fmt: skip
         _family(out, "tokens_saved_total", "counter", "Tokens the hits cost when fetched (est.).",
                 [("", round(stats.tokens_saved))])  # fmt: skip
-        upstream, _ = self.board.upstream()
+        upstream, _, _ = self.board.upstream()
         _family(out, "upstream_retries_total", "counter", "Upstream attempts that were retries.",
                 [("", int(upstream["retries"]))])  # fmt: skip
         _family(out, "upstream_failures_total", "counter", "Failed upstream attempts, by kind.",
