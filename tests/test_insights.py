@@ -140,7 +140,8 @@ def test_admin_stats_counts_upstream_retries_and_failures_by_kind(
     assert upstream["mean_ms"] > 0
     last = upstream["last_failure"]
     assert last["status"] == 503
-    assert "503" in last["message"] and "\n" not in last["message"]
+    assert "503" in last["message"]
+    assert "\n" not in last["message"]
     assert upstream["state"] == "failing"  # a 5xx in the last minute
 
 
@@ -186,7 +187,8 @@ def test_admin_stats_shows_the_cache_size_on_disk(make_proxy: MakeProxy, cache_d
     assert cache["vector_bytes"] == 5 * 1024 * 4
     on_disk = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
     assert cache["vector_bytes"] < cache["bytes_on_disk"] <= on_disk * 2
-    assert cache["size_limit"] is None and cache["shared"] is None
+    assert cache["size_limit"] is None
+    assert cache["shared"] is None
 
 
 def test_the_key_never_reaches_usage_db(tmp_path: Path) -> None:
