@@ -173,6 +173,41 @@ def _integer(value: float) -> str:
     return f"{math.floor(value + 0.5):,}"
 
 
+def _usd(value: float) -> str:
+    """As the page writes dollars: to the millionth, thousands separated."""
+    return f"${value:,.6f}"
+
+
+def _size(value: float) -> str:
+    """As the page writes bytes: in the largest binary unit that keeps it at least 1."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while value >= 1024 and i < len(units) - 1:
+        value /= 1024
+        i += 1
+    return f"{int(value)} B" if i == 0 else f"{value:.1f} {units[i]}"
+
+
+def _table(driver: Any, element_id: str) -> list[list[str]]:
+    """A table's body as the page shows it, cell by cell."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} tbody tr")
+    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+
+
+def _usage_cells(row: dict[str, Any]) -> list[str]:
+    """A caller's or model's figures as the page writes them, after its name(s)."""
+    counts = ("requests", "texts", "hits", "misses", "tokens_spent", "tokens_saved")
+    return [
+        *(_integer(row[name]) for name in counts),
+        _usd(row["usd_spent"]),
+        _usd(row["usd_saved"]),
+        _integer(row["errors"]),
+        _integer(row["over_budget"]),
+    ]
+
+
 def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeProxy) -> None:
     proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
     for texts in (("alpha", "beta", "gamma"), ("alpha", "beta"), ("alpha", "delta"), ("beta",)):
@@ -200,9 +235,25 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         assert shown("upstream-requests") == _integer(since["requests"])
         assert shown("tokens-spent") == _integer(since["tokens_spent"])
         assert shown("tokens-saved") == _integer(since["tokens_saved"])
-        assert shown("usd-spent") == f"${stats['usd_spent']:.6f}"
-        assert shown("usd-saved") == f"${stats['usd_saved']:.6f}"
+        assert shown("usd-spent") == _usd(stats["usd_spent"])
+        assert shown("usd-saved") == _usd(stats["usd_saved"])
         assert shown("entries") == _integer(stats["entries"])
+        cache = stats["cache"]
+        assert shown("bytes-on-disk") == _size(cache["bytes_on_disk"])
+        assert shown("vector-bytes") == _size(cache["vector_bytes"])
+        assert shown("size-limit") == "none"
+        upstream = stats["upstream"]
+        assert shown("upstream-state") == upstream["state"] == "ok"
+        assert shown("upstream-sent") == _integer(upstream["sent"])
+        assert shown("upstream-retries") == _integer(upstream["retries"])
+        for kind in ("rate_limited", "server_error", "transport", "client_error"):
+            shown_id = f"upstream-{kind.replace('_', '-')}"
+            assert shown(shown_id) == _integer(upstream["failures"][kind])
+        assert shown("upstream-mean-ms") == f"{upstream['mean_ms']:.1f} ms"
+        assert shown("upstream-last-failure") == "none"
+        assert shown("pacing-off").startswith("Not paced")
+        assert shown("budgets-default") == "no budgets"
+        assert _table(driver, "budgets") == []
         assert shown("workers") == _integer(stats["workers"])
         assert shown("minutes-requests") == _integer(sum(m["requests"] for m in minutes))
         assert shown("minutes-hits") == _integer(sum(m["hits"] for m in minutes))
