@@ -4,14 +4,17 @@ cache's size (:mod:`embedcache.proxy.insights`)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from embedcache.proxy.requestlog import RequestRecord, caller_hash
 from embedcache.proxy.usage import OTHERS, USAGE_FILE, Usage
 from embedcache.testing import Fault, JinaEmulator
 
-from .conftest import API_KEY, MakeProxy
+from .conftest import API_KEY, MakeProxy, MakeServed
 
 ADMIN = "insights-admin-secret"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -200,3 +203,37 @@ def test_the_key_never_reaches_usage_db(tmp_path: Path) -> None:
     for path in files:
         assert API_KEY.encode() not in path.read_bytes()
     assert caller_hash(API_KEY) is not None
+
+
+def test_upstream_figures_are_the_whole_servers_across_two_workers(
+    make_served: MakeServed, emulator: JinaEmulator
+) -> None:
+    proxy = make_served("--workers", "2", env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    emulator.inject(Fault(status=503, retry_after="0", times=3))
+    for i in range(8):  # new connections: the kernel spreads them over both workers
+        with httpx.Client(base_url=proxy.url) as client:
+            body = {"model": MODEL, "input": [f"text {i}"]}
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            assert client.post("/v1/embeddings", json=body, headers=headers).status_code == 200
+    sent = len(emulator.requests)
+    # A worker's figures reach the board within a fraction of a second: ask until they do.
+    for _ in range(50):
+        upstream = _stats(proxy)["upstream"]
+        if upstream["sent"] == sent:
+            break
+        time.sleep(0.1)
+    assert upstream["sent"] == sent == 8 + 3
+    assert upstream["retries"] == 3
+    assert upstream["failures"]["server_error"] == 3
+    assert upstream["last_failure"]["status"] == 503
+
+
+def test_metrics_count_upstream_failures_by_kind(
+    make_proxy: MakeProxy, emulator: JinaEmulator
+) -> None:
+    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    emulator.inject(Fault(status=429, retry_after="0"))
+    assert proxy.embed({"model": MODEL, "input": ["one"]}, API_KEY).status_code == 200
+    text = proxy.http.get("/metrics", headers=ADMIN_HEADERS).text
+    assert 'embedcache_upstream_failures_total{kind="rate_limited"} 1' in text
+    assert "embedcache_upstream_retries_total 1" in text
