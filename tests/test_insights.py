@@ -5,14 +5,18 @@ cache's size (:mod:`embedcache.proxy.insights`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from embedcache.proxy.requestlog import caller_hash
 from embedcache.testing import Fault, JinaEmulator
 
 from .conftest import API_KEY, MakeProxy, MakeServed
+from .serving import Served
 
 ADMIN = "insights-admin-secret"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -133,3 +137,110 @@ def test_metrics_count_upstream_failures_by_kind(
     text = proxy.http.get("/metrics", headers=ADMIN_HEADERS).text
     assert 'embedcache_upstream_failures_total{kind="rate_limited"} 1' in text
     assert "embedcache_upstream_retries_total 1" in text
+
+
+# Per caller and per model/task, through live proxies ----------------------------------
+
+OTHER_KEY = "jina_" + "AnotherCallersKey01" * 3
+
+
+@pytest.fixture
+def open_emulator() -> Iterator[JinaEmulator]:
+    """An upstream that takes any key: each caller pays with its own."""
+    with JinaEmulator() as emu:
+        yield emu
+
+
+def _send(proxy: Served, key: str, texts: list[str], task: str | None = None) -> httpx.Response:
+    """One request on a new connection (the kernel spreads them over the workers)."""
+    body: dict[str, Any] = {"model": MODEL, "input": texts}
+    if task is not None:
+        body["task"] = task
+    with httpx.Client(base_url=proxy.url) as client:
+        return client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def _stats_with(proxy: Served, requests: int) -> dict[str, Any]:
+    """``/admin/stats`` once its callers add up to ``requests`` (each worker hands its
+    records over within a fraction of a second, and adds them to usage.db once a second)."""
+    for _ in range(100):
+        stats = _stats(proxy)
+        if sum(row["requests"] for row in stats["callers"]) >= requests:
+            return stats
+        time.sleep(0.1)
+    return stats
+
+
+def _expected(answers: list[httpx.Response]) -> dict[str, int]:
+    """A caller's figures as its answers' headers tell them."""
+    return {
+        "requests": len(answers),
+        "hits": sum(int(a.headers.get("X-Embedcache-Hits", 0)) for a in answers),
+        "misses": sum(int(a.headers.get("X-Embedcache-Misses", 0)) for a in answers),
+        "errors": sum(a.status_code >= 400 for a in answers),
+    }
+
+
+def test_admin_stats_counts_each_caller_and_model_across_two_workers(
+    make_served: MakeServed, open_emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    proxy = make_served(
+        "--workers", "2", upstream=open_emulator.url, env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN}
+    )
+    first = [
+        _send(proxy, API_KEY, ["alpha", "beta"], "retrieval.query"),  # two misses
+        _send(proxy, API_KEY, ["alpha", "beta"], "retrieval.query"),  # two hits
+        _send(proxy, API_KEY, ["alpha", "gamma"], "retrieval.query"),  # partial
+    ]
+    other = [
+        _send(proxy, OTHER_KEY, ["alpha"], "text-matching"),
+        _send(proxy, OTHER_KEY, ["alpha"], "no-such-task"),  # refused: an error
+    ]
+    assert [a.status_code for a in first + other] == [200, 200, 200, 200, 422]
+    stats = _stats_with(proxy, 5)
+    callers = _by(stats["callers"], "key")
+    for key, answers in ((API_KEY, first), (OTHER_KEY, other)):
+        row = callers[caller_hash(key)]
+        assert {name: row[name] for name in ("requests", "hits", "misses", "errors")} == (
+            _expected(answers)
+        )
+    assert callers[caller_hash(API_KEY)]["texts"] == 6
+    # The tokens add up to the whole server's (every worker's, on the board).
+    since = stats["since_start"]
+    assert sum(row["tokens_spent"] for row in stats["callers"]) == since["tokens_spent"]
+    assert sum(row["tokens_saved"] for row in stats["callers"]) == pytest.approx(
+        since["tokens_saved"]
+    )
+    models = {(row["model"], row["task"]): row for row in stats["models"]}
+    assert models[(MODEL, "retrieval.query")]["requests"] == 3
+    assert models[(MODEL, "text-matching")]["hits"] == 1
+    assert stats["usage"]["callers_count"] == 2
+    # Never a key: only its hash, in the report and in the table's files.
+    for key in (API_KEY, OTHER_KEY):
+        assert key not in _text(proxy)
+        for path in cache_dir.glob("usage.db*"):
+            assert key.encode() not in path.read_bytes()
+
+
+def test_caller_figures_add_up_over_two_proxies_on_one_directory_and_survive_a_restart(
+    make_proxy: MakeProxy, open_emulator: JinaEmulator
+) -> None:
+    env = {"EMBEDCACHE_ADMIN_TOKEN": ADMIN}
+    one = make_proxy(upstream=open_emulator.url, env=env)
+    two = make_proxy(upstream=open_emulator.url, env=env)
+    assert _send(one, API_KEY, ["one"]).status_code == 200
+    assert _send(one, API_KEY, ["one"]).status_code == 200
+    assert _send(two, API_KEY, ["one", "two"]).status_code == 200
+    assert _send(two, OTHER_KEY, ["three"]).status_code == 200
+    callers = _by(_stats_with(one, 4)["callers"], "key")
+    assert callers[caller_hash(API_KEY)]["requests"] == 3
+    assert callers[caller_hash(API_KEY)]["texts"] == 4
+    assert callers[caller_hash(OTHER_KEY)]["requests"] == 1
+    one.stop()
+    two.stop()
+    again = _by(_stats(make_proxy(upstream=open_emulator.url, env=env))["callers"], "key")
+    assert again == callers
+
+
+def _text(proxy: Served) -> str:
+    return proxy.http.get("/admin/stats", headers=ADMIN_HEADERS).text
