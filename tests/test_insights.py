@@ -193,7 +193,7 @@ def test_admin_stats_counts_each_caller_and_model_across_two_workers(
         _send(proxy, API_KEY, ["alpha", "gamma"], "retrieval.query"),  # partial
     ]
     other = [
-        _send(proxy, OTHER_KEY, ["alpha"], "text-matching"),
+        _send(proxy, OTHER_KEY, ["alpha"], "text-matching"),  # a miss: another task
         _send(proxy, OTHER_KEY, ["alpha"], "no-such-task"),  # refused: an error
     ]
     assert [a.status_code for a in first + other] == [200, 200, 200, 200, 422]
@@ -213,7 +213,7 @@ def test_admin_stats_counts_each_caller_and_model_across_two_workers(
     )
     models = {(row["model"], row["task"]): row for row in stats["models"]}
     assert models[(MODEL, "retrieval.query")]["requests"] == 3
-    assert models[(MODEL, "text-matching")]["hits"] == 1
+    assert models[(MODEL, "text-matching")]["misses"] == 1  # another task: another key
     assert stats["usage"]["callers_count"] == 2
     # Never a key: only its hash, in the report and in the table's files.
     for key in (API_KEY, OTHER_KEY):

@@ -136,12 +136,12 @@ def test_the_log_is_rotated_by_size_keeping_the_backups_asked(
 def test_a_writer_follows_a_rotation_made_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
     one, other = RequestLog(str(path), 1 << 20, 3), RequestLog(str(path), 1 << 20, 3)
-    one.write(RequestRecord("/v1/embeddings", "jina", status=200))
-    other.write(RequestRecord("/v1/embeddings", "jina", status=200))
+    one.write([RequestRecord("/v1/embeddings", "jina", status=200)])
+    other.write([RequestRecord("/v1/embeddings", "jina", status=200)])
     one.max_bytes = 1  # its next line rotates the file `other` still has open
-    one.write(RequestRecord("/v1/embeddings", "jina", status=200))
+    one.write([RequestRecord("/v1/embeddings", "jina", status=200)])
     other._checked = 0.0  # as a second later: it looks at the path again
-    other.write(RequestRecord("/embed", "tei", status=200))
+    other.write([RequestRecord("/embed", "tei", status=200)])
     one.close()
     other.close()
     assert [line["route"] for line in lines(tmp_path / "requests.jsonl.1")] == [

@@ -67,6 +67,7 @@ from .http import Request as HttpRequest
 from .keys import Upstreams
 from .limits import RequestLimits
 from .metrics import Board, ProxyMetrics
+from .outcomes import Outcomes
 from .rendered import RenderedAnswers
 from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
@@ -208,6 +209,9 @@ class Proxy:
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
         self.budgets: Budgets | None = None
         self.request_log: RequestLog | None = None
+        #: Each request's record, on its way to the request log and the per-caller figures
+        #: (``None``: nothing keeps them).
+        self.outcomes: Outcomes | None = None
         try:
             policy = settings.budgets
             if policy is not None:
@@ -224,6 +228,11 @@ class Proxy:
             self.parts.close()
             raise
         self.usage = self._open_usage()
+        # Every request's record goes to whatever keeps them, in batches off the loop.
+        consumers = [kept.write for kept in (self.request_log,) if kept is not None]
+        consumers += [usage.add for usage in (self.usage,) if usage is not None]
+        if consumers:
+            self.outcomes = Outcomes(consumers)
         self.hits = HitPath(
             self.embedder,
             self.rendered,
@@ -232,7 +241,7 @@ class Proxy:
             self.metrics,
             limits,
             self.budgets,
-            self.request_log,
+            self.outcomes,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -244,7 +253,7 @@ class Proxy:
             metrics=self.metrics,
             publish=self.publish,
             budgets=self.budgets,
-            request_log=self.request_log,
+            outcomes=self.outcomes,
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
@@ -299,7 +308,7 @@ class Proxy:
         if self._open:  # nothing to decide: no cost per request beyond this call
             return None
         refused = self.gate.admit(request)
-        if self.request_log is None or refused is None or request.path not in _LOGGED_PATHS:
+        if self.outcomes is None or refused is None or request.path not in _LOGGED_PATHS:
             return refused
         if isinstance(refused, Refusal):
             self._log_refusal(request, refused, time.perf_counter())
@@ -318,14 +327,14 @@ class Proxy:
     def _log_refusal(self, request: HttpRequest, refused: Refusal, started: float) -> None:
         """A request refused at its headers, in the request log with what is known (its
         body is never read: no dialect but the route's, no model)."""
-        assert self.request_log is not None
+        assert self.outcomes is not None
         path = request.path
         record = RequestRecord(
             path.decode(), _LOGGED_PATHS[path], caller_hash(bearer_value(request.authorization))
         )
         record.status = refused.status
         record.ms = (time.perf_counter() - started) * 1000
-        self.request_log.write(record)
+        self.outcomes.add(record)
 
     def _open_usage(self) -> Usage | None:
         """The per-caller and per-model figures, in the cache directory's ``usage.db``; a
@@ -347,9 +356,11 @@ class Proxy:
         self.keep_float_style()  # a style learned in the last second is not lost
         if self.budgets is not None:
             self.budgets.close()
+        self.parts.close()
+        if self.outcomes is not None:
+            self.outcomes.close()  # what came in last reaches the log before it closes
         if self.usage is not None:
             self.usage.close()
-        self.parts.close()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -357,6 +368,8 @@ class Proxy:
         """Start the background work of a serving proxy (call on its event loop)."""
         loop = asyncio.get_running_loop()
         self._publisher = loop.create_task(self._publish_now_and_then())
+        if self.outcomes is not None:
+            self.outcomes.start()
 
     def publish(self) -> None:
         """Put this worker's cache counters and memory on the server's board, and follow a

@@ -22,21 +22,14 @@ from ..errors import EmbedcacheError, InvalidInputError
 from ..models import RequestOptions
 from ..upstream.float_style import FloatStyle
 from .access import Access
-from .budgets import BUDGET_HEADER, Budgets
+from .budgets import BUDGET_HEADER, Budget, Budgets
 from .gate import bearer_value
 from .http import Request
 from .limits import RequestLimits, answer_bytes
 from .metrics import ProxyMetrics
+from .outcomes import Outcomes
 from .rendered import RenderedAnswers, variant
-from .requestlog import (
-    HITS_HEADER,
-    MISSES_HEADER,
-    STATUS_HEADER,
-    TOKENS_SAVED_HEADER,
-    RequestLog,
-    RequestRecord,
-    caller_hash,
-)
+from .requestlog import HITS_HEADER, MISSES_HEADER, STATUS_HEADER, TOKENS_SAVED_HEADER
 from .wire import dialect_of, parse_request, render_body
 
 __all__ = ["CACHED_HEADER", "HIT_BODY_BYTES", "HitPath"]
@@ -61,6 +54,8 @@ _SAVED_HEADER = TOKENS_SAVED_HEADER.lower().encode()
 # size (so at most 16 MiB); parsing is a pure function of the bytes, so a remembered body
 # reads exactly as it would again.
 _KNOWN_BODIES, _KNOWN_BODY_BYTES = 2048, 8192
+# Callers whose budget the hit path remembers at most.
+_REMEMBERED_CALLERS = 10_000
 
 
 class _Known(NamedTuple):
@@ -83,7 +78,8 @@ class HitPath:
     :param metrics: where each hit is counted.
     :param limits: a request over them is left to the application, which says why.
     :param budgets: the callers' budgets, whose remaining tokens a hit shows (it spends none).
-    :param request_log: where each hit's line goes (``None``: no request log).
+    :param outcomes: where each hit is handed over for the request log and the usage
+        figures (``None``: neither is kept).
     """
 
     def __init__(
@@ -95,7 +91,7 @@ class HitPath:
         metrics: ProxyMetrics,
         limits: RequestLimits,
         budgets: Budgets | None = None,
-        request_log: RequestLog | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self.embedder = embedder
         self.budgets = budgets
@@ -104,8 +100,10 @@ class HitPath:
         self.metrics = metrics
         self._float_style = float_style
         self._limits = limits
-        self._request_log = request_log
+        self._outcomes = outcomes
         self._known_bodies: dict[bytes, _Known] = {}
+        # Each caller's budget by the header it sends: no decoding per hit.
+        self._budget_of: dict[bytes, Budget | None] = {}
 
     def answer(self, request: Request) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """The body and extra headers of a ``POST /v1/embeddings`` whose every input has
@@ -140,8 +138,17 @@ class HitPath:
         request.texts = len(keys)
         request.hits = distinct
         hits = b"%d" % distinct
-        if self._request_log is not None:
-            self._log(request, known, distinct, saved, started)
+        if self._outcomes is not None:
+            self._outcomes.add_hit(
+                request.authorization,
+                model,
+                known.dialect,
+                known.options,
+                len(keys),
+                distinct,
+                saved,
+                time.perf_counter() - started,
+            )
         headers = [
             (_CACHED_HEADER, hits),
             _HIT_STATUS,
@@ -150,30 +157,22 @@ class HitPath:
             (_SAVED_HEADER, b"%d" % round(saved)),
         ]
         if self.budgets is not None:
-            budget = self.budgets.budget_of(bearer_value(request.authorization))
+            budget = self._budget_header(request.authorization, self.budgets)
             if budget is not None:
-                headers.append((_BUDGET_HEADER, b"%d" % self.budgets.shown(budget)))
+                headers.append(budget)
         return answer, headers
 
-    def _log(
-        self, request: Request, known: _Known, distinct: int, saved: float, started: float
-    ) -> None:
-        """Write a hit's request log line."""
-        assert self._request_log is not None
-        options = known.options
-        record = RequestRecord(
-            EMBEDDINGS_PATH,
-            known.dialect,
-            caller_hash(bearer_value(request.authorization)),
-            known.model,
-            options.task,
-            options.dimensions,
-            len(known.keys),
-            status=200,
-        )
-        record.answered(distinct, 0, 0, saved)
-        record.ms = (time.perf_counter() - started) * 1000
-        self._request_log.write(record)
+    def _budget_header(self, authorization: bytes, budgets: Budgets) -> tuple[bytes, bytes] | None:
+        """What the caller's budget has left, as a header (``None``: the caller has none)."""
+        try:
+            budget = self._budget_of[authorization]
+        except KeyError:
+            if len(self._budget_of) >= _REMEMBERED_CALLERS:
+                self._budget_of.clear()  # bounded: an unverified proxy sees any key
+            budget = self._budget_of[authorization] = budgets.budget_of(bearer_value(authorization))
+        if budget is None:
+            return None
+        return (_BUDGET_HEADER, b"%d" % budgets.shown(budget))
 
     def forget(self) -> None:
         """Drop the bodies remembered."""

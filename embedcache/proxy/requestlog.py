@@ -7,12 +7,13 @@ both. A line is one JSON object, keys in the order the README's "What the cache 
 shows, never a text nor a key: the caller's key only as ``k_`` and the first 12 hex
 digits of its SHA-256.
 
-Several workers (and servers) append to one file: each line is one ``write`` to a
-descriptor opened with ``O_APPEND``, so lines never interleave. Rotation by size: the
-writer that finds the file over ``max_bytes`` takes an ``flock`` on it, looks again (another
-may have rotated meanwhile) and renames ``FILE`` → ``FILE.1`` → ... ``FILE.N``; the others
-notice the new file within a second (:data:`_REOPEN_SECONDS`) and reopen it, their lines
-meanwhile going whole to ``FILE.1``.
+Several workers (and servers) append to one file: each batch of whole lines
+(:mod:`.outcomes` hands them over every tenth of a second) is one ``write`` to a descriptor
+opened with ``O_APPEND``, so lines never interleave (a write cut short by a full disk aside).
+Rotation by size: the writer that finds the file over ``max_bytes`` takes an ``flock`` on
+it, looks again (another may have rotated meanwhile) and renames ``FILE`` → ``FILE.1`` →
+... ``FILE.N``; the others notice the new file within a second (:data:`_REOPEN_SECONDS`)
+and reopen it, their lines meanwhile going whole to ``FILE.1``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -59,6 +61,8 @@ DEFAULT_BACKUPS = 3
 # How stale a writer's idea of which file is current may be after another process rotated
 # it: a stat of the path once a second, not per line.
 _REOPEN_SECONDS = 1.0
+# Hits' middle fields remembered at most (see RequestRecord.middle).
+_MIDDLES = 4096
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -81,7 +85,7 @@ def cache_status(hits: int, misses: int) -> str:
     return "partial" if hits else "miss"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """One embedding request as its log line and status headers tell it; the routes fill
     what they learn (``-1``/``None``: not known), the log adds the time.
@@ -95,6 +99,8 @@ class RequestRecord:
     :ivar misses: distinct texts fetched upstream for this request.
     :ivar cache: :func:`cache_status` once answered from the cache's work; ``None`` when
         refused or failed.
+    :ivar at: when it was answered (``time.time()``; set as it is handed over,
+        :mod:`.outcomes`).
     """
 
     route: str
@@ -111,6 +117,7 @@ class RequestRecord:
     ms: float = 0.0
     status: int = 0
     cache: str | None = None
+    at: float = 0.0
 
     def answered(self, hits: int, misses: int, spent: int, saved: float) -> None:
         """Note what the cache did for a request answered with embeddings."""
@@ -118,11 +125,15 @@ class RequestRecord:
         self.tokens_spent, self.tokens_saved = spent, saved
         self.cache = cache_status(hits, misses)
 
-    def line(self, now: float) -> bytes:
-        """The request log line (newline included), at ``now`` (``time.time()``)."""
+    def line(self) -> bytes:
+        """The request log line (newline included)."""
+        return self.line_with(self.middle())
+
+    def middle(self) -> bytes:
+        """The line's fields from ``route`` to ``tokens_saved``: the same for every hit of
+        one caller on one request (:class:`RequestLog` writes it once for them)."""
         return orjson.dumps(
             {
-                "time": _stamp(now),
                 "route": self.route,
                 "dialect": self.dialect,
                 "key": self.key,
@@ -134,27 +145,42 @@ class RequestRecord:
                 "misses": self.misses,
                 "tokens_spent": self.tokens_spent,
                 "tokens_saved": round(self.tokens_saved),
-                "ms": round(self.ms, 2),
-                "status": self.status,
-                "cache": self.cache,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
+            }
+        )[1:-1]
+
+    def line_with(self, middle: bytes) -> bytes:
+        """The line, given its :meth:`middle`."""
+        cache = _CACHE_TEXT.get(self.cache) or orjson.dumps(self.cache)
+        return b'{"time":"%s",%s,"ms":%.2f,"status":%d,"cache":%s}\n' % (
+            _stamp(self.at),
+            middle,
+            self.ms,
+            self.status,
+            cache,
         )
 
 
-# The second of the last stamp and its text: formatting the date costs more than the rest
-# of a line, and a busy server writes thousands of lines a second.
-_last_second: list[tuple[int, str]] = [(-1, "")]
+_CACHE_TEXT = {None: b"null", "hit": b'"hit"', "miss": b'"miss"', "partial": b'"partial"'}
+# The second of the last stamp and its text, and each millisecond's: formatting the date
+# costs more than the rest of a line, and a busy server writes thousands of lines a second.
+_last_second: list[tuple[int, bytes]] = [(-1, b"")]
+_MILLISECONDS = [b".%03dZ" % number for number in range(1000)]
+_last_millisecond: list[tuple[int, bytes]] = [(-1, b"")]
 
 
-def _stamp(now: float) -> str:
+def _stamp(now: float) -> bytes:
     """``now`` as ``2026-12-07T19:51:13.123Z`` (UTC, milliseconds)."""
-    second = int(now)
+    millisecond = int(now * 1000)
+    if millisecond == _last_millisecond[0][0]:
+        return _last_millisecond[0][1]
+    second, part = divmod(millisecond, 1000)
     cached_second, text = _last_second[0]
     if second != cached_second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         _last_second[0] = (second, text)
-    return f"{text}.{int(now % 1 * 1000):03d}Z"
+    stamp = text + _MILLISECONDS[part]
+    _last_millisecond[0] = (millisecond, stamp)
+    return stamp
 
 
 def status_headers(record: RequestRecord) -> dict[str, str]:
@@ -174,6 +200,15 @@ def check_writable(path: str) -> None:
     :raises OSError: it cannot be opened.
     """
     os.close(os.open(path, _FLAGS, 0o644))
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    """Write all of ``data`` (a file's ``write`` is whole unless the disk fills or a signal
+    lands; then the rest follows, or the error is raised)."""
+    view, written = memoryview(data), 0
+    while written < len(data):
+        written += os.write(fd, view[written:])
+    return written
 
 
 class RequestLog:
@@ -201,21 +236,59 @@ class RequestLog:
         # Bytes this process wrote since it last looked at the file's size: the size is
         # looked at (one more syscall) only once they could have filled it, or once a second.
         self._unseen = 0
+        self._middles: dict[tuple[object, ...], bytes] = {}
 
-    def write(self, record: RequestRecord) -> None:
-        """Append ``record``'s line; a failure is logged, never raised (a full disk must not
-        fail the request the line describes)."""
-        now = time.time()
+    def write(self, records: Sequence[RequestRecord]) -> None:
+        """Append ``records``' lines (:mod:`.outcomes` hands them over in batches), in one
+        ``write`` unless the file fills up on the way; a failure is logged, never raised (a
+        full disk must not fail the requests the lines describe)."""
+        if not records:
+            return
+        lines = [self._line(record) for record in records]
         try:
-            fd = self._current(now)
-            self._unseen += os.write(fd, record.line(now))  # whole lines under O_APPEND
-            if self.max_bytes and self._seen_size + self._unseen >= self.max_bytes:
-                self._unseen = 0
-                self._seen_size = os.fstat(fd).st_size
-                if self._seen_size >= self.max_bytes:
-                    self._rotate()
+            fd = self._current(time.time())
+            size = sum(map(len, lines))
+            if not self.max_bytes or self._seen_size + self._unseen + size < self.max_bytes:
+                self._unseen += _write_all(fd, b"".join(lines))
+                return
+            chunk: list[bytes] = []
+            for line in lines:
+                chunk.append(line)
+                self._unseen += len(line)
+                if self._seen_size + self._unseen >= self.max_bytes:
+                    # The lines so far, then the size looked at: a file goes at most one
+                    # line past the size, however many lines a batch holds.
+                    _write_all(fd, b"".join(chunk))
+                    chunk.clear()
+                    fd = self._checked_size(fd)
+            if chunk:
+                _write_all(fd, b"".join(chunk))
         except OSError as exc:
             log.warning("embedcache proxy: request log %s not written: %s", self.path, exc)
+
+    def _line(self, record: RequestRecord) -> bytes:
+        """``record``'s line; a hit's middle fields written once per caller and request."""
+        if record.cache != "hit":
+            return record.line()
+        fields = (
+            record.route, record.dialect, record.key, record.model, record.task,
+            record.dimensions, record.texts, record.hits, record.misses, record.tokens_spent,
+            round(record.tokens_saved),
+        )  # fmt: skip
+        middle = self._middles.get(fields)
+        if middle is None:
+            if len(self._middles) >= _MIDDLES:
+                self._middles.clear()  # bounded: callers and bodies are the clients' to vary
+            middle = self._middles[fields] = record.middle()
+        return record.line_with(middle)
+
+    def _checked_size(self, fd: int) -> int:
+        """Look at the file's size, rotating it when full; the descriptor to go on with."""
+        self._unseen = 0
+        self._seen_size = os.fstat(fd).st_size
+        if self._seen_size >= self.max_bytes:
+            self._rotate()
+        return self._fd
 
     def close(self) -> None:
         """Close the file (a later line reopens it)."""

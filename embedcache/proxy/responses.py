@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .requestlog import RequestLog, RequestRecord, caller_hash
+from .requestlog import RequestRecord, caller_hash
 
 if TYPE_CHECKING:
     from .budgets import Budgets
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .keys import Upstreams
     from .limits import RequestLimits
     from .metrics import ProxyMetrics
+    from .outcomes import Outcomes
 
 __all__ = ["Answer", "RouteParts", "counted", "json_response", "new_record"]
 
@@ -41,7 +42,8 @@ class RouteParts:
     :param metrics: where requests are counted and timed.
     :param publish: puts this worker's counters on the board (before each answer).
     :param budgets: the callers' token budgets (``None``: none).
-    :param request_log: where each request's line goes (``None``: no request log).
+    :param outcomes: where each request's record goes, for the request log and the usage
+        figures (``None``: neither is kept).
     """
 
     gate: Gate
@@ -51,7 +53,7 @@ class RouteParts:
     metrics: ProxyMetrics
     publish: Callable[[], None]
     budgets: Budgets | None = None
-    request_log: RequestLog | None = None
+    outcomes: Outcomes | None = None
 
 
 class Answer(NamedTuple):
@@ -71,7 +73,7 @@ async def counted(
     record: RequestRecord | None = None,
 ) -> Response:
     """Await ``answer`` to ``request``: counted and timed, its figures noted for the access
-    line and ``record`` written to the request log, and the board published before it is
+    line and ``record`` handed over (:mod:`.outcomes`), and the board published before it is
     sent (a report asked of any worker after it includes it). An unexpected error is logged
     and answered with ``failure``."""
     started = time.perf_counter()
@@ -84,12 +86,12 @@ async def counted(
     seconds = time.perf_counter() - started
     parts.metrics.observe(result.outcome, seconds)
     note_access(request, result.texts, result.hits)
-    if record is not None and parts.request_log is not None:
+    if record is not None and parts.outcomes is not None:
         record.status = result.response.status_code
         record.ms = seconds * 1000
         if record.status >= 400:
             record.cache = None  # refused or failed: whatever was served is not the answer
-        parts.request_log.write(record)
+        parts.outcomes.add(record)
     parts.publish()
     return result.response
 
