@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,10 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
     proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
     for texts in (("alpha", "beta", "gamma"), ("alpha", "beta"), ("alpha", "delta"), ("beta",)):
         assert proxy.embed(_body(*texts), API_KEY).status_code == 200
+    for _ in range(100):  # the records reach usage.db within a second or two
+        if sum(row["requests"] for row in _stats(proxy)["callers"]) == 4:
+            break
+        time.sleep(0.1)
     with _chromium() as driver:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
@@ -253,6 +258,14 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         assert shown("upstream-last-failure") == "none"
         assert shown("pacing-off").startswith("Not paced")
         assert shown("budgets-default") == "no budgets"
+        assert [row["requests"] for row in stats["callers"]] == [4]
+        assert _table(driver, "callers") == [
+            [row["key"] or "(none)", *_usage_cells(row)] for row in stats["callers"]
+        ]
+        assert _table(driver, "models") == [
+            [row["model"] or "(none)", row["task"] or "(none)", *_usage_cells(row)]
+            for row in stats["models"]
+        ]
         assert _table(driver, "budgets") == []
         assert shown("workers") == _integer(stats["workers"])
         assert shown("minutes-requests") == _integer(sum(m["requests"] for m in minutes))
@@ -262,5 +275,7 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         assert ADMIN not in driver.page_source  # the token is not written into the page
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
         assert errors == []
-        if target := os.environ.get(SCREENSHOT_ENV):
+        if target := os.environ.get(SCREENSHOT_ENV):  # the whole page, not the window
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1100, height + 160)
             Path(target).write_bytes(driver.get_screenshot_as_png())
