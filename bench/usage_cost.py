@@ -9,7 +9,7 @@ Both servers (one worker each, so the comparison is not the kernel's spreading) 
 same prewarmed one-text requests (``bench/proxy_hits.py``'s "one text" case) under ``wrk
 -t2 -c32``, in turns: each round measures both, and the medians of the rounds are
 reported, so a machine whose load drifts affects both alike. Prints a Markdown section; with
-``--write`` it becomes the "usage cost" section of bench/RESULTS.md.
+``--write`` it becomes the "usage-cost" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from proxy_hits import measure, prewarm, start_proxy
 from results import baseline_tree, write_section
 
 HERE = Path(__file__).parent
-SECTION = "usage cost"
+SECTION = "usage-cost"
 
 
 def run(root: Path, baseline: str, rounds: int, seconds: int) -> dict[str, list[float]]:
