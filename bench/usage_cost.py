@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,6 +30,11 @@ from loadclient import body_of
 from loadservers import Emulator, wrk_script
 from proxy_hits import measure, prewarm, start_proxy
 from results import baseline_tree, write_section
+
+from embedcache.models import RequestOptions
+from embedcache.proxy.outcomes import Outcomes
+from embedcache.proxy.requestlog import RequestRecord
+from embedcache.proxy.usage import Usage
 
 HERE = Path(__file__).parent
 SECTION = "usage-cost"
@@ -59,6 +66,40 @@ def run(root: Path, baseline: str, rounds: int, seconds: int) -> dict[str, list[
     return rates
 
 
+def in_process(hits: int = 50_000, rounds: int = 5) -> dict[str, tuple[float, float]]:
+    """CPU per hit, in this process: the hit path's append, and the records thread's work
+    (a record made, handed to the consumers), with no consumer's work and with
+    :class:`Usage`'s; medians of ``rounds``, taken in turns."""
+    options = RequestOptions(model="jina-embeddings-v3", task="retrieval.query")
+    authorization = b"Bearer jina_" + b"x" * 60
+
+    def once(consumers: Sequence[Callable[[Sequence[RequestRecord]], None]]) -> tuple[float, float]:
+        outcomes = Outcomes(consumers, max_pending=hits)
+        started = time.perf_counter()
+        for _ in range(hits):
+            outcomes.add_hit(authorization, options.model, "jina", options, 1, 1, 3.0, 1e-4)
+        appended = time.perf_counter()
+        outcomes.flush()  # what the thread does, here in this one
+        done = time.perf_counter()
+        return (appended - started) / hits * 1e6, (done - appended) / hits * 1e6
+
+    with tempfile.TemporaryDirectory() as tmp:
+        usage = Usage(Path(tmp), flush_seconds=3600)
+        kinds: dict[str, Sequence[Callable[[Sequence[RequestRecord]], None]]] = {
+            "records, no consumer": [lambda batch: None],
+            "records, into Usage": [usage.add],
+        }
+        taken: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
+        for _ in range(rounds):
+            for name, consumers in kinds.items():
+                taken[name].append(once(consumers))
+        usage.close()
+    return {
+        name: (statistics.median(a for a, _ in values), statistics.median(t for _, t in values))
+        for name, values in taken.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="the per-caller figures' cost on hits")
     parser.add_argument("--baseline", required=True, metavar="REV", help="the revision before")
@@ -85,6 +126,15 @@ def main() -> None:
     for name, values in rates.items():
         shown = ", ".join(f"{value:,.0f}" for value in values)
         lines.append(f"| {name} | {statistics.median(values):,.0f} | {shown} |")
+    lines += [
+        "",
+        "In-process CPU per hit (`in_process()`: 50,000 hits handed over, medians of 5):",
+        "",
+        "| | append on the event loop, µs | records thread, µs |",
+        "|---|---:|---:|",
+    ]
+    for name, (appended, thread) in in_process().items():
+        lines.append(f"| {name} | {appended:.2f} | {thread:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
