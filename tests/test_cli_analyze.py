@@ -82,7 +82,7 @@ def test_analyze_log_figures_equal_the_sums_of_its_lines(tmp_path: Path) -> None
             assert {name: got[value][name] for name in SUMMED if name != "texts"} == {
                 name: sums[name] for name in SUMMED if name != "texts"
             }
-    # A log names no texts: which of its misses repeat later is not claimed.
+    # A log without request digests (written before they were) cannot tell what repeats.
     assert report["could_still_save"] is None
 
 
@@ -160,10 +160,13 @@ def test_analyze_counts_a_text_repeated_in_a_later_request_as_still_to_save(
     ]
     report = as_json(_invoke("--json", str(_write(tmp_path / "b.jsonl", bodies))))
     assert (report["hits"], report["misses"]) == (1, 4)
+    tokens = estimate_tokens("alpha beta")
     assert report["could_still_save"] == {
         "texts": 1,
-        "tokens": estimate_tokens("alpha beta"),
-        "usd": dollars(estimate_tokens("alpha beta"), PRICE),
+        "tokens": tokens,
+        "usd": dollars(tokens, PRICE),
+        "asked_again": {"texts": 1, "tokens": tokens},
+        "fetched_again": {"texts": 0, "tokens": 0},
     }
 
 
@@ -220,7 +223,9 @@ def test_analyze_json_has_every_documented_field(tmp_path: Path) -> None:
         "price_per_million_tokens", "top_settings", "by_key", "by_model",
     }  # fmt: skip
     assert report["price_per_million_tokens"] == 0.02
-    assert set(report["could_still_save"]) == {"texts", "tokens", "usd"}
+    assert set(report["could_still_save"]) == {
+        "texts", "tokens", "usd", "asked_again", "fetched_again",
+    }  # fmt: skip
     assert set(report["top_settings"][0]) == row | {"model", "task", "dimensions"}
     assert set(report["by_key"][0]) == row | {"key"}
     assert set(report["by_model"][0]) == row | {"model"}
@@ -248,3 +253,28 @@ def test_analyze_runs_as_a_command_with_a_table_and_help_example(tmp_path: Path)
         assert title in done.stdout
     helped = ok(_invoke("--help")).output
     assert "embedcache analyze requests.log" in helped
+
+
+def test_analyze_counts_a_logged_request_fetched_again_as_still_to_save(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    lines = []
+    for number, digest in enumerate(["r_00000000000000a1", "r_00000000000000b2", None]):
+        line = _log_line(rng, "k_3f2a9c1b7d4e", "jina-embeddings-v3", 200)
+        line |= {"hits": 0, "misses": 4, "tokens_spent": 12 + number, "cache": "miss"}
+        lines.append(line | {"digest": digest})
+    # The first request fetched again (the cache had not kept it), twice; the second once
+    # more but refused; the digest-less line is a hit.
+    again = lines[0] | {"tokens_spent": 20}
+    refused = lines[1] | {"status": 429, "hits": 0, "misses": 0, "cache": None}
+    lines += [again, again, refused]
+    report = as_json(_invoke("--json", str(_write(tmp_path / "requests.log", lines))))
+    assert report["could_still_save"] == {
+        "texts": 8,
+        "tokens": 40,
+        "usd": dollars(40, PRICE),
+        "asked_again": {"texts": 0, "tokens": 0},
+        "fetched_again": {"texts": 8, "tokens": 40},
+    }
+    text = _invoke(str(tmp_path / "requests.log"))
+    assert "40 tokens" in text.output
+    assert "8 texts fetched again (the cache had not kept them)" in text.output

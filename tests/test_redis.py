@@ -141,7 +141,7 @@ def test_killing_redis_mid_run_keeps_results_correct_warns_once_and_writes_resum
         assert redis_server.url.split("//")[1].split("/")[0] in warnings[0].getMessage()
 
         redis_server.start()  # back, empty
-        shared._down_until = 0.0  # skip the rest of the pause rather than sleep through it
+        shared._outage._down_until = 0.0  # skip the rest of the pause rather than sleep through it
         embedder.embed(["after the outage"], OPTIONS)
         fp = fingerprint(OPTIONS)
         assert raw.exists(

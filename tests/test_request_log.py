@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from embedcache.cli import main
 from embedcache.proxy.requestlog import RequestLog, RequestRecord
+from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, MakeProxy, MakeServed
-from .serving import Served
+from .serving import ProxyInProcess, Served
 
 V3 = "jina-embeddings-v3"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 KEYS = [
     "time", "route", "dialect", "key", "model", "task", "dimensions", "texts", "hits",
-    "misses", "tokens_spent", "tokens_saved", "ms", "status", "cache",
+    "misses", "tokens_spent", "tokens_saved", "ms", "status", "cache", "digest",
 ]  # fmt: skip
 TEXTS = ["secret text one", "secret text two", "secret text three"]
 KEY_HASH = "k_" + hashlib.sha256(API_KEY.encode()).hexdigest()[:12]
@@ -52,17 +56,22 @@ def test_each_request_kind_gets_one_line_without_any_text_or_key(
     assert API_KEY.encode() not in raw
     assert not any(text.encode() in raw for text in TEXTS)
     miss, hit, openai, tei, refused = lines(path)
-    assert all(list(line) == KEYS for line in (miss, hit, openai, tei, refused))
+    assert [list(line) for line in (miss, hit, openai, tei, refused)] == [KEYS] * 5
     assert miss["time"].endswith("Z")
     assert len(miss["time"]) == len("2026-12-07T19:51:13.123Z")
     assert {line["key"] for line in (miss, hit, openai, tei, refused)} == {KEY_HASH}
-    assert miss | {"time": 0, "ms": 0, "tokens_spent": 0} == {
+    assert miss | {"time": 0, "ms": 0, "tokens_spent": 0, "digest": 0} == {
         "time": 0, "route": "/v1/embeddings", "dialect": "jina", "key": KEY_HASH,
         "model": V3, "task": "retrieval.query", "dimensions": 64, "texts": 2, "hits": 0,
         "misses": 2, "tokens_spent": 0, "tokens_saved": 0, "ms": 0, "status": 200,
-        "cache": "miss",
+        "cache": "miss", "digest": 0,
     }  # fmt: skip
     assert miss["tokens_spent"] > 0
+    # What was fetched carries its request's digest; what was not, none.
+    assert re.fullmatch(r"r_[0-9a-f]{16}", miss["digest"])
+    assert len({miss["digest"], openai["digest"], tei["digest"]}) == 3
+    assert hit["digest"] is None
+    assert refused["digest"] is None
     assert (hit["cache"], hit["hits"], hit["misses"], hit["tokens_spent"]) == ("hit", 2, 0, 0)
     assert hit["tokens_saved"] == miss["tokens_spent"]
     assert (hit["task"], hit["dimensions"]) == ("retrieval.query", 64)
@@ -169,3 +178,28 @@ def test_two_workers_write_whole_lines_to_one_log(make_served: MakeServed, tmp_p
     assert len(logged) == 30
     assert {line["cache"] for line in logged} == {"hit", "miss"}
     assert sum(line["misses"] for line in logged) == 5
+
+
+def test_a_request_fetched_again_logs_the_same_digest_and_analyze_counts_it(
+    make_proxy: MakeProxy, emulator: JinaEmulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "requests.jsonl"
+    body = {"model": V3, "input": TEXTS[:2], "task": "retrieval.query"}
+    # Two proxies on two cache directories, one log: the second has not kept what the
+    # first fetched, so it fetches it again.
+    first = make_proxy("--request-log", str(path))
+    post(first, body)
+    post(first, body)
+    first.stop()
+    second = ProxyInProcess(emulator.url, tmp_path / "other-cache", "--request-log", str(path))
+    try:
+        post(second, body)
+    finally:
+        second.stop()
+    miss, hit, again = sorted(lines(path), key=lambda line: line["time"])
+    assert (miss["cache"], hit["cache"], again["cache"]) == ("miss", "hit", "miss")
+    assert again["digest"] == miss["digest"] is not None
+    result = CliRunner().invoke(main, ["analyze", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    could = json.loads(result.output)["could_still_save"]
+    assert could["fetched_again"] == {"texts": 2, "tokens": again["tokens_spent"]}

@@ -127,14 +127,24 @@ def _dollars(tokens: float, price: float) -> float:
     return dollars(tokens, price)
 
 
+def _could_why(could: dict[str, Any]) -> str:
+    """Where the texts the cache could still save come from, in words."""
+    parts = []
+    asked, fetched = could["asked_again"]["texts"], could["fetched_again"]["texts"]
+    if asked or not fetched:
+        parts.append(f"{plural(asked, 'text')} fetched once and asked for again later")
+    if fetched:
+        parts.append(f"{plural(fetched, 'text')} fetched again (the cache had not kept them)")
+    return "; ".join(parts)
+
+
 def _text(report: dict[str, Any]) -> list[str]:
     """The report as a person reads it: the totals, then one table per breakdown."""
     could = report["could_still_save"]
     could_text = (
-        "unknown (a request log names no texts; analyze captured bodies to tell)"
+        "unknown (this request log has no request digests; analyze captured bodies to tell)"
         if could is None
-        else f"{could['tokens']:,} tokens ({money(could['usd'])}): "
-        f"{plural(could['texts'], 'text')} fetched once and asked for again later"
+        else f"{could['tokens']:,} tokens ({money(could['usd'])}): " + _could_why(could)
     )
     price = f"at ${report['price_per_million_tokens']:g}/1M tokens"
     lines = format_table(

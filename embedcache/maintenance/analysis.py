@@ -7,8 +7,10 @@ file, no HTTP, no proxy import): :class:`Analysis` takes one decoded line at a t
 Two kinds of line are read, told apart by their fields:
 
 * a **request-log line** (``serve --request-log``): what the proxy did, already counted
-  (hits, misses, tokens spent and saved); it names no text, so which of its misses repeat
-  later cannot be known from it;
+  (hits, misses, tokens spent and saved). It names no text, but a line that fetched anything
+  carries its request's ``digest``: the same digest on a later line that fetched again is a
+  request the cache had answered once and did not keep (pruned, evicted, another cache
+  directory, passed through), what it could still save;
 * a **request body** (one ``/v1/embeddings`` body, Jina's or OpenAI's dialect): what a
   cache *would* have done. Each text is keyed exactly as the cache keys it
   (:func:`~embedcache.cache_keys.text_keys` under the fingerprint of the resolved options),
@@ -20,6 +22,7 @@ Two kinds of line are read, told apart by their fields:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -48,6 +51,8 @@ _LOG_FIELDS: dict[str, tuple[type, ...]] = {
     "tokens_saved": (int,),
     "status": (int,),
 }
+#: A request-log line's ``digest`` (``r_`` and 16 hex digits).
+_DIGEST = re.compile(r"r_[0-9a-f]{16}")
 #: Body fields that change no vector (the encoding is the proxy's to render; ``user`` is
 #: OpenAI's end-user id): read, never keyed, as the proxy does.
 _UNKEYED = frozenset({"embedding_type", "encoding_type", "encoding_format", "user"})
@@ -118,6 +123,12 @@ class Analysis:
         #: prewarmed with these texts would also have served.
         self.repeating_misses = 0
         self.repeating_tokens = 0
+        #: Log lines with a request digest, and those whose request had been fetched before
+        #: (its misses and tokens: fetched again).
+        self.digested_lines = 0
+        self.refetched_misses = 0
+        self.refetched_tokens = 0
+        self._digests = DistinctKeys()
 
     def add(self, line: object) -> None:
         """Count one decoded JSON line.
@@ -151,6 +162,14 @@ class Analysis:
             refused=int(refused),
         )
         self.log_lines += 1
+        digest = line.get("digest")
+        if isinstance(digest, str) and _DIGEST.fullmatch(digest):
+            self.digested_lines += 1
+            # 8 bytes of digest in DistinctKeys' 16-byte keys.
+            fresh = self._digests.add([bytes.fromhex(digest[2:]) + bytes(8)])[0]
+            if not fresh and not refused:
+                self.refetched_misses += line["misses"]
+                self.refetched_tokens += line["tokens_spent"]
         self._count(tally, line["key"], line["model"], line["task"], line["dimensions"])
 
     def _add_body(self, body: Mapping[str, Any]) -> None:
@@ -217,18 +236,26 @@ class Analysis:
             key=lambda item: (-item[1].hits, -item[1].tokens_saved, str(item[0])),
         )[:TOP_SETTINGS]
         could = None
-        if self.body_lines or not self.log_lines:
+        if self.body_lines or self.digested_lines or not self.log_lines:
+            tokens = self.repeating_tokens + self.refetched_tokens
             could = {
-                "texts": self.repeating_misses,
-                "tokens": self.repeating_tokens,
-                "usd": dollars(self.repeating_tokens),
+                "texts": self.repeating_misses + self.refetched_misses,
+                "tokens": tokens,
+                "usd": dollars(tokens),
+                # Texts fetched once and asked for again later (bodies: a prewarm would
+                # save them), and texts fetched again (logs: the cache did not keep them).
+                "asked_again": {"texts": self.repeating_misses, "tokens": self.repeating_tokens},
+                "fetched_again": {
+                    "texts": self.refetched_misses,
+                    "tokens": self.refetched_tokens,
+                },
             }
         return {
             **self.total.summary(dollars),
             "log_lines": self.log_lines,
             "body_lines": self.body_lines,
             "uncacheable": self.uncacheable,
-            # A log names no texts: which of its misses repeat later cannot be told.
+            # A log without digests (an older one) cannot tell what repeats: None.
             "could_still_save": could,
             "top_settings": [
                 {"model": m, "task": t, "dimensions": d, **tally.summary(dollars)}

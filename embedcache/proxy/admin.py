@@ -19,6 +19,7 @@ from ..storage.shared import RedisStore
 from ..storage.store import Store
 from ..upstream.limiter import RateLimiter
 from .access import digest, matches
+from .budgets import Budgets
 from .dashboard import figures
 from .filling import Filler
 from .gate import bearer_of
@@ -47,6 +48,7 @@ class AdminRoutes:
     :param price: dollars per million tokens, for the dashboard's estimates.
     :param usage: the per-caller and per-model figures (``None``: not kept).
     :param limiter: the upstream's rate limiter (``None``: unpaced).
+    :param budgets: the callers' token budgets, if any (their state is reported).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class AdminRoutes:
         price: float,
         usage: Usage | None = None,
         limiter: RateLimiter | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._admin = digest(admin_token) if admin_token else None
         self._store = store
@@ -77,6 +80,7 @@ class AdminRoutes:
         self._price = price
         self._usage = usage
         self._limiter = limiter
+        self._budgets = budgets
 
     async def health(self, request: Request) -> Response:
         """Up, and which version."""
@@ -125,6 +129,8 @@ class AdminRoutes:
             "cache": cache_report(self._store, shared),
             "upstream": upstream_report(board, self._limiter),
             **self._usage_report(),
+            # In this thread: with a shared tier, a SCAN of the budgets in Redis.
+            "budgets": self._budgets.report() if self._budgets is not None else None,
         }
 
     def _usage_report(self) -> dict[str, Any]:

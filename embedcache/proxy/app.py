@@ -52,6 +52,7 @@ from ..assembly import Assembly, CacheSettings
 from ..config import DEFAULT_MODEL, DEFAULT_PRICE_PER_MILLION_TOKENS, EMBEDDINGS_PATH
 from ..errors import CacheError
 from ..models import MODELS
+from ..storage.ledgers import open_ledger
 from ..upstream.float_style import FloatStyle, setting_name
 from . import tei
 from .access import Access
@@ -215,7 +216,12 @@ class Proxy:
         try:
             policy = settings.budgets
             if policy is not None:
-                self.budgets = Budgets(policy, self.store.directory)
+                # With a shared tier the ledger is in its Redis: proxies on other cache
+                # directories share the budgets too.
+                cache = settings.cache
+                url = cache.redis_url if self.shared is not None else None
+                ledger = open_ledger(self.store.directory, url, cache.redis_prefix)
+                self.budgets = Budgets(policy, ledger)
             if settings.request_log is not None:
                 self.request_log = RequestLog(
                     settings.request_log,
@@ -270,6 +276,7 @@ class Proxy:
             price=settings.price_per_million,
             usage=self.usage,
             limiter=self.parts.client.limiter,
+            budgets=self.budgets,
         )
         dashboard = DashboardRoute(bool(settings.admin_token))
         self.app = Starlette(

@@ -1,16 +1,17 @@
 """Per-caller token budgets (``serve --budget-tokens N --budget-window SECONDS``,
-``serve --budgets FILE``): who may spend how many upstream tokens per window, and the
-ledger that every worker and every proxy process on a cache directory shares.
+``serve --budgets FILE``): who may spend how many upstream tokens per window, reserved
+and settled in a ledger every worker and proxy process shares.
 
 A caller is the key it sends (``Authorization: Bearer``), named by ``k_`` and the first 12
 hex digits of its SHA-256 (:func:`key_name`), so a budgets file holds no secret. Requests
 without a key are one caller (``k_e3b0c44298fc``, the name of the empty key).
 
 Windows are fixed, aligned on the Unix epoch (a 3600 s window starts on the hour, UTC), so
-every process agrees on them without talking. The ledger is ``budgets.db`` in the cache
-directory (SQLite in WAL mode): one row per budget (``name``, ``window_start``, ``spent``),
-each admission one short ``BEGIN IMMEDIATE`` transaction, so it holds across workers,
-processes and restarts.
+every process agrees on them without talking. The spending is kept in a ledger
+(:mod:`~embedcache.storage.ledgers`): the shared tier's Redis when the proxy has one, so
+proxies on several machines share the budgets; else ``budgets.db`` in the cache directory,
+shared by its workers and processes. Both survive a restart. While a Redis ledger cannot be
+reached, a request with misses is refused (503), never sent unmetered.
 
 Admission: a request's misses are estimated (the same tokenizer-free estimate the rate
 limiter paces by) and reserved before anything is sent; over the budget, nothing is sent
@@ -22,12 +23,13 @@ hits is always served. A request that fails upstream is charged nothing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import math
 import re
-import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +41,9 @@ import orjson
 from ..embedding.embedder import CachedEmbedder
 from ..errors import CacheError, InvalidInputError
 from ..models import RequestOptions
+from ..storage.ledgers import Ledger, SqliteLedger
 from .access import key_name
+from .budget_state import Refresher, budget_report
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,14 +66,14 @@ __all__ = [
 
 #: Response header: tokens the caller's budget has left in the current window.
 BUDGET_HEADER = "X-Embedcache-Budget-Remaining"
-LEDGER_FILE = "budgets.db"
 _KEY_NAME = re.compile(r"k_[0-9a-f]{12}")
-# How long the hit path may show a remaining figure read before (it never waits for disk
-# more than once a second per budget; admissions always read the ledger).
+# Age at which the figure the hit path shows is read again, in a thread (the hit path never
+# waits for the ledger; admissions and settlements always go to it).
 _SHOWN_SECONDS = 1.0
 # Callers whose budget (and what is left of it) a proxy remembers at most.
 _REMEMBERED_KEYS = 10_000
-_BUSY_MS = 10_000
+
+log = logging.getLogger("embedcache")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,19 @@ class BudgetPolicy:
         if self.default is None:
             return None
         return Budget(name, *self.default)
+
+    def named(self, name: str) -> Budget | None:
+        """The budget kept under ``name`` in a ledger: a listed key's or group's, else the
+        default budget of a key not listed (``None``: no such budget now)."""
+        found = self.by_name.get(name)
+        if found is not None or name in self.listed or self.default is None:
+            return found
+        return Budget(name, *self.default) if _KEY_NAME.fullmatch(name) else None
+
+    @functools.cached_property
+    def by_name(self) -> dict[str, Budget]:
+        """The listed budgets (keys' and groups'), by the name a ledger keeps them under."""
+        return {budget.name: budget for budget in self.listed.values() if budget is not None}
 
 
 def load_policy(
@@ -219,30 +236,25 @@ def over_budget_headers(over: Over) -> dict[str, str]:
 
 
 class Budgets:
-    """The ledger of spending against a policy, in ``directory``'s ``budgets.db``.
+    """Spending against a policy, kept in a :class:`~embedcache.storage.ledgers.Ledger`:
+    the shared tier's Redis when the proxy has one, else ``budgets.db`` in the cache
+    directory (a directory given here means that file).
 
-    :raises CacheError: the ledger cannot be opened (a read-only cache directory).
+    :raises CacheError: ``budgets.db`` cannot be opened (a read-only cache directory).
     """
 
-    def __init__(self, policy: BudgetPolicy, directory: Path) -> None:
+    def __init__(self, policy: BudgetPolicy, ledger: Ledger | Path) -> None:
         self.policy = policy
-        self._lock = threading.Lock()
+        self._ledger = SqliteLedger(ledger) if isinstance(ledger, Path) else ledger
         self._budgets: dict[str, Budget | None] = {}  # by key: no hash per request
-        self._shown: dict[str, tuple[float, int]] = {}  # remaining, as the hit path shows it
-        path = Path(directory) / LEDGER_FILE
-        try:
-            self._db = _connect(path)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS spent (name TEXT PRIMARY KEY, "
-                "window_start REAL NOT NULL, spent REAL NOT NULL)"
-            )
-            # Reads of its own: in WAL mode a read never waits for a writer, so the hit path
-            # (on the event loop) never queues behind a fill thread's admission.
-            self._reader = _connect(path)
-        except sqlite3.Error as exc:
-            raise CacheError(f"cannot open the budgets ledger {path}: {exc}") from exc
-        self._read_lock = threading.Lock()
+        # What the hit path shows of each budget: (when read, remaining, the budget).
+        self._shown: dict[str, tuple[float, int, Budget]] = {}
+        self._refresher = Refresher(self._refresh)
+
+    @property
+    def ledger(self) -> Ledger:
+        """Where the spending is kept."""
+        return self._ledger
 
     def budget_of(self, secret: str) -> Budget | None:
         """The caller's budget (remembered per key: no hash on each request)."""
@@ -255,51 +267,69 @@ class Budgets:
             return found
 
     def reserve(self, budget: Budget, tokens: float, cached: int = 0) -> Reservation | Over:
-        """Set ``tokens`` aside in ``budget``'s window, or say why not (nothing set aside)."""
+        """Set ``tokens`` aside in ``budget``'s window, or say why not (nothing set aside).
+
+        :raises CacheError: the ledger cannot be reached (nothing is sent unmetered); a
+            request with nothing to spend is never refused for that.
+        """
         now = time.time()
         start = math.floor(now / budget.window) * budget.window
-        with self._transaction() as db:
-            spent = self._spent(db, budget.name, start)
-            if tokens > 0 and spent + tokens > budget.tokens:
-                db.execute("ROLLBACK")
-                remaining = max(0, int(budget.tokens - spent))
-                wait = math.ceil(start + budget.window - now) if tokens <= budget.tokens else None
-                return Over(budget, math.ceil(tokens), remaining, cached, wait)
-            self._add(db, budget.name, start, tokens)
+        if tokens <= 0:  # all cached: only read, and served even when the ledger is not there
+            return Reservation(budget, start, 0, self._remaining_or_known(budget))
+        made, spent = self._ledger.reserve(budget.name, start, budget.window, tokens, budget.tokens)
+        if not made:
+            remaining = max(0, int(budget.tokens - spent))
+            wait = math.ceil(start + budget.window - now) if tokens <= budget.tokens else None
+            self._show(budget, remaining)
+            return Over(budget, math.ceil(tokens), remaining, cached, wait)
         return self._noted(Reservation(budget, start, tokens, int(budget.tokens - spent - tokens)))
 
     def settle(self, reservation: Reservation, charged: float) -> int:
         """Replace the reservation by what the upstream ``charged`` (in the window it was
-        made in, while that window lasts); returns the tokens left."""
+        made in, while that window lasts); returns the tokens left. A correction the ledger
+        cannot take is logged and dropped: the reservation, an estimate, stays spent."""
         budget = reservation.budget
-        with self._transaction() as db:
-            spent = self._spent(db, budget.name, reservation.window_start)
-            delta = charged - reservation.tokens
-            if delta and self._current(budget) == reservation.window_start:
-                self._add(db, budget.name, reservation.window_start, delta)
-                spent += delta
-        return self._noted(
-            _with_remaining(reservation, max(0, int(budget.tokens - spent)))
-        ).remaining
+        start = reservation.window_start
+        delta = charged - reservation.tokens
+        try:
+            if delta and self._current(budget) == start:
+                spent = self._ledger.settle(budget.name, start, budget.window, delta)
+            else:
+                spent = self._ledger.spent(budget.name, start)
+        except CacheError as exc:
+            log.warning("budgets: %s's spending not corrected by %+g tokens: %s",
+                        budget.name, delta, exc)  # fmt: skip
+            return max(0, reservation.remaining)
+        remaining = max(0, int(budget.tokens - spent))
+        self._show(budget, remaining)
+        return remaining
 
     def remaining(self, budget: Budget) -> int:
-        """Tokens ``budget`` has left in the current window (from the ledger)."""
-        start = self._current(budget)
-        try:
-            with self._read_lock:
-                spent = self._spent(self._reader, budget.name, start)
-        except sqlite3.Error as exc:
-            raise CacheError(f"cannot read the budgets ledger: {exc}") from exc
+        """Tokens ``budget`` has left in the current window, read from the ledger.
+
+        :raises CacheError: the ledger cannot be read.
+        """
+        spent = self._ledger.spent(budget.name, self._current(budget))
         remaining = max(0, int(budget.tokens - spent))
         self._show(budget, remaining)
         return remaining
 
     def shown(self, budget: Budget) -> int:
-        """:meth:`remaining` as the hit path shows it: read at most once a second."""
+        """:meth:`remaining` as the hit path shows it, without waiting: the last figure
+        known, a fresh one asked of a thread when it is over a second old. Only a budget
+        this process never saw is read here, once (one ``GET`` with a Redis ledger; the
+        figure every answer shows later is kept fresh by admissions, settlements and that
+        thread). While the ledger is failing it is not read here at all, and a budget never
+        seen shows 0 (while the ledger is out of reach no miss can be paid for)."""
         seen = self._shown.get(budget.name)
-        if seen is not None and time.monotonic() - seen[0] < _SHOWN_SECONDS:
-            return seen[1]
-        return self.remaining(budget)
+        if seen is None:
+            if self._ledger.healthy:
+                return self._remaining_or_known(budget)
+            self._refresher.ask(budget)  # never the call that waits out a failing tier
+            return 0
+        if time.monotonic() - seen[0] >= _SHOWN_SECONDS:
+            self._refresher.ask(budget)
+        return seen[1]
 
     def admit(
         self,
@@ -310,7 +340,10 @@ class Budgets:
     ) -> Reservation | Over:
         """Reserve what ``requests``' uncached texts are estimated to cost (nothing is
         read but presence; cached texts are free), or say why not. ``least``: reserve at
-        least that many (a request passed through, whose cost is unknown, needs one left)."""
+        least that many (a request passed through, whose cost is unknown, needs one left).
+
+        :raises CacheError: the ledger cannot be reached and there are misses to pay for.
+        """
         needed, cached = 0, 0
         for texts, options in requests:
             report = embedder.warm(texts, options, dry_run=True)
@@ -318,11 +351,45 @@ class Budgets:
             cached += report.cached
         return self.reserve(budget, max(needed, least), cached)
 
+    def report(self, limit: int = 100) -> dict[str, Any]:
+        """The budgets' state for ``/admin/stats``: the default budget, and the budgets
+        with spending in their current window, most spent first (at most ``limit``), with
+        the keys and groups the budgets file lists even when they spent nothing. When the
+        ledger cannot be read, the figures this process saw last."""
+        return budget_report(self.policy, self._spending, limit)
+
     def close(self) -> None:
-        """Close the ledger."""
-        with self._lock, self._read_lock:
-            self._db.close()
-            self._reader.close()
+        """Stop the refresher and close the ledger."""
+        self._refresher.close()
+        self._ledger.close()
+
+    def _spending(self) -> Iterable[tuple[Budget, float]]:
+        """Each budget's spending in its current window (see :meth:`report`)."""
+        try:
+            found = list(self._ledger.spending())
+        except CacheError as exc:
+            log.warning("budgets: the ledger cannot be read for a report: %s", exc)
+            return [(b, b.tokens - left) for _, left, b in list(self._shown.values())]
+        now = time.time()
+        out = []
+        for name, start, spent in found:
+            budget = self.policy.named(name)
+            if budget is not None and start == self._current(budget, now):
+                out.append((budget, spent))
+        return out
+
+    def _remaining_or_known(self, budget: Budget) -> int:
+        """:meth:`remaining`, or when the ledger cannot be read the last figure known
+        (0 if none)."""
+        try:
+            return self.remaining(budget)
+        except CacheError:
+            seen = self._shown.get(budget.name)
+            return seen[1] if seen is not None else 0
+
+    def _refresh(self, budget: Budget) -> None:
+        with contextlib.suppress(CacheError):  # the last figure stays; the ledger logs
+            self.remaining(budget)
 
     def _noted(self, reservation: Reservation) -> Reservation:
         self._show(reservation.budget, max(0, reservation.remaining))
@@ -331,65 +398,11 @@ class Budgets:
     def _show(self, budget: Budget, remaining: int) -> None:
         if len(self._shown) > _REMEMBERED_KEYS:
             self._shown.clear()  # bounded, as _budgets: a default budget is one per key
-        self._shown[budget.name] = (time.monotonic(), remaining)
+        self._shown[budget.name] = (time.monotonic(), remaining, budget)
 
     @staticmethod
-    def _current(budget: Budget) -> float:
-        return math.floor(time.time() / budget.window) * budget.window
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
-
-    @staticmethod
-    def _spent(db: sqlite3.Connection, name: str, start: float) -> float:
-        row = db.execute("SELECT window_start, spent FROM spent WHERE name = ?", (name,)).fetchone()
-        return float(row[1]) if row is not None and row[0] == start else 0.0
-
-    @staticmethod
-    def _add(db: sqlite3.Connection, name: str, start: float, tokens: float) -> None:
-        # A row of an older window starts again from these tokens.
-        db.execute(
-            "INSERT INTO spent (name, window_start, spent) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET spent = CASE WHEN window_start = excluded."
-            "window_start THEN spent + excluded.spent ELSE excluded.spent END, "
-            "window_start = excluded.window_start",
-            (name, start, tokens),
-        )
-
-
-def _with_remaining(reservation: Reservation, remaining: int) -> Reservation:
-    return Reservation(reservation.budget, reservation.window_start, reservation.tokens, remaining)
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` under this process's lock: one writer at a time
-    across processes, for a few statements."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db, self._lock = db, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._lock.release()
-            raise CacheError(f"cannot update the budgets ledger: {exc}") from exc
-        return self._db
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        try:
-            if self._db.in_transaction:
-                self._db.execute("COMMIT" if exc is None else "ROLLBACK")
-        finally:
-            self._lock.release()
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, check_same_thread=False)
-    db.isolation_level = None  # transactions are begun explicitly
-    db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-    return db
+    def _current(budget: Budget, now: float | None = None) -> float:
+        return math.floor((time.time() if now is None else now) / budget.window) * budget.window
 
 
 def _read(path: Path) -> dict[str, Any]:

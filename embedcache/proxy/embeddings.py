@@ -150,7 +150,7 @@ class EmbeddingsRoute:
                 self._budgets.settle(held, 0)
             raise
         # Nothing of it from the cache, nor kept: every input a miss.
-        record.answered(0, record.texts, 0, 0.0)
+        record.answered(0, record.texts, 0, 0.0, [raw])
         headers = {CACHED_HEADER: "0", **status_headers(record)}
         if held is not None and self._budgets is not None:
             left = self._budgets.settle(held, charged_tokens(sent.content))
@@ -222,10 +222,10 @@ class EmbeddingsRoute:
             raise
         if rendered is None:
             return None
-        texts, stats = rendered
+        texts, stats, keys = rendered
         body = render_body(parsed.model, texts, stats.tokens_spent)
         cached = stats.hits + stats.coalesced
-        record.answered(cached, stats.misses, stats.tokens_spent, stats.tokens_saved)
+        record.answered(cached, stats.misses, stats.tokens_spent, stats.tokens_saved, keys)
         headers = {CACHED_HEADER: str(cached), **status_headers(record)}
         if budget is not None and self._budgets is not None:
             left = self._budgets.settle(held, stats.tokens_spent) if held else None

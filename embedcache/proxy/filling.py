@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..embedding.counters import Stats
 from ..embedding.embedder import CachedEmbedder
@@ -20,7 +20,7 @@ from ..upstream.jina import JinaClient
 from .rendered import RenderedAnswers, variant
 from .wire import EmbeddingsRequest, render_vector
 
-__all__ = ["INLINE_BODY_BYTES", "INLINE_TEXTS", "Filler"]
+__all__ = ["INLINE_BODY_BYTES", "INLINE_TEXTS", "Filler", "Rendered"]
 
 #: Most texts of a request tried on the event loop, from memory and local disk only.
 INLINE_TEXTS = 32
@@ -29,6 +29,15 @@ INLINE_TEXTS = 32
 INLINE_BODY_BYTES = 64 * 1024
 
 _T = TypeVar("_T")
+
+
+class Rendered(NamedTuple):
+    """A request's embeddings as JSON text, what the caching core found and spent, and
+    the entry keys asked for (for the request log's digest)."""
+
+    texts: list[bytes]
+    stats: Stats
+    keys: list[bytes]
 
 
 class Filler:
@@ -59,7 +68,7 @@ class Filler:
 
     def render(
         self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool = False
-    ) -> tuple[list[bytes], Stats] | None:
+    ) -> Rendered | None:
         """Each text's embedding as JSON text, in the upstream's float style and kept for
         the hit path, and what the caching core found and spent; ``None`` when
         ``cached_only`` and something is missing (blocking unless ``cached_only``)."""
@@ -73,7 +82,7 @@ class Filler:
         texts = [render_vector(row, parsed.embedding_type, style) for row in result.vectors]
         if not parsed.options.late_chunking:  # the hit path answers single texts only
             self.rendered.put(result.keys, kind, texts, result.tokens.tolist())
-        return texts, result.stats
+        return Rendered(texts, result.stats, result.keys)
 
     async def in_thread(self, work: Callable[[], _T]) -> _T:
         """``work()``, run in a fill thread."""

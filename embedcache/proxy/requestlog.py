@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+import xxhash
 
 from .access import key_name
 
@@ -41,6 +42,7 @@ __all__ = [
     "cache_status",
     "caller_hash",
     "check_writable",
+    "request_digest",
     "status_headers",
 ]
 
@@ -78,6 +80,17 @@ def caller_hash(bearer: str) -> str | None:
     return key_name(bearer) if bearer else None
 
 
+def request_digest(asked: Sequence[bytes]) -> str:
+    """``r_`` and 16 hex digits of the XXH3 of a request's entry keys, in order (the keys
+    cover the model, every setting and the text): equal for the same request again. Like
+    the cache's own keys it cannot be read back into text, though it can confirm a guess.
+
+    >>> request_digest([b"a" * 16]) == request_digest([b"a" * 16])
+    True
+    """
+    return "r_" + xxhash.xxh3_64_hexdigest(b"".join(asked))
+
+
 def cache_status(hits: int, misses: int) -> str:
     """``hit`` (nothing fetched), ``miss`` (nothing from the cache) or ``partial``."""
     if not misses:
@@ -101,6 +114,9 @@ class RequestRecord:
         refused or failed.
     :ivar at: when it was answered (``time.time()``; set as it is handed over,
         :mod:`.outcomes`).
+    :ivar digest: for a request that fetched anything, :func:`request_digest` of what it
+        asked for: the same again means the cache did not keep it (``analyze``'s "could
+        still save"); ``None`` for hits and refusals.
     """
 
     route: str
@@ -118,12 +134,18 @@ class RequestRecord:
     status: int = 0
     cache: str | None = None
     at: float = 0.0
+    digest: str | None = None
 
-    def answered(self, hits: int, misses: int, spent: int, saved: float) -> None:
-        """Note what the cache did for a request answered with embeddings."""
+    def answered(
+        self, hits: int, misses: int, spent: int, saved: float, asked: Sequence[bytes] = ()
+    ) -> None:
+        """Note what the cache did for a request answered with embeddings; ``asked``: the
+        entry keys of its texts (or a body passed through), digested when anything missed."""
         self.hits, self.misses = hits, misses
         self.tokens_spent, self.tokens_saved = spent, saved
         self.cache = cache_status(hits, misses)
+        if misses and asked:
+            self.digest = request_digest(asked)
 
     def line(self) -> bytes:
         """The request log line (newline included)."""
@@ -151,12 +173,14 @@ class RequestRecord:
     def line_with(self, middle: bytes) -> bytes:
         """The line, given its :meth:`middle`."""
         cache = _CACHE_TEXT.get(self.cache) or orjson.dumps(self.cache)
-        return b'{"time":"%s",%s,"ms":%.2f,"status":%d,"cache":%s}\n' % (
+        digest = b"null" if self.digest is None else b'"%s"' % self.digest.encode()
+        return b'{"time":"%s",%s,"ms":%.2f,"status":%d,"cache":%s,"digest":%s}\n' % (
             _stamp(self.at),
             middle,
             self.ms,
             self.status,
             cache,
+            digest,
         )
 
 

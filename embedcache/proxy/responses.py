@@ -91,6 +91,7 @@ async def counted(
         record.ms = seconds * 1000
         if record.status >= 400:
             record.cache = None  # refused or failed: whatever was served is not the answer
+            record.digest = None
         parts.outcomes.add(record)
     parts.publish()
     return result.response

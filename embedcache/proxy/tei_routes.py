@@ -13,7 +13,6 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..embedding.counters import Stats
 from ..errors import EmbedcacheError
 from ..upstream.jina import JinaClient
 from . import tei
@@ -25,7 +24,7 @@ from .budgets import (
     over_budget_body,
     over_budget_headers,
 )
-from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
+from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Rendered
 from .gate import bearer_of, refusal_response
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
@@ -45,7 +44,7 @@ class _Work:
 
     parsed: tei.TeiRequest
     groups: list[EmbeddingsRequest]
-    done: list[tuple[list[bytes], Stats] | None] = field(default_factory=list)
+    done: list[Rendered | None] = field(default_factory=list)
 
 
 class TeiRoutes:
@@ -196,7 +195,7 @@ class TeiRoutes:
         budgets = self._budgets
         if budget is None or budgets is None:
             return answer
-        spent = sum(stats.tokens_spent for _, stats in filter(None, work.done))
+        spent = sum(done.stats.tokens_spent for done in filter(None, work.done))
         left = budgets.settle(held, spent) if held else budgets.shown(budget)
         answer.response.headers[BUDGET_HEADER] = str(left)
         return answer
@@ -206,16 +205,18 @@ def _assembled(work: _Work, record: RequestRecord) -> Answer:
     """The answer of a request whose every group is answered: in input order."""
     answers: list[bytes] = [b""] * work.parsed.count
     cached, misses, spent, saved = 0, 0, 0, 0.0
+    asked: list[bytes] = []
     for group, rendered in zip(work.parsed.groups, work.done, strict=True):
         assert rendered is not None  # a fill either returns vectors or raises
-        texts, stats = rendered
+        texts, stats, keys = rendered
+        asked += keys
         for position, text in zip(group.positions, texts, strict=True):
             answers[position] = text
         cached += stats.hits + stats.coalesced
         misses += stats.misses
         spent += stats.tokens_spent
         saved += stats.tokens_saved
-    record.answered(cached, misses, spent, saved)
+    record.answered(cached, misses, spent, saved, asked)
     headers = {CACHED_HEADER: str(cached), **status_headers(record)}
     response = json_response(200, tei.render_embed(answers), headers)
     return Answer(response, "fetched" if misses else "cached", work.parsed.count, cached)

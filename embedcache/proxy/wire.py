@@ -23,7 +23,14 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from ..errors import APIError, CacheError, CacheMissError, EmbedcacheError, InvalidInputError
+from ..errors import (
+    APIError,
+    CacheError,
+    CacheMissError,
+    EmbedcacheError,
+    InvalidInputError,
+    SharedCacheError,
+)
 from ..models import RequestOptions, resolve_options, spec_for
 from ..upstream.float_style import DEFAULT_FLOAT_STYLE
 
@@ -271,8 +278,10 @@ def error_status(exc: EmbedcacheError) -> int:
         return exc.status or 401  # no status: no key was available to send
     if isinstance(exc, InvalidInputError):
         return 422
-    if isinstance(exc, CacheMissError):
-        return 503  # offline proxy: the upstream is deliberately unavailable
+    if isinstance(exc, (CacheMissError, SharedCacheError)):
+        # Offline proxy: the upstream is deliberately unavailable; a shared tier the budgets
+        # are kept in is out of reach: nothing that costs tokens is sent unmetered.
+        return 503
     if isinstance(exc, CacheError):
         return 500
     return 502  # transport or response-format trouble with the upstream

@@ -11,9 +11,11 @@ one ``MGET`` per slot, the slots of each node in one pipeline (redis-py's
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
-__all__ = ["CLUSTER_SCHEMES", "check_url", "connect", "is_cluster_url"]
+__all__ = ["CLUSTER_SCHEMES", "Outage", "check_url", "connect", "is_cluster_url"]
 
 #: A cluster URL's scheme, and the scheme of one of its nodes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -85,3 +87,41 @@ def connect(url: str, timeout: float) -> Any:
         retry=Retry(NoBackoff(), 0),
         **options,
     )
+
+
+class Outage:
+    """Whether a Redis is taken as down: after a failure, for ``retry_after`` seconds calls
+    skip it (no wait on a dead server per call); the first failure since the last success
+    starts an outage, the next success ends it (one warning each, by the caller)."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._ongoing = False
+
+    @property
+    def available(self) -> bool:
+        """Whether calls go to Redis right now (``False`` during the pause after a failure)."""
+        return time.monotonic() >= self._down_until
+
+    @property
+    def ongoing(self) -> bool:
+        """Whether the last call failed."""
+        return self._ongoing
+
+    def failed(self) -> bool:
+        """Note a failure (the pause starts again); whether it starts an outage."""
+        with self._lock:
+            first = not self._ongoing
+            self._ongoing = True
+            self._down_until = time.monotonic() + self.retry_after
+        return first
+
+    def succeeded(self) -> bool:
+        """Note a success; whether it ends an outage."""
+        if not self._ongoing:  # the common case: no lock
+            return False
+        with self._lock:
+            ended, self._ongoing = self._ongoing, False
+        return ended

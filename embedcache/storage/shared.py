@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -48,7 +47,7 @@ from ..errors import InvalidInputError, SharedCacheError
 from ..extras import requires
 from .entries import Found, KeyedVectors
 from .formats import decode_into, encode_entry, fingerprint_record, first_dim, value_size
-from .redis_clients import check_url, connect, is_cluster_url
+from .redis_clients import Outage, check_url, connect, is_cluster_url
 from .store import FORMAT_VERSION
 
 __all__ = ["RedisStore", "Usage", "open_shared"]
@@ -148,8 +147,7 @@ class RedisStore:
         )  # fmt: skip
         self._namespace = f"{prefix}:{KEY_VERSION}.{FORMAT_VERSION}:".encode()
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._outage = False
+        self._outage = Outage(retry_after)
         self._known_fingerprints: set[int] = set()
         # One hash of ``<fingerprint id hex>: canonical JSON`` for the whole prefix.
         self._fingerprints = f"{prefix}:fingerprints"
@@ -160,7 +158,7 @@ class RedisStore:
     @property
     def available(self) -> bool:
         """Whether calls go to Redis right now (``False`` during the pause after a failure)."""
-        return time.monotonic() >= self._down_until
+        return self._outage.available
 
     def close(self) -> None:
         if self._connected is not None:
@@ -194,20 +192,14 @@ class RedisStore:
                     f"shared cache {self.location} failed while trying to {action}: "
                     f"{type(exc).__name__}: {self._redact(str(exc))}{hint}"
                 ) from None
-            with self._lock:
-                first = not self._outage
-                self._outage = True
-                self._down_until = time.monotonic() + self.retry_after
-            if first:
+            if self._outage.failed():
                 log.warning(
                     "shared cache %s unavailable (%s while trying to %s%s): serving from "
                     "local disk and the API, retrying every %.0f s",
                     self.location, type(exc).__name__, action, hint, self.retry_after,
                 )  # fmt: skip
             return fallback
-        if self._outage:
-            with self._lock:
-                self._outage = False
+        if self._outage.succeeded():
             log.warning("shared cache %s is back", self.location)
         return result
 
