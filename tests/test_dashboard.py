@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from embedcache.proxy.access import key_name
 from embedcache.proxy.history import MINUTES, History
 
 from .conftest import API_KEY, MakeProxy, MakeServed
@@ -197,6 +198,22 @@ def _table(driver: Any, element_id: str) -> list[list[str]]:
     return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
 
 
+def _log_in(driver: Any, proxy: Any) -> None:
+    """Open the dashboard, type the admin token, and wait for the figures."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{proxy.url}/dashboard")
+    driver.find_element(By.ID, "token").send_keys(ADMIN)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "board").is_displayed())
+
+
+def _no_console_errors(driver: Any) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+
+
 def _usage_cells(row: dict[str, Any]) -> list[str]:
     """A caller's or model's figures as the page writes them, after its name(s)."""
     counts = ("requests", "texts", "hits", "misses", "tokens_spent", "tokens_saved")
@@ -219,12 +236,8 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         time.sleep(0.1)
     with _chromium() as driver:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
-        driver.get(f"{proxy.url}/dashboard")
-        driver.find_element(By.ID, "token").send_keys(ADMIN)
-        driver.find_element(By.CSS_SELECTOR, "#login button").click()
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "board").is_displayed())
+        _log_in(driver, proxy)
         stats = _stats(proxy)  # nothing asked since: the figures the page polled
         since = stats["since_start"]
         minutes = stats["history"]["minutes"][-60:]
@@ -273,9 +286,38 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         assert shown("minutes-requests") == "4"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-minutes rect")  # bars drawn
         assert ADMIN not in driver.page_source  # the token is not written into the page
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-        assert errors == []
+        _no_console_errors(driver)
         if target := os.environ.get(SCREENSHOT_ENV):  # the whole page, not the window
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(1100, height + 160)
             Path(target).write_bytes(driver.get_screenshot_as_png())
+
+
+def test_the_dashboard_shows_the_budgets_and_their_state_in_a_real_browser(
+    make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[groups.team]\ntokens = 5000\nkeys = ["k_0123456789ab"]\n', "utf-8")
+    proxy = make_proxy(
+        "--budget-tokens", "1000", "--budget-window", "3600", "--budgets", str(budgets),
+        env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN},
+    )  # fmt: skip
+    assert proxy.embed(_body("alpha", "beta"), API_KEY).status_code == 200
+    with _chromium() as driver:
+        from selenium.webdriver.common.by import By
+
+        _log_in(driver, proxy)
+        stats = _stats(proxy)
+        listed = stats["budgets"]["callers"]
+        assert {row["name"] for row in listed} == {"group:team", key_name(API_KEY)}
+        shown = driver.find_element(By.ID, "budgets-default").text
+        assert shown == "Default: 1,000 tokens per 3,600 s for every key not listed."
+        rows = _table(driver, "budgets")
+        assert [row[:5] for row in rows] == [
+            [b["name"], _integer(b["tokens"]), f"{b['window']:,} s", _integer(b["spent"]),
+             _integer(b["remaining"])]
+            for b in listed
+        ]  # fmt: skip
+        for row, budget in zip(rows, listed, strict=True):  # a second may pass between
+            assert abs(int(row[5].removesuffix(" s").replace(",", "")) - budget["resets_in"]) <= 2
+        _no_console_errors(driver)
