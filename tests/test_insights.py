@@ -244,3 +244,17 @@ def test_caller_figures_add_up_over_two_proxies_on_one_directory_and_survive_a_r
 
 def _text(proxy: Served) -> str:
     return proxy.http.get("/admin/stats", headers=ADMIN_HEADERS).text
+
+
+def test_a_damaged_usage_db_leaves_the_proxy_serving_without_per_caller_figures(
+    make_proxy: MakeProxy, cache_dir: Path
+) -> None:
+    make_proxy().stop()  # the cache directory, and its usage.db
+    for path in cache_dir.glob("usage.db*"):
+        path.unlink()
+    (cache_dir / "usage.db").write_bytes(b"not a database, " * 512)
+    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    assert proxy.embed({"model": MODEL, "input": ["one"]}, API_KEY).status_code == 200
+    stats = _stats(proxy)
+    assert (stats["usage"], stats["callers"], stats["models"]) == (None, [], [])
+    assert "no per-caller figures" in proxy.output()
