@@ -227,7 +227,7 @@ def _usage_cells(row: dict[str, Any]) -> list[str]:
 
 
 def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN, "EMBEDCACHE_RPM": "500"})
     for texts in (("alpha", "beta", "gamma"), ("alpha", "beta"), ("alpha", "delta"), ("beta",)):
         assert proxy.embed(_body(*texts), API_KEY).status_code == 200
     for _ in range(100):  # the records reach usage.db within a second or two
@@ -269,7 +269,21 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
             assert shown(shown_id) == _integer(upstream["failures"][kind])
         assert shown("upstream-mean-ms") == f"{upstream['mean_ms']:.1f} ms"
         assert shown("upstream-last-failure") == "none"
-        assert shown("pacing-off").startswith("Not paced")
+        pacing = upstream["pacing"]
+        assert _table(driver, "pacing") == [
+            ["requests per window", _integer(pacing["rpm"])],
+            ["tokens per window", "unlimited"],
+            ["concurrent requests", "unlimited"],
+            ["window", f"{pacing['window_seconds']:,.0f} s"],
+            ["budgets in use (after 429 backoff)", f"{pacing['scale'] * 100:.1f}%"],
+            ["paused for", f"{pacing['paused_seconds']:,.0f} s"],
+            ["requests in the window", _integer(pacing["window_requests"])],
+            ["tokens in the window", _integer(pacing["window_tokens"])],
+            ["in flight", _integer(pacing["in_flight"])],
+            ["429s despite pacing", _integer(pacing["rate_limited"])],
+            ["time spent waiting", f"{pacing['waited_seconds']:,.0f} s"],
+        ]
+        assert pacing["window_requests"] == upstream["sent"] == 2
         assert shown("budgets-default") == "no budgets"
         assert [row["requests"] for row in stats["callers"]] == [4]
         assert _table(driver, "callers") == [
@@ -310,6 +324,7 @@ def test_the_dashboard_shows_the_budgets_and_their_state_in_a_real_browser(
         stats = _stats(proxy)
         listed = stats["budgets"]["callers"]
         assert {row["name"] for row in listed} == {"group:team", key_name(API_KEY)}
+        assert driver.find_element(By.ID, "pacing-off").text.startswith("Not paced")
         shown = driver.find_element(By.ID, "budgets-default").text
         assert shown == "Default: 1,000 tokens per 3,600 s for every key not listed."
         rows = _table(driver, "budgets")
