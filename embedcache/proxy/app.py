@@ -14,9 +14,10 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
 - :mod:`.hits`: the hit path (:attr:`Proxy.answer_hit`);
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
   and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
-- :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them.
-- :mod:`.admin`: health, metrics, admin stats and flush;
-- :mod:`.requestlog`: what the cache did, on every answer and in the request log.
+- :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them;
+  :mod:`.insights`, its upstream and cache sections;
+- :mod:`.requestlog`: what the cache did, on every answer and in the request log;
+  :mod:`.usage`, the same records added up per caller and per model (``usage.db``).
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
