@@ -258,3 +258,12 @@ def test_a_damaged_usage_db_leaves_the_proxy_serving_without_per_caller_figures(
     stats = _stats(proxy)
     assert (stats["usage"], stats["callers"], stats["models"]) == (None, [], [])
     assert "no per-caller figures" in proxy.output()
+
+
+def test_a_caller_refused_over_budget_is_counted_so(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy("--budget-tokens", "5", env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    long_text = "many words in a text too long for the budget " * 4
+    assert _send(proxy, API_KEY, [long_text]).status_code == 429
+    assert _send(proxy, API_KEY, ["ok"]).status_code == 200
+    row = _by(_stats_with(proxy, 2)["callers"], "key")[caller_hash(API_KEY)]
+    assert (row["requests"], row["errors"], row["over_budget"]) == (2, 1, 1)
