@@ -9,7 +9,8 @@ from typing import Any
 from embedcache.proxy.requestlog import RequestRecord, caller_hash
 from embedcache.proxy.usage import OTHERS, USAGE_FILE, Usage
 
-from .conftest import API_KEY
+from .conftest import API_KEY, MakeProxy
+from .serving import ProxyInProcess
 
 MODEL = "jina-embeddings-v3"
 
@@ -118,3 +119,16 @@ def test_the_key_never_reaches_usage_db(tmp_path: Path) -> None:
     for path in files:
         assert API_KEY.encode() not in path.read_bytes()
     assert caller_hash(API_KEY) is not None
+
+
+def test_without_admin_endpoints_a_proxy_keeps_no_figures_and_hands_nothing_over(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = make_proxy()
+    assert isinstance(proxy, ProxyInProcess)
+    body = {"model": "jina-embeddings-v3", "input": ["counted by no one"]}
+    for _ in range(2):
+        assert proxy.embed(body, API_KEY).status_code == 200
+    assert proxy.proxy.outcomes is None  # the hit path hands nothing over
+    proxy.stop()
+    assert not (proxy.cache_dir / USAGE_FILE).exists()

@@ -345,8 +345,12 @@ class Proxy:
         self.outcomes.add(record)
 
     def _open_usage(self) -> Usage | None:
-        """The per-caller and per-model figures, in the cache directory's ``usage.db``; a
-        directory where it cannot be made (read-only) serves without them."""
+        """The per-caller and per-model figures, in the cache directory's ``usage.db``, kept
+        while admin endpoints are on (only ``/admin/stats`` shows them: what no one can read
+        costs every hit nothing); a directory where it cannot be made (read-only) serves
+        without them."""
+        if not self.settings.admin_token:
+            return None
         try:
             return Usage(self.store.directory, budgets_on=self.budgets is not None)
         except CacheError as exc:

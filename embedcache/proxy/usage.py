@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheError
-from .requestlog import RequestRecord
+from .requestlog import RequestRecord, Served
 
 __all__ = ["FIELDS", "FLUSH_SECONDS", "MAX_CALLERS", "OTHERS", "USAGE_FILE", "Usage"]
 
@@ -136,14 +136,17 @@ class Usage:
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the usage table {self.path}: {exc}") from exc
 
-    def add(self, records: Sequence[RequestRecord]) -> None:
+    def add(self, records: Sequence[RequestRecord | Served]) -> None:
         """Count finished requests (a batch, off the event loop); adds to the table when
         the last addition is :data:`FLUSH_SECONDS` old."""
         budgets_on = self._budgets_on
         with self._lock:
             held = self._held
             # Inline: this runs for every request the proxy answers (~1 µs each).
-            for record in records:
+            for entry in records:
+                # A hit comes with the record it shares with the others like it.
+                record = entry.record if type(entry) is Served else entry
+                assert isinstance(record, RequestRecord)
                 name = (record.key or _NONE, record.model or _NONE, record.task or _NONE)
                 counts = held.get(name)
                 if counts is None:
