@@ -7,6 +7,8 @@ import base64
 import contextlib
 import hashlib
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ import pytest
 
 from embedcache.testing import Fetched, JinaEmulator, image_size, image_tokens, pdf, png
 from embedcache.tokens import estimate_tokens
+
+from .conftest import API_KEY
 
 PATH = "/v1/embeddings"
 CLIP2, CLIP1, V4 = "jina-clip-v2", "jina-clip-v1", "jina-embeddings-v4"
@@ -150,6 +154,21 @@ def test_remote_urls_are_left_opaque_unless_fetching_them_is_allowed(
     assert emulator.requests[-1].fetched[0].error is not None
 
 
+def test_the_module_fetches_remote_images_when_told_to() -> None:
+    command = [sys.executable, "-m", "embedcache.testing", "--fetch-remote-images"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            body = {"model": CLIP2, "input": [{"image": "https://images.invalid/a.png"}]}
+            answer = client.post(url + PATH, json=body)
+        process.terminate()
+        process.communicate(timeout=10)
+    assert "could not fetch" in refused(answer, 400)
+
+
 # --- tokens by tiles -------------------------------------------------------------------
 
 
@@ -174,10 +193,7 @@ def test_image_tokens_are_its_tiles_partial_ones_counted_full(
     assert usage["image_tokens"] == tokens == image_tokens(width, height, model)
     text = estimate_tokens("a caption")
     assert usage["total_tokens"] == usage["prompt_tokens"] == tokens + text
-
-
-def test_a_text_only_answer_has_no_image_tokens(http: httpx.Client) -> None:
-    assert "image_tokens" not in embed(http, CLIP2, ["only text"]).json()["usage"]
+    assert "image_tokens" not in embed(http, model, ["only text"]).json()["usage"]
 
 
 def _jpeg(width: int, height: int) -> bytes:
