@@ -41,9 +41,9 @@ __all__ = [
     "MULTI_VECTOR_DIM",
     "MULTI_VECTOR_PATH",
     "V4_MULTIVECTOR_FIELDS",
+    "check_v4_multivector",
     "colbert_options",
     "multivector_rows",
-    "v4_multivector",
 ]
 
 #: The path of the ColBERT models in the older specs (still what embcli-jina calls).
@@ -74,23 +74,15 @@ V4_MULTIVECTOR_FIELDS = frozenset({"return_multivector", "return_tokenized_input
 _INPUT_TYPES = ("query", "document")
 
 
-def _bool(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise validation_error(name, "Input should be a valid boolean", "bool_type")
-    return value
-
-
-def v4_multivector(body: dict[str, Any], *, late_chunking: bool) -> bool:
-    """Whether a jina-embeddings-v4 body asks for multi-vector output.
+def check_v4_multivector(
+    body: dict[str, Any], *, multivector: bool, tokenized: bool, late_chunking: bool
+) -> None:
+    """Refuse what jina-embeddings-v4's ``return_multivector`` (``multivector``) and
+    ``return_tokenized_input`` (``tokenized``) cannot be combined with.
 
     :raises ApiError: 422 for ``return_multivector`` with ``dimensions`` or
         ``late_chunking``, and for ``return_tokenized_input: true``.
     """
-    multivector = _bool(body, "return_multivector")
-    tokenized = _bool(body, "return_tokenized_input")
     if tokenized and not multivector:
         raise validation_error(
             "return_tokenized_input", "return_tokenized_input requires return_multivector"
@@ -107,7 +99,6 @@ def v4_multivector(body: dict[str, Any], *, late_chunking: bool) -> bool:
         raise validation_error(
             "late_chunking", "Cannot be used with return_multivector", "unsupported"
         )
-    return multivector
 
 
 def colbert_options(spec: ModelSpec, body: dict[str, Any]) -> tuple[str, int]:

@@ -30,8 +30,8 @@ from .multivector import (
     COLBERT_MODELS,
     MULTI_VECTOR_PATH,
     V4_MULTIVECTOR_FIELDS,
+    check_v4_multivector,
     colbert_options,
-    v4_multivector,
 )
 from .pdfs import TOKENS_PER_PAGE, pdf_pages, pdf_tokens
 from .protocol import (
@@ -192,7 +192,11 @@ def parse_request(
         raise validation_error(
             "late_chunking", f"late_chunking is not supported by {spec.name}", "unsupported"
         )
-    multivector = spec.name == _V4 and v4_multivector(body, late_chunking=late_chunking)
+    multivector = _flag(body, "return_multivector", default=False)
+    tokenized = _flag(body, "return_tokenized_input", default=False)
+    check_v4_multivector(
+        body, multivector=multivector, tokenized=tokenized, late_chunking=late_chunking
+    )
     items = _items(spec, body, loader)
     if late_chunking and any(item.kind != "text" for item in items):
         raise validation_error("late_chunking", "late_chunking only works with text inputs")
