@@ -6,7 +6,7 @@ only "Images up to 8MB; PDFs up to 8MB" and "http/https URLs", §2.1, §2.3):
 - A value starting with ``<scheme>://`` is a URL; only ``http`` and ``https`` are taken,
   any other scheme is a 422 naming the field. Anything else is base64 (standard alphabet,
   padding required; line breaks and spaces are dropped first, as MIME wraps it); what does
-  not decode is a 400.
+  not decode is a 400 (so is a ``data:`` URI: the sources show only raw base64).
 - Loopback URLs (``localhost``, ``127.0.0.0/8``, ``::1``) are fetched: that is where tests
   serve images. Other hosts are fetched only with ``JinaEmulator(fetch_remote_images=True)``;
   by default their images are *opaque*: seeded by the URL text and charged one tile, since
