@@ -7,12 +7,14 @@ import contextlib
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from embedcache.proxy.access import key_name
 from embedcache.proxy.history import MINUTES, History
 
 from .conftest import API_KEY, MakeProxy, MakeServed
@@ -173,18 +175,69 @@ def _integer(value: float) -> str:
     return f"{math.floor(value + 0.5):,}"
 
 
+def _usd(value: float) -> str:
+    """As the page writes dollars: to the millionth, thousands separated."""
+    return f"${value:,.6f}"
+
+
+def _size(value: float) -> str:
+    """As the page writes bytes: in the largest binary unit that keeps it at least 1."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while value >= 1024 and i < len(units) - 1:
+        value /= 1024
+        i += 1
+    return f"{int(value)} B" if i == 0 else f"{value:.1f} {units[i]}"
+
+
+def _table(driver: Any, element_id: str) -> list[list[str]]:
+    """A table's body as the page shows it, cell by cell."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} tbody tr")
+    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+
+
+def _log_in(driver: Any, proxy: Any) -> None:
+    """Open the dashboard, type the admin token, and wait for the figures."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{proxy.url}/dashboard")
+    driver.find_element(By.ID, "token").send_keys(ADMIN)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "board").is_displayed())
+
+
+def _no_console_errors(driver: Any) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+
+
+def _usage_cells(row: dict[str, Any]) -> list[str]:
+    """A caller's or model's figures as the page writes them, after its name(s)."""
+    counts = ("requests", "texts", "hits", "misses", "tokens_spent", "tokens_saved")
+    return [
+        *(_integer(row[name]) for name in counts),
+        _usd(row["usd_spent"]),
+        _usd(row["usd_saved"]),
+        _integer(row["errors"]),
+        _integer(row["over_budget"]),
+    ]
+
+
 def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN})
+    proxy = make_proxy(env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN, "EMBEDCACHE_RPM": "500"})
     for texts in (("alpha", "beta", "gamma"), ("alpha", "beta"), ("alpha", "delta"), ("beta",)):
         assert proxy.embed(_body(*texts), API_KEY).status_code == 200
+    for _ in range(100):  # the records reach usage.db within a second or two
+        if sum(row["requests"] for row in _stats(proxy)["callers"]) == 4:
+            break
+        time.sleep(0.1)
     with _chromium() as driver:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
-        driver.get(f"{proxy.url}/dashboard")
-        driver.find_element(By.ID, "token").send_keys(ADMIN)
-        driver.find_element(By.CSS_SELECTOR, "#login button").click()
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "board").is_displayed())
+        _log_in(driver, proxy)
         stats = _stats(proxy)  # nothing asked since: the figures the page polled
         since = stats["since_start"]
         minutes = stats["history"]["minutes"][-60:]
@@ -200,16 +253,86 @@ def test_the_dashboard_shows_the_admin_stats_in_a_real_browser(make_proxy: MakeP
         assert shown("upstream-requests") == _integer(since["requests"])
         assert shown("tokens-spent") == _integer(since["tokens_spent"])
         assert shown("tokens-saved") == _integer(since["tokens_saved"])
-        assert shown("usd-spent") == f"${stats['usd_spent']:.6f}"
-        assert shown("usd-saved") == f"${stats['usd_saved']:.6f}"
+        assert shown("usd-spent") == _usd(stats["usd_spent"])
+        assert shown("usd-saved") == _usd(stats["usd_saved"])
         assert shown("entries") == _integer(stats["entries"])
+        cache = stats["cache"]
+        assert shown("bytes-on-disk") == _size(cache["bytes_on_disk"])
+        assert shown("vector-bytes") == _size(cache["vector_bytes"])
+        assert shown("size-limit") == "none"
+        upstream = stats["upstream"]
+        assert shown("upstream-state") == upstream["state"] == "ok"
+        assert shown("upstream-sent") == _integer(upstream["sent"])
+        assert shown("upstream-retries") == _integer(upstream["retries"])
+        for kind in ("rate_limited", "server_error", "transport", "client_error"):
+            shown_id = f"upstream-{kind.replace('_', '-')}"
+            assert shown(shown_id) == _integer(upstream["failures"][kind])
+        assert shown("upstream-mean-ms") == f"{upstream['mean_ms']:.1f} ms"
+        assert shown("upstream-last-failure") == "none"
+        pacing = upstream["pacing"]
+        assert _table(driver, "pacing") == [
+            ["requests per window", _integer(pacing["rpm"])],
+            ["tokens per window", "unlimited"],
+            ["concurrent requests", "unlimited"],
+            ["window", f"{pacing['window_seconds']:,.0f} s"],
+            ["budgets in use (after 429 backoff)", f"{pacing['scale'] * 100:.1f}%"],
+            ["paused for", f"{pacing['paused_seconds']:,.0f} s"],
+            ["requests in the window", _integer(pacing["window_requests"])],
+            ["tokens in the window", _integer(pacing["window_tokens"])],
+            ["in flight", _integer(pacing["in_flight"])],
+            ["429s despite pacing", _integer(pacing["rate_limited"])],
+            ["time spent waiting", f"{pacing['waited_seconds']:,.0f} s"],
+        ]
+        assert pacing["window_requests"] == upstream["sent"] == 2
+        assert shown("budgets-default") == "no budgets"
+        assert [row["requests"] for row in stats["callers"]] == [4]
+        assert _table(driver, "callers") == [
+            [row["key"] or "(none)", *_usage_cells(row)] for row in stats["callers"]
+        ]
+        assert _table(driver, "models") == [
+            [row["model"] or "(none)", row["task"] or "(none)", *_usage_cells(row)]
+            for row in stats["models"]
+        ]
+        assert _table(driver, "budgets") == []
         assert shown("workers") == _integer(stats["workers"])
         assert shown("minutes-requests") == _integer(sum(m["requests"] for m in minutes))
         assert shown("minutes-hits") == _integer(sum(m["hits"] for m in minutes))
         assert shown("minutes-requests") == "4"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-minutes rect")  # bars drawn
         assert ADMIN not in driver.page_source  # the token is not written into the page
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-        assert errors == []
-        if target := os.environ.get(SCREENSHOT_ENV):
+        _no_console_errors(driver)
+        if target := os.environ.get(SCREENSHOT_ENV):  # the whole page, not the window
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1100, height + 160)
             Path(target).write_bytes(driver.get_screenshot_as_png())
+
+
+def test_the_dashboard_shows_the_budgets_and_their_state_in_a_real_browser(
+    make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[groups.team]\ntokens = 5000\nkeys = ["k_0123456789ab"]\n', "utf-8")
+    proxy = make_proxy(
+        "--budget-tokens", "1000", "--budget-window", "3600", "--budgets", str(budgets),
+        env={"EMBEDCACHE_ADMIN_TOKEN": ADMIN},
+    )  # fmt: skip
+    assert proxy.embed(_body("alpha", "beta"), API_KEY).status_code == 200
+    with _chromium() as driver:
+        from selenium.webdriver.common.by import By
+
+        _log_in(driver, proxy)
+        stats = _stats(proxy)
+        listed = stats["budgets"]["callers"]
+        assert {row["name"] for row in listed} == {"group:team", key_name(API_KEY)}
+        assert driver.find_element(By.ID, "pacing-off").text.startswith("Not paced")
+        shown = driver.find_element(By.ID, "budgets-default").text
+        assert shown == "Default: 1,000 tokens per 3,600 s for every key not listed."
+        rows = _table(driver, "budgets")
+        assert [row[:5] for row in rows] == [
+            [b["name"], _integer(b["tokens"]), f"{b['window']:,} s", _integer(b["spent"]),
+             _integer(b["remaining"])]
+            for b in listed
+        ]  # fmt: skip
+        for row, budget in zip(rows, listed, strict=True):  # a second may pass between
+            assert abs(int(row[5].removesuffix(" s").replace(",", "")) - budget["resets_in"]) <= 2
+        _no_console_errors(driver)

@@ -210,3 +210,23 @@ def test_the_client_reports_a_429_to_the_limiter_and_retries_after_the_pause(
     assert result.vectors.shape == (1, 1024)
     assert limiter.rate_limited == 1
     assert [request.status for request in emulator.requests] == [429, 200]
+
+
+def test_the_pacing_says_the_window_the_backoff_and_the_time_spent_waiting(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(Limits(rpm=2, window=WINDOW), clock)
+    limiter.acquire(10).done(12)
+    limiter.acquire(5)  # in flight, its estimate scaled by what the first was charged
+    before = limiter.pacing()
+    assert (before.window_requests, before.in_flight) == (2, 1)
+    assert before.window_tokens == pytest.approx(12 + 5 * (0.8 + 0.2 * 12 / 10))
+    assert (before.waited_seconds, before.paused_seconds, before.scale) == (0.0, 0.0, 1.0)
+    limiter.rate_limited_by_server(3.0)
+    paused = limiter.pacing()
+    assert paused.paused_seconds == pytest.approx(3.0)
+    assert (paused.rate_limited, paused.scale) == (1, 0.8)
+    limiter.acquire(1)  # waits for the pause, then for the oldest to leave the window
+    after = limiter.pacing()
+    assert after.waited_seconds == pytest.approx(SPAN)
+    assert after.paused_seconds == 0.0

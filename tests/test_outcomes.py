@@ -3,6 +3,7 @@ consumers): handed over in batches by a thread, bounded, and never lost on a cle
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -10,7 +11,7 @@ import pytest
 
 from embedcache.models import RequestOptions
 from embedcache.proxy.outcomes import Outcomes
-from embedcache.proxy.requestlog import RequestRecord, caller_hash
+from embedcache.proxy.requestlog import RequestRecord, Served, caller_hash
 
 
 def record(route: str = "/v1/embeddings") -> RequestRecord:
@@ -19,14 +20,18 @@ def record(route: str = "/v1/embeddings") -> RequestRecord:
 
 class Kept:
     def __init__(self) -> None:
-        self.batches: list[list[RequestRecord]] = []
+        self.batches: list[list[RequestRecord | Served]] = []
 
-    def __call__(self, batch: Sequence[RequestRecord]) -> None:
+    def __call__(self, batch: Sequence[RequestRecord | Served]) -> None:
         self.batches.append(list(batch))
 
     @property
-    def records(self) -> list[RequestRecord]:
+    def entries(self) -> list[RequestRecord | Served]:
         return [r for batch in self.batches for r in batch]
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return [r for r in self.entries if isinstance(r, RequestRecord)]
 
 
 def test_requests_beyond_the_bound_are_dropped_and_counted_with_a_warning(
@@ -56,30 +61,41 @@ def test_what_came_in_before_a_stop_is_handed_over_in_order_with_its_time() -> N
     assert stamps == sorted(stamps)
 
 
-def test_a_hit_becomes_a_record_with_the_callers_key_hash_never_the_key() -> None:
+def test_hits_of_one_caller_on_one_body_share_one_record_with_the_key_hash_never_the_key() -> None:
     kept = Kept()
     outcomes = Outcomes([kept])
     options = RequestOptions("jina-embeddings-v3", task="retrieval.query", dimensions=64)
-    outcomes.add_hit(
-        b"Bearer the-secret", "jina-embeddings-v3", "openai", options, 3, 2, 7.5, 0.002
-    )
-    outcomes.add_hit(b"", "jina-embeddings-v3", "jina", options, 1, 1, 1.0, 0.001)
+    body, other = object(), object()
+    secret = b"Bearer the-secret"
+    outcomes.add_hit(secret, body, "jina-embeddings-v3", "openai", options, 3, 2, 7.5, 0.002)
+    outcomes.add_hit(secret, body, "jina-embeddings-v3", "openai", options, 3, 2, 7.5, 0.004)
+    outcomes.add_hit(b"", other, "jina-embeddings-v3", "jina", options, 1, 1, 1.0, 0.001)
     outcomes.close()
-    first, anonymous = kept.records
-    assert first.key == caller_hash("the-secret")
-    assert "the-secret" not in first.line().decode()
-    assert (first.dialect, first.model, first.task, first.dimensions) == (
+    first, second, anonymous = kept.entries
+    assert isinstance(first, Served)
+    assert isinstance(second, Served)
+    assert isinstance(anonymous, Served)
+    assert second.record is first.record  # made once for both
+    assert (first.ms, second.ms) == (2.0, 4.0)
+    assert first.at <= second.at
+    record = first.record
+    assert record.key == caller_hash("the-secret")
+    assert "the-secret" not in record.line().decode()
+    assert (record.dialect, record.model, record.task, record.dimensions) == (
         "openai", "jina-embeddings-v3", "retrieval.query", 64,
     )  # fmt: skip
-    assert (first.texts, first.hits, first.misses, first.tokens_saved) == (3, 2, 0, 7.5)
-    assert (first.status, first.cache, first.ms) == (200, "hit", 2.0)
-    assert anonymous.key is None
+    assert (record.texts, record.hits, record.misses, record.tokens_saved) == (3, 2, 0, 7.5)
+    assert (record.status, record.cache) == (200, "hit")
+    # Each hit's line is the record's with its own time and milliseconds.
+    line = json.loads(record.line_at(first.middle, second.at, second.ms))
+    assert json.loads(record.line()) | {"time": line["time"], "ms": 4.0} == line
+    assert anonymous.record.key is None
 
 
 def test_a_consumer_that_fails_does_not_keep_the_batch_from_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(batch: Sequence[RequestRecord]) -> None:
+    def broken(batch: Sequence[RequestRecord | Served]) -> None:
         raise OSError("disk on fire")
 
     kept = Kept()

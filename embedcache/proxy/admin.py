@@ -17,14 +17,17 @@ from ..config import VERSION, redact_url
 from ..embedding.embedder import CachedEmbedder
 from ..storage.shared import RedisStore
 from ..storage.store import Store
+from ..upstream.limiter import RateLimiter
 from .access import digest, matches
 from .budgets import Budgets
 from .dashboard import figures
 from .filling import Filler
 from .gate import bearer_of
+from .insights import cache_report, upstream_report
 from .metrics import ProxyMetrics
 from .rendered import RenderedAnswers
 from .responses import json_response
+from .usage import Usage
 from .wire import render_error
 
 __all__ = ["AdminRoutes"]
@@ -43,6 +46,8 @@ class AdminRoutes:
     :param publish: puts this worker's figures on the board (before each report).
     :param flush: drops what every worker holds in memory.
     :param price: dollars per million tokens, for the dashboard's estimates.
+    :param usage: the per-caller and per-model figures (``None``: not kept).
+    :param limiter: the upstream's rate limiter (``None``: unpaced).
     :param budgets: the callers' token budgets, if any (their state is reported).
     """
 
@@ -59,6 +64,8 @@ class AdminRoutes:
         publish: Callable[[], None],
         flush: Callable[[], None],
         price: float,
+        usage: Usage | None = None,
+        limiter: RateLimiter | None = None,
         budgets: Budgets | None = None,
     ) -> None:
         self._admin = digest(admin_token) if admin_token else None
@@ -71,6 +78,8 @@ class AdminRoutes:
         self._publish = publish
         self._flush = flush
         self._price = price
+        self._usage = usage
+        self._limiter = limiter
         self._budgets = budgets
 
     async def health(self, request: Request) -> Response:
@@ -117,9 +126,17 @@ class AdminRoutes:
             "rendered_budget_bytes": self._rendered.max_bytes,
             "resident_bytes": board.column("resident_bytes"),
             **figures(stats, board.history, self._price),
+            "cache": cache_report(self._store, shared),
+            "upstream": upstream_report(board, self._limiter),
+            **self._usage_report(),
             # In this thread: with a shared tier, a SCAN of the budgets in Redis.
             "budgets": self._budgets.report() if self._budgets is not None else None,
         }
+
+    def _usage_report(self) -> dict[str, Any]:
+        if self._usage is None:
+            return {"usage": None, "callers": [], "models": []}
+        return self._usage.report(self._price)
 
     def _is_admin(self, request: Request) -> bool:
         return matches(bearer_of(request), self._admin)

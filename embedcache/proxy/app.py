@@ -14,9 +14,10 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
 - :mod:`.hits`: the hit path (:attr:`Proxy.answer_hit`);
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
   and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
-- :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them.
-- :mod:`.admin`: health, metrics, admin stats and flush;
-- :mod:`.requestlog`: what the cache did, on every answer and in the request log.
+- :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them;
+  :mod:`.insights`, its upstream and cache sections;
+- :mod:`.requestlog`: what the cache did, on every answer and in the request log;
+  :mod:`.usage`, the same records added up per caller and per model (``usage.db``).
 
 Credentials: each client's ``Authorization`` key is forwarded upstream for its own misses,
 or the server's ``JINAAI_API_KEY``/``JINA_API_KEY`` is used. With a proxy token, clients
@@ -73,6 +74,7 @@ from .rendered import RenderedAnswers
 from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
 from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
+from .usage import Usage
 from .wire import render_error
 
 __all__ = ["Proxy", "ProxySettings"]
@@ -209,7 +211,8 @@ class Proxy:
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
         self.budgets: Budgets | None = None
         self.request_log: RequestLog | None = None
-        #: Each request's record, on its way to the request log (``None``: nothing keeps them).
+        #: Each request's record, on its way to the request log and the per-caller figures
+        #: (``None``: nothing keeps them).
         self.outcomes: Outcomes | None = None
         try:
             policy = settings.budgets
@@ -226,12 +229,17 @@ class Proxy:
                     settings.request_log_max_bytes,
                     settings.request_log_backups,
                 )
-                self.outcomes = Outcomes([self.request_log.write])
         except BaseException:
             if self.budgets is not None:
                 self.budgets.close()
             self.parts.close()
             raise
+        self.usage = self._open_usage()
+        # Every request's record goes to whatever keeps them, in batches off the loop.
+        consumers = [kept.write for kept in (self.request_log,) if kept is not None]
+        consumers += [usage.add for usage in (self.usage,) if usage is not None]
+        if consumers:
+            self.outcomes = Outcomes(consumers)
         self.hits = HitPath(
             self.embedder,
             self.rendered,
@@ -267,6 +275,8 @@ class Proxy:
             publish=self.publish,
             flush=self._flush_every_worker,
             price=settings.price_per_million,
+            usage=self.usage,
+            limiter=self.parts.client.limiter,
             budgets=self.budgets,
         )
         dashboard = DashboardRoute(bool(settings.admin_token))
@@ -334,6 +344,19 @@ class Proxy:
         record.ms = (time.perf_counter() - started) * 1000
         self.outcomes.add(record)
 
+    def _open_usage(self) -> Usage | None:
+        """The per-caller and per-model figures, in the cache directory's ``usage.db``, kept
+        while admin endpoints are on (only ``/admin/stats`` shows them: what no one can read
+        costs every hit nothing); a directory where it cannot be made (read-only) serves
+        without them."""
+        if not self.settings.admin_token:
+            return None
+        try:
+            return Usage(self.store.directory, budgets_on=self.budgets is not None)
+        except CacheError as exc:
+            log.warning("embedcache proxy: no per-caller figures: %s", exc)
+            return None
+
     def close(self) -> None:
         """Finish in-flight fills, record counters, and release every resource (idempotent)."""
         if self._closed:
@@ -348,6 +371,8 @@ class Proxy:
         self.parts.close()
         if self.outcomes is not None:
             self.outcomes.close()  # what came in last reaches the log before it closes
+        if self.usage is not None:
+            self.usage.close()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -367,6 +392,9 @@ class Proxy:
             self._forget()
         stats = self.embedder.stats
         self.metrics.publish(stats, self.embedder.waiting, self.rendered.bytes_held)
+        client = self.parts.client
+        limiter = client.limiter
+        self.metrics.publish_upstream(client.health, limiter.pacing() if limiter else None)
         self._history.record(self.metrics.own_totals())
 
     def follow_removals(self) -> None:
@@ -400,6 +428,9 @@ class Proxy:
             if ticks % _DIRECTORY_EVERY == 0:
                 self.follow_removals()
                 self.keep_float_style()
+                if self.usage is not None and self.usage.pending:
+                    # A quiet worker's last figures reach usage.db too (never on the loop).
+                    await asyncio.to_thread(self.usage.flush_if_due)
 
     def _removals(self) -> int | None:
         try:

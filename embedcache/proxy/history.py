@@ -22,8 +22,10 @@ __all__ = ["FIELDS", "MINUTES", "History", "HistoryRecorder"]
 
 #: How many minutes are kept (three hours).
 MINUTES = 180
-#: What each minute counts.
-FIELDS = ("requests", "hits", "misses", "tokens_spent", "tokens_saved")
+#: What each minute counts: requests answered, hits, misses, tokens, and failed upstream
+#: attempts (5xx or no answer; and 429s apart).
+FIELDS = ("requests", "hits", "misses", "tokens_spent", "tokens_saved", "upstream_failures",
+          "upstream_rate_limited")  # fmt: skip
 # A slot's cells: the minute it holds (minutes since the epoch; 0: never written), then
 # FIELDS.
 _CELLS = 1 + len(FIELDS)
@@ -74,9 +76,9 @@ class HistoryRecorder:
         self._last = np.zeros(len(FIELDS))
 
     def record(self, totals: dict[str, float], now: float | None = None) -> None:
-        """Add what ``totals`` (this worker's running counts, one per :data:`FIELDS`) grew
-        by since the last record to the current minute."""
-        current = np.array([totals[name] for name in FIELDS], dtype=np.float64)
+        """Add what ``totals`` (this worker's running counts, one per :data:`FIELDS`; a
+        missing one counts 0) grew by since the last record to the current minute."""
+        current = np.array([totals.get(name, 0.0) for name in FIELDS], dtype=np.float64)
         grown = current - self._last
         if (grown < 0).any():
             # The totals started again from zero (counters reset): all of it is new.

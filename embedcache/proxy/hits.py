@@ -141,6 +141,7 @@ class HitPath:
         if self._outcomes is not None:
             self._outcomes.add_hit(
                 request.authorization,
+                known,
                 model,
                 known.dialect,
                 known.options,

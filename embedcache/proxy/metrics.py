@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..embedding.counters import COUNTERS, Stats
+from ..upstream.health import FAILURE_KINDS, LastFailure, UpstreamHealth
+from ..upstream.limiter import Pacing
 from .history import History
 
 __all__ = ["Board", "ProxyMetrics"]
@@ -42,7 +44,23 @@ _STATS = _IN_FLIGHT + 1
 _WAITING = _STATS + len(COUNTERS)
 _RENDERED_BYTES = _WAITING + 1
 _RESIDENT_BYTES = _RENDERED_BYTES + 1
-_COLUMNS = _RESIDENT_BYTES + 1
+# The upstream's figures, as this worker's clients and rate limiter count them: summed over
+# the workers (UPSTREAM_SUMMED, then PACING_SUMMED), or each worker's own (PACING_STATE,
+# then the last failure's time and status).
+_UPSTREAM = _RESIDENT_BYTES + 1
+#: Upstream columns added up over the workers.
+UPSTREAM_SUMMED = ("sent", "retries", *FAILURE_KINDS, "answered", "answer_seconds")
+#: The rate limiters' columns added up over the workers (each worker paces on its own).
+PACING_SUMMED = ("window_requests", "window_tokens", "in_flight", "rate_limited",
+                 "waited_seconds")  # fmt: skip
+#: The rate limiters' states, one per worker.
+PACING_STATE = ("scale", "paused_seconds")
+_PACING = _UPSTREAM + len(UPSTREAM_SUMMED)
+_PACING_STATE = _PACING + len(PACING_SUMMED)
+_FAILED_AT = _PACING_STATE + len(PACING_STATE)
+_FAILED_STATUS = _FAILED_AT + 1  # -1: none yet; 0: no answer came
+_COLUMNS = _FAILED_STATUS + 1
+_MESSAGE_BYTES = 256  # each worker's last failure's one line, in a block of its own
 _OUTCOME_COLUMN = {name: _OUTCOME + i for i, name in enumerate(OUTCOMES)}
 _HITS, _TOKENS_SAVED = COUNTERS.index("hits"), COUNTERS.index("tokens_saved")
 _CACHED = _OUTCOME_COLUMN["cached"]
@@ -68,6 +86,9 @@ class Board:
         self.cells = memoryview(self._memory).cast("d")
         #: The last minutes' activity, for the dashboard (shared the same way).
         self.history = History(workers)
+        self._messages = mmap.mmap(-1, workers * _MESSAGE_BYTES)
+        for worker in range(workers):
+            self._rows[worker, _FAILED_STATUS] = -1
 
     def row_start(self, worker: int) -> int:
         """Where worker ``worker``'s row starts in :attr:`cells`, to write its figures."""
@@ -82,6 +103,40 @@ class Board:
         """One figure of each worker: ``rendered_bytes`` or ``resident_bytes``."""
         index = {"rendered_bytes": _RENDERED_BYTES, "resident_bytes": _RESIDENT_BYTES}[name]
         return [float(value) for value in self._rows[:, index]]
+
+    def upstream(self) -> tuple[dict[str, float], dict[str, float], list[dict[str, float]]]:
+        """The upstream's figures added up over the workers (:data:`UPSTREAM_SUMMED`), the
+        rate limiters' (:data:`PACING_SUMMED`), and each worker's :data:`PACING_STATE`."""
+        total = self.total()
+        summed = {name: float(total[_UPSTREAM + i]) for i, name in enumerate(UPSTREAM_SUMMED)}
+        pacing = {name: float(total[_PACING + i]) for i, name in enumerate(PACING_SUMMED)}
+        states = [
+            {name: float(row[_PACING_STATE + i]) for i, name in enumerate(PACING_STATE)}
+            for row in self._rows
+        ]
+        return summed, pacing, states
+
+    def last_failure(self) -> LastFailure | None:
+        """The latest failed upstream attempt of any worker."""
+        worker = int(np.argmax(self._rows[:, _FAILED_AT]))
+        row = self._rows[worker]
+        if row[_FAILED_STATUS] < 0:
+            return None
+        start = worker * _MESSAGE_BYTES
+        length = int.from_bytes(self._messages[start : start + 2], "little")
+        text = self._messages[start + 2 : start + 2 + length].decode("utf-8", "replace")
+        status = int(row[_FAILED_STATUS])
+        return LastFailure(status or None, float(row[_FAILED_AT]), text)
+
+    def write_failure(self, worker: int, failure: LastFailure) -> None:
+        """Put ``failure`` in worker ``worker``'s row (its message cut to fit)."""
+        encoded = failure.message.encode()[: _MESSAGE_BYTES - 2]
+        encoded = encoded.decode("utf-8", "ignore").encode()  # not cut inside a character
+        start = worker * _MESSAGE_BYTES
+        line = len(encoded).to_bytes(2, "little") + encoded
+        self._messages[start : start + len(line)] = line
+        self._rows[worker, _FAILED_STATUS] = failure.status or 0
+        self._rows[worker, _FAILED_AT] = failure.at
 
     @property
     def flushes(self) -> int:
@@ -102,6 +157,8 @@ class ProxyMetrics:
 
     def __init__(self, board: Board | None = None, worker: int = 0) -> None:
         self.board = board if board is not None else Board(1)
+        self._worker = worker
+        self._failure_shown: LastFailure | None = None
         self._cells = self.board.cells
         self._at = self.board.row_start(worker)
         self._lock = threading.Lock()
@@ -142,12 +199,34 @@ class ProxyMetrics:
             cells[at + _RENDERED_BYTES] = rendered_bytes
             cells[at + _RESIDENT_BYTES] = _resident_bytes()
 
+    def publish_upstream(self, health: UpstreamHealth, pacing: Pacing | None) -> None:
+        """Copy this worker's upstream counters and rate limiter state into its row."""
+        cells, at = self._cells, self._at
+        counts = (health.sent, health.retries, *(health.failures[kind] for kind in FAILURE_KINDS),
+                  health.answered, health.answer_seconds)  # fmt: skip
+        with self._lock:
+            for i, value in enumerate(counts):
+                cells[at + _UPSTREAM + i] = value
+            if pacing is not None:
+                for i, name in enumerate(PACING_SUMMED):
+                    cells[at + _PACING + i] = getattr(pacing, name)
+                for i, name in enumerate(PACING_STATE):
+                    cells[at + _PACING_STATE + i] = getattr(pacing, name)
+            failure = health.last_failure
+            if failure is not None and failure is not self._failure_shown:
+                self._failure_shown = failure
+                self.board.write_failure(self._worker, failure)
+
     def own_totals(self) -> dict[str, float]:
         """This worker's requests answered and cache counters, as :meth:`publish` left them
         (what :class:`~embedcache.proxy.history.HistoryRecorder` records)."""
         row = np.array(self._cells[self._at : self._at + _COLUMNS], dtype=np.float64)
         totals = {name: float(row[_STATS + i]) for i, name in enumerate(COUNTERS)}
         totals["requests"] = float(sum(row[_OUTCOME_COLUMN[name]] for name in OUTCOMES))
+        failures = {kind: row[_UPSTREAM + UPSTREAM_SUMMED.index(kind)] for kind in FAILURE_KINDS}
+        # What makes the dashboard's upstream state red (the upstream is failing) or amber.
+        totals["upstream_failures"] = float(failures["server_error"] + failures["transport"])
+        totals["upstream_rate_limited"] = float(failures["rate_limited"])
         return totals
 
     def totals(self) -> tuple[Stats, int]:
@@ -178,6 +257,11 @@ class ProxyMetrics:
                 [("", stats.tokens_spent)])  # fmt: skip
         _family(out, "tokens_saved_total", "counter", "Tokens the hits cost when fetched (est.).",
                 [("", round(stats.tokens_saved))])  # fmt: skip
+        upstream, _, _ = self.board.upstream()
+        _family(out, "upstream_retries_total", "counter", "Upstream attempts that were retries.",
+                [("", int(upstream["retries"]))])  # fmt: skip
+        _family(out, "upstream_failures_total", "counter", "Failed upstream attempts, by kind.",
+                [(f'kind="{kind}"', int(upstream[kind])) for kind in FAILURE_KINDS])  # fmt: skip
         _family(out, "requests_in_flight", "gauge", "Requests being answered right now.",
                 [("", int(total[_IN_FLIGHT]))])  # fmt: skip
         _family(out, "waiting_calls", "gauge", "Requests waiting for another's fetch.",

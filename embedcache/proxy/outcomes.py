@@ -4,10 +4,11 @@ request log, :mod:`.requestlog`; what each caller and model used) in a thread of
 
 Why a thread: a hit is answered in tens of microseconds, and writing its log line there (a
 record, a hash of the caller's key, a JSON line, a ``write``) cost about as much again. Here
-the event loop appends one tuple; every :data:`BATCH_SECONDS` the thread turns what came in
-into :class:`~.requestlog.RequestRecord` objects (the caller's key hashed once per key, not
-once per request) and hands the batch to each consumer, so the log gets one ``write`` per
-batch.
+the event loop appends one tuple; every :data:`BATCH_SECONDS` the thread hands what came in
+to each consumer, so the log gets one ``write`` per batch. A request the hit path answered
+arrives as a :class:`~.requestlog.Served`: the record of every hit of one caller on one
+request body, made once (the caller's key hashed once, its log line's middle written once),
+and this hit's time; any other request as its own :class:`~.requestlog.RequestRecord`.
 
 Bounded: at most :data:`MAX_PENDING` requests wait; beyond that (a consumer stuck on a full
 or hung disk) new ones are dropped and counted, and a warning says how many, so memory never
@@ -27,7 +28,7 @@ from typing import Any
 from ..config import EMBEDDINGS_PATH
 from ..models import RequestOptions
 from .gate import bearer_value
-from .requestlog import RequestRecord, caller_hash
+from .requestlog import RequestRecord, Served, caller_hash
 
 __all__ = ["BATCH_SECONDS", "MAX_PENDING", "Consumer", "Outcomes"]
 
@@ -38,10 +39,11 @@ BATCH_SECONDS = 0.1
 #: Requests waiting for the thread at most; more are dropped (and counted).
 MAX_PENDING = 65_536
 #: What takes each batch: called in the thread, never on the event loop.
-Consumer = Callable[[Sequence[RequestRecord]], None]
+Consumer = Callable[[Sequence[RequestRecord | Served]], None]
 
-# Callers' key hashes remembered (a hash per key, not per request); cleared when full.
-_REMEMBERED_KEYS = 10_000
+# Hits' shared records remembered (one per caller, request body and figures); cleared when
+# full: callers and bodies are the clients' to vary.
+_REMEMBERED_HITS = 10_000
 _WARN_SECONDS = 60.0
 
 
@@ -66,7 +68,7 @@ class Outcomes:
         self._max_pending = max_pending
         # deque: the loop appends and the thread pops without a lock of ours.
         self._pending: deque[tuple[Any, ...]] = deque()
-        self._keys: dict[bytes, str | None] = {}
+        self._served: dict[tuple[object, ...], tuple[object, RequestRecord, bytes]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hand_over = threading.Lock()  # one batch at a time, thread or close()
@@ -85,6 +87,7 @@ class Outcomes:
     def add_hit(
         self,
         authorization: bytes,
+        source: object,
         model: str,
         dialect: str,
         options: RequestOptions,
@@ -94,13 +97,15 @@ class Outcomes:
         seconds: float,
     ) -> None:
         """Hand over a request the hit path answered, as plain values: its record is made
-        in the thread."""
+        in the thread, once for every hit of this caller on ``source`` (what the hit path
+        read the body as: the same object for the same body) with these figures."""
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             return
         self._pending.append(
-            (time.time(), authorization, model, dialect, options, texts, hits, saved, seconds)
-        )
+            (time.time(), authorization, source, model, dialect, options, texts, hits, saved,
+             seconds)
+        )  # fmt: skip
 
     def start(self) -> None:
         """Start handing batches over (in the process that serves: after a fork)."""
@@ -130,14 +135,14 @@ class Outcomes:
 
     def _hand_over_pending(self) -> None:
         pending = self._pending
-        batch: list[RequestRecord] = []
+        batch: list[RequestRecord | Served] = []
         for _ in range(len(pending)):  # what is there now: more may arrive meanwhile
             item = pending.popleft()
             if len(item) == 2:
                 item[1].at = item[0]
                 batch.append(item[1])
             else:
-                batch.append(self._hit_record(item))
+                batch.append(self._hit(item))
         if self.dropped != self._warned_dropped:
             self._warn_dropped()
         if not batch:
@@ -148,32 +153,32 @@ class Outcomes:
             except Exception:
                 log.exception("embedcache proxy: request records not kept")
 
-    def _hit_record(self, item: tuple[Any, ...]) -> RequestRecord:
-        at, authorization, model, dialect, options, texts, hits, saved, seconds = item
-        return RequestRecord(
-            EMBEDDINGS_PATH,
-            dialect,
-            self._key(authorization),
-            model,
-            options.task,
-            options.dimensions,
-            texts,
-            hits,
-            tokens_saved=saved,
-            ms=seconds * 1000,
-            status=200,
-            cache="hit",
-            at=at,
-        )
-
-    def _key(self, authorization: bytes) -> str | None:
-        try:
-            return self._keys[authorization]
-        except KeyError:
-            if len(self._keys) >= _REMEMBERED_KEYS:
-                self._keys.clear()  # bounded: an unverified proxy sees any key
-            found = self._keys[authorization] = caller_hash(bearer_value(authorization))
-            return found
+    def _hit(self, item: tuple[Any, ...]) -> Served:
+        at, authorization, source, model, dialect, options, texts, hits, saved, seconds = item
+        # The source's id names it while the value holds it (an id is reused only once
+        # its object is gone).
+        name = (authorization, id(source), hits, saved)
+        found = self._served.get(name)
+        if found is None:
+            if len(self._served) >= _REMEMBERED_HITS:
+                self._served.clear()
+            record = RequestRecord(
+                EMBEDDINGS_PATH,
+                dialect,
+                caller_hash(bearer_value(authorization)),
+                model,
+                options.task,
+                options.dimensions,
+                texts,
+                hits,
+                tokens_saved=saved,
+                ms=seconds * 1000,
+                status=200,
+                cache="hit",
+                at=at,
+            )
+            found = self._served[name] = (source, record, record.middle())
+        return Served(found[1], found[2], at, seconds * 1000)
 
     def _warn_dropped(self) -> None:
         now = time.monotonic()

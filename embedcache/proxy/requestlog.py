@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 import xxhash
@@ -39,6 +40,7 @@ __all__ = [
     "TOKENS_SAVED_HEADER",
     "RequestLog",
     "RequestRecord",
+    "Served",
     "cache_status",
     "caller_hash",
     "check_writable",
@@ -63,8 +65,6 @@ DEFAULT_BACKUPS = 3
 # How stale a writer's idea of which file is current may be after another process rotated
 # it: a stat of the path once a second, not per line.
 _REOPEN_SECONDS = 1.0
-# Hits' middle fields remembered at most (see RequestRecord.middle).
-_MIDDLES = 4096
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -172,12 +172,17 @@ class RequestRecord:
 
     def line_with(self, middle: bytes) -> bytes:
         """The line, given its :meth:`middle`."""
+        return self.line_at(middle, self.at, self.ms)
+
+    def line_at(self, middle: bytes, at: float, ms: float) -> bytes:
+        """The line of a request like this one, answered at ``at`` in ``ms``: every hit of
+        one caller on one request body shares its record and :meth:`middle`."""
         cache = _CACHE_TEXT.get(self.cache) or orjson.dumps(self.cache)
         digest = b"null" if self.digest is None else b'"%s"' % self.digest.encode()
         return b'{"time":"%s",%s,"ms":%.2f,"status":%d,"cache":%s,"digest":%s}\n' % (
-            _stamp(self.at),
+            _stamp(at),
             middle,
-            self.ms,
+            ms,
             self.status,
             cache,
             digest,
@@ -226,6 +231,17 @@ def check_writable(path: str) -> None:
     os.close(os.open(path, _FLAGS, 0o644))
 
 
+class Served(NamedTuple):
+    """One hit as :mod:`.outcomes` hands it over: the record every hit of one caller on one
+    request body shares (made once, its ``at`` and ``ms`` the first's), its
+    :meth:`~RequestRecord.middle`, and this hit's own time and milliseconds."""
+
+    record: RequestRecord
+    middle: bytes
+    at: float
+    ms: float
+
+
 def _write_all(fd: int, data: bytes) -> int:
     """Write all of ``data`` (a file's ``write`` is whole unless the disk fills or a signal
     lands; then the rest follows, or the error is raised)."""
@@ -260,9 +276,8 @@ class RequestLog:
         # Bytes this process wrote since it last looked at the file's size: the size is
         # looked at (one more syscall) only once they could have filled it, or once a second.
         self._unseen = 0
-        self._middles: dict[tuple[object, ...], bytes] = {}
 
-    def write(self, records: Sequence[RequestRecord]) -> None:
+    def write(self, records: Sequence[RequestRecord | Served]) -> None:
         """Append ``records``' lines (:mod:`.outcomes` hands them over in batches), in one
         ``write`` unless the file fills up on the way; a failure is logged, never raised (a
         full disk must not fail the requests the lines describe)."""
@@ -290,21 +305,12 @@ class RequestLog:
         except OSError as exc:
             log.warning("embedcache proxy: request log %s not written: %s", self.path, exc)
 
-    def _line(self, record: RequestRecord) -> bytes:
-        """``record``'s line; a hit's middle fields written once per caller and request."""
-        if record.cache != "hit":
-            return record.line()
-        fields = (
-            record.route, record.dialect, record.key, record.model, record.task,
-            record.dimensions, record.texts, record.hits, record.misses, record.tokens_spent,
-            round(record.tokens_saved),
-        )  # fmt: skip
-        middle = self._middles.get(fields)
-        if middle is None:
-            if len(self._middles) >= _MIDDLES:
-                self._middles.clear()  # bounded: callers and bodies are the clients' to vary
-            middle = self._middles[fields] = record.middle()
-        return record.line_with(middle)
+    @staticmethod
+    def _line(entry: RequestRecord | Served) -> bytes:
+        if type(entry) is Served:  # a hit: its record and middle shared with others
+            return entry.record.line_at(entry.middle, entry.at, entry.ms)
+        assert isinstance(entry, RequestRecord)
+        return entry.line()
 
     def _checked_size(self, fd: int) -> int:
         """Look at the file's size, rotating it when full; the descriptor to go on with."""

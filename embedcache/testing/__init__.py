@@ -32,13 +32,44 @@ Each one serves on a free loopback port; queue faults, or give it rate limits:
 >>> held
 True
 
+Images and PDFs are seeded by their bytes (base64 decoded, or fetched from a loopback URL),
+and charged by their tiles; :func:`png` and :func:`pdf` make small valid ones for tests:
+
+>>> import base64
+>>> from embedcache.testing import png
+>>> image = png(1024, 512, seed=3)  # 2 x 1 tiles of 512 px on jina-clip-v2
+>>> with JinaEmulator() as emu:
+...     answer = httpx.post(
+...         emu.url + "/v1/embeddings",
+...         json={"model": "jina-clip-v2", "input": [{"image": base64.b64encode(image).decode()}]},
+...         headers=auth,
+...     ).json()
+...     expected = emu.expected_embedding(image, model="jina-clip-v2")
+>>> answer["usage"]
+{'total_tokens': 8000, 'prompt_tokens': 8000, 'image_tokens': 8000}
+>>> answer["data"][0]["embedding"] == expected.astype(float).tolist()
+True
+
 Run one in the foreground with ``python -m embedcache.testing --port 8080``.
 """
 
 from __future__ import annotations
 
 from .emulator import JinaEmulator
-from .faults import Fault, Gate, RecordedRequest
+from .faults import Fault, Fetched, Gate, RecordedRequest
+from .images import image_size, image_tokens, png
 from .limits import RateLimits
+from .pdfs import pdf
 
-__all__ = ["Fault", "Gate", "JinaEmulator", "RateLimits", "RecordedRequest"]
+__all__ = [
+    "Fault",
+    "Fetched",
+    "Gate",
+    "JinaEmulator",
+    "RateLimits",
+    "RecordedRequest",
+    "image_size",
+    "image_tokens",
+    "pdf",
+    "png",
+]

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, serve, print the URL, block until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m embedcache.testing",
-        description="Serve a local emulator of the Jina embeddings API (POST /v1/embeddings).",
+        description="Serve a local emulator of the Jina embeddings API (POST /v1/embeddings, "
+        "and POST /v1/multi-vector for the ColBERT models).",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
@@ -63,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="how float embeddings are written: float64 round-trip digits of each float32 "
         "value, or its shortest float32 digits (default: %(default)s)",
     )
+    parser.add_argument(
+        "--fetch-remote-images",
+        action="store_true",
+        help="fetch image and PDF URLs on every host, not only loopback ones (default: other "
+        "hosts' images are seeded by their URL text and charged one tile)",
+    )
     args = parser.parse_args(argv)
     limited = any(value is not None for value in (args.rpm, args.tpm, args.concurrent_requests))
     limits = RateLimits(rpm=args.rpm, tpm=args.tpm, concurrent_requests=args.concurrent_requests)
@@ -80,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency=args.latency,
             rate_limits=limits if limited else None,
             float_style=args.float_style,
+            fetch_remote_images=args.fetch_remote_images,
         )
         try:
             emulator.start()

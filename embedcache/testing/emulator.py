@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable
@@ -10,12 +11,15 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
+from ..config import EMBEDDINGS_PATH
 from .faults import Fault, FaultQueue, Gate, RecordedRequest
 from .limits import LimitEnforcer, RateLimits
+from .multivector import MULTI_VECTOR_PATH
+from .pdfs import PDF_MAGIC
 from .protocol import ApiError
-from .response import request_vectors
+from .response import request_multivectors, request_vectors
 from .server import EmulatorServer
-from .validation import parse_request
+from .validation import EmbeddingRequest, parse_request
 from .vectors import FLOAT_STYLES
 
 __all__ = ["JinaEmulator"]
@@ -54,6 +58,10 @@ class JinaEmulator:
         (``0.0980642``, the docs playground's). Settable later.
     :param clock: monotonic seconds the rate limits' windows are measured by; a test that
         moves a clock of its own steps past a window instead of sleeping through it.
+    :param fetch_remote_images: fetch image and PDF URLs on every host; by default only
+        loopback ones are fetched and others are left opaque (seeded by the URL text, one
+        tile), since tests have no network (``embedcache.testing.media``). Settable later.
+    :param fetch_timeout: seconds one URL fetch may take in all. Settable later.
     :raises ValueError: an unknown ``float_style``.
     """
 
@@ -67,8 +75,14 @@ class JinaEmulator:
         rate_limits: RateLimits | None = None,
         float_style: str = "float64",
         clock: Callable[[], float] = time.monotonic,
+        fetch_remote_images: bool = False,
+        fetch_timeout: float = 10.0,
     ) -> None:
         self._api_key = api_key
+        #: Whether image and PDF URLs on non-loopback hosts are fetched (next request on).
+        self.fetch_remote_images = fetch_remote_images
+        #: Seconds one URL fetch may take in all (next request on).
+        self.fetch_timeout = fetch_timeout
         self.float_style = float_style
         self._host = host
         self._port = port
@@ -195,7 +209,7 @@ class JinaEmulator:
 
     def expected_embedding(
         self,
-        text: str,
+        text: str | bytes,
         *,
         model: str = "jina-embeddings-v3",
         task: str | None = None,
@@ -204,27 +218,69 @@ class JinaEmulator:
     ) -> NDArray[np.float32]:
         """The float32 vector a non-late-chunking request returns for ``text``.
 
+        ``text`` may also be the bytes of an image, or of a PDF (bytes starting with
+        ``%PDF-``, jina-embeddings-v4 only): the vector any form of that image or PDF gets
+        (base64, legacy ``{"bytes"}``, a fetched URL), since it is seeded by the bytes.
+
         It goes through the same validation and vector code as a request, so ``task``,
         ``dimensions`` and ``normalized`` are ignored for models without those fields, just
         as the server ignores them. A text over the model's token limit gives the vector a
         ``truncate: true`` request returns (without it the request fails).
 
-        :raises ValueError: for an unknown model, task or out-of-range ``dimensions``.
+        :raises ValueError: for an unknown model, task or out-of-range ``dimensions``, bytes
+            that are no image or PDF, or media for a model that takes none.
         """
-        body = {
-            "model": model,
-            "input": [text],
+        body: dict[str, object] = {
             "task": task,
             "dimensions": dimensions,
             "normalized": normalized,
             "truncate": True,
         }
-        try:
-            request = parse_request(body)
-        except ApiError as error:
-            raise ValueError(error.detail) from None
-        return request_vectors(request)[0]
+        return request_vectors(_expected_request(text, model, body))[0]
+
+    def expected_multivector(
+        self,
+        content: str | bytes,
+        *,
+        model: str = "jina-embeddings-v4",
+        task: str | None = None,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> NDArray[np.float32]:
+        """The ``(rows, dimensions)`` float32 array a multi-vector answer has for
+        ``content`` (a text, or an image's or PDF's bytes as for
+        :meth:`expected_embedding`): v4 with ``return_multivector``, or a ColBERT model
+        (``input_type``, ``dimensions``) at ``/v1/multi-vector``.
+
+        :raises ValueError: what the request would be refused for.
+        """
+        if model == "jina-embeddings-v4":
+            body: dict[str, object] = {"task": task, "return_multivector": True}
+            if dimensions is not None:
+                body["dimensions"] = dimensions  # refused, as the server refuses it
+        else:
+            body = {"input_type": input_type, "dimensions": dimensions}
+        body["truncate"] = True
+        return request_multivectors(_expected_request(content, model, body))[0]
 
     def _record(self, entry: RecordedRequest) -> None:
         with self._log_lock:
             self._log.append(entry)
+
+
+def _expected_request(
+    content: str | bytes, model: str, fields: dict[str, object]
+) -> EmbeddingRequest:
+    """``content`` as a one-item request to ``model`` with ``fields``, validated."""
+    item: object = content
+    if isinstance(content, bytes):
+        key = "pdf" if content.startswith(PDF_MAGIC) else "image"
+        encoded = base64.b64encode(content).decode("ascii")
+        item = {key: encoded} if key == "pdf" else [{key: encoded}]
+    else:
+        item = [content]
+    path = MULTI_VECTOR_PATH if "input_type" in fields else EMBEDDINGS_PATH
+    try:
+        return parse_request({"model": model, "input": item, **fields}, path=path)
+    except ApiError as error:
+        raise ValueError(error.detail) from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Fault", "FaultQueue", "Gate", "RecordedRequest"]
+__all__ = ["Fault", "FaultQueue", "Fetched", "Gate", "RecordedRequest"]
 
 _GATE_TIMEOUT = 10.0  # seconds Gate.arrived waits by default: a test's deadline, not a pace
 
@@ -169,6 +169,25 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """One URL the emulator fetched for an image or PDF item (see ``embedcache.testing.media``).
+
+    :ivar url: the URL, with any user and password shown as ``***``.
+    :ivar status: the HTTP status of the last answer, ``None`` when none came.
+    :ivar size: bytes received (up to where the fetch stopped, for a failed one).
+    :ivar sha256: hex digest of the bytes, for a fetch that succeeded.
+    :ivar error: why the fetch failed (``"HTTP 404"``, ``"more than 8 MiB"``, ``"too slow"``,
+        an httpx exception's name), ``None`` for one that succeeded.
+    """
+
+    url: str
+    status: int | None
+    size: int
+    sha256: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     """One request as the emulator saw and answered it.
 
@@ -185,6 +204,7 @@ class RecordedRequest:
         request would have been admitted (what ``Retry-After`` rounds up to whole seconds);
         ``None`` for other answers, and when no wait is known (a concurrency refusal) or
         none helps (a request over ``tpm`` on its own).
+    :ivar fetched: the URLs fetched for the request's image and PDF items, in order.
     """
 
     method: str
@@ -196,6 +216,7 @@ class RecordedRequest:
     authorized: bool
     fault: Fault | None
     wait: float | None = None
+    fetched: tuple[Fetched, ...] = ()
 
     @property
     def texts(self) -> list[str]:

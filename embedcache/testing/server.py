@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from ..config import EMBEDDINGS_PATH
 from .faults import Fault, Gate, RecordedRequest
 from .limits import Admission, RateLimited
+from .media import MediaLoader
+from .multivector import MULTI_VECTOR_PATH
 from .protocol import (
     AUTH_INVALID_API_KEY,
     AUTH_MISSING_API_KEY,
@@ -225,7 +227,11 @@ class _Handler(BaseHTTPRequestHandler):
         fault = emulator._faults.take()
         started = time.monotonic()
         parsed = _parse_json(raw)
-        answer = self._answer(parsed, fault, request_id)
+        # One per request: what it fetched goes into this request's log entry.
+        loader = MediaLoader(
+            fetch_remote=emulator.fetch_remote_images, timeout=emulator.fetch_timeout
+        )
+        answer = self._answer(parsed, fault, request_id, loader)
         try:
             if fault is not None and fault.hold is not None:
                 self.server.hold(fault.hold)
@@ -235,14 +241,19 @@ class _Handler(BaseHTTPRequestHandler):
             wait = max(wait, 0.0) + (fault.delay if fault is not None else 0.0)
             if wait > 0:
                 self.server.stopping.wait(wait)
-            self._finish(answer, parsed, fault, request_id)
+            self._finish(answer, parsed, fault, request_id, loader)
         finally:
             # An admitted request is in flight (for the concurrency cap) through the hold,
             # the sleep and the send, until its answer is out or its connection gone.
             answer.release()
 
     def _finish(
-        self, answer: _Answer, parsed: object, fault: Fault | None, request_id: str
+        self,
+        answer: _Answer,
+        parsed: object,
+        fault: Fault | None,
+        request_id: str,
+        loader: MediaLoader | None = None,
     ) -> None:
         # Logged before sending: a client that has its answer must find the request logged.
         self.server.emulator._record(
@@ -256,11 +267,14 @@ class _Handler(BaseHTTPRequestHandler):
                 authorized=self._auth_failure() is None,
                 fault=fault,
                 wait=answer.wait,
+                fetched=tuple(loader.fetched) if loader is not None else (),
             )
         )
         self._send(answer, request_id, fault)
 
-    def _answer(self, parsed: object, fault: Fault | None, request_id: str) -> _Answer:
+    def _answer(
+        self, parsed: object, fault: Fault | None, request_id: str, loader: MediaLoader
+    ) -> _Answer:
         if fault is not None and fault.drop:
             return _Answer(status=None)
         if fault is not None and fault.replaces_answer:
@@ -269,25 +283,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return _Answer(status, fault.body, fault.content_type)
             return self._error(fault_error(status), request_id)
         try:
-            return self._route(parsed, fault)
+            return self._route(parsed, fault, loader)
         except ApiError as error:
             return self._error(error, request_id)
         except Exception as exc:  # an emulator bug: answer it rather than hang the client
             bug = ApiError(500, INTERNAL_ERROR, f"emulator error: {type(exc).__name__}")
             return self._error(bug, request_id)
 
-    def _route(self, parsed: object, fault: Fault | None) -> _Answer:
+    def _route(self, parsed: object, fault: Fault | None, loader: MediaLoader) -> _Answer:
         path = urlsplit(self.path).path
         if self.command == "GET" and path == "/health":
             return _Answer(200, _dump({"status": "ok"}))
-        if self.command != "POST" or path != EMBEDDINGS_PATH:
+        if self.command != "POST" or path not in (EMBEDDINGS_PATH, MULTI_VECTOR_PATH):
             raise ApiError(404, RESOURCE_NOT_FOUND, "Not Found")
         failure = self._auth_failure()
         if failure is not None:
             raise failure
         if parsed is _INVALID:
             raise validation_error("body", "JSON decode error", "json_invalid")
-        request = parse_request(parsed)
+        request = parse_request(parsed, loader, path=path)
         # Rate limits come after auth and validation, so refused requests use no budget.
         admission = self._admit(request.tokens)
         alter = fault if fault is not None and fault.alters_data else None

@@ -3,19 +3,42 @@
 Statuses follow the reference: schema violations are 422, an unknown model, too many items
 and over-long texts are 400. Where the reference is UNCONFIRMED, the choice is named in a
 comment next to the check.
+
+Image and PDF items are turned into bytes (``media.py``: base64 decoded, URLs fetched) and
+checked: an image must be a PNG, JPEG, GIF or WEBP whose header gives its size (its tokens
+are its tiles, ``images.py``), a PDF must start with ``%PDF-`` (``pdfs.py``); either
+failing is a 400. An item's vector is seeded by the SHA-256 of its bytes, so the same image
+sent as base64, as legacy ``{"bytes"}`` or by URL gets the same vector. PDFs go to
+jina-embeddings-v4 alone, as ``"input": {"pdf": ...}``, never in a list (S1's list items
+are text and image documents only): a PDF in a list is a 422. Multi-vector options and the
+ColBERT models are in ``multivector.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import EMBEDDINGS_PATH
 from ..models import MODELS, ModelSpec, spec_for
 from ..tokens import estimate_tokens
+from .images import TILES, image_size, image_tokens
+from .media import MediaLoader
+from .multivector import (
+    COLBERT_FIELDS,
+    COLBERT_MODELS,
+    MULTI_VECTOR_PATH,
+    V4_MULTIVECTOR_FIELDS,
+    check_v4_multivector,
+    colbert_options,
+)
+from .pdfs import TOKENS_PER_PAGE, pdf_pages, pdf_tokens
 from .protocol import (
     INPUT_ITEM_LIMIT_EXCEEDED,
     INPUT_MODEL_NOT_FOUND,
     INPUT_TOKEN_LIMIT_EXCEEDED,
+    INPUT_VALIDATION_ERROR,
     ApiError,
     validation_error,
 )
@@ -23,7 +46,6 @@ from .vectors import EMBEDDING_TYPES
 
 __all__ = [
     "IMAGE_MODELS",
-    "IMAGE_TOKENS",
     "EmbeddingRequest",
     "InputItem",
     "count_inputs",
@@ -32,12 +54,10 @@ __all__ = [
 ]
 
 #: Models that take image items (reference §2.2). ``ModelSpec`` has no modality field.
-IMAGE_MODELS = frozenset({"jina-clip-v1", "jina-clip-v2", "jina-embeddings-v4"})
-#: Usage charged per image: one 224x224 tile of clip-v1 (reference §3.1); the emulator does
-#: not decode images, so every image counts as one tile (a choice).
-IMAGE_TOKENS = 1000
+IMAGE_MODELS = frozenset(TILES)
 # Both spellings of the image field: ``image`` (2026 spec) and ``url``/``bytes`` (2025
-# schema, still sent by LangChain and LlamaIndex). Accepting the old ones is a choice.
+# schema, still sent by LangChain and LlamaIndex). Accepting the old ones is a choice; the
+# old ones keep their meaning: ``url`` takes only a URL, ``bytes`` only base64.
 _IMAGE_KEYS = ("image", "url", "bytes")
 _FIELDS = frozenset(
     {
@@ -57,15 +77,19 @@ _V4 = "jina-embeddings-v4"
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input: ``kind`` is ``"text"`` or ``"image"``; ``content`` the text (already cut
-    to the model's limit under ``truncate``) or the image URL/base64 string."""
+    """One input: ``kind`` is ``"text"``, ``"image"`` or ``"pdf"``; ``content`` the text
+    (already cut to the model's limit under ``truncate``), the hex SHA-256 of an image's or
+    PDF's bytes, or ``url:<URL>`` for a URL image left opaque (``media.py``).
+    ``media_tokens`` is what an image or PDF costs, ``pages`` a PDF's page count."""
 
     kind: str
     content: str
+    media_tokens: int = 0
+    pages: int = 1
 
     @property
     def tokens(self) -> int:
-        return estimate_tokens(self.content) if self.kind == "text" else IMAGE_TOKENS
+        return estimate_tokens(self.content) if self.kind == "text" else self.media_tokens
 
 
 @dataclass(frozen=True)
@@ -86,10 +110,24 @@ class EmbeddingRequest:
     embedding_types: tuple[str, ...]
     #: True when ``embedding_type`` was a list: ``embedding`` is then a dict keyed by type.
     types_as_dict: bool
+    #: One row per token (v4 ``return_multivector``, ColBERT) instead of one vector.
+    multivector: bool = False
+    #: ColBERT's ``input_type`` (``query``/``document``); ``None`` for other models.
+    input_type: str | None = None
 
     @property
     def tokens(self) -> int:
         return sum(item.tokens for item in self.items)
+
+    @property
+    def image_tokens(self) -> int:
+        """The part of :attr:`tokens` that images and PDFs cost."""
+        return sum(item.tokens for item in self.items if item.kind != "text")
+
+    @property
+    def has_media(self) -> bool:
+        """Whether any item is an image or a PDF (the answer then has ``image_tokens``)."""
+        return any(item.kind != "text" for item in self.items)
 
 
 def count_inputs(body: object) -> int:
@@ -120,16 +158,25 @@ def truncate_to_tokens(text: str, limit: int) -> str:
     return text[:low]
 
 
-def parse_request(body: object) -> EmbeddingRequest:
-    """Validate a parsed JSON body.
+def parse_request(
+    body: object, loader: MediaLoader | None = None, *, path: str = EMBEDDINGS_PATH
+) -> EmbeddingRequest:
+    """Validate a parsed JSON body sent to ``path`` (``/v1/embeddings`` or
+    ``/v1/multi-vector``), loading its images and PDFs through ``loader`` (a fresh
+    :class:`MediaLoader` when ``None``).
 
-    :raises ApiError: 422 for schema violations, 400 for an unknown model, too many items or
-        an over-long text, with Jina's wording where the reference quotes it.
+    :raises ApiError: 422 for schema violations, 400 for an unknown model, too many items,
+        an over-long text or an image or PDF that cannot be loaded, with Jina's wording where
+        the reference quotes it.
     """
     if not isinstance(body, dict):
         raise validation_error("body", "Input should be a valid dictionary", "dict_type")
-    spec = _model(body)
-    extra = sorted(key for key in body if key not in _FIELDS)
+    loader = loader if loader is not None else MediaLoader()
+    spec = _model(body, colbert_only=path == MULTI_VECTOR_PATH)
+    if spec.name in COLBERT_MODELS:
+        return _parse_colbert(spec, body, loader)
+    fields = _FIELDS | V4_MULTIVECTOR_FIELDS if spec.name == _V4 else _FIELDS
+    extra = sorted(key for key in body if key not in fields)
     if extra:
         # Choice: the 2025 schemas forbade extra fields; the 2026 spec says nothing.
         raise validation_error(
@@ -145,7 +192,12 @@ def parse_request(body: object) -> EmbeddingRequest:
         raise validation_error(
             "late_chunking", f"late_chunking is not supported by {spec.name}", "unsupported"
         )
-    items = _items(spec, body)
+    multivector = _flag(body, "return_multivector", default=False)
+    tokenized = _flag(body, "return_tokenized_input", default=False)
+    check_v4_multivector(
+        body, multivector=multivector, tokenized=tokenized, late_chunking=late_chunking
+    )
+    items = _items(spec, body, loader)
     if late_chunking and any(item.kind != "text" for item in items):
         raise validation_error("late_chunking", "late_chunking only works with text inputs")
     if len(items) > spec.max_items:
@@ -160,18 +212,47 @@ def parse_request(body: object) -> EmbeddingRequest:
         late_chunking=late_chunking,
         embedding_types=types,
         types_as_dict=as_dict,
+        multivector=multivector,
     )
 
 
-def _model(body: dict[str, Any]) -> ModelSpec:
+def _parse_colbert(spec: ModelSpec, body: dict[str, Any], loader: MediaLoader) -> EmbeddingRequest:
+    extra = sorted(key for key in body if key not in COLBERT_FIELDS)
+    if extra:
+        raise validation_error(
+            ", ".join(extra), "Extra inputs are not permitted", "extra_forbidden"
+        )
+    types, as_dict = _embedding_types(body)
+    input_type, dimensions = colbert_options(spec, body)
+    truncate = _flag(body, "truncate", default=False)
+    items = _items(spec, body, loader)
+    if len(items) > spec.max_items:
+        raise _too_many_items(spec, len(items))
+    return EmbeddingRequest(
+        spec=spec,
+        items=_enforce_token_limit(spec, items, truncate=truncate),
+        task=None,
+        dimensions=dimensions,
+        normalize=True,
+        late_chunking=False,
+        embedding_types=types,
+        types_as_dict=as_dict,
+        multivector=True,
+        input_type=input_type,
+    )
+
+
+def _model(body: dict[str, Any], *, colbert_only: bool) -> ModelSpec:
     if "model" not in body:
         raise validation_error("model", "Field required", "missing")
     model = body["model"]
     if not isinstance(model, str):
         raise validation_error("model", "Input should be a valid string", "string_type")
-    spec = spec_for(model)
+    spec = COLBERT_MODELS.get(model) if colbert_only else spec_for(model)
+    if spec is None and not colbert_only:
+        spec = COLBERT_MODELS.get(model)  # the 2026 spec serves them here too (§1)
     if spec is None:
-        available = ", ".join(MODELS)
+        available = ", ".join(COLBERT_MODELS if colbert_only else [*MODELS, *COLBERT_MODELS])
         raise ApiError(
             400, INPUT_MODEL_NOT_FOUND, f"Model '{model}' not found. Available models: {available}"
         )
@@ -242,7 +323,7 @@ def _flag(body: dict[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-def _items(spec: ModelSpec, body: dict[str, Any]) -> tuple[InputItem, ...]:
+def _items(spec: ModelSpec, body: dict[str, Any], loader: MediaLoader) -> tuple[InputItem, ...]:
     if "input" not in body:
         raise validation_error("input", "Field required", "missing")
     value = body["input"]
@@ -250,13 +331,19 @@ def _items(spec: ModelSpec, body: dict[str, Any]) -> tuple[InputItem, ...]:
         if not value:
             # Choice: the reference does not say what an empty list gets.
             raise validation_error("input", "List should have at least 1 item", "too_short")
-        return tuple(_item(spec, entry, f"input.{i}") for i, entry in enumerate(value))
-    return (_item(spec, value, "input"),)
+        # Every item is checked for its form before any URL is fetched: a malformed request
+        # fetches nothing.
+        forms = [_form(spec, entry, f"input.{i}", listed=True) for i, entry in enumerate(value)]
+        return tuple(_load(spec, form, loader) for form in forms)
+    return (_load(spec, _form(spec, value, "input", listed=False), loader),)
 
 
-def _item(spec: ModelSpec, value: object, where: str) -> InputItem:
+_Form = tuple[str, str, str]  # (key, value, where)
+
+
+def _form(spec: ModelSpec, value: object, where: str, *, listed: bool) -> _Form:
     if isinstance(value, str):
-        return InputItem("text", value)
+        return "text", value, where
     if isinstance(value, dict) and len(value) == 1:
         ((key, content),) = value.items()
         if not isinstance(content, str):
@@ -264,14 +351,51 @@ def _item(spec: ModelSpec, value: object, where: str) -> InputItem:
                 f"{where}.{key}", "Input should be a valid string", "string_type"
             )
         if key == "text":
-            return InputItem("text", content)
+            return key, content, where
         if key in _IMAGE_KEYS:
             if spec.name not in IMAGE_MODELS:
                 raise validation_error(where, f"{spec.name} accepts text inputs only", "model_type")
-            return InputItem("image", content)
+            return key, content, f"{where}.{key}"
+        if key == "pdf":
+            if spec.name != _V4:
+                raise validation_error(where, f"{spec.name} accepts no PDF inputs", "model_type")
+            if listed:
+                raise validation_error(
+                    where,
+                    "PDFs must be sent individually: 'input' must be the one "
+                    "{'pdf': ...} object, not a list",
+                    "pdf_in_list",
+                )
+            return key, content, f"{where}.{key}"
     raise validation_error(
         where, "Input should be a string or an object with one of 'text', 'image'", "union_type"
     )
+
+
+def _load(spec: ModelSpec, form: _Form, loader: MediaLoader) -> InputItem:
+    key, value, where = form
+    if key == "text":
+        return InputItem("text", value)
+    data = loader.load(value, where, url=key != "bytes", raw=key != "url")
+    if key == "pdf":
+        if data is None:  # a URL left opaque: one page, seeded by the URL text
+            return InputItem("pdf", f"url:{value}", TOKENS_PER_PAGE)
+        try:
+            return InputItem("pdf", _digest(data), pdf_tokens(data), pdf_pages(data))
+        except ValueError as error:
+            raise ApiError(400, INPUT_VALIDATION_ERROR, f"{where}: {error}") from None
+    tile = image_tokens(1, 1, spec.name)
+    if data is None:  # a URL left opaque: one tile, seeded by the URL text
+        return InputItem("image", f"url:{value}", tile)
+    try:
+        width, height = image_size(data)
+    except ValueError as error:
+        raise ApiError(400, INPUT_VALIDATION_ERROR, f"{where}: {error}") from None
+    return InputItem("image", _digest(data), image_tokens(width, height, spec.name))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _too_many_items(spec: ModelSpec, count: int) -> ApiError:

@@ -1,10 +1,11 @@
 """Deterministic fake embeddings and their wire encodings.
 
-A vector is a standard-normal draw seeded by a hash of (model, task, content), so the same
-request gives bit-identical float32 values in every process, and different models, tasks
-or texts give unrelated vectors. Every row is computed on its own with 1-D operations, so a
-text's vector does not depend on the rest of a (non-late-chunking) batch, not even in its
-last bit, and :meth:`JinaEmulator.expected_embedding` reproduces it exactly.
+A vector is a standard-normal draw seeded by a hash of (model, task, content: a text, or the
+SHA-256 of an image's or PDF's bytes), so the same request gives bit-identical float32
+values in every process, and different models, tasks or texts give unrelated vectors. Every
+row is computed on its own with 1-D operations, so a text's vector does not depend on the
+rest of a (non-late-chunking) batch, not even in its last bit, and
+:meth:`JinaEmulator.expected_embedding` reproduces it exactly.
 """
 
 from __future__ import annotations

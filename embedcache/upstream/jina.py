@@ -49,6 +49,7 @@ from ..models import RequestOptions
 from .answers import learn_from, no_usage, parse, usage
 from .failures import HTTPX_EXCEPTIONS, failure_of
 from .float_style import FloatStyle
+from .health import UpstreamHealth
 from .limiter import RateLimiter
 from .protocol import UpstreamResult
 
@@ -95,6 +96,8 @@ class JinaClient:
         process (see :func:`~embedcache.upstream.limiter.shared_limiter`). ``None``: no pacing.
     :param pool_owner: send through that client's connection pool (which it closes, not
         this one) and learn into its float style, as :meth:`for_key` does.
+    :param health: what every attempt is counted in (shared by the clients of
+        :meth:`for_key`); default: one of its own, :attr:`health`.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class JinaClient:
         sleep: Callable[[float], None] = time.sleep,
         limiter: RateLimiter | None = None,
         pool_owner: JinaClient | None = None,
+        health: UpstreamHealth | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -136,6 +140,8 @@ class JinaClient:
         self._http_lock = threading.Lock()
         self._pool_owner = pool_owner
         self.limiter = limiter
+        #: Attempts, retries, failures and answer times (for the proxy's dashboard).
+        self.health = health if health is not None else UpstreamHealth()
         self._float_style: FloatStyle | None = None  # learning nothing
 
     def __repr__(self) -> str:
@@ -177,6 +183,7 @@ class JinaClient:
             sleep=self._sleep,
             limiter=self.limiter,
             pool_owner=self,
+            health=self.health,
         )
 
     @property
@@ -284,6 +291,7 @@ class JinaClient:
             last = attempt == self.max_attempts
             permit = self.limiter.acquire(estimate) if self.limiter is not None else None
             charged: int | None = 0  # a failed attempt costs nothing
+            started = time.perf_counter()
             try:
                 try:
                     response = http.post(url, headers=headers, **request)
@@ -292,6 +300,8 @@ class JinaClient:
                     # httpx's text may hold the URL: shown, like ours, without credentials.
                     reason = type(exc).__name__ + (f": {exc}" if str(exc) else "")
                     reason = self._clean(reason, key)
+                    self.health.attempted(attempt, time.perf_counter() - started, None)
+                    self.health.failed(None, f"{failure.doing} {shown}: {reason}")
                     if not failure.retry:
                         raise failure.error(f"{failure.doing} {shown}: {reason}") from None
                     charged = None  # it may have reached the API: keep the estimate
@@ -302,6 +312,10 @@ class JinaClient:
                     self._wait(attempt, None, reason)
                     continue
                 self._observe(response)
+                self.health.attempted(attempt, time.perf_counter() - started, response.status_code)
+                if not response.is_success:  # rare: its body is read for the message
+                    status = response.status_code
+                    self.health.failed(status, self._clean(str(_api_error(response, key)), key))
                 if response.is_success:
                     charged = charge(response)
                     return response, attempt

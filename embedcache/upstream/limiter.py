@@ -31,7 +31,7 @@ from ..config import CONCURRENT_REQUESTS_ENV, RPM_ENV, TIER_ENV, TPM_ENV
 from ..config import OLD_CONCURRENT_REQUESTS_ENV as _OLD_CONCURRENT_REQUESTS_ENV
 from ..errors import InvalidInputError
 
-__all__ = ["TIERS", "Clock", "Limits", "RateLimiter", "resolve_limits", "shared_limiter"]
+__all__ = ["TIERS", "Clock", "Limits", "Pacing", "RateLimiter", "resolve_limits", "shared_limiter"]
 
 log = logging.getLogger("embedcache")
 
@@ -189,6 +189,21 @@ class Permit:
             self._limiter._finish(self, charged)
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """A limiter's state: :attr:`RateLimiter.budget_scale`, the requests and (estimated)
+    tokens admitted in the current window, requests in flight, how long everyone is paused
+    for after a 429, the 429s seen and the seconds requests spent waiting, in all."""
+
+    scale: float
+    window_requests: int
+    window_tokens: float
+    in_flight: int
+    paused_seconds: float
+    rate_limited: int
+    waited_seconds: float
+
+
 class RateLimiter:
     """Shared pacing for every request of a process (see the module docstring).
 
@@ -210,6 +225,8 @@ class RateLimiter:
         self._ratio = 1.0  # charged / estimated tokens, learnt from responses
         #: 429s seen despite pacing (for reports and tests).
         self.rate_limited = 0
+        #: Seconds requests spent waiting to be admitted, in all (for the dashboard).
+        self.waited_seconds = 0.0
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.limits!r})"
@@ -222,18 +239,37 @@ class RateLimiter:
     def acquire(self, estimated_tokens: int) -> Permit:
         """Wait until a request of ``estimated_tokens`` fits every budget, and admit it."""
         with self._cond:
+            arrived = None
             while True:
                 now = self._clock.now()
                 self._expire(now)
                 tokens = estimated_tokens * self._ratio
                 wait = self._wait_for(now, tokens)
                 if wait == 0.0:
+                    if arrived is not None:
+                        self.waited_seconds += now - arrived
                     permit = Permit(self, now, tokens, estimated_tokens)
                     self._log.append(permit)
                     self._window_tokens += tokens
                     self._in_flight += 1
                     return permit
+                arrived = now if arrived is None else arrived
                 self._clock.wait(self._cond, wait)
+
+    def pacing(self) -> Pacing:
+        """What the limiter is doing now (for the proxy's dashboard)."""
+        with self._cond:
+            now = self._clock.now()
+            self._expire(now)
+            return Pacing(
+                scale=self._scale,
+                window_requests=len(self._log),
+                window_tokens=self._window_tokens,
+                in_flight=self._in_flight,
+                paused_seconds=max(0.0, self._paused_until - now),
+                rate_limited=self.rate_limited,
+                waited_seconds=self.waited_seconds,
+            )
 
     def rate_limited_by_server(self, retry_after: float | None) -> None:
         """A 429 came back anyway: pause everyone and shrink the budgets."""
