@@ -15,12 +15,15 @@ import pytest
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction
 from embedcache.inputs import IMAGE_TILE_TOKENS, Input, Media, image_size, parse_item
-from embedcache.testing import JinaEmulator
+from embedcache.testing import JinaEmulator, png
 
 from .conftest import API_KEY
-from .media import b64, png
 
 CLIP = "jina-clip-v2"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def direct(emulator: JinaEmulator, items: list[Any], model: str = CLIP) -> np.ndarray:

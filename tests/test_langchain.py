@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import subprocess
 import sys
@@ -19,10 +20,9 @@ from pydantic import SecretStr
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction
 from embedcache.langchain import JinaEmbeddings
-from embedcache.testing import JinaEmulator
+from embedcache.testing import JinaEmulator, png
 
 from .conftest import API_KEY
-from .media import b64, png
 
 MakeLC = Callable[..., JinaEmbeddings]
 MakeEF = Callable[..., JinaEmbeddingFunction]
@@ -31,6 +31,10 @@ DOCS = [
     "Late chunking pools token embeddings after the whole text is read.",
     "Redis keeps the shared tier of the cache.",
 ]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 @pytest.fixture

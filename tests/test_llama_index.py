@@ -21,10 +21,9 @@ from llama_index.core.llms import MockLLM
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction
 from embedcache.llama_index import JinaEmbedding
-from embedcache.testing import JinaEmulator
+from embedcache.testing import JinaEmulator, png
 
 from .conftest import API_KEY
-from .media import png
 
 MakeLI = Callable[..., JinaEmbedding]
 MakeEF = Callable[..., JinaEmbeddingFunction]

@@ -4,19 +4,23 @@ against a direct call; what the API would refuse answered locally, before anythi
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 import pytest
 
-from embedcache.testing import JinaEmulator
+from embedcache.testing import JinaEmulator, png
 
 from .conftest import API_KEY, MakeProxy
-from .media import b64, png
 from .serving import Served
 
 CLIP = "jina-clip-v2"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def direct(emulator: JinaEmulator, body: dict[str, Any]) -> dict[str, Any]:
