@@ -38,6 +38,7 @@ from .errors import InvalidInputError
 from .inputs import Input, Media, load_media
 from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
 from .upstream.limiter import resolve_limits
+from .upstream.media_fetch import MediaFetcher
 from .upstream.protocol import Upstream
 
 __all__ = ["ImageLike", "JinaEmbeddingFunction", "paired_tasks", "settings_of"]
@@ -186,6 +187,9 @@ class JinaEmbeddingFunction:
         configured alike shares one limiter.
     :param rpm: requests per minute to stay under (overrides the tier; ``EMBEDCACHE_RPM``).
     :param tpm: tokens per minute to stay under (overrides the tier; ``EMBEDCACHE_TPM``).
+    :param fetch_images: fetch images given by URL first, and key and send them by their
+        content (new content at an old URL is then a new entry); off: keyed by the URL,
+        fetched by the API.
     :raises InvalidInputError: for options the model does not take, before any request.
 
     Every embedding method has an async twin (``aencode_documents``, ``aencode_queries``,
@@ -222,6 +226,7 @@ class JinaEmbeddingFunction:
         tier: str | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        fetch_images: bool = False,
         **kwargs: object,
     ) -> None:
         if kwargs:
@@ -242,6 +247,7 @@ class JinaEmbeddingFunction:
         self._options: dict[str | None, RequestOptions] = {}
         self._call_options = self._options_for(task)
         self._workers = _Workers()
+        self._fetcher = MediaFetcher(timeout=timeout) if fetch_images else None
         self._parts = Assembly(
             CacheSettings(
                 cache_dir=cache_dir,
@@ -287,6 +293,8 @@ class JinaEmbeddingFunction:
         calls still running have finished (a cancelled async call commits its batches in
         flight first)."""
         self._workers.close()
+        if self._fetcher is not None:
+            self._fetcher.close()
         self._parts.close()
 
     @property
@@ -371,11 +379,16 @@ class JinaEmbeddingFunction:
 
     def embed_images(self, images: Sequence[ImageLike]) -> NDArray[np.float32]:
         """:meth:`encode_images` as one ``(n, d)`` array."""
-        return self._embed(self._images(images), self._image_options())
+        return self._embed(self._media(images), self._image_options())
 
     async def aencode_images(self, images: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
         """:meth:`encode_images`, awaited."""
-        return list(await self._aembed(self._images(images), self._image_options()))
+        return list(await self._aembed(self._media(images), self._image_options()))
+
+    def encode_pdfs(self, pdfs: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
+        """One 1-D float32 array per PDF (jina-embeddings-v4), given as :meth:`encode_images`
+        takes images and keyed the same way; each PDF is sent alone, as the API requires."""
+        return list(self._embed(self._media(pdfs, "pdf"), self._image_options()))
 
     def __call__(self, texts: list[str]) -> list[NDArray[np.float32]]:
         """pymilvus API: embed with the configured task."""
@@ -395,17 +408,22 @@ class JinaEmbeddingFunction:
         # Options are resolved on the caller's thread: bad ones fail before any thread.
         return await self._workers.run(functools.partial(self._embed, texts, options))
 
-    def _images(self, images: Sequence[ImageLike]) -> list[Media]:
-        """The images, read and checked against the model before anything is sent."""
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+    def _media(self, values: Sequence[ImageLike], kind: str = "image") -> list[Media]:
+        """The images (or PDFs), read, checked against the model and, with fetching on,
+        fetched, before anything is sent."""
+        name = "images" if kind == "image" else "pdfs"
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             raise InvalidInputError(
-                f"images must be a list (of bytes, paths or URLs), got {type(images).__name__}"
+                f"{name} must be a list (of bytes, paths or URLs), got {type(values).__name__}"
             )
         options = self._image_options()
         loaded = []
-        for index, image in enumerate(images):
-            media = load_media(image, f"images[{index}]")
-            options.check_media(media, f"images[{index}]")
+        for index, value in enumerate(values):
+            where = f"{name}[{index}]"
+            media = load_media(value, where, kind)
+            options.check_media(media, where)
+            if self._fetcher is not None:
+                media = self._fetcher.by_content(media, where)
             loaded.append(media)
         return loaded
 

@@ -23,6 +23,7 @@ from embedcache.storage.tuning import Tuning
 from embedcache.testing import JinaEmulator
 
 from .cli_helpers import Invoke, invoke
+from .image_server import ImageServer
 from .redis_server import RedisServer, server_binary
 from .serving import ProxyInProcess, ProxyProcess, Served
 
@@ -326,3 +327,11 @@ def machine_cli(emulator: JinaEmulator, tmp_path: Path) -> Invoke:
         )
 
     return bound
+
+
+@pytest.fixture
+def images() -> Iterator[ImageServer]:
+    """A loopback server of images for URLs: ``images.serve(path, body)`` gives the URL."""
+    server = ImageServer().start()
+    yield server
+    server.stop()

@@ -4,15 +4,10 @@ from a loopback image server, charged by tiles or pages, and refused when they a
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import struct
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -23,59 +18,12 @@ from embedcache.testing import Fetched, JinaEmulator, image_size, image_tokens, 
 from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY
+from .image_server import ImageServer
 
 PATH = "/v1/embeddings"
 CLIP2, CLIP1, V4 = "jina-clip-v2", "jina-clip-v1", "jina-embeddings-v4"
 IMAGE = png(300, 200, seed=1)
 NINE_MIB = 9 * 1024 * 1024
-
-
-class ImageServer:
-    """A loopback HTTP server of fixed answers: ``routes[path] = (status, body)``;
-    ``/slow`` drips bytes for as long as the client reads."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes]] = {}
-        routes = self.routes
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-            def do_GET(self) -> None:
-                with contextlib.suppress(OSError):  # the emulator may hang up early
-                    if self.path == "/slow":
-                        self.send_response(200)
-                        self.send_header("Content-Length", "100000")
-                        self.end_headers()
-                        for _ in range(100):
-                            self.wfile.write(b"\x89PNG\r\n\x1a\n"[:1] * 1000)
-                            self.wfile.flush()
-                            time.sleep(0.1)
-                        return
-                    status, body = routes.get(self.path, (404, b"not here"))
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def serve(self, path: str, body: bytes, status: int = 200) -> str:
-        self.routes[path] = (status, body)
-        return self.url + path
-
-
-@pytest.fixture
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 def b64(data: bytes) -> str:

@@ -15,9 +15,10 @@ import pytest
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction
 from embedcache.inputs import IMAGE_TILE_TOKENS, Input, Media, image_size, parse_item
-from embedcache.testing import JinaEmulator, png
+from embedcache.testing import JinaEmulator, pdf, png
 
 from .conftest import API_KEY
+from .image_server import ImageServer
 
 CLIP = "jina-clip-v2"
 
@@ -162,3 +163,74 @@ def test_an_images_size_is_read_from_its_header_for_the_token_estimate() -> None
     assert Media("image", data=png(600, 300)).tokens == 2 * IMAGE_TILE_TOKENS
     assert Media("image", data=b"not an image").tokens == IMAGE_TILE_TOKENS
     assert Media("image", url="https://x.test/a.png").tokens == IMAGE_TILE_TOKENS
+
+
+def test_with_fetch_images_an_image_by_url_and_by_base64_is_one_entry(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction], images: ImageServer
+) -> None:
+    image = png(20, 10, seed=5)
+    url = images.serve("/cat.png", image)
+    ef = make_ef(CLIP, fetch_images=True)
+    by_url = ef.encode_images([url])
+    (request,) = emulator.requests
+    assert request.body["input"] == [{"image": b64(image)}]  # type: ignore[index]
+    by_bytes = ef.encode_images([image])
+    assert len(emulator.requests) == 1  # the same content: one entry
+    assert by_url[0].tobytes() == by_bytes[0].tobytes()
+    # The API's own vector for that URL (it fetches the same bytes) is the same.
+    assert by_url[0].tobytes() == direct(emulator, [{"image": url}])[0].tobytes()
+    # New content at the old URL is a new entry, not the old vector.
+    images.serve("/cat.png", png(20, 10, seed=6))
+    assert ef.encode_images([url])[0].tobytes() != by_url[0].tobytes()
+
+
+def test_without_fetch_images_new_content_at_a_cached_url_is_not_seen(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction], images: ImageServer
+) -> None:
+    url = images.serve("/dog.png", png(8, 8, seed=1))
+    first = make_ef(CLIP).encode_images([url])
+    images.serve("/dog.png", png(8, 8, seed=2))
+    assert make_ef(CLIP).encode_images([url])[0].tobytes() == first[0].tobytes()
+    assert len(emulator.requests) == 1
+
+
+def test_a_url_that_cannot_be_fetched_is_refused_naming_it_before_any_request(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction], images: ImageServer
+) -> None:
+    ef = make_ef(CLIP, fetch_images=True)
+    with pytest.raises(
+        InvalidInputError, match=r"images\[0\]: fetching .*/gone.png answered HTTP 404"
+    ):
+        ef.encode_images([images.url + "/gone.png"])
+    assert emulator.requests == []
+
+
+def test_pdfs_are_sent_one_per_request_as_the_object_and_cached(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    documents = [pdf(2, seed=1), pdf(3, seed=2)]
+    ef = make_ef("jina-embeddings-v4")
+    first = ef.encode_pdfs(documents)
+    sent = [r.body["input"] for r in emulator.requests]  # type: ignore[index]
+    # One request each (sent side by side, in either order), the PDF as the input itself.
+    assert sorted(sent, key=str) == sorted(({"pdf": b64(d)} for d in documents), key=str)
+    assert len(first) == 2
+    assert first[0].shape == (2048,)
+    again = make_ef("jina-embeddings-v4").encode_pdfs(documents)
+    assert len(emulator.requests) == 2
+    assert [v.tobytes() for v in again] == [v.tobytes() for v in first]
+    with pytest.raises(
+        InvalidInputError, match=r"pdfs\[0\]: jina-clip-v2 takes text only, not a PDF"
+    ):
+        make_ef(CLIP).encode_pdfs(documents)
+
+
+def test_an_images_tokens_are_what_the_api_charged_for_it(
+    emulator: JinaEmulator, make_ef: Callable[..., JinaEmbeddingFunction]
+) -> None:
+    ef = make_ef(CLIP)
+    ef.encode_images([png(1000, 600, seed=3)])  # 2 x 2 tiles of 512 px
+    assert ef.stats.tokens_spent == 4 * IMAGE_TILE_TOKENS
+    again = make_ef(CLIP)
+    again.encode_images([png(1000, 600, seed=3)])
+    assert again.stats.tokens_saved == 4 * IMAGE_TILE_TOKENS

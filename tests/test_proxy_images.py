@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from embedcache.testing import JinaEmulator, png
+from embedcache.testing import JinaEmulator, pdf, png
 
 from .conftest import API_KEY, MakeProxy
+from .image_server import ImageServer
 from .serving import Served
 
 CLIP = "jina-clip-v2"
@@ -94,6 +95,10 @@ def test_text_and_images_in_one_request_are_cached_and_answered_in_order_exactly
             {"model": "jina-embeddings-v4", "input": [{"pdf": b64(b"%PDF-1.4")}, "text"]},
             "a PDF is sent alone",
         ),
+        (
+            {"model": "jina-embeddings-v4", "input": [{"pdf": b64(b"%PDF-1.4")}]},
+            "a PDF is sent alone",
+        ),
     ],
 )
 def test_what_the_api_would_refuse_is_answered_locally_in_jinas_shape(
@@ -103,3 +108,36 @@ def test_what_the_api_would_refuse_is_answered_locally_in_jinas_shape(
     assert 400 <= answer.status_code < 500
     assert says in answer.json()["detail"]
     assert emulator.requests == []
+
+
+def test_with_fetch_images_from_a_host_its_urls_are_keyed_by_content(
+    emulator: JinaEmulator, make_proxy: MakeProxy, images: ImageServer
+) -> None:
+    image = png(12, 12, seed=8)
+    url = images.serve("/cat.png", image)
+    proxy = make_proxy("--fetch-images-from", "127.0.0.1")
+    by_url = proxy.embed({"model": CLIP, "input": [{"image": url}]}, API_KEY)
+    assert by_url.status_code == 200, by_url.text
+    assert emulator.requests[-1].body["input"] == [{"image": b64(image)}]  # type: ignore[index]
+    sent = len(emulator.requests)
+    by_base64 = proxy.embed({"model": CLIP, "input": [{"image": b64(image)}]}, API_KEY)
+    assert by_base64.json()["data"] == by_url.json()["data"]
+    assert by_base64.headers["X-Embedcache-Status"] == "hit"
+    assert len(emulator.requests) == sent
+    gone = proxy.embed({"model": CLIP, "input": [{"image": images.url + "/gone.png"}]}, API_KEY)
+    assert gone.status_code == 422
+    assert "answered HTTP 404" in gone.json()["detail"]
+
+
+def test_a_pdf_alone_is_cached_and_answered_as_the_api_answers_it(
+    emulator: JinaEmulator, proxy: Served
+) -> None:
+    body = {"model": "jina-embeddings-v4", "input": {"pdf": b64(pdf(2, seed=4))}}
+    expected = direct(emulator, body)
+    first = proxy.embed(body, API_KEY)
+    assert first.status_code == 200, first.text
+    assert first.json()["data"] == expected["data"]
+    sent = len(emulator.requests)
+    again = proxy.embed(body, API_KEY)
+    assert again.json()["data"] == expected["data"]
+    assert len(emulator.requests) == sent

@@ -190,6 +190,15 @@ def _is_loopback(host: str) -> bool:
     "that would pass it gets a 503.",
 )
 @click.option(
+    "--fetch-images-from",
+    "fetch_images_from",
+    metavar="HOST",
+    multiple=True,
+    help="Fetch images and PDFs given by URL on HOST (repeat for more hosts) and key them by "
+    "their content, not their URL (the server then fetches what clients name: list only "
+    "hosts you trust). Others are keyed by URL and fetched by the API.",
+)
+@click.option(
     "--max-inputs",
     default=2048,
     show_default=True,
@@ -275,6 +284,7 @@ def serve(
     max_connections: int,
     max_body: int,
     max_body_memory: int,
+    fetch_images_from: tuple[str, ...],
     max_inputs: int,
     max_answer: int,
     drain_timeout: float,
@@ -298,8 +308,9 @@ def serve(
 
     Point any Jina client at http://HOST:PORT/v1/embeddings. Text requests are answered
     from the cache, misses fetched with the client's own key (its Authorization header) or
-    the server's JINAAI_API_KEY / JINA_API_KEY. Images, PDFs and options the cache does not
-    cover are forwarded uncached. Ctrl-C or SIGTERM finishes in-flight fetches first.
+    the server's JINAAI_API_KEY / JINA_API_KEY. Images and PDFs are cached by content (or by
+    URL); options the cache does not cover are forwarded uncached. Ctrl-C or SIGTERM
+    finishes in-flight fetches first.
 
     Needs the serve extra: pip install 'embedcache[serve]'.
     """
@@ -377,6 +388,7 @@ def serve(
         tei_task=tei_task,
         max_inputs=max_inputs,
         max_answer_bytes=max_answer,
+        fetch_images_from=frozenset(host.lower() for host in fetch_images_from),
         verify_interval=verify_interval,
         verify_rate=verify_rate,
         budgets=budgets,

@@ -55,6 +55,7 @@ from ..errors import CacheError
 from ..models import MODELS
 from ..storage.ledgers import open_ledger
 from ..upstream.float_style import FloatStyle, setting_name
+from ..upstream.media_fetch import MediaFetcher
 from . import tei
 from .access import Access
 from .admin import AdminRoutes
@@ -120,6 +121,8 @@ class ProxySettings:
     :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
     :param tei_model: the model TEI's ``POST /embed`` is answered with (TEI names none).
     :param tei_task: the task of a TEI text without a ``<task>: `` prefix.
+    :param fetch_images_from: hosts whose image and PDF URLs the proxy fetches, to key
+        them by content (``serve --fetch-images-from``); others are keyed by URL.
     :param max_inputs: most inputs in one request (the API takes at most 2048).
     :param max_answer_bytes: largest answer body one request may ask for, estimated from
         its inputs, dimensions and encoding before any work.
@@ -146,6 +149,8 @@ class ProxySettings:
     admin_token: str | None = field(default=None, repr=False)
     tei_model: str = DEFAULT_MODEL
     tei_task: str | None = "retrieval.passage"
+    #: Hosts whose image and PDF URLs the proxy fetches, to key them by content.
+    fetch_images_from: frozenset[str] = frozenset()
     max_inputs: int = 2048
     max_answer_bytes: int = 96 * 1024 * 1024
     verify_interval: float = 10.0
@@ -206,7 +211,11 @@ class Proxy:
         self._removals_seen = self._removals()
         #: Every embedding served so far, as JSON text (see :mod:`.rendered`).
         self.rendered = RenderedAnswers(settings.rendered_bytes)
-        self.filler = Filler(self.embedder, self.rendered, self._float_style, settings.fill_threads)
+        hosts = settings.fetch_images_from
+        fetcher = MediaFetcher(hosts) if hosts else None
+        self.filler = Filler(
+            self.embedder, self.rendered, self._float_style, settings.fill_threads, fetcher
+        )
         limits = RequestLimits(settings.max_inputs, settings.max_answer_bytes)
         self.gate = Gate(self.access, settings.verify_rate, self.filler.in_thread)
         self.budgets: Budgets | None = None
@@ -249,6 +258,7 @@ class Proxy:
             limits,
             self.budgets,
             self.outcomes,
+            self.filler.needs_fetch,
         )
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False

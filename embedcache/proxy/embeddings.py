@@ -94,7 +94,11 @@ class EmbeddingsRoute:
                 return outcome
             read = outcome
             parsed = read.parsed
-            if parsed is not None and len(parsed.texts) <= INLINE_TEXTS:
+            if (
+                parsed is not None
+                and len(parsed.texts) <= INLINE_TEXTS
+                and not self._filler.needs_fetch(parsed)
+            ):
                 try:
                     inline = self._embed(parsed, upstream, record, budget, cached_only=True)
                 except EmbedcacheError as exc:
@@ -122,6 +126,8 @@ class EmbeddingsRoute:
         parsed = read.parsed
         held: Reservation | None = None
         try:
+            if parsed is not None:
+                parsed = self._filler.by_content(parsed)  # images fetched to key by content
             if budget is not None and self._budgets is not None:
                 # Passed through, a request's cost is known once answered: it needs a token left.
                 spend = [(parsed.texts, parsed.options)] if parsed is not None else []

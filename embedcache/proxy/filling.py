@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
 from ..embedding.counters import Stats
 from ..embedding.embedder import CachedEmbedder
+from ..inputs import Media
 from ..upstream.float_style import FloatStyle
 from ..upstream.jina import JinaClient
+from ..upstream.media_fetch import MediaFetcher
 from .rendered import RenderedAnswers, variant
 from .wire import EmbeddingsRequest, render_vector
 
@@ -47,6 +50,8 @@ class Filler:
     :param rendered: where answers' text is kept for the hit path.
     :param float_style: how ``float`` answers are written.
     :param threads: most requests filling at once.
+    :param fetcher: fetches images and PDFs given by URL on the hosts it allows, to key them
+        by content (``serve --fetch-images-from``; ``None``: none is fetched).
     """
 
     def __init__(
@@ -55,8 +60,10 @@ class Filler:
         rendered: RenderedAnswers,
         float_style: FloatStyle,
         threads: int,
+        fetcher: MediaFetcher | None = None,
     ) -> None:
         self.embedder = embedder
+        self.fetcher = fetcher
         self.rendered = rendered
         self._float_style = float_style
         self._threads = ThreadPoolExecutor(threads, "embedcache-fill")
@@ -84,6 +91,30 @@ class Filler:
             self.rendered.put(result.keys, kind, texts, result.tokens.tolist())
         return Rendered(texts, result.stats, result.keys)
 
+    def needs_fetch(self, parsed: EmbeddingsRequest) -> bool:
+        """Whether ``parsed`` holds an image or PDF to fetch before it can be keyed (never
+        on the event loop: the hit path and the inline answer leave it to a fill thread)."""
+        fetcher = self.fetcher
+        if fetcher is None:
+            return False
+        return any(isinstance(item, Media) and fetcher.fetches(item) for item in parsed.texts)
+
+    def by_content(self, parsed: EmbeddingsRequest) -> EmbeddingsRequest:
+        """``parsed`` with its images and PDFs to fetch fetched (in a fill thread).
+
+        :raises InvalidInputError: a URL that answered an error, or content too large.
+        :raises TransportError: a URL that did not answer in time.
+        """
+        fetcher = self.fetcher
+        if fetcher is None or not self.needs_fetch(parsed):
+            return parsed
+        where = "input[{}]".format if len(parsed.texts) > 1 else lambda _: "input"
+        texts = [
+            fetcher.by_content(item, where(index)) if isinstance(item, Media) else item
+            for index, item in enumerate(parsed.texts)
+        ]
+        return replace(parsed, texts=texts)
+
     async def in_thread(self, work: Callable[[], _T]) -> _T:
         """``work()``, run in a fill thread."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, work)
@@ -91,3 +122,5 @@ class Filler:
     def close(self) -> None:
         """Wait for the fills in flight (each batch is committed), then stop the threads."""
         self._threads.shutdown(wait=True)
+        if self.fetcher is not None:
+            self.fetcher.close()

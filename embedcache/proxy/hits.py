@@ -12,6 +12,7 @@ application answers it, errors and limits included.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import orjson
@@ -30,7 +31,7 @@ from .metrics import ProxyMetrics
 from .outcomes import Outcomes
 from .rendered import RenderedAnswers, variant
 from .requestlog import HITS_HEADER, MISSES_HEADER, STATUS_HEADER, TOKENS_SAVED_HEADER
-from .wire import dialect_of, parse_request, render_body
+from .wire import EmbeddingsRequest, dialect_of, parse_request, render_body
 
 __all__ = ["CACHED_HEADER", "HIT_BODY_BYTES", "HitPath"]
 
@@ -80,6 +81,8 @@ class HitPath:
     :param budgets: the callers' budgets, whose remaining tokens a hit shows (it spends none).
     :param outcomes: where each hit is handed over for the request log and the usage
         figures (``None``: neither is kept).
+    :param needs_fetch: whether a request holds an image to fetch before it can be keyed
+        (left to the application, which fetches it in a fill thread).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class HitPath:
         limits: RequestLimits,
         budgets: Budgets | None = None,
         outcomes: Outcomes | None = None,
+        needs_fetch: Callable[[EmbeddingsRequest], bool] | None = None,
     ) -> None:
         self.embedder = embedder
         self.budgets = budgets
@@ -101,6 +105,7 @@ class HitPath:
         self._float_style = float_style
         self._limits = limits
         self._outcomes = outcomes
+        self._needs_fetch = needs_fetch
         self._known_bodies: dict[bytes, _Known] = {}
         # Each caller's budget by the header it sends: no decoding per hit.
         self._budget_of: dict[bytes, Budget | None] = {}
@@ -189,6 +194,8 @@ class HitPath:
             return None  # the application answers with the error
         if parsed is None or parsed.options.late_chunking:
             return None
+        if self._needs_fetch is not None and self._needs_fetch(parsed):
+            return None  # keyed by content once fetched, off the event loop
         count = len(parsed.texts)
         estimate = answer_bytes(
             count, parsed.options.expected_dim, parsed.embedding_type, self._float_style.current

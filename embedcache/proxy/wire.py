@@ -189,8 +189,8 @@ def _texts(value: object) -> list[Input] | None:
     when it holds anything else.
 
     :raises InvalidInputError: an image or PDF that cannot be sent (base64 that does not
-        decode, a URL that is not ``http(s)``), or a PDF beside other inputs (the API takes
-        one PDF per request, alone).
+        decode, a URL that is not ``http(s)``), or a PDF in a list (the API takes one PDF
+        per request, as the input itself).
     """
     if isinstance(value, str):
         return [value]
@@ -209,8 +209,9 @@ def _texts(value: object) -> list[Input] | None:
             texts.append(parse_item(item, f"input[{index}]" if listed else "input"))
         else:
             return None
-    if len(texts) > 1 and any(isinstance(t, Media) and t.kind == "pdf" for t in texts):
-        raise InvalidInputError('a PDF is sent alone: one {"pdf": ...} per request')
+    if listed and any(isinstance(t, Media) and t.kind == "pdf" for t in texts):
+        # The API's list items are texts and images: a PDF is the input itself.
+        raise InvalidInputError('a PDF is sent alone, as the input itself: "input": {"pdf": ...}')
     return texts
 
 
