@@ -15,7 +15,6 @@ import functools
 import os
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -25,9 +24,10 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from . import counts
 from .counts import keep_counts
-from .databases import BUSY_SECONDS, cache_errors, open_wal
+from .databases import cache_errors, connect_index
 from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerprint
 from .formats import entry_bytes
+from .payloads import HEAP_DIM, SQL_ENTRY_BYTES
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 from .tuning import Tuning, default_tuning
@@ -50,29 +50,6 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 _VIEW_STATE = (
     "SELECT (SELECT value FROM state WHERE name = 'index_snapshot'), (SELECT MAX(id) FROM removed)"
 )
-# SQLite's page cache per connection (KiB; a store opens two on index.db): random keys fill
-# a cache to its bound (at 64 MiB a connection a 2M-entry fill held 127 MiB). The interior
-# pages a lookup walks (under 2 MiB at 10M entries) fit; a leaf read past the bound comes
-# from the OS's file cache (about 0.6 us more per key looked up in SQL at 1M entries).
-_PAGE_CACHE_KIB = 16384
-
-
-def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
-    """A connection to ``index.db``; with ``schema``, the one that creates it (and the WAL)
-    when new, safely against other processes doing the same (:func:`open_wal`)."""
-    if read_only:
-        # On a read-only directory SQLite cannot create the WAL's shared-memory file;
-        # "immutable" reads the database as it stands, without locks.
-        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    elif schema is not None:
-        db = open_wal(path, schema)
-    else:
-        db = sqlite3.connect(
-            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
-        )
-    db.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
-    return db
 
 
 class Index:
@@ -106,13 +83,13 @@ class Index:
         self._stale_snapshots: list[int] = []
         self._guard = RebuildGuard(directory / "snapshot.lock")
         path = directory / "index.db"
-        self._db = _connect(path, read_only, None if read_only else _SCHEMA)
+        self._db = connect_index(path, read_only, None if read_only else _SCHEMA)
         if not read_only:
             keep_counts(self._db)
             keep_fingerprints(self._db, legacy_fingerprints)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
-        self._reader = _connect(path, read_only)
+        self._reader = connect_index(path, read_only)
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
@@ -320,7 +297,7 @@ class Index:
                     tmp.unlink()
 
     def _take_snapshot(self, tmp: Path) -> bool:
-        db = _connect(self.directory / "index.db", read_only=False)
+        db = connect_index(self.directory / "index.db", read_only=False)
         try:
             with self._errors("write"):
                 taken = take_snapshot(tmp, db, self.tuning.snapshot_page)
@@ -411,11 +388,13 @@ class Index:
         if used <= limit:
             return 0
         doomed = []
-        for k, dim in self._db.execute("SELECT k, dim FROM entries ORDER BY created_us, k"):
+        for k, dim, row in self._db.execute(
+            "SELECT k, dim, row FROM entries ORDER BY created_us, k"
+        ):
             if used <= limit:
                 break
             doomed.append((k,))
-            used -= entry_bytes(dim)
+            used -= entry_bytes(dim, row)
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
         # Not counted in ``removals``: an evicted entry is still a right answer, and a full
         # cache evicts on every fill, so readers would forget what they hold every second.
@@ -475,15 +454,20 @@ class Index:
         self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (rows, seg))
 
     def segment_usage(self) -> list[tuple[int, int, int, int]]:
-        """``(id, dim, rows, live rows)`` of every segment. A pass over the ``entries_seg``
-        index (seconds at 10M entries), on a connection of its own and without the write
-        lock: nobody waits for it."""
-        db = _connect(self.directory / "index.db", self.read_only)
+        """``(id, dim, rows, live rows)`` of every segment (of a heap: bytes, live bytes).
+        A pass over the ``entries_seg`` index (seconds at 10M entries), on a connection of
+        its own and without the write lock: nobody waits for it."""
+        db = connect_index(self.directory / "index.db", self.read_only)
         try:
             with self._errors("read"):
                 db.execute("BEGIN")
                 segments = db.execute("SELECT id, dim, rows FROM segments").fetchall()
                 live = dict(db.execute("SELECT seg, COUNT(*) FROM entries GROUP BY seg"))
+                heaps = ",".join(str(int(seg)) for seg, dim, _ in segments if dim == HEAP_DIM)
+                live.update(db.execute(
+                    f"SELECT seg, SUM({SQL_ENTRY_BYTES.format(r='entries')}) FROM entries "  # noqa: S608
+                    f"WHERE seg IN ({heaps}) GROUP BY seg"
+                ) if heaps else ())  # fmt: skip
                 db.execute("COMMIT")
         finally:
             db.close()

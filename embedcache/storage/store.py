@@ -79,13 +79,14 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
-from . import upkeep
+from . import heaps, upkeep
 from .claims import Claims, claims_for
-from .directory import check_or_create_marker, restrict_permissions
-from .entries import Found, KeyedVectors, Record, Stored
+from .directory import check_or_create_marker, raise_marker, restrict_permissions
+from .entries import Found, FoundPayloads, KeyedVectors, Record, Stored
 from .formats import entry_bytes, signed, split_keys, unsigned, vector_checksums
 from .index import Index
 from .meta import COUNTERS, Meta
+from .payloads import Payload, dimensions
 from .records import page_records, page_stored, read_record
 from .rows import DIM, LO, MILLITOKENS, ROW, SEG, K, verify
 from .segments import Segments, fits
@@ -99,7 +100,9 @@ __all__ = [
     "FORMAT_VERSION",
     "LOCK_PAUSE_SECONDS",
     "MARKER_NAME",
+    "PAYLOAD_FORMAT_VERSION",
     "Found",
+    "FoundPayloads",
     "KeyedVectors",
     "Record",
     "Store",
@@ -107,7 +110,11 @@ __all__ = [
     "entry_bytes",
 ]
 
+#: The format a new cache is marked with, and the shared tier's namespace says.
 FORMAT_VERSION = 2
+#: The format of a directory holding payloads (ragged or bytes entries): raised to by the
+#: first put of one, so versions before it refuse the directory, and until then keep using it.
+PAYLOAD_FORMAT_VERSION = 3
 MARKER_NAME = "embedcache.json"
 
 log = logging.getLogger("embedcache")
@@ -145,7 +152,9 @@ class Store:
         self._known_fingerprints: set[int] = set()
         self._snapshot_due = False  # a put with defer_snapshot made one due
         versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
-        check_or_create_marker(self.directory, MARKER_NAME, versions)
+        readable = {"format_version": range(FORMAT_VERSION, PAYLOAD_FORMAT_VERSION + 1)}
+        marked = check_or_create_marker(self.directory, MARKER_NAME, versions, readable)
+        self._format = marked["format_version"]
         #: A directory we cannot write to (a read-only mount, a shared team cache) still
         #: serves its hits; storing, deleting and counting are refused or skipped.
         self.read_only = not os.access(self.directory, os.W_OK)
@@ -233,7 +242,8 @@ class Store:
         split = split_keys(keys) if keys else np.empty((0, 2), dtype=np.int64)
         matched, present, from_snapshot = self._index.find(split)
         if dim is None and present.any():
-            dim = int(matched[present][0, DIM])
+            dims = matched[present, DIM]
+            dim = int(dims[0]) if dims[0] > 0 else int(next(iter(dims[dims > 0]), 0))
         present &= matched[:, DIM] == (dim or 0)
         vectors = self._segments.gather(matched[:, SEG], matched[:, ROW], present, dim or 0)
         damaged = verify(matched, vectors, present)
@@ -302,7 +312,7 @@ class Store:
         # The index stores ids as SQLite's signed integers; everything above it (the
         # fingerprints() among them) knows them unsigned.
         return [
-            (unsigned(fp_id), dim, count, milli / 1000.0)
+            (unsigned(fp_id), dimensions(dim), count, milli / 1000.0)
             for fp_id, dim, count, milli in self._index.groups()
         ]
 
@@ -318,16 +328,41 @@ class Store:
     # Writing
 
     def put_many(self, fp: Fingerprint, entries: KeyedVectors) -> None:
-        """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
+        """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction;
+        a "vector" may be a payload of another kind (:meth:`put_payloads`)."""
         by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
+        others = []
         for entry in entries:
-            by_dim.setdefault(len(entry[1]), []).append(entry)
+            vector = entry[1]
+            if vector.ndim == 1 and vector.dtype == np.float32:
+                by_dim.setdefault(len(vector), []).append(entry)
+            else:
+                others.append(entry)
         groups = [
             ([key for key, _, _ in group], np.stack([v for _, v, _ in group]),
              [tokens for _, _, tokens in group])
             for group in by_dim.values()
         ]  # fmt: skip
-        self._put(fp, groups)
+        self._put(fp, groups, payloads=others)
+
+    def put_payloads(
+        self, fp: Fingerprint, keys: Sequence[bytes], payloads: Sequence[Payload],
+        tokens: Sequence[float],
+    ) -> None:  # fmt: skip
+        """Write entries of any kind produced under ``fp`` in one transaction, stored exactly
+        (dtype, shape, bytes): a 2-D float32 array (a multi-vector answer: rows of one
+        width), a 1-D or 2-D int8/uint8 array (packed bits), or a float32 vector.
+
+        :raises InvalidInputError: an array of another dtype or shape, or an empty one.
+        """
+        self.put_many(fp, list(zip(keys, payloads, tokens, strict=True)))
+
+    def read_payloads(self, keys: Sequence[bytes]) -> FoundPayloads:
+        """Each key's entry, of whatever kind, as :meth:`put_payloads` took it (a writable
+        array of its own), with its tokens; absent or damaged ones are ``None``."""
+        split = split_keys(keys) if keys else np.empty((0, 2), dtype=np.int64)
+        found, tokens = heaps.read_payloads(self._index, self._segments, split)
+        return FoundPayloads(found, tokens)
 
     def put_matrix(
         self,
@@ -360,10 +395,15 @@ class Store:
         fp: Fingerprint,
         groups: list[tuple[list[bytes], NDArray[np.float32], list[float]]],
         defer_snapshot: bool = False,
+        payloads: KeyedVectors = (),
     ) -> None:
-        """Write groups of same-dimension vectors in one transaction."""
+        """Write groups of same-dimension vectors, and payloads, in one transaction."""
         if self.read_only:
             raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
+        if payloads and self._format < PAYLOAD_FORMAT_VERSION:
+            versions = {"format_version": PAYLOAD_FORMAT_VERSION, "key_version": KEY_VERSION}
+            raise_marker(self.directory, MARKER_NAME, versions)
+            self._format = PAYLOAD_FORMAT_VERSION
         now_us = int(time.time() * 1e6)
         fp_id = signed(fp.id)
         new_meaning = fp.id not in self._known_fingerprints
@@ -381,8 +421,10 @@ class Store:
                     split_keys(keys), seg, start, dim, millitokens.astype(np.int64),
                     vector_checksums(matrix), now_us, fp_id,
                 )  # fmt: skip
+            stored = heaps.put_payloads(self._index, self._segments, payloads, now_us, fp_id)
             evicted = self._index.evict(self.size_limit)
-            due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
+            stored += sum(len(keys) for keys, _, _ in groups)
+            due = self._index.note_changes(stored + evicted)
         if new_meaning:
             self._copy_fingerprint(fp)
         if due and defer_snapshot:
