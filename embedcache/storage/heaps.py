@@ -51,15 +51,15 @@ def put_payloads(
     by_dim: dict[int, list[tuple[bytes, Payload, float, int]]] = {}
     for key, array, tokens in entries:
         data = check_payload(array)
-        dim, rows = describe(data)
-        by_dim.setdefault(dim, []).append((key, data, tokens, rows))
+        dim, count = describe(data)
+        by_dim.setdefault(dim, []).append((key, data, tokens, count))
     for dim, group in by_dim.items():
         sizes = np.array([data.nbytes for _, data, _, _ in group], dtype=np.int64)
         seg, start = append_heap(
             index, segments, b"".join(data.tobytes() for _, data, _, _ in group)
         )
         offsets = start + np.cumsum(sizes) - sizes
-        rows = np.array(
+        places = np.array(
             [
                 row_value(int(at), n)
                 for at, (_, _, _, n) in zip(offsets.tolist(), group, strict=True)
@@ -69,7 +69,7 @@ def put_payloads(
         millitokens = np.rint(np.array([t for _, _, t, _ in group], dtype=np.float64) * 1000)
         checksums = np.array([vector_checksum(data) for _, data, _, _ in group], dtype=np.int64)
         index.insert(
-            split_keys([key for key, _, _, _ in group]), seg, rows, dim,
+            split_keys([key for key, _, _, _ in group]), seg, places, dim,
             millitokens.astype(np.int64), checksums, created_us, fp_id,
         )  # fmt: skip
     return len(entries)

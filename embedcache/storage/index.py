@@ -352,7 +352,7 @@ class Index:
         self,
         split: NDArray[np.int64],
         seg: int,
-        start: int,
+        start: int | NDArray[np.int64],
         dim: int,
         millitokens: NDArray[np.int64],
         checksums: NDArray[np.int64],
@@ -360,7 +360,8 @@ class Index:
         fp: int,
     ) -> None:
         """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``
-        (of a key given twice, the later row), counted in the totals once for the put."""
+        (a heap's: ``start`` their row columns; of a key given twice, the later row),
+        counted in the totals once for the put."""
         counts.add_entries(
             self._db,
             counts.put_rows(split, seg, start, dim, millitokens, checksums),

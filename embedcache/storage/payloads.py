@@ -40,6 +40,7 @@ from ..errors import InvalidInputError
 __all__ = [
     "HEAP_DIM",
     "KINDS",
+    "PAYLOAD_VALUES",
     "SQL_ENTRY_BYTES",
     "Payload",
     "check_payload",
@@ -60,6 +61,9 @@ Payload = NDArray[Any]
 
 #: The ``dim`` of a heap segment in the ``segments`` table.
 HEAP_DIM = -1
+#: The dimension a shared tier's read of payloads tells its ``served`` callback: its values
+#: are of many kinds and sizes (the write-back decodes them one by one).
+PAYLOAD_VALUES = 0
 _ROW_BITS = 24
 _ROWS_MASK = (1 << _ROW_BITS) - 1
 _WIDTH_MASK = (1 << 32) - 1
