@@ -2,7 +2,7 @@
 
 A cache directory holds::
 
-    embedcache.json     format and key versions it was written with
+    embedcache.json     format and key versions: the oldest embedcache that reads it all
     index.db            SQLite (WAL): one row per vector, the list of segment files, the
                         totals kept in each write (entries per settings, vector bytes, keys
                         removed since the snapshot: :mod:`~embedcache.storage.counts`),
@@ -12,6 +12,7 @@ A cache directory holds::
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
     snapshot.lock       empty; locked (``flock``) by the process taking a new snapshot
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
+    segments/<id>.heap  payloads of other kinds, their bytes one after another (below)
     meta/               a diskcache with the small values (:mod:`~embedcache.storage.meta`):
                         lifetime counters, named settings (:meth:`Store.setting`), the size
                         limit, and a legacy copy of the fingerprints for older versions
@@ -41,6 +42,20 @@ sharing the directory wait a fraction of a second at most. Reads never write. No
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.formats.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
+
+Entries of two more kinds, *payloads*, are stored exactly (dtype, shape, bytes): **ragged**
+float32 (``n`` rows of one width: a multi-vector answer, one row per token) and **bytes**
+(1-D or 2-D int8/uint8: packed bits of the ``binary``/``ubinary`` types). A put appends a
+group's bytes to the open heap; the index row keeps its columns, read differently: ``row``
+is the byte offset and the row count (``offset << 24 | n``), ``dim`` a negative code of the
+kind and row width, the same for every entry of that kind and width (so the per-settings
+totals stay a few rows), ``checksum`` the xxh3-64 of its bytes
+(:mod:`~embedcache.storage.payloads`). No read of vectors of a dimension matches one, so
+today's read path and snapshot are unchanged; :meth:`Store.read_payloads` reads any kind.
+They count their own bytes against a size limit, are listed, checked, deleted, evicted and
+compacted (a heap's live bytes copied to a new heap) as vectors are. A directory is marked
+format 2 until its first payload is stored, then 3 (:data:`PAYLOAD_FORMAT_VERSION`): older
+versions keep using a cache of vectors, and refuse one holding payloads.
 
 Every transaction that deletes entries (:meth:`Store.delete_pages` and
 :meth:`Store.delete_many`, so ``prune`` and ``verify --repair``; :meth:`Store.clear`, even
@@ -80,6 +95,7 @@ from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
 from . import heaps, upkeep
+from .bookkeeping import Bookkeeping
 from .claims import Claims, claims_for
 from .directory import check_or_create_marker, raise_marker, restrict_permissions
 from .entries import Found, FoundPayloads, KeyedVectors, Record, Stored
@@ -120,7 +136,7 @@ MARKER_NAME = "embedcache.json"
 log = logging.getLogger("embedcache")
 
 
-class Store:
+class Store(Bookkeeping):
     """A directory of cached vectors; safe to share between threads and processes.
 
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
@@ -225,11 +241,6 @@ class Store:
         :mod:`embedcache.storage.claims`); ``None`` for a read-only cache, which cannot
         fetch, where POSIX locks are missing, and once the store is closed."""
         return self._claims
-
-    @property
-    def size_limit(self) -> int | None:
-        """Bytes of vectors above which entries are evicted; ``None``: never evicted."""
-        return self._meta.size_limit
 
     # Reading
 
@@ -439,16 +450,6 @@ class Store:
         except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
             log.warning("%s", exc)
 
-    def _copy_fingerprint(self, fp: Fingerprint) -> None:
-        """Keep ``fp`` in ``meta/`` too, after its entries' commit, for older versions sharing
-        the directory, which read nothing else (see :mod:`~embedcache.storage.meta`)."""
-        try:
-            self._meta.record_fingerprint(fp)
-        except CacheError as exc:  # the entries and what they mean are stored: say, go on
-            log.warning("%s", exc)
-        else:
-            self._known_fingerprints.add(fp.id)
-
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries, ``tuning.delete_page`` keys (:data:`DELETE_PAGE`) per transaction;
         returns how many existed. Their space is reclaimed by :meth:`compact`."""
@@ -496,47 +497,3 @@ class Store:
         self._segments.write(seg, dim, start, matrix)
         self._index.set_segment_rows(seg, start + len(matrix))
         return seg, start
-
-    # Metadata
-
-    def removals(self) -> int:
-        """A number that changes whenever any process removes entries from this directory
-        (``clear``, ``prune``, ``verify --repair``, a delete): cheap enough to poll every
-        second, so a long-lived reader (the proxy) can drop what it holds in memory.
-
-        It is the ``removals`` row of ``index.db``'s ``state`` table, counted in the very
-        transaction that deletes (see the module's description), so once a deletion is
-        visible to this store's reads the number has changed too. Neither eviction under a
-        size limit nor :meth:`compact` (which moves entries, never drops one) changes it.
-        A single-row read (a few microseconds); 0 for a cache no process ever deleted from.
-
-        :raises CacheError: the index cannot be read.
-        """
-        return self._index.removals()
-
-    def add_counters(self, deltas: dict[str, int]) -> None:
-        """Add to the lifetime counters in one transaction; a read-only cache skips it
-        (lifetime counters are bookkeeping, not worth failing a read)."""
-        self._meta.add_counters(deltas)
-
-    def counters(self) -> dict[str, int]:
-        """The lifetime counters, every one of :data:`COUNTERS` present."""
-        return self._meta.counters()
-
-    def setting(self, name: str) -> str | None:
-        """A value recorded by :meth:`set_setting` in this directory, by any process;
-        ``None`` when none was (or the cache is read-only, so it has no metadata)."""
-        return self._meta.setting(name)
-
-    def set_setting(self, name: str, value: str) -> None:
-        """Record a small named value for every process using this directory (the proxy's
-        workers share what they learn about the upstream this way); a read-only cache
-        skips it, as it skips counters."""
-        self._meta.set_setting(name, value)
-
-    def fingerprints(self) -> dict[int, Fingerprint]:
-        """What each fingerprint id of the entries means (the request settings, as
-        :meth:`put_many` takes them), by id: those recorded in ``index.db`` (a read-only
-        cache's too) and, for entries older versions stored, in ``meta/``. A record whose
-        JSON does not hash to its id is left out; an id missing here shows as model "?"."""
-        return {**self._meta.legacy_fingerprints(), **self._index.fingerprints()}
