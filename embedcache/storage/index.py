@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from . import counts
 from .counts import keep_counts
-from .databases import cache_errors, connect_index
+from .databases import cache_errors
+from .databases import connect_index as _connect
 from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerprint
 from .formats import entry_bytes
 from .payloads import HEAP_DIM, SQL_ENTRY_BYTES
@@ -83,13 +84,13 @@ class Index:
         self._stale_snapshots: list[int] = []
         self._guard = RebuildGuard(directory / "snapshot.lock")
         path = directory / "index.db"
-        self._db = connect_index(path, read_only, None if read_only else _SCHEMA)
+        self._db = _connect(path, read_only, None if read_only else _SCHEMA)
         if not read_only:
             keep_counts(self._db)
             keep_fingerprints(self._db, legacy_fingerprints)
         # Reads get their own connection and lock: under WAL they run alongside a write
         # transaction, so a server answering hits never waits for another thread's fill.
-        self._reader = connect_index(path, read_only)
+        self._reader = _connect(path, read_only)
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
@@ -297,7 +298,7 @@ class Index:
                     tmp.unlink()
 
     def _take_snapshot(self, tmp: Path) -> bool:
-        db = connect_index(self.directory / "index.db", read_only=False)
+        db = _connect(self.directory / "index.db", read_only=False)
         try:
             with self._errors("write"):
                 taken = take_snapshot(tmp, db, self.tuning.snapshot_page)
@@ -458,7 +459,7 @@ class Index:
         """``(id, dim, rows, live rows)`` of every segment (of a heap: bytes, live bytes).
         A pass over the ``entries_seg`` index (seconds at 10M entries), on a connection of
         its own and without the write lock: nobody waits for it."""
-        db = connect_index(self.directory / "index.db", self.read_only)
+        db = _connect(self.directory / "index.db", self.read_only)
         try:
             with self._errors("read"):
                 db.execute("BEGIN")
