@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import payloads
-from .payloads import describe, is_vector, kind_name
+from .payloads import array_kind
 
 __all__ = ["Found", "FoundPayloads", "KeyedVectors", "Record", "Stored"]
 
@@ -66,15 +65,13 @@ class Record:
     @property
     def kind(self) -> str:
         """``"vector"``, ``"ragged"`` or ``"bytes"`` (:mod:`~embedcache.storage.payloads`)."""
-        return "vector" if is_vector(self.vector) else kind_name(describe(self.vector)[0])
+        return array_kind(self.vector)[0]
 
     @property
     def dimensions(self) -> int:
         """The dimensions it answers for (:func:`~embedcache.storage.payloads.dimensions`):
         a vector's length, a ragged entry's row width, 8 a byte of a bytes entry's row."""
-        if is_vector(self.vector):
-            return len(self.vector)
-        return payloads.dimensions(describe(self.vector)[0])
+        return array_kind(self.vector)[1]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ __all__ = [
     "PAYLOAD_VALUES",
     "SQL_ENTRY_BYTES",
     "Payload",
+    "array_kind",
     "check_payload",
     "describe",
     "dimensions",
@@ -173,6 +174,15 @@ def dimensions(dim: int) -> int:
         return dim
     width = (-dim) & _WIDTH_MASK
     return width if (-dim) >> 32 == 1 else 8 * width
+
+
+def array_kind(array: Payload) -> tuple[str, int]:
+    """``(kind, dimensions)`` of an entry's array, as :func:`kind_name` and
+    :func:`dimensions` say them of its index row."""
+    if is_vector(array):
+        return "vector", len(array)
+    dim = describe(array)[0]
+    return kind_name(dim), dimensions(dim)
 
 
 def check_payload(array: Payload) -> Payload:
