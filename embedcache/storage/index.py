@@ -24,8 +24,7 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from . import counts
 from .counts import keep_counts
-from .databases import cache_errors
-from .databases import connect_index as _connect
+from .databases import cache_errors, connect_index
 from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerprint
 from .formats import entry_bytes
 from .payloads import HEAP_DIM, SQL_ENTRY_BYTES
@@ -34,6 +33,8 @@ from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 from .tuning import Tuning, default_tuning
 
 __all__ = ["Index"]
+
+_connect = connect_index  # one name for every connection this module opens (tests trace it)
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 _SCHEMA = """
