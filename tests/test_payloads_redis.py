@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import redis
 
 from embedcache.maintenance import sharing
@@ -14,7 +15,7 @@ from embedcache.storage.tiers import Tiers
 from embedcache.storage.writeback import WriteBack
 
 from .redis_server import RedisServer
-from .test_payloads import FP, payloads, same
+from .test_payloads import FP, all_same, payloads
 from .test_payloads import put_all as put_on_disk
 
 
@@ -22,15 +23,23 @@ def keys_for(tag: str, count: int) -> list[bytes]:
     return [bytes([i]) + tag.encode().ljust(15, b"-") for i in range(count)]
 
 
+def in_redis(
+    url: str, tag: str, seed: int, tokens: float = 1.0, **options: bool
+) -> tuple[RedisStore, list[bytes], list[np.ndarray]]:
+    """A shared tier holding one entry of each kind (:func:`payloads`)."""
+    arrays = payloads(seed)
+    keys = keys_for(tag, len(arrays))
+    shared = RedisStore(url, **options)
+    shared.put_many(FP, [(k, a, tokens) for k, a in zip(keys, arrays, strict=True)])
+    return shared, keys, arrays
+
+
 def test_each_kind_reads_back_from_redis_bit_for_bit_and_a_read_of_vectors_skips_it(
     redis_server: RedisServer,
 ) -> None:
-    arrays = payloads()
-    keys = keys_for("r", len(arrays))
-    shared = RedisStore(redis_server.url, strict=True)
-    shared.put_many(FP, [(k, a, 2.5) for k, a in zip(keys, arrays, strict=True)])
+    shared, keys, arrays = in_redis(redis_server.url, "r", 0, 2.5, strict=True)
     found = shared.read_payloads([*keys, b"\0" * 16])
-    assert all(same(got, a) for got, a in zip(found.payloads, arrays, strict=False))
+    assert all_same(found.payloads[:-1], arrays)
     assert found.payloads[-1] is None
     assert found.tokens.tolist() == [2.5] * len(arrays) + [0.0]
     # A payload is never a vector of some dimension: no read of vectors takes it.
@@ -43,18 +52,15 @@ def test_each_kind_reads_back_from_redis_bit_for_bit_and_a_read_of_vectors_skips
 def test_what_redis_serves_of_any_kind_is_copied_to_local_disk(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    arrays = payloads(3)
-    keys = keys_for("w", len(arrays))
-    shared = RedisStore(redis_server.url)
-    shared.put_many(FP, [(k, a, 1.0) for k, a in zip(keys, arrays, strict=True)])
+    shared, keys, arrays = in_redis(redis_server.url, "w", 3)
     with Store(tmp_path / "local") as store:
         tiers = Tiers(store, shared, WriteBack(store))
-        found = tiers.read_payloads(FP, keys)
+        served = tiers.read_payloads(FP, keys)
         tiers.close()  # the copy finished
         local = store.read_payloads(keys)
-        assert store.read_payloads(keys).tokens.tolist() == [1.0] * len(arrays)
-    assert all(same(got, a) for got, a in zip(found.payloads, arrays, strict=True))
-    assert all(same(got, a) for got, a in zip(local.payloads, arrays, strict=True))
+    for found in (served, local):
+        assert all_same(found.payloads, arrays)
+        assert found.tokens.tolist() == [1.0] * len(arrays)
     shared.close()
 
 
@@ -67,9 +73,8 @@ def test_a_fetched_payload_is_written_to_both_tiers(
     with Store(tmp_path / "local") as store:
         Tiers(store, shared).put_payloads(FP, keys, arrays, [1.0] * len(arrays))
         on_disk = store.read_payloads(keys)
-    in_redis = shared.read_payloads(keys)
-    for found in (on_disk, in_redis):
-        assert all(same(got, a) for got, a in zip(found.payloads, arrays, strict=True))
+    for found in (on_disk, shared.read_payloads(keys)):
+        assert all_same(found.payloads, arrays)
     shared.close()
 
 
@@ -85,7 +90,7 @@ def test_sync_copies_every_kind_up_and_down_and_verify_catches_a_flipped_byte(
         pulled = bob.read_payloads(keys)
         fingerprints = bob.fingerprints()
     assert (up.copied, down.copied, down.damaged) == (7, 7, 0)
-    assert all(same(got, a) for got, a in zip(pulled.payloads, arrays, strict=True))
+    assert all_same(pulled.payloads, arrays)
     assert FP.id in fingerprints
     assert sharing.verify_shared(shared).bad == []
     # Under the vectors' own names: every walk of the namespace sees payloads too.
