@@ -24,12 +24,12 @@ def keys_for(tag: str, count: int) -> list[bytes]:
 
 
 def in_redis(
-    url: str, tag: str, seed: int, tokens: float = 1.0, **options: bool
+    url: str, tag: str, seed: int, tokens: float = 1.0, *, strict: bool = False
 ) -> tuple[RedisStore, list[bytes], list[np.ndarray]]:
     """A shared tier holding one entry of each kind (:func:`payloads`)."""
     arrays = payloads(seed)
     keys = keys_for(tag, len(arrays))
-    shared = RedisStore(url, **options)
+    shared = RedisStore(url, strict=strict)
     shared.put_many(FP, [(k, a, tokens) for k, a in zip(keys, arrays, strict=True)])
     return shared, keys, arrays
 
