@@ -8,6 +8,7 @@ its index row pointing at them; the layout is described in :mod:`embedcache.stor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Container, Sequence
 
 import numpy as np
@@ -21,6 +22,8 @@ from .rows import CHECKSUM, DIM, MILLITOKENS, ROW, SEG
 from .segments import Segments, heap_fits
 
 __all__ = ["append_heap", "put_payloads", "read_payloads"]
+
+log = logging.getLogger("embedcache")
 
 
 def append_heap(
@@ -88,7 +91,9 @@ def read_payloads(
         # The snapshot may predate a refetch of these entries: ask the index itself.
         again, found, _ = index.find(split[damaged], use_snapshot=False)
         matched[damaged] = again
-        _read(segments, matched, np.asarray(damaged)[found], out, tokens)
+        damaged = _read(segments, matched, np.asarray(damaged)[found], out, tokens)
+    if damaged:  # read as missing: fetched again
+        log.warning("ignoring %d damaged cache entries (checksum mismatch)", len(damaged))
     return out, tokens
 
 

@@ -141,8 +141,8 @@ class Store(Bookkeeping):
 
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
         user cache directory. Created with mode 0700 when missing.
-    :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
-        the oldest stored entries are evicted.
+    :param size_limit: bytes of entries (a vector's 4 per dimension, a payload's own:
+        :func:`entry_bytes`) above which the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
     :param tuning: the sizes deleting, compacting and snapshots page by; ``None``:
         :func:`~embedcache.storage.tuning.default_tuning`, the measured ones.
