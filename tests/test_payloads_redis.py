@@ -58,6 +58,11 @@ def test_what_redis_serves_of_any_kind_is_copied_to_local_disk(
         served = tiers.read_payloads(FP, keys)
         tiers.close()  # the copy finished
         local = store.read_payloads(keys)
+        # A presence check (a prewarm) finds them, and copies down what was only in Redis.
+        more, more_keys, _ = in_redis(redis_server.url, "m", 4)
+        assert Tiers(store, more, WriteBack(store)).contains_payloads(FP, keys + more_keys).all()
+        assert store.contains_many(more_keys) == [True] * len(more_keys)
+        more.close()
     for found in (served, local):
         assert all_same(found.payloads, arrays)
         assert found.tokens.tolist() == [1.0] * len(arrays)

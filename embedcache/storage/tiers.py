@@ -102,6 +102,18 @@ class Tiers:
                 found.tokens[i] = tokens
         return found
 
+    def contains_payloads(self, fp: Fingerprint, keys: list[bytes]) -> NDArray[np.bool_]:
+        """Whether each key has an entry of any kind locally or in the shared tier (whose
+        entries are copied down first, as :meth:`contains` does)."""
+        present = np.array(self.store.contains_many(keys), dtype=bool)
+        if self.shared is not None and not present.all():
+            absent = np.flatnonzero(~present)
+            pulled = self.read_payloads(fp, [keys[i] for i in absent.tolist()])
+            if self._writeback is not None:
+                self._writeback.flush()
+            present[absent[pulled.present]] = True
+        return present
+
     def put_payloads(
         self, fp: Fingerprint, keys: list[bytes], payloads: list[Payload], tokens: list[float]
     ) -> None:
