@@ -272,6 +272,11 @@ def _texts(arguments: tuple[str, ...]) -> list[SourceItem]:
 )
 @filter_options
 @click.option("--parquet", is_flag=True, help="Also write OUT.parquet (needs pyarrow).")
+@click.option(
+    "--vectors-only",
+    is_flag=True,
+    help="Leave out multi-vector and binary entries (one float32 row each is all OUT.npy holds).",
+)
 @json_option
 @pass_cli
 def export(
@@ -283,12 +288,17 @@ def export(
     since: str | None,
     upstream: str | None,
     parquet: bool,
+    vectors_only: bool,
     as_json: bool,
 ) -> None:
     """Write selected vectors to OUT.npy with their keys and metadata in OUT.jsonl."""
+    import dataclasses
+
     from ..maintenance import inventory
 
     filters = build_filters(model, task, dimensions, since, upstream=upstream)
+    if vectors_only:
+        filters = dataclasses.replace(filters, kind="vector")
     written = inventory.export(cli.open(existing=True).store, filters, out, parquet=parquet)
     if as_json:
         echo_json({"files": [str(p) for p in written]})

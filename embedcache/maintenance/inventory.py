@@ -57,15 +57,19 @@ class Entry:
     created: float
     #: where the vector came from (:func:`~embedcache.config.upstream_id`); "?" unrecorded.
     upstream: str = "?"
+    #: ``"vector"``, or ``"ragged"``/``"bytes"`` (:mod:`~embedcache.storage.payloads`).
+    kind: str = "vector"
+    #: the bytes a payload counts for; ``None``: a vector's, 4 a dimension.
+    nbytes: int | None = None
 
     @property
     def size(self) -> int:
         """Bytes the entry counts for, in ``prune --max-size`` as against a size limit: its
-        vector's (:func:`~embedcache.storage.formats.entry_bytes`)."""
-        return entry_bytes(self.dimensions)
+        vector's (:func:`~embedcache.storage.formats.entry_bytes`), a payload's own."""
+        return entry_bytes(self.dimensions) if self.nbytes is None else self.nbytes
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        fields: dict[str, object] = {
             "key": self.key.hex(),
             "model": self.model,
             "task": self.task,
@@ -75,6 +79,9 @@ class Entry:
             "created": self.created,
             "upstream": self.upstream,
         }
+        if self.kind != "vector":  # a vector's line stays as it was
+            fields["kind"] = self.kind
+        return fields
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,12 @@ class Filters:
     since: float | None = None
     before: float | None = None
     upstream: str | None = None
+    kind: str | None = None
 
     def match(self, entry: Entry) -> bool:
         return (
             (self.model is None or entry.model == self.model)
+            and (self.kind is None or entry.kind == self.kind)
             and (self.upstream is None or entry.upstream == self.upstream)
             and (self.task is None or entry.task == self.task)
             and (self.dimensions is None or entry.dimensions == self.dimensions)
@@ -107,12 +116,21 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]
         key=key,
         model=str(fields.get("model", "?")),
         task=str(task) if task is not None else None,
-        dimensions=record.dimensions if isinstance(record, Stored) else len(record.vector),
+        dimensions=record.dimensions,
         late_chunking=bool(fields.get("late_chunking", False)),
         tokens=record.tokens,
         created=record.created,
         upstream=fp.upstream if fp is not None else "?",
+        kind=record.kind,
+        nbytes=_payload_bytes(record),
     )
+
+
+def _payload_bytes(record: Record | Stored) -> int | None:
+    """The bytes a payload counts for (``None`` for a vector)."""
+    if isinstance(record, Stored):
+        return record.nbytes
+    return None if record.kind == "vector" else record.vector.nbytes
 
 
 def _scan(store: Store, filters: Filters, batch: int = 2048) -> Iterator[tuple[Entry, Record]]:
@@ -215,20 +233,20 @@ def verify(store: Store) -> VerifyReport:
     are recorded, and its dimension matches them."""
     report = VerifyReport()
     settings = store.fingerprints()
-    # Judged once per (settings, dimension) seen, not once per entry.
-    problems: dict[tuple[int, int], str | None] = {}
+    # Judged once per (settings, dimension, kind) seen, not once per entry.
+    problems: dict[tuple[int, int, str], str | None] = {}
     for key, found in store.records():
         report.checked += 1
         if not isinstance(found, Record):
             report.bad.append((key.hex(), found))
             continue
-        kind = (found.fingerprint_id, len(found.vector))
+        kind = (found.fingerprint_id, found.dimensions, found.kind)
         if kind not in problems:
             fp = settings.get(kind[0])
             problems[kind] = (
                 "its request settings are not recorded"
                 if fp is None
-                else dimension_problem(fp.fields, kind[1])
+                else dimension_problem(fp.fields, kind[1], kind[2])
             )
         problem = problems[kind]
         if problem is not None:
@@ -236,11 +254,14 @@ def verify(store: Store) -> VerifyReport:
     return report
 
 
-def dimension_problem(fields: dict[str, object], dimensions: int) -> str | None:
-    """Why a vector of ``dimensions`` cannot come from request settings ``fields``, if so."""
+def dimension_problem(
+    fields: dict[str, object], dimensions: int, kind: str = "vector"
+) -> str | None:
+    """Why an entry of ``dimensions`` cannot come from request settings ``fields``, if so
+    (a payload, per-token or packed, is held to the ``dimensions`` asked for only)."""
     expected = fields.get("dimensions")
     spec = spec_for(str(fields.get("model")))
-    if expected is None and spec is not None:
+    if expected is None and spec is not None and kind == "vector":
         expected = spec.native_dim
     if expected is not None and expected != dimensions:
         return f"{dimensions} dims, settings say {expected}"
@@ -269,7 +290,7 @@ def export(
     written = [prefix.with_suffix(suffix) for suffix in suffixes]
     partial = [path.with_name(f".{path.name}.partial") for path in written]
     try:
-        dims = _write_export(_scan(store, filters, page), partial, page)
+        dims = _write_export(_vectors(_scan(store, filters, page)), partial, page)
         if not dims:
             raise InvalidInputError("no entries match the filters; nothing exported")
         if len(dims) > 1:
@@ -281,6 +302,18 @@ def export(
         for path in partial:
             path.unlink(missing_ok=True)
     return written
+
+
+def _vectors(scanned: Iterator[tuple[Entry, Record]]) -> Iterator[tuple[Entry, Record]]:
+    """``scanned``, refusing a payload: the export's ``.npy`` holds one float32 row each."""
+    for entry, record in scanned:
+        if entry.kind != "vector":
+            raise InvalidInputError(
+                f"entry {entry.key.hex()} is a {entry.kind} entry (multi-vector or binary), "
+                "which export cannot write as one float32 row; add --vectors-only to leave "
+                "such entries out"
+            )
+        yield entry, record
 
 
 # The .npy header's length: written first with a placeholder shape and again once the row

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..storage.entries import Record
 from ..storage.formats import check_entry
+from ..storage.payloads import array_kind
 from ..storage.shared import RedisStore
 from ..storage.store import Store
 from .inventory import VerifyReport, dimension_problem, pages
@@ -205,7 +206,8 @@ def verify_shared(shared: RedisStore, *, batch: int = DEFAULT_BATCH) -> SharedVe
         if fp is None:
             report.unrecorded += 1
             continue
-        problem = dimension_problem(fp.fields, len(entry[0]))
+        kind, dimensions = array_kind(entry[0])
+        problem = dimension_problem(fp.fields, dimensions, kind)
         if problem is not None:
             report.bad.append((key.hex(), problem))
     return report

@@ -1,8 +1,9 @@
 """What ``index.db`` keeps up to date inside each writer's own transaction, so nothing has
 to count the entries: the vector byte total, the ``groups`` and ``removed`` tables.
 
-* ``state.vector_bytes``: the entries' total :func:`~embedcache.storage.formats.entry_bytes`,
-  so a size-limited put reads one row instead of counting every entry.
+* ``state.vector_bytes``: the entries' total :func:`~embedcache.storage.formats.entry_bytes`
+  (a payload's own bytes, :mod:`~embedcache.storage.payloads`), so a size-limited put reads
+  one row instead of counting every entry.
 * ``groups``: entries and millitokens per (fingerprint id, dimension), so ``stats``,
   ``len(store)`` and the size check of ``prune`` read a handful of rows at any size.
 * ``removed``: the high half of each key deleted, so readers of the snapshot taken before
@@ -34,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .databases import immediate
+from .payloads import SQL_ENTRY_BYTES, entry_bytes, payload_bytes
 from .rows import CHECKSUM, COLUMNS, CREATED_US, DIM, FP, LO, MILLITOKENS, ROW, SEG, K
 
 __all__ = ["add_entries", "groups", "keep_counts", "put_rows", "vector_bytes"]
@@ -41,14 +43,16 @@ __all__ = ["add_entries", "groups", "keep_counts", "put_rows", "vector_bytes"]
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 # The state row that tells the insert triggers this transaction counts its own insertions.
 _BULK = "counted_by_writer"
-_BYTES_IN = """
+# The SQL interpolated below is only the constant expression of an entry's bytes.
+_BYTES_IN = f"""
 CREATE TRIGGER IF NOT EXISTS entries_bytes_in BEFORE INSERT ON entries
     WHEN (SELECT value FROM state WHERE name = 'counted_by_writer') IS NULL BEGIN
-    UPDATE state SET value = value + 4 * NEW.dim
-        - COALESCE((SELECT 4 * dim FROM entries WHERE k = NEW.k), 0)
+    UPDATE state SET value = value + {SQL_ENTRY_BYTES.format(r="NEW")}
+        - COALESCE((SELECT {SQL_ENTRY_BYTES.format(r="e")} FROM entries AS e
+                    WHERE e.k = NEW.k), 0)
     WHERE name = 'vector_bytes';
 END;
-"""
+"""  # noqa: S608
 _GROUPS_IN = """
 CREATE TRIGGER IF NOT EXISTS entries_groups_in BEFORE INSERT ON entries
     WHEN (SELECT value FROM state WHERE name = 'counted_by_writer') IS NULL BEGIN
@@ -62,13 +66,17 @@ CREATE TRIGGER IF NOT EXISTS entries_groups_in BEFORE INSERT ON entries
 END;
 """
 
-_VECTOR_BYTES = """
+_BYTES_OUT = f"""
 CREATE TRIGGER IF NOT EXISTS entries_bytes_out AFTER DELETE ON entries BEGIN
-    UPDATE state SET value = value - 4 * OLD.dim WHERE name = 'vector_bytes';
+    UPDATE state SET value = value - {SQL_ENTRY_BYTES.format(r="OLD")}
+    WHERE name = 'vector_bytes';
 END;
-INSERT OR IGNORE INTO state (name, value) SELECT 'vector_bytes', COALESCE(SUM(4 * dim), 0)
+"""  # noqa: S608
+_BYTES_TOTAL = f"""
+INSERT OR IGNORE INTO state (name, value)
+    SELECT 'vector_bytes', COALESCE(SUM({SQL_ENTRY_BYTES.format(r="entries")}), 0)
     FROM entries WHERE NOT EXISTS (SELECT 1 FROM state WHERE name = 'vector_bytes');
-"""
+"""  # noqa: S608
 
 _GROUPS = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -100,11 +108,20 @@ DROP TRIGGER IF EXISTS entries_bytes_in;
 DROP TRIGGER IF EXISTS entries_groups_in;
 """
 
+# A cache whose byte triggers count 4 bytes a dimension (versions before payloads): the
+# triggers above again, which count a payload's own bytes (no payload is stored yet there,
+# so the total stands).
+_PAYLOAD_BYTES = """
+DROP TRIGGER IF EXISTS entries_bytes_in;
+DROP TRIGGER IF EXISTS entries_bytes_out;
+"""
+
 # Each set, by the state row that says it is in place, in the order they are added.
 _SETS = (
-    ("vector_bytes", (_BYTES_IN, _VECTOR_BYTES)),
+    ("vector_bytes", (_BYTES_IN, _BYTES_OUT, _BYTES_TOTAL)),
     ("groups_kept", (_GROUPS, _GROUPS_IN)),
     ("bulk_counted", (_BULK_COUNTING, _BYTES_IN, _GROUPS_IN)),
+    ("payload_bytes", (_PAYLOAD_BYTES, _BYTES_IN, _BYTES_OUT)),
 )
 
 
@@ -146,8 +163,8 @@ def vector_bytes(db: sqlite3.Connection) -> int:
     if kept is not None and kept[0] is not None:
         return int(kept[0])
     # A read-only cache written before the total was kept: count.
-    rows = db.execute("SELECT dim, COUNT(*) FROM entries GROUP BY dim").fetchall()
-    return sum(count * 4 * dim for dim, count in rows)
+    query = f"SELECT COALESCE(SUM({SQL_ENTRY_BYTES.format(r='entries')}), 0) FROM entries"  # noqa: S608
+    return int(db.execute(query).fetchone()[0])
 
 
 def groups(db: sqlite3.Connection) -> list[tuple[int, int, int, int]]:
@@ -169,20 +186,21 @@ _INSERT = f"INSERT OR {{}} INTO entries ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)" 
 def put_rows(
     split: NDArray[np.int64],
     seg: int,
-    start: int,
+    start: int | NDArray[np.int64],
     dim: int,
     millitokens: NDArray[np.int64],
     checksums: NDArray[np.int64],
 ) -> NDArray[np.int64]:
     """The index rows (every column but ``created_us`` and ``fp``) of keys ``split`` stored
-    as rows ``start...`` of ``seg``: in key order (SQLite's inserts then walk its B-trees'
-    pages in order), and of a key given twice only the later row, as a REPLACE would keep."""
+    as rows ``start...`` of ``seg`` (or, for payloads in a heap, with ``start`` the ``row``
+    column of each): in key order (SQLite's inserts then walk its B-trees' pages in order),
+    and of a key given twice only the later row, as a REPLACE would keep."""
     order = np.argsort(split[:, 0], kind="stable")
     high = split[order, 0]
     order = order[np.append(high[1:] != high[:-1], True)]  # stable: the last of each key
     rows = np.empty((len(order), len(COLUMNS.split(","))), dtype=np.int64)
     rows[:, [K, LO]] = split[order]
-    rows[:, ROW] = start + order
+    rows[:, ROW] = start + order if isinstance(start, int) else start[order]
     rows[:, MILLITOKENS] = millitokens[order]
     rows[:, CHECKSUM] = checksums[order]
     rows[:, [SEG, DIM]] = (seg, dim)
@@ -201,6 +219,7 @@ def add_entries(db: sqlite3.Connection, rows: NDArray[np.int64], created_us: int
         return
     rows[:, [CREATED_US, FP]] = (created_us, fp)
     dim = int(rows[0, DIM])
+    added_bytes = payload_bytes(rows[:, DIM], rows[:, ROW])
     listed = rows.tolist()  # one call for every Python int, fewer objects than tuples
     db.execute("INSERT OR REPLACE INTO state (name, value) VALUES (?, 1)", (_BULK,))
     # OR IGNORE: a put of new keys (nearly every put) needs no lookup of what was there.
@@ -210,13 +229,14 @@ def add_entries(db: sqlite3.Connection, rows: NDArray[np.int64], created_us: int
         # Some keys were stored already: take their rows off their own totals, then replace.
         old = _stored_before(db, rows)
         for (old_fp, old_dim), group in groupby(sorted(old), key=lambda row: row[:2]):
-            milli = [row[2] for row in group]
+            taken = list(group)
+            milli = [row[2] for row in taken]
             db.execute(
                 "UPDATE groups SET entries = entries - ?, millitokens = millitokens - ? "
                 "WHERE fp = ? AND dim = ?",
                 (len(milli), sum(milli), old_fp, old_dim),
             )
-            freed += 4 * old_dim * len(milli)
+            freed += sum(entry_bytes(old_dim, row[4]) for row in taken)
         at = np.searchsorted(rows[:, K], [row[3] for row in old])
         db.executemany(_INSERT.format("REPLACE"), [listed[i] for i in at.tolist()])
     db.execute(
@@ -227,13 +247,13 @@ def add_entries(db: sqlite3.Connection, rows: NDArray[np.int64], created_us: int
     )
     db.execute(
         "UPDATE state SET value = value + ? WHERE name = 'vector_bytes'",
-        (4 * dim * len(rows) - freed,),
+        (added_bytes - freed,),
     )
     db.execute("DELETE FROM state WHERE name = ?", (_BULK,))
 
 
 def _stored_before(db: sqlite3.Connection, rows: NDArray[np.int64]) -> list[tuple[int, ...]]:
-    """``(fp, dim, millitokens, k)`` of the rows stored under the keys of ``rows`` that are
+    """``(fp, dim, millitokens, k, row)`` of the rows stored under the keys of ``rows`` that are
     not ``rows`` themselves: those are all in one segment, past the rows it had before."""
     seg, first, last = int(rows[0, SEG]), int(rows[:, ROW].min()), int(rows[:, ROW].max())
     keys = rows[:, K].tolist()
@@ -241,7 +261,7 @@ def _stored_before(db: sqlite3.Connection, rows: NDArray[np.int64]) -> list[tupl
     for start in range(0, len(keys), _CHUNK):
         part = keys[start : start + _CHUNK]
         found += db.execute(
-            "SELECT fp, dim, millitokens, k FROM entries WHERE k IN "  # noqa: S608
+            "SELECT fp, dim, millitokens, k, row FROM entries WHERE k IN "  # noqa: S608
             f"({','.join('?' * len(part))}) AND NOT (seg = ? AND row BETWEEN ? AND ?)",
             (*part, seg, first, last),
         ).fetchall()

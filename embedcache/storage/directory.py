@@ -17,21 +17,27 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import cast
 
 from ..errors import CacheError, CacheFormatError
 
-__all__ = ["check_or_create_marker", "restrict_permissions"]
+__all__ = ["check_or_create_marker", "raise_marker", "restrict_permissions"]
 
 # Filesystems without hard links (some network and FUSE mounts) answer os.link with these:
 # there the marker is renamed into place, which lets the last of racing creators win.
 _NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
-def check_or_create_marker(directory: Path, name: str, expected: dict[str, int]) -> None:
-    """Check the directory's versions; create it and its marker when new.
+def check_or_create_marker(
+    directory: Path, name: str, expected: dict[str, int], readable: dict[str, range] | None = None
+) -> dict[str, int]:
+    """Check the directory's versions; create it and its marker when new. Returns the
+    versions the marker holds.
 
     :param name: the marker's file name in ``directory``.
-    :param expected: the versions the marker must hold (and a new one is written with).
+    :param expected: the versions a new marker is written with, and the marker must hold...
+    :param readable: ...unless a version is in the range given for it here (a format this
+        version reads too, such as one a later write raises the marker to).
     :raises CacheFormatError: the marker holds other versions, or is missing from a directory
         that is not empty.
     :raises CacheError: the directory cannot be read or created.
@@ -47,12 +53,49 @@ def check_or_create_marker(directory: Path, name: str, expected: dict[str, int])
     except OSError as exc:
         raise CacheError(f"cannot prepare cache at {directory}: {exc}") from exc
     versions = {key: found.get(key) for key in expected}
-    if versions != expected:
+    accepted = readable or {}
+    if all(
+        versions[key] == value or versions[key] in accepted.get(key, ())
+        for key, value in expected.items()
+    ):
+        return cast("dict[str, int]", versions)
+    newer = [
+        key for key, value in versions.items()
+        if isinstance(value, int) and value > max(expected[key], *accepted.get(key, [0]))
+    ]  # fmt: skip
+    if newer:
         raise CacheFormatError(
-            f"cache at {directory} was written with {versions}, this "
-            f"embedcache uses {expected}: choose another cache directory or "
-            "delete this one"
+            f"cache at {directory} was written by a newer embedcache ({versions}; this one "
+            f"reads {expected}): upgrade embedcache, or choose "
+            "another cache directory"
         )
+    raise CacheFormatError(
+        f"cache at {directory} was written with {versions}, this "
+        f"embedcache uses {expected}: choose another cache directory or "
+        "delete this one"
+    )
+
+
+def raise_marker(directory: Path, name: str, versions: dict[str, int]) -> None:
+    """Rewrite the marker with ``versions`` (whole, under a temporary name renamed into
+    place), before anything only those versions can read is written: older versions then
+    refuse the directory with their message instead of misreading it.
+
+    :raises CacheError: it cannot be written.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(versions) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, directory / name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise CacheError(f"cannot update {directory / name}: {exc}") from exc
 
 
 def _read(marker: Path) -> dict[str, object] | None:

@@ -12,6 +12,10 @@
 * A shared-tier (Redis) value is a 32-byte header (magic ``ECv1``, dimension, millitokens,
   fingerprint id, checksum) followed by the vector's bytes: the same bytes and the same
   checksum as a disk entry, so an entry moves between tiers without being re-encoded.
+  A payload's value (:mod:`~embedcache.storage.payloads`) has a 40-byte header (magic
+  ``ECp1``, kind code, width, rows, millitokens, fingerprint id, checksum) before its bytes;
+  under the same names, so every walk of the namespace sees both, and a read of vectors
+  takes a payload's value for a damaged one (never asked: its key means other settings).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import xxhash
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
+from . import payloads
+from .payloads import KINDS, Payload, describe
 
 __all__ = [
     "check_entry",
@@ -49,6 +55,9 @@ __all__ = [
 
 _HEADER = struct.Struct("<4sIqQQ")  # magic, dim, millitokens, fingerprint id, checksum
 _MAGIC = b"ECv1"
+# magic, kind code, width, rows, millitokens, fingerprint id, checksum
+_PAYLOAD_HEADER = struct.Struct("<4sIIIqQQ")
+_PAYLOAD_MAGIC = b"ECp1"
 
 log = logging.getLogger("embedcache")
 
@@ -65,14 +74,15 @@ def join_keys(split: NDArray[np.int64]) -> list[bytes]:
     return [raw[i : i + 16] for i in range(0, len(raw), 16)]
 
 
-def entry_bytes(dim: int) -> int:
-    """Bytes an entry of ``dim`` dimensions counts for, against a store's size limit and in
-    ``embedcache prune --max-size`` alike: its vector's, 4 per dimension.
+def entry_bytes(dim: int, row: int = 0) -> int:
+    """Bytes an entry counts for, against a store's size limit and in ``embedcache prune
+    --max-size`` alike: a vector of ``dim`` dimensions 4 per dimension; a payload (``dim``
+    and ``row`` as its index row holds them, :mod:`~embedcache.storage.payloads`) its own.
 
     Its index row and snapshot columns (a few hundred bytes more on disk, with SQLite's pages
     and log) are not counted: a limit bounds the vectors, which it can count exactly.
     """
-    return 4 * dim
+    return payloads.entry_bytes(dim, row)
 
 
 def signed(value: int) -> int:
@@ -130,8 +140,16 @@ def npy_header(shape: tuple[int, ...], descr: str, size: int | None = None) -> b
     return header[:8] + struct.pack("<H", len(body)) + body
 
 
-def encode_entry(vector: NDArray[np.float32], tokens: float, fp_id: int) -> bytes:
-    """The value stored for one vector."""
+def encode_entry(vector: Payload, tokens: float, fp_id: int) -> bytes:
+    """The value stored for one vector, or one payload."""
+    if not payloads.is_vector(vector):
+        data = payloads.check_payload(vector)
+        dim, rows = describe(data)
+        header = _PAYLOAD_HEADER.pack(
+            _PAYLOAD_MAGIC, (-dim) >> 32, data.shape[-1], rows, round(tokens * 1000), fp_id,
+            unsigned(vector_checksum(data)),
+        )  # fmt: skip
+        return header + data.tobytes()
     data = np.ascontiguousarray(vector, dtype="<f4")
     checksum = unsigned(vector_checksum(data))
     header = _HEADER.pack(_MAGIC, len(data), round(tokens * 1000), fp_id, checksum)
@@ -142,13 +160,18 @@ def decode_entry(value: bytes | None, dim: int | None) -> tuple[NDArray[np.float
     """The vector and tokens of a stored value, or ``None`` when it is absent, of another
     dimension, or damaged (see :func:`check_entry`)."""
     entry = check_entry(value) if value is not None else None
-    if entry is None or isinstance(entry, str) or (dim is not None and len(entry[0]) != dim):
+    if entry is None or isinstance(entry, str) or not payloads.is_vector(entry[0]):
+        return None
+    if dim is not None and len(entry[0]) != dim:
         return None
     return entry[0], entry[1]
 
 
-def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
-    """The vector, tokens and fingerprint id of a stored value, or why it is damaged."""
+def check_entry(value: bytes) -> tuple[Payload, float, int] | str:
+    """The vector (or payload), tokens and fingerprint id of a stored value, or why it is
+    damaged."""
+    if value[:4] == _PAYLOAD_MAGIC:
+        return _check_payload(value)
     if len(value) < _HEADER.size:
         return f"{len(value)} bytes, shorter than the {_HEADER.size}-byte header"
     magic, size, millitokens, fp_id, checksum = _HEADER.unpack_from(value)
@@ -160,6 +183,24 @@ def check_entry(value: bytes) -> tuple[NDArray[np.float32], float, int] | str:
     if unsigned(vector_checksum(vector)) != checksum:
         return "entry checksum mismatch"
     return vector.astype(np.float32, copy=False), millitokens / 1000.0, fp_id
+
+
+def _check_payload(value: bytes) -> tuple[Payload, float, int] | str:
+    """:func:`check_entry` of a payload's value."""
+    if len(value) < _PAYLOAD_HEADER.size:
+        return f"{len(value)} bytes, shorter than the {_PAYLOAD_HEADER.size}-byte header"
+    _, code, width, rows, millitokens, fp_id, checksum = _PAYLOAD_HEADER.unpack_from(value)
+    if code not in KINDS:
+        return f"unknown entry kind {code}"
+    dtype, ndim, _ = KINDS[code]
+    shape = (width,) if ndim == 1 else (rows, width)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if len(value) != _PAYLOAD_HEADER.size + size:
+        return f"{len(value) - _PAYLOAD_HEADER.size} bytes of payload, header says {size}"
+    data = np.frombuffer(value, dtype=dtype, offset=_PAYLOAD_HEADER.size).reshape(shape)
+    if unsigned(vector_checksum(data)) != checksum:
+        return "entry checksum mismatch"
+    return data.astype(dtype.newbyteorder("="), copy=False), millitokens / 1000.0, fp_id
 
 
 def first_dim(values: Sequence[bytes | None]) -> int | None:

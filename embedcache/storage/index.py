@@ -15,7 +15,6 @@ import functools
 import os
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -25,14 +24,17 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from . import counts
 from .counts import keep_counts
-from .databases import BUSY_SECONDS, cache_errors, open_wal
+from .databases import cache_errors, connect_index
 from .fingerprints import keep_fingerprints, read_fingerprints, record_fingerprint
 from .formats import entry_bytes
+from .payloads import HEAP_DIM, SQL_ENTRY_BYTES
 from .rows import COLUMNS, CREATED_US, LO, READ_COLUMNS, K
 from .snapshot import WIDTH, RebuildGuard, View, join, take_snapshot
 from .tuning import Tuning, default_tuning
 
 __all__ = ["Index"]
+
+_connect = connect_index  # one name for every connection this module opens (tests trace it)
 
 _CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 _SCHEMA = """
@@ -50,29 +52,6 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER);
 _VIEW_STATE = (
     "SELECT (SELECT value FROM state WHERE name = 'index_snapshot'), (SELECT MAX(id) FROM removed)"
 )
-# SQLite's page cache per connection (KiB; a store opens two on index.db): random keys fill
-# a cache to its bound (at 64 MiB a connection a 2M-entry fill held 127 MiB). The interior
-# pages a lookup walks (under 2 MiB at 10M entries) fit; a leaf read past the bound comes
-# from the OS's file cache (about 0.6 us more per key looked up in SQL at 1M entries).
-_PAGE_CACHE_KIB = 16384
-
-
-def _connect(path: Path, read_only: bool, schema: str | None = None) -> sqlite3.Connection:
-    """A connection to ``index.db``; with ``schema``, the one that creates it (and the WAL)
-    when new, safely against other processes doing the same (:func:`open_wal`)."""
-    if read_only:
-        # On a read-only directory SQLite cannot create the WAL's shared-memory file;
-        # "immutable" reads the database as it stands, without locks.
-        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1"
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    elif schema is not None:
-        db = open_wal(path, schema)
-    else:
-        db = sqlite3.connect(
-            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
-        )
-    db.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
-    return db
 
 
 class Index:
@@ -375,7 +354,7 @@ class Index:
         self,
         split: NDArray[np.int64],
         seg: int,
-        start: int,
+        start: int | NDArray[np.int64],
         dim: int,
         millitokens: NDArray[np.int64],
         checksums: NDArray[np.int64],
@@ -383,7 +362,8 @@ class Index:
         fp: int,
     ) -> None:
         """Add or replace the entries of keys ``split`` stored as rows ``start...`` of ``seg``
-        (of a key given twice, the later row), counted in the totals once for the put."""
+        (a heap's: ``start`` their row columns; of a key given twice, the later row),
+        counted in the totals once for the put."""
         counts.add_entries(
             self._db,
             counts.put_rows(split, seg, start, dim, millitokens, checksums),
@@ -411,11 +391,13 @@ class Index:
         if used <= limit:
             return 0
         doomed = []
-        for k, dim in self._db.execute("SELECT k, dim FROM entries ORDER BY created_us, k"):
+        for k, dim, row in self._db.execute(
+            "SELECT k, dim, row FROM entries ORDER BY created_us, k"
+        ):
             if used <= limit:
                 break
             doomed.append((k,))
-            used -= entry_bytes(dim)
+            used -= entry_bytes(dim, row)
         self._db.executemany("DELETE FROM entries WHERE k = ?", doomed)
         # Not counted in ``removals``: an evicted entry is still a right answer, and a full
         # cache evicts on every fill, so readers would forget what they hold every second.
@@ -475,15 +457,20 @@ class Index:
         self._db.execute("UPDATE segments SET rows = ? WHERE id = ?", (rows, seg))
 
     def segment_usage(self) -> list[tuple[int, int, int, int]]:
-        """``(id, dim, rows, live rows)`` of every segment. A pass over the ``entries_seg``
-        index (seconds at 10M entries), on a connection of its own and without the write
-        lock: nobody waits for it."""
+        """``(id, dim, rows, live rows)`` of every segment (of a heap: bytes, live bytes).
+        A pass over the ``entries_seg`` index (seconds at 10M entries), on a connection of
+        its own and without the write lock: nobody waits for it."""
         db = _connect(self.directory / "index.db", self.read_only)
         try:
             with self._errors("read"):
                 db.execute("BEGIN")
                 segments = db.execute("SELECT id, dim, rows FROM segments").fetchall()
                 live = dict(db.execute("SELECT seg, COUNT(*) FROM entries GROUP BY seg"))
+                heaps = ",".join(str(int(seg)) for seg, dim, _ in segments if dim == HEAP_DIM)
+                live.update(db.execute(
+                    f"SELECT seg, SUM({SQL_ENTRY_BYTES.format(r='entries')}) FROM entries "  # noqa: S608
+                    f"WHERE seg IN ({heaps}) GROUP BY seg"
+                ) if heaps else ())  # fmt: skip
                 db.execute("COMMIT")
         finally:
             db.close()

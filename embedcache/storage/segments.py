@@ -1,7 +1,10 @@
-"""The segment files of a cache directory: fixed-size float32 rows, appended and never moved.
+"""The segment files of a cache directory: fixed-size float32 rows, and heaps of payloads'
+bytes, appended and never moved.
 
 Row ``r`` of a segment of dimension ``d`` is ``d`` little-endian float32 values at byte offset
-``r * d * 4`` of ``segments/<id>.f32``. Which rows are live, and how many a file holds, is
+``r * d * 4`` of ``segments/<id>.f32``. A heap, ``segments/<id>.heap``, holds payloads (see
+:mod:`~embedcache.storage.payloads`) one after another, each at the offset its index row
+records. Which rows are live, and how many a file holds, is
 recorded in the index (:mod:`embedcache.storage.index`); this module only reads and writes the
 files. The directory layout as a whole is described in :mod:`embedcache.storage.store`.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Segments", "fits"]
+__all__ = ["Segments", "fits", "heap_fits"]
 
 _SEGMENT_BYTES = 1 << 30
 # Up to this many rows, read them one by one; beyond, map the segment with its page
@@ -36,6 +39,12 @@ log = logging.getLogger("embedcache")
 def fits(rows: int, dim: int) -> bool:
     """Whether a segment of ``rows`` rows of dimension ``dim`` stays within the size cap."""
     return rows * dim * 4 <= _SEGMENT_BYTES
+
+
+def heap_fits(size: int) -> bool:
+    """Whether a heap of ``size`` bytes stays within the size cap (a first payload larger
+    than the cap gets a heap of its own all the same)."""
+    return size <= _SEGMENT_BYTES
 
 
 class Segments:
@@ -64,6 +73,31 @@ class Segments:
 
     def path(self, seg: int) -> Path:
         return self.directory / f"{seg}.f32"
+
+    def heap_path(self, seg: int) -> Path:
+        return self.directory / f"{seg}.heap"
+
+    def write_heap(self, seg: int, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` of a heap file, creating it (in the index's write
+        transaction, before recording the entries)."""
+        path = self.heap_path(seg)
+        # Bytes past the recorded size are leftovers of a crashed writer: overwrite them.
+        with open(path, "r+b" if path.exists() else "wb") as handle:
+            os.chmod(path, 0o600)
+            handle.seek(offset)
+            handle.write(data)
+
+    def read_heap(self, seg: int, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes at each ``(offset, length)`` of a heap, one positioned read each.
+
+        :raises OSError, ValueError: the file cannot be read, or ends before a span.
+        """
+        fd = self._descriptor(seg, heap=True)
+        out = [os.pread(fd, length, offset) for offset, length in spans]
+        for (offset, length), data in zip(spans, out, strict=True):
+            if len(data) != length:
+                raise ValueError(f"bytes {offset}+{length} of heap {seg} are past its end")
+        return out
 
     def gather(
         self, segs: NDArray[np.int64], rows: NDArray[np.int64], present: NDArray[np.bool_], dim: int
@@ -124,11 +158,12 @@ class Segments:
         vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), dim)
         return vectors.astype(np.float32, copy=False)
 
-    def _descriptor(self, seg: int) -> int:
+    def _descriptor(self, seg: int, heap: bool = False) -> int:
         with self._lock:
             fd = self._fds.get(seg)
             if fd is None:
-                fd = self._fds[seg] = os.open(self.path(seg), os.O_RDONLY | os.O_CLOEXEC)
+                path = self.heap_path(seg) if heap else self.path(seg)
+                fd = self._fds[seg] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             return fd
 
     def mapped(self, seg: int, dim: int, need_row: int = -1) -> NDArray[np.float32]:
@@ -167,5 +202,6 @@ class Segments:
                 fd = self._fds.pop(seg, None)
                 if fd is not None:
                     os.close(fd)
-                with contextlib.suppress(OSError):
-                    self.path(seg).unlink()
+                for path in (self.path(seg), self.heap_path(seg)):
+                    with contextlib.suppress(OSError):
+                        path.unlink()

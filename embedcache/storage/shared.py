@@ -3,7 +3,8 @@
 A team, a CI fleet or several proxy replicas each keep their own disk cache and share this
 tier, so a text fetched by one is a hit for all. Keys are the disk store's keys; a value is
 a 32-byte header (magic, dimension, millitokens, fingerprint id, checksum) followed by the
-vector as raw little-endian float32, the same bytes and checks as a disk entry. Batches are
+vector as raw little-endian float32, the same bytes and checks as a disk entry (a payload of
+another kind, a 40-byte header and its bytes: :mod:`~embedcache.storage.formats`). Batches are
 read with pipelined ``MGET`` (a round trip per few megabytes of values, never one per text)
 and written with one pipeline. A Redis Cluster is named by its own URL scheme,
 ``redis+cluster://host:port[,host:port...]`` (:mod:`~embedcache.storage.redis_clients`):
@@ -45,14 +46,24 @@ from ..config import (
 )
 from ..errors import InvalidInputError, SharedCacheError
 from ..extras import requires
-from .entries import Found, KeyedVectors
-from .formats import decode_into, encode_entry, fingerprint_record, first_dim, value_size
+from .entries import Found, FoundPayloads, KeyedVectors
+from .formats import (
+    check_entry,
+    decode_into,
+    encode_entry,
+    fingerprint_record,
+    first_dim,
+    value_size,
+)
+from .payloads import PAYLOAD_VALUES, Payload
 from .redis_clients import Outage, check_url, connect, is_cluster_url
 from .store import FORMAT_VERSION
 
 __all__ = ["RedisStore", "Usage", "open_shared"]
 
 _MGET_CHUNK = 1000  # keys per MGET inside the pipeline: bounded replies
+# Payloads per round trip of read_payloads: tens of MB of multi-vector values at most.
+_PAYLOAD_TRIP_KEYS = 128
 # Values per round trip: a few MB, decoded before the next is asked for, so memory stays
 # bounded and the same memory is used again (fresh pages cost more than the copy on some
 # VMs); between these bounds of keys, so small vectors still come in few round trips.
@@ -246,6 +257,37 @@ class RedisStore:
             vectors = np.zeros((len(keys), dim or 0), dtype=np.float32)
         return Found(present, vectors, tokens)
 
+    def read_payloads(self, keys: Sequence[bytes], served: Served | None = None) -> FoundPayloads:
+        """Each key's entry, of whatever kind; like :meth:`Store.read_payloads`. A round trip
+        asks for :data:`_PAYLOAD_TRIP_KEYS` values (a multi-vector value runs to hundreds of
+        KB); each value is checked whole (:func:`check_entry`).
+
+        :param served: told of each round trip's intact values, with dimension
+            :data:`~embedcache.storage.payloads.PAYLOAD_VALUES` (they are of many kinds and sizes).
+        """
+        names = [self._name(key) for key in keys]
+        found: list[Payload | None] = [None] * len(keys)
+        tokens = np.zeros(len(keys), dtype=np.float64)
+        for start in range(0, len(names), _PAYLOAD_TRIP_KEYS):
+            stop = start + _PAYLOAD_TRIP_KEYS
+            values = self._call("read", functools.partial(self._mget, names[start:stop]), None)
+            if values is None:
+                break  # Redis went away: misses from here on
+            ok = np.zeros(len(values), dtype=bool)
+            for i, value in enumerate(values):
+                entry = check_entry(value) if value is not None else None
+                if entry is None or isinstance(entry, str):
+                    continue
+                ok[i] = True
+                found[start + i] = entry[0].copy()  # the caller's own, as from disk
+                tokens[start + i] = entry[1]
+            damaged = len(values) - int(ok.sum()) - values.count(None)
+            if damaged:
+                log.warning("ignoring %d damaged shared cache entries", damaged)
+            if served is not None and ok.any():
+                served(keys[start:stop], values, ok, PAYLOAD_VALUES)
+        return FoundPayloads(found, tokens)
+
     def _mget(self, names: list[bytes]) -> list[bytes | None]:
         if self.cluster:  # split by slot: one MGET per slot, a pipeline per node
             return cast("list[bytes | None]", self._client.mget_nonatomic(names))
@@ -255,7 +297,8 @@ class RedisStore:
         return [value for chunk in pipe.execute() for value in chunk]
 
     def put_many(self, fp: Fingerprint, entries: KeyedVectors) -> None:
-        """Write ``(key, vector, tokens)`` entries in one pipeline (skipped while down)."""
+        """Write ``(key, vector, tokens)`` entries in one pipeline (skipped while down); a
+        "vector" may be a payload of another kind (:meth:`Store.put_payloads`)."""
         if not entries:
             return
 

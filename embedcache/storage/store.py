@@ -2,7 +2,7 @@
 
 A cache directory holds::
 
-    embedcache.json     format and key versions it was written with
+    embedcache.json     format and key versions: the oldest embedcache that reads it all
     index.db            SQLite (WAL): one row per vector, the list of segment files, the
                         totals kept in each write (entries per settings, vector bytes, keys
                         removed since the snapshot: :mod:`~embedcache.storage.counts`),
@@ -12,6 +12,7 @@ A cache directory holds::
     snapshot-<n>.npy    the index's read columns sorted by key, for vectorized lookups
     snapshot.lock       empty; locked (``flock``) by the process taking a new snapshot
     segments/<id>.f32   vectors as raw little-endian float32, one fixed-size row each
+    segments/<id>.heap  payloads of other kinds, their bytes one after another (below)
     meta/               a diskcache with the small values (:mod:`~embedcache.storage.meta`):
                         lifetime counters, named settings (:meth:`Store.setting`), the size
                         limit, and a legacy copy of the fingerprints for older versions
@@ -41,6 +42,20 @@ sharing the directory wait a fraction of a second at most. Reads never write. No
 evicted unless a size limit is set; then the least recently *stored* entries go first. A
 limit counts the bytes of the vectors, :func:`~embedcache.storage.formats.entry_bytes` each,
 as ``embedcache prune --max-size`` does.
+
+Entries of two more kinds, *payloads*, are stored exactly (dtype, shape, bytes): **ragged**
+float32 (``n`` rows of one width: a multi-vector answer, one row per token) and **bytes**
+(1-D or 2-D int8/uint8: packed bits of the ``binary``/``ubinary`` types). A put appends a
+group's bytes to the open heap; the index row keeps its columns, read differently: ``row``
+is the byte offset and the row count (``offset << 24 | n``), ``dim`` a negative code of the
+kind and row width, the same for every entry of that kind and width (so the per-settings
+totals stay a few rows), ``checksum`` the xxh3-64 of its bytes
+(:mod:`~embedcache.storage.payloads`). No read of vectors of a dimension matches one, so
+today's read path and snapshot are unchanged; :meth:`Store.read_payloads` reads any kind.
+They count their own bytes against a size limit, are listed, checked, deleted, evicted and
+compacted (a heap's live bytes copied to a new heap) as vectors are. A directory is marked
+format 2 until its first payload is stored, then 3 (:data:`PAYLOAD_FORMAT_VERSION`): older
+versions keep using a cache of vectors, and refuse one holding payloads.
 
 Every transaction that deletes entries (:meth:`Store.delete_pages` and
 :meth:`Store.delete_many`, so ``prune`` and ``verify --repair``; :meth:`Store.clear`, even
@@ -79,13 +94,15 @@ from numpy.typing import NDArray
 from ..cache_keys import Fingerprint
 from ..config import KEY_VERSION, resolve_cache_dir
 from ..errors import CacheError, InvalidInputError
-from . import upkeep
+from . import heaps, upkeep
+from .bookkeeping import Bookkeeping
 from .claims import Claims, claims_for
-from .directory import check_or_create_marker, restrict_permissions
-from .entries import Found, KeyedVectors, Record, Stored
+from .directory import check_or_create_marker, raise_marker, restrict_permissions
+from .entries import Found, FoundPayloads, KeyedVectors, Record, Stored
 from .formats import entry_bytes, signed, split_keys, unsigned, vector_checksums
 from .index import Index
 from .meta import COUNTERS, Meta
+from .payloads import Payload, dimensions
 from .records import page_records, page_stored, read_record
 from .rows import DIM, LO, MILLITOKENS, ROW, SEG, K, verify
 from .segments import Segments, fits
@@ -99,7 +116,9 @@ __all__ = [
     "FORMAT_VERSION",
     "LOCK_PAUSE_SECONDS",
     "MARKER_NAME",
+    "PAYLOAD_FORMAT_VERSION",
     "Found",
+    "FoundPayloads",
     "KeyedVectors",
     "Record",
     "Store",
@@ -107,19 +126,23 @@ __all__ = [
     "entry_bytes",
 ]
 
+#: The format a new cache is marked with, and the shared tier's namespace says.
 FORMAT_VERSION = 2
+#: The format of a directory holding payloads (ragged or bytes entries): raised to by the
+#: first put of one, so versions before it refuse the directory, and until then keep using it.
+PAYLOAD_FORMAT_VERSION = 3
 MARKER_NAME = "embedcache.json"
 
 log = logging.getLogger("embedcache")
 
 
-class Store:
+class Store(Bookkeeping):
     """A directory of cached vectors; safe to share between threads and processes.
 
     :param directory: where the cache lives; default from ``EMBEDCACHE_DIR`` or the platform
         user cache directory. Created with mode 0700 when missing.
-    :param size_limit: bytes of vectors (4 per dimension, :func:`entry_bytes`) above which
-        the oldest stored entries are evicted.
+    :param size_limit: bytes of entries (a vector's 4 per dimension, a payload's own:
+        :func:`entry_bytes`) above which the oldest stored entries are evicted.
         ``None`` keeps the directory's setting (a new cache has no limit); ``0`` removes it.
     :param tuning: the sizes deleting, compacting and snapshots page by; ``None``:
         :func:`~embedcache.storage.tuning.default_tuning`, the measured ones.
@@ -145,7 +168,9 @@ class Store:
         self._known_fingerprints: set[int] = set()
         self._snapshot_due = False  # a put with defer_snapshot made one due
         versions = {"format_version": FORMAT_VERSION, "key_version": KEY_VERSION}
-        check_or_create_marker(self.directory, MARKER_NAME, versions)
+        readable = {"format_version": range(FORMAT_VERSION, PAYLOAD_FORMAT_VERSION + 1)}
+        marked = check_or_create_marker(self.directory, MARKER_NAME, versions, readable)
+        self._format = marked["format_version"]
         #: A directory we cannot write to (a read-only mount, a shared team cache) still
         #: serves its hits; storing, deleting and counting are refused or skipped.
         self.read_only = not os.access(self.directory, os.W_OK)
@@ -217,11 +242,6 @@ class Store:
         fetch, where POSIX locks are missing, and once the store is closed."""
         return self._claims
 
-    @property
-    def size_limit(self) -> int | None:
-        """Bytes of vectors above which entries are evicted; ``None``: never evicted."""
-        return self._meta.size_limit
-
     # Reading
 
     def read_many(self, keys: Sequence[bytes], dim: int | None = None) -> Found:
@@ -233,7 +253,8 @@ class Store:
         split = split_keys(keys) if keys else np.empty((0, 2), dtype=np.int64)
         matched, present, from_snapshot = self._index.find(split)
         if dim is None and present.any():
-            dim = int(matched[present][0, DIM])
+            dims = matched[present, DIM]
+            dim = int(dims[0]) if dims[0] > 0 else int(next(iter(dims[dims > 0]), 0))
         present &= matched[:, DIM] == (dim or 0)
         vectors = self._segments.gather(matched[:, SEG], matched[:, ROW], present, dim or 0)
         damaged = verify(matched, vectors, present)
@@ -302,7 +323,7 @@ class Store:
         # The index stores ids as SQLite's signed integers; everything above it (the
         # fingerprints() among them) knows them unsigned.
         return [
-            (unsigned(fp_id), dim, count, milli / 1000.0)
+            (unsigned(fp_id), dimensions(dim), count, milli / 1000.0)
             for fp_id, dim, count, milli in self._index.groups()
         ]
 
@@ -318,16 +339,41 @@ class Store:
     # Writing
 
     def put_many(self, fp: Fingerprint, entries: KeyedVectors) -> None:
-        """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction."""
+        """Write ``(key, vector, tokens)`` entries produced under ``fp`` in one transaction;
+        a "vector" may be a payload of another kind (:meth:`put_payloads`)."""
         by_dim: dict[int, list[tuple[bytes, NDArray[np.float32], float]]] = {}
+        others = []
         for entry in entries:
-            by_dim.setdefault(len(entry[1]), []).append(entry)
+            vector = entry[1]
+            if vector.ndim == 1 and vector.dtype == np.float32:
+                by_dim.setdefault(len(vector), []).append(entry)
+            else:
+                others.append(entry)
         groups = [
             ([key for key, _, _ in group], np.stack([v for _, v, _ in group]),
              [tokens for _, _, tokens in group])
             for group in by_dim.values()
         ]  # fmt: skip
-        self._put(fp, groups)
+        self._put(fp, groups, payloads=others)
+
+    def put_payloads(
+        self, fp: Fingerprint, keys: Sequence[bytes], payloads: Sequence[Payload],
+        tokens: Sequence[float],
+    ) -> None:  # fmt: skip
+        """Write entries of any kind produced under ``fp`` in one transaction, stored exactly
+        (dtype, shape, bytes): a 2-D float32 array (a multi-vector answer: rows of one
+        width), a 1-D or 2-D int8/uint8 array (packed bits), or a float32 vector.
+
+        :raises InvalidInputError: an array of another dtype or shape, or an empty one.
+        """
+        self.put_many(fp, list(zip(keys, payloads, tokens, strict=True)))
+
+    def read_payloads(self, keys: Sequence[bytes]) -> FoundPayloads:
+        """Each key's entry, of whatever kind, as :meth:`put_payloads` took it (a writable
+        array of its own), with its tokens; absent or damaged ones are ``None``."""
+        split = split_keys(keys) if keys else np.empty((0, 2), dtype=np.int64)
+        found, tokens = heaps.read_payloads(self._index, self._segments, split)
+        return FoundPayloads(found, tokens)
 
     def put_matrix(
         self,
@@ -360,10 +406,15 @@ class Store:
         fp: Fingerprint,
         groups: list[tuple[list[bytes], NDArray[np.float32], list[float]]],
         defer_snapshot: bool = False,
+        payloads: KeyedVectors = (),
     ) -> None:
-        """Write groups of same-dimension vectors in one transaction."""
+        """Write groups of same-dimension vectors, and payloads, in one transaction."""
         if self.read_only:
             raise CacheError(f"cache at {self.directory} is read-only: cannot store new vectors")
+        if payloads and self._format < PAYLOAD_FORMAT_VERSION:
+            versions = {"format_version": PAYLOAD_FORMAT_VERSION, "key_version": KEY_VERSION}
+            raise_marker(self.directory, MARKER_NAME, versions)
+            self._format = PAYLOAD_FORMAT_VERSION
         now_us = int(time.time() * 1e6)
         fp_id = signed(fp.id)
         new_meaning = fp.id not in self._known_fingerprints
@@ -381,8 +432,10 @@ class Store:
                     split_keys(keys), seg, start, dim, millitokens.astype(np.int64),
                     vector_checksums(matrix), now_us, fp_id,
                 )  # fmt: skip
+            stored = heaps.put_payloads(self._index, self._segments, payloads, now_us, fp_id)
             evicted = self._index.evict(self.size_limit)
-            due = self._index.note_changes(sum(len(keys) for keys, _, _ in groups) + evicted)
+            stored += sum(len(keys) for keys, _, _ in groups)
+            due = self._index.note_changes(stored + evicted)
         if new_meaning:
             self._copy_fingerprint(fp)
         if due and defer_snapshot:
@@ -396,16 +449,6 @@ class Store:
             self._index.refresh_snapshot()
         except CacheError as exc:  # the entries are stored; reads use SQL meanwhile
             log.warning("%s", exc)
-
-    def _copy_fingerprint(self, fp: Fingerprint) -> None:
-        """Keep ``fp`` in ``meta/`` too, after its entries' commit, for older versions sharing
-        the directory, which read nothing else (see :mod:`~embedcache.storage.meta`)."""
-        try:
-            self._meta.record_fingerprint(fp)
-        except CacheError as exc:  # the entries and what they mean are stored: say, go on
-            log.warning("%s", exc)
-        else:
-            self._known_fingerprints.add(fp.id)
 
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete entries, ``tuning.delete_page`` keys (:data:`DELETE_PAGE`) per transaction;
@@ -454,47 +497,3 @@ class Store:
         self._segments.write(seg, dim, start, matrix)
         self._index.set_segment_rows(seg, start + len(matrix))
         return seg, start
-
-    # Metadata
-
-    def removals(self) -> int:
-        """A number that changes whenever any process removes entries from this directory
-        (``clear``, ``prune``, ``verify --repair``, a delete): cheap enough to poll every
-        second, so a long-lived reader (the proxy) can drop what it holds in memory.
-
-        It is the ``removals`` row of ``index.db``'s ``state`` table, counted in the very
-        transaction that deletes (see the module's description), so once a deletion is
-        visible to this store's reads the number has changed too. Neither eviction under a
-        size limit nor :meth:`compact` (which moves entries, never drops one) changes it.
-        A single-row read (a few microseconds); 0 for a cache no process ever deleted from.
-
-        :raises CacheError: the index cannot be read.
-        """
-        return self._index.removals()
-
-    def add_counters(self, deltas: dict[str, int]) -> None:
-        """Add to the lifetime counters in one transaction; a read-only cache skips it
-        (lifetime counters are bookkeeping, not worth failing a read)."""
-        self._meta.add_counters(deltas)
-
-    def counters(self) -> dict[str, int]:
-        """The lifetime counters, every one of :data:`COUNTERS` present."""
-        return self._meta.counters()
-
-    def setting(self, name: str) -> str | None:
-        """A value recorded by :meth:`set_setting` in this directory, by any process;
-        ``None`` when none was (or the cache is read-only, so it has no metadata)."""
-        return self._meta.setting(name)
-
-    def set_setting(self, name: str, value: str) -> None:
-        """Record a small named value for every process using this directory (the proxy's
-        workers share what they learn about the upstream this way); a read-only cache
-        skips it, as it skips counters."""
-        self._meta.set_setting(name, value)
-
-    def fingerprints(self) -> dict[int, Fingerprint]:
-        """What each fingerprint id of the entries means (the request settings, as
-        :meth:`put_many` takes them), by id: those recorded in ``index.db`` (a read-only
-        cache's too) and, for entries older versions stored, in ``meta/``. A record whose
-        JSON does not hash to its id is left out; an id missing here shows as model "?"."""
-        return {**self._meta.legacy_fingerprints(), **self._index.fingerprints()}

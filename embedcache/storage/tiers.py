@@ -1,6 +1,7 @@
 """Where the embedder looks for a vector, nearest first: local disk, then shared Redis.
 
-A vector found in Redis is written back to local disk, so the next read is local: off the
+Entries of any kind (:meth:`Tiers.read_payloads`, :meth:`Tiers.put_payloads`) go the
+same way. A vector found in Redis is written back to local disk, so the next read is local: off the
 read path, by :class:`~embedcache.storage.writeback.WriteBack`, finished by :meth:`Tiers.close`
 (and at exit); a presence check (a prewarm) waits for its copy. A vector fetched from the API
 goes to both. The shared tier is optional.
@@ -14,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
-from .entries import Found, KeyedVectors
+from .entries import Found, FoundPayloads, KeyedVectors
+from .payloads import Payload
 from .shared import RedisStore
 from .store import Store
 from .writeback import WriteBack
@@ -73,6 +75,53 @@ class Tiers:
             pulled = self._pull_absent(fp, [keys[i] for i in absent.tolist()], dim, wait=True)
             present[absent[pulled.present]] = True
         return present
+
+    def read_payloads(
+        self, fp: Fingerprint, keys: list[bytes], *, shared: bool = True
+    ) -> FoundPayloads:
+        """Every key's entry, of whatever kind, from the nearest tier that has it
+        (:meth:`Store.read_payloads`); what Redis serves is copied to local disk as a
+        vector's is.
+
+        :param shared: also ask the shared tier for what is not local.
+        """
+        found = self.store.read_payloads(keys)
+        absent = [i for i, payload in enumerate(found.payloads) if payload is None]
+        if not shared or self.shared is None or not absent:
+            return found
+        wanted = [keys[i] for i in absent]
+        if self._writeback is None:
+            pulled = self.shared.read_payloads(wanted)
+        else:
+            served = functools.partial(self._writeback.offer, fp, read_entries=len(wanted))
+            with self._writeback.reading():
+                pulled = self.shared.read_payloads(wanted, served=served)
+        for i, payload, tokens in zip(absent, pulled.payloads, pulled.tokens, strict=True):
+            if payload is not None:
+                found.payloads[i] = payload
+                found.tokens[i] = tokens
+        return found
+
+    def contains_payloads(self, fp: Fingerprint, keys: list[bytes]) -> NDArray[np.bool_]:
+        """Whether each key has an entry of any kind locally or in the shared tier (whose
+        entries are copied down first, as :meth:`contains` does)."""
+        present = np.array(self.store.contains_many(keys), dtype=bool)
+        if self.shared is not None and not present.all():
+            absent = np.flatnonzero(~present)
+            pulled = self.read_payloads(fp, [keys[i] for i in absent.tolist()])
+            if self._writeback is not None:
+                self._writeback.flush()
+            present[absent[pulled.present]] = True
+        return present
+
+    def put_payloads(
+        self, fp: Fingerprint, keys: list[bytes], payloads: list[Payload], tokens: list[float]
+    ) -> None:
+        """Store fetched entries of any kind locally (errors propagate), then in the shared
+        tier (:meth:`Store.put_payloads`)."""
+        self.store.put_payloads(fp, keys, payloads, tokens)
+        if self.shared is not None:
+            self.shared.put_many(fp, list(zip(keys, payloads, tokens, strict=True)))
 
     def put(self, fp: Fingerprint, entries: KeyedVectors) -> None:
         """Store fetched vectors locally (errors propagate), then in the shared tier."""

@@ -21,8 +21,10 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from . import heaps, payloads
 from .formats import split_keys
 from .index import Index
+from .payloads import HEAP_DIM
 from .segments import Segments
 
 __all__ = [
@@ -47,6 +49,9 @@ LOCK_PAUSE_SECONDS = 0.11
 #: Bytes of vectors a compaction transaction moves at most (what it holds in memory).
 COMPACT_BYTES = 16 << 20
 _FIRST = 1024  # rows of a job's first transaction, before it knows the rate
+# Payloads a compaction transaction moves at most: a multi-vector entry of a few hundred
+# tokens is a few hundred KB (and one of thousands, megabytes).
+_HEAP_ROWS = 64
 _FEWEST = 32
 
 #: ``append(dim, matrix, avoid)``: write rows at the end of a segment not in ``avoid``
@@ -120,15 +125,20 @@ def compact(
     meanwhile; a new snapshot is taken before the old segments are dropped, in the
     transaction that finds none of their rows left, and their files deleted after it.
     """
-    doomed: dict[int, int] = {}  # segment -> dimension
+    doomed: dict[int, int] = {}  # segment -> dimension (HEAP_DIM: a heap)
     freed = 0
     for seg, dim, held, live in index.segment_usage():
         if held and (held - live) / held >= min_dead_fraction:
             doomed[seg] = dim
-            freed += (held - live) * dim * 4
+            # A heap's held and live are bytes already.
+            freed += (held - live) * (dim * 4 if dim != HEAP_DIM else 1)
     if not doomed:
         return 0
-    budget = Budget(min(most, COMPACT_BYTES // (4 * max(doomed.values()))))
+    widest = max([*doomed.values(), 1])
+    most = min(most, COMPACT_BYTES // (4 * widest))
+    if HEAP_DIM in doomed.values():  # payloads run to megabytes: hold few at a time
+        most = min(most, _HEAP_ROWS)
+    budget = Budget(most)
     segs, after, walked = list(doomed), -(1 << 63), False
     rows: list[tuple[int, ...]]
     for _ in paced(itertools.count()):
@@ -163,32 +173,32 @@ def compact(
 
 
 def _rows_after(index: Index, segs: list[int], after: int, limit: int) -> list[tuple[int, ...]]:
-    """``(k, seg, row)`` of at most ``limit`` entries stored in ``segs`` with keys above
+    """``(k, seg, row, dim)`` of at most ``limit`` entries stored in ``segs`` with keys above
     ``after``, in key order (in a write transaction). Compaction walks the table this way:
     the rows it then moves sit together in the table, so a transaction rewrites a few pages
     of it, not one page per row as rows taken segment by segment would."""
     marks = ",".join("?" * len(segs))
     # "+seg": walk the table by key, never a sort of a segment's entries by key.
     return index.db.execute(
-        f"SELECT k, seg, row FROM entries WHERE k > ? AND +seg IN ({marks}) "  # noqa: S608
+        f"SELECT k, seg, row, dim FROM entries WHERE k > ? AND +seg IN ({marks}) "  # noqa: S608
         "ORDER BY k LIMIT ?",
         (after, *segs, limit),
     ).fetchall()
 
 
-def _rows_in(index: Index, seg: int, limit: int) -> list[tuple[int, int]]:
-    """``(k, row)`` of at most ``limit`` entries still stored in ``seg`` (any order): what
-    the walk missed (written there by others meanwhile). In a write transaction."""
+def _rows_in(index: Index, seg: int, limit: int) -> list[tuple[int, int, int]]:
+    """``(k, row, dim)`` of at most ``limit`` entries still stored in ``seg`` (any order):
+    what the walk missed (written there by others meanwhile). In a write transaction."""
     return index.db.execute(
-        "SELECT k, row FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
+        "SELECT k, row, dim FROM entries WHERE seg = ? LIMIT ?", (seg, limit)
     ).fetchall()
 
 
 def _stragglers(index: Index, segs: list[int], most: int) -> list[tuple[int, ...]]:
-    """``(k, seg, row)`` of at most ``most`` entries still in ``segs``."""
+    """``(k, seg, row, dim)`` of at most ``most`` entries still in ``segs``."""
     found: list[tuple[int, ...]] = []
     for seg in segs:
-        found += [(k, seg, row) for k, row in _rows_in(index, seg, most - len(found))]
+        found += [(k, seg, row, dim) for k, row, dim in _rows_in(index, seg, most - len(found))]
         if len(found) >= most:
             break
     return found
@@ -201,13 +211,15 @@ def _move(
     doomed: dict[int, int],
     rows: list[tuple[int, ...]],
 ) -> None:
-    """Copy ``(k, seg, row)`` rows of the ``doomed`` segments to the end of others and point
-    their entries there (in a write transaction), in the order given."""
+    """Copy ``(k, seg, row, dim)`` rows of the ``doomed`` segments to the end of others and
+    point their entries there (in a write transaction), in the order given."""
     if not rows:
         return
-    found = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    found = np.array(rows, dtype=np.int64).reshape(-1, 4)
     dims = np.array([doomed[int(seg)] for seg in found[:, 1]], dtype=np.int64)
-    for dim in np.unique(dims).tolist():
+    if (dims == HEAP_DIM).any():
+        _move_payloads(index, segments, doomed, found[dims == HEAP_DIM])
+    for dim in np.unique(dims[dims != HEAP_DIM]).tolist():
         mine = found[dims == dim]
         matrix = np.empty((len(mine), dim), dtype=np.float32)
         for seg in np.unique(mine[:, 1]).tolist():
@@ -217,3 +229,24 @@ def _move(
             matrix[at] = segments.read_rows(seg, dim, mine[at, 2])
         new, start = append(dim, matrix, doomed)
         index.move(mine[:, 0].tolist(), new, start)
+
+
+def _move_payloads(
+    index: Index, segments: Segments, doomed: Container[int], found: NDArray[np.int64]
+) -> None:
+    """Copy the payloads of ``(k, seg, row, dim)`` rows of doomed heaps to the end of another
+    heap, in one append, and point their entries there (in a write transaction)."""
+    data: list[bytes] = []
+    for _, seg, row, dim in found.tolist():
+        _, _, offset, nbytes = payloads.shape_of(dim, row)
+        data += segments.read_heap(seg, [(offset, nbytes)])
+    new, start = heaps.append_heap(index, segments, b"".join(data), doomed)
+    sizes = np.array([len(chunk) for chunk in data], dtype=np.int64)
+    offsets = (start + np.cumsum(sizes) - sizes).tolist()
+    index.db.executemany(
+        "UPDATE entries SET seg = ?, row = ? WHERE k = ?",
+        [
+            (new, payloads.relocated(row, at), k)
+            for at, (k, _, row, _) in zip(offsets, found.tolist(), strict=True)
+        ],
+    )

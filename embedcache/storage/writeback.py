@@ -3,7 +3,8 @@
 A read served from Redis returns as soon as its vectors are decoded; the values Redis sent
 (immutable bytes, so the caller may change its result) are queued here, and one thread per
 store writes them to the local store in bulk: the queued batches of one fingerprint and
-dimension together, sorted by key (SQLite inserts in key order cost half as much), up to
+dimension together (entries of other kinds, read by ``read_payloads``, together too),
+sorted by key (SQLite inserts in key order cost half as much), up to
 :data:`PUT_BYTES` per transaction (so other processes' writers wait a bounded time), and the
 index's snapshot retaken once, when the queue is drained, not after every transaction that
 makes one due (each rewrites every row: a copy into an empty cache wrote each row about nine
@@ -38,7 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
-from .formats import split_keys, value_records, value_size
+from .formats import check_entry, split_keys, value_records, value_size
+from .payloads import PAYLOAD_VALUES
 from .store import Store
 
 __all__ = ["PENDING_BYTES", "PUT_BYTES", "PUT_ROWS", "YIELD_SECONDS", "WriteBack"]
@@ -68,12 +70,14 @@ def _flush_all() -> None:
 @dataclass
 class _Batch:
     fp: Fingerprint
-    dim: int
+    dim: int  # PAYLOAD_VALUES: values of entries of any kind
     keys: list[bytes]
     values: list[bytes | None]  # only intact values: None never
 
     @property
     def nbytes(self) -> int:
+        if self.dim == PAYLOAD_VALUES:
+            return sum(len(value or b"") for value in self.values)
         return len(self.keys) * value_size(self.dim)
 
 
@@ -198,6 +202,14 @@ class WriteBack:
         fp, dim = batches[0].fp, batches[0].dim
         keys = [key for batch in batches for key in batch.keys]
         values = [value for batch in batches for value in batch.values]
+        if dim == PAYLOAD_VALUES:  # entries of any kind, checked when read: all intact
+            entries = [
+                (key, check_entry(value or b"")) for key, value in zip(keys, values, strict=True)
+            ]
+            self._store.put_many(
+                fp, [(key, e[0], e[1]) for key, e in entries if not isinstance(e, str)]
+            )
+            return
         scratch = self._scratch
         if scratch is None or scratch.dtype.itemsize != value_size(dim) or len(scratch) < len(keys):
             scratch = self._scratch = np.empty(len(keys), dtype=f"S{value_size(dim)}")
