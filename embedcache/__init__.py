@@ -21,6 +21,7 @@ from .errors import *  # noqa: F403  (the error classes are listed once, in erro
 # first use, so `import embedcache` and the CLI's --help stay quick.
 _LAZY = {
     "JinaEmbeddingFunction": "function",
+    "Media": "inputs",
     "RequestOptions": "models",
     "resolve_options": "models",
     "Stats": "embedding.counters",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from .embedding.embedder import Embedded as Embedded
     from .embedding.embedder import WarmReport as WarmReport
     from .function import JinaEmbeddingFunction
+    from .inputs import Media
     from .models import ModelSpec as ModelSpec
     from .models import RequestOptions, resolve_options
     from .storage.claims import Claimed as Claimed
@@ -106,6 +108,7 @@ def __dir__() -> list[str]:
 #: ``RequestOptions`` and returns an ``UpstreamResult``), and every error.
 __all__ = [
     "JinaEmbeddingFunction",
+    "Media",
     "RequestOptions",
     "Stats",
     "Upstream",

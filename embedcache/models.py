@@ -8,14 +8,11 @@ decides. Unknown model names pass through without task or dimension validation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .config import DEFAULT_TASK
 from .errors import InvalidInputError
+from .inputs import Media
 from .tokens import estimate_tokens
-
-if TYPE_CHECKING:
-    from .inputs import Media
 
 __all__ = [
     "MODELS",

@@ -24,6 +24,7 @@ from embedcache.testing import Fault, Gate, JinaEmulator, RecordedRequest
 from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY
+from .emulator_module import post_to_module
 
 V3 = "jina-embeddings-v3"
 PATH = "/v1/embeddings"
@@ -712,17 +713,9 @@ def test_url_before_start_is_an_error() -> None:
 
 
 def test_module_writes_the_float_style_it_is_given() -> None:
-    command = [sys.executable, "-m", "embedcache.testing", "--float-style", "float32"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
-            body = {"model": V3, "input": "a", "embedding_type": ["float", "base64"]}
-            embedding = client.post(url + PATH, json=body).json()["data"][0]["embedding"]
-        process.terminate()
-        process.communicate(timeout=10)
+    body = {"model": V3, "input": "a", "embedding_type": ["float", "base64"]}
+    answer = post_to_module(["--float-style", "float32"], body)
+    embedding = answer.json()["data"][0]["embedding"]
     assert embedding["float"] == [float(str(value)) for value in from_base64(embedding["base64"])]
 
 

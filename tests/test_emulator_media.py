@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ import pytest
 from embedcache.testing import Fetched, JinaEmulator, image_size, image_tokens, pdf, png
 from embedcache.tokens import estimate_tokens
 
-from .conftest import API_KEY
+from .emulator_module import post_to_module
 from .image_server import ImageServer
 
 PATH = "/v1/embeddings"
@@ -103,17 +101,8 @@ def test_remote_urls_are_left_opaque_unless_fetching_them_is_allowed(
 
 
 def test_the_module_fetches_remote_images_when_told_to() -> None:
-    command = [sys.executable, "-m", "embedcache.testing", "--fetch-remote-images"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
-            body = {"model": CLIP2, "input": [{"image": "https://images.invalid/a.png"}]}
-            answer = client.post(url + PATH, json=body)
-        process.terminate()
-        process.communicate(timeout=10)
+    body = {"model": CLIP2, "input": [{"image": "https://images.invalid/a.png"}]}
+    answer = post_to_module(["--fetch-remote-images"], body)
     assert "could not fetch" in refused(answer, 400)
 
 

@@ -14,6 +14,7 @@ def test_public_surface_is_pinned() -> None:
         "EmbedcacheError",
         "InvalidInputError",
         "JinaEmbeddingFunction",
+        "Media",
         "MissingDependencyError",
         "RateLimitError",
         "RequestOptions",
