@@ -17,6 +17,7 @@ from .limits import LimitEnforcer, RateLimits
 from .multivector import MULTI_VECTOR_PATH
 from .pdfs import PDF_MAGIC
 from .protocol import ApiError
+from .rerank import parse_rerank, rerank_scores
 from .response import request_multivectors, request_vectors
 from .server import EmulatorServer
 from .validation import EmbeddingRequest, parse_request
@@ -262,6 +263,24 @@ class JinaEmulator:
             body = {"input_type": input_type, "dimensions": dimensions}
         body["truncate"] = True
         return request_multivectors(_expected_request(content, model, body))[0]
+
+    def expected_scores(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str = "jina-reranker-v2-base-multilingual",
+    ) -> list[float]:
+        """Each document's ``relevance_score`` for ``query``, in document order, as
+        ``POST /v1/rerank`` gives it (:mod:`.rerank`).
+
+        :raises ValueError: what the request would be refused for.
+        """
+        try:
+            request = parse_rerank({"model": model, "query": query, "documents": documents})
+        except ApiError as error:
+            raise ValueError(error.detail) from None
+        return rerank_scores(request)
 
     def _record(self, entry: RecordedRequest) -> None:
         with self._log_lock:

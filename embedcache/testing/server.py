@@ -37,6 +37,7 @@ from .protocol import (
     new_request_id,
     validation_error,
 )
+from .rerank import RERANK_PATH, parse_rerank, rerank_payload
 from .response import embeddings_payload
 from .validation import count_inputs, parse_request
 
@@ -294,13 +295,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if self.command == "GET" and path == "/health":
             return _Answer(200, _dump({"status": "ok"}))
-        if self.command != "POST" or path not in (EMBEDDINGS_PATH, MULTI_VECTOR_PATH):
+        if self.command != "POST" or path not in (EMBEDDINGS_PATH, MULTI_VECTOR_PATH, RERANK_PATH):
             raise ApiError(404, RESOURCE_NOT_FOUND, "Not Found")
         failure = self._auth_failure()
         if failure is not None:
             raise failure
         if parsed is _INVALID:
             raise validation_error("body", "JSON decode error", "json_invalid")
+        if path == RERANK_PATH:
+            return self._rerank(parsed)
         request = parse_request(parsed, loader, path=path)
         # Rate limits come after auth and validation, so refused requests use no budget.
         admission = self._admit(request.tokens)
@@ -311,6 +314,17 @@ class _Handler(BaseHTTPRequestHandler):
             if admission is not None:
                 admission.release(refund=True)  # answered as an error: charged nothing
             raise
+        if admission is None:
+            return _Answer(200, body, tokens=request.tokens)
+        return _Answer(
+            200, body, tokens=request.tokens, headers=admission.headers, admission=admission
+        )
+
+    def _rerank(self, parsed: object) -> _Answer:
+        """``POST /v1/rerank`` (:mod:`.rerank`), under the same rate limits."""
+        request = parse_rerank(parsed)
+        admission = self._admit(request.tokens)
+        body = _dump(rerank_payload(request))
         if admission is None:
             return _Answer(200, body, tokens=request.tokens)
         return _Answer(

@@ -134,7 +134,7 @@ def count_inputs(body: object) -> int:
     """Number of input items in a (possibly invalid) body, 0 when it cannot be told."""
     if not isinstance(body, dict):
         return 0
-    value = body.get("input")
+    value = body.get("input", body.get("documents"))  # a rerank counts its documents
     if isinstance(value, list):
         return len(value)
     return 1 if isinstance(value, (str, dict)) else 0
