@@ -32,7 +32,7 @@ from .options import (
     price_option,
     request_options,
 )
-from .output import confirm, plural, yes_option
+from .output import confirm, describe_entry, plural, yes_option
 from .sources import SourceItem, within_limit
 from .units import dollars, format_bytes, format_time, money, parse_duration, parse_size
 
@@ -68,6 +68,12 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "entries": usage.entries, "bytes": usage.bytes}  # fmt: skip
     counters = summary.counters
     saved_usd = dollars(counters["tokens_saved"], price_per_million)
+    # A payload's group says its kind; a vector's stays as it was (kind "vector").
+    groups = sorted(
+        [((*name, "vector"), value) for name, value in summary.groups.items()]
+        + list(summary.payload_groups.items()),
+        key=str,
+    )
     if as_json:
         echo_json(
             {
@@ -83,8 +89,9 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                         "upstream": u,
                         "entries": int(n),
                         "tokens": tok,
+                        **({"kind": kind} if kind != "vector" else {}),
                     }
-                    for (m, t, d, u), (n, tok) in sorted(summary.groups.items(), key=str)
+                    for (m, t, d, u, kind), (n, tok) in groups
                 ],
                 "lifetime": counters,
                 "estimated_usd_saved": saved_usd,
@@ -101,10 +108,12 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     if tier is not None:
         click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
         click.echo(f"shared size  {_entries(tier['entries'])}, {format_bytes(tier['bytes'])}")
-    if summary.groups:
-        click.echo("\n  entries  model / task / dimensions  (from upstream)")
-        for (model, task, dims, source), (count, _) in sorted(summary.groups.items(), key=str):
-            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}  ({source})")
+    if groups:
+        kinds = " [kind]" if summary.payload_groups else ""
+        click.echo(f"\n  entries  model / task / dimensions{kinds}  (from upstream)")
+        for (model, task, dims, source, kind), (count, _) in groups:
+            shown = f"{dims} {kind}" if kind != "vector" else str(dims)
+            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {shown}  ({source})")
     click.echo(
         f"\nlifetime     {plural(counters['hits'], 'hit')}, "
         f"{plural(counters['misses'], 'miss')}, {plural(counters['requests'], 'request')}"
@@ -159,7 +168,11 @@ def inspect(
             {
                 "request": settings,
                 "upstream": fp_of.upstream if fp_of is not None else "?",
-                "dimensions": len(record.vector),
+                "dimensions": record.dimensions,
+                "kind": record.kind,
+                "shape": list(record.vector.shape),
+                "dtype": str(record.vector.dtype),
+                "bytes": record.vector.nbytes,
                 "tokens": round(record.tokens, 3),
                 "created": record.created,
             }
@@ -177,7 +190,10 @@ def inspect(
     click.echo("cached   yes")
     click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
     click.echo(f"upstream {fp_of.upstream if fp_of is not None else '?'}")
-    click.echo(f"vector   {len(record.vector)} float32, {record.tokens:.1f} tokens attributed")
+    array = record.vector
+    data = describe_entry(record.kind, array.shape, str(array.dtype), array.nbytes)
+    label = "vector  " if record.kind == "vector" else "payload "
+    click.echo(f"{label} {data}, {record.tokens:.1f} tokens attributed")
     click.echo(f"created  {format_time(record.created)}")
 
 
