@@ -31,12 +31,16 @@ def run(emulator: JinaEmulator, cache_dir: Path) -> Invoke:
 
 def folder(root: Path) -> list[Path]:
     """A folder of images: 640x480 (2 tiles), two 8x8 (1 tile each, one in a subfolder),
-    beside files that are not images by name; the images in the order prewarm reads them."""
+    beside files that are not images by name and hidden ones (skipped); the images in the
+    order prewarm reads them."""
     (root / "sub").mkdir(parents=True)
     images = [root / "a.png", root / "b.PNG", root / "sub" / "c.png"]
     for seed, (path, size) in enumerate(zip(images, [(640, 480), (8, 8), (8, 8)], strict=True)):
         path.write_bytes(png(*size, seed=seed))
     (root / "notes.txt").write_text("not an image\n")
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata, named as an image")
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "a.png").write_bytes(png(8, 8, seed=99))
     (root / "sub" / "data.json").write_text("{}")
     return images
 

@@ -114,7 +114,7 @@ def path_sources(
 ) -> Iterator[MediaSource]:
     """The files of ``paths``: a file as it is, a folder's files named as ``kind``
     (:data:`MEDIA_SUFFIXES`, any case), recursively, each folder's files in sorted order
-    before its subfolders in sorted order.
+    before its subfolders in sorted order; hidden files and folders (``.name``) skipped.
 
     :param origin: where the paths were named (``LIST:line``), for messages; ``None``: the
         path itself.
@@ -181,10 +181,12 @@ def media_kind(
 
 def _folder(root: str, kind: str, suffixes: tuple[str, ...]) -> Iterator[MediaSource]:
     # os.walk streams a folder at a time: a tree of millions of files is never listed whole.
+    # Hidden names are skipped, as file finders do: macOS leaves "._photo.jpg" metadata
+    # beside every photo copied to a foreign disk, named as an image and not one.
     for folder, subfolders, names in os.walk(root):
-        subfolders.sort()
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(names):
-            if name.lower().endswith(suffixes):
+            if name.lower().endswith(suffixes) and not name.startswith("."):
                 path = os.path.join(folder, name)
                 yield MediaSource(kind, path, path)
 
