@@ -11,6 +11,7 @@ import pytest
 from click.testing import Result
 
 from embedcache import JinaEmbeddingFunction
+from embedcache.cli.prewarm import Pacing
 from embedcache.inputs import IMAGE_TILE_TOKENS, MAX_MEDIA_BYTES
 from embedcache.testing import JinaEmulator, pdf, png
 
@@ -240,3 +241,16 @@ def test_a_big_folder_is_read_a_window_at_a_time(
     sizes.clear()
     ok(run("prewarm", "--images", str(tmp_path / "many"), *CLIP, "--dry-run"))
     assert sizes == [1] * 7
+
+
+def test_progress_and_an_empty_folder_speak_of_images(
+    emulator: JinaEmulator, cache_dir: Path, tmp_path: Path
+) -> None:
+    folder(tmp_path / "photos")
+    args = ("prewarm", "--images", str(tmp_path / "photos"), *CLIP)
+    result = ok(invoke(*args, cache_dir=cache_dir, base_url=emulator.url, key=API_KEY,
+                       obj=Pacing(0.0)))  # fmt: skip
+    assert "prewarm: 3/3 images (100%), 0 hits, 3 fetched" in result.stderr
+    (tmp_path / "empty").mkdir()
+    empty = ok(invoke("prewarm", "--images", str(tmp_path / "empty"), *CLIP, cache_dir=cache_dir))
+    assert empty.output == "Nothing to embed: no image in the input (of 0 read).\n"

@@ -104,6 +104,7 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
     "--images-from",
     "images_from",
     multiple=True,
+    metavar="LIST",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     help="A list of images, one a line: a path, a folder or an http(s) URL (- for standard "
     "input). Repeatable.",
@@ -114,6 +115,7 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
 @click.option(
     "--pdfs-from",
     multiple=True,
+    metavar="LIST",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     help="A list of PDFs, one a line, as --images-from.",
 )
@@ -181,7 +183,7 @@ def prewarm(
     price_per_million: float,
     as_json: bool,
 ) -> None:
-    """Embed the texts of FILES through the cache, so later runs are free.
+    """Embed the texts (or images, PDFs) of FILES through the cache, so later runs are free.
 
     FILES are .txt (one text per line), .jsonl (--field), .csv/.tsv (--column), or - for
     standard input (its format told by its first line, or --format). Only texts not cached
