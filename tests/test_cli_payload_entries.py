@@ -1,6 +1,7 @@
 """``inspect``, ``ls`` and ``stats`` on entries that are not one float32 vector (multi-vector
 rows, packed bits): each says the entry's kind, and ``inspect`` its shape, dtype and bytes,
-where it used to print a payload's row count as "float32 dims"."""
+where it used to print a payload's row count as "float32 dims"; ``inspect --image`` looks an
+image up as prewarm stored it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 
 from embedcache.cache_keys import fingerprint, text_keys
+from embedcache.inputs import IMAGE_TILE_TOKENS
 from embedcache.models import RequestOptions
 from embedcache.storage.store import Store
+from embedcache.testing import JinaEmulator, png
 
-from .cli_helpers import as_json, invoke, ok
+from .cli_helpers import as_json, invoke, ok, one_line_error
+from .conftest import API_KEY
 
 FP = fingerprint(RequestOptions("jina-embeddings-v4", task="retrieval.passage"))
 RAGGED, BITS, VECTOR = text_keys(FP, ["multi-vector", "binary", "vector"])
@@ -86,3 +90,25 @@ def test_stats_counts_payload_entries_by_kind_apart_from_vectors(cache: Path) ->
     assert "1  jina-embeddings-v4 / retrieval.passage / 128 ragged  (" in text
     assert "1  jina-embeddings-v4 / retrieval.passage / 128 bytes  (" in text
     assert "1  jina-embeddings-v4 / retrieval.passage / 128  (" in text
+
+
+def test_inspect_looks_an_image_up_by_its_file_as_prewarm_stored_it(
+    emulator: JinaEmulator, cache_dir: Path, tmp_path: Path
+) -> None:
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(png(640, 480))
+    args = ("--model", "jina-clip-v2")
+    Store(cache_dir).close()  # an empty cache
+    url = emulator.url  # the upstream is in the key: look up where prewarm fetched from
+    looked = ("inspect", "--image", str(photo), *args, "--json")
+    before = as_json(invoke(*looked, cache_dir=cache_dir, base_url=url))
+    assert before["cached"] is False
+    ok(invoke("prewarm", "--images", str(photo), *args, cache_dir=cache_dir, base_url=url,
+              key=API_KEY))  # fmt: skip
+    found = as_json(invoke(*looked, cache_dir=cache_dir, base_url=url))
+    assert (found["cached"], found["key"], found["kind"]) == (True, before["key"], "vector")
+    assert found["tokens"] == 2 * IMAGE_TILE_TOKENS
+    refused = one_line_error(invoke("inspect", "--image", str(photo), cache_dir=cache_dir))
+    assert "--image: jina-embeddings-v3 does not take images" in refused
+    usage = one_line_error(invoke("inspect", "a text", "--image", str(photo)), code=2)
+    assert "give one of TEXT, --key, --image or --pdf" in usage

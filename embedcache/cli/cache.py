@@ -6,7 +6,6 @@ others are about local disk only."""
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -15,8 +14,6 @@ from typing import Any
 
 import click
 
-from ..cache_keys import fingerprint, group_keys, text_keys
-from ..config import resolve_upstream_id
 from .options import (
     LOCAL_ONLY,
     NO_UPSTREAM,
@@ -32,11 +29,11 @@ from .options import (
     price_option,
     request_options,
 )
-from .output import confirm, describe_entry, plural, yes_option
+from .output import confirm, plural, yes_option
 from .sources import SourceItem, within_limit
-from .units import dollars, format_bytes, format_time, money, parse_duration, parse_size
+from .units import dollars, format_bytes, money, parse_duration, parse_size
 
-__all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
+__all__ = ["clear", "export", "get", "prune", "stats", "verify"]
 
 # The global options each command has no use for (hidden from its --help, refused after
 # its name; see options.Command).
@@ -122,79 +119,6 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         f"tokens       {counters['tokens_spent']:,} spent, {counters['tokens_saved']:,} saved "
         f"(saved is an estimate: ~{money(saved_usd)} at ${price_per_million:g}/1M tokens)"
     )
-
-
-@click.command(cls=Command, ignores=_DISK_ONLY)
-@click.argument("text", required=False)
-@click.option("--key", "key_hex", help="Look up a key (32 hex digits) instead of a text.")
-@request_options
-@json_option
-@pass_cli
-def inspect(
-    cli: CliContext,
-    text: str | None,
-    key_hex: str | None,
-    model: str,
-    task: str,
-    dimensions: int | None,
-    late_chunking: bool,
-    truncate: bool,
-    as_json: bool,
-) -> None:
-    """Whether TEXT is cached under the given settings, with its metadata.
-
-    With --late-chunking, TEXT is looked up as a group of one.
-    """
-    if (text is None) == (key_hex is None):
-        raise click.UsageError("give a TEXT or --key, not both")
-    if key_hex is not None:
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            raise click.BadParameter("not hexadecimal", param_hint="--key") from None
-    else:
-        assert text is not None
-        options = build_options(model, task, dimensions, late_chunking, truncate)
-        fp = fingerprint(options, resolve_upstream_id(cli.base_url, cli.upstream_as))
-        key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
-    store = cli.open(existing=True).store
-    record = store.get_many([key])[0]
-    fp_of = store.fingerprints().get(record.fingerprint_id) if record else None
-    settings = fp_of.fields if fp_of is not None else {}
-    info = {
-        "key": key.hex(),
-        "cached": record is not None,
-        **(
-            {
-                "request": settings,
-                "upstream": fp_of.upstream if fp_of is not None else "?",
-                "dimensions": record.dimensions,
-                "kind": record.kind,
-                "shape": list(record.vector.shape),
-                "dtype": str(record.vector.dtype),
-                "bytes": record.vector.nbytes,
-                "tokens": round(record.tokens, 3),
-                "created": record.created,
-            }
-            if record
-            else {}
-        ),
-    }
-    if as_json:
-        echo_json(info)
-        return
-    click.echo(f"key      {key.hex()}")
-    if record is None:
-        click.echo("cached   no")
-        return
-    click.echo("cached   yes")
-    click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
-    click.echo(f"upstream {fp_of.upstream if fp_of is not None else '?'}")
-    array = record.vector
-    data = describe_entry(record.kind, array.shape, str(array.dtype), array.nbytes)
-    label = "vector  " if record.kind == "vector" else "payload "
-    click.echo(f"{label} {data}, {record.tokens:.1f} tokens attributed")
-    click.echo(f"created  {format_time(record.created)}")
 
 
 @click.command(cls=Command)
