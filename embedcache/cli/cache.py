@@ -6,7 +6,6 @@ others are about local disk only."""
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -15,8 +14,6 @@ from typing import Any
 
 import click
 
-from ..cache_keys import fingerprint, group_keys, text_keys
-from ..config import resolve_upstream_id
 from .options import (
     LOCAL_ONLY,
     NO_UPSTREAM,
@@ -34,9 +31,9 @@ from .options import (
 )
 from .output import confirm, plural, yes_option
 from .sources import SourceItem, within_limit
-from .units import dollars, format_bytes, format_time, money, parse_duration, parse_size
+from .units import dollars, format_bytes, money, parse_duration, parse_size
 
-__all__ = ["clear", "export", "get", "inspect", "prune", "stats", "verify"]
+__all__ = ["clear", "export", "get", "prune", "stats", "verify"]
 
 # The global options each command has no use for (hidden from its --help, refused after
 # its name; see options.Command).
@@ -68,6 +65,12 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "entries": usage.entries, "bytes": usage.bytes}  # fmt: skip
     counters = summary.counters
     saved_usd = dollars(counters["tokens_saved"], price_per_million)
+    # A payload's group says its kind; a vector's stays as it was (kind "vector").
+    groups = sorted(
+        [((*name, "vector"), value) for name, value in summary.groups.items()]
+        + list(summary.payload_groups.items()),
+        key=str,
+    )
     if as_json:
         echo_json(
             {
@@ -83,8 +86,9 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                         "upstream": u,
                         "entries": int(n),
                         "tokens": tok,
+                        **({"kind": kind} if kind != "vector" else {}),
                     }
-                    for (m, t, d, u), (n, tok) in sorted(summary.groups.items(), key=str)
+                    for (m, t, d, u, kind), (n, tok) in groups
                 ],
                 "lifetime": counters,
                 "estimated_usd_saved": saved_usd,
@@ -101,10 +105,12 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
     if tier is not None:
         click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
         click.echo(f"shared size  {_entries(tier['entries'])}, {format_bytes(tier['bytes'])}")
-    if summary.groups:
-        click.echo("\n  entries  model / task / dimensions  (from upstream)")
-        for (model, task, dims, source), (count, _) in sorted(summary.groups.items(), key=str):
-            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {dims}  ({source})")
+    if groups:
+        kinds = " [kind]" if summary.payload_groups else ""
+        click.echo(f"\n  entries  model / task / dimensions{kinds}  (from upstream)")
+        for (model, task, dims, source, kind), (count, _) in groups:
+            shown = f"{dims} {kind}" if kind != "vector" else str(dims)
+            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {shown}  ({source})")
     click.echo(
         f"\nlifetime     {plural(counters['hits'], 'hit')}, "
         f"{plural(counters['misses'], 'miss')}, {plural(counters['requests'], 'request')}"
@@ -113,72 +119,6 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         f"tokens       {counters['tokens_spent']:,} spent, {counters['tokens_saved']:,} saved "
         f"(saved is an estimate: ~{money(saved_usd)} at ${price_per_million:g}/1M tokens)"
     )
-
-
-@click.command(cls=Command, ignores=_DISK_ONLY)
-@click.argument("text", required=False)
-@click.option("--key", "key_hex", help="Look up a key (32 hex digits) instead of a text.")
-@request_options
-@json_option
-@pass_cli
-def inspect(
-    cli: CliContext,
-    text: str | None,
-    key_hex: str | None,
-    model: str,
-    task: str,
-    dimensions: int | None,
-    late_chunking: bool,
-    truncate: bool,
-    as_json: bool,
-) -> None:
-    """Whether TEXT is cached under the given settings, with its metadata.
-
-    With --late-chunking, TEXT is looked up as a group of one.
-    """
-    if (text is None) == (key_hex is None):
-        raise click.UsageError("give a TEXT or --key, not both")
-    if key_hex is not None:
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            raise click.BadParameter("not hexadecimal", param_hint="--key") from None
-    else:
-        assert text is not None
-        options = build_options(model, task, dimensions, late_chunking, truncate)
-        fp = fingerprint(options, resolve_upstream_id(cli.base_url, cli.upstream_as))
-        key = (group_keys if late_chunking else text_keys)(fp, [text])[0]
-    store = cli.open(existing=True).store
-    record = store.get_many([key])[0]
-    fp_of = store.fingerprints().get(record.fingerprint_id) if record else None
-    settings = fp_of.fields if fp_of is not None else {}
-    info = {
-        "key": key.hex(),
-        "cached": record is not None,
-        **(
-            {
-                "request": settings,
-                "upstream": fp_of.upstream if fp_of is not None else "?",
-                "dimensions": len(record.vector),
-                "tokens": round(record.tokens, 3),
-                "created": record.created,
-            }
-            if record
-            else {}
-        ),
-    }
-    if as_json:
-        echo_json(info)
-        return
-    click.echo(f"key      {key.hex()}")
-    if record is None:
-        click.echo("cached   no")
-        return
-    click.echo("cached   yes")
-    click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
-    click.echo(f"upstream {fp_of.upstream if fp_of is not None else '?'}")
-    click.echo(f"vector   {len(record.vector)} float32, {record.tokens:.1f} tokens attributed")
-    click.echo(f"created  {format_time(record.created)}")
 
 
 @click.command(cls=Command)

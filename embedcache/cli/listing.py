@@ -138,6 +138,11 @@ def ls(
         return
     rows = [_row(entry) for entry in page]
     header: tuple[str, ...] = _HEADER
+    if any(entry.kind != "vector" for entry in page):
+        # Only then, as UPSTREAM: a page of vectors alone keeps its narrower table. DIMS
+        # is a payload's row width (in bits for packed bits), so its kind must be said.
+        rows = [[*row, entry.kind] for row, entry in zip(rows, page, strict=True)]
+        header = (*_HEADER, "KIND")
     if any(entry.upstream != DEFAULT_UPSTREAM_ID for entry in page):
         # Only then: a cache of Jina's API's entries alone keeps its narrower table.
         rows = [[*row, entry.upstream] for row, entry in zip(rows, page, strict=True)]

@@ -20,9 +20,10 @@ import click
 from ..config import VERSION
 from ..errors import AuthenticationError, EmbedcacheError
 from .analyze import analyze
-from .cache import clear, export, get, inspect, prune, stats, verify
+from .cache import clear, export, get, prune, stats, verify
 from .demo import demo
 from .doctor import doctor
+from .inspecting import inspect
 from .limit import limit
 from .listing import ls
 from .options import Group

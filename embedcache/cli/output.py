@@ -1,5 +1,5 @@
-"""How the commands talk to a person: aligned tables, counted nouns, and the question asked
-before removing much of a cache."""
+"""How the commands talk to a person: aligned tables, counted nouns, an entry's kind in
+words, and the question asked before removing much of a cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 import click
 
-__all__ = ["confirm", "format_table", "plural", "stdin_is_terminal", "yes_option"]
+__all__ = [
+    "confirm",
+    "describe_entry",
+    "format_table",
+    "plural",
+    "stdin_is_terminal",
+    "yes_option",
+]
 
 
 def stdin_is_terminal() -> bool:
@@ -59,3 +66,18 @@ def format_table(
         ]
         lines.append("  ".join(cells))
     return lines
+
+
+def describe_entry(kind: str, shape: Sequence[int], dtype: str, nbytes: int) -> str:
+    """An entry's data in a line, as ``inspect`` shows it: a vector's ``1024 float32`` (as
+    it always said), a payload's shape, dtype, bytes and what it holds
+    (:mod:`~embedcache.storage.payloads`): ``7 x 128 float32, 3,584 bytes (ragged:
+    multi-vector, one row per token)``."""
+    if kind == "vector":
+        return f"{shape[0]} float32"
+    if kind == "ragged":
+        words = "multi-vector, one row per token"
+    else:  # the API's embedding_type for int8 packed bits is binary, for uint8 ubinary
+        words = f"packed bits, embedding_type {'ubinary' if dtype == 'uint8' else 'binary'}"
+        words += ", one row per token" if len(shape) == 2 else ""
+    return f"{' x '.join(map(str, shape))} {dtype}, {nbytes:,} bytes ({kind}: {words})"

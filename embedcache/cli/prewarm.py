@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,6 +15,7 @@ import click
 from ..config import DEFAULT_MAX_CONCURRENCY
 from ..errors import InvalidInputError
 from ..upstream.limiter import Limits
+from .image_sources import check_model, listed_sources, media_kind, media_windows, path_sources
 from .options import (
     CliContext,
     Command,
@@ -27,134 +27,24 @@ from .options import (
     request_options,
 )
 from .output import plural
-from .progress import StatusLine, fit_line
+from .progress import Pacing, Progress, StatusLine, fit_line
 from .sources import FORMATS, SourceItem, Spool, read_items, within_limit
 from .units import dollars, format_duration, money
 
 if TYPE_CHECKING:
     from ..embedding.embedder import WarmReport
+    from ..inputs import Input
 
-__all__ = ["WINDOW", "Pacing", "prewarm"]
+__all__ = ["WINDOW", "Pacing", "Progress", "prewarm"]
 
 #: Texts a prewarm reads, hashes, looks up and fills at a time (``--window``): with the
 #: batches in flight, what its memory follows. 20,480 texts of 2 KB are 40 MB of text.
 WINDOW = 20_480
 
 
-@dataclass(frozen=True)
-class Pacing:
-    """How often a prewarm writes a plain progress line off a terminal (a log wants one
-    every few seconds). Not a CLI option: a program running the CLI in-process (the tests)
-    may hand another as the root context's ``obj``,
-    ``CliRunner().invoke(main, args, obj=Pacing(0.0))``."""
-
-    line_seconds: float = 5.0
-
-    @classmethod
-    def of(cls, ctx: click.Context) -> Pacing:
-        """The pacing handed to the root of ``ctx``, else the default."""
-        given = ctx.find_root().obj
-        return given if isinstance(given, cls) else cls()
-
-
-class Progress:
-    """Progress over distinct texts, on stderr so ``--json`` output stays clean: on a
-    terminal, one line redrawn in place within its width; otherwise a plain line every few
-    seconds (for logs); nothing with ``quiet``.
-
-    :param pace: seconds the rate limits need for a number of texts still to fetch; when
-        given, the ETA follows it (a paced fill's early burst would mislead a rate-based one).
-    :param line_seconds: seconds between two plain lines (:class:`Pacing`).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        cached: int,
-        pace: Callable[[int], float] | None = None,
-        *,
-        quiet: bool = False,
-        line_seconds: float = Pacing.line_seconds,
-    ) -> None:
-        self.total, self.cached = total, cached
-        self.line_seconds = line_seconds
-        self.pace = pace
-        self.quiet = quiet
-        #: Texts this run fetched, and the tokens it paid for them.
-        self.fetched = self.tokens = 0
-        #: Texts missing when planned that another process stored meanwhile.
-        self.elsewhere = 0
-        self.start = self.last_line = time.monotonic()
-        self.status = StatusLine(sys.stderr) if not quiet and sys.stderr.isatty() else None
-        if self.status is not None:
-            self.status.show(self.render(self.status.width), force=True)
-
-    @property
-    def done(self) -> int:
-        return self.cached + self.fetched + self.elsewhere
-
-    def parts(self) -> list[tuple[float, str]]:
-        """What the line says after the count, each with its rank (the highest ranks are
-        dropped first when the line must be shortened)."""
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        parts: list[tuple[float, str]] = [(1, f"{self.fetched:,} fetched")]
-        if self.elsewhere:
-            parts.append((2, f"{self.elsewhere:,} by another process"))
-        parts += [(3, f"{self.tokens:,} tokens"), (4, f"{self.fetched / elapsed:,.0f} texts/s")]
-        eta = self.eta()
-        if not math.isnan(eta) and self.done < self.total:
-            paced = " at the rate limits" if self.pace is not None else ""
-            parts.append((0, f"ETA {format_duration(eta)}{paced}"))
-        return parts
-
-    def render(self, width: int) -> str:
-        """The terminal line, within ``width`` characters."""
-        head = f"prewarm {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})"
-        return fit_line(head, self.parts(), width, self.done / max(self.total, 1))
-
-    def eta(self) -> float:
-        """Seconds still needed (``nan`` while no rate is known)."""
-        remaining = self.total - self.done
-        if self.pace is not None:
-            return self.pace(remaining)
-        rate = self.fetched / max(time.monotonic() - self.start, 1e-9)
-        return remaining / rate if rate else float("nan")
-
-    def advance(self, texts: int, tokens: int) -> None:
-        """This run committed a batch of ``texts``, charged ``tokens``."""
-        self.fetched += texts
-        self.tokens += tokens
-        self._tick()
-
-    def found(self, texts: int) -> None:
-        """``texts`` still missing when planned were stored meanwhile by another process."""
-        self.elsewhere += texts
-        self._tick()
-
-    def _tick(self) -> None:
-        if self.status is not None:
-            if self.status.due():
-                self.status.show(self.render(self.status.width))
-        elif not self.quiet and time.monotonic() - self.last_line >= self.line_seconds:
-            self.line()
-
-    def line(self) -> None:
-        """The plain line written off a terminal."""
-        self.last_line = time.monotonic()
-        text = f"{self.done:,}/{self.total:,} texts ({self.done / max(self.total, 1):.0%})"
-        parts = ", ".join(part for _, part in self.parts())
-        click.echo(f"prewarm: {text}, {self.cached:,} hits, {parts}", err=True)
-
-    def close(self) -> None:
-        """Leave the final count on the terminal."""
-        if self.status is not None:
-            self.status.show(self.render(self.status.width), force=True)
-            self.status.finish()
-
-
 def _windows(
     items: Iterable[SourceItem], size: int, late_chunking: bool
-) -> Iterator[list[list[str]]]:
+) -> Iterator[list[Sequence[Input]]]:
     """The texts of ``items``, ``size`` at a time, as the lists to warm: one per window, or
     under late chunking each group whole (a window takes whole groups only, so it may hold a
     group's worth more than ``size``).
@@ -169,7 +59,7 @@ def _windows(
         while window := list(itertools.islice(texts, size)):
             yield [window]
         return
-    groups: list[list[str]] = []
+    groups: list[Sequence[Input]] = []
     held = 0
     started = DistinctKeys()  # every group met so far, 16 bytes each
     current: str | None = None
@@ -202,8 +92,32 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
 
 
 @click.command(cls=Command)
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True)
+@click.argument("files", nargs=-1, type=click.Path(exists=True, allow_dash=True))
+@click.option(
+    "--images",
+    "images",
+    is_flag=True,
+    help="FILES are images, or folders of them (.png .jpg .jpeg .gif .webp, recursively); "
+    "the model must take images (--model jina-clip-v2, say).",
+)
+@click.option(
+    "--images-from",
+    "images_from",
+    multiple=True,
+    metavar="LIST",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="A list of images, one a line: a path, a folder or an http(s) URL (- for standard "
+    "input). Repeatable.",
+)
+@click.option(
+    "--pdfs", is_flag=True, help="FILES are PDFs, or folders of them (jina-embeddings-v4)."
+)
+@click.option(
+    "--pdfs-from",
+    multiple=True,
+    metavar="LIST",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="A list of PDFs, one a line, as --images-from.",
 )
 @click.option(
     "--format",
@@ -233,7 +147,8 @@ def _add(total: dict[str, int], report: WarmReport) -> None:
     type=click.IntRange(min=1),
     default=WINDOW,
     show_default=True,
-    help="Texts read, hashed, looked up and filled at a time: memory follows it, not the corpus.",
+    help="Texts (or images, up to 64 MiB of them) read, hashed, looked up and filled at a "
+    "time: memory follows it, not the corpus.",
 )
 @click.option("--dry-run", is_flag=True, help="Read and hash only: report what would be sent.")
 @click.option(
@@ -247,6 +162,10 @@ def prewarm(
     ctx: click.Context,
     cli: CliContext,
     files: tuple[str, ...],
+    images: bool,
+    images_from: tuple[str, ...],
+    pdfs: bool,
+    pdfs_from: tuple[str, ...],
     fmt: str | None,
     field: str,
     column: str,
@@ -264,7 +183,7 @@ def prewarm(
     price_per_million: float,
     as_json: bool,
 ) -> None:
-    """Embed the texts of FILES through the cache, so later runs are free.
+    """Embed the texts (or images, PDFs) of FILES through the cache, so later runs are free.
 
     FILES are .txt (one text per line), .jsonl (--field), .csv/.tsv (--column), or - for
     standard input (its format told by its first line, or --format). Only texts not cached
@@ -277,13 +196,25 @@ def prewarm(
     (all a --dry-run does; bad input fails here, before anything is sent), then to fetch
     what is missing. Distinct texts are counted in 16 bytes each. Under --late-chunking a
     group's lines must be consecutive.
+
+    With --images, FILES are images or folders of them (their .png .jpg .jpeg .gif .webp
+    files, recursively, in sorted order); --images-from LIST names more, a path, folder or
+    http(s) URL a line (a URL is keyed as written: the API fetches it). --pdfs and
+    --pdfs-from the same for PDFs. Every file is read and checked first: one that is not an
+    image (or PDF), cannot be read or is over 8 MB stops the run, by name, before anything
+    is sent. Tokens are estimated by 512x512 tiles.
     """
-    if late_chunking and group_field is None:
+    kind = media_kind(files, images, images_from, pdfs, pdfs_from, fmt, group_field)
+    if late_chunking and group_field is None and kind is None:
         raise click.UsageError("--late-chunking needs --group-field to know the groups")
     if group_field is not None and not late_chunking:
         # Groups mean nothing to a plain fill: say so rather than ignore the option.
         raise click.UsageError("--group-field names late-chunking groups: add --late-chunking")
     options = build_options(model, task, dimensions, late_chunking, truncate)
+    lists = images_from or pdfs_from
+    if kind is not None:
+        check_model(options, kind, "--images" if kind == "image" else "--pdfs")
+    noun = {None: "text", "image": "image", "pdf": "PDF"}[kind]
     spool = Spool()
     ctx.call_on_close(spool.close)
     checking = StatusLine(sys.stderr) if not quiet and sys.stderr.isatty() else None
@@ -299,7 +230,13 @@ def prewarm(
                 err=True,
             )
 
-    def windows(first: bool = False) -> Iterator[list[list[str]]]:
+    def windows(first: bool = False) -> Iterator[list[Sequence[Input]]]:
+        if kind is not None:
+            sources = itertools.chain(
+                path_sources(files, kind),
+                *(listed_sources(path, kind, spool.rewound(path)) for path in lists),
+            )
+            return ([part] for part in media_windows(sources, window))
         items: Iterable[SourceItem] = (
             item
             for path in files
@@ -330,7 +267,7 @@ def prewarm(
             _add(plan, embedder.warm(texts, options, dry_run=True, seen=seen))
         # Reading a large corpus takes minutes before anything is sent: say so.
         said = (
-            f"{plan['texts']:,} texts read, {plan['unique']:,} distinct, "
+            f"{plan['texts']:,} {noun}s read, {plan['unique']:,} distinct, "
             f"{plan['to_fetch']:,} to fetch"
         )
         if checking is not None:
@@ -344,6 +281,7 @@ def prewarm(
     if not plan:
         _add(plan, WarmReport(0, 0, 0, 0, 0))
     del plan["tokens_spent"]  # filled in by fetching, below
+    plan["inputs"] = f"{noun.lower()}s"
     plan["window"] = window
     plan["distinct_set_bytes"] = seen.nbytes
     del seen  # the fill needs no count of its own: what an earlier window stored is cached
@@ -359,8 +297,9 @@ def prewarm(
     start = time.monotonic()
     pace = _pace_of(cli.limits, plan)
     progress = Progress(
-        plan["unique"], plan["cached"], pace, quiet=quiet, line_seconds=pacing.line_seconds
-    )
+        plan["unique"], plan["cached"], pace, quiet=quiet, line_seconds=pacing.line_seconds,
+        noun=noun,
+    )  # fmt: skip
     try:
         if plan["to_fetch"]:  # a fully cached corpus needs no second reading, key or network
             for part in windows():
@@ -376,7 +315,7 @@ def prewarm(
             else ""
         )
         click.echo(
-            f"\ninterrupted: this run committed {plural(progress.fetched, 'text')}{elsewhere}; "
+            f"\ninterrupted: this run committed {plural(progress.fetched, noun)}{elsewhere}; "
             "run the same command again to fetch only what is still missing",
             err=True,
         )
@@ -416,9 +355,10 @@ def _pace(result: dict[str, Any]) -> str:
     )
 
 
-def _memory(result: dict[str, Any]) -> str:
+def _memory(result: dict[str, Any], noun: str) -> str:
+    media = " or 64 MiB" if noun != "text" else ""
     return (
-        f"windows of {plural(result['window'], 'text')}; distinct texts counted in "
+        f"windows of {plural(result['window'], noun)}{media}; distinct {noun}s counted in "
         f"{result['distinct_set_bytes'] / 2**20:,.1f} MiB (16 bytes each)"
     )
 
@@ -427,23 +367,24 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
     if as_json:
         echo_json({**result, "price_per_million_tokens": price})
         return
+    noun = {"texts": "text", "images": "image", "pdfs": "PDF"}[result["inputs"]]
     if not result["to_fetch"]:
         # Nothing to fetch is the answer: one line, not a table of zeros.
         read = f"of {result['texts']:,} read"
         if not result["unique"]:
-            click.echo(f"Nothing to embed: no text in the input ({read}).")
+            click.echo(f"Nothing to embed: no {noun} in the input ({read}).")
             return
         cached = (
-            f"The 1 distinct text ({read}) is"
+            f"The 1 distinct {noun} ({read}) is"
             if result["unique"] == 1
-            else f"All {result['unique']:,} distinct texts ({read}) are"
+            else f"All {result['unique']:,} distinct {noun}s ({read}) are"
         )
         sent = "nothing would be sent" if result["dry_run"] else "nothing sent"
         click.echo(f"{cached} cached already: {sent}.")
         return
     estimate = f"(estimate at ${price}/1M tokens)"
     rows = [
-        ("texts", f"{result['texts']:,} read, {result['unique']:,} distinct"),
+        (f"{noun}s", f"{result['texts']:,} read, {result['unique']:,} distinct"),
         ("already cached", f"{result['cached']:,}"),
     ]
     if result["dry_run"]:
@@ -453,7 +394,7 @@ def _report(result: dict[str, Any], price: float, as_json: bool) -> None:
             ("estimated tokens", f"{result['estimated_tokens']:,}"),
             ("estimated cost", f"{money(result['estimated_cost_usd'])} {estimate}"),
             ("estimated time", _pace(result)),
-            ("memory", _memory(result)),
+            ("memory", _memory(result, noun)),
         ]
     else:
         title = "Prewarm done"

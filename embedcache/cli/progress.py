@@ -1,4 +1,5 @@
-"""A status line redrawn in place on a terminal, fitted to its width.
+"""A status line redrawn in place on a terminal, fitted to its width, and the progress of a
+``prewarm`` drawn with it (or written as plain lines off a terminal).
 
 A line longer than the terminal wraps, and ``\\r`` then returns only to the start of its
 last row: every redraw would leave a stale row behind. So each line is cut to the width
@@ -8,13 +9,20 @@ parts first, and a bar takes only the room that is left.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
-__all__ = ["StatusLine", "fit_line", "terminal_columns"]
+import click
+
+from .units import format_duration
+
+__all__ = ["Pacing", "Progress", "StatusLine", "fit_line", "terminal_columns"]
 
 #: Narrowest bar worth drawing, and the widest (a longer one says nothing more).
 _MIN_BAR = 10
@@ -120,3 +128,120 @@ class StatusLine:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How often a prewarm writes a plain progress line off a terminal (a log wants one
+    every few seconds). Not a CLI option: a program running the CLI in-process (the tests)
+    may hand another as the root context's ``obj``,
+    ``CliRunner().invoke(main, args, obj=Pacing(0.0))``."""
+
+    line_seconds: float = 5.0
+
+    @classmethod
+    def of(cls, ctx: click.Context) -> Pacing:
+        """The pacing handed to the root of ``ctx``, else the default."""
+        given = ctx.find_root().obj
+        return given if isinstance(given, cls) else cls()
+
+
+class Progress:
+    """Progress over distinct inputs (texts, or images or PDFs: ``noun``), on stderr so
+    ``--json`` output stays clean: on a terminal, one line redrawn in place within its width;
+    otherwise a plain line every few seconds (for logs); nothing with ``quiet``.
+
+    :param pace: seconds the rate limits need for a number of texts still to fetch; when
+        given, the ETA follows it (a paced fill's early burst would mislead a rate-based one).
+    :param line_seconds: seconds between two plain lines (:class:`Pacing`).
+    :param noun: what is counted, ``text``, ``image`` or ``PDF`` (an ``s`` is added).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        cached: int,
+        pace: Callable[[int], float] | None = None,
+        *,
+        quiet: bool = False,
+        line_seconds: float = Pacing.line_seconds,
+        noun: str = "text",
+    ) -> None:
+        self.total, self.cached = total, cached
+        self.noun = noun
+        self.line_seconds = line_seconds
+        self.pace = pace
+        self.quiet = quiet
+        #: Texts this run fetched, and the tokens it paid for them.
+        self.fetched = self.tokens = 0
+        #: Texts missing when planned that another process stored meanwhile.
+        self.elsewhere = 0
+        self.start = self.last_line = time.monotonic()
+        self.status = StatusLine(sys.stderr) if not quiet and sys.stderr.isatty() else None
+        if self.status is not None:
+            self.status.show(self.render(self.status.width), force=True)
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.fetched + self.elsewhere
+
+    def parts(self) -> list[tuple[float, str]]:
+        """What the line says after the count, each with its rank (the highest ranks are
+        dropped first when the line must be shortened)."""
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        parts: list[tuple[float, str]] = [(1, f"{self.fetched:,} fetched")]
+        if self.elsewhere:
+            parts.append((2, f"{self.elsewhere:,} by another process"))
+        parts += [
+            (3, f"{self.tokens:,} tokens"),
+            (4, f"{self.fetched / elapsed:,.0f} {self.noun}s/s"),
+        ]
+        eta = self.eta()
+        if not math.isnan(eta) and self.done < self.total:
+            paced = " at the rate limits" if self.pace is not None else ""
+            parts.append((0, f"ETA {format_duration(eta)}{paced}"))
+        return parts
+
+    def render(self, width: int) -> str:
+        """The terminal line, within ``width`` characters."""
+        head = f"prewarm {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})"
+        return fit_line(head, self.parts(), width, self.done / max(self.total, 1))
+
+    def eta(self) -> float:
+        """Seconds still needed (``nan`` while no rate is known)."""
+        remaining = self.total - self.done
+        if self.pace is not None:
+            return self.pace(remaining)
+        rate = self.fetched / max(time.monotonic() - self.start, 1e-9)
+        return remaining / rate if rate else float("nan")
+
+    def advance(self, texts: int, tokens: int) -> None:
+        """This run committed a batch of ``texts``, charged ``tokens``."""
+        self.fetched += texts
+        self.tokens += tokens
+        self._tick()
+
+    def found(self, texts: int) -> None:
+        """``texts`` still missing when planned were stored meanwhile by another process."""
+        self.elsewhere += texts
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.status is not None:
+            if self.status.due():
+                self.status.show(self.render(self.status.width))
+        elif not self.quiet and time.monotonic() - self.last_line >= self.line_seconds:
+            self.line()
+
+    def line(self) -> None:
+        """The plain line written off a terminal."""
+        self.last_line = time.monotonic()
+        text = f"{self.done:,}/{self.total:,} {self.noun}s ({self.done / max(self.total, 1):.0%})"
+        parts = ", ".join(part for _, part in self.parts())
+        click.echo(f"prewarm: {text}, {self.cached:,} hits, {parts}", err=True)
+
+    def close(self) -> None:
+        """Leave the final count on the terminal."""
+        if self.status is not None:
+            self.status.show(self.render(self.status.width), force=True)
+            self.status.finish()

@@ -24,6 +24,7 @@ from ..extras import requires
 from ..models import spec_for
 from ..storage.entries import Record, Stored
 from ..storage.formats import npy_header
+from ..storage.payloads import dimensions, kind_name
 from ..storage.store import DELETE_PAGE, Store, entry_bytes
 
 _T = TypeVar("_T")
@@ -156,8 +157,15 @@ class Summary:
     entries: int = 0
     bytes_on_disk: int = 0
     size_limit: int | None = None
-    #: ``(model, task, dimensions, upstream)`` → ``[entries, tokens recorded]``.
+    #: ``(model, task, dimensions, upstream)`` → ``[entries, tokens recorded]``, of vectors.
     groups: dict[tuple[str, str | None, int, str], list[float]] = field(default_factory=dict)
+    #: The same of entries that are not one vector, by ``(model, task, dimensions,
+    #: upstream, kind)``: ``kind`` ``"ragged"`` or ``"bytes"``
+    #: (:mod:`~embedcache.storage.payloads`), kept apart so a vector's group is never one
+    #: of payloads of the same settings and width.
+    payload_groups: dict[tuple[str, str | None, int, str, str], list[float]] = field(
+        default_factory=dict
+    )
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -166,17 +174,20 @@ def summarize(store: Store) -> Summary:
     aggregate query over the index, so its cost does not follow the vectors' size."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
     settings = store.fingerprints()
-    for fp_id, dim, count, tokens in store.groups():
+    for fp_id, dim, count, tokens in store.groups(raw=True):
         fp = settings.get(fp_id)
         fields = fp.fields if fp is not None else {}
         task = fields.get("task")
         name = (
             str(fields.get("model", "?")),
             str(task) if task is not None else None,
-            dim,
+            dimensions(dim),
             fp.upstream if fp is not None else "?",
         )
-        group = summary.groups.setdefault(name, [0, 0.0])
+        if (kind := kind_name(dim)) != "vector":
+            group = summary.payload_groups.setdefault((*name, kind), [0, 0.0])
+        else:
+            group = summary.groups.setdefault(name, [0, 0.0])
         group[0] += count
         group[1] += tokens
         summary.entries += count

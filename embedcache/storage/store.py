@@ -316,14 +316,14 @@ class Store(Bookkeeping):
         """Number of cached vectors."""
         return self._index.count()
 
-    def groups(self) -> list[tuple[int, int, int, float]]:
+    def groups(self, *, raw: bool = False) -> list[tuple[int, int, int, float]]:
         """``(fingerprint id, dimension, entries, tokens recorded)`` of each kind of entry,
         from the index alone: no vector is read (so damaged vectors count too; see
-        :meth:`records`)."""
-        # The index stores ids as SQLite's signed integers; everything above it (the
-        # fingerprints() among them) knows them unsigned.
+        :meth:`records`). With ``raw``, the index's own ``dim``, which also tells a payload's
+        kind (:func:`~embedcache.storage.payloads.kind_name`)."""
+        # SQLite's ids are signed; everything above the index knows them unsigned.
         return [
-            (unsigned(fp_id), dimensions(dim), count, milli / 1000.0)
+            (unsigned(fp_id), dim if raw else dimensions(dim), count, milli / 1000.0)
             for fp_id, dim, count, milli in self._index.groups()
         ]
 
