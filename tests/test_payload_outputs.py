@@ -22,6 +22,7 @@ from embedcache.models import resolve_options
 from embedcache.storage.store import Store
 from embedcache.testing import Fault, JinaEmulator, png
 
+from .cli_helpers import invoke, one_line_error
 from .conftest import API_KEY
 from .redis_server import RedisServer
 
@@ -279,3 +280,15 @@ def test_a_multivector_entry_round_trips_through_the_redis_tier(
     with Store(tmp_path / "other") as copied:
         assert len(copied) == 2  # both distinct texts' entries copied down
     assert same(make_ef(COLBERT, cache_dir=tmp_path / "other").encode_documents(TEXTS), first)
+
+
+def test_get_on_a_colbert_model_is_one_line_before_sending(
+    emulator: JinaEmulator, cache_dir: Path
+) -> None:
+    result = invoke(
+        "get", "hello", "--model", COLBERT,
+        cache_dir=cache_dir, base_url=emulator.url, key=API_KEY,
+    )  # fmt: skip
+    assert "multi-vector" in one_line_error(result)
+    assert API_KEY not in result.output
+    assert emulator.requests == []

@@ -216,9 +216,12 @@ class CachedEmbedder:
             are committed, then ``concurrent.futures.CancelledError`` is raised.
         """
         if not options.plain:
+            # The library and the proxy ask embed_payloads; a caller that wants one float
+            # vector per input (`embedcache get`, TEI) says so in the user's terms.
+            kind = "a multi-vector" if options.multivector else f"{options.embedding_type} bits"
             raise InvalidInputError(
-                "these options' answers are not one float vector per input "
-                "(multi-vector or packed bits): use embed_payloads"
+                f"{options.model} with these options answers each input with {kind}, "
+                "not one float vector: this call returns float vectors only"
             )
         fp, keys, position = self._index(texts, options)
         if not keys:
