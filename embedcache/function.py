@@ -2,23 +2,21 @@
 a disk cache in front (``from embedcache import JinaEmbeddingFunction``; the old path
 ``embedcache.integrations.milvus`` still imports it).
 
-Its async methods run the one sync core in worker threads (:class:`_Workers`): there is no
-second code path to keep in step, and the core's own threads do the sending either way.
+Its async methods run the one sync core in worker threads
+(:class:`~embedcache.workers.Workers`): there is no second code path to keep in step, and the
+core's own threads do the sending either way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import inspect
 import os
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, Union
+from typing import Any, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,14 +38,13 @@ from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_op
 from .upstream.limiter import resolve_limits
 from .upstream.media_fetch import MediaFetcher
 from .upstream.protocol import Upstream
+from .workers import Workers
 
 __all__ = ["ImageLike", "JinaEmbeddingFunction", "paired_tasks", "settings_of"]
 
 #: An image as :meth:`JinaEmbeddingFunction.encode_images` takes it: its bytes, a file's
 #: path, or an ``http(s)``/``data:`` URL.
 ImageLike = Union[bytes, str, "os.PathLike[str]"]
-
-_T = TypeVar("_T")
 
 
 def paired_tasks(
@@ -94,45 +91,6 @@ def settings_of(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
     return dict(options)
-
-
-class _Workers:
-    """Runs one object's sync calls in worker threads for its async methods.
-
-    A cancelled await returns at once; its call is told to stop (``threading.Event``): it
-    sends no new batch, and the batches already in flight are still committed, in the
-    worker thread, as they arrive. :meth:`close` waits for those.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
-
-    async def run(self, call: Callable[[threading.Event], _T]) -> _T:
-        """Await ``call(stop)`` run in a worker thread (with the caller's context vars)."""
-        stop = threading.Event()
-        work = functools.partial(contextvars.copy_context().run, call, stop)
-        with self._lock:  # submitted under it: close() cannot shut the pool down in between
-            if not self._closed and self._pool is None:
-                self._pool = ThreadPoolExecutor(thread_name_prefix="embedcache-async")
-            future = self._pool.submit(work) if self._pool is not None else None
-        if future is None:
-            # The object is closed: fail as its sync call does, without a new thread.
-            return call(stop)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # A call not yet started never starts; a running one stops drawing batches.
-            stop.set()
-            raise
-
-    def close(self) -> None:
-        """Wait for the calls still running (cancelled ones committing what is in flight)."""
-        with self._lock:
-            pool, self._pool, self._closed = self._pool, None, True
-        if pool is not None:
-            pool.shutdown(wait=True)
 
 
 class JinaEmbeddingFunction:
@@ -190,7 +148,21 @@ class JinaEmbeddingFunction:
     :param fetch_images: fetch images given by URL first, and key and send them by their
         content (new content at an old URL is then a new entry); off: keyed by the URL,
         fetched by the API.
+    :param embedding_type: ``"float"``; or ``"binary"`` / ``"ubinary"``: the API's packed
+        sign bits, ``ceil(d / 8)`` int8 / uint8 values a vector, cached as the API returned
+        them (entries of their own, never derived from the floats).
+    :param return_multivector: jina-embeddings-v4's per-token output: each input gives a
+        ``(tokens, 128)`` array (not with ``dimensions`` nor ``late_chunking``). The
+        ColBERT models (jina-colbert-v2, jina-colbert-v1-en) always answer so.
+    :param input_type: the ColBERT models' ``"query"`` or ``"document"`` side for
+        ``__call__`` and :meth:`embed` (default ``document``); :meth:`encode_documents`
+        and :meth:`encode_queries` choose their own.
     :raises InvalidInputError: for options the model does not take, before any request.
+
+    The ``encode_*`` methods and ``__call__`` return one array per input: 1-D float32; 1-D
+    int8/uint8 (``binary``/``ubinary``); 2-D float32 ``(rows, width)`` (multi-vector); 2-D
+    int8/uint8 (both). The ``embed*`` methods return one matrix, so they refuse a
+    multi-vector output (an input's rows vary in number): use ``encode_*`` for it.
 
     Every embedding method has an async twin (``aencode_documents``, ``aencode_queries``,
     ``aembed``, ``aembed_documents``, ``aembed_queries``) running the same sync call in a
@@ -227,6 +199,9 @@ class JinaEmbeddingFunction:
         rpm: int | None = None,
         tpm: int | None = None,
         fetch_images: bool = False,
+        embedding_type: str = "float",
+        return_multivector: bool = False,
+        input_type: str | None = None,
         **kwargs: object,
     ) -> None:
         if kwargs:
@@ -244,9 +219,11 @@ class JinaEmbeddingFunction:
         self._late_chunking = bool(late_chunking)
         self._normalized = normalized
         self._truncate = truncate
-        self._options: dict[str | None, RequestOptions] = {}
+        self._output = (embedding_type, return_multivector)
+        self._input_type = input_type
+        self._options: dict[tuple[str | None, str | None], RequestOptions] = {}
         self._call_options = self._options_for(task)
-        self._workers = _Workers()
+        self._workers = Workers()
         self._fetcher = MediaFetcher(timeout=timeout) if fetch_images else None
         self._parts = Assembly(
             CacheSettings(
@@ -311,8 +288,10 @@ class JinaEmbeddingFunction:
     def dim(self) -> int:
         """The configured ``dimensions``, else the model's native size. For a model
         embedcache does not know, one empty text is embedded (once; then cached)."""
-        known = self._call_options.expected_dim
-        return known if known is not None else int(self.embed([""]).shape[1])
+        known = self._call_options.row_width
+        if known is not None:
+            return known
+        return int(self._encode([""], self._call_options)[0].shape[-1])
 
     def options(self, task: str | None = None) -> RequestOptions:
         """The validated options a call with ``task`` (``None``: the configured task)
@@ -322,48 +301,49 @@ class JinaEmbeddingFunction:
         """
         return self._call_options if task is None else self._options_for(task)
 
-    def embed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+    def embed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[Any]:
         """Embed with the configured task (or ``task``) into one ``(len(texts), d)``
         float32 array."""
         return self._embed(texts, self.options(task))
 
-    def embed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    def embed_documents(self, texts: Sequence[str]) -> NDArray[Any]:
         """Embed documents (task ``retrieval.passage``) into one ``(n, d)`` array."""
         return self._embed(texts, self._document_options())
 
-    def embed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    def embed_queries(self, texts: Sequence[str]) -> NDArray[Any]:
         """Embed queries (task ``retrieval.query``) into one ``(n, d)`` array."""
         return self._embed(texts, self._query_options())
 
-    async def aembed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[np.float32]:
+    async def aembed(self, texts: Sequence[str], *, task: str | None = None) -> NDArray[Any]:
         """:meth:`embed`, awaited (see the class docstring for what a cancel does)."""
         return await self._aembed(texts, self.options(task))
 
-    async def aembed_documents(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    async def aembed_documents(self, texts: Sequence[str]) -> NDArray[Any]:
         """:meth:`embed_documents`, awaited."""
         return await self._aembed(texts, self._document_options())
 
-    async def aembed_queries(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    async def aembed_queries(self, texts: Sequence[str]) -> NDArray[Any]:
         """:meth:`embed_queries`, awaited."""
         return await self._aembed(texts, self._query_options())
 
-    async def aencode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
+    async def aencode_documents(self, documents: list[str]) -> list[NDArray[Any]]:
         """:meth:`encode_documents`, awaited."""
-        return list(await self.aembed_documents(documents))
+        return await self._aencode(documents, self._document_options())
 
-    async def aencode_queries(self, queries: list[str]) -> list[NDArray[np.float32]]:
+    async def aencode_queries(self, queries: list[str]) -> list[NDArray[Any]]:
         """:meth:`encode_queries`, awaited."""
-        return list(await self.aembed_queries(queries))
+        return await self._aencode(queries, self._query_options())
 
-    def encode_documents(self, documents: list[str]) -> list[NDArray[np.float32]]:
-        """pymilvus API: one 1-D float32 array per document, in input order."""
-        return list(self.embed_documents(documents))
+    def encode_documents(self, documents: list[str]) -> list[NDArray[Any]]:
+        """pymilvus API: one array per document, in input order (1-D float32 unless the
+        output is binary or multi-vector: see the class docstring)."""
+        return self._encode(documents, self._document_options())
 
-    def encode_queries(self, queries: list[str]) -> list[NDArray[np.float32]]:
-        """pymilvus API: one 1-D float32 array per query, in input order."""
-        return list(self.embed_queries(queries))
+    def encode_queries(self, queries: list[str]) -> list[NDArray[Any]]:
+        """pymilvus API: one array per query, in input order (as :meth:`encode_documents`)."""
+        return self._encode(queries, self._query_options())
 
-    def encode_images(self, images: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
+    def encode_images(self, images: Sequence[ImageLike]) -> list[NDArray[Any]]:
         """One 1-D float32 array per image, in input order, as :meth:`encode_documents`
         gives for texts (jina-clip-v1, jina-clip-v2, jina-embeddings-v4).
 
@@ -375,38 +355,61 @@ class JinaEmbeddingFunction:
         :raises InvalidInputError: before any request: a file that cannot be read, base64
             that does not decode, a model that takes no images.
         """
-        return list(self.embed_images(images))
+        return self._encode(self._media(images), self._image_options())
 
-    def embed_images(self, images: Sequence[ImageLike]) -> NDArray[np.float32]:
+    def embed_images(self, images: Sequence[ImageLike]) -> NDArray[Any]:
         """:meth:`encode_images` as one ``(n, d)`` array."""
         return self._embed(self._media(images), self._image_options())
 
-    async def aencode_images(self, images: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
+    async def aencode_images(self, images: Sequence[ImageLike]) -> list[NDArray[Any]]:
         """:meth:`encode_images`, awaited."""
-        return list(await self._aembed(self._media(images), self._image_options()))
+        return await self._aencode(self._media(images), self._image_options())
 
-    def encode_pdfs(self, pdfs: Sequence[ImageLike]) -> list[NDArray[np.float32]]:
-        """One 1-D float32 array per PDF (jina-embeddings-v4), given as :meth:`encode_images`
-        takes images and keyed the same way; each PDF is sent alone, as the API requires."""
-        return list(self._embed(self._media(pdfs, "pdf"), self._image_options()))
+    def encode_pdfs(self, pdfs: Sequence[ImageLike]) -> list[NDArray[Any]]:
+        """One array per PDF (jina-embeddings-v4), given as :meth:`encode_images` takes
+        images and keyed the same way; each PDF is sent alone, as the API requires."""
+        return self._encode(self._media(pdfs, "pdf"), self._image_options())
 
-    def __call__(self, texts: list[str]) -> list[NDArray[np.float32]]:
+    def __call__(self, texts: list[str]) -> list[NDArray[Any]]:
         """pymilvus API: embed with the configured task."""
-        return list(self.embed(texts))
+        return self._encode(texts, self.options())
 
     def _embed(
         self,
         texts: Sequence[Input],
         options: RequestOptions,
         stop: threading.Event | None = None,
-    ) -> NDArray[np.float32]:
-        result = self._embedder.embed_detailed(texts, options, stop=stop)
-        assert result is not None  # only cached_only calls come back empty-handed
-        return result.vectors
+    ) -> NDArray[Any]:
+        if options.plain:
+            result = self._embedder.embed_detailed(texts, options, stop=stop)
+            assert result is not None  # only cached_only calls come back empty-handed
+            return result.vectors
+        if options.multivector:
+            raise InvalidInputError(
+                "a multi-vector output is one (tokens, width) array per input, of varying "
+                "length: use encode_documents, encode_queries or encode_images"
+            )
+        payloads = self._encode(texts, options, stop)  # packed bits: one width
+        return np.stack(payloads) if payloads else np.empty((0, 0), np.int8)
 
-    async def _aembed(self, texts: Sequence[Input], options: RequestOptions) -> NDArray[np.float32]:
+    def _encode(
+        self,
+        texts: Sequence[Input],
+        options: RequestOptions,
+        stop: threading.Event | None = None,
+    ) -> list[NDArray[Any]]:
+        if options.plain:
+            return list(self._embed(texts, options, stop))
+        result = self._embedder.embed_payloads(texts, options, stop=stop)
+        assert result is not None  # only cached_only calls come back empty-handed
+        return result.payloads
+
+    async def _aembed(self, texts: Sequence[Input], options: RequestOptions) -> NDArray[Any]:
         # Options are resolved on the caller's thread: bad ones fail before any thread.
         return await self._workers.run(functools.partial(self._embed, texts, options))
+
+    async def _aencode(self, texts: Sequence[Input], options: RequestOptions) -> list[NDArray[Any]]:
+        return await self._workers.run(functools.partial(self._encode, texts, options))
 
     def _media(self, values: Sequence[ImageLike], kind: str = "image") -> list[Media]:
         """The images (or PDFs), read, checked against the model and, with fetching on,
@@ -433,30 +436,46 @@ class JinaEmbeddingFunction:
         return replace(options, late_chunking=False) if options.late_chunking else options
 
     def _document_options(self) -> RequestOptions:
-        return self._options_for(default_task(self.model_name))
+        return self._options_for(default_task(self.model_name), "document")
 
     def _query_options(self) -> RequestOptions:
         spec = self._call_options.spec
-        return self._options_for(spec.query_task if spec else "retrieval.query")
+        return self._options_for(spec.query_task if spec else "retrieval.query", "query")
 
-    def _options_for(self, task: str | None) -> RequestOptions:
-        options = self._options.get(task)
+    def _options_for(self, task: str | None, side: str | None = None) -> RequestOptions:
+        """The options of ``task``; ``side``: the ColBERT ``input_type`` of documents or
+        queries (other models take none), else the configured one."""
+        input_type = self._input_type
+        if side is not None and self._colbert:
+            input_type = side
+        options = self._options.get((task, input_type))
         if options is None:
-            options = self._options[task] = resolve_options(
+            embedding_type, multivector = self._output
+            options = self._options[task, input_type] = resolve_options(
                 self.model_name,
                 task,
                 self._dimensions,
                 late_chunking=self._late_chunking,
                 normalized=self._normalized,
                 truncate=self._truncate,
+                embedding_type=embedding_type,
+                return_multivector=multivector,
+                input_type=input_type,
             )
         return options
+
+    @property
+    def _colbert(self) -> bool:
+        spec = spec_for(self.model_name)
+        return spec is not None and spec.multivector == "only"
 
 
 #: The keyword-only options of :class:`JinaEmbeddingFunction`, which the LangChain and
 #: LlamaIndex classes pass on as they are.
+#: Not the output options: their classes return one float vector per input, as LangChain
+#: and LlamaIndex expect.
 _EF_OPTIONS = frozenset(
     name
     for name, parameter in inspect.signature(JinaEmbeddingFunction.__init__).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-)
+) - {"embedding_type", "return_multivector", "input_type"}

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import DEFAULT_TASK
+from .config import DEFAULT_TASK, EMBEDDINGS_PATH
 from .errors import InvalidInputError
 from .inputs import Media
 from .tokens import estimate_tokens
 
 __all__ = [
+    "EMBEDDING_TYPES",
+    "INPUT_TYPES",
     "MODELS",
     "MODEL_DEFAULT_TASK",
+    "MULTI_VECTOR_PATH",
     "ModelSpec",
     "RequestOptions",
     "default_task",
@@ -32,6 +35,18 @@ MODEL_DEFAULT_TASK = "default"
 #: The only wire encoding embedcache asks the API for: raw float32, exact and 4x smaller
 #: than JSON floats.
 UPSTREAM_EMBEDDING_TYPE = "base64"
+#: The output kinds a cached entry can be (its ``embedding_type`` field): float vectors
+#: (asked for as base64, exact), and the packed sign bits of ``binary`` (int8) and
+#: ``ubinary`` (uint8), which are not derivable from the floats the cache holds (the API's
+#: own threshold and bit order are unconfirmed), so each is an entry of its own.
+EMBEDDING_TYPES = (UPSTREAM_EMBEDDING_TYPE, "binary", "ubinary")
+#: The ColBERT models' ``input_type`` values (their stand-in for ``task``).
+INPUT_TYPES = ("query", "document")
+#: Where the ColBERT models are served (``/v1/embeddings`` serves them too in the 2026 spec,
+#: but the older specs and clients use this path, which every version has).
+MULTI_VECTOR_PATH = "/v1/multi-vector"
+#: The width of one per-token row of a multi-vector answer (v4 and ColBERT alike).
+MULTI_VECTOR_DIM = 128
 DEFAULT_MAX_ITEMS = 2048
 
 
@@ -57,6 +72,12 @@ class ModelSpec:
     task_aliases: dict[str, str] = field(default_factory=dict)
     #: The kinds of input it takes: ``text``, and ``image`` and ``pdf`` on multimodal models.
     inputs: tuple[str, ...] = ("text",)
+    #: Multi-vector outputs: ``"no"``; ``"option"`` (``return_multivector``, v4);
+    #: ``"only"`` (the ColBERT models: one row per token, ``input_type`` instead of ``task``,
+    #: served at :data:`MULTI_VECTOR_PATH`).
+    multivector: str = "no"
+    #: The ``dimensions`` a model takes from a fixed list (ColBERT), ``None``: the range.
+    dimension_choices: tuple[int, ...] | None = None
 
 
 def _v2(name: str) -> ModelSpec:
@@ -93,7 +114,7 @@ MODELS: dict[str, ModelSpec] = {
             ("text-matching", "retrieval.query", "retrieval.passage", "code.query",
              "code.passage"),
             normalized=False, late_chunking=True, max_items=512, max_input_tokens=32768,
-            inputs=("text", "image", "pdf"),
+            inputs=("text", "image", "pdf"), multivector="option",
         ),
         ModelSpec(
             "jina-embeddings-v5-text-small", 1024, (1, 1024), _V5_TASKS,
@@ -122,6 +143,16 @@ MODELS: dict[str, ModelSpec] = {
             "jina-code-embeddings-1.5b", 1536, (1, 1536), _CODE_TASKS, normalized=False,
             late_chunking=False, max_input_tokens=None, passage_task="nl2code.passage",
             query_task="nl2code.query",
+        ),
+        # ColBERT: multi-vector only, text only, 128-d rows; no task, no normalized field.
+        ModelSpec(
+            "jina-colbert-v2", MULTI_VECTOR_DIM, (64, 128), None, normalized=False,
+            late_chunking=False, passage_task=None, query_task=None, multivector="only",
+            dimension_choices=(128, 96, 64),
+        ),
+        ModelSpec(
+            "jina-colbert-v1-en", MULTI_VECTOR_DIM, None, None, normalized=False,
+            late_chunking=False, passage_task=None, query_task=None, multivector="only",
         ),
     )
 }  # fmt: skip
@@ -161,11 +192,21 @@ class RequestOptions:
     normalized: bool | None = None
     truncate: bool | None = None
     late_chunking: bool = False
+    #: The output kind (:data:`EMBEDDING_TYPES`): float vectors, asked for as ``base64``
+    #: (exact), or the packed bits of ``binary`` / ``ubinary``.
     embedding_type: str = UPSTREAM_EMBEDDING_TYPE
+    #: jina-embeddings-v4's ``return_multivector``: one 128-d row per token.
+    return_multivector: bool = False
+    #: The ColBERT models' ``query`` or ``document`` side (``None``: not sent).
+    input_type: str | None = None
 
     def body_fields(self) -> dict[str, object]:
         """The request body without ``input``: the single source of what the key covers."""
         body: dict[str, object] = {"model": self.model, "embedding_type": self.embedding_type}
+        if self.return_multivector:
+            body["return_multivector"] = True
+        if self.input_type is not None:
+            body["input_type"] = self.input_type
         if self.task is not None:
             body["task"] = self.task
         if self.dimensions is not None:
@@ -181,6 +222,37 @@ class RequestOptions:
     @property
     def spec(self) -> ModelSpec | None:
         return spec_for(self.model)
+
+    @property
+    def multivector(self) -> bool:
+        """Whether each input's answer is rows, one per token (``return_multivector``, or
+        a ColBERT model)."""
+        spec = self.spec
+        return self.return_multivector or (spec is not None and spec.multivector == "only")
+
+    @property
+    def plain(self) -> bool:
+        """Whether each input's entry is one float32 vector (the cache's first kind, read
+        and written by the vector path); else it is a payload (rows, or packed bits)."""
+        return self.embedding_type == UPSTREAM_EMBEDDING_TYPE and not self.multivector
+
+    @property
+    def path(self) -> str:
+        """The API path a request with these options goes to."""
+        spec = self.spec
+        return (
+            MULTI_VECTOR_PATH
+            if spec is not None and spec.multivector == "only"
+            else (EMBEDDINGS_PATH)
+        )
+
+    @property
+    def row_width(self) -> int | None:
+        """The float width of one vector (of one row, multi-vector), when known before
+        asking; packed bits hold ``ceil(row_width / 8)`` values a row."""
+        if self.return_multivector:
+            return MULTI_VECTOR_DIM
+        return self.expected_dim
 
     @property
     def expected_dim(self) -> int | None:
@@ -237,12 +309,18 @@ def resolve_options(
     late_chunking: bool = False,
     normalized: bool | None = None,
     truncate: bool | None = None,
+    embedding_type: str = "float",
+    return_multivector: bool = False,
+    input_type: str | None = None,
 ) -> RequestOptions:
     """Validate user-facing options and return what will be sent.
 
     For known models: task aliases are mapped (``clustering`` → ``separation`` on v3); a task
     or ``dimensions`` equal to the native size is dropped for models without that field;
-    anything else the model does not take raises.
+    anything else the model does not take raises. ``embedding_type`` ``float`` (or
+    ``base64``: the same values) is asked for as base64; ``binary``/``ubinary`` are outputs
+    of their own. A ColBERT model's ``input_type`` defaults to ``document`` (the API's
+    default, sent, so both spellings share entries).
 
     :raises InvalidInputError: naming the option and the accepted values.
     """
@@ -258,9 +336,16 @@ def resolve_options(
         if flag is not None and not isinstance(flag, bool):
             raise InvalidInputError(f"{name} must be True, False or None, got {flag!r}")
 
+    wire_type = _output_type(embedding_type)
     spec = spec_for(model)
     if spec is None:
-        return RequestOptions(model, task, dimensions, normalized, truncate, bool(late_chunking))
+        return RequestOptions(
+            model, task, dimensions, normalized, truncate, bool(late_chunking), wire_type,
+            bool(return_multivector), input_type,
+        )  # fmt: skip
+    input_type = _check_output(spec, dimensions, late_chunking, return_multivector, input_type)
+    # A ColBERT model's answers are multi-vector without the field (which it refuses).
+    return_multivector = bool(return_multivector) and spec.multivector == "option"
 
     if spec.tasks is None:
         task = None  # the model has no task field; sending one is at best ignored
@@ -278,6 +363,9 @@ def resolve_options(
                     f"got dimensions={dimensions}"
                 )
             dimensions = None
+        elif spec.dimension_choices is not None and dimensions not in spec.dimension_choices:
+            listed = ", ".join(map(str, spec.dimension_choices))
+            raise InvalidInputError(f"dimensions={dimensions} is not offered by {model} ({listed})")
         elif not spec.dimensions[0] <= dimensions <= spec.dimensions[1]:
             low, high = spec.dimensions
             raise InvalidInputError(
@@ -287,4 +375,49 @@ def resolve_options(
         raise InvalidInputError(f"{model} does not support late_chunking")
     if normalized is not None and not spec.normalized:
         raise InvalidInputError(f"{model} does not take the normalized option")
-    return RequestOptions(model, task, dimensions, normalized, truncate, bool(late_chunking))
+    return RequestOptions(
+        model, task, dimensions, normalized, truncate, bool(late_chunking), wire_type,
+        return_multivector, input_type,
+    )  # fmt: skip
+
+
+def _output_type(embedding_type: object) -> str:
+    """The ``embedding_type`` a request asks for the output kind ``embedding_type``."""
+    if embedding_type in ("float", UPSTREAM_EMBEDDING_TYPE):
+        return UPSTREAM_EMBEDDING_TYPE
+    if embedding_type in EMBEDDING_TYPES:
+        return str(embedding_type)
+    raise InvalidInputError(
+        f"embedding_type must be one of float, binary, ubinary; got {embedding_type!r}"
+    )
+
+
+def _check_output(
+    spec: ModelSpec,
+    dimensions: int | None,
+    late_chunking: bool,
+    return_multivector: bool,
+    input_type: str | None,
+) -> str | None:
+    """Refuse the multi-vector options ``spec`` does not take (as the API would, before
+    sending); return the ``input_type`` to send."""
+    model = spec.name
+    if return_multivector and spec.multivector == "no":
+        takers = ", ".join(name for name, s in MODELS.items() if s.multivector != "no")
+        raise InvalidInputError(f"{model} has no multi-vector output (models that do: {takers})")
+    if return_multivector and spec.multivector == "option":
+        if dimensions is not None:
+            raise InvalidInputError("return_multivector cannot be combined with dimensions")
+        if late_chunking:
+            raise InvalidInputError("return_multivector cannot be combined with late_chunking")
+    if spec.multivector != "only":
+        if input_type is not None:
+            raise InvalidInputError(
+                f"{model} takes no input_type (the ColBERT models do); use task instead"
+            )
+        return None
+    if input_type is None:
+        return "document"
+    if input_type not in INPUT_TYPES:
+        raise InvalidInputError(f"input_type must be query or document, got {input_type!r}")
+    return input_type

@@ -32,6 +32,7 @@ LAYERS = {
     "cli": 7,
     "testing": 3,  # the emulator: models and tokens only, never the cache itself
     "function": 6,  # JinaEmbeddingFunction, the front door
+    "workers": 6,  # its async methods' worker threads
     "__init__": 8,
     "__main__": 8,
     # The public faces of integrations/langchain.py and llama_index.py: never imported by

@@ -229,11 +229,11 @@ def test_late_chunking_groups_are_cached_whole(emulator: JinaEmulator, proxy: Se
 @pytest.mark.parametrize(
     "body",
     [
-        {"model": V3, "input": ["text"], "embedding_type": "binary"},
+        {"model": "jina-embeddings-v4", "input": ["text"], "return_tokenized_input": True},
         {"model": V3, "input": ["text"], "embedding_type": ["float", "base64"]},
-        {"model": V3, "input": ["text"], "return_multivector": True},
+        {"model": V3, "input": ["text"], "late_interaction": True},
     ],
-    ids=["binary", "several-types", "unknown-field"],
+    ids=["tokenized-input", "several-types", "unknown-field"],
 )
 def test_requests_the_cache_cannot_key_are_forwarded_and_never_stored(
     emulator: JinaEmulator, proxy: Served, body: dict[str, Any]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +21,15 @@ from ..models import RequestOptions
 from ..tokens import estimate_tokens
 from ..upstream.protocol import UpstreamResult
 
-__all__ = ["Miss", "Packer", "Take", "check_lengths", "plan_batches", "validated"]
+__all__ = [
+    "Miss",
+    "Packer",
+    "Take",
+    "check_lengths",
+    "plan_batches",
+    "validated",
+    "validated_payloads",
+]
 
 
 @dataclass(frozen=True)
@@ -219,3 +228,45 @@ def validated(
     if not np.isfinite(vectors).all():
         raise ResponseFormatError(f"received NaN or infinite values{where}")
     return vectors.astype(np.float32, copy=False)
+
+
+def validated_payloads(
+    result: UpstreamResult, count: int, options: RequestOptions
+) -> list[NDArray[Any]]:
+    """The payloads of a batch's result (options that are not
+    :attr:`~embedcache.models.RequestOptions.plain`), if they can be trusted: one per
+    text, of the output kind asked for (rows of float32 for a multi-vector answer, int8 or
+    uint8 packed bits), every row of the expected width (``dimensions / 8`` values for
+    packed bits), floats all finite.
+
+    :raises ResponseFormatError: otherwise; nothing of the batch may then be cached.
+    """
+    payloads = result.payloads
+    where = f" (request id {result.request_id})" if result.request_id else ""
+    if payloads is None or len(payloads) != count:
+        got = 0 if payloads is None else len(payloads)
+        raise ResponseFormatError(f"sent {count} texts but received {got} embeddings{where}")
+    bits = options.embedding_type != "base64"
+    dtype = np.dtype({"binary": "i1", "ubinary": "u1"}.get(options.embedding_type, "<f4"))
+    ndim = 2 if options.multivector else 1
+    width = options.row_width
+    if width is not None and bits:
+        width = -(-width // 8)  # packed bits: one value per 8 dimensions, the last padded
+    widths = {payload.shape[-1] for payload in payloads if payload.ndim}
+    if width is None and len(widths) > 1:
+        raise ResponseFormatError(f"embeddings of different widths in one response{where}")
+    checked = []
+    for index, payload in enumerate(payloads):
+        if payload.ndim != ndim or payload.dtype != dtype or not payload.size:
+            raise ResponseFormatError(
+                f"embedding {index} is not what was asked for ({options.embedding_type}"
+                f"{', multi-vector' if options.multivector else ''}){where}"
+            )
+        if width is not None and payload.shape[-1] != width:
+            raise ResponseFormatError(
+                f"received {payload.shape[-1]}-wide embeddings, expected {width}{where}"
+            )
+        if not bits and not np.isfinite(payload).all():
+            raise ResponseFormatError(f"received NaN or infinite values{where}")
+        checked.append(np.ascontiguousarray(payload))
+    return checked

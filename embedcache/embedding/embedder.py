@@ -16,7 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,9 +31,16 @@ from ..upstream.protocol import Upstream
 from .batches import Miss
 from .counters import Autoflush, Recorder, Stats
 from .distinct import DistinctKeys
-from .fetching import Call, Fetcher, Rows
+from .fetching import Call, Fetcher, PayloadRows, Rows
 
-__all__ = ["CachedEmbedder", "Embedded", "Stats", "WarmReport", "check_texts"]
+__all__ = [
+    "CachedEmbedder",
+    "Embedded",
+    "EmbeddedPayloads",
+    "Stats",
+    "WarmReport",
+    "check_texts",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,19 @@ class Embedded:
     a later hit on it saves)."""
 
     vectors: NDArray[np.float32]
+    stats: Stats
+    tokens: NDArray[np.float64]
+    keys: list[bytes]
+
+
+@dataclass(frozen=True)
+class EmbeddedPayloads:
+    """What :meth:`CachedEmbedder.embed_payloads` returns: :class:`Embedded` with one array
+    per text instead of one matrix (an input's rows vary in number)."""
+
+    #: Entry ``i`` for ``texts[i]``: a ``(rows, width)`` float32 array (multi-vector), a
+    #: 1-D int8/uint8 array (``binary``/``ubinary``), or a 2-D one (both).
+    payloads: list[NDArray[Any]]
     stats: Stats
     tokens: NDArray[np.float64]
     keys: list[bytes]
@@ -195,6 +215,14 @@ class CachedEmbedder:
         :param stop: once set (by another thread), send no new batch: the ones in flight
             are committed, then ``concurrent.futures.CancelledError`` is raised.
         """
+        if not options.plain:
+            # The library and the proxy ask embed_payloads; a caller that wants one float
+            # vector per input (`embedcache get`, TEI) says so in the user's terms.
+            kind = "a multi-vector" if options.multivector else f"{options.embedding_type} bits"
+            raise InvalidInputError(
+                f"{options.model} with these options answers each input with {kind}, "
+                "not one float vector: this call returns float vectors only"
+            )
         fp, keys, position = self._index(texts, options)
         if not keys:
             empty = np.empty((0, options.expected_dim or 0), np.float32)
@@ -203,23 +231,79 @@ class CachedEmbedder:
         found = self._tiers.read(fp, unique, options.expected_dim, shared=not cached_only)
         rows = Rows(found.vectors, found.tokens)
         call = Call(options, fp, upstream or self.upstream, rows, stop=stop)
-        if found.present.all():  # the common case, kept short: nothing to fetch
-            self._count(call, hits=len(unique), tokens_saved=float(found.tokens.sum()))
-        elif cached_only:
+        if not self._serve(texts, unique, position, found.present, call, cached_only):
             return None
-        else:
-            misses = self._misses(texts, unique, position, ~found.present, options)
-            hits = found.present.copy()
-            hits[[miss.slot for miss in misses]] = False
-            self._count(call, hits=int(hits.sum()), tokens_saved=float(found.tokens[hits].sum()))
-            self._fill(misses, len(unique), call)
-        assert call.rows is not None
-        matrix, tokens = call.rows.matrix, call.rows.tokens
+        matrix, tokens = rows.matrix, rows.tokens
         if len(unique) != len(keys):
-            slot = {key: i for i, key in enumerate(unique)}
-            order = np.fromiter((slot[key] for key in keys), np.intp, len(keys))
+            order = _order(unique, keys)
             matrix, tokens = matrix[order], tokens[order]
         return Embedded(matrix, call.stats, tokens, keys)
+
+    def embed_payloads(
+        self,
+        texts: Sequence[Input],
+        options: RequestOptions,
+        *,
+        upstream: Upstream | None = None,
+        cached_only: bool = False,
+        stop: threading.Event | None = None,
+    ) -> EmbeddedPayloads | None:
+        """:meth:`embed_detailed` for every output kind: one array per text (see
+        :class:`EmbeddedPayloads`), in order; the same lookups, coalescing, batching and
+        commits, each entry stored exactly as the API answered it (its own key: the output
+        kind, ``input_type`` and ``dimensions`` are in the fingerprint). Plain float
+        options give each vector as a 1-D array.
+
+        :raises ResponseFormatError: an answer of another shape, dtype or row width than
+            asked for; nothing of its batch is cached.
+        """
+        if options.plain:
+            detailed = self.embed_detailed(
+                texts, options, upstream=upstream, cached_only=cached_only, stop=stop
+            )
+            if detailed is None:
+                return None
+            return EmbeddedPayloads(
+                list(detailed.vectors), detailed.stats, detailed.tokens, detailed.keys
+            )
+        fp, keys, position = self._index(texts, options)
+        unique = list(position)
+        found = self._tiers.read_payloads(fp, unique, shared=not cached_only)
+        rows = PayloadRows(found.payloads, found.tokens)
+        call = Call(options, fp, upstream or self.upstream, rows, stop=stop)
+        if unique and not self._serve(texts, unique, position, found.present, call, cached_only):
+            return None
+        slots = _order(unique, keys) if len(unique) != len(keys) else range(len(keys))
+        payloads = [rows.payloads[i] for i in slots]
+        assert all(payload is not None for payload in payloads)
+        tokens = rows.tokens[np.asarray(slots, np.intp)] if len(keys) else rows.tokens
+        return EmbeddedPayloads(cast("list[NDArray[Any]]", payloads), call.stats, tokens, keys)
+
+    def _serve(
+        self,
+        texts: Sequence[Input],
+        unique: list[bytes],
+        position: dict[bytes, int],
+        present: NDArray[np.bool_],
+        call: Call,
+        cached_only: bool,
+    ) -> bool:
+        """Count the hits and fill the misses of a call whose lookup found ``present``;
+        ``False`` (nothing counted nor fetched) when ``cached_only`` and anything is
+        missing."""
+        assert call.rows is not None
+        found_tokens = call.rows.tokens
+        if present.all():  # the common case, kept short: nothing to fetch
+            self._count(call, hits=len(unique), tokens_saved=float(found_tokens.sum()))
+            return True
+        if cached_only:
+            return False
+        misses = self._misses(texts, unique, position, ~present, call.options)
+        hits = present.copy()
+        hits[[miss.slot for miss in misses]] = False
+        self._count(call, hits=int(hits.sum()), tokens_saved=float(found_tokens[hits].sum()))
+        self._fill(misses, len(unique), call)
+        return True
 
     def warm(
         self,
@@ -254,7 +338,10 @@ class CachedEmbedder:
             new = seen.add(unique)
             if not new.all():
                 unique = list(itertools.compress(unique, new.tolist()))
-        absent = ~self._tiers.contains(fp, unique, options.expected_dim)
+        if options.plain:
+            absent = ~self._tiers.contains(fp, unique, options.expected_dim)
+        else:
+            absent = ~self._tiers.contains_payloads(fp, unique)
         misses = self._misses(texts, unique, position, absent, options)
         report = WarmReport(
             texts=len(texts),
@@ -342,3 +429,9 @@ class CachedEmbedder:
             self._fetcher.fill(misses, distinct, call)
         finally:
             self.flush_counters()
+
+
+def _order(unique: list[bytes], keys: list[bytes]) -> NDArray[np.intp]:
+    """The position among ``unique`` of each of ``keys`` (a call's repeated texts)."""
+    slot = {key: i for i, key in enumerate(unique)}
+    return np.fromiter((slot[key] for key in keys), np.intp, len(keys))

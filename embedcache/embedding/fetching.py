@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,12 +27,12 @@ from ..inputs import estimate_input
 from ..models import RequestOptions
 from ..storage.tiers import Tiers
 from ..upstream.protocol import Upstream, UpstreamResult
-from .batches import Miss, Packer, check_lengths, plan_batches, validated
+from .batches import Miss, Packer, check_lengths, plan_batches, validated, validated_payloads
 from .coalescing import FetchClaims, Inflight
 from .counters import Counters, Stats
 from .scheduler import BatchScheduler
 
-__all__ = ["Call", "Fetcher", "Rows"]
+__all__ = ["Call", "Fetcher", "PayloadRows", "Rows"]
 
 
 class Rows:
@@ -58,17 +58,36 @@ class Rows:
         self.tokens[slots] = tokens
 
 
+class PayloadRows:
+    """The entries of a call's distinct texts when they are payloads (multi-vector rows,
+    packed bits: :attr:`~embedcache.models.RequestOptions.plain` is false), one array
+    each; ``None`` until found or fetched."""
+
+    def __init__(self, payloads: list[NDArray[Any] | None], tokens: NDArray[np.float64]) -> None:
+        self.payloads = payloads
+        self.tokens = tokens
+
+    def put(
+        self, slots: list[int], payloads: list[NDArray[Any]], tokens: NDArray[np.float64]
+    ) -> None:
+        """Set the entries ``slots`` (positions among the call's distinct texts)."""
+        for slot, payload in zip(slots, payloads, strict=True):
+            self.payloads[slot] = payload
+        self.tokens[slots] = tokens
+
+
 @dataclass
 class Call:
     """The state of one embed or warm call, handed down its fetch loop.
 
-    :ivar rows: where the call's vectors go; ``None`` for a warm call, which keeps none.
+    :ivar rows: where the call's vectors (or payloads) go; ``None`` for a warm call, which
+        keeps none.
     """
 
     options: RequestOptions
     fp: Fingerprint
     upstream: Upstream
-    rows: Rows | None
+    rows: Rows | PayloadRows | None
     on_batch: Callable[[int, int], None] | None = None
     stats: Stats = field(default_factory=Stats)
     stop: threading.Event | None = None
@@ -185,9 +204,12 @@ class Fetcher:
             return misses
         keys = [miss.key for miss in misses]
         rows = call.rows
-        found = None
+        found = payloads = None
         if rows is None:
-            usable = self._tiers.contains(call.fp, keys, call.options.expected_dim)
+            usable = self._present(call, keys)
+        elif isinstance(rows, PayloadRows):
+            payloads = self._tiers.read_payloads(call.fp, keys)
+            usable = payloads.present
         else:
             found = self._tiers.read(call.fp, keys, rows.dim or call.options.expected_dim)
             usable = found.present.copy()
@@ -196,13 +218,22 @@ class Fetcher:
         done = int(usable.sum())
         if not done:
             return misses
-        if rows is not None and found is not None:
-            rows.put([m.slot for m, ok in zip(misses, usable, strict=True) if ok],
-                     found.vectors[usable], found.tokens[usable])  # fmt: skip
+        slots = [m.slot for m, ok in zip(misses, usable, strict=True) if ok]
+        if isinstance(rows, Rows) and found is not None:
+            rows.put(slots, found.vectors[usable], found.tokens[usable])
+        elif isinstance(rows, PayloadRows) and payloads is not None:
+            taken = [p for p in payloads.payloads if p is not None]
+            rows.put(slots, taken, payloads.tokens[usable])
         self._counters.add(call.stats, **{counted_as: done})
         if call.on_found is not None:
             call.on_found(done)
         return [m for m, ok in zip(misses, usable, strict=True) if not ok]
+
+    def _present(self, call: Call, keys: list[bytes]) -> NDArray[np.bool_]:
+        """Whether each key is cached, without reading it (a warm call)."""
+        if call.options.plain:
+            return self._tiers.contains(call.fp, keys, call.options.expected_dim)
+        return self._tiers.contains_payloads(call.fp, keys)
 
     def _fetch(self, misses: list[Miss], call: Call, claims: FetchClaims | None) -> None:
         """Send ``misses`` in batches, committing each as it arrives. Each batch is packed
@@ -247,10 +278,18 @@ class Fetcher:
 
     def _commit(self, batch: list[Miss], result: UpstreamResult, call: Call) -> None:
         rows = call.rows
-        vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
         lengths = _weights(batch)
         share = lengths / lengths.sum() if lengths.sum() else np.full(len(batch), 1 / len(batch))
         tokens = share * result.total_tokens
+        if not call.options.plain:
+            payloads = validated_payloads(result, len(batch), call.options)
+            keys = [miss.key for miss in batch]
+            self._tiers.put_payloads(call.fp, keys, payloads, tokens.tolist())
+            if isinstance(rows, PayloadRows):
+                rows.put([miss.slot for miss in batch], payloads, tokens)
+            return
+        assert not isinstance(rows, PayloadRows)
+        vectors = validated(result, len(batch), call.options, rows.dim if rows else None)
         self._tiers.put(
             call.fp, [(miss.key, vectors[i], float(tokens[i])) for i, miss in enumerate(batch)]
         )

@@ -52,7 +52,7 @@ from starlette.routing import Route
 from ..assembly import Assembly, CacheSettings
 from ..config import DEFAULT_MODEL, DEFAULT_PRICE_PER_MILLION_TOKENS, EMBEDDINGS_PATH
 from ..errors import CacheError
-from ..models import MODELS
+from ..models import MODELS, MULTI_VECTOR_PATH
 from ..storage.ledgers import open_ledger
 from ..upstream.float_style import FloatStyle, setting_name
 from ..upstream.media_fetch import MediaFetcher
@@ -84,7 +84,11 @@ __all__ = ["Proxy", "ProxySettings"]
 DEFAULT_RENDERED_BYTES = 256 * 1024 * 1024
 _TEI_PATHS = frozenset({tei.TEI_PATH, tei.INFO_PATH})
 #: The routes a request log line is written for, by path as the HTTP server reads it.
-_LOGGED_PATHS = {EMBEDDINGS_PATH.encode(): "jina", tei.TEI_PATH.encode(): "tei"}
+_LOGGED_PATHS = {
+    EMBEDDINGS_PATH.encode(): "jina",
+    MULTI_VECTOR_PATH.encode(): "jina",
+    tei.TEI_PATH.encode(): "tei",
+}
 #: ``GET /v1/models``: OpenAI's list of the models served (all that embedcache knows).
 MODELS_PATH = "/v1/models"
 _MODELS_BODY = orjson.dumps(
@@ -293,6 +297,7 @@ class Proxy:
         self.app = Starlette(
             routes=[
                 Route(EMBEDDINGS_PATH, embeddings.handle, methods=["POST"]),
+                Route(MULTI_VECTOR_PATH, embeddings.handle, methods=["POST"]),
                 Route(tei.TEI_PATH, teis.embed, methods=["POST"]),
                 Route(tei.INFO_PATH, teis.info, methods=["GET"]),
                 Route(MODELS_PATH, _models, methods=["GET"]),

@@ -1,6 +1,7 @@
-"""``POST /v1/embeddings`` as the application answers it: everything the hit path left
-(misses, errors, requests passed through uncached, big bodies), in Jina's or OpenAI's
-dialect (:mod:`.wire`).
+"""``POST /v1/embeddings`` (and the ColBERT models' ``POST /v1/multi-vector``) as the
+application answers it: everything the hit path left (misses, errors, requests passed through
+uncached, big bodies, multi-vector and packed-bits outputs), in Jina's or OpenAI's dialect
+(:mod:`.wire`).
 
 Order of work: the access decision (settled at the headers, :mod:`.gate`), then the body
 read, checked against the request limits (:mod:`.limits`) and keyed before anything is
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import EmbedcacheError
+from ..inputs import estimate_input
 from ..upstream.jina import JinaClient
 from .budgets import (
     BUDGET_HEADER,
@@ -58,10 +60,13 @@ class _Read:
 
     dialect: str
     parsed: EmbeddingsRequest | None
+    #: The path it was sent to, where a body passed through goes.
+    path: str
 
 
 class EmbeddingsRoute:
-    """The ``/v1/embeddings`` endpoint (:meth:`handle`), built from ``parts``."""
+    """The ``/v1/embeddings`` and ``/v1/multi-vector`` endpoints (:meth:`handle`), built
+    from ``parts``."""
 
     def __init__(self, parts: RouteParts) -> None:
         self._parts = parts
@@ -150,7 +155,7 @@ class EmbeddingsRoute:
     ) -> Answer:
         """``raw`` forwarded as it is, its ``usage`` charged to ``held``'s budget."""
         try:
-            sent = upstream.forward(raw)
+            sent = upstream.forward(raw, record.route)
         except BaseException:
             if held is not None and self._budgets is not None:
                 self._budgets.settle(held, 0)
@@ -174,7 +179,7 @@ class EmbeddingsRoute:
         dialect = dialect_of(body)  # errors are answered in the client's own shape
         record.dialect = dialect
         try:
-            parsed = parse_request(body)
+            parsed = parse_request(body, record.route)
         except EmbedcacheError as exc:
             return _failure(exc, dialect)
         if parsed is None:
@@ -189,12 +194,7 @@ class EmbeddingsRoute:
                 options.task,
                 options.dimensions,
             )
-            estimate = answer_bytes(
-                count,
-                parsed.options.expected_dim,
-                parsed.embedding_type,
-                self._filler.float_style,
-            )
+            estimate = _estimate(parsed, self._filler.float_style)
         record.texts = count
         problem = self._limits.inputs_problem(count) or self._limits.answer_problem(estimate)
         if problem:
@@ -206,7 +206,7 @@ class EmbeddingsRoute:
                 refuse_overlong(parsed.texts, parsed.options)
             except EmbedcacheError as exc:
                 return _failure(exc, dialect)
-        return _Read(dialect, parsed)
+        return _Read(dialect, parsed, record.route)
 
     def _embed(
         self,
@@ -229,7 +229,8 @@ class EmbeddingsRoute:
         if rendered is None:
             return None
         texts, stats, keys = rendered
-        body = render_body(parsed.model, texts, stats.tokens_spent)
+        multivector = parsed.options.multivector
+        body = render_body(parsed.model, texts, stats.tokens_spent, multivector)
         cached = stats.hits + stats.coalesced
         record.answered(cached, stats.misses, stats.tokens_spent, stats.tokens_saved, keys)
         headers = {CACHED_HEADER: str(cached), **status_headers(record)}
@@ -239,6 +240,18 @@ class EmbeddingsRoute:
         response = _json(200, body, headers)
         outcome = "fetched" if stats.misses else "cached"
         return Answer(response, outcome, len(parsed.texts), cached)
+
+
+def _estimate(parsed: EmbeddingsRequest, style: str) -> int:
+    """An upper estimate of ``parsed``'s answer body: a multi-vector input as one row per
+    estimated token, packed bits as one value per 8 dimensions."""
+    options = parsed.options
+    count, width = len(parsed.texts), options.row_width
+    if options.multivector:
+        count = sum(max(1, estimate_input(text)) for text in parsed.texts)
+    if options.embedding_type != "base64" and width is not None:
+        width = -(-width // 8)
+    return answer_bytes(count, width, parsed.embedding_type, style)
 
 
 def _count(body: Any) -> int:

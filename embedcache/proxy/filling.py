@@ -21,7 +21,7 @@ from ..upstream.float_style import FloatStyle
 from ..upstream.jina import JinaClient
 from ..upstream.media_fetch import MediaFetcher
 from .rendered import RenderedAnswers, variant
-from .wire import EmbeddingsRequest, render_vector
+from .wire import EmbeddingsRequest, render_payload, render_vector
 
 __all__ = ["INLINE_BODY_BYTES", "INLINE_TEXTS", "Filler", "Rendered"]
 
@@ -78,7 +78,12 @@ class Filler:
     ) -> Rendered | None:
         """Each text's embedding as JSON text, in the upstream's float style and kept for
         the hit path, and what the caching core found and spent; ``None`` when
-        ``cached_only`` and something is missing (blocking unless ``cached_only``)."""
+        ``cached_only`` and something is missing (blocking unless ``cached_only``).
+
+        Multi-vector and packed-bits answers are rendered from the entries as stored, and
+        not kept: the hit path answers plain vectors only."""
+        if not parsed.options.plain:
+            return self._render_payloads(parsed, upstream, cached_only)
         result = self.embedder.embed_detailed(
             parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
         )
@@ -90,6 +95,18 @@ class Filler:
         if not parsed.options.late_chunking:  # the hit path answers single texts only
             self.rendered.put(result.keys, kind, texts, result.tokens.tolist())
         return Rendered(texts, result.stats, result.keys)
+
+    def _render_payloads(
+        self, parsed: EmbeddingsRequest, upstream: JinaClient, cached_only: bool
+    ) -> Rendered | None:
+        found = self.embedder.embed_payloads(
+            parsed.texts, parsed.options, upstream=upstream, cached_only=cached_only
+        )
+        if found is None:
+            return None
+        style, kind = self.float_style, parsed.embedding_type
+        texts = [render_payload(payload, kind, style) for payload in found.payloads]
+        return Rendered(texts, found.stats, found.keys)
 
     def needs_fetch(self, parsed: EmbeddingsRequest) -> bool:
         """Whether ``parsed`` holds an image or PDF to fetch before it can be keyed (never

@@ -192,8 +192,8 @@ class HitPath:
             parsed = parse_request(decoded)
         except (orjson.JSONDecodeError, EmbedcacheError):
             return None  # the application answers with the error
-        if parsed is None or parsed.options.late_chunking:
-            return None
+        if parsed is None or parsed.options.late_chunking or not parsed.options.plain:
+            return None  # multi-vector and packed bits: the application answers them
         if self._needs_fetch is not None and self._needs_fetch(parsed):
             return None  # keyed by content once fetched, off the event loop
         count = len(parsed.texts)

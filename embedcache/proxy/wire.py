@@ -6,8 +6,10 @@ be passed through uncached; :func:`render_embeddings` and :func:`render_error` w
 response bodies in the API's shape (reference §2-3, §5.1).
 
 A request is cached only when every field in it is one whose effect on the output the key
-covers. Images, PDFs, multi-vector output, bit-packed or several encodings, and fields this
-version does not know go to the API as they are and are never stored.
+covers: texts, images and PDFs; ``float``, ``base64``, ``binary`` and ``ubinary`` outputs;
+v4's ``return_multivector`` and the ColBERT models' ``input_type`` (at ``/v1/embeddings`` or
+``/v1/multi-vector``). A list of several encodings (whose answer shape is unconfirmed) and
+fields this version does not know go to the API as they are and are never stored.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from ..config import EMBEDDINGS_PATH
 from ..errors import (
     APIError,
     CacheError,
@@ -32,7 +35,7 @@ from ..errors import (
     SharedCacheError,
 )
 from ..inputs import Input, Media, parse_item
-from ..models import RequestOptions, resolve_options, spec_for
+from ..models import MULTI_VECTOR_PATH, RequestOptions, resolve_options, spec_for
 from ..upstream.float_style import DEFAULT_FLOAT_STYLE
 
 __all__ = [
@@ -44,22 +47,28 @@ __all__ = [
     "render_body",
     "render_embeddings",
     "render_error",
+    "render_payload",
     "render_refusal",
     "render_vector",
 ]
 
 #: Output encodings the proxy can produce exactly from a cached float32 vector.
-CACHEABLE_EMBEDDING_TYPES = frozenset({"float", "base64"})
+FLOAT_EMBEDDING_TYPES = frozenset({"float", "base64"})
+#: Output encodings the proxy caches: the floats' two, and packed bits (entries of their own,
+#: answered as the API wrote them: integers have one JSON text).
+CACHEABLE_EMBEDDING_TYPES = FLOAT_EMBEDDING_TYPES | {"binary", "ubinary"}
 # An item that is an image or a PDF, in the API's forms (the older url and bytes too).
 _MEDIA_KEYS = frozenset({"image", "pdf", "url", "bytes"})
 _KNOWN_FIELDS = frozenset(
     {"model", "input", "task", "dimensions", "normalized", "late_chunking", "truncate"}
-    | {"embedding_type", "encoding_type"}
+    | {"embedding_type", "encoding_type", "return_multivector", "input_type"}
     # OpenAI's dialect: its name for the encoding, and its end-user id, which changes
     # nothing in the output: accepted, not keyed, never sent upstream.
     | {"encoding_format", "user"}
 )
-_FLAGS = ("normalized", "late_chunking", "truncate")
+_FLAGS = ("normalized", "late_chunking", "truncate", "return_multivector")
+#: Jina's fields OpenAI's dialect has no equivalent of (its answers are one float vector).
+_JINA_ONLY = frozenset({"return_multivector", "input_type"})
 
 
 @dataclass(frozen=True)
@@ -73,12 +82,14 @@ class EmbeddingsRequest:
     embedding_type: str
 
 
-def parse_request(body: object) -> EmbeddingsRequest | None:
-    """Read a decoded request body.
+def parse_request(body: object, path: str = EMBEDDINGS_PATH) -> EmbeddingsRequest | None:
+    """Read a decoded request body sent to ``path`` (``/v1/embeddings``, or the ColBERT
+    models' ``/v1/multi-vector``).
 
     :returns: the request, or ``None`` when it must be passed through uncached.
     :raises InvalidInputError: for a request the API would refuse (bad task, dimensions out
-        of range, wrong types): answered locally, before anything is spent.
+        of range, wrong types, ``return_multivector`` with ``dimensions``): answered
+        locally, before anything is spent.
     """
     if not isinstance(body, dict):
         raise InvalidInputError("the request body must be a JSON object")
@@ -98,6 +109,9 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise InvalidInputError(f"{name} must be true or false, got {body[name]!r}")
     model_id, task = _model_and_task(model, body.get("task"))
+    spec = spec_for(model_id)
+    if path == MULTI_VECTOR_PATH and (spec is None or spec.multivector != "only"):
+        return None  # not a ColBERT model there: the API's own answer
     fields = (
         model_id,
         task,
@@ -105,6 +119,9 @@ def parse_request(body: object) -> EmbeddingsRequest | None:
         bool(body.get("late_chunking")),
         body.get("normalized"),
         body.get("truncate"),
+        "float" if embedding_type in FLOAT_EMBEDDING_TYPES else embedding_type,
+        bool(body.get("return_multivector")),
+        body.get("input_type"),
     )
     try:
         options = _known_options(*fields)
@@ -138,8 +155,11 @@ def _check_openai(body: Mapping[str, Any]) -> None:
     if not all(isinstance(item, str) for item in items):
         raise InvalidInputError("input must be a string or a list of strings")
     encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in CACHEABLE_EMBEDDING_TYPES:
+    if encoding is not None and encoding not in FLOAT_EMBEDDING_TYPES:
         raise InvalidInputError(f"encoding_format must be float or base64, got {encoding!r}")
+    jina_only = sorted(_JINA_ONLY & set(body))
+    if jina_only:
+        raise InvalidInputError(f"the field {jina_only[0]!r} has no OpenAI equivalent")
 
 
 def _refuse_token_ids(value: object) -> None:
@@ -168,6 +188,9 @@ def _options(
     late_chunking: bool,
     normalized: object,
     truncate: object,
+    output: str = "float",
+    multivector: bool = False,
+    input_type: object = None,
 ) -> RequestOptions:
     return resolve_options(
         model,
@@ -176,6 +199,9 @@ def _options(
         late_chunking=late_chunking,
         normalized=normalized,  # type: ignore[arg-type]
         truncate=truncate,  # type: ignore[arg-type]
+        embedding_type=output,
+        return_multivector=multivector,
+        input_type=input_type,  # type: ignore[arg-type]
     )
 
 
@@ -248,10 +274,28 @@ def render_vector(
     return orjson.dumps(row.astype(np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def render_body(model: str, embeddings: Sequence[bytes], tokens_spent: int) -> bytes:
+def render_payload(
+    payload: NDArray[Any], embedding_type: str, float_style: str = DEFAULT_FLOAT_STYLE
+) -> bytes:
+    """One entry that is not one float vector, as the API writes it: packed bits as their
+    integers (one row, or a list of rows), multi-vector float rows as a list of
+    :func:`render_vector` values (``base64``: one string per row, as the emulator writes
+    them)."""
+    if payload.dtype.kind in "iu":
+        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    if payload.ndim == 1:
+        return render_vector(payload, embedding_type, float_style)
+    rows = [render_vector(row, embedding_type, float_style) for row in payload]
+    return b"[" + b",".join(rows) + b"]"
+
+
+def render_body(
+    model: str, embeddings: Sequence[bytes], tokens_spent: int, multivector: bool = False
+) -> bytes:
     """The success body around embeddings already rendered by :func:`render_vector`, in
     index order. ``usage`` counts only tokens spent upstream for this request: cached
-    vectors cost nothing."""
+    vectors cost nothing. ``multivector``: each item is
+    ``{"object":"embeddings","index":i,"embeddings":[...]}``."""
     usage = b'"usage":{"total_tokens":%d,"prompt_tokens":%d},"data":[' % (
         tokens_spent,
         tokens_spent,
@@ -259,13 +303,17 @@ def render_body(model: str, embeddings: Sequence[bytes], tokens_spent: int) -> b
     parts = [_model_head(model), usage]
     for index, embedding in enumerate(embeddings):
         # One join at the end: an embedding's text is copied once, not once per "+".
+        if multivector:
+            parts += (_item_head(index, b"embeddings"), embedding)
+            continue
         parts += (_ITEM_HEADS[index] if index < len(_ITEM_HEADS) else _item_head(index), embedding)
     parts.append(b"}]}" if embeddings else b"]}")
     return b"".join(parts)
 
 
-def _item_head(index: int) -> bytes:
-    return (b'},{"object":"embedding","index":%d,"embedding":' % index)[2 if index == 0 else 0 :]
+def _item_head(index: int, name: bytes = b"embedding") -> bytes:
+    head = b'},{"object":"%s","index":%d,"%s":' % (name, index, name)
+    return head[2 if index == 0 else 0 :]
 
 
 _ITEM_HEADS = [_item_head(index) for index in range(2048)]

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ResponseFormatError
+from ..models import RequestOptions
 from .float_style import FloatStyle, classify_floats
 from .protocol import UpstreamResult
 
@@ -68,12 +69,17 @@ def learn_from(response: httpx.Response, floats: FloatStyle) -> None:
 
 
 def parse(
-    response: httpx.Response, expected: int, floats: FloatStyle | None = None
+    response: httpx.Response,
+    expected: int,
+    floats: FloatStyle | None = None,
+    options: RequestOptions | None = None,
 ) -> UpstreamResult:
     """Decode a success response into rows ordered by ``index``; reject anything off.
 
     With ``floats`` (float text was asked for, to learn from), list embeddings must be
-    float32 values; the style their text shows is passed to ``floats``.
+    float32 values; the style their text shows is passed to ``floats``. With ``options``
+    that are not :attr:`~embedcache.models.RequestOptions.plain`, each item is decoded
+    into a payload (:func:`_decode_payload`).
     """
     try:
         payload: Any = response.json()
@@ -88,25 +94,41 @@ def parse(
     if len(data) != expected:
         raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
     rows: list[NDArray[Any] | None] = [None] * expected
+    payloads = options is not None and not options.plain
     for item in data:
         index = item.get("index") if isinstance(item, dict) else None
         if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
             raise ResponseFormatError(f"response indexes do not cover 0..{expected - 1} once each")
-        rows[index] = _decode_embedding(item.get("embedding"), index, floats is not None)
+        if payloads:
+            assert options is not None
+            rows[index] = _decode_payload(item, index, options, floats is not None)
+        else:
+            rows[index] = _decode_embedding(item.get("embedding"), index, floats is not None)
+    request_id = payload.get("request_id") or response.headers.get("x-request-id")
+    if payloads:
+        if floats is not None:
+            rows = _narrowed(rows, floats)
+        empty = np.empty((0, 0), dtype=np.float32)
+        return UpstreamResult(empty, total_tokens(payload), request_id, rows)  # type: ignore[arg-type]
     if floats is not None:
         rows = _narrowed(rows, floats)
     dims = {len(row) for row in rows if row is not None}
     if len(dims) > 1:
         raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
     vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
-    request_id = payload.get("request_id") or response.headers.get("x-request-id")
     return UpstreamResult(vectors, total_tokens(payload), request_id)
 
 
 def _narrowed(rows: list[NDArray[Any] | None], floats: FloatStyle) -> list[NDArray[Any] | None]:
     """Float text read as float64 (``_decode_embedding(..., wide=True)``), checked to be
     float32 values, then as float32; its style is taught to ``floats``."""
-    wide = [row for row in rows if row is not None and row.dtype == np.float64]
+    # A multi-vector answer's rows are checked as rows.
+    wide = [
+        row
+        for array in rows
+        if array is not None and array.dtype == np.float64
+        for row in (array if array.ndim == 2 else [array])
+    ]
     try:
         style = classify_floats(wide)
     except ResponseFormatError as exc:
@@ -136,3 +158,44 @@ def _decode_embedding(value: object, index: int, wide: bool = False) -> NDArray[
     ):
         return np.asarray(value, dtype=np.float64 if wide else np.float32)
     raise ResponseFormatError(f"embedding {index} is neither base64 nor a list of numbers")
+
+
+#: The integer range of each packed-bits type, and the dtype it is kept as.
+_BITS: dict[str, tuple[int, int, str]] = {"binary": (-128, 127, "i1"), "ubinary": (0, 255, "u1")}
+
+
+def _decode_payload(
+    item: dict[str, Any], index: int, options: RequestOptions, wide: bool
+) -> NDArray[Any]:
+    """One item of an answer that is not one float vector: a multi-vector item's
+    ``embeddings`` (a list of rows: each base64 or a list of numbers, or packed bits) as a
+    2-D array, or one vector of packed bits (``binary``: int8, ``ubinary``: uint8) as a
+    1-D array. Rows are checked to be of one width; values of packed bits to be integers
+    in their type's range."""
+    bits = _BITS.get(options.embedding_type)
+    if not options.multivector:
+        assert bits is not None  # not plain, not multi-vector: packed bits
+        return _decode_bits(item.get("embedding"), index, bits)
+    value = item.get("embeddings")
+    if not isinstance(value, list) or not value:
+        raise ResponseFormatError(f"embedding {index} has no 'embeddings' rows")
+    if bits is not None:
+        rows = [_decode_bits(row, index, bits) for row in value]
+    else:
+        rows = [_decode_embedding(row, index, wide) for row in value]
+    if len({len(row) for row in rows}) > 1:
+        raise ResponseFormatError(f"embedding {index} has rows of different lengths")
+    return np.stack(rows)
+
+
+def _decode_bits(value: object, index: int, bits: tuple[int, int, str]) -> NDArray[Any]:
+    low, high, dtype = bits
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(type(x) is int and low <= x <= high for x in value)
+    ):
+        raise ResponseFormatError(
+            f"embedding {index} is not a list of integers from {low} to {high}"
+        )
+    return np.array(value, dtype=dtype)

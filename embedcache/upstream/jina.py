@@ -126,7 +126,7 @@ class JinaClient:
         self._api_key = api_key
         #: As given, for the clients of :meth:`for_key` and to scrub messages with; never shown.
         self._given = resolve_base_url(base_url)
-        self._url = without_userinfo(self._given) + EMBEDDINGS_PATH
+        self._root = without_userinfo(self._given)
         #: The API root as it may be shown: any credentials in it replaced by ``***``.
         self.base_url = redact_url(self._given)
         self.max_attempts = max_attempts
@@ -228,12 +228,14 @@ class JinaClient:
             body["embedding_type"] = "float"  # the same values, as text in the upstream's style
         estimate = sum(map(estimate_input, texts)) if self.limiter is not None else 0
         parsed: list[UpstreamResult] = []
+        kind = None if options.plain else options  # rows or packed bits: decoded as payloads
 
         def charge(response: httpx.Response) -> int:
-            parsed.append(parse(response, len(texts), floats))
+            parsed.append(parse(response, len(texts), floats, kind))
             return parsed[0].total_tokens
 
-        response, attempts = self._post(key, {"json": body}, estimate, charge)
+        request = {"json": body, "path": options.path}
+        response, attempts = self._post(key, request, estimate, charge)
         if response.is_success:
             return parsed[0]
         error = _api_error(response, key)
@@ -247,10 +249,12 @@ class JinaClient:
             )
         raise error
 
-    def forward(self, content: bytes) -> Forwarded:
+    def forward(self, content: bytes, path: str = EMBEDDINGS_PATH) -> Forwarded:
         """Send a request body the cache cannot answer (images, options it does not cover)
         as it is, with the same retries and pacing as :meth:`embed`; the final answer comes
         back as it is too, error statuses included.
+
+        :param path: the API path it was sent to (``/v1/multi-vector`` for ColBERT).
 
         :raises AuthenticationError: no key to send.
         :raises TransportError: no HTTP response after the last attempt.
@@ -259,7 +263,8 @@ class JinaClient:
         headers = {"Content-Type": "application/json"}
         # Only the limiter needs a forwarded answer's usage: without one, it is not parsed.
         charge = usage if self.limiter is not None else no_usage
-        response, _ = self._post(key, {"content": content, "headers": headers}, 0, charge)
+        request = {"content": content, "headers": headers, "path": path}
+        response, _ = self._post(key, request, 0, charge)
         floats = self._learning()
         if floats is not None and response.is_success:
             learn_from(response, floats)
@@ -284,7 +289,8 @@ class JinaClient:
 
         :raises TransportError: no HTTP response after the last attempt.
         """
-        url, shown = self._url, self.base_url + EMBEDDINGS_PATH
+        path = request.pop("path", EMBEDDINGS_PATH)
+        url, shown = self._root + path, self.base_url + path
         headers = {"Authorization": f"Bearer {key}", **request.pop("headers", {})}
         http = self._client()
         for attempt in range(1, self.max_attempts + 1):

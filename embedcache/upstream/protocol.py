@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,14 +23,19 @@ __all__ = ["Upstream", "UpstreamResult"]
 class UpstreamResult:
     """One batch as the service returned it.
 
-    :ivar vectors: ``(len(texts), d)`` float32, row ``i`` for ``texts[i]``.
+    :ivar vectors: ``(len(texts), d)`` float32, row ``i`` for ``texts[i]`` (empty when the
+        answer is ``payloads``).
     :ivar total_tokens: the ``usage.total_tokens`` the service charged for the batch.
     :ivar request_id: the service's id for the request, when it gave one.
+    :ivar payloads: for options that are not :attr:`~embedcache.models.RequestOptions.plain`
+        (multi-vector, ``binary``/``ubinary``): item ``i``'s answer for ``texts[i]``, a 2-D
+        float32 ``(rows, width)`` array, or a 1-D/2-D int8/uint8 array of packed bits.
     """
 
     vectors: NDArray[np.float32]
     total_tokens: int
     request_id: str | None = None
+    payloads: list[NDArray[Any]] | None = None
 
 
 class Upstream(Protocol):
