@@ -44,6 +44,8 @@ def test_a_plain_text_request_becomes_texts_and_the_options_the_core_keys_on() -
         {"model": "jina-clip-v2", "input": [{"image": "https://example.com/a.png"}]},
         {"model": "jina-clip-v2", "input": [{"url": "https://example.com/a.png"}, "a text"]},
         {"model": "jina-embeddings-v4", "input": {"pdf": "https://example.com/a.pdf"}},
+        {"model": V3, "input": ["x"], "embedding_type": "ubinary"},
+        {"model": V3, "input": ["x"], "embedding_type": "binary"},
     ],
 )
 def test_these_requests_are_answered_from_the_cache(body: dict[str, Any]) -> None:
@@ -58,7 +60,6 @@ def test_these_requests_are_answered_from_the_cache(body: dict[str, Any]) -> Non
         {"model": 3, "input": ["x"]},
         {"model": V3, "input": []},
         {"model": V3, "input": [{"text": "x", "extra": 1}]},
-        {"model": V3, "input": ["x"], "embedding_type": "ubinary"},
         {"model": V3, "input": ["x"], "embedding_type": ["float"]},
         {"model": V3, "input": ["x"], "embedding_type": "float", "encoding_type": "base64"},
     ],
