@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import random
@@ -18,6 +19,7 @@ from embedcache.cli import main
 from embedcache.cli.units import dollars
 from embedcache.config import upstream_id
 from embedcache.models import resolve_options
+from embedcache.testing import png
 from embedcache.tokens import estimate_tokens
 from tests.cli_helpers import as_json, ok, one_line_error
 
@@ -278,3 +280,24 @@ def test_analyze_counts_a_logged_request_fetched_again_as_still_to_save(tmp_path
     text = _invoke(str(tmp_path / "requests.log"))
     assert "40 tokens" in text.output
     assert "8 texts fetched again (the cache had not kept them)" in text.output
+
+
+def test_analyze_keys_each_output_kind_and_images_as_the_proxy_caches_them(
+    tmp_path: Path,
+) -> None:
+    image = base64.b64encode(png(4, 4, seed=1)).decode()
+    v3, v4 = "jina-embeddings-v3", "jina-embeddings-v4"
+    bodies = [
+        {"model": v3, "input": ["alpha"]},
+        {"model": v3, "input": ["alpha"], "embedding_type": "base64"},  # the same entry
+        {"model": v3, "input": ["alpha"], "embedding_type": "binary"},  # an entry of its own
+        {"model": v3, "input": ["alpha"], "embedding_type": "ubinary"},
+        {"model": v4, "input": ["alpha"], "return_multivector": True},
+        {"model": "jina-colbert-v2", "input": ["alpha"], "input_type": "query"},
+        {"model": "jina-clip-v2", "input": [{"image": image}, "alpha"]},
+        {"model": "jina-clip-v2", "input": [{"bytes": image}]},  # the same image
+        {"model": v3, "input": ["alpha"], "embedding_type": ["float", "binary"]},  # forwarded
+    ]
+    report = as_json(_invoke("--json", str(_write(tmp_path / "b.jsonl", bodies))))
+    assert report["uncacheable"] == 1
+    assert (report["hits"], report["misses"]) == (2, 7)

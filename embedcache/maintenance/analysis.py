@@ -15,7 +15,7 @@ Two kinds of line are read, told apart by their fields:
   cache *would* have done. Each text is keyed exactly as the cache keys it
   (:func:`~embedcache.cache_keys.text_keys` under the fingerprint of the resolved options),
   and a key seen before in any file is a text the cache would have served; its tokens are
-  the estimate ``prewarm --dry-run`` shows (:func:`~embedcache.tokens.estimate_tokens`).
+  the estimate ``prewarm --dry-run`` shows (:func:`~embedcache.inputs.estimate_input`).
   Keys are held in :class:`~embedcache.embedding.distinct.DistinctKeys` (16 bytes a key;
   a second set, of keys seen twice, tells the misses that repeat later).
 """
@@ -25,17 +25,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 from ..cache_keys import fingerprint, group_keys, text_keys
 from ..config import DEFAULT_UPSTREAM_ID
 from ..embedding.distinct import DistinctKeys
 from ..errors import EmbedcacheError, InvalidInputError
+from ..inputs import Input, Media, estimate_input, parse_item
 from ..models import resolve_options, spec_for
-from ..tokens import estimate_tokens
 
 __all__ = ["Analysis", "Tally"]
 
+# An input item that is an image or a PDF, in the API's forms.
+_MEDIA_KEYS = frozenset({"image", "pdf", "url", "bytes"})
 #: The request-log fields analyze needs, with the types each may take (schema25.md).
 _LOG_FIELDS: dict[str, tuple[type, ...]] = {
     "time": (str,),
@@ -53,11 +55,14 @@ _LOG_FIELDS: dict[str, tuple[type, ...]] = {
 }
 #: A request-log line's ``digest`` (``r_`` and 16 hex digits).
 _DIGEST = re.compile(r"r_[0-9a-f]{16}")
-#: Body fields that change no vector (the encoding is the proxy's to render; ``user`` is
-#: OpenAI's end-user id): read, never keyed, as the proxy does.
+#: Body fields that change no vector's key but its encoding (float and base64 are the same
+#: entry; binary and ubinary are outputs of their own, see _output) or nothing (``user`` is
+#: OpenAI's end-user id): read as the proxy reads them.
 _UNKEYED = frozenset({"embedding_type", "encoding_type", "encoding_format", "user"})
 _KEYED = frozenset({"model", "input", "task", "dimensions", "normalized", "late_chunking",
-                    "truncate"})  # fmt: skip
+                    "truncate", "return_multivector", "input_type"})  # fmt: skip
+#: The encodings the proxy caches: float and base64 (one entry), binary, ubinary.
+_OUTPUTS = frozenset({"float", "base64", "binary", "ubinary"})
 #: What a number of tokens costs, in dollars.
 Dollars = Callable[[float], float]
 #: How many request settings the report lists, most repeated first.
@@ -178,7 +183,13 @@ class Analysis:
             raise InvalidInputError("input holds token ids, which no Jina model takes")
         texts = _texts(value)
         model = body.get("model")
-        if not isinstance(model, str) or texts is None or not body.keys() <= _KEYED | _UNKEYED:
+        output = _output(body)
+        if (
+            not isinstance(model, str)
+            or texts is None
+            or output is None
+            or not body.keys() <= _KEYED | _UNKEYED
+        ):
             # What the proxy forwards as it is and never stores: it costs what it costs.
             self.uncacheable += 1
             self.body_lines += 1
@@ -193,9 +204,18 @@ class Analysis:
                 late_chunking=bool(body.get("late_chunking")),
                 normalized=body.get("normalized"),
                 truncate=body.get("truncate"),
+                embedding_type=output,
+                return_multivector=bool(body.get("return_multivector")),
+                input_type=body.get("input_type"),
             )
+            for index, item in enumerate(texts):
+                if isinstance(item, Media):
+                    options.check_media(item, f"input[{index}]")
             fp = fingerprint(options, self.upstream)
-            keys = (group_keys if options.late_chunking else text_keys)(fp, texts)
+            if options.late_chunking:  # texts only: check_media refused any image
+                keys = group_keys(fp, cast("list[str]", texts))
+            else:
+                keys = text_keys(fp, texts)
         except EmbedcacheError as exc:  # the API would refuse it: no cache saves anything
             raise InvalidInputError(f"a body the API would refuse: {exc}") from None
         tally = Tally(requests=1, texts=len(texts))
@@ -207,7 +227,7 @@ class Analysis:
         # Seen before, and for the first time again: its earlier fetch is a miss that repeats.
         first_repeat = dict(zip(again, self._repeated.add(again).tolist(), strict=True))
         for key, text in zip(keys, texts, strict=True):
-            tokens = estimate_tokens(text)
+            tokens = estimate_input(text)
             if fresh.pop(key, False):
                 tally.misses += 1
                 tally.tokens_spent += tokens
@@ -275,18 +295,37 @@ def _by_saving(groups: Mapping[Any, Tally]) -> list[tuple[Any, Tally]]:
     return sorted(groups.items(), key=lambda item: (-item[1].tokens_saved, str(item[0])))
 
 
-def _texts(value: object) -> list[str] | None:
-    """The texts of a body's ``input`` (a string, strings, ``{"text": ...}`` objects), or
-    ``None`` when it holds anything else (images, token ids), which the proxy forwards."""
+def _texts(value: object) -> list[Input] | None:
+    """The inputs of a body's ``input`` (a string, strings, ``{"text": ...}`` objects,
+    images and PDFs in any of the API's forms), or ``None`` when it holds anything else
+    (token ids), which the proxy forwards.
+
+    :raises InvalidInputError: an image or PDF the API would refuse (bad base64).
+    """
     items = value if isinstance(value, list) else [value]
-    texts: list[str] = []
-    for item in items:
+    texts: list[Input] = []
+    for index, item in enumerate(items):
         if isinstance(item, dict) and item.keys() == {"text"}:
             item = item["text"]
+        if isinstance(item, dict) and len(item) == 1 and item.keys() <= _MEDIA_KEYS:
+            texts.append(parse_item(item, f"input[{index}]"))
+            continue
         if not isinstance(item, str):
             return None
         texts.append(item)
     return texts or None
+
+
+def _output(body: Mapping[str, Any]) -> str | None:
+    """The output a body asks for (``float`` for float and base64: one entry), or ``None``
+    when the proxy forwards it uncached (a list of types, fields that disagree)."""
+    given = [body[name] for name in sorted(_UNKEYED - {"user"}) if body.get(name)]
+    if not given:
+        return "float"
+    value = given[0]
+    if not isinstance(value, str) or value not in _OUTPUTS or any(v != value for v in given):
+        return None
+    return "float" if value == "base64" else value
 
 
 def _model_and_task(model: str, task: object) -> tuple[str, Any]:
