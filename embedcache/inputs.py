@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from .config import redact_url
 from .errors import InvalidInputError
 from .tokens import estimate_tokens
 
@@ -83,7 +84,8 @@ class Media:
             raise ValueError("a Media holds either data or a url")
 
     def __repr__(self) -> str:
-        held = f"{len(self.data)} bytes" if self.data is not None else self.url
+        # A URL's credentials (user:password@, token=) are never shown.
+        held = f"{len(self.data)} bytes" if self.data is not None else redact_url(str(self.url))
         return f"Media({self.kind}, {held})"
 
     @cached_property
@@ -196,7 +198,7 @@ def media_url(kind: str, url: str, where: str) -> Media:
     """A :class:`Media` by URL, which must be ``http://`` or ``https://``."""
     if not _looks_like_url(url):
         raise InvalidInputError(
-            f"{where}: only http:// and https:// URLs are taken, got {url!r:.60}"
+            f"{where}: only http:// and https:// URLs are taken, got {redact_url(url)!r:.60}"
         )
     return Media(kind, url=url)
 
