@@ -14,7 +14,7 @@ import inspect
 import os
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Union
 
@@ -33,7 +33,7 @@ from .config import (
 )
 from .embedding.counters import Stats
 from .errors import InvalidInputError
-from .inputs import Input, Media, load_media
+from .inputs import Input, load_media
 from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
 from .upstream.limiter import resolve_limits
 from .upstream.media_fetch import MediaFetcher
@@ -411,7 +411,7 @@ class JinaEmbeddingFunction:
     async def _aencode(self, texts: Sequence[Input], options: RequestOptions) -> list[NDArray[Any]]:
         return await self._workers.run(functools.partial(self._encode, texts, options))
 
-    def _media(self, values: Sequence[ImageLike], kind: str = "image") -> list[Media]:
+    def _media(self, values: Sequence[ImageLike], kind: str = "image") -> list[Input]:
         """The images (or PDFs), read, checked against the model and, with fetching on,
         fetched, before anything is sent."""
         name = "images" if kind == "image" else "pdfs"
@@ -420,15 +420,18 @@ class JinaEmbeddingFunction:
                 f"{name} must be a list (of bytes, paths or URLs), got {type(values).__name__}"
             )
         options = self._image_options()
-        loaded = []
+        loaded: list[Input] = []
         for index, value in enumerate(values):
             where = f"{name}[{index}]"
             media = load_media(value, where, kind)
             options.check_media(media, where)
-            if self._fetcher is not None:
-                media = self._fetcher.by_content(media, where)
             loaded.append(media)
-        return loaded
+        if self._fetcher is None:
+            return loaded
+        # One at a time, each with the fetch deadline of its own: a call of the library
+        # is the caller's corpus, not one client's request to bound as a whole.
+        fetch = self._fetcher.fetch_all
+        return [fetch([media], _named(f"{name}[{i}]"))[0] for i, media in enumerate(loaded)]
 
     def _image_options(self) -> RequestOptions:
         """The configured options, without late chunking (which takes texts only)."""
@@ -479,3 +482,8 @@ _EF_OPTIONS = frozenset(
     for name, parameter in inspect.signature(JinaEmbeddingFunction.__init__).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY
 ) - {"embedding_type", "return_multivector", "input_type"}
+
+
+def _named(where: str) -> Callable[[int], str]:
+    """What an error says of the one item fetched: ``where``."""
+    return lambda _: where

@@ -13,9 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from embedcache import InvalidInputError, JinaEmbeddingFunction
+from embedcache import InvalidInputError, JinaEmbeddingFunction, TransportError
 from embedcache.inputs import IMAGE_TILE_TOKENS, Input, Media, image_size, parse_item
 from embedcache.testing import JinaEmulator, pdf, png
+from embedcache.upstream.media_fetch import MediaFetcher
 
 from .conftest import API_KEY
 from .image_server import ImageServer
@@ -234,3 +235,30 @@ def test_an_images_tokens_are_what_the_api_charged_for_it(
     again = make_ef(CLIP)
     again.encode_images([png(1000, 600, seed=3)])
     assert again.stats.tokens_saved == 4 * IMAGE_TILE_TOKENS
+
+
+def test_one_requests_fetches_share_one_byte_total_and_one_deadline(images: ImageServer) -> None:
+    urls = [images.serve(f"/{i}.png", png(30, 30, seed=i)) for i in range(3)]
+    size = len(png(30, 30, seed=0))
+    fetcher = MediaFetcher(max_total_bytes=2 * size + size // 2)
+    items: list[Input] = [Media("image", url=url) for url in urls]
+    try:
+        with pytest.raises(InvalidInputError, match=r"input\[2\]: .* over [\d,]+ bytes"):
+            fetcher.fetch_all(items, "input[{}]".format)
+        fetched = fetcher.fetch_all(items[:2], "input[{}]".format)
+        assert [m.data for m in fetched] == [png(30, 30, seed=i) for i in range(2)]  # type: ignore[union-attr]
+        slow = MediaFetcher(timeout=0.3)
+        with pytest.raises(TransportError, match=r"input\[0\]: fetching .*/slow passed the 0.3 s"):
+            slow.fetch_all([Media("image", url=images.url + "/slow")], "input[{}]".format)
+        slow.close()
+    finally:
+        fetcher.close()
+
+
+def test_a_urls_credentials_never_reach_a_repr_or_an_error() -> None:
+    url = "https://bob:s3cret@x.test/a.png?token=t0k3n"
+    assert "s3cret" not in repr(Media("image", url=url))
+    assert "t0k3n" not in repr(Media("image", url=url))
+    with pytest.raises(InvalidInputError) as refused:
+        parse_item({"image": "ftp://bob:s3cret@x.test/a.png"}, "input[0]")
+    assert "s3cret" not in str(refused.value)

@@ -126,10 +126,7 @@ class Filler:
         if fetcher is None or not self.needs_fetch(parsed):
             return parsed
         where = "input[{}]".format if len(parsed.texts) > 1 else lambda _: "input"
-        texts = [
-            fetcher.by_content(item, where(index)) if isinstance(item, Media) else item
-            for index, item in enumerate(parsed.texts)
-        ]
+        texts = fetcher.fetch_all(parsed.texts, where)
         return replace(parsed, texts=texts)
 
     async def in_thread(self, work: Callable[[], _T]) -> _T:
