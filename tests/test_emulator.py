@@ -24,7 +24,7 @@ from embedcache.testing import Fault, Gate, JinaEmulator, RecordedRequest
 from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY
-from .emulator_module import post_to_module
+from .emulator_module import post_to_module, running_module
 
 V3 = "jina-embeddings-v3"
 PATH = "/v1/embeddings"
@@ -721,12 +721,7 @@ def test_module_writes_the_float_style_it_is_given() -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")
 def test_module_runs_the_emulator_until_interrupted() -> None:
-    command = [sys.executable, "-m", "embedcache.testing", "--api-key", API_KEY]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    with running_module(["--api-key", API_KEY]) as (process, url):
         with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
             response = client.post(url + PATH, json={"model": V3, "input": "a"})
         assert response.status_code == 200
