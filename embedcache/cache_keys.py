@@ -14,10 +14,13 @@ entries written then are read as Jina's.
   ending in a NUL byte, which neither JSON nor the separator can contain elsewhere, so the
   boundary between fingerprint and text is unambiguous.
 * An image or a PDF (:class:`~embedcache.inputs.Media`):
-  ``key = sha256(fingerprint || media || identity)[:16]``, where the identity is its kind and
-  the SHA-256 of its bytes, or its kind and URL. A cryptographic hash over the full digest:
-  a key made to collide with another caller's image would poison a shared cache, and the
-  kind in the key keeps a text and an image apart.
+  ``key = sha256(media fingerprint || identity)[:16]``, where the media fingerprint is the
+  request's with ``"input": "image"`` (or ``"pdf"``) added (:meth:`Fingerprint.for_input`),
+  and the identity is its kind and the SHA-256 of its bytes, or its kind and URL. A
+  cryptographic hash over the full digest: a key made to collide with another caller's
+  image would poison a shared cache. The entry is stored under that fingerprint, so
+  ``ls``, ``stats`` and ``export`` tell an image's entry from a text's, and the kind in
+  the key keeps a text and an image apart.
 * Late chunking: every vector depends on the whole ordered input list, so
   ``key = xxh3_128(fingerprint || group hash || position)``, where the group hash covers the
   length-prefixed UTF-8 bytes of every text in order.
@@ -37,9 +40,19 @@ import xxhash
 from .config import DEFAULT_UPSTREAM_ID, KEY_VERSION
 from .errors import InvalidInputError
 from .inputs import Input, Media
-from .models import RequestOptions
+from .models import UPSTREAM_EMBEDDING_TYPE, RequestOptions, spec_for
 
-__all__ = ["Fingerprint", "encode_text", "fingerprint", "group_keys", "media_key", "text_keys"]
+__all__ = [
+    "Fingerprint",
+    "KeyFingerprints",
+    "MixedFingerprints",
+    "call_fingerprints",
+    "encode_text",
+    "fingerprint",
+    "group_keys",
+    "media_key",
+    "text_keys",
+]
 
 _LENGTH = struct.Struct("<Q")
 _POSITION = struct.Struct("<I")
@@ -84,6 +97,68 @@ class Fingerprint:
         """The upstream whose answers these entries are (Jina's API when none is recorded)."""
         return str(json.loads(self.canonical).get("upstream", DEFAULT_UPSTREAM_ID))
 
+    @functools.cached_property
+    def input(self) -> str:
+        """What its entries were made from: ``"text"`` (none recorded), ``"image"``,
+        ``"pdf"``."""
+        return str(json.loads(self.canonical).get("input", "text"))
+
+    @functools.cached_property
+    def output(self) -> str:
+        """What each of its entries holds: ``"float"`` (one vector), ``"binary"`` or
+        ``"ubinary"`` (packed bits), ``"multi-vector"`` (a row per token), or another kind
+        recorded as ``"output"`` (a reranker's ``"score"``)."""
+        described = json.loads(self.canonical)
+        if "output" in described:
+            return str(described["output"])
+        fields = described.get("request", {})
+        spec = spec_for(str(fields.get("model", "")))
+        if fields.get("return_multivector") or (spec is not None and spec.multivector == "only"):
+            return "multi-vector"
+        kind = str(fields.get("embedding_type", UPSTREAM_EMBEDDING_TYPE))
+        return "float" if kind == UPSTREAM_EMBEDDING_TYPE else kind
+
+    def for_input(self, kind: str) -> Fingerprint:
+        """This fingerprint for entries made from an ``"image"`` or a ``"pdf"``: the same
+        request fields, with the input's kind recorded beside them."""
+        made = self._for_input.get(kind)
+        if made is None:
+            described = json.loads(self.canonical)
+            described["input"] = kind
+            made = self._for_input[kind] = Fingerprint.from_canonical(_canonical(described))
+        return made
+
+    @functools.cached_property
+    def _for_input(self) -> dict[str, Fingerprint]:
+        return {}
+
+
+@dataclass(frozen=True)
+class MixedFingerprints:
+    """The fingerprints of one call's keys when its inputs are of more than one kind
+    (texts with images or PDFs): each media key's own (:meth:`Fingerprint.for_input`), the
+    request's for the rest.
+
+    :ivar text: the request's fingerprint (its texts' entries).
+    :ivar media: each image's or PDF's key, and the fingerprint its entry is stored under.
+    """
+
+    text: Fingerprint
+    media: dict[bytes, Fingerprint]
+
+    def groups(self, keys: Sequence[bytes]) -> list[tuple[Fingerprint, list[int]]]:
+        """The positions of ``keys`` under each fingerprint, in first-seen order."""
+        groups: dict[int, tuple[Fingerprint, list[int]]] = {}
+        for i, key in enumerate(keys):
+            fp = self.media.get(key, self.text)
+            groups.setdefault(fp.id, (fp, []))[1].append(i)
+        return list(groups.values())
+
+
+#: What the storage tiers are told entries were made under: one fingerprint for all, or
+#: one per key.
+KeyFingerprints = Fingerprint | MixedFingerprints
+
 
 def fingerprint(options: RequestOptions, upstream: str = DEFAULT_UPSTREAM_ID) -> Fingerprint:
     """Fingerprint the request fields of ``options`` under the current key version, as
@@ -91,13 +166,27 @@ def fingerprint(options: RequestOptions, upstream: str = DEFAULT_UPSTREAM_ID) ->
     described: dict[str, object] = {"key_version": KEY_VERSION, "request": options.body_fields()}
     if upstream != DEFAULT_UPSTREAM_ID:
         described["upstream"] = upstream
-    canonical = json.dumps(
-        described,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
-    return Fingerprint.from_canonical(canonical)
+    return Fingerprint.from_canonical(_canonical(described))
+
+
+def _canonical(described: dict[str, object]) -> str:
+    """Compact, key-sorted, ASCII JSON: one text for one meaning."""
+    return json.dumps(described, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def call_fingerprints(
+    fp: Fingerprint, texts: Sequence[Input], keys: list[bytes]
+) -> KeyFingerprints:
+    """What each of a call's ``keys`` (of ``texts``, in order) is stored under: ``fp``
+    itself when every input is a text."""
+    if set(map(type, texts)) <= {str}:  # the common case, at C speed
+        return fp
+    media = {
+        key: fp.for_input(item.kind)
+        for key, item in zip(keys, texts, strict=True)
+        if isinstance(item, Media)
+    }
+    return MixedFingerprints(fp, media) if media else fp
 
 
 def encode_text(text: str, index: int) -> bytes:
@@ -134,8 +223,9 @@ def text_keys(fp: Fingerprint, texts: Sequence[Input]) -> list[bytes]:
 
 
 def media_key(fp: Fingerprint, media: Media) -> bytes:
-    """The key of an image's or a PDF's entry (see the module's docstring)."""
-    return hashlib.sha256(fp.prefix + b"media\x00" + media.identity).digest()[:16]
+    """The key of an image's or a PDF's entry, under the request's fingerprint ``fp`` (see
+    the module's docstring)."""
+    return hashlib.sha256(fp.for_input(media.kind).prefix + media.identity).digest()[:16]
 
 
 def group_keys(fp: Fingerprint, texts: Sequence[str]) -> list[bytes]:

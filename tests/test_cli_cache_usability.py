@@ -19,7 +19,9 @@ from .cli_helpers import Invoke, as_json, invoke, ok, one_line_error
 from .conftest import API_KEY
 
 TEXTS = ["oldest text", "middle text", "newest text"]
-LS_KEYS = {"key", "model", "task", "dimensions", "late_chunking", "tokens", "created", "upstream"}
+# Scripts read these; keys are only ever added (input and output came with images).
+LS_KEYS = {"key", "model", "task", "dimensions", "late_chunking", "tokens", "created", "upstream",
+           "input", "output"}  # fmt: skip
 
 
 @pytest.fixture

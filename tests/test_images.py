@@ -15,11 +15,14 @@ import pytest
 
 from embedcache import InvalidInputError, JinaEmbeddingFunction, TransportError
 from embedcache.inputs import IMAGE_TILE_TOKENS, Input, Media, image_size, parse_item
+from embedcache.maintenance import inventory
+from embedcache.storage.store import Store
 from embedcache.testing import JinaEmulator, pdf, png
 from embedcache.upstream.media_fetch import MediaFetcher
 
 from .conftest import API_KEY
 from .image_server import ImageServer
+from .redis_server import RedisServer
 
 CLIP = "jina-clip-v2"
 
@@ -110,6 +113,33 @@ def test_texts_and_images_in_one_call_are_split_into_hits_and_misses_in_order(
     assert last.body["input"] == ["a dog", {"image": b64(dog)}]  # type: ignore[index]
     expected = direct(emulator, ["a dog", {"image": b64(cat)}, "a cat", {"image": b64(dog)}])
     assert got.tobytes() == expected.tobytes()
+
+
+def entry_kinds(cache_dir: Path) -> dict[bytes, tuple[str, str]]:
+    """Each entry's key, and what its fingerprint says it was made from and holds."""
+    with Store(cache_dir) as store:
+        return {e.key: (e.input, e.output) for e in inventory.entries(store)}
+
+
+def test_in_a_mixed_call_each_entry_is_stored_under_its_own_kind_of_input(
+    emulator: JinaEmulator,
+    make_ef: Callable[..., JinaEmbeddingFunction],
+    cache_dir: Path,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    mixed: list[Input] = ["a cat", Media("image", data=png(4, 4, 3))]
+    ef = make_ef(CLIP, redis_url=redis_server.url)
+    ef._embedder.embed(mixed, ef.options())
+    keys = ef._embedder.keys(mixed, ef.options())
+    expected = {keys[0]: ("text", "float"), keys[1]: ("image", "float")}
+    assert entry_kinds(cache_dir) == expected
+    # Another machine's copy of what Redis serves it keeps each entry's kind too.
+    other = make_ef(CLIP, redis_url=redis_server.url, cache_dir=tmp_path / "other")
+    other._embedder.embed(mixed, other.options())
+    other.close()
+    assert len(emulator.requests) == 1
+    assert entry_kinds(tmp_path / "other") == expected
 
 
 def test_bad_images_are_refused_before_any_request(

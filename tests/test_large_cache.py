@@ -133,7 +133,7 @@ def test_stats_reads_the_index_only_not_a_vector(store: Store, cache_dir: Path) 
         path.write_bytes(b"")  # every vector unreadable: only the index is left
     summary = inventory.summarize(store)
     assert summary.entries == 305
-    groups = {dims: (count, tokens) for (_, _, dims, _), (count, tokens) in summary.groups.items()}
+    groups = {g.dimensions: (count, tokens) for g, (count, tokens) in summary.groups.items()}
     assert groups == {DIM: (300, 300.0), 16: (5, 5.0)}  # 1 token recorded for each
 
 

@@ -65,12 +65,7 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "entries": usage.entries, "bytes": usage.bytes}  # fmt: skip
     counters = summary.counters
     saved_usd = dollars(counters["tokens_saved"], price_per_million)
-    # A payload's group says its kind; a vector's stays as it was (kind "vector").
-    groups = sorted(
-        [((*name, "vector"), value) for name, value in summary.groups.items()]
-        + list(summary.payload_groups.items()),
-        key=str,
-    )
+    groups = sorted(summary.groups.items(), key=str)
     if as_json:
         echo_json(
             {
@@ -80,15 +75,18 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
                 "size_limit": summary.size_limit,
                 "groups": [
                     {
-                        "model": m,
-                        "task": t,
-                        "dimensions": d,
-                        "upstream": u,
+                        "model": g.model,
+                        "task": g.task,
+                        "dimensions": g.dimensions,
+                        "upstream": g.upstream,
+                        "input": g.input,
+                        "output": g.output,
                         "entries": int(n),
                         "tokens": tok,
-                        **({"kind": kind} if kind != "vector" else {}),
+                        # A payload's group says its kind; a vector's stays as it was.
+                        **({"kind": g.kind} if g.kind != "vector" else {}),
                     }
-                    for (m, t, d, u, kind), (n, tok) in groups
+                    for g, (n, tok) in groups
                 ],
                 "lifetime": counters,
                 "estimated_usd_saved": saved_usd,
@@ -106,11 +104,14 @@ def stats(cli: CliContext, price_per_million: float, as_json: bool) -> None:
         click.echo(f"shared       {tier['location']} (prefix {tier['prefix']})")
         click.echo(f"shared size  {_entries(tier['entries'])}, {format_bytes(tier['bytes'])}")
     if groups:
-        kinds = " [kind]" if summary.payload_groups else ""
+        # Only entries that are not a text's float vector say what they are made from and
+        # hold: a cache of those alone keeps its narrower lines.
+        said = any((g.input, g.output) != ("text", "float") for g, _ in groups)
+        kinds = " [input output]" if said else ""
         click.echo(f"\n  entries  model / task / dimensions{kinds}  (from upstream)")
-        for (model, task, dims, source, kind), (count, _) in groups:
-            shown = f"{dims} {kind}" if kind != "vector" else str(dims)
-            click.echo(f"  {int(count):>7,}  {model} / {task or '-'} / {shown}  ({source})")
+        for g, (count, _) in groups:
+            shown = f"{g.dimensions} {g.input} {g.output}" if said else str(g.dimensions)
+            click.echo(f"  {int(count):>7,}  {g.model} / {g.task or '-'} / {shown}  ({g.upstream})")
     click.echo(
         f"\nlifetime     {plural(counters['hits'], 'hit')}, "
         f"{plural(counters['misses'], 'miss')}, {plural(counters['requests'], 'request')}"

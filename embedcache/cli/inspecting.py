@@ -88,6 +88,8 @@ def inspect(
             {
                 "request": settings,
                 "upstream": fp_of.upstream if fp_of is not None else "?",
+                "input": fp_of.input if fp_of is not None else "?",
+                "output": fp_of.output if fp_of is not None else "?",
                 "dimensions": record.dimensions,
                 "kind": record.kind,
                 "shape": list(record.vector.shape),
@@ -110,6 +112,7 @@ def inspect(
     click.echo("cached   yes")
     click.echo(f"request  {json.dumps(settings, sort_keys=True)}")
     click.echo(f"upstream {fp_of.upstream if fp_of is not None else '?'}")
+    click.echo(f"made of  {info['input']}, holding {info['output']}")
     array = record.vector
     data = describe_entry(record.kind, array.shape, str(array.dtype), array.nbytes)
     label = "vector  " if record.kind == "vector" else "payload "

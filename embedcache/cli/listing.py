@@ -138,15 +138,16 @@ def ls(
         return
     rows = [_row(entry) for entry in page]
     header: tuple[str, ...] = _HEADER
-    if any(entry.kind != "vector" for entry in page):
-        # Only then, as UPSTREAM: a page of vectors alone keeps its narrower table. DIMS
-        # is a payload's row width (in bits for packed bits), so its kind must be said.
-        rows = [[*row, entry.kind] for row, entry in zip(rows, page, strict=True)]
-        header = (*_HEADER, "KIND")
+    if any((entry.input, entry.output) != ("text", "float") for entry in page):
+        # Only then, as UPSTREAM: a page of texts' float vectors alone keeps its narrower
+        # table. DIMS is a payload's row width (in bits for packed bits), so what the entry
+        # holds must be said, and an image's entry is told from a text's.
+        rows = [[*row, entry.input, entry.output] for row, entry in zip(rows, page, strict=True)]
+        header = (*header, "INPUT", "OUTPUT")
     if any(entry.upstream != DEFAULT_UPSTREAM_ID for entry in page):
         # Only then: a cache of Jina's API's entries alone keeps its narrower table.
         rows = [[*row, entry.upstream] for row, entry in zip(rows, page, strict=True)]
-        header = (*_HEADER, "UPSTREAM")
+        header = (*header, "UPSTREAM")
     for line in format_table(header, rows, right=_NUMBERS):
         click.echo(line)
     total = walk.total()  # after the table: its lines need not wait for the count

@@ -21,7 +21,14 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cache_keys import Fingerprint, fingerprint, group_keys, text_keys
+from ..cache_keys import (
+    Fingerprint,
+    KeyFingerprints,
+    call_fingerprints,
+    fingerprint,
+    group_keys,
+    text_keys,
+)
 from ..config import DEFAULT_UPSTREAM_ID
 from ..errors import InvalidInputError
 from ..inputs import Input, Media, estimate_input
@@ -391,12 +398,13 @@ class CachedEmbedder:
 
     def _index(
         self, texts: Sequence[Input], options: RequestOptions
-    ) -> tuple[Fingerprint, list[bytes], dict[bytes, int]]:
-        """Validate, key every text, and map each distinct key to a position of its text."""
+    ) -> tuple[KeyFingerprints, list[bytes], dict[bytes, int]]:
+        """Validate, key every text, map each distinct key to a position of its text, and
+        say what each entry is stored under."""
         keys = self.keys(texts, options)
         # For repeated texts this keeps the last position: the same text either way.
         position = dict(zip(keys, range(len(keys)), strict=True))
-        return self._fingerprint(options), keys, position
+        return call_fingerprints(self._fingerprint(options), texts, keys), keys, position
 
     def _fingerprint(self, options: RequestOptions) -> Fingerprint:
         fp = self._fingerprints.get(options)

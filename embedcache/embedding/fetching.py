@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cache_keys import Fingerprint
+from ..cache_keys import KeyFingerprints
 from ..config import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import CacheError, CacheMissError, InvalidInputError
 from ..inputs import estimate_input
@@ -85,7 +85,8 @@ class Call:
     """
 
     options: RequestOptions
-    fp: Fingerprint
+    #: what each entry is stored under (one per key when texts and images are mixed)
+    fp: KeyFingerprints
     upstream: Upstream
     rows: Rows | PayloadRows | None
     on_batch: Callable[[int, int], None] | None = None

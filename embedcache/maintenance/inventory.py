@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ _T = TypeVar("_T")
 __all__ = [
     "Entry",
     "Filters",
+    "Group",
     "Summary",
     "VerifyReport",
     "dimension_problem",
@@ -62,6 +63,11 @@ class Entry:
     kind: str = "vector"
     #: the bytes a payload counts for; ``None``: a vector's, 4 a dimension.
     nbytes: int | None = None
+    #: what it was made from: ``"text"``, ``"image"``, ``"pdf"`` (:attr:`Fingerprint.input`).
+    input: str = "text"
+    #: what it holds: ``"float"``, ``"binary"``, ``"ubinary"``, ``"multi-vector"``, a
+    #: reranker's ``"score"`` (:attr:`Fingerprint.output`); "?" unrecorded.
+    output: str = "float"
 
     @property
     def size(self) -> int:
@@ -79,6 +85,8 @@ class Entry:
             "tokens": round(self.tokens, 3),
             "created": self.created,
             "upstream": self.upstream,
+            "input": self.input,
+            "output": self.output,
         }
         if self.kind != "vector":  # a vector's line stays as it was
             fields["kind"] = self.kind
@@ -124,6 +132,8 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]
         upstream=fp.upstream if fp is not None else "?",
         kind=record.kind,
         nbytes=_payload_bytes(record),
+        input=fp.input if fp is not None else "?",
+        output=fp.output if fp is not None else "?",
     )
 
 
@@ -149,6 +159,26 @@ def entries(store: Store, filters: Filters = Filters()) -> Iterator[Entry]:
         yield entry
 
 
+class Group(NamedTuple):
+    """Entries of one kind in ``embedcache stats``: the settings they were made under, and
+    what they hold."""
+
+    model: str
+    task: str | None
+    dimensions: int
+    #: where they came from (:func:`~embedcache.config.upstream_id`); "?" unrecorded.
+    upstream: str
+    #: ``"text"``, ``"image"``, ``"pdf"`` (:attr:`~embedcache.cache_keys.Fingerprint.input`).
+    input: str = "text"
+    #: ``"float"``, ``"binary"``, ``"multi-vector"``, ``"score"``...
+    #: (:attr:`~embedcache.cache_keys.Fingerprint.output`).
+    output: str = "float"
+    #: how they are stored: ``"vector"``, or ``"ragged"``/``"bytes"``
+    #: (:mod:`~embedcache.storage.payloads`), so a vector's group is never one of payloads
+    #: of the same settings and width.
+    kind: str = "vector"
+
+
 @dataclass
 class Summary:
     """Totals for ``embedcache stats``, from the index alone (``verify`` reads the vectors)."""
@@ -157,37 +187,31 @@ class Summary:
     entries: int = 0
     bytes_on_disk: int = 0
     size_limit: int | None = None
-    #: ``(model, task, dimensions, upstream)`` → ``[entries, tokens recorded]``, of vectors.
-    groups: dict[tuple[str, str | None, int, str], list[float]] = field(default_factory=dict)
-    #: The same of entries that are not one vector, by ``(model, task, dimensions,
-    #: upstream, kind)``: ``kind`` ``"ragged"`` or ``"bytes"``
-    #: (:mod:`~embedcache.storage.payloads`), kept apart so a vector's group is never one
-    #: of payloads of the same settings and width.
-    payload_groups: dict[tuple[str, str | None, int, str, str], list[float]] = field(
-        default_factory=dict
-    )
+    #: each kind of entry → ``[entries, tokens recorded]``.
+    groups: dict[Group, list[float]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
 def summarize(store: Store) -> Summary:
-    """Count entries by model, task and dimensions, with the lifetime counters: one
-    aggregate query over the index, so its cost does not follow the vectors' size."""
+    """Count entries by model, task, dimensions, input and output, with the lifetime
+    counters: one aggregate query over the index, so its cost does not follow the vectors'
+    size."""
     summary = Summary(str(store.directory), size_limit=store.size_limit)
     settings = store.fingerprints()
     for fp_id, dim, count, tokens in store.groups(raw=True):
         fp = settings.get(fp_id)
         fields = fp.fields if fp is not None else {}
         task = fields.get("task")
-        name = (
+        name = Group(
             str(fields.get("model", "?")),
             str(task) if task is not None else None,
             dimensions(dim),
             fp.upstream if fp is not None else "?",
+            fp.input if fp is not None else "?",
+            fp.output if fp is not None else "?",
+            kind_name(dim),
         )
-        if (kind := kind_name(dim)) != "vector":
-            group = summary.payload_groups.setdefault((*name, kind), [0, 0.0])
-        else:
-            group = summary.groups.setdefault(name, [0, 0.0])
+        group = summary.groups.setdefault(name, [0, 0.0])
         group[0] += count
         group[1] += tokens
         summary.entries += count

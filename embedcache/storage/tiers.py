@@ -5,16 +5,23 @@ same way. A vector found in Redis is written back to local disk, so the next rea
 read path, by :class:`~embedcache.storage.writeback.WriteBack`, finished by :meth:`Tiers.close`
 (and at exit); a presence check (a prewarm) waits for its copy. A vector fetched from the API
 goes to both. The shared tier is optional.
+
+A call whose inputs are of more than one kind (texts with images) is told its keys'
+fingerprints one by one (:class:`~embedcache.cache_keys.MixedFingerprints`): each entry is
+written, here and when copied down from Redis, under its own, so an image's entry says it
+is an image's.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cache_keys import Fingerprint
+from ..cache_keys import Fingerprint, KeyFingerprints
 from .entries import Found, FoundPayloads, KeyedVectors
 from .payloads import Payload
 from .shared import RedisStore
@@ -22,6 +29,8 @@ from .store import Store
 from .writeback import WriteBack
 
 __all__ = ["Tiers"]
+
+_T = TypeVar("_T")
 
 
 class Tiers:
@@ -55,7 +64,7 @@ class Tiers:
         return self.store.read_only
 
     def read(
-        self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, shared: bool = True
+        self, fp: KeyFingerprints, keys: list[bytes], dim: int | None, *, shared: bool = True
     ) -> Found:
         """Every key's vector from the nearest tier that has it.
 
@@ -66,7 +75,9 @@ class Tiers:
             found = self._pull(fp, keys, found, dim)
         return found
 
-    def contains(self, fp: Fingerprint, keys: list[bytes], dim: int | None) -> NDArray[np.bool_]:
+    def contains(
+        self, fp: KeyFingerprints, keys: list[bytes], dim: int | None
+    ) -> NDArray[np.bool_]:
         """Whether each key is cached locally or in the shared tier (whose entries are
         copied down, so a prewarm on a new machine costs no tokens for them)."""
         present = np.array(self.store.contains_many(keys), dtype=bool)
@@ -77,7 +88,7 @@ class Tiers:
         return present
 
     def read_payloads(
-        self, fp: Fingerprint, keys: list[bytes], *, shared: bool = True
+        self, fp: KeyFingerprints, keys: list[bytes], *, shared: bool = True
     ) -> FoundPayloads:
         """Every key's entry, of whatever kind, from the nearest tier that has it
         (:meth:`Store.read_payloads`); what Redis serves is copied to local disk as a
@@ -93,7 +104,7 @@ class Tiers:
         if self._writeback is None:
             pulled = self.shared.read_payloads(wanted)
         else:
-            served = functools.partial(self._writeback.offer, fp, read_entries=len(wanted))
+            served = self._offer(fp, len(wanted))
             with self._writeback.reading():
                 pulled = self.shared.read_payloads(wanted, served=served)
         for i, payload, tokens in zip(absent, pulled.payloads, pulled.tokens, strict=True):
@@ -102,7 +113,7 @@ class Tiers:
                 found.tokens[i] = tokens
         return found
 
-    def contains_payloads(self, fp: Fingerprint, keys: list[bytes]) -> NDArray[np.bool_]:
+    def contains_payloads(self, fp: KeyFingerprints, keys: list[bytes]) -> NDArray[np.bool_]:
         """Whether each key has an entry of any kind locally or in the shared tier (whose
         entries are copied down first, as :meth:`contains` does)."""
         present = np.array(self.store.contains_many(keys), dtype=bool)
@@ -115,21 +126,27 @@ class Tiers:
         return present
 
     def put_payloads(
-        self, fp: Fingerprint, keys: list[bytes], payloads: list[Payload], tokens: list[float]
+        self, fp: KeyFingerprints, keys: list[bytes], payloads: list[Payload], tokens: list[float]
     ) -> None:
         """Store fetched entries of any kind locally (errors propagate), then in the shared
         tier (:meth:`Store.put_payloads`)."""
-        self.store.put_payloads(fp, keys, payloads, tokens)
-        if self.shared is not None:
-            self.shared.put_many(fp, list(zip(keys, payloads, tokens, strict=True)))
+        for one, rows in _groups(fp, keys):
+            some = (keys, payloads, tokens)
+            if rows is not None:
+                some = (_pick(keys, rows), _pick(payloads, rows), _pick(tokens, rows))
+            self.store.put_payloads(one, *some)
+            if self.shared is not None:
+                self.shared.put_many(one, list(zip(*some, strict=True)))
 
-    def put(self, fp: Fingerprint, entries: KeyedVectors) -> None:
+    def put(self, fp: KeyFingerprints, entries: KeyedVectors) -> None:
         """Store fetched vectors locally (errors propagate), then in the shared tier."""
-        self.store.put_many(fp, entries)
-        if self.shared is not None:
-            self.shared.put_many(fp, entries)
+        for one, rows in _groups(fp, [key for key, _, _ in entries]):
+            some = entries if rows is None else _pick(entries, rows)
+            self.store.put_many(one, some)
+            if self.shared is not None:
+                self.shared.put_many(one, some)
 
-    def _pull(self, fp: Fingerprint, keys: list[bytes], found: Found, dim: int | None) -> Found:
+    def _pull(self, fp: KeyFingerprints, keys: list[bytes], found: Found, dim: int | None) -> Found:
         """``found`` completed with what the shared tier has for its absent keys."""
         if not found.present.any():  # nothing local (a new machine): no merging to do
             return self._pull_absent(fp, keys, dim)
@@ -144,7 +161,7 @@ class Tiers:
         return found
 
     def _pull_absent(
-        self, fp: Fingerprint, keys: list[bytes], dim: int | None, *, wait: bool = False
+        self, fp: KeyFingerprints, keys: list[bytes], dim: int | None, *, wait: bool = False
     ) -> Found:
         """The shared tier's vectors for ``keys``, queued to be written to local disk.
 
@@ -153,9 +170,41 @@ class Tiers:
         assert self.shared is not None
         if self._writeback is None:
             return self.shared.read_many(keys, dim)
-        served = functools.partial(self._writeback.offer, fp, read_entries=len(keys))
+        served = self._offer(fp, len(keys))
         with self._writeback.reading():
             pulled = self.shared.read_many(keys, dim, served=served)
         if wait:
             self._writeback.flush()
         return pulled
+
+    def _offer(self, fp: KeyFingerprints, read_entries: int) -> Callable[..., None]:
+        """What the shared tier calls with the values it served: queued for the copy to
+        local disk, each under its entry's fingerprint."""
+        assert self._writeback is not None
+        offer = functools.partial(self._writeback.offer, read_entries=read_entries)
+        if isinstance(fp, Fingerprint):
+            return functools.partial(offer, fp)
+
+        def each(
+            keys: Sequence[bytes], values: list[bytes | None], ok: NDArray[np.bool_], dim: int
+        ) -> None:
+            for one, rows in fp.groups(keys):
+                offer(one, _pick(keys, rows), _pick(values, rows), ok[rows], dim)
+
+        return each
+
+
+def _groups(
+    fp: KeyFingerprints, keys: Sequence[bytes]
+) -> list[tuple[Fingerprint, list[int] | None]]:
+    """The fingerprints ``keys`` are stored under, each with its positions (``None``: all)."""
+    if isinstance(fp, Fingerprint):
+        return [(fp, None)]
+    groups = fp.groups(keys)
+    if len(groups) == 1:
+        return [(groups[0][0], None)]
+    return [(one, rows) for one, rows in groups]
+
+
+def _pick(items: Sequence[_T], rows: list[int]) -> list[_T]:
+    return [items[i] for i in rows]
