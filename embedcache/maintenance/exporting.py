@@ -41,6 +41,11 @@ __all__ = ["export", "export_kind"]
 _BY_ARRAY = {(np.dtype(kind.descr).char, 2 if kind.multi else 1): name
              for name, kind in KINDS.items()}  # fmt: skip
 
+#: About the bytes of entries one page of an export holds. A page of vectors stays ``page``
+#: entries (2,048 1024-d vectors: 8 MB); multi-vector entries are hundreds of rows each, and
+#: ``page`` of them could take gigabytes, so their pages hold fewer.
+PAGE_BYTES = 64 << 20
+
 # The .npy header's length: written first with a placeholder shape and again once the row
 # count is known, so both must take the same bytes (numpy's own take 128 at any shape).
 _NPY_HEADER_BYTES = 128
@@ -66,7 +71,8 @@ def export(
     ``prefix.parquet`` when asked (needs pyarrow). See the module's docstring for what each
     kind's files hold.
 
-    Memory holds one page of ``page`` entries, whatever the cache's size.
+    Memory holds one page of ``page`` entries (fewer when they are large: see
+    :data:`PAGE_BYTES`), whatever the cache's size.
 
     :raises InvalidInputError: nothing matches, or the matches differ in kind or dimension
         (one line naming each kind and dimension found, and the flags that pick one).
@@ -80,6 +86,7 @@ def export(
     suffixes = (".npy", ".jsonl") + ((".parquet",) if parquet else ())
     written = [prefix.with_suffix(suffix) for suffix in suffixes]
     partial = [path.with_name(f".{path.name}.partial") for path in written]
+    page = _page_size(store, page)
     scanned = (
         (entry, record)
         for entry, record in _scan(store, filters, page)
@@ -97,6 +104,14 @@ def export(
         for path in partial:
             path.unlink(missing_ok=True)
     return written
+
+
+def _page_size(store: Store, page: int) -> int:
+    """``page``, or fewer entries when the cache's entries average more than
+    :data:`PAGE_BYTES` over ``page`` (from the index's totals: no entry is read)."""
+    count = len(store)
+    average = store.vector_bytes() / count if count else 0.0
+    return max(1, min(page, int(PAGE_BYTES // max(average, 1.0))))
 
 
 def _write_export(
