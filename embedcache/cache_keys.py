@@ -106,17 +106,19 @@ class Fingerprint:
     @functools.cached_property
     def output(self) -> str:
         """What each of its entries holds: ``"float"`` (one vector), ``"binary"`` or
-        ``"ubinary"`` (packed bits), ``"multi-vector"`` (a row per token), or another kind
-        recorded as ``"output"`` (a reranker's ``"score"``)."""
+        ``"ubinary"`` (packed bits), ``"multi-vector"`` (a row per token; of packed bits,
+        ``"multi-vector-binary"``/``"-ubinary"``), or another kind recorded as
+        ``"output"`` (a reranker's ``"score"``): ``export --kind``'s words."""
         described = json.loads(self.canonical)
         if "output" in described:
             return str(described["output"])
         fields = described.get("request", {})
+        kind = str(fields.get("embedding_type", UPSTREAM_EMBEDDING_TYPE))
+        bits = "" if kind == UPSTREAM_EMBEDDING_TYPE else kind
         spec = spec_for(str(fields.get("model", "")))
         if fields.get("return_multivector") or (spec is not None and spec.multivector == "only"):
-            return "multi-vector"
-        kind = str(fields.get("embedding_type", UPSTREAM_EMBEDDING_TYPE))
-        return "float" if kind == UPSTREAM_EMBEDDING_TYPE else kind
+            return f"multi-vector-{bits}" if bits else "multi-vector"
+        return bits or "float"
 
     def for_input(self, kind: str) -> Fingerprint:
         """This fingerprint for entries made from an ``"image"`` or a ``"pdf"``: the same

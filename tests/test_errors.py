@@ -81,7 +81,8 @@ def test_a_redis_tier_without_redis_names_the_redis_extra(monkeypatch: pytest.Mo
 def test_parquet_export_without_pyarrow_fails_before_writing(
     monkeypatch: pytest.MonkeyPatch, cache_dir: Path, tmp_path: Path
 ) -> None:
-    from embedcache.maintenance.inventory import Filters, export
+    from embedcache.maintenance.exporting import export
+    from embedcache.maintenance.inventory import Filters
 
     fp = fingerprint(RequestOptions("jina-embeddings-v3", task="retrieval.passage"))
     with Store(cache_dir) as store:

@@ -20,7 +20,7 @@ import pytest
 
 from embedcache.cache_keys import fingerprint, text_keys
 from embedcache.errors import InvalidInputError
-from embedcache.maintenance import inventory, sharing
+from embedcache.maintenance import exporting, inventory, sharing
 from embedcache.maintenance.inventory import Filters
 from embedcache.models import RequestOptions
 from embedcache.storage import snapshot as snapshot_module
@@ -62,10 +62,10 @@ def peak_bytes(work: Callable[[], Any]) -> int:
 def test_export_streams_a_page_at_a_time_and_writes_every_row(store: Store, tmp_path: Path) -> None:
     with Store(tmp_path / "tiny") as tiny:
         fill(tiny, 10)
-        inventory.export(tiny, Filters(), tmp_path / "warm-up", parquet=True, page=64)
+        exporting.export(tiny, Filters(), tmp_path / "warm-up", parquet=True, page=64)
     keys = fill(store)
     prefix = tmp_path / "out"
-    peak = peak_bytes(lambda: inventory.export(store, Filters(), prefix, parquet=True, page=64))
+    peak = peak_bytes(lambda: exporting.export(store, Filters(), prefix, parquet=True, page=64))
     # A whole-cache export holds the vectors (1 MB) at least once, stacked; a streamed one
     # holds a page and fixed costs (the Parquet writer, a page of metadata: ~260 KB).
     assert peak < VECTOR_BYTES * 0.3, peak
@@ -90,7 +90,7 @@ def test_a_failed_export_leaves_no_files_behind(store: Store, tmp_path: Path) ->
     fill(store, 300)
     fill(store, 5, dim=16, seed=1)  # another dimension, found after pages were written
     with pytest.raises(InvalidInputError, match=r"\(16-d: 5, 64-d: 300\)"):
-        inventory.export(store, Filters(), tmp_path / "out", page=16)
+        exporting.export(store, Filters(), tmp_path / "out", page=16)
     assert list(tmp_path.glob("*out*")) == []
 
 

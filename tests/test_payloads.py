@@ -203,14 +203,14 @@ def test_an_array_of_no_stored_kind_is_refused_before_anything_is_written(
         assert len(store) == 0
 
 
-def test_export_refuses_a_payload_by_key_and_vectors_only_leaves_them_out(
+def test_export_refuses_mixed_kinds_naming_them_and_vectors_only_leaves_payloads_out(
     cache_dir: Path, tmp_path: Path
 ) -> None:
     with Store(cache_dir) as store:
         keys, arrays = put_all(store)
     refused = one_line_error(invoke("export", "--out", str(tmp_path / "x"), cache_dir=cache_dir))
-    assert "--vectors-only" in refused
-    assert "multi-vector or binary" in refused
+    assert "--kind float|multi-vector|binary|ubinary|multi-vector-binary|" in refused
+    assert "128-wide multi-vector: 2" in refused
     ok(invoke("export", "--out", str(tmp_path / "v"), "--vectors-only", cache_dir=cache_dir))
     assert np.load(tmp_path / "v.npy").tobytes() == arrays[-1].tobytes()
     lines = (tmp_path / "v.jsonl").read_text().splitlines()

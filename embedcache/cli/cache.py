@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..maintenance.export_kinds import KINDS
 from .options import (
     LOCAL_ONLY,
     NO_UPSTREAM,
@@ -212,12 +213,14 @@ def _texts(arguments: tuple[str, ...]) -> list[SourceItem]:
     help="Output path without suffix: writes OUT.npy and OUT.jsonl.",
 )
 @filter_options
-@click.option("--parquet", is_flag=True, help="Also write OUT.parquet (needs pyarrow).")
 @click.option(
-    "--vectors-only",
-    is_flag=True,
-    help="Leave out multi-vector and binary entries (one float32 row each is all OUT.npy holds).",
+    "--kind",
+    type=click.Choice(list(KINDS)),
+    help="Only entries of this kind: float vectors, multi-vector (v4's return_multivector, "
+    "ColBERT), packed bits (binary int8, ubinary uint8), or multi-vector packed bits.",
 )
+@click.option("--parquet", is_flag=True, help="Also write OUT.parquet (needs pyarrow).")
+@click.option("--vectors-only", is_flag=True, help="The same as --kind float.")
 @json_option
 @pass_cli
 def export(
@@ -228,19 +231,37 @@ def export(
     dimensions: int | None,
     since: str | None,
     upstream: str | None,
+    kind: str | None,
     parquet: bool,
     vectors_only: bool,
     as_json: bool,
 ) -> None:
-    """Write selected vectors to OUT.npy with their keys and metadata in OUT.jsonl."""
-    import dataclasses
+    """Write the selected entries to OUT.npy with their keys and metadata, row for row, in
+    OUT.jsonl (and both in OUT.parquet). One export holds one kind and size of entry: --kind
+    and --dimensions (a multi-vector's row width; packed bits in bits) pick it. Each kind is
+    written exactly as cached:
 
-    from ..maintenance import inventory
+    \b
+    float           OUT.npy: one float32 row an entry (entries x dimensions)
+    binary/ubinary  OUT.npy: one row of packed bits an entry, int8/uint8
+                    (entries x dimensions/8)
+    multi-vector    OUT.npy: every entry's rows stacked (total rows x width,
+                    float32; int8/uint8 for multi-vector-binary/-ubinary);
+                    each OUT.jsonl line says where its rows are: "row" (the
+                    first) and "rows" (how many)
 
-    filters = build_filters(model, task, dimensions, since, upstream=upstream)
+    OUT.parquet has a column for each metadata field and the data: "embedding" (one row's
+    values), or "embeddings" (multi-vector: a list of rows).
+    """
+    from ..maintenance import exporting
+
     if vectors_only:
-        filters = dataclasses.replace(filters, kind="vector")
-    written = inventory.export(cli.open(existing=True).store, filters, out, parquet=parquet)
+        if kind not in (None, "float"):
+            raise click.UsageError(f"--vectors-only is --kind float: give one, not --kind {kind}")
+        kind = "float"
+    filters = build_filters(model, task, dimensions, since, upstream=upstream)
+    store = cli.open(existing=True).store
+    written = exporting.export(store, filters, out, kind=kind, parquet=parquet)
     if as_json:
         echo_json({"files": [str(p) for p in written]})
     else:

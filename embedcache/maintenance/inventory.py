@@ -1,29 +1,20 @@
-"""What is in a cache: listing, summarising, verifying, selecting for pruning, exporting.
+"""What is in a cache: listing, summarising, verifying, selecting for pruning (exporting
+is :mod:`.exporting`).
 
 Everything here reads through :class:`~embedcache.storage.store.Store`; nothing knows the
-byte format (an export's ``.npy`` header is :func:`~embedcache.storage.formats.npy_header`).
+byte format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
-import os
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
-
-import numpy as np
+from typing import NamedTuple, TypeVar
 
 from ..cache_keys import Fingerprint
-from ..errors import InvalidInputError
-from ..extras import requires
 from ..models import spec_for
 from ..storage.entries import Record, Stored
-from ..storage.formats import npy_header
 from ..storage.payloads import dimensions, kind_name
 from ..storage.store import DELETE_PAGE, Store, entry_bytes
 
@@ -37,7 +28,6 @@ __all__ = [
     "VerifyReport",
     "dimension_problem",
     "entries",
-    "export",
     "pages",
     "prune_pages",
     "select_for_prune",
@@ -303,122 +293,8 @@ def dimension_problem(
     return None
 
 
-def export(
-    store: Store, filters: Filters, prefix: Path, *, parquet: bool = False, page: int = 2048
-) -> list[Path]:
-    """Write matching vectors to ``prefix.npy`` (one float32 row each) and their metadata,
-    row for row, to ``prefix.jsonl``; also ``prefix.parquet`` when asked (needs pyarrow).
-
-    Streamed ``page`` entries at a time: memory holds one page of vectors and metadata,
-    whatever the cache's size. The files are written under temporary names and renamed
-    once complete, so a failed export leaves none behind (nor half of one).
-
-    :raises InvalidInputError: nothing matches, or the matches differ in dimension.
-    :raises MissingDependencyError: Parquet was asked for without pyarrow (before anything
-        is written).
-    :returns: the files written.
-    """
-    if parquet:  # checked first, so a missing pyarrow leaves no half-written export behind
-        with requires("parquet"):
-            import pyarrow  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    suffixes = (".npy", ".jsonl") + ((".parquet",) if parquet else ())
-    written = [prefix.with_suffix(suffix) for suffix in suffixes]
-    partial = [path.with_name(f".{path.name}.partial") for path in written]
-    try:
-        dims = _write_export(_vectors(_scan(store, filters, page)), partial, page)
-        if not dims:
-            raise InvalidInputError("no entries match the filters; nothing exported")
-        if len(dims) > 1:
-            found = ", ".join(f"{d}-d: {n}" for d, n in sorted(dims.items()))
-            raise InvalidInputError(f"entries differ in dimension ({found}); add --dimensions")
-        for source, target in zip(partial, written, strict=True):
-            os.replace(source, target)
-    finally:
-        for path in partial:
-            path.unlink(missing_ok=True)
-    return written
-
-
-def _vectors(scanned: Iterator[tuple[Entry, Record]]) -> Iterator[tuple[Entry, Record]]:
-    """``scanned``, refusing a payload: the export's ``.npy`` holds one float32 row each."""
-    for entry, record in scanned:
-        if entry.kind != "vector":
-            raise InvalidInputError(
-                f"entry {entry.key.hex()} is a {entry.kind} entry (multi-vector or binary), "
-                "which export cannot write as one float32 row; add --vectors-only to leave "
-                "such entries out"
-            )
-        yield entry, record
-
-
-# The .npy header's length: written first with a placeholder shape and again once the row
-# count is known, so both must take the same bytes (numpy's own take 128 at any shape).
-_NPY_HEADER_BYTES = 128
-
-
-def _write_export(
-    scanned: Iterator[tuple[Entry, Record]], paths: list[Path], page: int
-) -> Counter[int]:
-    """Write what ``_scan`` yields to the ``.npy``, ``.jsonl`` (and ``.parquet``) at ``paths``
-    a page at a time; returns the entries seen by dimension (the files are complete only
-    if there is one)."""
-    dims: Counter[int] = Counter()
-    dim = 0
-    with contextlib.ExitStack() as stack:
-        npy = stack.enter_context(paths[0].open("wb"))
-        jsonl = stack.enter_context(paths[1].open("w", encoding="utf-8"))
-        npy.write(npy_header((0, 0), "<f4", _NPY_HEADER_BYTES))
-        parquet = _ParquetPages(paths[2]) if len(paths) > 2 else None
-        if parquet is not None:
-            stack.callback(parquet.close)
-        for chunk in pages(scanned, page):
-            for entry, _ in chunk:
-                dims[entry.dimensions] += 1
-            dim = dim or chunk[0][0].dimensions
-            if len(dims) > 1:
-                continue  # an error once counted: nothing more is worth writing
-            matrix = np.stack([record.vector for _, record in chunk]).astype("<f4", copy=False)
-            npy.write(matrix.data)
-            jsonl.writelines(json.dumps(entry.as_dict()) + "\n" for entry, _ in chunk)
-            if parquet is not None:
-                parquet.write([entry for entry, _ in chunk], matrix)
-        npy.seek(0)
-        npy.write(npy_header((dims.total(), dim), "<f4", _NPY_HEADER_BYTES))
-    return dims
-
-
 def pages(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
     """``items`` in lists of ``size`` (the last may be shorter), drawn lazily."""
     iterator = iter(items)
     while page := list(itertools.islice(iterator, size)):
         yield page
-
-
-class _ParquetPages:
-    """A Parquet file written a row group per page, its schema set by the first."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: Any = None
-
-    def write(self, rows: list[Entry], matrix: np.ndarray) -> None:
-        with requires("parquet"):
-            import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-        dim = matrix.shape[1]
-        schema = pa.schema([
-            ("key", pa.string()), ("model", pa.string()), ("task", pa.string()),
-            ("dimensions", pa.int64()), ("late_chunking", pa.bool_()),
-            ("tokens", pa.float64()), ("created", pa.float64()), ("upstream", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
-        ])  # fmt: skip
-        dicts = [row.as_dict() for row in rows]
-        columns: dict[str, Any] = {name: [d[name] for d in dicts] for name in schema.names[:-1]}
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, schema)
-        self._writer.write_table(pa.table(columns, schema=schema))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
