@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,14 @@ def test_a_refused_rerank_names_the_status_and_never_the_key(emulator: JinaEmula
         client.close()
     assert "HTTP 401" in str(refused.value)
     assert wrong not in str(refused.value)
+
+
+def test_a_stopped_call_sends_no_new_request(
+    emulator: JinaEmulator, make_assembly: MakeAssembly
+) -> None:
+    reranker = make_assembly(rerank_batch_size=2).reranker
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CancelledError):
+        reranker.rerank("pets", DOCS, V2, stop=stop)
+    assert emulator.requests == []
