@@ -47,6 +47,7 @@ __all__ = [
     "KeyFingerprints",
     "MixedFingerprints",
     "call_fingerprints",
+    "canonical_json",
     "encode_text",
     "fingerprint",
     "group_keys",
@@ -127,7 +128,7 @@ class Fingerprint:
         if made is None:
             described = json.loads(self.canonical)
             described["input"] = kind
-            made = self._for_input[kind] = Fingerprint.from_canonical(_canonical(described))
+            made = self._for_input[kind] = Fingerprint.from_canonical(canonical_json(described))
         return made
 
     @functools.cached_property
@@ -168,10 +169,10 @@ def fingerprint(options: RequestOptions, upstream: str = DEFAULT_UPSTREAM_ID) ->
     described: dict[str, object] = {"key_version": KEY_VERSION, "request": options.body_fields()}
     if upstream != DEFAULT_UPSTREAM_ID:
         described["upstream"] = upstream
-    return Fingerprint.from_canonical(_canonical(described))
+    return Fingerprint.from_canonical(canonical_json(described))
 
 
-def _canonical(described: dict[str, object]) -> str:
+def canonical_json(described: dict[str, object]) -> str:
     """Compact, key-sorted, ASCII JSON: one text for one meaning."""
     return json.dumps(described, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

@@ -39,6 +39,8 @@ KINDS: dict[str, ExportKind] = {
     "ubinary": ExportKind("|u1", False, "{d}-bit ubinary"),
     "multi-vector-binary": ExportKind("|i1", True, "{d}-bit multi-vector binary"),
     "multi-vector-ubinary": ExportKind("|u1", True, "{d}-bit multi-vector ubinary"),
+    # A reranker's score of a (query, document): one float64 an entry, as the API wrote it.
+    "score": ExportKind("<f8", False, "rerank scores"),
 }
 
 

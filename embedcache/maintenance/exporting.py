@@ -51,10 +51,17 @@ PAGE_BYTES = 64 << 20
 _NPY_HEADER_BYTES = 128
 
 
-def export_kind(array: NDArray[Any]) -> str:
-    """The export kind (a key of :data:`~.export_kinds.KINDS`) of an entry's array as a
-    :class:`~embedcache.storage.entries.Record` holds it."""
+def export_kind(entry: Entry, array: NDArray[Any]) -> str:
+    """The export kind (a key of :data:`~.export_kinds.KINDS`) of an entry, given its array
+    as a :class:`~embedcache.storage.entries.Record` holds it."""
+    if entry.output == "score":  # stored as the float64's 8 bytes
+        return "score"
     return _BY_ARRAY[(array.dtype.char, array.ndim)]
+
+
+def _values(kind: str, array: NDArray[Any]) -> NDArray[Any]:
+    """An entry's array as exported: a score as the float64 it is."""
+    return array.view("<f8") if kind == "score" else array
 
 
 def export(
@@ -90,7 +97,7 @@ def export(
     scanned = (
         (entry, record)
         for entry, record in _scan(store, filters, page)
-        if kind is None or export_kind(record.vector) == kind
+        if kind is None or export_kind(entry, record.vector) == kind
     )
     try:
         groups = _write_export(scanned, partial, page)
@@ -131,12 +138,12 @@ def _write_export(
         if parquet is not None:
             stack.callback(parquet.close)
         for chunk in pages(scanned, page):
-            kinds = [export_kind(record.vector) for _, record in chunk]
+            kinds = [export_kind(entry, record.vector) for entry, record in chunk]
             groups.update((k, entry.dimensions) for k, (entry, _) in zip(kinds, chunk, strict=True))
             if len(groups) > 1:
                 continue  # an error once counted: nothing more is worth writing
             kind = KINDS[kinds[0]]
-            arrays = [record.vector for _, record in chunk]
+            arrays = [_values(kinds[0], record.vector) for _, record in chunk]
             # Stored little-endian already (storage/payloads.py); astype only says so.
             matrix = (np.concatenate(arrays) if kind.multi else np.stack(arrays)).astype(
                 kind.descr, copy=False
