@@ -27,10 +27,10 @@ from ..upstream.jina import JinaClient
 from . import rerank
 from .budgets import BUDGET_HEADER, Budget, Over, over_budget_body, over_budget_headers
 from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
-from .gate import bearer_of, refusal_response
+from .gate import bearer_of
 from .hits import CACHED_HEADER
 from .requestlog import RequestRecord, status_headers
-from .responses import Answer, RouteParts, counted, json_response, new_record
+from .responses import Answer, RouteParts, admitted, counted, json_response, new_record
 from .wire import error_status, redact_urls
 
 __all__ = ["DEFAULT_RERANK_MODEL", "LOGGED_PATHS", "RerankRoutes", "with_reranks"]
@@ -61,11 +61,7 @@ class RerankRoutes:
         self._model = model
         self._reranker = reranker
         self._parts = parts
-        self._gate = parts.gate
-        self._upstreams = parts.upstreams
-        self._filler = parts.filler
-        self._limits = parts.limits
-        self._budgets = parts.budgets
+        self._gate, self._filler, self._budgets = parts.gate, parts.filler, parts.budgets
         message = "internal error in the embedcache proxy"
         self._failures = {
             path.decode(): json_response(500, rerank.render_error(dialect, message, 500))
@@ -83,13 +79,10 @@ class RerankRoutes:
     async def _answer(
         self, request: Request, path: str, bearer: str, record: RequestRecord
     ) -> Answer:
-        decision = await self._gate.decision(bearer)
-        if decision.status:
-            return Answer(refusal_response(decision), "error")
-        raw = await request.body()
-        upstream = self._upstreams.get(decision.key)
-        budgets = self._budgets
-        budget = budgets.budget_of(bearer) if budgets is not None else None
+        let_in = await admitted(self._parts, request, bearer)
+        if isinstance(let_in, Answer):
+            return let_in
+        raw, upstream, budget = let_in
         parsed: rerank.RerankRequest | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             read = self._read(raw, path, record)
@@ -185,7 +178,7 @@ class RerankRoutes:
             return Answer(json_response(exc.status, body), "error")
         record.dialect, record.model = parsed.dialect, parsed.model
         record.texts = len(parsed.documents)
-        problem = self._limits.inputs_problem(len(parsed.documents))
+        problem = self._parts.limits.inputs_problem(len(parsed.documents))
         if problem:
             problem = problem.replace("inputs", parsed.documents_field)
             body = rerank.render_error(parsed.dialect, problem, 413)
