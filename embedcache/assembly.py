@@ -29,6 +29,7 @@ from .config import (
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_UPSTREAM_ID,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
+    resolve_offline,
     resolve_upstream_id,
 )
 from .embedding.batches import Miss
@@ -43,10 +44,10 @@ from .storage.store import Store
 from .storage.tiers import Tiers
 from .storage.writeback import WriteBack
 from .upstream.jina import JinaClient
-from .upstream.limiter import Limits, shared_limiter
+from .upstream.limiter import Limits, resolve_limits, shared_limiter
 from .upstream.protocol import Reranks, Upstream, UpstreamResult
 
-__all__ = ["Assembly", "CacheSettings", "build_embedder", "build_reranker"]
+__all__ = ["Assembly", "CacheSettings", "build_embedder", "build_reranker", "library_settings"]
 
 _P = TypeVar("_P")
 
@@ -105,6 +106,30 @@ class CacheSettings:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     coalesce: bool = True
     rerank_batch_size: int = DEFAULT_RERANK_BATCH_SIZE
+
+
+def library_settings(
+    api_key: str | None,
+    *,
+    tier: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    offline: bool | None = None,
+    **fields: Any,
+) -> CacheSettings:
+    """The :class:`CacheSettings` of the library's keyword arguments (the classes of
+    :mod:`embedcache.function` and :mod:`embedcache.rerank_function` take the same words):
+    the rate limits from ``tier``/``rpm``/``tpm`` and the environment, ``offline`` from
+    ``EMBEDCACHE_OFFLINE`` when ``None``, the rest as :class:`CacheSettings` names them.
+
+    :raises InvalidInputError: an unknown tier, limits that are not positive.
+    """
+    return CacheSettings(
+        api_key=api_key,
+        limits=resolve_limits(tier=tier, rpm=rpm, tpm=tpm),
+        offline=resolve_offline(offline),
+        **fields,
+    )
 
 
 class Assembly:

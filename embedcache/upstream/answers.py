@@ -19,7 +19,7 @@ from ..models import RequestOptions
 from .float_style import FloatStyle, classify_floats
 from .protocol import UpstreamResult
 
-__all__ = ["learn_from", "no_usage", "parse", "usage"]
+__all__ = ["answer_items", "learn_from", "no_usage", "parse", "total_tokens", "usage"]
 
 
 def usage(response: httpx.Response) -> int:
@@ -81,18 +81,7 @@ def parse(
     that are not :attr:`~embedcache.models.RequestOptions.plain`, each item is decoded
     into a payload (:func:`_decode_payload`).
     """
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        raise ResponseFormatError(
-            f"HTTP {response.status_code} response is not valid JSON "
-            f"({len(response.content)} bytes)"
-        ) from None
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise ResponseFormatError("response has no 'data' list")
-    if len(data) != expected:
-        raise ResponseFormatError(f"sent {expected} texts but received {len(data)} embeddings")
+    payload, data = answer_items(response, "data", expected, ("texts", "embeddings"))
     rows: list[NDArray[Any] | None] = [None] * expected
     payloads = options is not None and not options.plain
     for item in data:
@@ -117,6 +106,30 @@ def parse(
         raise ResponseFormatError(f"embeddings of different lengths in one response: {dims}")
     vectors = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)  # type: ignore[arg-type]
     return UpstreamResult(vectors, total_tokens(payload), request_id)
+
+
+def answer_items(
+    response: httpx.Response, field: str, expected: int, nouns: tuple[str, str]
+) -> tuple[dict[str, Any], list[Any]]:
+    """A success answer's JSON object and its list ``field``, checked to hold ``expected``
+    items (``nouns``: what was sent and what came back, for the message).
+
+    :raises ResponseFormatError: not JSON, no such list, another count.
+    """
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        raise ResponseFormatError(
+            f"HTTP {response.status_code} response is not valid JSON "
+            f"({len(response.content)} bytes)"
+        ) from None
+    items = payload.get(field) if isinstance(payload, dict) else None
+    if not isinstance(items, list):
+        raise ResponseFormatError(f"response has no {field!r} list")
+    if len(items) != expected:
+        sent, received = nouns
+        raise ResponseFormatError(f"sent {expected} {sent} but received {len(items)} {received}")
+    return payload, items
 
 
 def _narrowed(rows: list[NDArray[Any] | None], floats: FloatStyle) -> list[NDArray[Any] | None]:

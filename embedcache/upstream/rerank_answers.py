@@ -7,12 +7,11 @@ out-of-range ``index``, a score that is no finite number, another count than sen
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import httpx
 
 from ..errors import ResponseFormatError
-from .answers import total_tokens
+from .answers import answer_items, total_tokens
 from .protocol import UpstreamScores
 
 __all__ = ["parse_scores"]
@@ -20,18 +19,7 @@ __all__ = ["parse_scores"]
 
 def parse_scores(response: httpx.Response, expected: int) -> UpstreamScores:
     """The scores of the ``expected`` documents sent, in document order."""
-    try:
-        payload: Any = response.json()
-    except ValueError:
-        raise ResponseFormatError(
-            f"HTTP {response.status_code} rerank response is not valid JSON "
-            f"({len(response.content)} bytes)"
-        ) from None
-    results = payload.get("results") if isinstance(payload, dict) else None
-    if not isinstance(results, list):
-        raise ResponseFormatError("rerank response has no 'results' list")
-    if len(results) != expected:
-        raise ResponseFormatError(f"sent {expected} documents but received {len(results)} scores")
+    payload, results = answer_items(response, "results", expected, ("documents", "scores"))
     scores: list[float | None] = [None] * expected
     for item in results:
         index = item.get("index") if isinstance(item, dict) else None
