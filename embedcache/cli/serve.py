@@ -13,6 +13,7 @@ from ..config import (
     ADMIN_TOKEN_ENV,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL,
+    DEFAULT_RERANK_MODEL,
     EMBEDDINGS_PATH,
     PROXY_TOKEN_ENV,
     redact_url,
@@ -21,7 +22,7 @@ from ..config import (
 )
 from ..errors import InvalidInputError
 from ..extras import requires
-from ..models import resolve_options
+from ..models import check_rerank_model, resolve_options
 from .options import CliContext, Command, echo_json, pass_cli
 from .serve_team import team_options
 from .units import Size, parse_size
@@ -137,6 +138,13 @@ def _is_loopback(host: str) -> bool:
     default="retrieval.passage",
     show_default=True,
     help="Task for a TEI text without a '<task>: ' prefix (e.g. 'retrieval.query: ').",
+)
+@click.option(
+    "--rerank-model",
+    default=DEFAULT_RERANK_MODEL,
+    show_default=True,
+    help="Jina reranker for rerank bodies naming none (TEI's and vLLM's POST /rerank, "
+    "Cohere's POST /v2/rerank: Milvus's Model Rankers).",
 )
 @click.option(
     "--idle-timeout",
@@ -277,6 +285,7 @@ def serve(
     workers: int,
     tei_model: str,
     tei_task: str,
+    rerank_model: str,
     idle_timeout: float,
     header_timeout: float,
     body_timeout: float,
@@ -304,7 +313,9 @@ def serve(
     """Run a Jina-compatible caching proxy: POST /v1/embeddings, GET /v1/models, GET /health,
     GET /metrics.
 
-    Also TEI's POST /embed and GET /info, answered with --tei-model and --tei-task.
+    Also TEI's POST /embed and GET /info, answered with --tei-model and --tei-task, and
+    reranking: Jina's POST /v1/rerank, TEI's and vLLM's POST /rerank and Cohere's
+    POST /v2/rerank (answered with --rerank-model unless they name a Jina reranker).
 
     Point any Jina client at http://HOST:PORT/v1/embeddings. Text requests are answered
     from the cache, misses fetched with the client's own key (its Authorization header) or
@@ -329,6 +340,10 @@ def serve(
         resolve_options(tei_model, tei_task)
     except InvalidInputError as exc:
         raise click.BadParameter(str(exc), param_hint="--tei-model/--tei-task") from None
+    try:
+        check_rerank_model(rerank_model)
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rerank-model") from None
     if max_body_memory < max_body:
         raise click.BadParameter(
             f"{max_body_memory} bytes is less than --max-body ({max_body}): no body that "
@@ -386,6 +401,7 @@ def serve(
         admin_token=admin_token or None,
         tei_model=tei_model,
         tei_task=tei_task,
+        rerank_model=rerank_model,
         max_inputs=max_inputs,
         max_answer_bytes=max_answer,
         fetch_images_from=frozenset(host.lower() for host in fetch_images_from),

@@ -13,7 +13,8 @@ of the same inputs). Anything the cache cannot answer exactly is forwarded as it
   :mod:`.access` (the policy) and :mod:`.keys` (per-key upstream clients, verification);
 - :mod:`.hits`: the hit path (:attr:`Proxy.answer_hit`);
 - :mod:`.embeddings` and :mod:`.tei_routes`: what the hit path leaves, in the Jina/OpenAI
-  and TEI dialects, within :mod:`.limits`, through :mod:`.filling`;
+  and TEI dialects, within :mod:`.limits`, through :mod:`.filling`; :mod:`.rerank_routes`,
+  the rerank dialects (Jina, TEI, vLLM, Cohere);
 - :mod:`.admin`: health, metrics, admin stats and flush; :mod:`.dashboard`, the page over them;
   :mod:`.insights`, its upstream and cache sections;
 - :mod:`.requestlog`: what the cache did, on every answer and in the request log;
@@ -73,6 +74,7 @@ from .metrics import Board, ProxyMetrics
 from .outcomes import Outcomes
 from .rendered import RenderedAnswers
 from .requestlog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RequestLog, RequestRecord, caller_hash
+from .rerank_routes import DEFAULT_RERANK_MODEL, LOGGED_PATHS, RerankRoutes, with_reranks
 from .responses import RouteParts, json_response
 from .tei_routes import TeiRoutes
 from .usage import Usage
@@ -88,6 +90,7 @@ _LOGGED_PATHS = {
     EMBEDDINGS_PATH.encode(): "jina",
     MULTI_VECTOR_PATH.encode(): "jina",
     tei.TEI_PATH.encode(): "tei",
+    **LOGGED_PATHS,
 }
 #: ``GET /v1/models``: OpenAI's list of the models served (all that embedcache knows).
 MODELS_PATH = "/v1/models"
@@ -125,6 +128,7 @@ class ProxySettings:
     :param admin_token: guards ``/metrics`` and enables ``/admin/stats`` and ``/admin/flush``.
     :param tei_model: the model TEI's ``POST /embed`` is answered with (TEI names none).
     :param tei_task: the task of a TEI text without a ``<task>: `` prefix.
+    :param rerank_model: the model of a rerank body naming no Jina reranker (TEI's, vLLM's).
     :param fetch_images_from: hosts whose image and PDF URLs the proxy fetches, to key
         them by content (``serve --fetch-images-from``); others are keyed by URL.
     :param max_inputs: most inputs in one request (the API takes at most 2048).
@@ -153,6 +157,7 @@ class ProxySettings:
     admin_token: str | None = field(default=None, repr=False)
     tei_model: str = DEFAULT_MODEL
     tei_task: str | None = "retrieval.passage"
+    rerank_model: str = DEFAULT_RERANK_MODEL
     #: Hosts whose image and PDF URLs the proxy fetches, to key them by content.
     fetch_images_from: frozenset[str] = frozenset()
     max_inputs: int = 2048
@@ -191,6 +196,7 @@ class Proxy:
         self.parts = Assembly(settings.cache)
         try:
             self.embedder = self.parts.embedder
+            self.reranker = self.parts.reranker
         except BaseException:
             self.parts.close()
             raise
@@ -278,6 +284,7 @@ class Proxy:
         )
         embeddings = EmbeddingsRoute(parts)
         teis = TeiRoutes(settings.tei_model, settings.tei_task, settings.fill_threads, parts)
+        reranks = RerankRoutes(settings.rerank_model, self.reranker, parts)
         admin = AdminRoutes(
             settings.admin_token,
             store=self.store,
@@ -300,6 +307,7 @@ class Proxy:
                 Route(MULTI_VECTOR_PATH, embeddings.handle, methods=["POST"]),
                 Route(tei.TEI_PATH, teis.embed, methods=["POST"]),
                 Route(tei.INFO_PATH, teis.info, methods=["GET"]),
+                *(Route(p.decode(), reranks.handle, methods=["POST"]) for p in LOGGED_PATHS),
                 Route(MODELS_PATH, _models, methods=["GET"]),
                 Route("/health", admin.health, methods=["GET"]),
                 Route("/metrics", admin.metrics, methods=["GET"]),
@@ -405,7 +413,7 @@ class Proxy:
         if flushes != self._flushes_seen:
             self._flushes_seen = flushes
             self._forget()
-        stats = self.embedder.stats
+        stats = with_reranks(self.embedder.stats, self.reranker)
         self.metrics.publish(stats, self.embedder.waiting, self.rendered.bytes_held)
         client = self.parts.client
         limiter = client.limiter

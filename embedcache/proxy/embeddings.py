@@ -33,11 +33,11 @@ from .budgets import (
     over_budget_headers,
 )
 from .filling import INLINE_BODY_BYTES, INLINE_TEXTS
-from .gate import bearer_of, refusal_response
+from .gate import bearer_of
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
 from .requestlog import RequestRecord, status_headers
-from .responses import Answer, RouteParts, counted, new_record
+from .responses import Answer, RouteParts, admitted, counted, new_record
 from .responses import json_response as _json
 from .wire import (
     EmbeddingsRequest,
@@ -71,7 +71,6 @@ class EmbeddingsRoute:
     def __init__(self, parts: RouteParts) -> None:
         self._parts = parts
         self._gate = parts.gate
-        self._upstreams = parts.upstreams
         self._filler = parts.filler
         self._limits = parts.limits
         self._budgets = parts.budgets
@@ -85,13 +84,10 @@ class EmbeddingsRoute:
         return await counted(self._parts, request, answer, self._failure, record)
 
     async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
-        decision = await self._gate.decision(bearer)
-        if decision.status:
-            return Answer(refusal_response(decision), "error")
-        raw = await request.body()
-        upstream = self._upstreams.get(decision.key)
-        budgets = self._budgets
-        budget = budgets.budget_of(bearer) if budgets is not None else None
+        let_in = await admitted(self._parts, request, bearer)
+        if isinstance(let_in, Answer):
+            return let_in
+        raw, upstream, budget = let_in
         read: _Read | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             outcome = self._read(raw, record)

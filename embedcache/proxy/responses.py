@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, NamedTuple
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .gate import refusal_response
 from .requestlog import RequestRecord, caller_hash
 
 if TYPE_CHECKING:
-    from .budgets import Budgets
+    from ..upstream.jina import JinaClient
+    from .budgets import Budget, Budgets
     from .filling import Filler
     from .gate import Gate
     from .keys import Upstreams
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from .metrics import ProxyMetrics
     from .outcomes import Outcomes
 
-__all__ = ["Answer", "RouteParts", "counted", "json_response", "new_record"]
+__all__ = ["Admitted", "Answer", "RouteParts", "admitted", "counted", "json_response", "new_record"]
 
 _JSON = "application/json"
 
@@ -63,6 +65,29 @@ class Answer(NamedTuple):
     outcome: str
     texts: int = -1
     hits: int = -1
+
+
+class Admitted(NamedTuple):
+    """A request let in: its body, the client its misses go to (the caller's key), and the
+    caller's token budget (``None``: none)."""
+
+    raw: bytes
+    upstream: JinaClient
+    budget: Budget | None
+
+
+async def admitted(
+    parts: RouteParts, request: Request, bearer: str, on_tei: bool = False
+) -> Admitted | Answer:
+    """The access decision for a route's request (settled at the headers by
+    :meth:`.gate.Gate.admit`), then its body read: or the refusal, ``on_tei`` in TEI's
+    shape."""
+    decision = await parts.gate.decision(bearer)
+    if decision.status:
+        return Answer(refusal_response(decision, on_tei=on_tei), "error")
+    budgets = parts.budgets
+    budget = budgets.budget_of(bearer) if budgets is not None else None
+    return Admitted(await request.body(), parts.upstreams.get(decision.key), budget)
 
 
 async def counted(

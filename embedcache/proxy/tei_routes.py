@@ -25,11 +25,11 @@ from .budgets import (
     over_budget_headers,
 )
 from .filling import INLINE_BODY_BYTES, INLINE_TEXTS, Rendered
-from .gate import bearer_of, refusal_response
+from .gate import bearer_of
 from .hits import CACHED_HEADER
 from .limits import answer_bytes, refuse_overlong
 from .requestlog import RequestRecord, status_headers
-from .responses import Answer, RouteParts, counted, json_response, new_record
+from .responses import Answer, RouteParts, admitted, counted, json_response, new_record
 from .wire import EmbeddingsRequest, redact_urls
 
 __all__ = ["TeiRoutes"]
@@ -62,7 +62,6 @@ class TeiRoutes:
         self._concurrency = concurrency
         self._parts = parts
         self._gate = parts.gate
-        self._upstreams = parts.upstreams
         self._filler = parts.filler
         self._limits = parts.limits
         self._budgets = parts.budgets
@@ -83,13 +82,10 @@ class TeiRoutes:
         return json_response(200, tei.render_info(self._model, self._task, self._concurrency))
 
     async def _answer(self, request: Request, bearer: str, record: RequestRecord) -> Answer:
-        decision = await self._gate.decision(bearer)
-        if decision.status:
-            return Answer(refusal_response(decision, on_tei=True), "error")
-        raw = await request.body()
-        upstream = self._upstreams.get(decision.key)
-        budgets = self._budgets
-        budget = budgets.budget_of(bearer) if budgets is not None else None
+        let_in = await admitted(self._parts, request, bearer, on_tei=True)
+        if isinstance(let_in, Answer):
+            return let_in
+        raw, upstream, budget = let_in
         work: _Work | None = None
         if len(raw) <= INLINE_BODY_BYTES:
             read = self._read(raw, record)
