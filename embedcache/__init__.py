@@ -21,6 +21,8 @@ from .errors import *  # noqa: F403  (the error classes are listed once, in erro
 # first use, so `import embedcache` and the CLI's --help stay quick.
 _LAZY = {
     "JinaEmbeddingFunction": "function",
+    "JinaRerankFunction": "rerank_function",
+    "RerankResult": "rerank_function",
     "Media": "inputs",
     "RequestOptions": "models",
     "resolve_options": "models",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from .inputs import Media
     from .models import ModelSpec as ModelSpec
     from .models import RequestOptions, resolve_options
+    from .rerank_function import JinaRerankFunction, RerankResult
     from .storage.claims import Claimed as Claimed
     from .storage.claims import Claims as Claims
     from .storage.shared import RedisStore as RedisStore
@@ -104,12 +107,15 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-#: The public API: the front door, what its signatures use (a custom ``upstream`` gets
-#: ``RequestOptions`` and returns an ``UpstreamResult``), and every error.
+#: The public API: the front doors (embeddings, reranking), what their signatures use (a
+#: custom ``upstream`` gets ``RequestOptions`` and returns an ``UpstreamResult``), and every
+#: error.
 __all__ = [
     "JinaEmbeddingFunction",
+    "JinaRerankFunction",
     "Media",
     "RequestOptions",
+    "RerankResult",
     "Stats",
     "Upstream",
     "UpstreamResult",

@@ -17,7 +17,7 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .config import (
     DEFAULT_MAX_ATTEMPTS,
@@ -25,9 +25,11 @@ from .config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REDIS_PREFIX,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
+    DEFAULT_RERANK_BATCH_SIZE,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_UPSTREAM_ID,
     REDIS_MAINTENANCE_TIMEOUT_SECONDS,
+    resolve_offline,
     resolve_upstream_id,
 )
 from .embedding.batches import Miss
@@ -35,18 +37,26 @@ from .embedding.coalescing import Inflight
 from .embedding.counters import AUTOFLUSH, Autoflush, Counters, Recorder
 from .embedding.embedder import CachedEmbedder
 from .embedding.fetching import Fetcher
+from .embedding.reranker import Reranker
 from .embedding.scheduler import BatchScheduler
 from .storage.shared import RedisStore, open_shared
 from .storage.store import Store
 from .storage.tiers import Tiers
 from .storage.writeback import WriteBack
 from .upstream.jina import JinaClient
-from .upstream.limiter import Limits, shared_limiter
-from .upstream.protocol import Upstream, UpstreamResult
+from .upstream.limiter import Limits, resolve_limits, shared_limiter
+from .upstream.protocol import Reranks, Upstream, UpstreamResult
 
-__all__ = ["Assembly", "CacheSettings", "build_embedder"]
+__all__ = ["Assembly", "CacheSettings", "build_embedder", "build_reranker", "library_settings"]
 
 _P = TypeVar("_P")
+
+
+@runtime_checkable
+class _Reranking(Protocol):
+    """A given upstream that can rerank too (a test's or a proxy's stand-in)."""
+
+    def rerank(self, query: Any, documents: Any, model: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class CacheSettings:
     :param max_batch_tokens: most estimated tokens per request.
     :param max_concurrency: most requests one embedder has in flight at once.
     :param coalesce: let concurrent calls share one fetch of the same entries.
+    :param rerank_batch_size: most documents per rerank request of a pointwise model.
     """
 
     cache_dir: str | os.PathLike[str] | None = None
@@ -94,6 +105,31 @@ class CacheSettings:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     coalesce: bool = True
+    rerank_batch_size: int = DEFAULT_RERANK_BATCH_SIZE
+
+
+def library_settings(
+    api_key: str | None,
+    *,
+    tier: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    offline: bool | None = None,
+    **fields: Any,
+) -> CacheSettings:
+    """The :class:`CacheSettings` of the library's keyword arguments (the classes of
+    :mod:`embedcache.function` and :mod:`embedcache.rerank_function` take the same words):
+    the rate limits from ``tier``/``rpm``/``tpm`` and the environment, ``offline`` from
+    ``EMBEDCACHE_OFFLINE`` when ``None``, the rest as :class:`CacheSettings` names them.
+
+    :raises InvalidInputError: an unknown tier, limits that are not positive.
+    """
+    return CacheSettings(
+        api_key=api_key,
+        limits=resolve_limits(tier=tier, rpm=rpm, tpm=tpm),
+        offline=resolve_offline(offline),
+        **fields,
+    )
 
 
 class Assembly:
@@ -182,6 +218,25 @@ class Assembly:
         )
         return self._opened(embedder, CachedEmbedder.close)
 
+    @functools.cached_property
+    def reranker(self) -> Reranker:
+        """The rerank scores' cache over the same store, shared tier, client and lifetime
+        counters as :attr:`embedder`; its misses go to the given upstream when that can
+        rerank, else to :attr:`client`."""
+        s = self.settings
+        given = self._given_upstream
+        upstream: Reranks = given if isinstance(given, _Reranking) else self.client
+        reranker = build_reranker(
+            self.store,
+            upstream,
+            shared=self.shared,
+            upstream_id=self.upstream_id,
+            offline=s.offline,
+            batch_size=s.rerank_batch_size,
+            coalesce=s.coalesce,
+        )
+        return self._opened(reranker, Reranker.close)
+
     def close(self) -> None:
         """Close everything this assembly opened, last opened first (idempotent): the
         embedder finishes its batches and records its counters before the store closes."""
@@ -242,4 +297,37 @@ def build_embedder(
     recorder = Recorder(counters, store.add_counters)
     return CachedEmbedder(
         tiers, fetcher, recorder, upstream, autoflush=autoflush, upstream_id=upstream_id
+    )
+
+
+def build_reranker(
+    store: Store,
+    upstream: Reranks | None,
+    *,
+    shared: RedisStore | None = None,
+    upstream_id: str = DEFAULT_UPSTREAM_ID,
+    offline: bool = False,
+    batch_size: int = DEFAULT_RERANK_BATCH_SIZE,
+    coalesce: bool = True,
+    autoflush: Autoflush | None = AUTOFLUSH,
+) -> Reranker:
+    """A :class:`~embedcache.embedding.reranker.Reranker` over ``store`` (and ``shared``),
+    sending misses to ``upstream``, its parts built here as :func:`build_embedder` builds
+    an embedder's: its counters reach the same lifetime counters (``store.add_counters``),
+    its claims the same directory's. Close it when done.
+
+    :param batch_size: most documents per request of a pointwise model.
+    :raises InvalidInputError: ``batch_size`` below 1.
+    """
+    writeback = WriteBack(store) if shared is not None and not store.read_only else None
+    recorder = Recorder(Counters(), store.add_counters)
+    return Reranker(
+        Tiers(store, shared, writeback),
+        recorder,
+        upstream,
+        inflight=Inflight(store.claims) if coalesce else None,
+        offline=offline,
+        batch_size=batch_size,
+        upstream_id=upstream_id,
+        autoflush=autoflush,
     )

@@ -22,7 +22,13 @@ VERSION = "0.1.0"
 
 DEFAULT_BASE_URL = "https://api.jina.ai"
 EMBEDDINGS_PATH = "/v1/embeddings"
+RERANK_PATH = "/v1/rerank"
 DEFAULT_MODEL = "jina-embeddings-v3"
+DEFAULT_RERANK_MODEL = "jina-reranker-v2-base-multilingual"
+#: Most documents per rerank request of a pointwise model (only the uncached documents are
+#: sent, in requests of at most this many). Jina's own per-request limit is UNCONFIRMED:
+#: this is a choice that keeps requests small enough to commit often.
+DEFAULT_RERANK_BATCH_SIZE = 64
 DEFAULT_TASK = "retrieval.passage"
 
 #: Estimated tokens per upstream request. Jina documents no per-request total, so this

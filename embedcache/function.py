@@ -21,7 +21,7 @@ from typing import Any, Union
 import numpy as np
 from numpy.typing import NDArray
 
-from .assembly import Assembly, CacheSettings
+from .assembly import Assembly, library_settings
 from .config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BATCH_TOKENS,
@@ -29,13 +29,11 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_REDIS_PREFIX,
     DEFAULT_TIMEOUT_SECONDS,
-    resolve_offline,
 )
 from .embedding.counters import Stats
 from .errors import InvalidInputError
 from .inputs import Input, load_media
 from .models import MODEL_DEFAULT_TASK, RequestOptions, default_task, resolve_options, spec_for
-from .upstream.limiter import resolve_limits
 from .upstream.media_fetch import MediaFetcher
 from .upstream.protocol import Upstream
 from .workers import Workers
@@ -226,19 +224,21 @@ class JinaEmbeddingFunction:
         self._workers = Workers()
         self._fetcher = MediaFetcher(timeout=timeout) if fetch_images else None
         self._parts = Assembly(
-            CacheSettings(
+            library_settings(
+                api_key,
+                tier=tier,
+                rpm=rpm,
+                tpm=tpm,
+                offline=offline,
                 cache_dir=cache_dir,
                 size_limit=size_limit,
                 base_url=base_url,
                 upstream_as=upstream_as,
-                api_key=api_key,
                 timeout=timeout,
                 max_attempts=max_attempts,
-                limits=resolve_limits(tier=tier, rpm=rpm, tpm=tpm),
                 redis_url=redis_url,
                 redis_prefix=redis_prefix,
                 redis_ttl=redis_ttl,
-                offline=resolve_offline(offline),
                 batch_size=batch_size,
                 max_batch_tokens=max_batch_tokens,
                 max_concurrency=max_concurrency,

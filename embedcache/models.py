@@ -20,9 +20,14 @@ __all__ = [
     "MODELS",
     "MODEL_DEFAULT_TASK",
     "MULTI_VECTOR_PATH",
+    "RERANK_IMAGE_MODELS",
+    "RERANK_LISTWISE_MODELS",
+    "RERANK_POINTWISE_MODELS",
     "ModelSpec",
     "RequestOptions",
+    "check_rerank_model",
     "default_task",
+    "is_listwise",
     "resolve_options",
     "spec_for",
 ]
@@ -176,6 +181,41 @@ def default_task(model: str) -> str | None:
     # A model name that is no string is refused by resolve_options, with its message.
     spec = spec_for(model) if isinstance(model, str) else None
     return spec.passage_task if spec is not None else DEFAULT_TASK
+
+
+#: Rerankers whose score of a (query, document) pair does not depend on the other documents
+#: (Jina's API guide, 2025-09): one cache entry per pair.
+RERANK_POINTWISE_MODELS = frozenset(
+    {"jina-reranker-v2-base-multilingual", "jina-reranker-m0", "jina-colbert-v2"}
+)
+#: Rerankers that read the query and every document in one context (a document's score
+#: depends on the others): one entry per position of the whole ordered list. A model not
+#: known to be pointwise is treated so too: the safe side.
+RERANK_LISTWISE_MODELS = frozenset({"jina-reranker-v3"})
+#: The one reranker that takes images, as the query or as documents.
+RERANK_IMAGE_MODELS = frozenset({"jina-reranker-m0"})
+
+
+def is_listwise(model: str) -> bool:
+    """Whether ``model``'s scores depend on the whole candidate list: true for
+    jina-reranker-v3 and for any model not known to be pointwise."""
+    return model not in RERANK_POINTWISE_MODELS
+
+
+def check_rerank_model(model: object) -> str:
+    """``model`` if it can be a reranker: refused are names that are no string or empty,
+    and the embedding models embedcache knows that are not rerankers.
+
+    :raises InvalidInputError: naming the model.
+    """
+    if not isinstance(model, str) or not model:
+        raise InvalidInputError(f"a rerank model is a non-empty string, got {model!r:.60}")
+    if model in MODELS and model not in RERANK_POINTWISE_MODELS | RERANK_LISTWISE_MODELS:
+        known = ", ".join(sorted(RERANK_POINTWISE_MODELS | RERANK_LISTWISE_MODELS))
+        raise InvalidInputError(
+            f"{model} is an embedding model, not a reranker (rerankers: {known})"
+        )
+    return model
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ LAYERS = {
     "tokens": 1,
     "inputs": 1,
     "cache_keys": 2,
+    "rerank_keys": 2,  # rerank scores' keys, beside cache_keys
     "extras": 1,
     "upstream": 3,
     "storage": 3,
@@ -32,6 +33,7 @@ LAYERS = {
     "cli": 7,
     "testing": 3,  # the emulator: models and tokens only, never the cache itself
     "function": 6,  # JinaEmbeddingFunction, the front door
+    "rerank_function": 6,  # JinaRerankFunction, its rerank twin
     "workers": 6,  # its async methods' worker threads
     "__init__": 8,
     "__main__": 8,

@@ -1,4 +1,5 @@
-"""HTTP client for ``POST {base_url}/v1/embeddings``: retries, error mapping, response parsing.
+"""HTTP client for ``POST {base_url}/v1/embeddings`` (and ``/v1/rerank``): retries, error
+mapping, response parsing.
 
 This is the one boundary where httpx exceptions and HTTP statuses become
 :class:`~embedcache.errors.EmbedcacheError`, for embedding requests and for the proxy's
@@ -31,6 +32,7 @@ from ..config import (
     DEFAULT_TIMEOUT_SECONDS,
     EMBEDDINGS_PATH,
     MAX_RETRY_AFTER_SECONDS,
+    RERANK_PATH,
     VERSION,
     redact_text,
     redact_url,
@@ -45,13 +47,14 @@ from ..errors import (
     RateLimitError,
 )
 from ..inputs import Input, Media, estimate_input
-from ..models import RequestOptions
+from ..models import RequestOptions, is_listwise
 from .answers import learn_from, no_usage, parse, usage
 from .failures import HTTPX_EXCEPTIONS, failure_of
 from .float_style import FloatStyle
 from .health import UpstreamHealth
 from .limiter import RateLimiter
-from .protocol import UpstreamResult
+from .protocol import RerankInput, UpstreamResult, UpstreamScores
+from .rerank_answers import parse_scores
 
 __all__ = ["JinaClient"]
 
@@ -238,16 +241,41 @@ class JinaClient:
         response, attempts = self._post(key, request, estimate, charge)
         if response.is_success:
             return parsed[0]
-        error = _api_error(response, key)
-        if response.status_code == 429:
-            raise RateLimitError(
-                f"{error} (gave up after {attempts} attempts)",
-                status=error.status,
-                code=error.code,
-                detail=error.detail,
-                request_id=error.request_id,
-            )
-        raise error
+        raise _final_error(response, attempts, key)
+
+    def rerank(
+        self, query: RerankInput, documents: Sequence[RerankInput], model: str
+    ) -> UpstreamScores:
+        """Score every document of ``documents`` for ``query`` with ``model`` (one
+        ``POST /v1/rerank``, ``return_documents`` false, no ``top_n``: all of them), with the
+        same retries, pacing and errors as :meth:`embed`.
+
+        :raises ResponseFormatError: an answer that does not score each document once with
+            a finite number; nothing of it is to be cached.
+        """
+        key = resolve_api_key(self._api_key)
+        body = {
+            "model": model,
+            "query": query if isinstance(query, str) else query.wire(),
+            "documents": wire_inputs(documents),
+            "return_documents": False,
+        }
+        estimate = 0
+        if self.limiter is not None:
+            # A pointwise model reads the query with each document (as the API charges).
+            reads = 1 if is_listwise(model) else len(documents)
+            estimate = estimate_input(query) * reads + sum(map(estimate_input, documents))
+        parsed: list[UpstreamScores] = []
+
+        def charge(response: httpx.Response) -> int:
+            parsed.append(parse_scores(response, len(documents)))
+            return parsed[0].total_tokens
+
+        request = {"json": body, "path": RERANK_PATH}
+        response, attempts = self._post(key, request, estimate, charge)
+        if response.is_success:
+            return parsed[0]
+        raise _final_error(response, attempts, key)
 
     def forward(self, content: bytes, path: str = EMBEDDINGS_PATH) -> Forwarded:
         """Send a request body the cache cannot answer (images, options it does not cover)
@@ -406,6 +434,20 @@ def _parse_retry_after(value: str | None) -> float | None:
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _final_error(response: httpx.Response, attempts: int, key: str) -> APIError:
+    """The error of a request's final answer (a 429 says how many attempts were made)."""
+    error = _api_error(response, key)
+    if response.status_code != 429:
+        return error
+    return RateLimitError(
+        f"{error} (gave up after {attempts} attempts)",
+        status=error.status,
+        code=error.code,
+        detail=error.detail,
+        request_id=error.request_id,
+    )
 
 
 def _api_error(response: httpx.Response, key: str) -> APIError:

@@ -1,4 +1,5 @@
-"""What the caching core needs from an embedding service: one call per batch.
+"""What the caching core needs from an embedding service: one call per batch (and, for
+rerank scores, one call per list of documents: :class:`Reranks`).
 
 The Jina HTTP client implements it; tests pass plain objects to inject faults, and the CLI
 and proxy reuse the same core with whatever upstream they are given.
@@ -16,7 +17,10 @@ from numpy.typing import NDArray
 from ..inputs import Input
 from ..models import RequestOptions
 
-__all__ = ["Upstream", "UpstreamResult"]
+__all__ = ["RerankInput", "Reranks", "Upstream", "UpstreamResult", "UpstreamScores"]
+
+#: A rerank query or document: a text, or an image (jina-reranker-m0 only).
+RerankInput = Input
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,29 @@ class Upstream(Protocol):
     :class:`~embedcache.errors.EmbedcacheError` for the rest."""
 
     def embed(self, texts: Sequence[Input], options: RequestOptions) -> UpstreamResult: ...
+
+
+@dataclass(frozen=True)
+class UpstreamScores:
+    """One rerank request's answer.
+
+    :ivar scores: one per document, in document order (not the answer's order by score),
+        the JSON numbers as parsed (float64).
+    :ivar total_tokens: the ``usage.total_tokens`` the service charged for the request.
+    :ivar request_id: the service's id for the request, when it gave one.
+    """
+
+    scores: list[float]
+    total_tokens: int
+    request_id: str | None = None
+
+
+class Reranks(Protocol):
+    """Scores every document of one request for ``query`` (all of them: no ``top_n``).
+    Implementations retry what is worth retrying and raise an
+    :class:`~embedcache.errors.EmbedcacheError` for the rest; a malformed answer is a
+    :class:`~embedcache.errors.ResponseFormatError`."""
+
+    def rerank(
+        self, query: RerankInput, documents: Sequence[RerankInput], model: str
+    ) -> UpstreamScores: ...
