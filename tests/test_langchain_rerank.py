@@ -14,7 +14,7 @@ import pytest
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import SecretStr
 
-from embedcache import CacheMissError
+from embedcache import CacheMissError, InvalidInputError
 from embedcache.langchain import JinaRerank
 from embedcache.testing import JinaEmulator
 
@@ -166,11 +166,13 @@ def test_the_key_may_be_a_secret_str_and_is_in_no_repr_or_dump(
         assert API_KEY not in shown
 
 
-def test_an_unknown_option_fails_at_construction_before_any_request(
+def test_an_unknown_option_or_an_embedding_model_fails_at_construction_before_any_request(
     make_rr: MakeRR, emulator: JinaEmulator
 ) -> None:
-    with pytest.raises(TypeError, match="'session'"):
+    with pytest.raises(TypeError, match=r"JinaRerank\(\) got .*'session'"):
         make_rr(session=object())
+    with pytest.raises(InvalidInputError, match="jina-embeddings-v3 is an embedding model"):
+        make_rr(model="jina-embeddings-v3")
     assert emulator.requests == []
 
 

@@ -17,6 +17,7 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
+from embedcache import InvalidInputError
 from embedcache.llama_index import JinaEmbedding, JinaRerank
 from embedcache.testing import JinaEmulator
 
@@ -143,6 +144,16 @@ def test_the_jinaai_packages_base_url_with_v1_is_taken(
     kept = make_rr(base_url=emulator.url + "/v1/").postprocess_nodes(nodes(), query_str=QUERY)
     assert len(kept) == 2
     assert [r.path for r in emulator.requests] == ["/v1/rerank"]
+
+
+def test_an_unknown_option_or_an_embedding_model_fails_at_construction_before_any_request(
+    make_rr: MakeRR, emulator: JinaEmulator
+) -> None:
+    with pytest.raises(TypeError, match=r"JinaRerank\(\) got .*'api_url'"):
+        make_rr(api_url="http://typo")
+    with pytest.raises(InvalidInputError, match="jina-embeddings-v3 is an embedding model"):
+        make_rr(2, "jina-embeddings-v3")
+    assert emulator.requests == []
 
 
 def test_no_query_is_refused_and_no_nodes_send_nothing(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from copy import deepcopy
 from typing import Any, Protocol
 
+from ..config import DEFAULT_RERANK_MODEL
 from ..embedding.counters import Stats
 from ..errors import InvalidInputError
 from ..extras import requires
@@ -27,10 +28,6 @@ with requires("langchain"):
     from pydantic import PrivateAttr
 
 __all__ = ["JinaRerank"]
-
-#: The model when none is given: JinaRerankFunction's (pymilvus's) default, not
-#: langchain-community's jina-reranker-v1-base-en, which Jina no longer lists.
-DEFAULT_RERANK_MODEL = "jina-reranker-v2-base-multilingual"
 
 
 class _Secret(Protocol):
@@ -46,7 +43,9 @@ class JinaRerank(BaseDocumentCompressor):
     each with its ``relevance_score`` in its metadata; :meth:`rerank` returns
     ``[{"index", "relevance_score"}]``.
 
-    :param model: Jina reranker model id.
+    :param model: Jina reranker model id; default JinaRerankFunction's
+        (jina-reranker-v2-base-multilingual), not langchain-community's v1, which Jina no
+        longer lists.
     :param top_n: how many documents to keep; ``None``: all, reordered.
     :param jina_api_key: a ``str`` or a pydantic ``SecretStr``; else ``JINAAI_API_KEY`` or
         ``JINA_API_KEY``, read only when something is not cached. Never kept in a field, so
@@ -87,9 +86,12 @@ class JinaRerank(BaseDocumentCompressor):
         if jina_api_key is not None and not isinstance(jina_api_key, str):
             jina_api_key = jina_api_key.get_secret_value()
         self._key = jina_api_key
-        self._options = {"cache_dir": cache_dir, "base_url": base_url, **settings}
-        if offline is not None:
-            self._options["offline"] = offline
+        self._options = {
+            "cache_dir": cache_dir,
+            "base_url": base_url,
+            "offline": offline,
+            **settings,
+        }
         self._function(model)  # a bad model or option fails now, not at the first query
 
     def _function(self, model: str) -> JinaRerankFunction:
@@ -144,7 +146,7 @@ class JinaRerank(BaseDocumentCompressor):
         """
         if not documents:
             return []  # as langchain-community: no request for nothing
-        texts, count = _texts(documents), self._count(top_n, len(documents))
+        texts, count = _texts(documents), self._count(top_n)
         found = self._function(model or self.model)(query, texts, top_k=count)
         return _dicts(found)
 
@@ -159,7 +161,7 @@ class JinaRerank(BaseDocumentCompressor):
         """:meth:`rerank`, awaited (a cancelled await sends no new batch)."""
         if not documents:
             return []
-        texts, count = _texts(documents), self._count(top_n, len(documents))
+        texts, count = _texts(documents), self._count(top_n)
         found = await self._function(model or self.model).acall(query, texts, top_k=count)
         return _dicts(found)
 
@@ -183,10 +185,10 @@ class JinaRerank(BaseDocumentCompressor):
         cancelled await sends no new batch and keeps those in flight."""
         return _scored(documents, await self.arerank(documents, query))
 
-    def _count(self, top_n: int | None, documents: int) -> int:
-        """How many results to return: langchain-community's reading of ``top_n``."""
-        wanted = top_n if (top_n is None or top_n > 0) else self.top_n
-        return documents if wanted is None else wanted
+    def _count(self, top_n: int | None) -> int | None:
+        """How many results to return (``None``: all): langchain-community's reading of
+        ``top_n``."""
+        return top_n if (top_n is None or top_n > 0) else self.top_n
 
 
 def _texts(documents: Sequence[str | Document | dict[str, Any]]) -> list[str]:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ..config import DEFAULT_RERANK_MODEL
 from ..embedding.counters import Stats
 from ..extras import requires
 from ..function import settings_of
@@ -33,10 +34,6 @@ with requires("llama-index"):
 
 __all__ = ["JinaRerank"]
 
-#: The model when none is given: JinaRerankFunction's (pymilvus's) default, not the jinaai
-#: package's jina-reranker-v1-base-en, which Jina no longer lists.
-DEFAULT_RERANK_MODEL = "jina-reranker-v2-base-multilingual"
-
 dispatcher = get_dispatcher(__name__)
 
 
@@ -50,7 +47,9 @@ class JinaRerank(BaseNodePostprocessor):
     function's async twin: a cancelled await sends no new batch.
 
     :param top_n: how many nodes to keep; ``None``: all, reordered.
-    :param model: Jina reranker model id.
+    :param model: Jina reranker model id; default JinaRerankFunction's
+        (jina-reranker-v2-base-multilingual), not the jinaai package's v1, which Jina no
+        longer lists.
     :param base_url: API root; else ``EMBEDCACHE_BASE_URL``, else ``https://api.jina.ai``.
         The jinaai package's form, ending in ``/v1`` (its default
         ``https://api.jina.ai/v1``), is taken too: that ``/v1`` is the API's path, not
@@ -83,8 +82,6 @@ class JinaRerank(BaseNodePostprocessor):
         **options: Any,
     ) -> None:
         settings = settings_of(type(self).__name__, options)
-        if offline is not None:
-            settings["offline"] = offline
         # Passed as one mapping: mypy sees only BaseNodePostprocessor's fields.
         fields: dict[str, Any] = {"top_n": top_n, "model": model}
         if callback_manager is not None:
@@ -93,7 +90,7 @@ class JinaRerank(BaseNodePostprocessor):
         if base_url is not None:
             base_url = base_url.rstrip("/").removesuffix("/v1")
         self._function = JinaRerankFunction(
-            model, api_key, base_url=base_url, cache_dir=cache_dir, **settings
+            model, api_key, base_url=base_url, cache_dir=cache_dir, offline=offline, **settings
         )
 
     @classmethod
