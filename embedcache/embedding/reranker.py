@@ -159,6 +159,11 @@ class Reranker:
             self._finalizer.atexit = False
 
     @property
+    def waiting(self) -> int:
+        """Calls blocked right now on another call's fetch of the same scores."""
+        return self._inflight.waiting if self._inflight is not None else 0
+
+    @property
     def stats(self) -> Stats:
         """A snapshot of this reranker's counters since it was built."""
         return self._counters.snapshot()
