@@ -112,6 +112,8 @@ def test_rerank_gives_langchain_communitys_index_and_score_dicts(
     assert reranker.rerank([{"text": t} for t in TEXTS], QUERY, top_n=4) == every[:4]
     assert reranker.rerank(TEXTS, QUERY, top_n=0) == every[:2]  # below 1: the field
     assert reranker.rerank([], QUERY) == []
+    with pytest.raises(InvalidInputError, match="document 1: a str, a Document"):
+        reranker.rerank([TEXTS[0], {"image": "https://example.com/a.png"}], QUERY)
 
 
 def test_top_n_none_keeps_every_document_reordered(make_rr: MakeRR) -> None:
