@@ -42,8 +42,9 @@ LAYERS = {
     "langchain": 8,
     "llama_index": 8,
 }
-#: Third-party packages that only these parts (or modules, dotted) may import.
-CONFINED = {
+#: Third-party packages that only these parts (or modules, dotted; a tuple: any of them) may
+#: import.
+CONFINED: dict[str, str | tuple[str, ...]] = {
     "starlette": "proxy",
     "uvicorn": "nowhere",  # the proxy runs its own server; only bench/ uses uvicorn
     "orjson": "proxy",
@@ -57,8 +58,8 @@ CONFINED = {
     "pymilvus": "cli.demo_milvus",
     "milvus_lite": "cli.demo_milvus",
     # Each extra's library in its own integration module only.
-    "langchain_core": "integrations.langchain",
-    "llama_index": "integrations.llama_index",
+    "langchain_core": ("integrations.langchain", "integrations.langchain_rerank"),
+    "llama_index": ("integrations.llama_index", "integrations.llama_index_rerank"),
 }
 
 
@@ -66,8 +67,10 @@ def _part(module: str) -> str:
     return module.split(".")[0]
 
 
-def _within(module: str, allowed: str) -> bool:
-    """Whether ``module`` is the part or module ``allowed``, or inside it."""
+def _within(module: str, allowed: str | tuple[str, ...]) -> bool:
+    """Whether ``module`` is the part or module ``allowed`` (or one of them), or inside it."""
+    if isinstance(allowed, tuple):
+        return any(_within(module, one) for one in allowed)
     return module == allowed or module.startswith(allowed + ".")
 
 
