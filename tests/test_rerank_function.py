@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from embedcache import CacheMissError, InvalidInputError, JinaRerankFunction, RerankResult
 from embedcache.testing import JinaEmulator
 
+from .cli_helpers import as_json, invoke, ok
 from .conftest import API_KEY
 
 DOCS = ["a cat sleeps", "dogs bark", "the sun is hot", "cats purr", "birds sing", "rain"]
@@ -112,3 +114,18 @@ def test_settings_are_the_embedding_functions_and_embedding_only_ones_are_refuse
 
 def test_repr_shows_no_key(make_rf: MakeRf) -> None:
     assert API_KEY not in repr(make_rf())
+
+
+def test_scores_are_listed_as_scores_and_exported_as_the_float64s_the_api_sent(
+    emulator: JinaEmulator, make_rf: MakeRf, cache_dir: Path, tmp_path: Path
+) -> None:
+    scores = make_rf().rerank_scores("pets", DOCS)
+    listed = as_json(invoke("ls", "--json", cache_dir=cache_dir))
+    assert {(e["input"], e["output"]) for e in listed} == {("text", "score")}
+    out = tmp_path / "scores"
+    ok(invoke("export", "--out", str(out), "--kind", "score", cache_dir=cache_dir))
+    exported = np.load(out.with_suffix(".npy"))
+    assert (exported.dtype, exported.shape) == (np.float64, (len(DOCS), 1))
+    assert sorted(exported[:, 0].tolist()) == sorted(scores)  # bit for bit: float64 equality
+    lines = out.with_suffix(".jsonl").read_text().splitlines()
+    assert len(lines) == len(DOCS)

@@ -115,7 +115,7 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]
         key=key,
         model=str(fields.get("model", "?")),
         task=str(task) if task is not None else None,
-        dimensions=record.dimensions,
+        dimensions=_dimensions(fp, record.dimensions),
         late_chunking=bool(fields.get("late_chunking", False)),
         tokens=record.tokens,
         created=record.created,
@@ -125,6 +125,12 @@ def _entry(key: bytes, record: Record | Stored, settings: dict[int, Fingerprint]
         input=fp.input if fp is not None else "?",
         output=fp.output if fp is not None else "?",
     )
+
+
+def _dimensions(fp: Fingerprint | None, stored: int) -> int:
+    """What an entry's dimensions are said to be: a score is one number (stored as the
+    float64's 8 bytes, which storage counts as 64 bits)."""
+    return 1 if fp is not None and fp.output == "score" else stored
 
 
 def _payload_bytes(record: Record | Stored) -> int | None:
@@ -195,7 +201,7 @@ def summarize(store: Store) -> Summary:
         name = Group(
             str(fields.get("model", "?")),
             str(task) if task is not None else None,
-            dimensions(dim),
+            _dimensions(fp, dimensions(dim)),
             fp.upstream if fp is not None else "?",
             fp.input if fp is not None else "?",
             fp.output if fp is not None else "?",
