@@ -450,6 +450,11 @@ def serve(
             f"{f', {workers} workers' if workers > 1 else ''})",
             err=True,
         )
+        click.echo(
+            f"  and reranks at /v1/rerank (Jina), /rerank (TEI, vLLM) and /v2/rerank (Cohere),"
+            f" these last with {rerank_model}",
+            err=True,
+        )
         if as_json:  # echoed and flushed before any worker is forked: printed once
             echo_json(
                 {"url": url, "host": host, "port": port, "upstream": upstream_url,
