@@ -32,7 +32,7 @@ from .coalescing import FetchClaims, Inflight
 from .counters import Counters, Stats
 from .scheduler import BatchScheduler
 
-__all__ = ["Call", "Fetcher", "PayloadRows", "Rows"]
+__all__ = ["Call", "Fetcher", "PayloadRows", "Rows", "refuse_unfetchable"]
 
 
 class Rows:
@@ -99,6 +99,23 @@ class Call:
     def stopped(self) -> bool:
         """Whether the caller has cancelled the call (``stop`` is set)."""
         return self.stop is not None and self.stop.is_set()
+
+
+def refuse_unfetchable(offline: bool, tiers: Tiers, missing: int, asked: str) -> None:
+    """Raise before anything is sent when ``missing`` of what a call ``asked`` (``"6
+    distinct texts"``) could not be fetched and kept.
+
+    :raises CacheMissError: offline.
+    :raises CacheError: the cache is read-only: fetching would spend tokens on entries that
+        could not be kept.
+    """
+    if offline:
+        raise CacheMissError(f"offline: {missing} of {asked} are not cached", misses=missing)
+    if tiers.read_only:
+        raise CacheError(
+            f"{missing} of {asked} are not cached, and the cache at {tiers.store.directory} "
+            "is read-only"
+        )
 
 
 def _until_stopped(batches: Iterator[list[Miss]], call: Call) -> Iterator[list[Miss]]:
@@ -168,17 +185,7 @@ class Fetcher:
         :raises CacheError: the cache is read-only.
         :raises InvalidInputError: a text over the model's limit, before any request.
         """
-        if self.offline:
-            raise CacheMissError(
-                f"offline: {len(misses)} of {distinct} distinct texts are not cached",
-                misses=len(misses),
-            )
-        if self._tiers.read_only:
-            # Fetching would spend tokens on vectors that could not be kept.
-            raise CacheError(
-                f"{len(misses)} of {distinct} distinct texts are not cached, and the cache at "
-                f"{self._tiers.store.directory} is read-only"
-            )
+        refuse_unfetchable(self.offline, self._tiers, len(misses), f"{distinct} distinct texts")
         check_lengths(misses, call.options)
         # Misses are counted as their answers arrive (in send), not as planned: an
         # interrupted call, or entries another process stores meanwhile, must not leave

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from ..cache_keys import Fingerprint
 from ..config import DEFAULT_RERANK_BATCH_SIZE, DEFAULT_UPSTREAM_ID
-from ..errors import CacheError, CacheMissError, InvalidInputError, ResponseFormatError
+from ..errors import CacheMissError, InvalidInputError, ResponseFormatError
 from ..inputs import Media, estimate_input
 from ..models import RERANK_IMAGE_MODELS, check_rerank_model, is_listwise
 from ..rerank_keys import rerank_fingerprint, rerank_keys
@@ -46,6 +46,7 @@ from ..upstream.protocol import RerankInput, Reranks, UpstreamScores
 from .batches import Miss
 from .coalescing import FetchClaims, Inflight
 from .counters import Autoflush, Recorder, Stats
+from .fetching import refuse_unfetchable
 
 __all__ = ["Reranked", "Reranker", "is_listwise", "ranked"]
 
@@ -253,16 +254,8 @@ class Reranker:
     # Fetching
 
     def _fill(self, misses: list[Miss], call: _Call, listwise: bool) -> None:
-        if self.offline:
-            raise CacheMissError(
-                f"offline: {len(misses)} of {len(call.scores)} rerank scores are not cached",
-                misses=len(misses),
-            )
-        if self._tiers.read_only:
-            raise CacheError(
-                f"{len(misses)} of {len(call.scores)} rerank scores are not cached, and the "
-                f"cache at {self._tiers.store.directory} is read-only"
-            )
+        asked = f"{len(call.scores)} rerank scores"
+        refuse_unfetchable(self.offline, self._tiers, len(misses), asked)
         if call.upstream is None:
             raise CacheMissError(
                 f"{len(misses)} rerank scores are not cached and there is no upstream to ask",
