@@ -6,7 +6,6 @@ others are about local disk only."""
 from __future__ import annotations
 
 import collections
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from .options import (
     request_options,
 )
 from .output import confirm, plural, yes_option
-from .sources import SourceItem, within_limit
+from .sources import argument_items, within_limit
 from .units import dollars, format_bytes, money, parse_duration, parse_size
 
 __all__ = ["clear", "export", "get", "prune", "stats", "verify"]
@@ -160,7 +159,7 @@ def get(
 
     options = build_options(model, task, dimensions, late_chunking, truncate)
     # Checked here by argument and line: the caching core would name a Python parameter.
-    given = [item.text for item in within_limit(_texts(texts), options)]
+    given = [item.text for item in within_limit(argument_items(texts, "TEXT"), options)]
     vectors = cli.open(offline=offline).embedder.embed(given, options)
     if npy is not None:
         np.save(npy, vectors)
@@ -180,29 +179,6 @@ def get(
     # One compact line per text: vectors are long, and JSON Lines stream well into tools.
     for row in answers:
         echo_json(row, compact=True)
-
-
-def _texts(arguments: tuple[str, ...]) -> list[SourceItem]:
-    """The texts of ``get``'s arguments, ``-`` standing for standard input's lines, each
-    with where it came from (``TEXT 2``, ``<stdin>:3``) for messages."""
-    if arguments.count("-") > 1:
-        raise click.UsageError("give - (standard input) once")
-    texts: list[SourceItem] = []
-    for number, argument in enumerate(arguments, 1):
-        if argument != "-":
-            texts.append(SourceItem(argument, None, f"TEXT {number}"))
-            continue
-        # One text per line, as `prewarm`'s .txt files: a line's end is not part of it, and
-        # a blank line is no text (the API refuses empty input).
-        lines = [
-            SourceItem(line.rstrip("\r\n"), None, f"<stdin>:{line_number}")
-            for line_number, line in enumerate(sys.stdin, 1)
-            if line.strip()
-        ]
-        if not lines:
-            raise click.UsageError("- (standard input) holds no text: one text per line")
-        texts += lines
-    return texts
 
 
 @click.command(cls=Command, ignores={**_DISK_ONLY, **NO_UPSTREAM})

@@ -1,4 +1,6 @@
-"""Reading texts to embed from files: plain text, JSON Lines, CSV/TSV, or standard input.
+"""Reading texts to embed from files: plain text, JSON Lines, CSV/TSV, or standard input;
+and from a command's arguments (:func:`argument_items`: ``get``'s texts, ``rerank``'s
+documents, ``-`` standing for standard input).
 
 The format is the one given (``--format``), else the file name's (``.txt``,
 ``.jsonl``/``.ndjson``, ``.csv``, ``.tsv``). Standard input (``-``), pipes and other names are
@@ -18,10 +20,12 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, cast
+
+import click
 
 from ..errors import InvalidInputError
 from ..models import RequestOptions
@@ -30,6 +34,7 @@ __all__ = [
     "FORMATS",
     "SourceItem",
     "Spool",
+    "argument_items",
     "detect_format",
     "read_items",
     "sniff_format",
@@ -166,6 +171,27 @@ class _Reading:
         if self.on_sniffed is not None:
             self.on_sniffed(self.name, kind)
         return kind, itertools.chain(peeked, lines)
+
+
+def argument_items(arguments: Sequence[str], noun: str) -> list[SourceItem]:
+    """The texts of a command's arguments, ``-`` standing for standard input's lines (one
+    text a line, as a ``.txt`` file: blank lines skipped), each with where it came from
+    (``TEXT 2``, ``<stdin>:3``, ``noun`` naming the argument) for messages.
+
+    :raises click.UsageError: ``-`` given twice, or standard input holding no text.
+    """
+    if list(arguments).count("-") > 1:
+        raise click.UsageError("give - (standard input) once")
+    items: list[SourceItem] = []
+    for number, argument in enumerate(arguments, 1):
+        if argument != "-":
+            items.append(SourceItem(argument, None, f"{noun} {number}"))
+            continue
+        lines = list(_read_txt(sys.stdin, "<stdin>"))
+        if not lines:
+            raise click.UsageError("- (standard input) holds no text: one text per line")
+        items += lines
+    return items
 
 
 def _read_txt(handle: Iterable[str], name: str) -> Iterator[SourceItem]:
