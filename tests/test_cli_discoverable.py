@@ -16,8 +16,8 @@ from embedcache.cli import main
 from embedcache.models import RequestOptions
 from embedcache.storage.store import Store
 
-COMMANDS = ("prewarm", "serve", "stats", "ls", "inspect", "get", "export", "prune", "clear",
-            "verify", "sync", "demo")  # fmt: skip
+COMMANDS = ("prewarm", "serve", "stats", "ls", "inspect", "get", "rerank", "export", "prune",
+            "clear", "verify", "sync", "demo")  # fmt: skip
 
 
 def test_the_groups_help_and_a_bare_call_list_every_command() -> None:

@@ -93,6 +93,11 @@ def _get(world: World, result: Result) -> None:
     assert world.sent == 1  # the miss went to the emulator named by --base-url
 
 
+def _rerank(world: World, result: Result) -> None:
+    assert [row["document"] for row in as_json(result)] == [NEW_TEXT]
+    assert world.sent == 1  # the miss went to the emulator named by --base-url
+
+
 def _export(world: World, result: Result) -> None:
     files = [Path(name) for name in as_json(result)["files"]]
     jsonl = next(path for path in files if path.suffix == ".jsonl")
@@ -141,6 +146,7 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[World, Result], None]]] = {
     "ls": (("--json",), _ls),
     "inspect": ((TEXTS[0], "--json"), _inspect),
     "get": ((NEW_TEXT,), _get),
+    "rerank": ((TEXTS[0], NEW_TEXT, "--json"), _rerank),
     "export": (("--out", "{out}", "--json"), _export),
     "prune": (("--model", V3, "--dry-run", "--json"), _prune),
     "clear": (("--yes",), _clear),

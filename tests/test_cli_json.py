@@ -76,6 +76,7 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[Any], None]]] = {
     "ls": ((), rows("key", "created", "model", "task", "dimensions", "tokens")),
     "inspect": ((TEXTS[0],), keys("key", "cached", "request", "dimensions", "tokens")),
     "get": ((TEXTS[0], NEW_TEXT), rows("text", "embedding")),
+    "rerank": ((TEXTS[0], TEXTS[1], NEW_TEXT), rows("index", "score", "document")),
     "export": (("--out", "{out}"), keys("files")),
     "prune": (("--model", V3, "--dry-run"), keys("dry_run", "selected", "removed", "bytes")),
     "clear": (("--yes",), keys("directory", "removed")),

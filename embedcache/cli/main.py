@@ -2,7 +2,8 @@
 
 Library errors become one-line messages and exit code 1 in exactly one place
 (:class:`_Group`); click's own usage errors exit with 2. The commands live in the
-modules beside this one: ``prewarm``, ``serve``, ``cache``, ``sync``, ``analyze`` and ``demo``.
+modules beside this one: ``prewarm``, ``serve``, ``cache``, ``reranking``, ``sync``,
+``analyze`` and ``demo``.
 
 The global options (the cache directory, the API root, the shared Redis tier, the rate
 limits) are defined once in :mod:`.options` and taken before or after the command name, by
@@ -28,6 +29,7 @@ from .limit import limit
 from .listing import ls
 from .options import Group
 from .prewarm import prewarm
+from .reranking import rerank
 from .serve import serve
 from .sync import sync
 
@@ -86,7 +88,7 @@ def main() -> None:
 
 
 for _command in (
-    prewarm, serve, stats, ls, inspect, get, export, prune, clear, verify, sync, demo
+    prewarm, serve, stats, ls, inspect, get, rerank, export, prune, clear, verify, sync, demo
 ):  # fmt: skip
     main.add_command(_command)
 main.add_command(doctor)

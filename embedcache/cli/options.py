@@ -68,7 +68,7 @@ def global_options() -> list[click.Option]:
             metavar="SIZE",
             callback=_size_limit,
             help="Set the cache's size limit, kept in the cache directory for every writer, "
-            "when this command writes entries (prewarm, get, serve): 10GB, 512MiB; none "
+            "when this command writes entries (prewarm, get, rerank, serve): 10GB, 512MiB; none "
             "removes it. `embedcache limit` shows and sets it alone.",
         ),
         click.Option(
@@ -216,7 +216,7 @@ class CliContext:
         settings = self.settings(**overrides)
         if existing and self.size_limit is not None:  # reading never writes, a limit neither
             raise click.UsageError(
-                "--size-limit is set by commands that write entries (prewarm, get, serve); "
+                "--size-limit is set by commands that write entries (prewarm, get, rerank, serve); "
                 "`embedcache limit SIZE` sets it alone"
             )
         if existing and not Store.exists(settings.cache_dir):
