@@ -1,5 +1,6 @@
-"""``embedcache demo``: the offline tour against the bundled emulator; ``--milvus`` runs the
-Milvus page's example on Milvus Lite (:mod:`.demo_milvus`)."""
+"""``embedcache demo``: the offline tour against the bundled emulator (embedding, then
+reranking, each twice); ``--milvus`` runs the Milvus page's example on Milvus Lite
+(:mod:`.demo_milvus`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL, DEFAULT_RERANK_MODEL
 from .options import (
     GLOBAL_OPTION_NAMES,
     CliContext,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..embedding.counters import Stats
+    from ..testing import JinaEmulator
     from ..testing.faults import RecordedRequest
     from .demo_milvus import QueryResult
 
@@ -43,6 +45,9 @@ DEMO_DOCUMENTS = [
     "Ein Satz auf Deutsch, damit nicht alles Englisch ist.",
     "埋め込みベクトルはディスクにキャッシュされます。",
 ]
+#: The reranking step's query, over the first few distinct documents.
+DEMO_QUERY = "Which database is built for similarity search?"
+_RERANKED = 4
 # Not a real key: the emulator accepts only this one, and it proves keys stay off disk.
 DEMO_API_KEY = "jina_demo_key_for_the_bundled_emulator_only"
 #: The upstream the demo's entries are cached as: the bundled emulator, whatever its port.
@@ -64,20 +69,18 @@ and in Python (the cache is your user cache directory; `embedcache stats` shows 
     from embedcache import JinaEmbeddingFunction
     ef = JinaEmbeddingFunction("jina-embeddings-v3")
     vectors = ef.encode_documents(["Milvus is a vector database."])
-or `embedcache get "Milvus is a vector database."`. The README has the proxy, LangChain,
-LlamaIndex and Milvus."""
+or `embedcache get "Milvus is a vector database."`; to rerank, JinaRerankFunction or
+`embedcache rerank QUERY DOCUMENT...`. The README has the proxy, LangChain, LlamaIndex
+and Milvus."""
 
 
 @dataclass
-class _Pass:
-    """One pass of the demo: what went upstream, the embedder's counters, the document
-    vectors, and (``--milvus``) the search results."""
+class _Sent:
+    """What one pass sent upstream, the cache's counters, and how long it took."""
 
     sent: list[RecordedRequest]
     stats: Stats
-    vectors: np.ndarray[Any, Any]
     seconds: float
-    results: list[QueryResult] | None = None
 
     @property
     def tokens(self) -> int:
@@ -87,6 +90,22 @@ class _Pass:
         return {"requests": len(self.sent), "tokens": self.tokens,
                 "hits": self.stats.hits, "misses": self.stats.misses,
                 "seconds": round(self.seconds, 4)}  # fmt: skip
+
+
+@dataclass
+class _Pass(_Sent):
+    """One embedding pass of the demo: the document vectors, and (``--milvus``) the search
+    results."""
+
+    vectors: np.ndarray[Any, Any] = field(kw_only=True)
+    results: list[QueryResult] | None = None
+
+
+@dataclass
+class _Reranked(_Sent):
+    """One reranking pass: every document's score, in document order."""
+
+    scores: list[float] = field(kw_only=True)
 
 
 def _first_title(first: _Pass) -> str:
@@ -153,7 +172,9 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
     request, as the real API might), the second is served from disk with no request and no
     tokens; each pass is timed. With --milvus, each pass also builds a Milvus Lite
     collection from the vectors and searches it, and the second pass must find the same
-    hits. With a kept --cache-dir, a re-run finds the first pass cached already.
+    hits. Then it reranks a query over a few of the documents twice, the same way: the
+    second time every score comes from disk. With a kept --cache-dir, a re-run finds the
+    first pass cached already.
     """
     from . import demo_milvus as lite
 
@@ -186,15 +207,7 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
         def run(client: Any) -> _Pass:
             before = len(emulator.requests)
             started = time.perf_counter()
-            with JinaEmbeddingFunction(
-                DEFAULT_MODEL,
-                api_key=DEMO_API_KEY,
-                base_url=emulator.url,
-                # Every run's emulator has another port but gives the same vectors: a kept
-                # --cache-dir is warm on the next run.
-                upstream_as=DEMO_UPSTREAM,
-                cache_dir=directory,
-            ) as ef:
+            with JinaEmbeddingFunction(DEFAULT_MODEL, **_settings(emulator, directory)) as ef:
                 vectors = ef.encode_documents(documents)
                 results = None
                 if client is not None:  # the Milvus page's flow: index, then query
@@ -203,7 +216,8 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
                     results = lite.search(client, queries, ef.encode_queries(queries))
                 stats = ef.stats
             seconds = time.perf_counter() - started
-            return _Pass(emulator.requests[before:], stats, np.stack(vectors), seconds, results)
+            sent = emulator.requests[before:]
+            return _Pass(sent, stats, seconds, vectors=np.stack(vectors), results=results)
 
         with lite.milvus_lite(database) if milvus else contextlib.nullcontext() as client:
             first = run(client)
@@ -213,9 +227,16 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
             if not as_json:
                 title = "Second pass (a fresh JinaEmbeddingFunction"
                 _echo_pass(title + (", the collection rebuilt):" if milvus else "):"), second)
-        _check(first, second)
+        # The reranking step: scores cached per (query, document), the same way.
+        candidates = list(dict.fromkeys(documents))[:_RERANKED]
+        reranked = (
+            _rerank_pass(emulator, directory, candidates),
+            _rerank_pass(emulator, directory, candidates),
+        )
+        _check(first, second, reranked)
         if as_json:
-            echo_json(_summary(directory, documents, first, second))
+            summary = _summary(directory, documents, first, second)
+            echo_json({**summary, "rerank": _rerank_summary(candidates, *reranked)})
             return
         timing = f"first pass {_seconds(first.seconds)}, second {_seconds(second.seconds)}"
         if milvus:
@@ -231,6 +252,8 @@ def demo(cli: CliContext, milvus: bool, as_json: bool) -> None:
                 f"{plural(len(second.sent), 'request')}, {plural(second.tokens, 'token')} "
                 f"({timing})."
             )
+        click.echo()
+        _echo_rerank(candidates, *reranked)
         click.echo("\n" + _NEXT_STEP)
 
 
@@ -258,15 +281,85 @@ def _summary(directory: Path, documents: list[str], first: _Pass, second: _Pass)
     return summary
 
 
-def _check(first: _Pass, second: _Pass) -> None:
-    """Fail the demo unless the second pass sent nothing and got what the first got."""
+def _check(first: _Pass, second: _Pass, reranked: tuple[_Reranked, _Reranked]) -> None:
+    """Fail the demo unless each second pass sent nothing and got what the first got."""
     import numpy as np
 
     identical = np.array_equal(first.vectors.view(np.uint32), second.vectors.view(np.uint32))
     same_hits = first.results == second.results
+    rerank_first, rerank_second = reranked
+    same_scores = rerank_first.scores == rerank_second.scores  # floats compared exactly
     if not identical or second.sent or not same_hits:
         raise click.ClickException(
             f"demo failed: second pass sent {len(second.sent)} requests, "
             f"vectors {'identical' if identical else 'differ'}"
             + ("" if same_hits else ", search results differ")
         )
+    if rerank_second.sent or not same_scores:
+        raise click.ClickException(
+            f"demo failed: the second reranking sent {len(rerank_second.sent)} requests, "
+            f"scores {'identical' if same_scores else 'differ'}"
+        )
+
+
+def _settings(emulator: JinaEmulator, directory: Path) -> dict[str, Any]:
+    """The library settings of every pass: the emulator, as one upstream whatever its port
+    (every run's emulator gives the same answers, so a kept --cache-dir is warm on the next
+    run), and the demo's cache."""
+    return {"api_key": DEMO_API_KEY, "base_url": emulator.url, "upstream_as": DEMO_UPSTREAM,
+            "cache_dir": directory}  # fmt: skip
+
+
+def _rerank_pass(emulator: JinaEmulator, directory: Path, documents: list[str]) -> _Reranked:
+    """Rerank :data:`DEMO_QUERY` over ``documents`` with a fresh JinaRerankFunction."""
+    from ..rerank_function import JinaRerankFunction
+
+    before = len(emulator.requests)
+    started = time.perf_counter()
+    with JinaRerankFunction(DEFAULT_RERANK_MODEL, **_settings(emulator, directory)) as rf:
+        scores = rf.rerank_scores(DEMO_QUERY, documents)
+        stats = rf.stats
+    seconds = time.perf_counter() - started
+    return _Reranked(emulator.requests[before:], stats, seconds, scores=scores)
+
+
+def _echo_rerank(documents: list[str], first: _Reranked, second: _Reranked) -> None:
+    from ..embedding.reranker import ranked
+
+    click.secho(
+        f"Reranking {DEMO_QUERY!r} over {plural(len(documents), 'document')} "
+        f"({DEFAULT_RERANK_MODEL}), twice:",
+        bold=True,
+    )
+    for label, done in (("first", first), ("second (a fresh JinaRerankFunction)", second)):
+        sent = [
+            f"sent upstream: POST {r.path} with {plural(r.inputs, 'document')} -> HTTP "
+            f"{r.status}, {plural(r.tokens, 'token')}"
+            for r in done.sent
+        ] or [f"{plural(0, 'request')}, 0 tokens upstream"]
+        click.echo(
+            f"  {label}: {'; '.join(sent)}; {plural(done.stats.hits, 'hit')} and "
+            f"{plural(done.stats.misses, 'miss')}, in {_seconds(done.seconds)}"
+        )
+    click.echo("  best first (the second pass's scores bit-identical, from disk):")
+    for index in ranked(first.scores):
+        click.echo(f"    {first.scores[index]:.4f}  [{index}] {documents[index]}")
+
+
+def _rerank_summary(documents: list[str], first: _Reranked, second: _Reranked) -> dict[str, Any]:
+    """``--json``'s ``rerank``: the step's totals, each pass, and the ranking."""
+    from ..embedding.reranker import ranked
+
+    return {
+        "model": DEFAULT_RERANK_MODEL,
+        "query": DEMO_QUERY,
+        "documents": len(documents),
+        "requests": len(first.sent) + len(second.sent),
+        "tokens": first.tokens + second.tokens,
+        "passes": [first.as_dict(), second.as_dict()],
+        "results": [
+            {"index": i, "score": first.scores[i], "document": documents[i]}
+            for i in ranked(first.scores)
+        ],
+        "identical": True,  # else _check failed the demo
+    }
