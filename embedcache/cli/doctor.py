@@ -368,7 +368,8 @@ def _echo(report: dict[str, Any], findings: list[Finding]) -> None:
             + ("" if cache["writable"] else ", read-only"))  # fmt: skip
         row("size limit", f"{limit} ({format_bytes(cache['vector_bytes'])} of vectors held)")
     elif not cache["exists"]:
-        row("cache", "none yet: the first command that writes (prewarm, get, serve) makes it")
+        row("cache", "none yet: the first command that writes (prewarm, get, rerank, "
+            "serve) makes it")  # fmt: skip
     if cache["size_limit_option"] is not None:
         row("", f"--size-limit {format_bytes(cache['size_limit_option'])} is set when a "
             "command writes (doctor does not)")  # fmt: skip
