@@ -140,7 +140,8 @@ class Tiers:
 
     def put(self, fp: KeyFingerprints, entries: KeyedVectors) -> None:
         """Store fetched vectors locally (errors propagate), then in the shared tier."""
-        for one, rows in _groups(fp, [key for key, _, _ in entries]):
+        keys = [] if isinstance(fp, Fingerprint) else [key for key, _, _ in entries]
+        for one, rows in _groups(fp, keys):
             some = entries if rows is None else _pick(entries, rows)
             self.store.put_many(one, some)
             if self.shared is not None:
