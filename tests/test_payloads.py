@@ -148,6 +148,25 @@ def test_verify_catches_a_flipped_byte_in_each_kind(cache_dir: Path) -> None:
     assert [p is None for p in found.payloads] == [k in damaged for k in keys]
 
 
+def test_a_heap_cut_short_loses_only_the_payloads_past_its_end(cache_dir: Path) -> None:
+    with Store(cache_dir) as store:
+        keys, arrays = put_all(store)
+    with sqlite3.connect(cache_dir / "index.db") as db:
+        rows = dict(db.execute("SELECT k, row FROM entries WHERE dim < 0").fetchall())
+    db.close()
+    offsets = {key: rows[int.from_bytes(key[:8], "little", signed=True)] >> 24 for key in keys
+               if int.from_bytes(key[:8], "little", signed=True) in rows}  # fmt: skip
+    last = max(offsets, key=offsets.__getitem__)
+    heap = next((cache_dir / "segments").glob("*.heap"))
+    heap.write_bytes(heap.read_bytes()[: offsets[last] + 1])  # a crash mid-append, say
+    with Store(cache_dir) as store:
+        found = store.read_payloads(keys)
+    # Read a heap at a time, one span past the end must not take the others with it.
+    assert [p is None for p in found.payloads] == [k == last for k in keys]
+    assert all(same(f, a) for f, a, k in zip(found.payloads, arrays, keys, strict=True)
+               if k != last)  # fmt: skip
+
+
 def test_a_size_limit_evicts_payloads_by_their_own_bytes(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         keys, arrays = put_all(store)
