@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import orjson
 from loadclient import HOST, KEY, body_of
-from loadservers import Server, free_port, run_wrk, wrk_script
+from loadservers import Server, WrkResult, free_port, run_wrk, wrk_script
 from payload_storage import _disk
 from proxy_hits import prewarm, start_proxy
 from rerank_roles import (
@@ -207,8 +207,10 @@ def proxy(
     root: Path,
     seconds: int,
     bodies_each: int,
+    rounds: int,
     baseline: tuple[str, Path] | None = None,
 ) -> list[Hits]:
+    """Hits per second of each server and case: the run of median req/s of ``rounds``."""
     texts = make_texts(400, 7)  # the floor pre-renders these (proxy_hits.py)
     bodies = _rerank_bodies(texts, bodies_each)
     scripts = {case: wrk_script(root, found, f"case{n}") for n, (case, found) in
@@ -226,21 +228,31 @@ def proxy(
     if baseline is not None:
         rev, tree = baseline
         servers.insert(1, start_proxy(root, emulator, f"embedcache serve at {rev}", source=tree))  # type: ignore[arg-type]
-    rows = []
-    for server in servers:
-        print(f"{server.name} ...", flush=True)
-        try:
+    samples: dict[tuple[str, str], list[WrkResult]] = {}
+    try:
+        for server in servers:
+            print(f"{server.name} ...", flush=True)
             server.wait_healthy()
             if not server.name.startswith("floor"):
                 prewarm(server, bodies[EMBED], [1] * len(bodies[EMBED]))
                 for case in (JINA, TEI):
                     _prewarm_reranks(server.port, PATHS[case], bodies[case])
+        # Every server up at once and measured in turn, round after round, so a burst of
+        # the shared machine's other work falls on each of them alike.
+        for _ in range(rounds):
             for case, script in scripts.items():
-                run_wrk(server.port, script, 1, 32, threads=2, path=PATHS[case])  # warm
-                got = run_wrk(server.port, script, seconds, 32, threads=2, path=PATHS[case])
-                rows.append(Hits(server.name, case, got.rps, got.p50_ms, got.p99_ms, got.bad))
-        finally:
+                for server in servers:
+                    run_wrk(server.port, script, 1, 32, threads=2, path=PATHS[case])  # warm
+                    got = run_wrk(server.port, script, seconds, 32, threads=2, path=PATHS[case])
+                    samples.setdefault((server.name, case), []).append(got)
+    finally:
+        for server in servers:
             server.stop()
+    rows = []
+    for (name, case), runs in samples.items():
+        median = sorted(runs, key=lambda r: r.rps)[(len(runs) - 1) // 2]  # with its latencies
+        bad = sum(r.bad for r in runs)
+        rows.append(Hits(name, case, median.rps, median.p50_ms, median.p99_ms, bad))
     return rows
 
 
@@ -348,7 +360,9 @@ def report(command: str, load: float, lib: dict, rows: list[Hits], stored: dict)
         "`bench/proxy_hits.py` answering the same bodies (uvloop + httptools: the JSON "
         "parsed, each pair hashed, a pre-rendered score looked up, sorted, written); `wrk "
         "-t2 -c32` on the same 2 cores, rotating over "
-        f"{lib['bodies']} bodies per case. {JINA}: the body pymilvus's `JinaRerankFunction` "
+        f"{lib['bodies']} bodies per case; every server up at once, each measured in turn for "
+        f"{lib['seconds']} s (after 1 s of warm-up), {lib['rounds']} rounds: the round of "
+        "median req/s, and the errors of all. {JINA}: the body pymilvus's `JinaRerankFunction` "
         "posts (`top_n` 5, documents echoed); TEI: Milvus's `tei` Model Ranker's "
         '(`{"query", "texts"}`, every score answered). No peer: the Go peer has no rerank '
         "support. The one-text `/v1/embeddings` hits of the same proxy are for scale.",
@@ -399,7 +413,8 @@ def report(command: str, load: float, lib: dict, rows: list[Hits], stored: dict)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run; no RESULTS.md")
-    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per server and case")
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration per server and case")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per server and case")
     parser.add_argument("--runs", type=int, default=7, help="interleaved runs of the library")
     parser.add_argument("--queries", type=int, default=100, help="storage: queries")
     parser.add_argument("--documents", type=int, default=1000, help="storage: documents each")
@@ -415,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk): nothing to measure with")
     quick = args.quick
     sizes = (10, 100) if quick else (10, 100, 1000)
-    runs, seconds = (3, 2) if quick else (args.runs, args.seconds)
+    runs, seconds, rounds = (3, 2, 1) if quick else (args.runs, args.seconds, args.rounds)
     asked, documents = (5, 100) if quick else (args.queries, args.documents)
     bodies = 20 if quick else 100
     load = os.getloadavg()[0]
@@ -431,13 +446,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 baseline = (rev, baseline_tree(root, rev))
                 print(f"library, today against {rev} ...", flush=True)
                 lib["baseline"] = against_baseline(emulator, root, sizes, runs, *baseline)
-            rows = proxy(emulator, root, seconds, bodies, baseline)
+            rows = proxy(emulator, root, seconds, bodies, rounds, baseline)
             print("storage ...", flush=True)
             stored = storage(emulator, root, asked, documents)
         finally:
             emulator.stop()
             subprocess.run(["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
-    lib.update(runs=runs, bodies=bodies)
+    lib.update(runs=runs, bodies=bodies, rounds=rounds, seconds=seconds)
     stored.update(queries=asked, documents=documents)
     command = "python bench/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(command.strip(), load, lib, rows, stored)
