@@ -362,10 +362,11 @@ def report(command: str, load: float, lib: dict, rows: list[Hits], stored: dict)
         "-t2 -c32` on the same 2 cores, rotating over "
         f"{lib['bodies']} bodies per case; every server up at once, each measured in turn for "
         f"{lib['seconds']} s (after 1 s of warm-up), {lib['rounds']} rounds: the round of "
-        "median req/s, and the errors of all. {JINA}: the body pymilvus's `JinaRerankFunction` "
-        "posts (`top_n` 5, documents echoed); TEI: Milvus's `tei` Model Ranker's "
-        '(`{"query", "texts"}`, every score answered). No peer: the Go peer has no rerank '
-        "support. The one-text `/v1/embeddings` hits of the same proxy are for scale.",
+        f"median req/s, and the errors of all. {JINA}: the body pymilvus's "
+        "`JinaRerankFunction` posts (`top_n` 5, documents echoed); TEI: Milvus's `tei` "
+        'Model Ranker\'s (`{"query", "texts"}`, every score answered). No peer: the Go '
+        "peer has no rerank support. The one-text `/v1/embeddings` hits of the same proxy "
+        "are for scale.",
         "",
         "| case | server | req/s | x floor | scores/s | p50 | p99 | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
