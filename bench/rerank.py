@@ -159,7 +159,7 @@ def against_baseline(
             if not Path(found).is_relative_to(tree):  # a comparison with itself proves nothing
                 raise RuntimeError(f"{name} would run {found}, not the code in {tree}")
             command = [sys.executable, ROLES, "_hits", emulator.url, str(root / "library-cache")]
-            command += [",".join(map(str, sizes)), "3"]
+            command += [",".join(map(str, sizes)), "5"]
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             samples[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {
@@ -302,14 +302,14 @@ def _machine(load: float) -> str:
     )
 
 
-def _baseline_lines(found: dict[str, dict[int, float]] | None) -> list[str]:
+def _baseline_lines(found: dict[str, dict[int, float]] | None, runs: int) -> list[str]:
     if not found:
         return []
     rev = next(name for name in found if name != "today")
     out = [
-        f"Today against {rev} (`--baseline {rev}`): `rerank_scores` hits, each in a fresh "
-        "process on the same cache, the two alternated; µs per document, median of the "
-        "processes' medians.",
+        f"Today against {rev} (`--baseline {rev}`): `rerank_scores` hits on the same cache, "
+        "each code in a fresh process (5 samples of ~200 ms per size), the two alternated "
+        f"{runs} times; µs per document, median of the processes' medians.",
         "",
         f"| documents | at {rev} | today | {rev} / today |",
         "|---:|---:|---:|---:|",
@@ -353,7 +353,7 @@ def report(command: str, load: float, lib: dict, rows: list[Hits], stored: dict)
         "",
         f"Upstream requests during the timed hits: {lib['requests_timed']}.",
         "",
-        *_baseline_lines(lib.get("baseline")),
+        *_baseline_lines(lib.get("baseline"), lib["runs"]),
         "### Proxy hits: one query and 32 documents per request (Milvus's batch), cached",
         "",
         "`embedcache serve` (default workers, one per core) against the protocol floor of "

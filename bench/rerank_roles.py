@@ -13,6 +13,7 @@ Run as ``python bench/rerank_roles.py ROLE ARGS...`` by ``bench/rerank.py``:
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import statistics
@@ -72,11 +73,12 @@ def per_document(call: Callable[[], object], calls: int, documents: int) -> floa
     return (time.perf_counter() - start) / (calls * documents) * 1e6
 
 
-def calls_for(call: Callable[[], object]) -> int:
-    """Call once (a warm-up) and say how many calls make a sample of ~CALL_SECONDS."""
+def calls_for(call: Callable[[], object], seconds: float = CALL_SECONDS) -> int:
+    """Call twice (a warm-up) and say how many calls make a sample of ~``seconds``."""
+    call()
     start = time.perf_counter()
     call()
-    return max(1, int(CALL_SECONDS / (time.perf_counter() - start)))
+    return max(1, int(seconds / (time.perf_counter() - start)))
 
 
 def hits(url: str, directory: str, sizes: list[int], runs: int) -> None:
@@ -87,11 +89,11 @@ def hits(url: str, directory: str, sizes: list[int], runs: int) -> None:
     with JinaRerankFunction(MODEL, KEY, base_url=url, cache_dir=directory) as reranker:
         for n in sizes:
             docs = texts[:n]
-            calls = calls_for(lambda: reranker.rerank_scores(query, docs))  # noqa: B023
-            medians[n] = statistics.median(
-                per_document(lambda: reranker.rerank_scores(query, docs), calls, n)  # noqa: B023
-                for _ in range(runs)
-            )
+            # Longer samples than the in-process table's: a process's first calls, and a
+            # burst of the shared machine's load, weigh on one process's few samples.
+            call = functools.partial(reranker.rerank_scores, query, docs)
+            calls = calls_for(call, 4 * CALL_SECONDS)
+            medians[n] = statistics.median(per_document(call, calls, n) for _ in range(runs))
         if reranker.stats.requests:
             raise RuntimeError("the cache was not filled: the timed calls sent requests")
     print(json.dumps(medians), flush=True)
