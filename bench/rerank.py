@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +54,7 @@ import orjson
 from loadclient import HOST, KEY, body_of
 from loadservers import Server, WrkResult, free_port, run_wrk, wrk_script
 from payload_storage import _disk
+from proxy_hits import Row as Hits
 from proxy_hits import prewarm, start_proxy
 from rerank_roles import (
     CALL_SECONDS,
@@ -169,16 +169,6 @@ def against_baseline(
 
 
 # 2. The proxy's hit path
-
-
-@dataclass(frozen=True)
-class Hits:
-    server: str
-    case: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    bad: int
 
 
 def _rerank_bodies(texts: list[str], count: int) -> dict[str, list[bytes]]:
