@@ -248,7 +248,14 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int, threads: int = 1) -> WrkResult:
+def run_wrk(
+    port: int,
+    script: Path,
+    seconds: int,
+    connections: int,
+    threads: int = 1,
+    path: str = "/v1/embeddings",
+) -> WrkResult:
     command = [
         "wrk",
         f"-t{threads}",
@@ -257,7 +264,7 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int, threads: in
         "--latency",
         "-s",
         str(script),
-        f"http://{HOST}:{port}/v1/embeddings",
+        f"http://{HOST}:{port}{path}",
     ]
     out = subprocess.run(
         command, capture_output=True, text=True, check=True, preexec_fn=child_setup()

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,25 +286,14 @@ def report(command: str, rows: list[Row], memory: dict[str, float], load: float)
     return "\n".join(out) + "\n"
 
 
-def protocol_floor(port: int) -> None:
-    """The protocol floor: what answering a hit cannot avoid, with nothing else."""
-    import httptools
-    import numpy as np
-    import orjson
-    import uvloop
-    import xxhash
+Answerer = Callable[[bytes, bytes], bytes]
 
-    rng = np.random.default_rng(0)
-    texts = make_workload(1, 6400, 0, 1.0, 7).hot_texts
-    rendered = {
-        xxhash.xxh3_128_digest(text.encode()): orjson.dumps(
-            rng.standard_normal(DIM).astype(np.float32).astype(np.float64),
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        for text in texts
-    }
-    head = b'{"model":"%s","object":"list","usage":{"total_tokens":0,"prompt_tokens":0},"data":['
-    head %= MODEL.encode()
+
+def serve_protocol(port: int, answer: Answerer) -> None:
+    """A bare asyncio protocol on uvloop + httptools: ``GET /health`` answered ok, every
+    other request with ``answer(url, body)`` (200, JSON); no routing, no checks."""
+    import httptools
+    import uvloop
 
     class Connection(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -324,20 +313,14 @@ def protocol_floor(port: int) -> None:
 
         def on_message_complete(self) -> None:
             if self.url == b"/health":
-                answer = b'{"status":"ok"}'
+                text = b'{"status":"ok"}'
             else:
-                inputs = orjson.loads(b"".join(self.body))["input"]
-                items = [
-                    b'{"object":"embedding","index":%d,"embedding":%b}'
-                    % (i, rendered[xxhash.xxh3_128_digest(text.encode())])
-                    for i, text in enumerate(inputs)
-                ]
-                answer = head + b",".join(items) + b"]}"
+                text = answer(self.url, b"".join(self.body))
             self.body = []
             self.transport.write(  # type: ignore[attr-defined]
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-                % len(answer)
-                + answer
+                % len(text)
+                + text
             )
 
     loop = uvloop.new_event_loop()
@@ -345,6 +328,41 @@ def protocol_floor(port: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.run_forever()
     server.close()
+
+
+def embeddings_answerer() -> Answerer:
+    """The embeddings floor's answer: the JSON parsed, each text hashed with xxh3, its
+    pre-rendered embedding text looked up and written: what a hit cannot do without."""
+    import numpy as np
+    import xxhash
+
+    rng = np.random.default_rng(0)
+    texts = make_workload(1, 6400, 0, 1.0, 7).hot_texts
+    rendered = {
+        xxhash.xxh3_128_digest(text.encode()): orjson.dumps(
+            rng.standard_normal(DIM).astype(np.float32).astype(np.float64),
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        for text in texts
+    }
+    head = b'{"model":"%s","object":"list","usage":{"total_tokens":0,"prompt_tokens":0},"data":['
+    head %= MODEL.encode()
+
+    def answer(url: bytes, body: bytes) -> bytes:
+        inputs = orjson.loads(body)["input"]
+        items = [
+            b'{"object":"embedding","index":%d,"embedding":%b}'
+            % (i, rendered[xxhash.xxh3_128_digest(text.encode())])
+            for i, text in enumerate(inputs)
+        ]
+        return head + b",".join(items) + b"]}"
+
+    return answer
+
+
+def protocol_floor(port: int) -> None:
+    """The protocol floor: what answering a hit cannot avoid, with nothing else."""
+    serve_protocol(port, embeddings_answerer())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

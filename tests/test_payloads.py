@@ -65,6 +65,15 @@ def put_all(store: Store, tag: str = "") -> tuple[list[bytes], list[np.ndarray]]
     return keys, arrays
 
 
+def heap_offsets(cache_dir: Path, keys: Sequence[bytes]) -> dict[bytes, int]:
+    """Where in its heap each of ``keys`` that is a payload starts, from its index row."""
+    with sqlite3.connect(cache_dir / "index.db") as db:
+        rows = dict(db.execute("SELECT k, row FROM entries WHERE dim < 0").fetchall())
+    db.close()
+    high = {key: int.from_bytes(key[:8], "little", signed=True) for key in keys}
+    return {key: rows[k] >> 24 for key, k in high.items() if k in rows}
+
+
 def test_each_kind_reads_back_bit_for_bit_with_its_dtype_shape_and_tokens(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         keys, arrays = put_all(store)
@@ -128,15 +137,12 @@ def test_a_key_stored_again_as_another_kind_reads_as_the_last(cache_dir: Path) -
 def test_verify_catches_a_flipped_byte_in_each_kind(cache_dir: Path) -> None:
     with Store(cache_dir) as store:
         keys, _arrays = put_all(store)
-    with sqlite3.connect(cache_dir / "index.db") as db:
-        rows = dict(db.execute("SELECT k, row FROM entries WHERE dim < 0").fetchall())
-    db.close()
+    offsets = heap_offsets(cache_dir, keys)
     heap = next((cache_dir / "segments").glob("*.heap"))
     data = bytearray(heap.read_bytes())
     damaged = [keys[0], keys[3], keys[4]]  # ragged, 1-D int8, 2-D uint8
     for key in damaged:
-        offset = rows[int.from_bytes(key[:8], "little", signed=True)] >> 24
-        data[offset + 3] ^= 0x01
+        data[offsets[key] + 3] ^= 0x01
     heap.write_bytes(bytes(data))
     with Store(cache_dir) as store:
         report = inventory.verify(store)
@@ -146,6 +152,21 @@ def test_verify_catches_a_flipped_byte_in_each_kind(cache_dir: Path) -> None:
     assert sorted(key for key, _ in report.bad) == sorted(k.hex() for k in damaged)
     assert {reason for _, reason in report.bad} == {"entry checksum mismatch"}
     assert [p is None for p in found.payloads] == [k in damaged for k in keys]
+
+
+def test_a_heap_cut_short_loses_only_the_payloads_past_its_end(cache_dir: Path) -> None:
+    with Store(cache_dir) as store:
+        keys, arrays = put_all(store)
+    offsets = heap_offsets(cache_dir, keys)
+    last = max(offsets, key=offsets.__getitem__)
+    heap = next((cache_dir / "segments").glob("*.heap"))
+    heap.write_bytes(heap.read_bytes()[: offsets[last] + 1])  # a crash mid-append, say
+    with Store(cache_dir) as store:
+        found = store.read_payloads(keys)
+    # Read a heap at a time, one span past the end must not take the others with it.
+    assert [p is None for p in found.payloads] == [k == last for k in keys]
+    assert all(same(f, a) for f, a, k in zip(found.payloads, arrays, keys, strict=True)
+               if k != last)  # fmt: skip
 
 
 def test_a_size_limit_evicts_payloads_by_their_own_bytes(cache_dir: Path) -> None:

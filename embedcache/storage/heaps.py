@@ -12,9 +12,11 @@ import logging
 from collections.abc import Container, Sequence
 
 import numpy as np
+import xxhash
 from numpy.typing import NDArray
 
-from .formats import split_keys, vector_checksum
+from . import payloads
+from .formats import signed, split_keys, vector_checksum
 from .index import Index
 from .payloads import HEAP_DIM, Payload, check_payload, describe, row_value
 from .records import read_payload
@@ -106,20 +108,53 @@ def _read(
 ) -> list[int]:
     """Read and check the entries of rows ``where`` of ``matched`` into ``out`` and
     ``tokens``; returns the positions that could not be read or failed their checksum."""
-    damaged = []
-    for i in where.tolist():
-        seg, row, dim = int(matched[i, SEG]), int(matched[i, ROW]), int(matched[i, DIM])
+    damaged: list[int] = []
+    # Payloads are read a heap at a time (one call for all its spans) and their fields
+    # taken as Python ints once: per entry, numpy scalars and a call per read cost more
+    # than the read itself when the payload is small (a rerank score's 8 bytes).
+    by_heap: dict[int, list[tuple[int, list[int]]]] = {}
+    for i, row in zip(where.tolist(), matched[where].tolist(), strict=True):
+        if row[DIM] < 0:
+            by_heap.setdefault(row[SEG], []).append((i, row))
+        elif not _read_one(segments, i, row, out, tokens):
+            damaged.append(i)
+    for seg, group in by_heap.items():
         try:
-            if dim < 0:
-                array = read_payload(segments, seg, dim, row)
-            else:
-                array = segments.read_rows(seg, dim, np.array([row]))[0]
+            shapes = [payloads.shape_of(row[DIM], row[ROW]) for _, row in group]
+            datas = segments.read_heap(seg, [(offset, size) for _, _, offset, size in shapes])
         except (OSError, ValueError):
-            damaged.append(i)
+            # One unreadable span (a heap cut short) must not fail the rest: entry by entry.
+            damaged += [i for i, row in group if not _read_one(segments, i, row, out, tokens)]
             continue
-        if vector_checksum(array) != matched[i, CHECKSUM]:
-            damaged.append(i)
-            continue
-        out[i] = array
-        tokens[i] = matched[i, MILLITOKENS] / 1000.0
+        for (i, row), (dtype, shape, _, _), data in zip(group, shapes, datas, strict=True):
+            # The checksum is over the payload's bytes, which are the heap's bytes as read.
+            if signed(xxhash.xxh3_64_intdigest(data)) != row[CHECKSUM]:
+                damaged.append(i)
+                continue
+            out[i] = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+            tokens[i] = row[MILLITOKENS] / 1000.0
     return damaged
+
+
+def _read_one(
+    segments: Segments,
+    i: int,
+    row: list[int],
+    out: list[Payload | None],
+    tokens: NDArray[np.float64],
+) -> bool:
+    """Read and check one entry (a vector, or a payload) into ``out[i]`` and ``tokens[i]``;
+    ``False`` when it cannot be read or fails its checksum."""
+    seg, number, dim = row[SEG], row[ROW], row[DIM]
+    try:
+        if dim < 0:
+            array = read_payload(segments, seg, dim, number)
+        else:
+            array = segments.read_rows(seg, dim, np.array([number]))[0]
+    except (OSError, ValueError):
+        return False
+    if vector_checksum(array) != row[CHECKSUM]:
+        return False
+    out[i] = array
+    tokens[i] = row[MILLITOKENS] / 1000.0
+    return True
