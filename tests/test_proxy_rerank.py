@@ -10,6 +10,8 @@ import base64
 import json
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,9 +25,10 @@ from embedcache.proxy.budgets import BUDGET_HEADER
 from embedcache.testing import JinaEmulator
 from embedcache.testing.images import png
 
-from .conftest import API_KEY, MakeProxy
+from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
 from .serving import Served
 from .test_proxy import metric, upstream_count
+from .test_proxy_hits import samples
 
 V2 = "jina-reranker-v2-base-multilingual"
 V3 = "jina-reranker-v3"
@@ -351,3 +354,39 @@ def test_rerank_entries_are_in_the_metrics_hits_and_tokens(
     post(proxy, "/rerank", body)
     assert metric(proxy, "tokens_spent_total") == emulator.requests[-1].tokens
     assert metric(proxy, "upstream_requests_total") == 1
+
+
+# Scores kept in memory for repeats
+
+
+def test_scores_are_kept_in_the_answers_budget_and_let_go_when_another_process_clears(
+    emulator: JinaEmulator, make_served: MakeServed, cache_dir: Path
+) -> None:
+    proxy = make_served()
+    body = {"query": QUERY, "texts": DOCS[:4]}
+
+    def held() -> list[float]:
+        return list(samples(proxy, "rendered_bytes").values())
+
+    def post_anew() -> httpx.Response:
+        """On a new connection, so the kernel may give it to either worker."""
+        with httpx.Client(base_url=proxy.url, timeout=30) as http:
+            return http.post("/rerank", json=body, headers=AUTH)
+
+    def every_worker_keeps_them() -> bool:
+        assert post_anew().status_code == 200
+        return len(held()) == 2 and min(held()) > 0
+
+    # A repeat is answered from scores each worker keeps, counted in its memory budget.
+    wait_for(every_worker_keeps_them, lambda: f"rendered: {held()}", limit=20.0)
+    fetched = len(emulator.requests)
+    assert post_anew().headers["X-Embedcache-Cached"] == "4"
+    assert len(emulator.requests) == fetched
+    subprocess.run(
+        [sys.executable, "-m", "embedcache", "--cache-dir", str(cache_dir), "clear", "--yes"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    # Every worker lets go of them, unasked: the next request is sent again.
+    wait_for(lambda: max(held()) == 0, lambda: f"still held: {held()}", limit=20.0)
+    assert post_anew().headers["X-Embedcache-Cached"] == "0"
+    assert len(emulator.requests) == fetched + 1

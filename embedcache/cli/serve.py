@@ -113,9 +113,9 @@ def _is_loopback(host: str) -> bool:
     "--rendered-memory",
     default="256MiB",
     show_default=True,
-    help="Memory per worker for served embeddings' JSON text, so a repeat hit is answered "
-    "without reading or rendering a vector (0: none). /metrics reports what is held "
-    "(embedcache_rendered_bytes).",
+    help="Memory per worker for served embeddings' JSON text and rerank scores, so a "
+    "repeat hit is answered without reading the cache or rendering a vector (0: none). "
+    "/metrics reports what is held (embedcache_rendered_bytes).",
 )
 # The flag's old name, which said nothing of what the memory holds: still taken, not shown.
 @click.option("--memory", "old_memory", hidden=True)

@@ -29,7 +29,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -62,11 +62,13 @@ class Reranked:
     :ivar stats: this call's counters (``tokens_spent`` is what its requests were charged).
     :ivar tokens: the tokens recorded for each document's entry (its share of the request
         that fetched it: what a later hit on it saves).
+    :ivar keys: each document's entry key, in document order (:meth:`Reranker.keys`).
     """
 
     scores: list[float]
     stats: Stats
     tokens: list[float]
+    keys: list[bytes] = field(default_factory=list)
 
 
 def ranked(scores: Sequence[float], top_n: int | None = None) -> list[int]:
@@ -178,6 +180,11 @@ class Reranker:
         self._recorder.flush()
         self._tiers.close()
 
+    def count_hits(self, entries: int, tokens_saved: float) -> None:
+        """Count hits a caller answered from its own copy of scores this reranker returned
+        (the proxy's kept answers), so the counters cover every hit."""
+        self._counters.add_hits(entries, tokens_saved)
+
     def fingerprint(self, model: str) -> Fingerprint:
         """The fingerprint ``model``'s scores are cached under."""
         fp = self._fingerprints.get(model)
@@ -249,6 +256,7 @@ class Reranker:
             [float(score) for score in final if score is not None],
             stats,
             [float(tokens[slot]) for slot in order],
+            keys,
         )
 
     # Fetching

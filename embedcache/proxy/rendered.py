@@ -1,5 +1,7 @@
 """Answers already written: each served embedding's JSON text, kept so a repeat hit is
-parse + hash + lookup + concatenate, with no vector read and no float rendered.
+parse + hash + lookup + concatenate, with no vector read and no float rendered; and each
+served rerank score (its float64's 8 bytes, :mod:`.rerank_routes`), so a repeated rerank
+reads no store either.
 
 An embedding's text depends on its entry (the key covers every field that changes the
 vector), on how it is encoded (``float`` or ``base64``) and, for ``float``, on the

@@ -8,11 +8,17 @@ server's ``--max-body``), parsed and checked against ``--max-inputs`` before any
 fetched; a small all-cached request answered on the event loop, anything else in a fill
 thread, misses sent with the caller's own key. Counted, timed, logged and held to the
 caller's token budget like an embeddings request.
+
+Every score answered is kept in the worker's memory beside the embeddings' answers
+(:class:`~.rendered.RenderedAnswers`: the same ``--rendered-memory`` budget, reported as
+``embedcache_rendered_bytes``, let go when another process removes entries), so a repeat
+is keys and lookups, with no read of the store.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from functools import partial
 
 from starlette.requests import Request
@@ -45,6 +51,10 @@ LOGGED_PATHS = {
 # The 429 of an exhausted budget, in the dialect of each rerank dialect's clients.
 _BUDGET_DIALECTS = {"jina": "jina", "tei": "tei", "vllm": "openai"}
 
+#: Scores are kept beside the embeddings' answers, told apart by this suffix of their keys.
+_SCORES = b"s"
+_DOUBLE = struct.Struct("<d")
+
 log = logging.getLogger("embedcache")
 
 
@@ -62,6 +72,9 @@ class RerankRoutes:
         self._reranker = reranker
         self._parts = parts
         self._gate, self._filler, self._budgets = parts.gate, parts.filler, parts.budgets
+        # Within the same memory budget as the embeddings' answers, and forgotten with them
+        # when another process removes entries.
+        self._kept_scores = parts.filler.rendered
         message = "internal error in the embedcache proxy"
         self._failures = {
             path.decode(): json_response(500, rerank.render_error(dialect, message, 500))
@@ -91,7 +104,7 @@ class RerankRoutes:
             parsed = read
             if len(parsed.documents) <= INLINE_TEXTS:
                 try:
-                    done = self._rerank(parsed, upstream, cached_only=True)
+                    done = self._cached(parsed, upstream)
                 except EmbedcacheError as exc:
                     return _failure(parsed.dialect, self._gate.in_clients_terms(exc))
                 if done is not None:
@@ -135,7 +148,7 @@ class RerankRoutes:
         what the upstream charged."""
         budgets = self._budgets
         assert budgets is not None
-        done = self._rerank(parsed, upstream, cached_only=True)
+        done = self._cached(parsed, upstream)
         if done is not None:
             return self._answered(parsed, done, record, budget)
         query = estimate_input(parsed.query)
@@ -152,6 +165,37 @@ class RerankRoutes:
         left = budgets.settle(found, fetched.stats.tokens_spent)
         return self._answered(parsed, fetched, record, budget, left)
 
+    def _cached(self, parsed: rerank.RerankRequest, upstream: JinaClient) -> Reranked | None:
+        """Every score from what this worker keeps, or else from the cache; ``None`` if any
+        is missing."""
+        kept = self._kept(parsed)
+        if kept is not None:
+            return kept
+        done = self._rerank(parsed, upstream, cached_only=True)
+        if done is not None:
+            self._keep(done)
+        return done
+
+    def _kept(self, parsed: rerank.RerankRequest) -> Reranked | None:
+        """A repeat answered from the scores this worker keeps in memory, with no read of
+        the store (a hit costs keys and lookups); ``None`` unless every score is kept."""
+        keys = self._reranker.keys(parsed.query, parsed.documents, parsed.model)
+        found = self._kept_scores.get_all(keys, _SCORES)
+        if found is None:
+            return None
+        scores = [_DOUBLE.unpack(text)[0] for text, _ in found]
+        tokens = [cost for _, cost in found]
+        distinct = dict(zip(keys, tokens, strict=True))  # a repeated document counts once
+        saved = sum(distinct.values())
+        self._reranker.count_hits(len(distinct), saved)
+        return Reranked(scores, Stats(hits=len(distinct), tokens_saved=saved), tokens, keys)
+
+    def _keep(self, done: Reranked) -> None:
+        """Keep the scores of an answer for the next repeat (each as its 8 float64 bytes:
+        exactly what the upstream wrote)."""
+        texts = [_DOUBLE.pack(score) for score in done.scores]
+        self._kept_scores.put(done.keys, _SCORES, texts, done.tokens)
+
     def _rerank(
         self, parsed: rerank.RerankRequest, upstream: JinaClient, cached_only: bool = False
     ) -> Reranked | None:
@@ -166,6 +210,7 @@ class RerankRoutes:
     def _fetched(self, parsed: rerank.RerankRequest, upstream: JinaClient) -> Reranked:
         done = self._rerank(parsed, upstream)
         assert done is not None  # only a cached_only call answers None
+        self._keep(done)
         return done
 
     def _read(self, raw: bytes, path: str, record: RequestRecord) -> rerank.RerankRequest | Answer:
