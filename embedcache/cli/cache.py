@@ -193,7 +193,8 @@ def get(
     "--kind",
     type=click.Choice(list(KINDS)),
     help="Only entries of this kind: float vectors, multi-vector (v4's return_multivector, "
-    "ColBERT), packed bits (binary int8, ubinary uint8), or multi-vector packed bits.",
+    "ColBERT), packed bits (binary int8, ubinary uint8), multi-vector packed bits, or "
+    "rerank scores.",
 )
 @click.option("--parquet", is_flag=True, help="Also write OUT.parquet (needs pyarrow).")
 @click.option("--vectors-only", is_flag=True, help="The same as --kind float.")
@@ -225,6 +226,7 @@ def export(
                     float32; int8/uint8 for multi-vector-binary/-ubinary);
                     each OUT.jsonl line says where its rows are: "row" (the
                     first) and "rows" (how many)
+    score           OUT.npy: one float64 a rerank score (entries x 1)
 
     OUT.parquet has a column for each metadata field and the data: "embedding" (one row's
     values), or "embeddings" (multi-vector: a list of rows).
