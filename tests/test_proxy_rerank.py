@@ -20,10 +20,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from embedcache import JinaRerankFunction
 from embedcache.cli.main import main
 from embedcache.proxy.budgets import BUDGET_HEADER
 from embedcache.testing import JinaEmulator
 from embedcache.testing.images import png
+from embedcache.tokens import estimate_tokens
 
 from .conftest import API_KEY, MakeProxy, MakeServed, wait_for
 from .serving import Served
@@ -390,3 +392,18 @@ def test_scores_are_kept_in_the_answers_budget_and_let_go_when_another_process_c
     wait_for(lambda: max(held()) == 0, lambda: f"still held: {held()}", limit=20.0)
     assert post_anew().headers["X-Embedcache-Cached"] == "0"
     assert len(emulator.requests) == fetched + 1
+
+
+def test_a_budgeted_caller_reserves_only_what_a_partly_cached_list_will_send(
+    emulator: JinaEmulator, make_proxy: MakeProxy, cache_dir: Path
+) -> None:
+    # 31 of the 32 scores cached beforehand (the library, the same cache and upstream).
+    with JinaRerankFunction(V2, API_KEY, base_url=emulator.url, cache_dir=cache_dir) as rf:
+        rf.rerank_scores(QUERY, DOCS[:-1])
+    whole = sum(estimate_tokens(QUERY) + estimate_tokens(doc) for doc in DOCS)
+    proxy = make_proxy("--budget-tokens", str(whole // 4), "--budget-window", "3600")
+    # The whole list's estimate is over the budget; its one new document's is not.
+    answer = post(proxy, "/rerank", {"query": QUERY, "texts": DOCS})
+    assert answer.status_code == 200, answer.text
+    assert emulator.requests[-1].body["documents"] == DOCS[-1:]  # type: ignore[index]
+    assert int(answer.headers[BUDGET_HEADER]) == whole // 4 - emulator.requests[-1].tokens

@@ -200,6 +200,18 @@ class Reranker:
         checked = check_rerank(model, query, documents)
         return rerank_keys(self.fingerprint(model), model, query, checked)
 
+    def absent(self, query: RerankInput, documents: Sequence[RerankInput], model: str) -> list[int]:
+        """The positions of the documents whose scores are not on local disk (a listwise
+        model's: all of them unless the whole list is): what a call would send, unless the
+        shared tier or another caller has them by then.
+
+        :raises InvalidInputError: as :meth:`rerank`.
+        """
+        present = self._tiers.store.contains_many(self.keys(query, documents, model))
+        if is_listwise(model) and not all(present):
+            return list(range(len(documents)))
+        return [i for i, here in enumerate(present) if not here]
+
     def rerank(
         self,
         query: RerankInput,

@@ -143,16 +143,17 @@ class RerankRoutes:
         budget: Budget,
     ) -> Answer:
         """The answer of a caller with a token budget: free when every score is cached;
-        otherwise the whole request's estimated cost reserved before anything is sent (the
-        core says nothing of which documents it holds until it answers), and settled with
-        what the upstream charged."""
+        otherwise the estimated cost of the documents not cached (a listwise list's: all)
+        reserved before anything is sent, and settled with what the upstream charged."""
         budgets = self._budgets
         assert budgets is not None
         done = self._cached(parsed, upstream)
         if done is not None:
             return self._answered(parsed, done, record, budget)
         query = estimate_input(parsed.query)
-        estimate = sum(query + estimate_input(document) for document in parsed.documents)
+        documents = parsed.documents
+        missing = self._reranker.absent(parsed.query, documents, parsed.model)
+        estimate = sum(query + estimate_input(documents[i]) for i in missing)
         found = budgets.reserve(budget, estimate)
         if isinstance(found, Over):
             body = _over_budget(found, parsed.dialect)
