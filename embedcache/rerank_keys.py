@@ -15,9 +15,11 @@ any embedding request's.
   :func:`~embedcache.cache_keys.group_keys` does for late chunking).
 * With an image (:class:`~embedcache.inputs.Media`, jina-reranker-m0) among the parts, the
   image enters as its kind and the SHA-256 of its bytes or its URL (its ``identity``), and
-  the key is a truncated SHA-256 instead, as :func:`~embedcache.cache_keys.media_key`'s: a
-  pair made to collide with another caller's would poison a shared cache. Each part is
-  tagged text or media, so a text and an image never share a key.
+  the key is a truncated SHA-256 under the fingerprint with ``"input": "image"``
+  (:meth:`~embedcache.cache_keys.Fingerprint.for_input`, the one its entry is stored under:
+  :func:`stored_under`), as :func:`~embedcache.cache_keys.media_key`'s: a pair made to
+  collide with another caller's would poison a shared cache. Each part is tagged text or
+  media, so a text and an image never share a key.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from collections.abc import Sequence
 
 import xxhash
 
-from .cache_keys import Fingerprint, canonical_json
+from .cache_keys import Fingerprint, KeyFingerprints, MixedFingerprints, canonical_json
 from .config import DEFAULT_UPSTREAM_ID, KEY_VERSION
 from .errors import InvalidInputError
 from .inputs import Input, Media
 from .models import is_listwise
 
-__all__ = ["list_keys", "pair_keys", "rerank_fingerprint", "rerank_keys"]
+__all__ = ["list_keys", "pair_keys", "rerank_fingerprint", "rerank_keys", "stored_under"]
 
 _LENGTH = struct.Struct("<Q")
 _POSITION = struct.Struct("<I")
@@ -65,15 +67,16 @@ def rerank_keys(
 
 def pair_keys(fp: Fingerprint, query: Input, documents: Sequence[Input]) -> list[bytes]:
     """The key of each (query, document) pair's score."""
-    head = fp.prefix + _part(query, "query")
+    asked = _part(query, "query")
     media = isinstance(query, Media)
+    text_head, image_head = fp.prefix + asked, fp.for_input("image").prefix + asked
     keys = []
     for index, document in enumerate(documents):
-        data = head + _part(document, f"documents[{index}]")
+        part = _part(document, f"documents[{index}]")
         if media or isinstance(document, Media):
-            keys.append(hashlib.sha256(data).digest()[:16])
+            keys.append(hashlib.sha256(image_head + part).digest()[:16])
         else:
-            keys.append(xxhash.xxh3_128_digest(data))
+            keys.append(xxhash.xxh3_128_digest(text_head + part))
     return keys
 
 
@@ -85,7 +88,7 @@ def list_keys(fp: Fingerprint, query: Input, documents: Sequence[Input]) -> list
     whole = b"".join(parts)
     media = isinstance(query, Media) or any(isinstance(doc, Media) for doc in documents)
     if media:
-        base = fp.prefix + hashlib.sha256(whole).digest()
+        base = fp.for_input("image").prefix + hashlib.sha256(whole).digest()
         return [
             hashlib.sha256(base + _POSITION.pack(i)).digest()[:16] for i in range(len(documents))
         ]
@@ -107,3 +110,26 @@ def _part(item: Input, where: str) -> bytes:
             f"{where} is not valid Unicode ({exc.reason} at character {exc.start})"
         ) from None
     return b"t" + _LENGTH.pack(len(data)) + data
+
+
+def stored_under(
+    fp: Fingerprint,
+    query: Input,
+    documents: Sequence[Input],
+    keys: list[bytes],
+    listwise: bool,
+) -> KeyFingerprints:
+    """What each score's entry (of ``keys``, in document order) is stored under: ``fp``,
+    or, for a score an image took part in (the query, its document, or any document of a
+    listwise list), ``fp`` with ``"input": "image"``, the fingerprint its key was made
+    under, so ``ls`` and ``stats`` tell them apart as they do embeddings."""
+    asked = isinstance(query, Media)
+    images = [asked or isinstance(document, Media) for document in documents]
+    if not any(images):
+        return fp
+    image = fp.for_input("image")
+    if listwise or all(images):
+        return image
+    return MixedFingerprints(
+        fp, {key: image for key, took in zip(keys, images, strict=True) if took}
+    )

@@ -21,6 +21,7 @@ from embedcache.errors import (
     ResponseFormatError,
 )
 from embedcache.inputs import Media
+from embedcache.maintenance import inventory
 from embedcache.models import is_listwise
 from embedcache.rerank_keys import rerank_fingerprint
 from embedcache.storage.store import Store
@@ -246,6 +247,24 @@ def test_m0_image_documents_are_keyed_by_content(
     other = Media("image", data=png(4, 4, seed=3))
     assert reranker.keys("pets", [other], M0) != reranker.keys("pets", [documents[0]], M0)
     assert reranker.keys("pets", ["x"], M0) != reranker.keys("pets", [Media("image", url="x")], M0)
+
+
+def test_a_score_an_image_took_part_in_is_stored_as_an_images(
+    emulator: JinaEmulator, make_assembly: MakeAssembly
+) -> None:
+    assembly = make_assembly()
+    reranker = assembly.reranker
+    documents: list[str | Media] = [Media("image", data=png(4, 4, seed=1)), "a text"]
+    reranker.rerank("pets", documents, M0)
+    reranker.rerank(Media("image", data=png(4, 4, seed=2)), ["a caption"], M0)
+    made = {e.key: (e.input, e.output) for e in inventory.entries(assembly.store)}
+    image, text = reranker.keys("pets", documents, M0)
+    (asked_by_image,) = reranker.keys(Media("image", data=png(4, 4, seed=2)), ["a caption"], M0)
+    assert made == {
+        image: ("image", "score"),
+        text: ("text", "score"),
+        asked_by_image: ("image", "score"),
+    }
 
 
 def test_concurrent_calls_missing_the_same_scores_send_one_request(

@@ -35,12 +35,12 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cache_keys import Fingerprint
+from ..cache_keys import Fingerprint, KeyFingerprints
 from ..config import DEFAULT_RERANK_BATCH_SIZE, DEFAULT_UPSTREAM_ID
 from ..errors import CacheMissError, InvalidInputError, ResponseFormatError
 from ..inputs import Media, estimate_input
 from ..models import RERANK_IMAGE_MODELS, check_rerank_model, is_listwise
-from ..rerank_keys import rerank_fingerprint, rerank_keys
+from ..rerank_keys import rerank_fingerprint, rerank_keys, stored_under
 from ..storage.tiers import Tiers
 from ..upstream.protocol import RerankInput, Reranks, UpstreamScores
 from .batches import Miss
@@ -234,7 +234,7 @@ class Reranker:
         :raises ResponseFormatError: a malformed answer; nothing of it is cached.
         """
         keys = self.keys(query, documents, model)
-        fp = self.fingerprint(model)
+        fp = stored_under(self.fingerprint(model), query, documents, keys, is_listwise(model))
         position = dict(zip(keys, range(len(keys)), strict=True))  # repeated pairs once
         unique = list(position)
         found = self._tiers.read_payloads(fp, unique, shared=not cached_only)
@@ -379,7 +379,8 @@ class Reranker:
 class _Call:
     """One rerank call's state, handed down its fetch."""
 
-    fp: Fingerprint
+    #: what each score's entry is stored under (an image's: its own, rerank_keys.stored_under)
+    fp: KeyFingerprints
     query: RerankInput
     model: str
     upstream: Reranks | None
