@@ -50,6 +50,7 @@ __all__ = [
     "canonical_json",
     "encode_text",
     "fingerprint",
+    "fingerprint_of",
     "group_keys",
     "media_key",
     "text_keys",
@@ -166,10 +167,19 @@ KeyFingerprints = Fingerprint | MixedFingerprints
 def fingerprint(options: RequestOptions, upstream: str = DEFAULT_UPSTREAM_ID) -> Fingerprint:
     """Fingerprint the request fields of ``options`` under the current key version, as
     answered by ``upstream`` (an :func:`~embedcache.config.upstream_id`)."""
-    described: dict[str, object] = {"key_version": KEY_VERSION, "request": options.body_fields()}
+    return fingerprint_of(options.body_fields(), upstream)
+
+
+def fingerprint_of(
+    request: dict[str, object], upstream: str = DEFAULT_UPSTREAM_ID, **described: str
+) -> Fingerprint:
+    """The fingerprint of entries made by ``request`` (the fields that shape them) under
+    the current key version, as answered by ``upstream`` (recorded unless it is Jina's
+    API), with ``described``'s top-level fields (a reranker's ``output="score"``)."""
+    whole: dict[str, object] = {"key_version": KEY_VERSION, "request": request, **described}
     if upstream != DEFAULT_UPSTREAM_ID:
-        described["upstream"] = upstream
-    return Fingerprint.from_canonical(canonical_json(described))
+        whole["upstream"] = upstream
+    return Fingerprint.from_canonical(canonical_json(whole))
 
 
 def canonical_json(described: dict[str, object]) -> str:

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import xxhash
 
-from .cache_keys import Fingerprint, KeyFingerprints, MixedFingerprints, canonical_json
-from .config import DEFAULT_UPSTREAM_ID, KEY_VERSION
+from .cache_keys import Fingerprint, KeyFingerprints, MixedFingerprints, fingerprint_of
+from .config import DEFAULT_UPSTREAM_ID
 from .errors import InvalidInputError
 from .inputs import Input, Media
 from .models import is_listwise
@@ -45,14 +45,7 @@ _POSITION = struct.Struct("<I")
 def rerank_fingerprint(model: str, upstream: str = DEFAULT_UPSTREAM_ID) -> Fingerprint:
     """The fingerprint of ``model``'s scores as answered by ``upstream`` (an
     :func:`~embedcache.config.upstream_id`)."""
-    described: dict[str, object] = {
-        "key_version": KEY_VERSION,
-        "output": "score",
-        "request": {"model": model},
-    }
-    if upstream != DEFAULT_UPSTREAM_ID:
-        described["upstream"] = upstream
-    return Fingerprint.from_canonical(canonical_json(described))
+    return fingerprint_of({"model": model}, upstream, output="score")
 
 
 def rerank_keys(
