@@ -22,16 +22,9 @@ from embedcache.llama_index import JinaEmbedding, JinaRerank
 from embedcache.testing import JinaEmulator
 
 from .conftest import API_KEY, client_module
+from .rerank_samples import QUERY, TEXTS
 
 MakeRR = Callable[..., JinaRerank]
-QUERY = "where is the shared tier kept?"
-TEXTS = [
-    "Milvus is a vector database built for scale.",
-    "Redis keeps the shared tier of the cache.",
-    "Late chunking pools token embeddings after the whole text is read.",
-    "The shared tier lives in Redis or Valkey.",
-    "A proxy answers cached embeddings without a request upstream.",
-]
 V2 = "jina-reranker-v2-base-multilingual"
 
 
