@@ -23,6 +23,11 @@ VERSION = "0.1.0"
 DEFAULT_BASE_URL = "https://api.jina.ai"
 EMBEDDINGS_PATH = "/v1/embeddings"
 RERANK_PATH = "/v1/rerank"
+#: Where the proxy also reranks: TEI's and vLLM's path (told apart by the body), and Cohere's.
+TEI_RERANK_PATH = "/rerank"
+COHERE_RERANK_PATH = "/v2/rerank"
+#: Every path the proxy reranks at: a request-log line with one of these routes is a rerank.
+RERANK_ROUTES = frozenset({RERANK_PATH, TEI_RERANK_PATH, COHERE_RERANK_PATH})
 DEFAULT_MODEL = "jina-embeddings-v3"
 DEFAULT_RERANK_MODEL = "jina-reranker-v2-base-multilingual"
 #: Most documents per rerank request of a pointwise model (only the uncached documents are

@@ -28,6 +28,7 @@ __all__ = [
     "check_rerank_model",
     "default_task",
     "is_listwise",
+    "names_jina_reranker",
     "resolve_options",
     "spec_for",
 ]
@@ -200,6 +201,14 @@ def is_listwise(model: str) -> bool:
     """Whether ``model``'s scores depend on the whole candidate list: true for
     jina-reranker-v3 and for any model not known to be pointwise."""
     return model not in RERANK_POINTWISE_MODELS
+
+
+def names_jina_reranker(model: object) -> bool:
+    """Whether a rerank body's ``model`` names a Jina reranker: one embedcache knows, or
+    any ``jina-reranker-*``. Where the proxy's non-Jina dialects (TEI, vLLM, Cohere) name
+    anything else, or nothing, it reranks with ``serve --rerank-model``."""
+    known = RERANK_POINTWISE_MODELS | RERANK_LISTWISE_MODELS
+    return isinstance(model, str) and (model in known or model.startswith("jina-reranker-"))
 
 
 def check_rerank_model(model: object) -> str:

@@ -222,7 +222,7 @@ def test_analyze_json_has_every_documented_field(tmp_path: Path) -> None:
            "tokens_saved", "usd_spent", "usd_saved"}  # fmt: skip
     assert set(report) == row | {
         "log_lines", "body_lines", "uncacheable", "malformed_lines", "could_still_save",
-        "price_per_million_tokens", "top_settings", "by_key", "by_model",
+        "price_per_million_tokens", "by_kind", "top_settings", "by_key", "by_model",
     }  # fmt: skip
     assert report["price_per_million_tokens"] == 0.02
     assert set(report["could_still_save"]) == {
@@ -231,6 +231,7 @@ def test_analyze_json_has_every_documented_field(tmp_path: Path) -> None:
     assert set(report["top_settings"][0]) == row | {"model", "task", "dimensions"}
     assert set(report["by_key"][0]) == row | {"key"}
     assert set(report["by_model"][0]) == row | {"model"}
+    assert set(report["by_kind"][0]) == row | {"kind"}
 
 
 def test_analyze_refuses_options_it_has_no_use_for(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import IO, Any, cast
 
 import click
 
-from ..config import upstream_id
+from ..config import DEFAULT_RERANK_MODEL, upstream_id
 from ..errors import InvalidInputError
 from .options import GLOBAL_OPTION_NAMES, Command, echo_json, json_option, price_option
 from .output import format_table, plural
@@ -78,22 +78,33 @@ Examples:
     show_default=True,
     help="Key request bodies as the cache keys this upstream's answers.",
 )
+@click.option(
+    "--rerank-model",
+    metavar="NAME",
+    default=DEFAULT_RERANK_MODEL,
+    show_default=True,
+    help="The model of rerank bodies that name no Jina reranker (TEI's, vLLM's), as "
+    "`serve --rerank-model`.",
+)
 @price_option
 @json_option
-def analyze(logs: tuple[str, ...], upstream: str, price_per_million: float, as_json: bool) -> None:
+def analyze(
+    logs: tuple[str, ...], upstream: str, rerank_model: str, price_per_million: float,
+    as_json: bool,
+) -> None:  # fmt: skip
     """What request logs (`serve --request-log`) or captured request bodies (one
-    /v1/embeddings body a line, Jina's or OpenAI's dialect) say about waste and savings:
-    repeat rate, tokens and dollars spent vs saved, what the cache could still save, the
-    most repeated request settings, per key and per model.
+    /v1/embeddings or rerank body a line, in any dialect the proxy speaks) say about waste
+    and savings: repeat rate, tokens and dollars spent vs saved, what the cache could still
+    save, the most repeated request settings, per kind (embeddings, rerank), key and model.
 
-    A body's texts are keyed as the cache keys them, across all the files: a text seen
-    before is one the cache would have served (tokens are estimated, as `prewarm
-    --dry-run` does). Gzip files are read as such; - reads standard input. A malformed
-    line is skipped, counted and reported once.
+    A body's texts (a rerank body's documents) are keyed as the cache keys them, across all
+    the files: one seen before is one the cache would have served (tokens are estimated, as
+    `prewarm --dry-run` does). Gzip files are read as such; - reads standard input. A
+    malformed line is skipped, counted and reported once.
     """
     from ..maintenance.analysis import Analysis
 
-    analysis = Analysis(upstream_id(upstream))
+    analysis = Analysis(upstream_id(upstream), rerank_model)
     malformed = 0
     first_bad = ""
     for path in logs:
@@ -162,11 +173,14 @@ def _text(report: dict[str, Any]) -> list[str]:
             ["could still save", could_text],
         ],
     )[1:]  # fmt: skip
-    for title, column, rows in (
+    breakdowns = [
         ("Top repeated request settings", "model / task / dimensions", report["top_settings"]),
         ("Per key", "key", report["by_key"]),
         ("Per model", "model", report["by_model"]),
-    ):
+    ]
+    if len(report["by_kind"]) > 1:  # embeddings and reranks: a rerank's texts are documents
+        breakdowns.insert(0, ("Per kind", "kind", report["by_kind"]))
+    for title, column, rows in breakdowns:
         lines += ["", title]
         lines += format_table(
             [column, "requests", "texts", "repeat", "spent", "saved", "saved $"],
@@ -179,6 +193,8 @@ def _text(report: dict[str, Any]) -> list[str]:
 
 
 def _label(row: dict[str, Any], column: str) -> str:
+    if column == "kind":
+        return "rerank (documents)" if row["kind"] == "rerank" else row["kind"]
     if column == "key":
         return row["key"] or "(none)"
     if column == "model":

@@ -17,7 +17,14 @@ Two kinds of line are read, told apart by their fields:
   and a key seen before in any file is a text the cache would have served; its tokens are
   the estimate ``prewarm --dry-run`` shows (:func:`~embedcache.inputs.estimate_input`).
   Keys are held in :class:`~embedcache.embedding.distinct.DistinctKeys` (16 bytes a key;
-  a second set, of keys seen twice, tells the misses that repeat later).
+  a second set, of keys seen twice, tells the misses that repeat later);
+* a **rerank body** (``query`` with ``documents``, or TEI's ``texts``): each document's
+  score keyed as the cache keys it (:func:`~embedcache.rerank_keys.rerank_keys`: per pair
+  for a pointwise model, per position of the whole list for a listwise one), its tokens
+  the query's and the document's, as the reranker estimates what a hit saved.
+
+Reranks are counted beside embeddings in the totals (both are tokens paid for) and apart
+in :meth:`Analysis.report`'s ``by_kind``; a rerank's "texts" are its documents.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ from dataclasses import dataclass, fields
 from typing import Any, cast
 
 from ..cache_keys import fingerprint, group_keys, text_keys
-from ..config import DEFAULT_UPSTREAM_ID
+from ..config import DEFAULT_RERANK_MODEL, DEFAULT_UPSTREAM_ID, RERANK_ROUTES
 from ..embedding.distinct import DistinctKeys
+from ..embedding.reranker import check_rerank
 from ..errors import EmbedcacheError, InvalidInputError
 from ..inputs import Input, Media, estimate_input, parse_item
-from ..models import resolve_options, spec_for
+from ..models import names_jina_reranker, resolve_options, spec_for
+from ..rerank_keys import rerank_fingerprint, rerank_keys
 
 __all__ = ["Analysis", "Tally"]
 
@@ -67,6 +76,8 @@ _OUTPUTS = frozenset({"float", "base64", "binary", "ubinary"})
 Dollars = Callable[[float], float]
 #: How many request settings the report lists, most repeated first.
 TOP_SETTINGS = 10
+#: What a request is, as ``by_kind`` reports it.
+EMBEDDINGS, RERANK = "embeddings", "rerank"
 
 
 @dataclass
@@ -110,11 +121,17 @@ class Analysis:
 
     :param upstream: the upstream whose cache keys request bodies are keyed as (an
         :func:`~embedcache.config.upstream_id`; Jina's API by default).
+    :param rerank_model: the model of a rerank body that names no Jina reranker (TEI's and
+        vLLM's send none), as ``serve --rerank-model`` reranks it.
     """
 
-    def __init__(self, upstream: str = DEFAULT_UPSTREAM_ID) -> None:
+    def __init__(
+        self, upstream: str = DEFAULT_UPSTREAM_ID, rerank_model: str = DEFAULT_RERANK_MODEL
+    ) -> None:
         self.upstream = upstream
+        self.rerank_model = rerank_model
         self.total = Tally()
+        self.by_kind: dict[str, Tally] = {}
         self.log_lines = 0
         self.body_lines = 0
         #: Bodies the proxy would pass through uncached (images, unknown fields).
@@ -146,9 +163,12 @@ class Analysis:
             self._add_log(line)
         elif "input" in line:
             self._add_body(line)
+        elif "query" in line and ("documents" in line or "texts" in line):
+            self._add_rerank_body(line)
         else:
             raise InvalidInputError(
-                "neither a request-log line (route, hits, ...) nor a body (input)"
+                "neither a request-log line (route, hits, ...) nor a body (input, or query "
+                "and documents)"
             )
 
     def _add_log(self, line: Mapping[str, Any]) -> None:
@@ -175,7 +195,8 @@ class Analysis:
             if not fresh and not refused:
                 self.refetched_misses += line["misses"]
                 self.refetched_tokens += line["tokens_spent"]
-        self._count(tally, line["key"], line["model"], line["task"], line["dimensions"])
+        kind = RERANK if line["route"] in RERANK_ROUTES else EMBEDDINGS
+        self._count(tally, kind, line["key"], line["model"], line["task"], line["dimensions"])
 
     def _add_body(self, body: Mapping[str, Any]) -> None:
         value = body.get("input")
@@ -194,6 +215,7 @@ class Analysis:
             self.uncacheable += 1
             self.body_lines += 1
             self.total.requests += 1
+            self.by_kind.setdefault(EMBEDDINGS, Tally()).requests += 1
             return
         model, task = _model_and_task(model, body.get("task"))
         try:
@@ -218,7 +240,34 @@ class Analysis:
                 keys = text_keys(fp, texts)
         except EmbedcacheError as exc:  # the API would refuse it: no cache saves anything
             raise InvalidInputError(f"a body the API would refuse: {exc}") from None
-        tally = Tally(requests=1, texts=len(texts))
+        tokens = [estimate_input(text) for text in texts]
+        self._count(
+            self._tally(keys, tokens), EMBEDDINGS, None, model, options.task, options.dimensions
+        )
+
+    def _add_rerank_body(self, body: Mapping[str, Any]) -> None:
+        model = body.get("model")
+        if not names_jina_reranker(model):
+            model = self.rerank_model  # as the proxy reads TEI's, vLLM's and Cohere's
+        assert isinstance(model, str)
+        given = body.get("documents", body.get("texts"))
+        try:
+            query = _rerank_item(body.get("query"), "query")
+            if isinstance(given, list):
+                given = [_rerank_item(item, f"documents[{i}]") for i, item in enumerate(given)]
+            documents = check_rerank(model, query, given)
+            asked = cast("Input", query)  # check_rerank refused anything else
+            keys = rerank_keys(rerank_fingerprint(model, self.upstream), model, asked, documents)
+        except EmbedcacheError as exc:  # the API would refuse it: no cache saves anything
+            raise InvalidInputError(f"a rerank body the API would refuse: {exc}") from None
+        cost = estimate_input(asked)
+        tokens = [cost + estimate_input(document) for document in documents]
+        self._count(self._tally(keys, tokens), RERANK, None, model, None, None)
+
+    def _tally(self, keys: list[bytes], tokens: list[int]) -> Tally:
+        """One body's counts, its inputs' ``keys`` (with their ``tokens``) looked up among
+        every key seen so far, and added to them."""
+        tally = Tally(requests=1, texts=len(keys))
         # The proxy fetches a text once per request however often it is listed: a repeat
         # within one request is served too (a body's hits are its texts not fetched).
         unique = list(dict.fromkeys(keys))
@@ -226,24 +275,30 @@ class Analysis:
         again = [key for key in unique if not fresh[key]]
         # Seen before, and for the first time again: its earlier fetch is a miss that repeats.
         first_repeat = dict(zip(again, self._repeated.add(again).tolist(), strict=True))
-        for key, text in zip(keys, texts, strict=True):
-            tokens = estimate_input(text)
+        for key, cost in zip(keys, tokens, strict=True):
             if fresh.pop(key, False):
                 tally.misses += 1
-                tally.tokens_spent += tokens
+                tally.tokens_spent += cost
                 continue
             if first_repeat.pop(key, False):
                 self.repeating_misses += 1
-                self.repeating_tokens += tokens
+                self.repeating_tokens += cost
             tally.hits += 1
-            tally.tokens_saved += tokens
+            tally.tokens_saved += cost
         self.body_lines += 1
-        self._count(tally, None, model, options.task, options.dimensions)
+        return tally
 
     def _count(
-        self, tally: Tally, key: str | None, model: str | None, task: str | None, dims: int | None
+        self,
+        tally: Tally,
+        kind: str,
+        key: str | None,
+        model: str | None,
+        task: str | None,
+        dims: int | None,
     ) -> None:
         self.total.add(tally)
+        self.by_kind.setdefault(kind, Tally()).add(tally)
         self.by_key.setdefault(key, Tally()).add(tally)
         self.by_model.setdefault(model, Tally()).add(tally)
         self.by_settings.setdefault((model, task, dims), Tally()).add(tally)
@@ -277,6 +332,11 @@ class Analysis:
             "uncacheable": self.uncacheable,
             # A log without digests (an older one) cannot tell what repeats: None.
             "could_still_save": could,
+            "by_kind": [
+                {"kind": kind, **self.by_kind[kind].summary(dollars)}
+                for kind in (EMBEDDINGS, RERANK)
+                if kind in self.by_kind
+            ],
             "top_settings": [
                 {"model": m, "task": t, "dimensions": d, **tally.summary(dollars)}
                 for (m, t, d), tally in top
@@ -314,6 +374,12 @@ def _texts(value: object) -> list[Input] | None:
             return None
         texts.append(item)
     return texts or None
+
+
+def _rerank_item(item: object, where: str) -> object:
+    """A query or document as the reranker takes it: a string as it is, an object in the
+    API's forms (``{"text"}``, ``{"image"}``) parsed; anything else for check_rerank to name."""
+    return parse_item(item, where) if isinstance(item, dict) else item
 
 
 def _output(body: Mapping[str, Any]) -> str | None:

@@ -47,31 +47,23 @@ from typing import Any
 
 import orjson
 
+from ..config import COHERE_RERANK_PATH, RERANK_PATH
 from ..errors import APIError, EmbedcacheError, InvalidInputError
 from ..inputs import Media, parse_item
-from ..models import RERANK_LISTWISE_MODELS, RERANK_POINTWISE_MODELS
+from ..models import names_jina_reranker
 from ..upstream.protocol import RerankInput
 from . import tei
 from .wire import redact_urls
 from .wire import render_error as render_jina_error
 
 __all__ = [
-    "COHERE_PATH",
-    "JINA_PATH",
-    "RERANK_PATH",
     "RerankInputError",
     "RerankRequest",
     "dialect_of",
-    "jina_reranker",
     "parse_rerank",
     "render_answer",
     "render_error",
 ]
-
-JINA_PATH = "/v1/rerank"
-#: TEI's and vLLM's path, told apart by the body (``texts`` or ``documents``).
-RERANK_PATH = "/rerank"
-COHERE_PATH = "/v2/rerank"
 
 _FIELDS = {
     "jina": frozenset({"model", "query", "documents", "top_n", "return_documents"}),
@@ -135,17 +127,11 @@ class RerankRequest:
 def dialect_of(path: str, body: object) -> str:
     """The dialect of a body sent to ``path``: ``POST /rerank`` is TEI's when the body has
     ``texts``, vLLM's otherwise."""
-    if path == JINA_PATH:
+    if path == RERANK_PATH:
         return "jina"
-    if path == COHERE_PATH:
+    if path == COHERE_RERANK_PATH:
         return "cohere"
     return "tei" if isinstance(body, dict) and "texts" in body else "vllm"
-
-
-def jina_reranker(model: object) -> bool:
-    """Whether a non-Jina body's ``model`` names a Jina reranker (then used as is)."""
-    known = RERANK_POINTWISE_MODELS | RERANK_LISTWISE_MODELS
-    return isinstance(model, str) and (model in known or model.startswith("jina-reranker-"))
 
 
 def parse_rerank(raw: bytes, path: str, default_model: str) -> RerankRequest:
@@ -187,7 +173,7 @@ def _parse(body: object, dialect: str, default_model: str) -> RerankRequest:
     if dialect == "jina":
         if not isinstance(model, str) or not model:
             raise InvalidInputError("model is required: a Jina reranker's name")
-    elif not jina_reranker(model):
+    elif not names_jina_reranker(model):
         if model is not None and not isinstance(model, str):
             raise InvalidInputError(f"model must be a string, got {_kind(model)}")
         model = default_model

@@ -24,7 +24,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..config import DEFAULT_RERANK_MODEL
+from ..config import COHERE_RERANK_PATH, DEFAULT_RERANK_MODEL, RERANK_PATH, TEI_RERANK_PATH
 from ..embedding.counters import COUNTERS, Stats
 from ..embedding.reranker import Reranked, Reranker, ranked
 from ..errors import EmbedcacheError
@@ -44,9 +44,9 @@ __all__ = ["DEFAULT_RERANK_MODEL", "LOGGED_PATHS", "RerankRoutes", "with_reranks
 #: The rerank paths, by the dialect a refusal at the headers is logged with (``/rerank``
 #: is TEI's or vLLM's: only the body tells).
 LOGGED_PATHS = {
-    rerank.JINA_PATH.encode(): "jina",
-    rerank.RERANK_PATH.encode(): "rerank",
-    rerank.COHERE_PATH.encode(): "cohere",
+    RERANK_PATH.encode(): "jina",
+    TEI_RERANK_PATH.encode(): "rerank",
+    COHERE_RERANK_PATH.encode(): "cohere",
 }
 # The 429 of an exhausted budget, in the dialect of each rerank dialect's clients.
 _BUDGET_DIALECTS = {"jina": "jina", "tei": "tei", "vllm": "openai"}
