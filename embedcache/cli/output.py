@@ -10,10 +10,12 @@ import click
 
 __all__ = [
     "confirm",
+    "cut",
     "describe_entry",
     "format_table",
     "plural",
     "stdin_is_terminal",
+    "text_width",
     "yes_option",
 ]
 
@@ -56,16 +58,55 @@ def format_table(
     """``header`` and ``rows`` as lines of columns two spaces apart, each as wide as its
     widest cell; the columns numbered in ``right`` (numbers) aligned right. The last column
     is not padded, so no line ends in spaces."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    shown = [[(cell, text_width(cell)) for cell in row] for row in [header, *rows]]
+    widths = [max(row[i][1] for row in shown) for i in range(len(header))]
     last = len(header) - 1
     lines = []
-    for row in [header, *rows]:
+    for row in shown:
         cells = [
-            cell.rjust(width) if i in right else cell if i == last else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            " " * (room - used) + cell
+            if i in right
+            else cell
+            if i == last
+            else cell + " " * (room - used)
+            for i, ((cell, used), room) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells))
     return lines
+
+
+def text_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two for a wide character (Chinese,
+    Japanese, Korean, most emoji), none for a combining one, where ``len`` counts one each
+    and a table of such texts falls out of line."""
+    if text.isascii():  # one column a character (see _char_width); no wcwidth to load (~50 ms)
+        return len(text)
+    from wcwidth import wcswidth
+
+    shown = wcswidth(text)
+    return shown if shown >= 0 else sum(_char_width(char) for char in text)
+
+
+def cut(text: str, columns: int) -> str:
+    """``text`` within ``columns`` terminal columns, ending in ``…`` when cut."""
+    if text_width(text) <= columns:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _char_width(char)
+        if used > columns - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…" if columns > 0 else ""
+
+
+def _char_width(char: str) -> int:
+    if char.isascii():  # a control character is shown as something: one column
+        return 1
+    from wcwidth import wcwidth
+
+    columns = wcwidth(char)
+    return columns if columns >= 0 else 1  # -1: a control character, as above
 
 
 def describe_entry(kind: str, shape: Sequence[int], dtype: str, nbytes: int) -> str:

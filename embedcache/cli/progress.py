@@ -20,6 +20,7 @@ from typing import TextIO
 
 import click
 
+from .output import cut, text_width
 from .units import format_duration
 
 __all__ = ["Pacing", "Progress", "StatusLine", "fit_line", "terminal_columns"]
@@ -54,7 +55,7 @@ def fit_line(
     bar_rank: float = 3.5,
 ) -> str:
     """``head``, a bar for ``fraction`` (0 to 1), then ``parts`` joined by ``", "``, within
-    ``width`` characters.
+    ``width`` terminal columns (a wide character takes two).
 
     :param parts: ``(rank, text)`` in the order shown; when they do not all fit, the
         highest ranks are dropped first (rank 0 stays longest).
@@ -72,7 +73,7 @@ def fit_line(
             shown += f" [{'#' * filled}{'-' * (bar_size - filled)}]"
         return f"{shown}  {tail}" if tail else shown
 
-    while len(line(_MIN_BAR if bar else 0)) > width and (kept or bar):
+    while text_width(line(_MIN_BAR if bar else 0)) > width and (kept or bar):
         worst = max(kept, key=lambda part: part[0], default=None)
         if bar and (worst is None or bar_rank >= worst[0]):
             bar = False
@@ -80,11 +81,8 @@ def fit_line(
             assert worst is not None
             kept.remove(worst)
     if not bar:
-        text = line(0)
-        if len(text) <= width:
-            return text
-        return text[: width - 1] + "…" if width > 0 else ""  # even the head is too long
-    room = width - len(line(0)) - 3  # " [" and "]"
+        return cut(line(0), width)  # cut only when even the head is too long
+    room = width - text_width(line(0)) - 3  # " [" and "]"
     return line(min(room, _MAX_BAR))
 
 

@@ -15,7 +15,7 @@ from ..config import DEFAULT_RERANK_MODEL
 from ..errors import InvalidInputError
 from ..models import check_rerank_model
 from .options import CliContext, Command, echo_json, json_option, pass_cli
-from .output import format_table, plural
+from .output import cut, format_table, plural, text_width
 from .sources import SourceItem, argument_items, detect_format, read_items
 
 if TYPE_CHECKING:
@@ -141,11 +141,7 @@ def _table(rows: Sequence[tuple[str, str, str, str]], columns: int) -> list[str]
     shown = [(rank, index, score, _BREAKS.sub(" ", text)) for rank, index, score, text in rows]
     if columns > 0:
         # Everything but the document is as wide as its widest cell plus two spaces.
-        before = sum(max(len(row[i]) for row in [_HEADER, *shown]) + 2 for i in range(3))
-        room = max(columns - before, len(_HEADER[3]))
-        shown = [(*row[:3], _cut(row[3], room)) for row in shown]
+        before = sum(max(text_width(row[i]) for row in [_HEADER, *shown]) + 2 for i in range(3))
+        room = max(columns - before, text_width(_HEADER[3]))
+        shown = [(*row[:3], cut(row[3], room)) for row in shown]
     return format_table(_HEADER, shown, right=_NUMBERS)
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
