@@ -330,10 +330,8 @@ class Reranker:
             raise ResponseFormatError(
                 f"sent {len(batch)} documents but the answer has {len(scores)} finite scores"
             )
-        weights = np.array(
-            [estimate_input(call.query) + estimate_input(miss.text) for miss in batch],
-            dtype=np.float64,
-        )
+        asked = estimate_input(call.query)  # the same query in every pair: estimated once
+        weights = np.array([asked + estimate_input(miss.text) for miss in batch], np.float64)
         shares = weights / weights.sum() * result.total_tokens
         payloads = [np.frombuffer(_SCORE.type(s).tobytes(), np.uint8).copy() for s in scores]
         self._tiers.put_payloads(call.fp, [m.key for m in batch], payloads, shares.tolist())
