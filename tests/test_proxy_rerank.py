@@ -320,6 +320,9 @@ def test_rerank_requests_are_counted_in_the_request_log(
         ("/rerank", "tei", V2, 3, "hit"),
     ]
     assert lines[0]["tokens_spent"] == emulator.requests[-1].tokens
+    # A fetch is digested (analyze tells a request fetched again by it); a hit is not.
+    assert re.fullmatch(r"r_[0-9a-f]{16}", lines[0]["digest"])
+    assert lines[1]["digest"] is None
 
 
 def test_a_budgeted_caller_pays_for_rerank_misses_in_each_dialect_and_a_cached_one_is_free(

@@ -246,7 +246,9 @@ class RerankRoutes:
         body = rerank.render_answer(parsed, done.scores, order, stats.tokens_spent)
         cached = stats.hits + stats.coalesced
         spent, saved = stats.tokens_spent, stats.tokens_saved
-        record.answered(cached, stats.misses, spent, saved, _asked(parsed))
+        # The digest is only of a request that fetched: a hit need not encode its documents.
+        asked = _asked(parsed) if stats.misses else ()
+        record.answered(cached, stats.misses, spent, saved, asked)
         headers = {CACHED_HEADER: str(cached), **status_headers(record)}
         if budget is not None and self._budgets is not None:
             headers[BUDGET_HEADER] = str(self._budgets.shown(budget) if left is None else left)
